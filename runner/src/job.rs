@@ -1,0 +1,64 @@
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use deploylite_pipeline::Step;
+use tokio_util::sync::CancellationToken;
+
+use crate::log::StageLog;
+
+/// Everything an executor needs to run one attempt of one stage.
+#[derive(Debug, Clone)]
+pub struct StageJob {
+    pub run_id: i64,
+    pub stage: String,
+    pub attempt: u32,
+    /// Holds the commit's files; the working directory of every step.
+    pub workspace: PathBuf,
+    /// Pipeline env < stage env < `DEPLOYLITE_*`; step env is layered on top per step.
+    pub env: BTreeMap<String, String>,
+    pub steps: Vec<Step>,
+    /// Deadline for the whole attempt, all steps together.
+    pub timeout: Option<Duration>,
+    /// For container executors; the local executor ignores it.
+    pub image: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StageOutcome {
+    Succeeded,
+    /// A step exited non-zero (`exit_code` is None when it died from a signal).
+    Failed {
+        step: usize,
+        exit_code: Option<i32>,
+    },
+    TimedOut,
+    Cancelled,
+    /// The executor itself could not run the stage (spawn failure, missing workspace...).
+    Error(String),
+}
+
+impl StageOutcome {
+    pub fn exit_code(&self) -> Option<i32> {
+        match self {
+            StageOutcome::Succeeded => Some(0),
+            StageOutcome::Failed { exit_code, .. } => *exit_code,
+            _ => None,
+        }
+    }
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A place that runs stages. Implementations: [`crate::LocalExecutor`] (Docker and Kubernetes next).
+pub trait Executor: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    fn execute<'a>(
+        &'a self,
+        job: StageJob,
+        log: &'a mut StageLog,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'a, StageOutcome>;
+}

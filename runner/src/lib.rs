@@ -1,0 +1,17 @@
+//! DeployLite executors: where a stage's steps actually run.
+//!
+//! Lifecycle contract (the same for every executor): the scheduler hands over a [`StageJob`]
+//! whose workspace already holds the commit, a [`StageLog`] for its output, and a
+//! [`CancellationToken`]. `execute` returns once nothing the stage started is left running:
+//! after a timeout or a cancellation the executor has killed everything it spawned.
+
+mod job;
+pub mod local;
+mod log;
+mod orphans;
+
+pub use job::{BoxFuture, Executor, StageJob, StageOutcome};
+pub use local::LocalExecutor;
+pub use log::{read_log, LogStream, StageLog};
+pub use orphans::kill_orphans;
+pub use tokio_util::sync::CancellationToken;

@@ -1,0 +1,203 @@
+//! The local executor: each step is `sh -e -c <run>` in the workspace, in a process group of its
+//! own so that a timeout or a cancellation kills the step and everything it started.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::job::{BoxFuture, Executor, StageJob, StageOutcome};
+use crate::log::{LogStream, StageLog};
+
+/// How long a step gets between SIGTERM and SIGKILL after a timeout or a cancellation.
+const KILL_GRACE: Duration = Duration::from_secs(2);
+/// How long we keep reading a finished step's output pipes.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone)]
+pub struct LocalExecutor {
+    shell: String,
+}
+
+impl Default for LocalExecutor {
+    fn default() -> Self {
+        LocalExecutor { shell: "sh".into() }
+    }
+}
+
+enum StepEnd {
+    Exited(Option<i32>),
+    TimedOut,
+    Cancelled,
+}
+
+impl LocalExecutor {
+    async fn run(&self, job: StageJob, log: &mut StageLog, cancel: CancellationToken) -> StageOutcome {
+        if !job.workspace.is_dir() {
+            return StageOutcome::Error(format!(
+                "workspace {} does not exist",
+                job.workspace.display()
+            ));
+        }
+        let deadline = job.timeout.map(|t| Instant::now() + t);
+        for (index, step) in job.steps.iter().enumerate() {
+            let label = step.name.clone().unwrap_or_else(|| first_line(&step.run));
+            log.system(&format!("step {}: {label}", index + 1)).await;
+            let mut command = Command::new(&self.shell);
+            command
+                .arg("-e")
+                .arg("-c")
+                .arg(&step.run)
+                .current_dir(&job.workspace)
+                .envs(&job.env)
+                .envs(&step.env)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .process_group(0)
+                .kill_on_drop(true);
+            let mut child = match command.spawn() {
+                Ok(child) => child,
+                Err(e) => return StageOutcome::Error(format!("cannot start `{}`: {e}", self.shell)),
+            };
+            let end = supervise(&mut child, log, deadline, &cancel).await;
+            match end {
+                StepEnd::Exited(Some(0)) => {}
+                StepEnd::Exited(code) => {
+                    let how = code.map_or("was killed by a signal".to_string(), |c| format!("exited with {c}"));
+                    log.system(&format!("step {} {how}", index + 1)).await;
+                    return StageOutcome::Failed { step: index, exit_code: code };
+                }
+                StepEnd::TimedOut => {
+                    let limit = job.timeout.map(|t| format!("{t:?}")).unwrap_or_default();
+                    log.system(&format!("timed out after {limit}: killed the step's process group")).await;
+                    return StageOutcome::TimedOut;
+                }
+                StepEnd::Cancelled => {
+                    log.system("cancelled: killed the step's process group").await;
+                    return StageOutcome::Cancelled;
+                }
+            }
+        }
+        StageOutcome::Succeeded
+    }
+}
+
+impl Executor for LocalExecutor {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn execute<'a>(
+        &'a self,
+        job: StageJob,
+        log: &'a mut StageLog,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'a, StageOutcome> {
+        Box::pin(self.run(job, log, cancel))
+    }
+}
+
+/// Streams the child's output into the log until it exits, the deadline passes or the stage is
+/// cancelled; then makes sure nothing of its process group survives.
+async fn supervise(
+    child: &mut Child,
+    log: &mut StageLog,
+    deadline: Option<Instant>,
+    cancel: &CancellationToken,
+) -> StepEnd {
+    let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+    let (tx, mut rx) = mpsc::channel::<(LogStream, String)>(256);
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(forward_lines(out, LogStream::Stdout, tx.clone()));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(forward_lines(err, LogStream::Stderr, tx.clone()));
+    }
+    drop(tx);
+
+    let sleep = async {
+        match deadline {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(sleep);
+    let mut output_open = true;
+    let end = loop {
+        tokio::select! {
+            status = child.wait() => {
+                break StepEnd::Exited(status.ok().and_then(|s| s.code()));
+            }
+            line = rx.recv(), if output_open => match line {
+                Some((stream, text)) => log.line(stream, &text).await,
+                None => output_open = false,
+            },
+            _ = &mut sleep => break StepEnd::TimedOut,
+            _ = cancel.cancelled() => break StepEnd::Cancelled,
+        }
+    };
+    if let Some(pgid) = pgid {
+        if !matches!(end, StepEnd::Exited(_)) {
+            let _ = killpg(pgid, Signal::SIGTERM);
+            if tokio::time::timeout(KILL_GRACE, child.wait()).await.is_err() {
+                let _ = killpg(pgid, Signal::SIGKILL);
+            }
+        }
+        // Background processes a step left behind would otherwise outlive the stage and keep
+        // our pipes open.
+        let _ = killpg(pgid, Signal::SIGKILL);
+    }
+    let _ = child.wait().await;
+    // A process that escaped the group (setsid) may still hold our pipes: drain what is
+    // there, but do not wait for it forever.
+    let drain = async {
+        while let Some((stream, text)) = rx.recv().await {
+            log.line(stream, &text).await;
+        }
+    };
+    if tokio::time::timeout(DRAIN_LIMIT, drain).await.is_err() {
+        log.system("output still open after the step ended; stopped reading it").await;
+    }
+    end
+}
+
+async fn forward_lines<R: AsyncRead + Unpin>(
+    reader: R,
+    stream: LogStream,
+    tx: mpsc::Sender<(LogStream, String)>,
+) {
+    let mut reader = BufReader::new(reader);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&buf).into_owned();
+                if tx.send((stream, text)).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn first_line(script: &str) -> String {
+    let line = script.lines().next().unwrap_or_default().trim();
+    if line.len() > 60 {
+        let mut end = 60;
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}…", &line[..end])
+    } else {
+        line.to_string()
+    }
+}
