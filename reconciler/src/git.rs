@@ -1,0 +1,421 @@
+//! Everything DeployLite does with git, in one small module (gix is pinned and breaks its API
+//! often). All functions block: callers run them on `spawn_blocking`.
+//!
+//! A repository is either a local path, read in place (polling it is a ref lookup on disk), or a
+//! URL, mirrored under the data dir with the `git` CLI (which knows every transport and the
+//! user's credential helpers) and then read like a local one.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use gix::ObjectId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    #[error("cannot open git repository {path}: {message}")]
+    Open { path: String, message: String },
+    #[error("`git {args}` failed: {message}")]
+    Command { args: String, message: String },
+    #[error("{context}: {message}")]
+    Read { context: String, message: String },
+    #[error("unknown revision `{0}`")]
+    UnknownRevision(String),
+    #[error("cannot write the workspace {path}: {source}")]
+    Workspace {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+type Result<T, E = GitError> = std::result::Result<T, E>;
+
+fn read_err(context: impl Into<String>) -> impl FnOnce(gix::Error) -> GitError {
+    let context = context.into();
+    move |e| GitError::Read {
+        context,
+        message: e.to_string(),
+    }
+}
+
+/// Where the pipelines of a repository live.
+pub const PIPELINES_DIR: &str = ".deploylite/pipelines";
+
+/// A pipeline file as stored at one commit.
+#[derive(Debug, Clone)]
+pub struct PipelineFile {
+    /// Path in the repository, e.g. `.deploylite/pipelines/ci.yaml`.
+    pub path: String,
+    /// Git blob id: identical content has an identical id, which keys the parse cache.
+    pub blob_id: String,
+    pub content: Vec<u8>,
+}
+
+#[derive(Debug)]
+enum Source {
+    Local,
+    Remote { url: String },
+}
+
+#[derive(Debug)]
+pub struct GitRepo {
+    source: Source,
+    git_dir: PathBuf,
+    repo: Option<gix::ThreadSafeRepository>,
+}
+
+/// Whether `url` names a local path rather than something to fetch.
+pub fn is_local(url: &str) -> bool {
+    !(url.contains("://") || (url.contains('@') && url.contains(':')))
+}
+
+impl GitRepo {
+    /// A repository at a local path, read in place.
+    pub fn local(path: &Path) -> Result<GitRepo> {
+        let repo = gix::open(path).map_err(|e| GitError::Open {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(GitRepo {
+            source: Source::Local,
+            git_dir: repo.git_dir().to_path_buf(),
+            repo: Some(repo.into_sync()),
+        })
+    }
+
+    /// A remote repository mirrored at `mirror` (created by the first [`GitRepo::fetch`]).
+    pub fn remote(url: &str, mirror: &Path) -> GitRepo {
+        GitRepo {
+            source: Source::Remote { url: url.to_string() },
+            git_dir: mirror.to_path_buf(),
+            repo: None,
+        }
+    }
+
+    /// Brings a mirror up to date; a no-op for local repositories.
+    pub fn fetch(&mut self) -> Result<()> {
+        let Source::Remote { url } = &self.source else {
+            return Ok(());
+        };
+        if !self.git_dir.join("HEAD").exists() {
+            let parent = self.git_dir.parent().unwrap_or(Path::new("."));
+            std::fs::create_dir_all(parent).map_err(|source| GitError::Workspace {
+                path: parent.display().to_string(),
+                source,
+            })?;
+            let dir = self.git_dir.display().to_string();
+            run_git(&["clone", "--mirror", "--quiet", "--", url, &dir], None)?;
+        } else {
+            run_git(&["fetch", "--prune", "--quiet", "origin"], Some(&self.git_dir))?;
+        }
+        if self.repo.is_none() {
+            let repo = gix::open(&self.git_dir).map_err(|e| GitError::Open {
+                path: self.git_dir.display().to_string(),
+                message: e.to_string(),
+            })?;
+            self.repo = Some(repo.into_sync());
+        }
+        Ok(())
+    }
+
+    fn repo(&self) -> Result<gix::Repository> {
+        self.repo
+            .as_ref()
+            .map(|r| r.to_thread_local())
+            .ok_or_else(|| GitError::Open {
+                path: self.git_dir.display().to_string(),
+                message: "the mirror has not been fetched yet".into(),
+            })
+    }
+
+    pub fn git_dir(&self) -> &Path {
+        &self.git_dir
+    }
+
+    /// Every branch (`refs/heads/...`) with the commit it points at.
+    pub fn branch_heads(&self) -> Result<Vec<(String, String)>> {
+        self.heads(true)
+    }
+
+    /// Every tag (`refs/tags/...`) with the commit it points at.
+    pub fn tag_heads(&self) -> Result<Vec<(String, String)>> {
+        self.heads(false)
+    }
+
+    fn heads(&self, branches: bool) -> Result<Vec<(String, String)>> {
+        let repo = self.repo()?;
+        let platform = repo.references().map_err(read_err("listing refs"))?;
+        let iter = if branches { platform.local_branches() } else { platform.tags() }.map_err(read_err("listing refs"))?;
+        let mut heads = Vec::new();
+        for reference in iter {
+            let Ok(reference) = reference else { continue };
+            let name = reference.name().as_bstr().to_string();
+            // A tag may point at a tag object: peel to the commit.
+            let Ok(id) = reference.into_fully_peeled_id() else {
+                continue;
+            };
+            heads.push((name, id.to_string()));
+        }
+        Ok(heads)
+    }
+
+    /// Resolves a commit id (full hex), a full ref name, a branch, a tag or `HEAD` to a commit.
+    pub fn resolve(&self, rev: &str) -> Result<String> {
+        let repo = self.repo()?;
+        if let Ok(id) = ObjectId::from_hex(rev.as_bytes()) {
+            return repo
+                .find_commit(id)
+                .map(|c| c.id.to_string())
+                .map_err(|_| GitError::UnknownRevision(rev.to_string()));
+        }
+        let candidates = if rev == "HEAD" || rev.starts_with("refs/") {
+            vec![rev.to_string()]
+        } else {
+            vec![format!("refs/heads/{rev}"), format!("refs/tags/{rev}"), format!("refs/remotes/origin/{rev}")]
+        };
+        for name in candidates {
+            if let Ok(Some(reference)) = repo.try_find_reference(name.as_str()) {
+                if let Ok(id) = reference.into_fully_peeled_id() {
+                    return Ok(id.to_string());
+                }
+            }
+        }
+        Err(GitError::UnknownRevision(rev.to_string()))
+    }
+
+    /// The full ref a short name refers to (`main` -> `refs/heads/main`), if any.
+    pub fn full_ref_name(&self, rev: &str) -> Option<String> {
+        let repo = self.repo().ok()?;
+        if rev == "HEAD" {
+            let head = repo.head_name().ok()??;
+            return Some(head.as_bstr().to_string());
+        }
+        if rev.starts_with("refs/") {
+            return Some(rev.to_string());
+        }
+        [format!("refs/heads/{rev}"), format!("refs/tags/{rev}")]
+            .into_iter()
+            .find(|name| matches!(repo.try_find_reference(name.as_str()), Ok(Some(_))))
+    }
+
+    /// The pipeline files of a commit, read from its tree without a checkout.
+    pub fn pipeline_files(&self, commit: &str) -> Result<Vec<PipelineFile>> {
+        let repo = self.repo()?;
+        let id = parse_id(commit)?;
+        let tree = repo
+            .find_commit(id)
+            .map_err(read_err(format!("reading commit {commit}")))?
+            .tree()
+            .map_err(read_err(format!("reading the tree of {commit}")))?;
+        let Some(entry) = tree
+            .lookup_entry_by_path(PIPELINES_DIR)
+            .map_err(read_err(format!("looking up {PIPELINES_DIR}")))?
+        else {
+            return Ok(Vec::new());
+        };
+        if !entry.mode().is_tree() {
+            return Ok(Vec::new());
+        }
+        let dir = repo
+            .find_tree(entry.object_id())
+            .map_err(read_err(format!("reading {PIPELINES_DIR}")))?;
+        let decoded = dir.decode().map_err(|e| GitError::Read {
+            context: format!("decoding {PIPELINES_DIR}"),
+            message: e.to_string(),
+        })?;
+        let mut files = Vec::new();
+        for e in &decoded.entries {
+            let name = e.filename.to_string();
+            if !e.mode.is_blob() || !(name.ends_with(".yaml") || name.ends_with(".yml")) {
+                continue;
+            }
+            let blob = repo
+                .find_blob(e.oid.to_owned())
+                .map_err(read_err(format!("reading {PIPELINES_DIR}/{name}")))?;
+            files.push(PipelineFile {
+                path: format!("{PIPELINES_DIR}/{name}"),
+                blob_id: e.oid.to_string(),
+                content: blob.data.clone(),
+            });
+        }
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(files)
+    }
+
+    /// Paths whose content differs between two commits (added, removed or modified files).
+    pub fn changed_paths(&self, from: &str, to: &str) -> Result<Vec<String>> {
+        let repo = self.repo()?;
+        let tree_of = |commit: &str| -> Result<ObjectId> {
+            let id = parse_id(commit)?;
+            Ok(repo
+                .find_commit(id)
+                .map_err(read_err(format!("reading commit {commit}")))?
+                .tree_id()
+                .map_err(read_err(format!("reading the tree of {commit}")))?
+                .detach())
+        };
+        let (a, b) = (tree_of(from)?, tree_of(to)?);
+        let mut out = Vec::new();
+        diff_trees(&repo, Some(a), Some(b), "", &mut out)?;
+        out.sort();
+        Ok(out)
+    }
+
+    /// Writes the files of `commit` into `dir` (which must not exist yet or be empty).
+    pub fn checkout(&self, commit: &str, dir: &Path) -> Result<()> {
+        let repo = self.repo()?;
+        let id = parse_id(commit)?;
+        let tree = repo
+            .find_commit(id)
+            .map_err(read_err(format!("reading commit {commit}")))?
+            .tree_id()
+            .map_err(read_err(format!("reading the tree of {commit}")))?
+            .detach();
+        std::fs::create_dir_all(dir).map_err(|source| GitError::Workspace {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        write_tree(&repo, tree, dir)
+    }
+}
+
+fn parse_id(commit: &str) -> Result<ObjectId> {
+    ObjectId::from_hex(commit.as_bytes()).map_err(|_| GitError::UnknownRevision(commit.to_string()))
+}
+
+fn run_git(args: &[&str], git_dir: Option<&Path>) -> Result<()> {
+    let mut command = Command::new("git");
+    if let Some(dir) = git_dir {
+        command.arg("--git-dir").arg(dir);
+    }
+    command.args(args).env("GIT_TERMINAL_PROMPT", "0");
+    let output = command.output().map_err(|e| GitError::Command {
+        args: args.join(" "),
+        message: e.to_string(),
+    })?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(GitError::Command {
+            args: args.join(" "),
+            message: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        })
+    }
+}
+
+struct TreeEntry {
+    id: ObjectId,
+    is_tree: bool,
+}
+
+fn tree_entries(repo: &gix::Repository, id: Option<ObjectId>) -> Result<HashMap<String, TreeEntry>> {
+    let Some(id) = id else { return Ok(HashMap::new()) };
+    let tree = repo.find_tree(id).map_err(read_err(format!("reading tree {id}")))?;
+    let decoded = tree.decode().map_err(|e| GitError::Read {
+        context: format!("decoding tree {id}"),
+        message: e.to_string(),
+    })?;
+    Ok(decoded
+        .entries
+        .iter()
+        .map(|e| {
+            (
+                e.filename.to_string(),
+                TreeEntry {
+                    id: e.oid.to_owned(),
+                    is_tree: e.mode.is_tree(),
+                },
+            )
+        })
+        .collect())
+}
+
+/// Recursive tree comparison; equal subtree ids are skipped without being read, so the cost
+/// follows the size of the change, not of the repository.
+fn diff_trees(
+    repo: &gix::Repository,
+    a: Option<ObjectId>,
+    b: Option<ObjectId>,
+    prefix: &str,
+    out: &mut Vec<String>,
+) -> Result<()> {
+    let left = tree_entries(repo, a)?;
+    let right = tree_entries(repo, b)?;
+    let mut names: Vec<&String> = left.keys().chain(right.keys()).collect();
+    names.sort();
+    names.dedup();
+    for name in names {
+        let path = format!("{prefix}{name}");
+        let (l, r) = (left.get(name), right.get(name));
+        if let (Some(l), Some(r)) = (l, r) {
+            if l.id == r.id && l.is_tree == r.is_tree {
+                continue;
+            }
+        }
+        let sub = |e: Option<&TreeEntry>| e.filter(|e| e.is_tree).map(|e| e.id);
+        let (lt, rt) = (sub(l), sub(r));
+        if lt.is_some() || rt.is_some() {
+            diff_trees(repo, lt, rt, &format!("{path}/"), out)?;
+        }
+        let is_file = |e: Option<&TreeEntry>| e.is_some_and(|e| !e.is_tree);
+        if is_file(l) || is_file(r) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn write_tree(repo: &gix::Repository, tree: ObjectId, dir: &Path) -> Result<()> {
+    let tree = repo.find_tree(tree).map_err(read_err(format!("reading tree {tree}")))?;
+    let decoded = tree.decode().map_err(|e| GitError::Read {
+        context: "decoding a tree".into(),
+        message: e.to_string(),
+    })?;
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| GitError::Workspace { path, source }
+    };
+    for e in &decoded.entries {
+        let name = e.filename.to_string();
+        // A crafted tree could name `..` or contain a slash; such an entry is never written.
+        if name.is_empty() || name == "." || name == ".." || name == ".git" || name.contains('/') {
+            continue;
+        }
+        let path = dir.join(&name);
+        if e.mode.is_tree() {
+            std::fs::create_dir_all(&path).map_err(io(&path))?;
+            write_tree(repo, e.oid.to_owned(), &path)?;
+        } else if e.mode.is_commit() {
+            // A submodule: leave an empty directory, as `git clone` without --recursive does.
+            std::fs::create_dir_all(&path).map_err(io(&path))?;
+        } else {
+            let blob = repo
+                .find_blob(e.oid.to_owned())
+                .map_err(read_err(format!("reading {}", path.display())))?;
+            if e.mode.is_link() {
+                let target = String::from_utf8_lossy(&blob.data).into_owned();
+                std::os::unix::fs::symlink(target, &path).map_err(io(&path))?;
+            } else {
+                std::fs::write(&path, &blob.data).map_err(io(&path))?;
+                if e.mode.is_executable() {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).map_err(io(&path))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+impl GitRepo {
+    /// The first parent of a commit (None for a root commit).
+    pub fn first_parent(&self, commit: &str) -> Result<Option<String>> {
+        let repo = self.repo()?;
+        let c = repo
+            .find_commit(parse_id(commit)?)
+            .map_err(read_err(format!("reading commit {commit}")))?;
+        let parent = c.parent_ids().next().map(|id| id.to_string());
+        Ok(parent)
+    }
+}

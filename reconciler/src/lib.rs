@@ -1,0 +1,11 @@
+//! DeployLite's control loop: watch git refs, turn each new commit's `.deploylite/` into runs
+//! (desired state), record them (the store), and move runs and stages through their state
+//! machine (the scheduler).
+
+pub mod desired;
+pub mod git;
+pub mod paths;
+pub mod scheduler;
+pub mod status;
+pub mod store;
+pub mod watcher;

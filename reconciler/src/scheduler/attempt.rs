@@ -1,0 +1,293 @@
+//! One stage attempt, from its first log line to the result in the store.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deploylite_pipeline::{Pipeline, Stage};
+use deploylite_runner::{CancellationToken, StageJob, StageLog, StageOutcome};
+use rand::Rng;
+
+use super::{lock, Scheduler, SchedulerEvent};
+use crate::status::StageStatus;
+use crate::store::{now_ms, ActiveRun, AttemptResult, Dispatch};
+
+pub(super) struct RunInfo {
+    pub id: i64,
+    pub repo: String,
+    pub pipeline: String,
+    pub commit: String,
+    pub git_ref: String,
+    pub trigger: String,
+    pub workspace: Option<String>,
+}
+
+impl From<&ActiveRun> for RunInfo {
+    fn from(r: &ActiveRun) -> Self {
+        RunInfo {
+            id: r.id,
+            repo: r.repo.clone(),
+            pipeline: r.pipeline.clone(),
+            commit: r.commit.clone(),
+            git_ref: r.git_ref.clone(),
+            trigger: r.trigger.clone(),
+            workspace: r.workspace.clone(),
+        }
+    }
+}
+
+pub(super) struct AttemptContext {
+    pub run: RunInfo,
+    pub spec: Arc<Pipeline>,
+    pub dispatch: Dispatch,
+    /// Failed attempts before this one (what `retry.max` counts).
+    pub failures: i64,
+    pub cancel: CancellationToken,
+    pub shutdown: CancellationToken,
+}
+
+impl Scheduler {
+    pub(super) async fn run_attempt(self: Arc<Self>, ctx: AttemptContext) {
+        let d = &ctx.dispatch;
+        let key = (d.run_id, d.stage.clone());
+        let result = self.execute_attempt(&ctx).await;
+        lock(&self.running).remove(&key);
+        let Some(result) = result else {
+            return; // daemon shutting down: the attempt stays open for recovery
+        };
+        let mut recorded = false;
+        for delay_ms in [0u64, 100, 500, 2000, 5000] {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            match self.store.finish_attempt(&result).await {
+                Ok(applied) => {
+                    if !applied {
+                        tracing::warn!(run_id = d.run_id, stage = %d.stage, attempt = d.attempt,
+                            "attempt result ignored: the attempt is no longer current");
+                    }
+                    recorded = true;
+                    break;
+                }
+                Err(error) => tracing::error!(%error, run_id = d.run_id, stage = %d.stage, "cannot record an attempt; retrying"),
+            }
+        }
+        if !recorded {
+            // Left open in the store: the next start recovers it as interrupted.
+            tracing::error!(run_id = d.run_id, stage = %d.stage, "giving up recording an attempt");
+        }
+        let _ = self.events.send(SchedulerEvent::StageFinished {
+            run_id: d.run_id,
+            stage: d.stage.clone(),
+            attempt: d.attempt,
+            status: result.attempt_status,
+        });
+        self.wake.notify_one();
+    }
+
+    /// Runs the attempt (and the rollback when it is the stage's last failure). None when the
+    /// daemon is shutting down.
+    async fn execute_attempt(&self, ctx: &AttemptContext) -> Option<AttemptResult> {
+        let d = &ctx.dispatch;
+        let Some(stage) = ctx.spec.stages.iter().find(|s| s.name == d.stage) else {
+            return Some(self.result(ctx, StageStatus::Failed, StageStatus::Failed, None, Some("stage missing from the run's pipeline".into()), false, None));
+        };
+        let log_path = self.data.log_path(d.run_id, &d.stage, d.attempt);
+        let mut log = match StageLog::create(&log_path).await {
+            Ok(log) => log,
+            Err(e) => {
+                let note = format!("cannot create the log {}: {e}", log_path.display());
+                return Some(self.result(ctx, StageStatus::Failed, StageStatus::Failed, None, Some(note), true, None));
+            }
+        };
+        if self.echo_logs {
+            log.echo_to_stdout(d.stage.clone());
+        }
+        self.write_header(ctx, &mut log).await;
+
+        let workspace = ctx
+            .run
+            .workspace
+            .clone()
+            .unwrap_or_else(|| self.data.workspace(d.run_id).display().to_string());
+        let job = StageJob {
+            run_id: d.run_id,
+            stage: d.stage.clone(),
+            attempt: u32::try_from(d.attempt).unwrap_or(u32::MAX),
+            workspace: workspace.clone().into(),
+            env: stage_env(&ctx.run, &ctx.spec, stage, d.attempt, &workspace),
+            steps: stage.steps.clone(),
+            timeout: stage.timeout,
+            image: stage.image.clone(),
+        };
+        let outcome = self.executor.execute(job.clone(), &mut log, ctx.cancel.clone()).await;
+        if ctx.shutdown.is_cancelled() {
+            log.system("the daemon is shutting down: this attempt will run again after it restarts").await;
+            return None;
+        }
+        let exit_code = outcome.exit_code().map(i64::from);
+        let note = match &outcome {
+            StageOutcome::Succeeded => None,
+            StageOutcome::Failed { exit_code: Some(c), step } => Some(format!("step {} exited with {c}", step + 1)),
+            StageOutcome::Failed { exit_code: None, step } => Some(format!("step {} was killed by a signal", step + 1)),
+            StageOutcome::TimedOut => Some(format!(
+                "timed out after {}",
+                stage.timeout.map(deploylite_pipeline::duration::format_duration).unwrap_or_default()
+            )),
+            StageOutcome::Cancelled => Some("cancelled".into()),
+            StageOutcome::Error(message) => Some(message.clone()),
+        };
+        let result = match outcome {
+            StageOutcome::Succeeded => self.result(ctx, StageStatus::Success, StageStatus::Success, Some(0), None, false, None),
+            StageOutcome::Cancelled => self.result(ctx, StageStatus::Cancelled, StageStatus::Cancelled, None, note, false, None),
+            StageOutcome::Failed { .. } | StageOutcome::TimedOut | StageOutcome::Error(_) => {
+                let failures = u32::try_from(ctx.failures + 1).unwrap_or(u32::MAX);
+                let code = exit_code.and_then(|c| i32::try_from(c).ok());
+                if !ctx.cancel.is_cancelled() && stage.retry.should_retry(failures, code) {
+                    let delay = with_jitter(stage.retry.base_delay(failures), stage.retry.max_backoff);
+                    let at = now_ms() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
+                    log.system(&format!(
+                        "attempt {} failed ({}); retry {} of {} in {}",
+                        d.attempt,
+                        note.as_deref().unwrap_or("failed"),
+                        failures,
+                        stage.retry.max,
+                        deploylite_pipeline::duration::format_duration(delay)
+                    ))
+                    .await;
+                    let reason = format!(
+                        "backoff until {}: attempt {} failed ({})",
+                        chrono::DateTime::from_timestamp_millis(at)
+                            .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+                            .unwrap_or_default(),
+                        d.attempt,
+                        note.as_deref().unwrap_or("failed")
+                    );
+                    self.result(ctx, StageStatus::Failed, StageStatus::Queued, exit_code, note, true, Some((at, reason)))
+                } else {
+                    if !stage.rollback.is_empty() && !ctx.cancel.is_cancelled() {
+                        log.system("the stage failed for good: running its rollback steps").await;
+                        let rollback = StageJob { steps: stage.rollback.clone(), ..job };
+                        let rolled = self.executor.execute(rollback, &mut log, ctx.cancel.clone()).await;
+                        log.system(&format!("rollback finished: {rolled:?}")).await;
+                    }
+                    self.result(ctx, StageStatus::Failed, StageStatus::Failed, exit_code, note, true, None)
+                }
+            }
+        };
+        Some(result)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn result(
+        &self,
+        ctx: &AttemptContext,
+        attempt_status: StageStatus,
+        stage_status: StageStatus,
+        exit_code: Option<i64>,
+        note: Option<String>,
+        counts_as_failure: bool,
+        backoff: Option<(i64, String)>,
+    ) -> AttemptResult {
+        let (not_before, pending_reason) = match backoff {
+            Some((at, reason)) => (Some(at), Some(reason)),
+            None => (None, None),
+        };
+        AttemptResult {
+            run_id: ctx.dispatch.run_id,
+            stage: ctx.dispatch.stage.clone(),
+            attempt: ctx.dispatch.attempt,
+            attempt_status,
+            stage_status,
+            exit_code,
+            note,
+            counts_as_failure,
+            not_before,
+            pending_reason,
+        }
+    }
+
+    async fn write_header(&self, ctx: &AttemptContext, log: &mut StageLog) {
+        let d = &ctx.dispatch;
+        log.system(&format!(
+            "run #{} {}/{} stage `{}` attempt {} on {} ({} {})",
+            d.run_id, ctx.run.repo, ctx.run.pipeline, d.stage, d.attempt, d.executor, ctx.run.git_ref, short(&ctx.run.commit)
+        ))
+        .await;
+        if d.attempt > 1 {
+            let previous = self
+                .store
+                .stage_attempts(d.run_id, &d.stage)
+                .await
+                .ok()
+                .and_then(|all| all.into_iter().find(|a| a.attempt == d.attempt - 1));
+            if let Some(previous) = previous {
+                log.system(&format!(
+                    "previous attempt {}: {}{}",
+                    previous.attempt,
+                    previous.status,
+                    previous.note.map(|n| format!(" ({n})")).unwrap_or_default()
+                ))
+                .await;
+            }
+        }
+    }
+}
+
+fn short(commit: &str) -> &str {
+    commit.get(..12).unwrap_or(commit)
+}
+
+/// Exponential backoff plus up to 25% random jitter, so that retries of many stages that failed
+/// together do not hit a shared dependency in lockstep.
+fn with_jitter(base: Duration, cap: Duration) -> Duration {
+    let jitter_ms = u64::try_from(base.as_millis() / 4).unwrap_or(0);
+    let extra = if jitter_ms > 0 { rand::rng().random_range(0..=jitter_ms) } else { 0 };
+    (base + Duration::from_millis(extra)).min(cap.max(base))
+}
+
+/// Pipeline env < stage env < DeployLite's own variables (which a pipeline cannot override).
+pub(crate) fn stage_env(
+    run: &RunInfo,
+    spec: &Pipeline,
+    stage: &Stage,
+    attempt: i64,
+    workspace: &str,
+) -> BTreeMap<String, String> {
+    let mut env = spec.env.clone();
+    env.extend(stage.env.clone());
+    let mut set = |k: &str, v: String| {
+        env.insert(k.to_string(), v);
+    };
+    set("CI", "true".into());
+    set("DEPLOYLITE", "true".into());
+    set("DEPLOYLITE_RUN_ID", run.id.to_string());
+    set("DEPLOYLITE_REPO", run.repo.clone());
+    set("DEPLOYLITE_COMMIT", run.commit.clone());
+    set("DEPLOYLITE_REF", run.git_ref.clone());
+    set("DEPLOYLITE_EVENT", run.trigger.clone());
+    set("DEPLOYLITE_PIPELINE", run.pipeline.clone());
+    set("DEPLOYLITE_STAGE", stage.name.clone());
+    set("DEPLOYLITE_ATTEMPT", attempt.to_string());
+    set("DEPLOYLITE_WORKSPACE", workspace.to_string());
+    if let Some(branch) = run.git_ref.strip_prefix("refs/heads/") {
+        set("DEPLOYLITE_BRANCH", branch.to_string());
+    }
+    if let Some(tag) = run.git_ref.strip_prefix("refs/tags/") {
+        set("DEPLOYLITE_TAG", tag.to_string());
+    }
+    env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_a_quarter_and_the_cap() {
+        for _ in 0..100 {
+            let d = with_jitter(Duration::from_secs(4), Duration::from_secs(60));
+            assert!(d >= Duration::from_secs(4) && d <= Duration::from_secs(5), "{d:?}");
+            let capped = with_jitter(Duration::from_secs(60), Duration::from_secs(60));
+            assert_eq!(capped, Duration::from_secs(60));
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! Recording desired state (runs created from commits) and reading runs back for the API.
+
+use serde::Serialize;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::{now_ms, DbContext, Result, Store, StoreError};
+use crate::status::{RunStatus, StageStatus};
+
+/// A run to create. Its identity is (repo, pipeline, commit, trigger, run_attempt): creating it
+/// twice is a no-op, which is what makes polling, webhooks and restarts safe to overlap.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub repo: String,
+    pub pipeline: String,
+    pub pipeline_file: String,
+    pub commit: String,
+    pub git_ref: String,
+    pub trigger: String,
+    pub run_attempt: i64,
+    /// `Queued`, or created final: `Error` (did not validate), `Skipped` (path filters).
+    pub status: RunStatus,
+    /// Why a run is waiting, or why it was created final.
+    pub pending_reason: Option<String>,
+    pub concurrency: deploylite_pipeline::Concurrency,
+    pub spec: Option<String>,
+    pub errors: Option<String>,
+    /// Preset by `deploylite run`, which runs in the working copy itself.
+    pub workspace: Option<String>,
+    pub stages: Vec<NewStage>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewStage {
+    pub name: String,
+    pub status: StageStatus,
+    pub needs: Vec<String>,
+    pub pending_reason: Option<String>,
+}
+
+/// Everything one reconciliation of one ref writes, in one transaction: the runs the commit
+/// triggers and the ref's new recorded commit. A crash before the commit loses nothing (the next
+/// poll sees the same difference), a crash after it duplicates nothing.
+#[derive(Debug, Clone, Default)]
+pub struct RecordCommit {
+    pub repo: String,
+    pub git_ref: String,
+    pub commit: String,
+    pub runs: Vec<NewRun>,
+    /// Whether to move the ref's recorded commit (false for one-off runs).
+    pub update_ref: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub repo: Option<String>,
+    pub pipeline: Option<String>,
+    pub status: Option<RunStatus>,
+    pub limit: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    pub id: i64,
+    pub repo: String,
+    pub pipeline: String,
+    pub pipeline_file: String,
+    pub commit: String,
+    pub git_ref: String,
+    pub trigger: String,
+    pub run_attempt: i64,
+    pub status: RunStatus,
+    pub pending_reason: Option<String>,
+    pub errors: Option<serde_json::Value>,
+    pub cancel_requested: bool,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StageRecord {
+    pub name: String,
+    pub position: i64,
+    pub status: StageStatus,
+    pub attempt: i64,
+    pub needs: Vec<String>,
+    pub pending_reason: Option<String>,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub exit_code: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StageAttemptRecord {
+    pub attempt: i64,
+    pub status: StageStatus,
+    pub exit_code: Option<i64>,
+    pub note: Option<String>,
+    pub executor: String,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+const RUN_COLUMNS: &str = "id, repo, pipeline, pipeline_file, commit_sha, git_ref, trigger, run_attempt, status, \
+     pending_reason, errors, cancel_requested, created_at, started_at, finished_at";
+
+impl Store {
+    /// Records a reconciled commit. Returns the ids of the runs actually created (runs that
+    /// already existed are left alone) and of older runs this one cancels.
+    pub async fn record_commit(&self, record: &RecordCommit) -> Result<(Vec<i64>, Vec<i64>)> {
+        let now = now_ms();
+        let mut tx = self.pool().begin().await.ctx("starting to record a commit")?;
+        let mut created = Vec::new();
+        let mut cancelled = Vec::new();
+        for run in &record.runs {
+            let finished_at = run.status.is_final().then_some(now);
+            let id: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO runs (repo, pipeline, pipeline_file, commit_sha, git_ref, trigger, run_attempt, \
+                     status, concurrency, spec, errors, workspace, workspace_ready, created_at, finished_at, pending_reason)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+                 ON CONFLICT (repo, pipeline, commit_sha, trigger, run_attempt) DO NOTHING
+                 RETURNING id",
+            )
+            .bind(&run.repo)
+            .bind(&run.pipeline)
+            .bind(&run.pipeline_file)
+            .bind(&run.commit)
+            .bind(&run.git_ref)
+            .bind(&run.trigger)
+            .bind(run.run_attempt)
+            .bind(run.status.as_str())
+            .bind(concurrency_str(run.concurrency))
+            .bind(run.spec.as_deref())
+            .bind(run.errors.as_deref())
+            .bind(run.workspace.as_deref())
+            .bind(i64::from(run.workspace.is_some()))
+            .bind(now)
+            .bind(finished_at)
+            .bind(run.pending_reason.as_deref())
+            .fetch_optional(&mut *tx)
+            .await
+            .ctx("inserting a run")?;
+            let Some(id) = id else { continue };
+            created.push(id);
+            for (position, stage) in run.stages.iter().enumerate() {
+                let needs = serde_json::to_string(&stage.needs).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                sqlx::query(
+                    "INSERT INTO stages (run_id, name, position, status, needs, pending_reason, finished_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(id)
+                .bind(&stage.name)
+                .bind(position as i64)
+                .bind(stage.status.as_str())
+                .bind(needs)
+                .bind(stage.pending_reason.as_deref())
+                .bind(stage.status.is_final().then_some(now))
+                .execute(&mut *tx)
+                .await
+                .ctx("inserting a stage")?;
+            }
+            if run.status == RunStatus::Queued
+                && run.concurrency == deploylite_pipeline::Concurrency::CancelInProgress
+            {
+                let older: Vec<i64> = sqlx::query_scalar(
+                    "UPDATE runs SET cancel_requested = 1,
+                         pending_reason = 'cancelled: superseded by run #' || $5
+                     WHERE repo = $1 AND pipeline = $2 AND git_ref = $3 AND id < $4
+                       AND status IN ('queued', 'running') AND cancel_requested = 0
+                     RETURNING id",
+                )
+                .bind(&run.repo)
+                .bind(&run.pipeline)
+                .bind(&run.git_ref)
+                .bind(id)
+                .bind(id.to_string())
+                .fetch_all(&mut *tx)
+                .await
+                .ctx("cancelling superseded runs")?;
+                cancelled.extend(older);
+            }
+        }
+        if record.update_ref {
+            sqlx::query(
+                "INSERT INTO watched_refs (repo, git_ref, commit_sha, updated_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (repo, git_ref) DO UPDATE SET commit_sha = excluded.commit_sha, updated_at = excluded.updated_at",
+            )
+            .bind(&record.repo)
+            .bind(&record.git_ref)
+            .bind(&record.commit)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .ctx("recording a ref")?;
+        }
+        tx.commit().await.ctx("committing a recorded commit")?;
+        Ok((created, cancelled))
+    }
+
+    /// The last reconciled commit of every watched ref of `repo`.
+    pub async fn watched_refs(&self, repo: &str) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query("SELECT git_ref, commit_sha FROM watched_refs WHERE repo = $1")
+            .bind(repo)
+            .fetch_all(self.pool())
+            .await
+            .ctx("reading watched refs")?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("git_ref").ctx("reading git_ref")?, r.try_get("commit_sha").ctx("reading commit_sha")?)))
+            .collect()
+    }
+
+    /// Forgets a deleted ref, so that re-creating it counts as new.
+    pub async fn forget_ref(&self, repo: &str, git_ref: &str) -> Result<()> {
+        sqlx::query("DELETE FROM watched_refs WHERE repo = $1 AND git_ref = $2")
+            .bind(repo)
+            .bind(git_ref)
+            .execute(self.pool())
+            .await
+            .ctx("forgetting a ref")?;
+        Ok(())
+    }
+
+    /// Runs, newest first.
+    pub async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs
+             WHERE ($1 IS NULL OR repo = $1) AND ($2 IS NULL OR pipeline = $2) AND ($3 IS NULL OR status = $3)
+             ORDER BY id DESC LIMIT $4"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(filter.repo.as_deref())
+            .bind(filter.pipeline.as_deref())
+            .bind(filter.status.map(|s| s.as_str()))
+            .bind(if filter.limit > 0 { filter.limit } else { 50 })
+            .fetch_all(self.pool())
+            .await
+            .ctx("listing runs")?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    pub async fn get_run(&self, id: i64) -> Result<Option<(RunRecord, Vec<StageRecord>)>> {
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1");
+        let Some(row) = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await
+            .ctx("reading a run")?
+        else {
+            return Ok(None);
+        };
+        let run = run_from_row(&row)?;
+        let stage_rows = sqlx::query(
+            "SELECT name, position, status, attempt, needs, pending_reason, started_at, finished_at, exit_code
+             FROM stages WHERE run_id = $1 ORDER BY position",
+        )
+        .bind(id)
+        .fetch_all(self.pool())
+        .await
+        .ctx("reading stages")?;
+        let stages = stage_rows
+            .iter()
+            .map(|r| {
+                Ok(StageRecord {
+                    name: r.try_get("name").ctx("reading a stage")?,
+                    position: r.try_get("position").ctx("reading a stage")?,
+                    status: parse_status(r.try_get::<String, _>("status").ctx("reading a stage")?)?,
+                    attempt: r.try_get("attempt").ctx("reading a stage")?,
+                    needs: parse_json(&r.try_get::<String, _>("needs").ctx("reading a stage")?)?,
+                    pending_reason: r.try_get("pending_reason").ctx("reading a stage")?,
+                    started_at: r.try_get("started_at").ctx("reading a stage")?,
+                    finished_at: r.try_get("finished_at").ctx("reading a stage")?,
+                    exit_code: r.try_get("exit_code").ctx("reading a stage")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some((run, stages)))
+    }
+
+    pub async fn stage_attempts(&self, run_id: i64, stage: &str) -> Result<Vec<StageAttemptRecord>> {
+        let rows = sqlx::query(
+            "SELECT attempt, status, exit_code, note, executor, started_at, finished_at
+             FROM stage_attempts WHERE run_id = $1 AND stage = $2 ORDER BY attempt",
+        )
+        .bind(run_id)
+        .bind(stage)
+        .fetch_all(self.pool())
+        .await
+        .ctx("reading stage attempts")?;
+        rows.iter()
+            .map(|r| {
+                Ok(StageAttemptRecord {
+                    attempt: r.try_get("attempt").ctx("reading an attempt")?,
+                    status: parse_status(r.try_get::<String, _>("status").ctx("reading an attempt")?)?,
+                    exit_code: r.try_get("exit_code").ctx("reading an attempt")?,
+                    note: r.try_get("note").ctx("reading an attempt")?,
+                    executor: r.try_get("executor").ctx("reading an attempt")?,
+                    started_at: r.try_get("started_at").ctx("reading an attempt")?,
+                    finished_at: r.try_get("finished_at").ctx("reading an attempt")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Asks for a run to be cancelled; the scheduler stops its running stages and skips the
+    /// rest. Returns the run's status, or None when there is no such run.
+    pub async fn request_cancel(&self, run_id: i64, reason: &str) -> Result<Option<RunStatus>> {
+        sqlx::query(
+            "UPDATE runs SET cancel_requested = 1, pending_reason = $2
+             WHERE id = $1 AND status IN ('queued', 'running') AND cancel_requested = 0",
+        )
+        .bind(run_id)
+        .bind(reason)
+        .execute(self.pool())
+        .await
+        .ctx("requesting a cancellation")?;
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM runs WHERE id = $1")
+            .bind(run_id)
+            .fetch_optional(self.pool())
+            .await
+            .ctx("reading a run's status")?;
+        status.map(parse_status).transpose()
+    }
+}
+
+pub(super) fn concurrency_str(c: deploylite_pipeline::Concurrency) -> &'static str {
+    match c {
+        deploylite_pipeline::Concurrency::Parallel => "parallel",
+        deploylite_pipeline::Concurrency::Queue => "queue",
+        deploylite_pipeline::Concurrency::CancelInProgress => "cancel-in-progress",
+    }
+}
+
+pub(super) fn parse_concurrency(s: &str) -> Result<deploylite_pipeline::Concurrency> {
+    match s {
+        "parallel" => Ok(deploylite_pipeline::Concurrency::Parallel),
+        "queue" => Ok(deploylite_pipeline::Concurrency::Queue),
+        "cancel-in-progress" => Ok(deploylite_pipeline::Concurrency::CancelInProgress),
+        other => Err(StoreError::Corrupt(format!("concurrency `{other}`"))),
+    }
+}
+
+pub(super) fn parse_status<T: std::str::FromStr<Err = crate::status::UnknownStatus>>(s: String) -> Result<T> {
+    s.parse().map_err(|e: crate::status::UnknownStatus| StoreError::Corrupt(e.to_string()))
+}
+
+pub(super) fn parse_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("JSON column: {e}")))
+}
+
+fn run_from_row(r: &AnyRow) -> Result<RunRecord> {
+    let errors: Option<String> = r.try_get("errors").ctx("reading a run")?;
+    Ok(RunRecord {
+        id: r.try_get("id").ctx("reading a run")?,
+        repo: r.try_get("repo").ctx("reading a run")?,
+        pipeline: r.try_get("pipeline").ctx("reading a run")?,
+        pipeline_file: r.try_get("pipeline_file").ctx("reading a run")?,
+        commit: r.try_get("commit_sha").ctx("reading a run")?,
+        git_ref: r.try_get("git_ref").ctx("reading a run")?,
+        trigger: r.try_get("trigger").ctx("reading a run")?,
+        run_attempt: r.try_get("run_attempt").ctx("reading a run")?,
+        status: parse_status(r.try_get::<String, _>("status").ctx("reading a run")?)?,
+        pending_reason: r.try_get("pending_reason").ctx("reading a run")?,
+        errors: errors.as_deref().map(parse_json).transpose()?,
+        cancel_requested: r.try_get::<i64, _>("cancel_requested").ctx("reading a run")? != 0,
+        created_at: r.try_get("created_at").ctx("reading a run")?,
+        started_at: r.try_get("started_at").ctx("reading a run")?,
+        finished_at: r.try_get("finished_at").ctx("reading a run")?,
+    })
+}

@@ -1,0 +1,454 @@
+//! The scheduler's side of the store: read the active runs, write a tick's decisions in one
+//! transaction, record attempt results, recover after a crash.
+
+use sqlx::Row;
+
+use super::runs::{parse_concurrency, parse_json, parse_status};
+use super::{now_ms, DbContext, Result, Store, StoreError};
+use crate::status::{RunStatus, StageStatus};
+
+#[derive(Debug, Clone)]
+pub struct ActiveRun {
+    pub id: i64,
+    pub repo: String,
+    pub pipeline: String,
+    pub git_ref: String,
+    pub commit: String,
+    pub trigger: String,
+    pub status: RunStatus,
+    pub pending_reason: Option<String>,
+    pub concurrency: deploylite_pipeline::Concurrency,
+    pub cancel_requested: bool,
+    pub workspace: Option<String>,
+    pub workspace_ready: bool,
+    pub stages: Vec<ActiveStage>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ActiveStage {
+    pub name: String,
+    pub position: i64,
+    pub status: StageStatus,
+    pub attempt: i64,
+    pub failures: i64,
+    pub needs: Vec<String>,
+    pub pending_reason: Option<String>,
+    pub not_before: Option<i64>,
+}
+
+/// A stage attempt to start now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dispatch {
+    pub run_id: i64,
+    pub stage: String,
+    pub attempt: i64,
+    pub executor: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageSkip {
+    pub run_id: i64,
+    pub stage: String,
+    pub status: StageStatus,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunFinish {
+    pub run_id: i64,
+    pub status: RunStatus,
+}
+
+/// One tick's decisions; written in one transaction.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TickWrites {
+    pub start_runs: Vec<i64>,
+    pub run_pending: Vec<(i64, Option<String>)>,
+    pub dispatch: Vec<Dispatch>,
+    pub skip: Vec<StageSkip>,
+    pub stage_pending: Vec<(i64, String, Option<String>)>,
+    pub finish: Vec<RunFinish>,
+}
+
+impl TickWrites {
+    pub fn is_empty(&self) -> bool {
+        self.start_runs.is_empty()
+            && self.run_pending.is_empty()
+            && self.dispatch.is_empty()
+            && self.skip.is_empty()
+            && self.stage_pending.is_empty()
+            && self.finish.is_empty()
+    }
+}
+
+/// How an attempt ended, as the scheduler decided it.
+#[derive(Debug, Clone)]
+pub struct AttemptResult {
+    pub run_id: i64,
+    pub stage: String,
+    pub attempt: i64,
+    /// The attempt's own status: success, failed or cancelled.
+    pub attempt_status: StageStatus,
+    /// The stage's next status: the same as the attempt's, or `Queued` for a retry.
+    pub stage_status: StageStatus,
+    pub exit_code: Option<i64>,
+    pub note: Option<String>,
+    /// Counts against `retry.max`.
+    pub counts_as_failure: bool,
+    pub not_before: Option<i64>,
+    pub pending_reason: Option<String>,
+}
+
+/// A stage attempt that was running when the daemon stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Interrupted {
+    pub run_id: i64,
+    pub stage: String,
+    pub attempt: i64,
+}
+
+pub const INTERRUPTED_NOTE: &str = "interrupted: the daemon stopped while this attempt ran";
+
+impl Store {
+    /// Every run that is not final yet, with its stages, oldest first.
+    pub async fn load_active(&self) -> Result<Vec<ActiveRun>> {
+        let run_rows = sqlx::query(
+            "SELECT id, repo, pipeline, git_ref, commit_sha, trigger, status, pending_reason, concurrency,
+                    cancel_requested, workspace, workspace_ready
+             FROM runs WHERE status IN ('queued', 'running') ORDER BY id",
+        )
+        .fetch_all(self.pool())
+        .await
+        .ctx("loading active runs")?;
+        let mut runs = Vec::with_capacity(run_rows.len());
+        for r in &run_rows {
+            runs.push(ActiveRun {
+                id: r.try_get("id").ctx("reading an active run")?,
+                repo: r.try_get("repo").ctx("reading an active run")?,
+                pipeline: r.try_get("pipeline").ctx("reading an active run")?,
+                git_ref: r.try_get("git_ref").ctx("reading an active run")?,
+                commit: r.try_get("commit_sha").ctx("reading an active run")?,
+                trigger: r.try_get("trigger").ctx("reading an active run")?,
+                status: parse_status(r.try_get::<String, _>("status").ctx("reading an active run")?)?,
+                pending_reason: r.try_get("pending_reason").ctx("reading an active run")?,
+                concurrency: parse_concurrency(&r.try_get::<String, _>("concurrency").ctx("reading an active run")?)?,
+                cancel_requested: r.try_get::<i64, _>("cancel_requested").ctx("reading an active run")? != 0,
+                workspace: r.try_get("workspace").ctx("reading an active run")?,
+                workspace_ready: r.try_get::<i64, _>("workspace_ready").ctx("reading an active run")? != 0,
+                stages: Vec::new(),
+            });
+        }
+        let stage_rows = sqlx::query(
+            "SELECT s.run_id, s.name, s.position, s.status, s.attempt, s.failures, s.needs, s.pending_reason, s.not_before
+             FROM stages s JOIN runs r ON r.id = s.run_id
+             WHERE r.status IN ('queued', 'running') ORDER BY s.run_id, s.position",
+        )
+        .fetch_all(self.pool())
+        .await
+        .ctx("loading active stages")?;
+        let mut index = 0;
+        for r in &stage_rows {
+            let run_id: i64 = r.try_get("run_id").ctx("reading an active stage")?;
+            while index < runs.len() && runs[index].id < run_id {
+                index += 1;
+            }
+            let Some(run) = runs.get_mut(index).filter(|run| run.id == run_id) else {
+                continue; // the run became final between the two reads
+            };
+            run.stages.push(ActiveStage {
+                name: r.try_get("name").ctx("reading an active stage")?,
+                position: r.try_get("position").ctx("reading an active stage")?,
+                status: parse_status(r.try_get::<String, _>("status").ctx("reading an active stage")?)?,
+                attempt: r.try_get("attempt").ctx("reading an active stage")?,
+                failures: r.try_get("failures").ctx("reading an active stage")?,
+                needs: parse_json(&r.try_get::<String, _>("needs").ctx("reading an active stage")?)?,
+                pending_reason: r.try_get("pending_reason").ctx("reading an active stage")?,
+                not_before: r.try_get("not_before").ctx("reading an active stage")?,
+            });
+        }
+        Ok(runs)
+    }
+
+    /// The pipeline a run was created from.
+    pub async fn run_spec(&self, run_id: i64) -> Result<deploylite_pipeline::Pipeline> {
+        let spec: Option<String> = sqlx::query_scalar("SELECT spec FROM runs WHERE id = $1")
+            .bind(run_id)
+            .fetch_optional(self.pool())
+            .await
+            .ctx("reading a run's pipeline")?
+            .flatten();
+        let spec = spec.ok_or_else(|| StoreError::Corrupt(format!("run {run_id} has no pipeline")))?;
+        parse_json(&spec)
+    }
+
+    /// Writes one tick's decisions atomically. Every UPDATE is guarded by the status it
+    /// expects, so a decision made on a stale read changes nothing.
+    pub async fn apply_tick(&self, writes: &TickWrites) -> Result<()> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let mut tx = self.pool().begin().await.ctx("starting a scheduler tick")?;
+        for run_id in &writes.start_runs {
+            sqlx::query(
+                "UPDATE runs SET status = 'running', started_at = $2, pending_reason = NULL
+                 WHERE id = $1 AND status = 'queued'",
+            )
+            .bind(run_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .ctx("starting a run")?;
+        }
+        for (run_id, reason) in &writes.run_pending {
+            sqlx::query("UPDATE runs SET pending_reason = $2 WHERE id = $1 AND status = 'queued'")
+                .bind(run_id)
+                .bind(reason.as_deref())
+                .execute(&mut *tx)
+                .await
+                .ctx("updating a run's pending reason")?;
+        }
+        for skip in &writes.skip {
+            sqlx::query(
+                "UPDATE stages SET status = $3, pending_reason = $4, finished_at = $5
+                 WHERE run_id = $1 AND name = $2 AND status = 'queued'",
+            )
+            .bind(skip.run_id)
+            .bind(&skip.stage)
+            .bind(skip.status.as_str())
+            .bind(&skip.reason)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .ctx("skipping a stage")?;
+        }
+        for (run_id, stage, reason) in &writes.stage_pending {
+            sqlx::query("UPDATE stages SET pending_reason = $3 WHERE run_id = $1 AND name = $2 AND status = 'queued'")
+                .bind(run_id)
+                .bind(stage)
+                .bind(reason.as_deref())
+                .execute(&mut *tx)
+                .await
+                .ctx("updating a stage's pending reason")?;
+        }
+        for d in &writes.dispatch {
+            let updated = sqlx::query(
+                "UPDATE stages SET status = 'running', attempt = $3, started_at = $4, finished_at = NULL,
+                     exit_code = NULL, pending_reason = NULL, not_before = NULL
+                 WHERE run_id = $1 AND name = $2 AND status = 'queued'",
+            )
+            .bind(d.run_id)
+            .bind(&d.stage)
+            .bind(d.attempt)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .ctx("dispatching a stage")?;
+            if updated.rows_affected() == 1 {
+                sqlx::query(
+                    "INSERT INTO stage_attempts (run_id, stage, attempt, status, executor, started_at)
+                     VALUES ($1, $2, $3, 'running', $4, $5)",
+                )
+                .bind(d.run_id)
+                .bind(&d.stage)
+                .bind(d.attempt)
+                .bind(&d.executor)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .ctx("recording an attempt")?;
+            }
+        }
+        for finish in &writes.finish {
+            sqlx::query(
+                "UPDATE runs SET status = $2, finished_at = $3,
+                     started_at = COALESCE(started_at, $3)
+                 WHERE id = $1 AND status IN ('queued', 'running')",
+            )
+            .bind(finish.run_id)
+            .bind(finish.status.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .ctx("finishing a run")?;
+        }
+        tx.commit().await.ctx("committing a scheduler tick")?;
+        Ok(())
+    }
+
+    /// Records how an attempt ended. Returns false, changing nothing, when that attempt is no
+    /// longer the stage's running one (a late or duplicate report).
+    pub async fn finish_attempt(&self, result: &AttemptResult) -> Result<bool> {
+        let now = now_ms();
+        let mut tx = self.pool().begin().await.ctx("starting to record an attempt")?;
+        let updated = sqlx::query(
+            "UPDATE stage_attempts SET status = $4, exit_code = $5, note = $6, finished_at = $7
+             WHERE run_id = $1 AND stage = $2 AND attempt = $3 AND status = 'running'",
+        )
+        .bind(result.run_id)
+        .bind(&result.stage)
+        .bind(result.attempt)
+        .bind(result.attempt_status.as_str())
+        .bind(result.exit_code)
+        .bind(result.note.as_deref())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .ctx("recording an attempt's end")?;
+        if updated.rows_affected() != 1 {
+            return Ok(false);
+        }
+        let finished_at = result.stage_status.is_final().then_some(now);
+        sqlx::query(
+            "UPDATE stages SET status = $4, exit_code = $5, finished_at = $6, failures = failures + $7,
+                 not_before = $8, pending_reason = $9
+             WHERE run_id = $1 AND name = $2 AND attempt = $3 AND status = 'running'",
+        )
+        .bind(result.run_id)
+        .bind(&result.stage)
+        .bind(result.attempt)
+        .bind(result.stage_status.as_str())
+        .bind(result.exit_code)
+        .bind(finished_at)
+        .bind(i64::from(result.counts_as_failure))
+        .bind(result.not_before)
+        .bind(result.pending_reason.as_deref())
+        .execute(&mut *tx)
+        .await
+        .ctx("recording a stage's state")?;
+        tx.commit().await.ctx("committing an attempt's end")?;
+        Ok(true)
+    }
+
+    /// After a crash: every attempt still marked running was cut short. It is closed with a
+    /// note, and its stage is queued again for a new attempt that does not count as a retry.
+    pub async fn recover_interrupted(&self) -> Result<Vec<Interrupted>> {
+        let now = now_ms();
+        let mut tx = self.pool().begin().await.ctx("starting recovery")?;
+        let rows = sqlx::query("SELECT run_id, stage, attempt FROM stage_attempts WHERE status = 'running'")
+            .fetch_all(&mut *tx)
+            .await
+            .ctx("finding interrupted attempts")?;
+        let mut interrupted = Vec::with_capacity(rows.len());
+        for r in &rows {
+            interrupted.push(Interrupted {
+                run_id: r.try_get("run_id").ctx("reading an interrupted attempt")?,
+                stage: r.try_get("stage").ctx("reading an interrupted attempt")?,
+                attempt: r.try_get("attempt").ctx("reading an interrupted attempt")?,
+            });
+        }
+        for i in &interrupted {
+            sqlx::query(
+                "UPDATE stage_attempts SET status = 'failed', note = $4, finished_at = $5
+                 WHERE run_id = $1 AND stage = $2 AND attempt = $3",
+            )
+            .bind(i.run_id)
+            .bind(&i.stage)
+            .bind(i.attempt)
+            .bind(INTERRUPTED_NOTE)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .ctx("closing an interrupted attempt")?;
+            sqlx::query(
+                "UPDATE stages SET status = 'queued', not_before = NULL, pending_reason = $3
+                 WHERE run_id = $1 AND name = $2 AND status = 'running'",
+            )
+            .bind(i.run_id)
+            .bind(&i.stage)
+            .bind(format!("restart: attempt {} was interrupted when the daemon stopped", i.attempt))
+            .execute(&mut *tx)
+            .await
+            .ctx("requeueing an interrupted stage")?;
+        }
+        tx.commit().await.ctx("committing recovery")?;
+        Ok(interrupted)
+    }
+
+    pub async fn mark_workspace_ready(&self, run_id: i64, path: &str) -> Result<()> {
+        sqlx::query("UPDATE runs SET workspace = $2, workspace_ready = 1 WHERE id = $1")
+            .bind(run_id)
+            .bind(path)
+            .execute(self.pool())
+            .await
+            .ctx("recording a workspace")?;
+        Ok(())
+    }
+
+    /// Finished runs whose workspace the janitor may delete.
+    pub async fn workspaces_to_clean(&self, finished_before: i64) -> Result<Vec<(i64, String)>> {
+        let rows = sqlx::query(
+            "SELECT id, workspace FROM runs
+             WHERE workspace IS NOT NULL AND workspace_cleaned = 0 AND finished_at IS NOT NULL AND finished_at < $1
+             ORDER BY id LIMIT 500",
+        )
+        .bind(finished_before)
+        .fetch_all(self.pool())
+        .await
+        .ctx("finding workspaces to clean")?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("id").ctx("reading a workspace")?, r.try_get("workspace").ctx("reading a workspace")?)))
+            .collect()
+    }
+
+    pub async fn mark_workspace_cleaned(&self, run_id: i64) -> Result<()> {
+        sqlx::query("UPDATE runs SET workspace_cleaned = 1 WHERE id = $1")
+            .bind(run_id)
+            .execute(self.pool())
+            .await
+            .ctx("recording a cleaned workspace")?;
+        Ok(())
+    }
+
+    /// Finished runs whose logs retention may delete.
+    pub async fn logs_to_clean(&self, finished_before: i64) -> Result<Vec<i64>> {
+        sqlx::query_scalar(
+            "SELECT id FROM runs WHERE logs_cleaned = 0 AND finished_at IS NOT NULL AND finished_at < $1
+             ORDER BY id LIMIT 500",
+        )
+        .bind(finished_before)
+        .fetch_all(self.pool())
+        .await
+        .ctx("finding logs to clean")
+    }
+
+    pub async fn mark_logs_cleaned(&self, run_id: i64) -> Result<()> {
+        sqlx::query("UPDATE runs SET logs_cleaned = 1 WHERE id = $1")
+            .bind(run_id)
+            .execute(self.pool())
+            .await
+            .ctx("recording cleaned logs")?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Ends a run that cannot proceed (its workspace cannot be made): the stages not started are
+    /// skipped, and the run fails with `message` as its error.
+    pub async fn fail_run(&self, run_id: i64, message: &str) -> Result<()> {
+        let now = now_ms();
+        let errors = serde_json::json!([{ "message": message }]).to_string();
+        let mut tx = self.pool().begin().await.ctx("starting to fail a run")?;
+        sqlx::query(
+            "UPDATE stages SET status = 'skipped', pending_reason = $2, finished_at = $3
+             WHERE run_id = $1 AND status = 'queued'",
+        )
+        .bind(run_id)
+        .bind(message)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .ctx("skipping the stages of a failed run")?;
+        sqlx::query(
+            "UPDATE runs SET status = 'failed', errors = $2, finished_at = $3, started_at = COALESCE(started_at, $3)
+             WHERE id = $1 AND status IN ('queued', 'running')",
+        )
+        .bind(run_id)
+        .bind(errors)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .ctx("failing a run")?;
+        tx.commit().await.ctx("committing a failed run")
+    }
+}

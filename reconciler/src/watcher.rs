@@ -1,0 +1,276 @@
+//! The reconciler loop: for every watched repository, compare each ref's head with the commit
+//! recorded for it, and turn the difference into runs. Polls on an interval; a webhook (later)
+//! only pokes a repository to poll now. Run identity makes double work harmless.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deploylite_pipeline::{Event, GlobList};
+use deploylite_runner::{BoxFuture, CancellationToken};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+
+use crate::desired::{desired_runs, CommitEvent, ParseCache};
+use crate::git::{is_local, GitError, GitRepo};
+use crate::paths::DataDir;
+use crate::scheduler::WorkspaceSource;
+use crate::store::{RecordCommit, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Git(#[from] GitError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("unknown repository `{0}`")]
+    UnknownRepo(String),
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct RepoConfig {
+    pub name: String,
+    /// A local path or any URL `git` can fetch.
+    pub url: String,
+    /// Branch globs to watch; empty = every branch.
+    pub branches: GlobList,
+    /// Tag globs to watch; empty = no tags.
+    pub tags: GlobList,
+    pub poll_interval: Duration,
+}
+
+pub struct RepoEntry {
+    pub config: RepoConfig,
+    git: Mutex<Option<GitRepo>>,
+    poke: Notify,
+    mirror: PathBuf,
+}
+
+impl RepoEntry {
+    /// Runs `f` on the (opened, and for remotes fetched-at-least-once) repository, off the runtime.
+    async fn with_git<T: Send + 'static>(
+        self: &Arc<Self>,
+        fetch: bool,
+        f: impl FnOnce(&GitRepo) -> Result<T, GitError> + Send + 'static,
+    ) -> Result<T, ReconcileError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = this.git.lock().unwrap_or_else(|e| e.into_inner());
+            if guard.is_none() {
+                *guard = Some(if is_local(&this.config.url) {
+                    GitRepo::local(std::path::Path::new(&this.config.url))?
+                } else {
+                    let mut repo = GitRepo::remote(&this.config.url, &this.mirror);
+                    repo.fetch()?;
+                    repo
+                });
+            } else if fetch {
+                if let Some(repo) = guard.as_mut() {
+                    repo.fetch()?;
+                }
+            }
+            match guard.as_ref() {
+                Some(repo) => f(repo).map_err(ReconcileError::from),
+                None => Err(ReconcileError::Task("repository not opened".into())),
+            }
+        })
+        .await
+        .map_err(|e| ReconcileError::Task(e.to_string()))?
+    }
+}
+
+/// The watched repositories, by name.
+pub struct Repos {
+    entries: HashMap<String, Arc<RepoEntry>>,
+}
+
+impl Repos {
+    pub fn new(configs: Vec<RepoConfig>, data: &DataDir) -> Repos {
+        let entries = configs
+            .into_iter()
+            .map(|config| {
+                let entry = RepoEntry {
+                    mirror: data.mirror(&config.name),
+                    config,
+                    git: Mutex::new(None),
+                    poke: Notify::new(),
+                };
+                (entry.config.name.clone(), Arc::new(entry))
+            })
+            .collect();
+        Repos { entries }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<RepoEntry>> {
+        self.entries.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    /// Makes the watcher poll `repo` now (e.g. on a webhook). False for an unknown repository.
+    pub fn poke(&self, repo: &str) -> bool {
+        match self.entries.get(repo) {
+            Some(entry) => {
+                entry.poke.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl WorkspaceSource for Repos {
+    fn prepare(&self, repo: &str, commit: &str, dir: &std::path::Path) -> BoxFuture<'static, Result<(), String>> {
+        let entry = self.entries.get(repo).cloned();
+        let (repo, commit, dir) = (repo.to_string(), commit.to_string(), dir.to_path_buf());
+        Box::pin(async move {
+            let entry = entry.ok_or_else(|| format!("repository `{repo}` is no longer configured"))?;
+            entry
+                .with_git(false, move |git| git.checkout(&commit, &dir))
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+pub struct Watcher {
+    store: Store,
+    repos: Arc<Repos>,
+    cache: ParseCache,
+    scheduler: Arc<Notify>,
+}
+
+impl Watcher {
+    pub fn new(store: Store, repos: Arc<Repos>, scheduler: Arc<Notify>) -> Arc<Watcher> {
+        Arc::new(Watcher {
+            store,
+            repos,
+            cache: ParseCache::default(),
+            scheduler,
+        })
+    }
+
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tasks = JoinSet::new();
+        for entry in self.repos.entries.values() {
+            tasks.spawn(self.clone().watch(entry.clone(), shutdown.clone()));
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    async fn watch(self: Arc<Self>, entry: Arc<RepoEntry>, shutdown: CancellationToken) {
+        let name = entry.config.name.clone();
+        let mut recorded: Option<HashMap<String, String>> = None;
+        let mut interval = tokio::time::interval(entry.config.poll_interval);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = entry.poke.notified() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            if recorded.is_none() {
+                match self.store.watched_refs(&name).await {
+                    Ok(refs) => recorded = Some(refs.into_iter().collect()),
+                    Err(error) => {
+                        tracing::error!(repo = %name, %error, "cannot read recorded refs");
+                        continue;
+                    }
+                }
+            }
+            let Some(known) = recorded.as_mut() else { continue };
+            if let Err(error) = self.poll(&entry, known).await {
+                tracing::warn!(repo = %name, %error, "poll failed; will try again");
+            }
+        }
+    }
+
+    /// One poll of one repository: every watched ref whose head differs from the recorded commit
+    /// is reconciled. Returns how many runs were created.
+    pub async fn poll(&self, entry: &Arc<RepoEntry>, known: &mut HashMap<String, String>) -> Result<usize, ReconcileError> {
+        let watch_tags = !entry.config.tags.is_empty();
+        let heads = entry
+            .with_git(true, move |git| {
+                let mut heads = git.branch_heads()?;
+                if watch_tags {
+                    heads.extend(git.tag_heads()?);
+                }
+                Ok(heads)
+            })
+            .await?;
+        let mut created = 0;
+        for (git_ref, commit) in heads {
+            let Some(event) = event_for(&entry.config, &git_ref) else { continue };
+            if known.get(&git_ref) == Some(&commit) {
+                continue;
+            }
+            let previous = known.get(&git_ref).cloned();
+            created += self.reconcile(entry, &git_ref, &commit, previous, event).await?;
+            known.insert(git_ref, commit);
+        }
+        Ok(created)
+    }
+
+    /// Records the runs one commit on one ref asks for, and the ref's new commit, atomically.
+    pub async fn reconcile(
+        &self,
+        entry: &Arc<RepoEntry>,
+        git_ref: &str,
+        commit: &str,
+        previous: Option<String>,
+        event: Event,
+    ) -> Result<usize, ReconcileError> {
+        let (commit_owned, prev) = (commit.to_string(), previous.clone());
+        let (files, changed) = entry
+            .with_git(false, move |git| {
+                let files = git.pipeline_files(&commit_owned)?;
+                // An unknown previous commit (force-push, gc) makes the change unknown: no filter.
+                let changed = prev.and_then(|p| git.changed_paths(&p, &commit_owned).ok());
+                Ok((files, changed))
+            })
+            .await?;
+        let event = CommitEvent {
+            repo: entry.config.name.clone(),
+            git_ref: git_ref.to_string(),
+            commit: commit.to_string(),
+            event,
+            changed_paths: changed,
+        };
+        let runs = desired_runs(&files, &event, &self.cache);
+        let (created, cancelled) = self
+            .store
+            .record_commit(&RecordCommit {
+                repo: entry.config.name.clone(),
+                git_ref: git_ref.to_string(),
+                commit: commit.to_string(),
+                runs,
+                update_ref: true,
+            })
+            .await?;
+        if !created.is_empty() || !cancelled.is_empty() {
+            tracing::info!(repo = %entry.config.name, git_ref, commit, created = ?created, superseded = ?cancelled, "new commit reconciled");
+            self.scheduler.notify_one();
+        }
+        Ok(created.len())
+    }
+
+    pub fn repos(&self) -> &Arc<Repos> {
+        &self.repos
+    }
+}
+
+/// The event a ref's new head stands for, if the repository watches that ref.
+fn event_for(config: &RepoConfig, git_ref: &str) -> Option<Event> {
+    if let Some(branch) = git_ref.strip_prefix("refs/heads/") {
+        (config.branches.is_empty() || config.branches.matches(branch)).then(|| Event::Push { branch: branch.to_string() })
+    } else if let Some(tag) = git_ref.strip_prefix("refs/tags/") {
+        (!config.tags.is_empty() && config.tags.matches(tag)).then(|| Event::Tag { tag: tag.to_string() })
+    } else {
+        None
+    }
+}
