@@ -1,0 +1,4 @@
+function greet(name) {
+  return "Hello, " + name + "!";
+}
+document.getElementById("greeting").textContent = greet("DeployLite");

@@ -1,0 +1,173 @@
+//! `deploylite`: the daemon and its command-line tools. A thin layer over the library crates;
+//! errors become exit codes here and nowhere else.
+
+mod client;
+mod config;
+mod local_run;
+mod plan;
+mod serve;
+mod validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+const ABOUT: &str = "DeployLite: GitOps pipelines from `.deploylite/` in your git repositories.";
+
+const LONG_ABOUT: &str = "DeployLite watches git repositories, reads the pipelines committed under \
+`.deploylite/pipelines/*.yaml` at each new commit, runs the stages they describe (a DAG) and records \
+every run. One binary; SQLite and the local filesystem by default.
+
+Quick start:
+  deploylite validate                       check the pipelines of the repository you are in
+  deploylite plan                           show what would run for HEAD, without running it
+  deploylite run --pipeline ci              run one pipeline of this working copy, here, now
+  deploylite serve --config deploylite.yaml start the daemon
+  deploylite status                         list the daemon's recent runs";
+
+#[derive(Parser)]
+#[command(name = "deploylite", version, about = ABOUT, long_about = LONG_ABOUT, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: watch repositories, create runs, execute stages, serve the API.
+    ///
+    /// Configuration comes in layers, each overriding the one before: built-in defaults, the
+    /// YAML file given by --config, DEPLOYLITE_* environment variables (e.g.
+    /// DEPLOYLITE_LISTEN, DEPLOYLITE_DATABASE_URL, DEPLOYLITE_RETENTION__LOGS=7d,
+    /// DEPLOYLITE_REPOS='[{name: app, url: /srv/git/app}]'), then these flags.
+    /// See README.md for every key.
+    Serve(ServeArgs),
+    /// Check pipeline files; print one `file:line:col: message` line per problem.
+    ///
+    /// PATHs may be files or directories; a directory means its `.deploylite/pipelines/`
+    /// (or the directory itself when it holds the YAML files). Default: the current directory.
+    /// Exits 0 when everything is valid, 1 otherwise.
+    Validate {
+        #[arg(value_name = "PATH")]
+        paths: Vec<PathBuf>,
+    },
+    /// Show what would run for a commit, stage by stage in DAG layers, without running anything.
+    Plan {
+        /// The git repository (working copy or bare).
+        #[arg(long, default_value = ".", value_name = "DIR")]
+        repo: PathBuf,
+        /// A branch, tag, full ref or commit id.
+        #[arg(long = "ref", default_value = "HEAD", value_name = "REF")]
+        git_ref: String,
+    },
+    /// Run one pipeline of a working copy once, here, with live logs.
+    ///
+    /// Uses the files as they are on disk (committed or not) and runs the steps in the working
+    /// copy itself. Exits 0 if and only if the run succeeded.
+    Run {
+        #[arg(long, default_value = ".", value_name = "DIR")]
+        repo: PathBuf,
+        /// Which pipeline (by `name:`); needed when the working copy has several.
+        #[arg(long, value_name = "NAME")]
+        pipeline: Option<String>,
+        /// Stages running at once.
+        #[arg(long, value_name = "N")]
+        max_parallel_stages: Option<usize>,
+    },
+    /// List recent runs of a running daemon, or show one run with its stages.
+    Status {
+        /// A run id: show that run and its stages.
+        run: Option<i64>,
+        #[command(flatten)]
+        server: ServerArg,
+        #[arg(long)]
+        repo: Option<String>,
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// queued, running, success, failed, cancelled, skipped or error.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a run: running stages are stopped, the rest skipped.
+    Cancel {
+        run: i64,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+}
+
+#[derive(Args)]
+struct ServerArg {
+    /// The daemon's URL.
+    #[arg(long, env = "DEPLOYLITE_SERVER", default_value = "http://127.0.0.1:8080", value_name = "URL")]
+    server: String,
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// The YAML config file (also DEPLOYLITE_CONFIG).
+    #[arg(long, short, env = "DEPLOYLITE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address of the HTTP API and health check [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Where the database, logs, workspaces and mirrors live [default: ./.deploylite-data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// sqlite://PATH or postgres://USER@HOST/DB [default: SQLite in the data dir].
+    /// Prefer DEPLOYLITE_DATABASE_URL for URLs that hold a password.
+    #[arg(long, value_name = "URL")]
+    database_url: Option<String>,
+    /// Stages running at once over all runs [default: number of CPUs].
+    #[arg(long, value_name = "N")]
+    max_parallel_stages: Option<usize>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve::serve(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Validate { paths } => validate::validate(&paths),
+            Command::Plan { repo, git_ref } => plan::plan(&repo, &git_ref).await,
+            Command::Run {
+                repo,
+                pipeline,
+                max_parallel_stages,
+            } => local_run::run(&repo, pipeline.as_deref(), max_parallel_stages).await,
+            Command::Status {
+                run,
+                server,
+                repo,
+                pipeline,
+                status,
+                limit,
+                json,
+            } => {
+                let query = client::ListQuery { repo, pipeline, status, limit };
+                client::status(&server.server, run, query, json).await
+            }
+            Command::Cancel { run, server } => client::cancel(&server.server, run).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}

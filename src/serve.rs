@@ -1,0 +1,190 @@
+//! `deploylite serve`: wires the store, the watcher, the scheduler, the HTTP API and the
+//! janitor together, and shuts them down in order on SIGINT/SIGTERM.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use deploylite_reconciler::paths::DataDir;
+use deploylite_reconciler::scheduler::{PlanConfig, Scheduler};
+use deploylite_reconciler::store::{now_ms, redact, Store};
+use deploylite_reconciler::watcher::{Repos, Watcher};
+use deploylite_runner::{CancellationToken, LocalExecutor};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Config, ConfigLayer, LogFormat};
+use crate::ServeArgs;
+
+pub fn load_config(args: &ServeArgs) -> Result<Config> {
+    let file = match &args.config {
+        Some(path) => ConfigLayer::from_file(path)?,
+        None => ConfigLayer::default(),
+    };
+    let env = ConfigLayer::from_env(std::env::vars())?;
+    let flags = ConfigLayer {
+        listen: args.listen.clone(),
+        data_dir: args.data_dir.clone(),
+        database_url: args.database_url.clone(),
+        max_parallel_stages: args.max_parallel_stages,
+        ..Default::default()
+    };
+    ConfigLayer::default().merge(file).merge(env).merge(flags).finish()
+}
+
+pub fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("DEPLOYLITE_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+pub async fn serve(args: ServeArgs) -> Result<()> {
+    let config = load_config(&args)?;
+    init_tracing(config.log_format);
+    if !config.local_runner_enabled {
+        bail!(
+            "local_runner.enabled is false, but this version has no remote runners yet: \
+             nothing could run a stage. Remove the setting or set it to true."
+        );
+    }
+    tokio::fs::create_dir_all(&config.data_dir)
+        .await
+        .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    let data = DataDir::new(&config.data_dir);
+    let store = Store::connect(&config.database_url, config.sqlite_synchronous)
+        .await
+        .with_context(|| format!("cannot open the store at {}", redact(&config.database_url)))?;
+
+    let repos = Arc::new(Repos::new(config.repos.clone(), &data));
+    let scheduler = Scheduler::new(
+        store.clone(),
+        data.clone(),
+        PlanConfig {
+            max_parallel_stages: config.max_parallel_stages,
+            labels: config.local_runner_labels.clone(),
+            executor: "local".into(),
+        },
+        Arc::new(LocalExecutor::default()),
+        repos.clone(),
+    );
+    let recovered = scheduler.recover().await.context("cannot recover interrupted stages")?;
+    let watcher = Watcher::new(store.clone(), repos.clone(), scheduler.waker());
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let app = deploylite_webhook::AppState {
+        store: store.clone(),
+        data: data.clone(),
+        scheduler: scheduler.waker(),
+    };
+
+    tracing::info!(
+        listen = %config.listen,
+        data_dir = %config.data_dir.display(),
+        database = %redact(&config.database_url),
+        repos = config.repos.len(),
+        max_parallel_stages = config.max_parallel_stages,
+        recovered_attempts = recovered,
+        "deploylite is running"
+    );
+
+    let shutdown = CancellationToken::new();
+    let scheduler_task = tokio::spawn(scheduler.clone().run(shutdown.clone()));
+    let watcher_task = tokio::spawn(watcher.run(shutdown.clone()));
+    let janitor_task = tokio::spawn(janitor(store.clone(), data.clone(), config.clone(), shutdown.clone()));
+    let server_shutdown = shutdown.clone();
+    let server = tokio::spawn(async move {
+        deploylite_webhook::serve(listener, app, async move { server_shutdown.cancelled().await }).await
+    });
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: running stages are stopped and will run again after a restart");
+    shutdown.cancel();
+    let _ = watcher_task.await;
+    let _ = scheduler_task.await;
+    let _ = janitor_task.await;
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "HTTP server error"),
+        Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
+    }
+    store.close().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+/// Deletes workspaces and logs past their retention, once a minute.
+async fn janitor(store: Store, data: DataDir, config: Config, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let now = now_ms();
+        let ws_before = now - i64::try_from(config.workspace_retention.as_millis()).unwrap_or(i64::MAX);
+        match store.workspaces_to_clean(ws_before).await {
+            Ok(list) => {
+                for (run_id, path) in list {
+                    let path = std::path::PathBuf::from(path);
+                    // Only directories we made: `deploylite run` records the user's working copy.
+                    if path.starts_with(data.workspaces()) {
+                        if let Err(e) = tokio::fs::remove_dir_all(&path).await {
+                            if e.kind() != std::io::ErrorKind::NotFound {
+                                tracing::warn!(run_id, path = %path.display(), error = %e, "cannot delete a workspace");
+                                continue;
+                            }
+                        }
+                    }
+                    if let Err(error) = store.mark_workspace_cleaned(run_id).await {
+                        tracing::warn!(run_id, %error, "cannot record a cleaned workspace");
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "janitor cannot list workspaces"),
+        }
+        let logs_before = now - i64::try_from(config.log_retention.as_millis()).unwrap_or(i64::MAX);
+        match store.logs_to_clean(logs_before).await {
+            Ok(ids) => {
+                for id in ids {
+                    let dir = data.run_logs(id);
+                    if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
+                        if e.kind() != std::io::ErrorKind::NotFound {
+                            tracing::warn!(run_id = id, error = %e, "cannot delete logs");
+                            continue;
+                        }
+                    }
+                    if let Err(error) = store.mark_logs_cleaned(id).await {
+                        tracing::warn!(run_id = id, %error, "cannot record cleaned logs");
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "janitor cannot list old runs"),
+        }
+    }
+}

@@ -1,0 +1,220 @@
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use deploylite_reconciler::status::{RunStatus, StageStatus};
+use deploylite_reconciler::store::{RunFilter, RunRecord, StageRecord, StoreError};
+use serde::{Deserialize, Serialize};
+
+use crate::AppState;
+
+/// Errors as the API shows them: a status and a one-line JSON message. Store details go to the
+/// log, not to the client.
+pub(crate) enum ApiError {
+    BadRequest(String),
+    NotFound(String),
+    Internal(StoreError),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::Internal(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            ApiError::Internal(error) => {
+                tracing::error!(%error, "API request failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal error; see the daemon's log".to_string())
+            }
+        };
+        (status, Json(serde_json::json!({ "error": message }))).into_response()
+    }
+}
+
+fn time(ms: Option<i64>) -> Option<String> {
+    ms.and_then(chrono::DateTime::from_timestamp_millis)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RunView {
+    pub id: i64,
+    pub repo: String,
+    pub pipeline: String,
+    pub pipeline_file: String,
+    pub commit: String,
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    pub trigger: String,
+    pub run_attempt: i64,
+    pub status: RunStatus,
+    pub pending_reason: Option<String>,
+    pub cancel_requested: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors: Option<serde_json::Value>,
+    pub created_at: Option<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stages: Option<Vec<StageView>>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StageView {
+    pub name: String,
+    pub status: StageStatus,
+    pub attempt: i64,
+    pub needs: Vec<String>,
+    pub pending_reason: Option<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub exit_code: Option<i64>,
+}
+
+impl RunView {
+    fn new(r: RunRecord, stages: Option<Vec<StageRecord>>) -> RunView {
+        RunView {
+            id: r.id,
+            repo: r.repo,
+            pipeline: r.pipeline,
+            pipeline_file: r.pipeline_file,
+            commit: r.commit,
+            git_ref: r.git_ref,
+            trigger: r.trigger,
+            run_attempt: r.run_attempt,
+            status: r.status,
+            pending_reason: r.pending_reason,
+            cancel_requested: r.cancel_requested,
+            errors: r.errors,
+            created_at: time(Some(r.created_at)),
+            started_at: time(r.started_at),
+            finished_at: time(r.finished_at),
+            stages: stages.map(|s| {
+                s.into_iter()
+                    .map(|s| StageView {
+                        name: s.name,
+                        status: s.status,
+                        attempt: s.attempt,
+                        needs: s.needs,
+                        pending_reason: s.pending_reason,
+                        started_at: time(s.started_at),
+                        finished_at: time(s.finished_at),
+                        exit_code: s.exit_code,
+                    })
+                    .collect()
+            }),
+        }
+    }
+}
+
+pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
+    // Healthy means the store answers, not just that the socket accepts.
+    match state.store.list_runs(&RunFilter { limit: 1, ..Default::default() }).await {
+        Ok(_) => (StatusCode::OK, Json(serde_json::json!({ "status": "ok" }))).into_response(),
+        Err(error) => {
+            tracing::error!(%error, "health check: the store does not answer");
+            (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "status": "store unavailable" }))).into_response()
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ListQuery {
+    repo: Option<String>,
+    pipeline: Option<String>,
+    status: Option<String>,
+    limit: Option<i64>,
+}
+
+/// Most runs one request returns.
+const MAX_LIMIT: i64 = 1000;
+
+pub(crate) async fn list_runs(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<RunView>>, ApiError> {
+    let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
+        Some(s) => Some(s.parse::<RunStatus>().map_err(|_| {
+            let known: Vec<&str> = RunStatus::ALL.iter().map(|s| s.as_str()).collect();
+            ApiError::BadRequest(format!("unknown status `{s}`; expected one of {}", known.join(", ")))
+        })?),
+        None => None,
+    };
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::BadRequest(format!("limit must be between 1 and {MAX_LIMIT}")));
+    }
+    let runs = state
+        .store
+        .list_runs(&RunFilter {
+            repo: q.repo.filter(|s| !s.is_empty()),
+            pipeline: q.pipeline.filter(|s| !s.is_empty()),
+            status,
+            limit,
+        })
+        .await?;
+    Ok(Json(runs.into_iter().map(|r| RunView::new(r, None)).collect()))
+}
+
+pub(crate) async fn get_run(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Json<RunView>, ApiError> {
+    let (run, stages) = state
+        .store
+        .get_run(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no run #{id}")))?;
+    Ok(Json(RunView::new(run, Some(stages))))
+}
+
+pub(crate) async fn cancel_run(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Response, ApiError> {
+    let status = state
+        .store
+        .request_cancel(id, "cancelled by request")
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no run #{id}")))?;
+    state.scheduler.notify_one();
+    let (code, message) = if status.is_final() {
+        (StatusCode::CONFLICT, format!("run #{id} is already {status}"))
+    } else {
+        (StatusCode::ACCEPTED, format!("run #{id} is being cancelled"))
+    };
+    Ok((code, Json(serde_json::json!({ "id": id, "status": status, "message": message }))).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct LogQuery {
+    attempt: Option<i64>,
+}
+
+pub(crate) async fn stage_log(
+    State(state): State<AppState>,
+    Path((id, stage)): Path<(i64, String)>,
+    Query(q): Query<LogQuery>,
+) -> Result<Response, ApiError> {
+    let (_, stages) = state
+        .store
+        .get_run(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no run #{id}")))?;
+    let record = stages
+        .iter()
+        .find(|s| s.name == stage)
+        .ok_or_else(|| ApiError::NotFound(format!("run #{id} has no stage `{stage}`")))?;
+    let attempt = q.attempt.unwrap_or(record.attempt);
+    if attempt < 1 || attempt > record.attempt {
+        return Err(ApiError::NotFound(format!(
+            "stage `{stage}` of run #{id} has no attempt {attempt} (it has {})",
+            record.attempt
+        )));
+    }
+    let path = state.data.log_path(id, &stage, attempt);
+    let text = deploylite_runner::read_log(&path).await.map_err(|e| {
+        tracing::error!(path = %path.display(), error = %e, "cannot read a log");
+        ApiError::NotFound(format!("the log of attempt {attempt} is not available"))
+    })?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}
