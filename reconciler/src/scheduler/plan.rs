@@ -227,3 +227,238 @@ fn missing_labels(spec: Option<&Arc<Pipeline>>, stage: &str, offered: &[String])
         .collect();
     (!missing.is_empty()).then_some(missing)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ActiveStage;
+
+    const NOW: i64 = 1_000_000;
+
+    fn config(max: usize) -> PlanConfig {
+        PlanConfig {
+            max_parallel_stages: max,
+            labels: vec!["local".into(), "linux".into()],
+            executor: "local".into(),
+        }
+    }
+
+    fn stage(name: &str, status: StageStatus, needs: &[&str]) -> ActiveStage {
+        ActiveStage {
+            name: name.into(),
+            position: 0,
+            status,
+            attempt: i64::from(status != StageStatus::Queued),
+            failures: 0,
+            needs: needs.iter().map(|s| s.to_string()).collect(),
+            pending_reason: None,
+            not_before: None,
+        }
+    }
+
+    fn run(id: i64, status: RunStatus, stages: Vec<ActiveStage>) -> ActiveRun {
+        ActiveRun {
+            id,
+            repo: "repo".into(),
+            pipeline: "ci".into(),
+            git_ref: "refs/heads/main".into(),
+            commit: "c".repeat(40),
+            trigger: "push".into(),
+            status,
+            pending_reason: None,
+            concurrency: Concurrency::Parallel,
+            cancel_requested: false,
+            workspace: Some("/ws".into()),
+            workspace_ready: true,
+            stages,
+        }
+    }
+
+    fn spec_with_runs_on(stage: &str, labels: &[&str]) -> HashMap<i64, Arc<Pipeline>> {
+        let yaml = format!(
+            "name: ci\nstages:\n  {stage}:\n    runs-on: [{}]\n    steps: [{{ run: 'true' }}]\n",
+            labels.join(", ")
+        );
+        let pipeline = deploylite_pipeline::parse_pipeline("ci.yaml", &yaml).expect("valid test pipeline");
+        HashMap::from([(1, Arc::new(pipeline))])
+    }
+
+    fn dispatched(w: &TickWrites) -> Vec<&str> {
+        w.dispatch.iter().map(|d| d.stage.as_str()).collect()
+    }
+
+    fn pending<'a>(w: &'a TickWrites, stage: &str) -> Option<&'a str> {
+        w.stage_pending
+            .iter()
+            .find(|(_, s, _)| s == stage)
+            .and_then(|(_, _, r)| r.as_deref())
+    }
+
+    #[test]
+    fn a_queued_run_starts_and_asks_for_its_workspace() {
+        let mut r = run(1, RunStatus::Queued, vec![stage("a", StageStatus::Queued, &[])]);
+        r.workspace_ready = false;
+        let (w, e) = plan_tick(&[r], &HashMap::new(), &config(4), NOW);
+        assert_eq!(w.start_runs, vec![1]);
+        assert!(w.dispatch.is_empty(), "stages wait for the next tick");
+        assert_eq!(e.prepare_workspace, vec![1]);
+    }
+
+    #[test]
+    fn stages_without_needs_run_in_parallel_and_needs_wait() {
+        let r = run(
+            1,
+            RunStatus::Running,
+            vec![
+                stage("build", StageStatus::Queued, &[]),
+                stage("lint", StageStatus::Queued, &[]),
+                stage("test", StageStatus::Queued, &["build"]),
+            ],
+        );
+        let (w, _) = plan_tick(&[r], &HashMap::new(), &config(4), NOW);
+        assert_eq!(dispatched(&w), ["build", "lint"]);
+        assert_eq!(pending(&w, "test"), Some("needs: build"));
+        assert!(w.dispatch.iter().all(|d| d.attempt == 1));
+    }
+
+    #[test]
+    fn the_diamond_joins_only_when_both_sides_succeeded() {
+        let stages = |b: StageStatus, c: StageStatus| {
+            vec![
+                stage("a", StageStatus::Success, &[]),
+                stage("b", b, &["a"]),
+                stage("c", c, &["a"]),
+                stage("d", StageStatus::Queued, &["b", "c"]),
+            ]
+        };
+        let (w, _) = plan_tick(&[run(1, RunStatus::Running, stages(StageStatus::Success, StageStatus::Running))], &HashMap::new(), &config(4), NOW);
+        assert!(w.dispatch.is_empty());
+        assert_eq!(pending(&w, "d"), Some("needs: c"));
+        let (w, _) = plan_tick(&[run(1, RunStatus::Running, stages(StageStatus::Success, StageStatus::Success))], &HashMap::new(), &config(4), NOW);
+        assert_eq!(dispatched(&w), ["d"]);
+    }
+
+    #[test]
+    fn a_failure_skips_every_dependent_in_one_tick_and_fails_the_run() {
+        let r = run(
+            1,
+            RunStatus::Running,
+            vec![
+                stage("a", StageStatus::Failed, &[]),
+                stage("b", StageStatus::Queued, &["a"]),
+                stage("c", StageStatus::Queued, &["b"]),
+                stage("other", StageStatus::Success, &[]),
+            ],
+        );
+        let (w, _) = plan_tick(&[r], &HashMap::new(), &config(4), NOW);
+        let skipped: Vec<(&str, &str)> = w.skip.iter().map(|s| (s.stage.as_str(), s.reason.as_str())).collect();
+        assert_eq!(skipped, [("b", "needs `a`, which failed"), ("c", "needs `b`, which was skipped")]);
+        assert_eq!(w.finish, vec![RunFinish { run_id: 1, status: RunStatus::Failed }]);
+    }
+
+    #[test]
+    fn capacity_is_shared_by_all_runs_and_says_so() {
+        let runs = vec![
+            run(1, RunStatus::Running, vec![stage("a", StageStatus::Running, &[]), stage("b", StageStatus::Queued, &[])]),
+            run(2, RunStatus::Running, vec![stage("a", StageStatus::Queued, &[]), stage("b", StageStatus::Queued, &[])]),
+        ];
+        let (w, _) = plan_tick(&runs, &HashMap::new(), &config(2), NOW);
+        assert_eq!(w.dispatch.len(), 1);
+        assert_eq!(w.dispatch[0].run_id, 1, "older runs first");
+        let waiting: Vec<&str> = w.stage_pending.iter().filter_map(|(_, _, r)| r.as_deref()).collect();
+        assert_eq!(waiting, ["capacity: 2 of 2 stages running", "capacity: 2 of 2 stages running"]);
+    }
+
+    #[test]
+    fn backoff_holds_a_retry_until_its_time_and_sets_a_wakeup() {
+        let mut s = stage("flaky", StageStatus::Queued, &[]);
+        s.attempt = 1;
+        s.failures = 1;
+        s.not_before = Some(NOW + 1500);
+        let r = run(1, RunStatus::Running, vec![s.clone()]);
+        let (w, e) = plan_tick(&[r], &HashMap::new(), &config(4), NOW);
+        assert!(w.dispatch.is_empty());
+        assert!(pending(&w, "flaky").is_some_and(|p| p.starts_with("backoff until ")));
+        assert_eq!(e.next_wakeup, Some(NOW + 1500));
+        let r = run(1, RunStatus::Running, vec![s]);
+        let (w, _) = plan_tick(&[r], &HashMap::new(), &config(4), NOW + 1500);
+        assert_eq!(w.dispatch[0].attempt, 2, "a retry is a new attempt");
+    }
+
+    #[test]
+    fn a_stage_whose_labels_no_runner_offers_waits_and_says_which() {
+        let r = run(1, RunStatus::Running, vec![stage("gpu", StageStatus::Queued, &[])]);
+        let (w, _) = plan_tick(&[r], &spec_with_runs_on("gpu", &["linux", "gpu"]), &config(4), NOW);
+        assert!(w.dispatch.is_empty());
+        assert_eq!(pending(&w, "gpu"), Some("no matching runner: runs-on [gpu] is not offered by any runner"));
+        let r = run(1, RunStatus::Running, vec![stage("gpu", StageStatus::Queued, &[])]);
+        let (w, _) = plan_tick(&[r], &spec_with_runs_on("gpu", &["linux"]), &config(4), NOW);
+        assert_eq!(dispatched(&w), ["gpu"]);
+    }
+
+    #[test]
+    fn cancelling_stops_running_stages_and_skips_the_rest() {
+        let mut r = run(
+            1,
+            RunStatus::Running,
+            vec![stage("a", StageStatus::Running, &[]), stage("b", StageStatus::Queued, &["a"])],
+        );
+        r.cancel_requested = true;
+        let (w, e) = plan_tick(&[r.clone()], &HashMap::new(), &config(4), NOW);
+        assert_eq!(e.cancel_running, vec![(1, "a".to_string())]);
+        assert_eq!(w.skip[0].reason, "run cancelled");
+        assert!(w.finish.is_empty(), "not final while `a` runs");
+        r.stages[0].status = StageStatus::Cancelled;
+        r.stages[1].status = StageStatus::Skipped;
+        let (w, _) = plan_tick(&[r], &HashMap::new(), &config(4), NOW);
+        assert_eq!(w.finish, vec![RunFinish { run_id: 1, status: RunStatus::Cancelled }]);
+    }
+
+    #[test]
+    fn a_cancelled_queued_run_never_starts() {
+        let mut r = run(1, RunStatus::Queued, vec![stage("a", StageStatus::Queued, &[])]);
+        r.cancel_requested = true;
+        let (w, _) = plan_tick(&[r], &HashMap::new(), &config(4), NOW);
+        assert!(w.start_runs.is_empty());
+        assert_eq!(w.finish, vec![RunFinish { run_id: 1, status: RunStatus::Cancelled }]);
+        assert_eq!(w.skip.len(), 1);
+    }
+
+    #[test]
+    fn queue_concurrency_waits_for_the_older_run_of_the_same_ref() {
+        let older = run(1, RunStatus::Running, vec![stage("a", StageStatus::Running, &[])]);
+        let mut newer = run(2, RunStatus::Queued, vec![stage("a", StageStatus::Queued, &[])]);
+        newer.concurrency = Concurrency::Queue;
+        let mut other_ref = run(3, RunStatus::Queued, vec![stage("a", StageStatus::Queued, &[])]);
+        other_ref.concurrency = Concurrency::Queue;
+        other_ref.git_ref = "refs/heads/dev".into();
+        let (w, _) = plan_tick(&[older, newer, other_ref], &HashMap::new(), &config(4), NOW);
+        assert_eq!(w.start_runs, vec![3]);
+        assert_eq!(w.run_pending, vec![(2, Some("concurrency: waiting for run #1 on refs/heads/main".to_string()))]);
+    }
+
+    #[test]
+    fn skipped_by_if_counts_as_success_for_the_run_but_not_for_dependents() {
+        let r = run(
+            1,
+            RunStatus::Running,
+            vec![
+                stage("test", StageStatus::Success, &[]),
+                stage("deploy", StageStatus::Skipped, &["test"]),
+                stage("notify", StageStatus::Queued, &["deploy"]),
+            ],
+        );
+        let (w, _) = plan_tick(&[r], &HashMap::new(), &config(4), NOW);
+        assert_eq!(w.skip[0].stage, "notify");
+        assert_eq!(w.finish, vec![RunFinish { run_id: 1, status: RunStatus::Success }]);
+    }
+
+    #[test]
+    fn unchanged_pending_reasons_are_not_rewritten() {
+        let mut s = stage("test", StageStatus::Queued, &["build"]);
+        s.pending_reason = Some("needs: build".into());
+        let r = run(1, RunStatus::Running, vec![stage("build", StageStatus::Running, &[]), s]);
+        let (w, _) = plan_tick(&[r], &HashMap::new(), &config(4), NOW);
+        assert!(w.is_empty(), "an idle tick writes nothing: {w:?}");
+    }
+}

@@ -1,0 +1,318 @@
+//! Store conformance: every behaviour the scheduler and the reconciler rely on, run against
+//! SQLite and against PostgreSQL (DEPLOYLITE_TEST_POSTGRES_URL, e.g. from .ci/postgres.sh; each
+//! test gets a fresh database). Under CI the PostgreSQL half is mandatory.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use deploylite_pipeline::Concurrency;
+use deploylite_reconciler::status::{RunStatus, StageStatus};
+use deploylite_reconciler::store::{
+    AttemptResult, Dispatch, NewRun, NewStage, RecordCommit, RunFilter, SqliteSync, StageSkip, Store, TickWrites,
+};
+use sqlx::Connection;
+
+struct Db {
+    store: Store,
+    url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn sqlite() -> Option<Db> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let store = Store::connect(&url, SqliteSync::Normal).await.expect("sqlite store");
+    Some(Db { store, url, _dir: Some(dir) })
+}
+
+async fn postgres() -> Option<Db> {
+    let Ok(url) = std::env::var("DEPLOYLITE_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the PostgreSQL store tests: set DEPLOYLITE_TEST_POSTGRES_URL (see .ci/postgres.sh)"
+        );
+        eprintln!("DEPLOYLITE_TEST_POSTGRES_URL is not set: skipping the PostgreSQL half");
+        return None;
+    };
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "dl_test_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
+    );
+    sqlx::any::install_default_drivers();
+    let mut admin = sqlx::AnyConnection::connect(&url).await.expect("connect to PostgreSQL");
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create test database");
+    admin.close().await.ok();
+    let base = url.rsplit_once('/').map(|(b, _)| b).expect("URL with a database");
+    let url = format!("{base}/{name}");
+    let store = Store::connect(&url, SqliteSync::Normal).await.expect("postgres store");
+    Some(Db { store, url, _dir: None })
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $( #[tokio::test] async fn $name() { if let Some(db) = super::sqlite().await { super::$name(&db.store, &db.url).await } } )*
+        }
+        mod on_postgres {
+            $( #[tokio::test] async fn $name() { if let Some(db) = super::postgres().await { super::$name(&db.store, &db.url).await } } )*
+        }
+    };
+}
+
+conformance!(
+    a_run_is_created_once_per_identity,
+    reopening_applies_no_migration_twice,
+    cancel_in_progress_supersedes_older_runs_of_the_same_ref,
+    a_tick_is_written_atomically_and_guarded,
+    a_late_attempt_result_is_refused,
+    a_retry_queues_the_stage_with_its_backoff,
+    recovery_requeues_interrupted_attempts,
+    runs_are_listed_newest_first_with_filters,
+    cancellation_is_recorded_once,
+    watched_refs_round_trip,
+    a_run_whose_workspace_fails_is_failed_with_its_message,
+    error_runs_keep_their_diagnostics,
+);
+
+fn new_run(commit: &str, concurrency: Concurrency) -> NewRun {
+    let pipeline = deploylite_pipeline::parse_pipeline(
+        "ci.yaml",
+        "name: ci\nstages:\n  build:\n    steps: [{ run: 'true' }]\n  test:\n    needs: [build]\n    steps: [{ run: 'true' }]\n",
+    )
+    .expect("valid pipeline");
+    NewRun {
+        repo: "app".into(),
+        pipeline: "ci".into(),
+        pipeline_file: ".deploylite/pipelines/ci.yaml".into(),
+        commit: commit.into(),
+        git_ref: "refs/heads/main".into(),
+        trigger: "push".into(),
+        run_attempt: 1,
+        status: RunStatus::Queued,
+        pending_reason: None,
+        concurrency,
+        spec: Some(serde_json::to_string(&pipeline).expect("spec json")),
+        errors: None,
+        workspace: None,
+        stages: vec![
+            NewStage { name: "build".into(), status: StageStatus::Queued, needs: vec![], pending_reason: None },
+            NewStage { name: "test".into(), status: StageStatus::Queued, needs: vec!["build".into()], pending_reason: None },
+        ],
+    }
+}
+
+fn record(commit: &str, runs: Vec<NewRun>) -> RecordCommit {
+    RecordCommit {
+        repo: "app".into(),
+        git_ref: "refs/heads/main".into(),
+        commit: commit.into(),
+        runs,
+        update_ref: true,
+    }
+}
+
+async fn one_run(store: &Store, commit: &str) -> i64 {
+    let (created, _) = store
+        .record_commit(&record(commit, vec![new_run(commit, Concurrency::Parallel)]))
+        .await
+        .expect("record");
+    created[0]
+}
+
+/// Starts the run and dispatches `build` as attempt `attempt`.
+async fn dispatch_build(store: &Store, run_id: i64, attempt: i64) {
+    store
+        .apply_tick(&TickWrites {
+            start_runs: vec![run_id],
+            dispatch: vec![Dispatch { run_id, stage: "build".into(), attempt, executor: "local".into() }],
+            ..Default::default()
+        })
+        .await
+        .expect("tick");
+}
+
+async fn stage_status(store: &Store, run_id: i64, stage: &str) -> (StageStatus, i64) {
+    let (_, stages) = store.get_run(run_id).await.expect("get").expect("run exists");
+    let s = stages.into_iter().find(|s| s.name == stage).expect("stage exists");
+    (s.status, s.attempt)
+}
+
+async fn a_run_is_created_once_per_identity(store: &Store, _url: &str) {
+    let first = store.record_commit(&record("c1", vec![new_run("c1", Concurrency::Parallel)])).await.unwrap();
+    let again = store.record_commit(&record("c1", vec![new_run("c1", Concurrency::Parallel)])).await.unwrap();
+    assert_eq!(first.0.len(), 1);
+    assert!(again.0.is_empty(), "the same (repo, pipeline, commit, trigger) must not create a second run");
+    let mut other_trigger = new_run("c1", Concurrency::Parallel);
+    other_trigger.trigger = "pull_request".into();
+    let third = store.record_commit(&record("c1", vec![other_trigger])).await.unwrap();
+    assert_eq!(third.0.len(), 1, "another trigger is another run");
+    let runs = store.list_runs(&RunFilter { limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(runs.len(), 2);
+    let spec = store.run_spec(first.0[0]).await.unwrap();
+    assert_eq!(spec.stages.len(), 2, "the pipeline snapshot round-trips");
+}
+
+async fn reopening_applies_no_migration_twice(store: &Store, url: &str) {
+    one_run(store, "c1").await;
+    // A second daemon start against the same database: migrations are recorded, data stays.
+    let reopened = Store::connect(url, SqliteSync::Normal).await.expect("reopen");
+    let runs = reopened.list_runs(&RunFilter { limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(runs.len(), 1);
+    reopened.close().await;
+}
+
+async fn cancel_in_progress_supersedes_older_runs_of_the_same_ref(store: &Store, _url: &str) {
+    let (old, _) = store.record_commit(&record("c1", vec![new_run("c1", Concurrency::CancelInProgress)])).await.unwrap();
+    let mut other_ref = new_run("c9", Concurrency::CancelInProgress);
+    other_ref.git_ref = "refs/heads/dev".into();
+    let (dev, _) = store.record_commit(&record("c9", vec![other_ref])).await.unwrap();
+    let (new, superseded) = store.record_commit(&record("c2", vec![new_run("c2", Concurrency::CancelInProgress)])).await.unwrap();
+    assert_eq!(superseded, old, "only the older run of the same ref");
+    let (old_run, _) = store.get_run(old[0]).await.unwrap().unwrap();
+    assert!(old_run.cancel_requested);
+    assert_eq!(old_run.pending_reason.as_deref(), Some(format!("cancelled: superseded by run #{}", new[0]).as_str()));
+    let (dev_run, _) = store.get_run(dev[0]).await.unwrap().unwrap();
+    assert!(!dev_run.cancel_requested);
+}
+
+async fn a_tick_is_written_atomically_and_guarded(store: &Store, _url: &str) {
+    let run_id = one_run(store, "c1").await;
+    dispatch_build(store, run_id, 1).await;
+    let (run, _) = store.get_run(run_id).await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Running);
+    assert!(run.started_at.is_some());
+    assert_eq!(stage_status(store, run_id, "build").await, (StageStatus::Running, 1));
+    // A decision made on a stale read (the stage is no longer queued) changes nothing.
+    store
+        .apply_tick(&TickWrites {
+            dispatch: vec![Dispatch { run_id, stage: "build".into(), attempt: 7, executor: "local".into() }],
+            skip: vec![StageSkip { run_id, stage: "build".into(), status: StageStatus::Skipped, reason: "x".into() }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(stage_status(store, run_id, "build").await, (StageStatus::Running, 1));
+    let attempts = store.stage_attempts(run_id, "build").await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].status, StageStatus::Running);
+}
+
+fn result(run_id: i64, attempt: i64, status: StageStatus) -> AttemptResult {
+    AttemptResult {
+        run_id,
+        stage: "build".into(),
+        attempt,
+        attempt_status: status,
+        stage_status: status,
+        exit_code: Some(if status == StageStatus::Success { 0 } else { 1 }),
+        note: None,
+        counts_as_failure: status == StageStatus::Failed,
+        not_before: None,
+        pending_reason: None,
+    }
+}
+
+async fn a_late_attempt_result_is_refused(store: &Store, _url: &str) {
+    let run_id = one_run(store, "c1").await;
+    dispatch_build(store, run_id, 1).await;
+    assert!(!store.finish_attempt(&result(run_id, 2, StageStatus::Success)).await.unwrap(), "not the current attempt");
+    assert!(store.finish_attempt(&result(run_id, 1, StageStatus::Failed)).await.unwrap());
+    assert!(!store.finish_attempt(&result(run_id, 1, StageStatus::Success)).await.unwrap(), "a final state never moves");
+    assert_eq!(stage_status(store, run_id, "build").await, (StageStatus::Failed, 1));
+}
+
+async fn a_retry_queues_the_stage_with_its_backoff(store: &Store, _url: &str) {
+    let run_id = one_run(store, "c1").await;
+    dispatch_build(store, run_id, 1).await;
+    let mut retry = result(run_id, 1, StageStatus::Failed);
+    retry.stage_status = StageStatus::Queued;
+    retry.not_before = Some(42);
+    retry.pending_reason = Some("backoff until then".into());
+    assert!(store.finish_attempt(&retry).await.unwrap());
+    let active = store.load_active().await.unwrap();
+    let build = active[0].stages.iter().find(|s| s.name == "build").unwrap();
+    assert_eq!((build.status, build.attempt, build.failures, build.not_before), (StageStatus::Queued, 1, 1, Some(42)));
+    assert_eq!(build.pending_reason.as_deref(), Some("backoff until then"));
+    let attempts = store.stage_attempts(run_id, "build").await.unwrap();
+    assert_eq!(attempts[0].status, StageStatus::Failed);
+}
+
+async fn recovery_requeues_interrupted_attempts(store: &Store, _url: &str) {
+    let run_id = one_run(store, "c1").await;
+    dispatch_build(store, run_id, 1).await;
+    let interrupted = store.recover_interrupted().await.unwrap();
+    assert_eq!(interrupted.len(), 1);
+    assert_eq!((interrupted[0].run_id, interrupted[0].attempt), (run_id, 1));
+    let active = store.load_active().await.unwrap();
+    let build = active[0].stages.iter().find(|s| s.name == "build").unwrap();
+    assert_eq!((build.status, build.attempt, build.failures), (StageStatus::Queued, 1, 0), "a restart is not the stage's failure");
+    assert!(build.pending_reason.as_deref().unwrap_or("").contains("interrupted"));
+    let attempts = store.stage_attempts(run_id, "build").await.unwrap();
+    assert_eq!(attempts[0].status, StageStatus::Failed);
+    assert!(attempts[0].note.as_deref().unwrap_or("").contains("daemon stopped"));
+    assert!(store.recover_interrupted().await.unwrap().is_empty(), "recovery is idempotent");
+}
+
+async fn runs_are_listed_newest_first_with_filters(store: &Store, _url: &str) {
+    let a = one_run(store, "c1").await;
+    let b = one_run(store, "c2").await;
+    let mut other = new_run("c3", Concurrency::Parallel);
+    other.repo = "other".into();
+    other.pipeline = "deploy".into();
+    store.record_commit(&record("c3", vec![other])).await.unwrap();
+    let all = store.list_runs(&RunFilter { limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(all.len(), 3);
+    assert!(all[0].id > all[1].id && all[1].id > all[2].id);
+    let app = store.list_runs(&RunFilter { repo: Some("app".into()), limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(app.iter().map(|r| r.id).collect::<Vec<_>>(), vec![b, a]);
+    let deploy = store.list_runs(&RunFilter { pipeline: Some("deploy".into()), limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(deploy.len(), 1);
+    let limited = store.list_runs(&RunFilter { limit: 1, ..Default::default() }).await.unwrap();
+    assert_eq!(limited.len(), 1);
+    dispatch_build(store, a, 1).await;
+    let running = store.list_runs(&RunFilter { status: Some(RunStatus::Running), limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(running.iter().map(|r| r.id).collect::<Vec<_>>(), vec![a]);
+}
+
+async fn cancellation_is_recorded_once(store: &Store, _url: &str) {
+    let run_id = one_run(store, "c1").await;
+    assert_eq!(store.request_cancel(run_id, "by test").await.unwrap(), Some(RunStatus::Queued));
+    assert_eq!(store.request_cancel(run_id, "again").await.unwrap(), Some(RunStatus::Queued));
+    let (run, _) = store.get_run(run_id).await.unwrap().unwrap();
+    assert!(run.cancel_requested);
+    assert_eq!(run.pending_reason.as_deref(), Some("by test"), "the first reason stays");
+    assert_eq!(store.request_cancel(9999, "x").await.unwrap(), None);
+}
+
+async fn watched_refs_round_trip(store: &Store, _url: &str) {
+    one_run(store, "c1").await;
+    one_run(store, "c2").await;
+    assert_eq!(store.watched_refs("app").await.unwrap(), vec![("refs/heads/main".to_string(), "c2".to_string())]);
+    store.forget_ref("app", "refs/heads/main").await.unwrap();
+    assert!(store.watched_refs("app").await.unwrap().is_empty());
+}
+
+async fn a_run_whose_workspace_fails_is_failed_with_its_message(store: &Store, _url: &str) {
+    let run_id = one_run(store, "c1").await;
+    store.fail_run(run_id, "cannot prepare the workspace: gone").await.unwrap();
+    let (run, stages) = store.get_run(run_id).await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Failed);
+    assert!(run.errors.unwrap().to_string().contains("gone"));
+    assert!(stages.iter().all(|s| s.status == StageStatus::Skipped));
+}
+
+async fn error_runs_keep_their_diagnostics(store: &Store, _url: &str) {
+    let mut run = new_run("c1", Concurrency::Parallel);
+    run.status = RunStatus::Error;
+    run.spec = None;
+    run.stages.clear();
+    run.errors = Some(r#"[{"file":"ci.yaml","line":3,"col":5,"message":"unknown key"}]"#.into());
+    let (created, _) = store.record_commit(&record("c1", vec![run])).await.unwrap();
+    let (stored, _) = store.get_run(created[0]).await.unwrap().unwrap();
+    assert_eq!(stored.status, RunStatus::Error);
+    assert!(stored.finished_at.is_some(), "created final");
+    assert_eq!(stored.errors.unwrap()[0]["line"], 3);
+    assert!(store.load_active().await.unwrap().is_empty());
+}
