@@ -1,0 +1,710 @@
+//! Spanned YAML tree → [`Pipeline`], collecting every diagnostic instead of stopping at the
+//! first. The grammar is documented in `docs/pipeline.md`; the accepted keys of each mapping
+//! are listed once below and a unit test checks them against the JSON schema, so the parser,
+//! the schema and the docs cannot drift apart silently.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use saphyr_parser::ScalarStyle;
+
+use crate::duration::{format_duration, parse_duration};
+use crate::expr::Expr;
+use crate::glob::GlobList;
+use crate::model::*;
+use crate::validate;
+use crate::yaml::{self, Entry, Node, NodeKind, ScalarKind};
+use crate::Diagnostic;
+
+pub(crate) const PIPELINE_KEYS: &[&str] = &["name", "on", "concurrency", "env", "stages"];
+pub(crate) const ON_KEYS: &[&str] = &["push", "pull_request"];
+pub(crate) const PUSH_KEYS: &[&str] = &["branches", "tags", "paths", "paths_ignore"];
+pub(crate) const PULL_REQUEST_KEYS: &[&str] = &["branches", "paths", "paths_ignore"];
+pub(crate) const STAGE_KEYS: &[&str] = &[
+    "needs",
+    "runs-on",
+    "image",
+    "timeout",
+    "retry",
+    "env",
+    "if",
+    "resources",
+    "steps",
+    "rollback",
+];
+pub(crate) const RETRY_KEYS: &[&str] = &["max", "backoff", "max_backoff", "exit_codes"];
+pub(crate) const RESOURCES_KEYS: &[&str] = &["cpu", "memory"];
+pub(crate) const STEP_KEYS: &[&str] = &["name", "run", "env"];
+pub(crate) const CONCURRENCY_VALUES: &[&str] = &["parallel", "queue", "cancel-in-progress"];
+
+/// Every mapping of the grammar with its keys, named as in the schema's `$defs`.
+#[cfg(test)]
+pub(crate) const ALL_KEY_LISTS: &[(&str, &[&str])] = &[
+    ("pipeline", PIPELINE_KEYS),
+    ("on", ON_KEYS),
+    ("push", PUSH_KEYS),
+    ("pull_request", PULL_REQUEST_KEYS),
+    ("stage", STAGE_KEYS),
+    ("retry", RETRY_KEYS),
+    ("resources", RESOURCES_KEYS),
+    ("step", STEP_KEYS),
+];
+
+const MAX_RETRIES: u64 = 100;
+
+/// `"; did you mean `x`?"` for the closest candidate, or `""` when none is close.
+/// "Close" = Damerau-Levenshtein distance (case-insensitive) at most a third of the word.
+pub(crate) fn did_you_mean<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> String {
+    let lower = word.to_lowercase();
+    let limit = (word.chars().count() / 3).max(1);
+    let best = candidates
+        .map(|c| (strsim::damerau_levenshtein(&lower, &c.to_lowercase()), c))
+        .filter(|&(d, _)| d <= limit)
+        .min_by_key(|&(d, _)| d);
+    match best {
+        Some((_, c)) => format!("; did you mean `{c}`?"),
+        None => String::new(),
+    }
+}
+
+fn one_of(list: &[&str]) -> String {
+    let quoted: Vec<String> = list.iter().map(|k| format!("`{k}`")).collect();
+    quoted.join(", ")
+}
+
+/// Names of pipelines and stages end up in URLs, log paths and metrics labels.
+pub(crate) fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+fn valid_env_name(s: &str) -> bool {
+    let mut b = s.bytes();
+    b.next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+/// What graph validation needs about a stage, with the positions the model does not keep.
+/// Collected even for stages that have other errors, so that `needs` problems are reported
+/// together with everything else.
+pub(crate) struct StageRef {
+    pub name: String,
+    pub name_pos: Pos,
+    pub needs: Vec<(String, Pos)>,
+}
+
+pub(crate) fn parse_pipeline(file: &str, src: &str) -> Result<Pipeline, Vec<Diagnostic>> {
+    let mut cx = Cx {
+        file,
+        diags: Vec::new(),
+    };
+    let mut raw = Vec::new();
+    let root = yaml::load(src, &mut raw);
+    for (pos, msg) in raw {
+        cx.err(pos, msg);
+    }
+    let pipeline = root.and_then(|root| cx.pipeline(&root));
+    match pipeline {
+        Some(p) if cx.diags.is_empty() => Ok(p),
+        _ => {
+            // Report in file order regardless of which pass found the problem.
+            cx.diags.sort_by_key(|d| (d.line, d.col));
+            Err(cx.diags)
+        }
+    }
+}
+
+/// The walker state: file name for diagnostics and everything found so far.
+pub(crate) struct Cx<'f> {
+    file: &'f str,
+    diags: Vec<Diagnostic>,
+}
+
+/// The entries of a type-checked mapping whose unknown keys were already reported.
+struct Fields<'n> {
+    pos: Pos,
+    entries: &'n [Entry],
+}
+
+impl<'n> Fields<'n> {
+    fn get(&self, key: &str) -> Option<&'n Entry> {
+        self.entries.iter().find(|e| e.key == key)
+    }
+}
+
+impl Cx<'_> {
+    pub(crate) fn err(&mut self, pos: Pos, message: impl Into<String>) {
+        self.diags.push(Diagnostic {
+            file: self.file.to_string(),
+            line: pos.line,
+            col: pos.col,
+            message: message.into(),
+        });
+    }
+
+    fn expected(&mut self, node: &Node, what: &str) {
+        self.err(
+            node.pos,
+            format!("expected {what}, found {}", node.type_name()),
+        );
+    }
+
+    /// Type-check a mapping (null counts as empty) and report unknown keys.
+    fn map<'n>(&mut self, node: &'n Node, keys: &[&str]) -> Option<Fields<'n>> {
+        let entries: &[Entry] = match &node.kind {
+            NodeKind::Map(e) => e,
+            _ if node.is_null() => &[],
+            _ => {
+                self.expected(node, "a mapping");
+                return None;
+            }
+        };
+        for e in entries {
+            if !keys.contains(&e.key.as_str()) {
+                let hint = did_you_mean(&e.key, keys.iter().copied());
+                let msg = if hint.is_empty() {
+                    format!("unknown key `{}`; expected one of {}", e.key, one_of(keys))
+                } else {
+                    format!("unknown key `{}`{hint}", e.key)
+                };
+                self.err(e.key_pos, msg);
+            }
+        }
+        Some(Fields {
+            pos: node.pos,
+            entries,
+        })
+    }
+
+    fn required<'n>(&mut self, f: &Fields<'n>, key: &str) -> Option<&'n Entry> {
+        let e = f.get(key);
+        if e.is_none() {
+            self.err(f.pos, format!("missing required key `{key}`"));
+        }
+        e
+    }
+
+    /// Any non-null scalar, as written (numbers and booleans are kept as text).
+    fn string(&mut self, node: &Node) -> Option<String> {
+        match &node.kind {
+            NodeKind::Scalar(s) if s.kind() != ScalarKind::Null => Some(s.value.clone()),
+            _ => {
+                self.expected(node, "a string");
+                None
+            }
+        }
+    }
+
+    /// A single string or a sequence of strings, each with its position.
+    fn string_list(&mut self, node: &Node) -> Option<Vec<(String, Pos)>> {
+        match &node.kind {
+            NodeKind::Scalar(s) if s.kind() != ScalarKind::Null => {
+                Some(vec![(s.value.clone(), node.pos)])
+            }
+            NodeKind::Seq(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                let mut ok = true;
+                for item in items {
+                    match self.string(item) {
+                        Some(s) => out.push((s, item.pos)),
+                        None => ok = false,
+                    }
+                }
+                ok.then_some(out)
+            }
+            _ => {
+                self.expected(node, "a string or a sequence of strings");
+                None
+            }
+        }
+    }
+
+    fn globs(&mut self, node: &Node) -> GlobList {
+        let Some(items) = self.string_list(node) else {
+            return GlobList::default();
+        };
+        let mut globs = Vec::with_capacity(items.len());
+        for (pattern, pos) in items {
+            match crate::glob::Glob::new(&pattern) {
+                Ok(g) => globs.push(g),
+                Err(e) => self.err(pos, format!("invalid glob `{pattern}`: {e}")),
+            }
+        }
+        let list = GlobList(globs);
+        if !list.is_empty() && !list.has_positive() {
+            self.err(
+                node.pos,
+                "a list of only negated (`!`) patterns matches nothing; start with a positive pattern such as `**`",
+            );
+        }
+        list
+    }
+
+    fn uint(&mut self, node: &Node) -> Option<u64> {
+        match &node.kind {
+            NodeKind::Scalar(s) if s.kind() == ScalarKind::Number => {
+                if let Ok(v) = s.value.parse::<u64>() {
+                    return Some(v);
+                }
+            }
+            _ => {}
+        }
+        self.expected(node, "a non-negative integer");
+        None
+    }
+
+    fn duration(&mut self, node: &Node) -> Option<Duration> {
+        let s = self.string(node)?;
+        match parse_duration(&s) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.err(node.pos, e);
+                None
+            }
+        }
+    }
+
+    fn env(&mut self, node: &Node) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let entries: &[Entry] = match &node.kind {
+            NodeKind::Map(e) => e,
+            _ if node.is_null() => &[],
+            _ => {
+                self.expected(node, "a mapping");
+                return out;
+            }
+        };
+        for e in entries {
+            if !valid_env_name(&e.key) {
+                self.err(
+                    e.key_pos,
+                    format!("invalid environment variable name `{}`: use letters, digits and `_`, not starting with a digit", e.key),
+                );
+            }
+            match &e.value.kind {
+                NodeKind::Scalar(s) if s.kind() != ScalarKind::Null => {
+                    out.insert(e.key.clone(), s.value.clone());
+                }
+                _ => self.expected(&e.value, "a string, number or boolean"),
+            }
+        }
+        out
+    }
+
+    fn pipeline(&mut self, root: &Node) -> Option<Pipeline> {
+        let f = self.map(root, PIPELINE_KEYS)?;
+        let name = self.required(&f, "name").and_then(|e| {
+            let n = self.string(&e.value)?;
+            if !valid_name(&n) {
+                self.err(
+                    e.value.pos,
+                    format!(
+                        "invalid pipeline name `{n}`: use only letters, digits, `_`, `.` and `-`"
+                    ),
+                );
+            }
+            Some((n, e.value.pos))
+        });
+        let on = f
+            .get("on")
+            .map_or_else(Triggers::default, |e| self.triggers(&e.value));
+        let concurrency = f
+            .get("concurrency")
+            .map_or(Concurrency::Parallel, |e| self.concurrency(&e.value));
+        let env = f.get("env").map(|e| self.env(&e.value)).unwrap_or_default();
+        let mut refs = Vec::new();
+        let stages = self
+            .required(&f, "stages")
+            .and_then(|e| self.stages(&e.value, &mut refs));
+        validate::check_stages(self, &refs);
+        let (name, name_pos) = name?;
+        Some(Pipeline {
+            name,
+            name_pos,
+            on,
+            concurrency,
+            env,
+            stages: stages?,
+        })
+    }
+
+    fn concurrency(&mut self, node: &Node) -> Concurrency {
+        let Some(s) = self.string(node) else {
+            return Concurrency::Parallel;
+        };
+        match s.as_str() {
+            "parallel" => Concurrency::Parallel,
+            "queue" => Concurrency::Queue,
+            "cancel-in-progress" => Concurrency::CancelInProgress,
+            _ => {
+                let hint = did_you_mean(&s, CONCURRENCY_VALUES.iter().copied());
+                let msg = if hint.is_empty() {
+                    format!(
+                        "invalid concurrency `{s}`; expected one of {}",
+                        one_of(CONCURRENCY_VALUES)
+                    )
+                } else {
+                    format!("invalid concurrency `{s}`{hint}")
+                };
+                self.err(node.pos, msg);
+                Concurrency::Parallel
+            }
+        }
+    }
+
+    fn triggers(&mut self, node: &Node) -> Triggers {
+        let mut t = Triggers::default();
+        // Shorthands: `on: push` and `on: [push, pull_request]` enable events with defaults.
+        let names: Vec<&Node> = match &node.kind {
+            NodeKind::Map(_) => Vec::new(),
+            NodeKind::Seq(items) => items.iter().collect(),
+            NodeKind::Scalar(_) if node.is_null() => return t,
+            NodeKind::Scalar(_) => vec![node],
+        };
+        if !names.is_empty() || matches!(node.kind, NodeKind::Seq(_)) {
+            for n in names {
+                let Some(s) = self.string(n) else { continue };
+                match s.as_str() {
+                    "push" => t.push = Some(PushTrigger::default()),
+                    "pull_request" => t.pull_request = Some(PullRequestTrigger::default()),
+                    _ => self.unknown_event(&s, n.pos),
+                }
+            }
+            return t;
+        }
+        let Some(f) = self.map(node, ON_KEYS) else {
+            return t;
+        };
+        if let Some(e) = f.get("push") {
+            if let Some(pf) = self.map(&e.value, PUSH_KEYS) {
+                let mut p = PushTrigger::default();
+                if let Some(e) = pf.get("branches") {
+                    p.branches = self.globs(&e.value);
+                }
+                if let Some(e) = pf.get("tags") {
+                    p.tags = self.globs(&e.value);
+                }
+                if let Some(e) = pf.get("paths") {
+                    p.paths = self.globs(&e.value);
+                }
+                if let Some(e) = pf.get("paths_ignore") {
+                    p.paths_ignore = self.globs(&e.value);
+                }
+                t.push = Some(p);
+            }
+        }
+        if let Some(e) = f.get("pull_request") {
+            if let Some(pf) = self.map(&e.value, PULL_REQUEST_KEYS) {
+                let mut p = PullRequestTrigger::default();
+                if let Some(e) = pf.get("branches") {
+                    p.branches = self.globs(&e.value);
+                }
+                if let Some(e) = pf.get("paths") {
+                    p.paths = self.globs(&e.value);
+                }
+                if let Some(e) = pf.get("paths_ignore") {
+                    p.paths_ignore = self.globs(&e.value);
+                }
+                t.pull_request = Some(p);
+            }
+        }
+        t
+    }
+
+    fn unknown_event(&mut self, s: &str, pos: Pos) {
+        let hint = did_you_mean(s, ON_KEYS.iter().copied());
+        let msg = if hint.is_empty() {
+            format!("unknown event `{s}`; expected `push` or `pull_request`")
+        } else {
+            format!("unknown event `{s}`{hint}")
+        };
+        self.err(pos, msg);
+    }
+
+    fn stages(&mut self, node: &Node, refs: &mut Vec<StageRef>) -> Option<Vec<Stage>> {
+        let entries = match &node.kind {
+            NodeKind::Map(e) => e,
+            _ => {
+                self.expected(node, "a mapping of stage names to stages");
+                return None;
+            }
+        };
+        if entries.is_empty() {
+            self.err(node.pos, "`stages` must not be empty");
+            return None;
+        }
+        let mut out = Vec::with_capacity(entries.len());
+        let mut ok = true;
+        for e in entries {
+            if !valid_name(&e.key) {
+                self.err(
+                    e.key_pos,
+                    format!(
+                        "invalid stage name `{}`: use only letters, digits, `_`, `.` and `-`",
+                        e.key
+                    ),
+                );
+            }
+            match self.stage(e, refs) {
+                Some(s) => out.push(s),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn stage(&mut self, entry: &Entry, refs: &mut Vec<StageRef>) -> Option<Stage> {
+        let f = self.map(&entry.value, STAGE_KEYS);
+        let needs_with_pos = f
+            .as_ref()
+            .and_then(|f| f.get("needs"))
+            .and_then(|e| self.string_list(&e.value))
+            .unwrap_or_default();
+        let needs = needs_with_pos.iter().map(|(n, _)| n.clone()).collect();
+        refs.push(StageRef {
+            name: entry.key.clone(),
+            name_pos: entry.key_pos,
+            needs: needs_with_pos,
+        });
+        let f = f?;
+        let runs_on = f
+            .get("runs-on")
+            .and_then(|e| self.string_list(&e.value))
+            .map(|v| v.into_iter().map(|(s, _)| s).collect())
+            .unwrap_or_default();
+        let image = f.get("image").and_then(|e| self.string(&e.value));
+        let timeout = f.get("timeout").and_then(|e| {
+            let d = self.duration(&e.value)?;
+            if d.is_zero() {
+                self.err(e.value.pos, "timeout must be greater than zero");
+            }
+            Some(d)
+        });
+        let retry = f
+            .get("retry")
+            .map(|e| self.retry(&e.value))
+            .unwrap_or_default();
+        let env = f.get("env").map(|e| self.env(&e.value)).unwrap_or_default();
+        let condition = f.get("if").and_then(|e| self.condition(&e.value));
+        let resources = f
+            .get("resources")
+            .map(|e| self.resources(&e.value))
+            .unwrap_or_default();
+        let steps = self.required(&f, "steps").and_then(|e| {
+            let steps = self.steps(&e.value)?;
+            if steps.is_empty() {
+                self.err(e.value.pos, "`steps` must not be empty");
+            }
+            Some(steps)
+        });
+        let rollback = f
+            .get("rollback")
+            .and_then(|e| self.steps(&e.value))
+            .unwrap_or_default();
+        Some(Stage {
+            name: entry.key.clone(),
+            needs,
+            runs_on,
+            image,
+            timeout,
+            retry,
+            env,
+            condition,
+            steps: steps?,
+            rollback,
+            resources,
+        })
+    }
+
+    fn retry(&mut self, node: &Node) -> RetryPolicy {
+        let mut r = RetryPolicy::default();
+        // Shorthand `retry: 2` = two extra attempts with the default backoff.
+        if let NodeKind::Scalar(s) = &node.kind {
+            if s.kind() == ScalarKind::Number {
+                if let Some(max) = self.retry_max(node) {
+                    r.max = max;
+                }
+                return r;
+            }
+        }
+        let Some(f) = self.map(node, RETRY_KEYS) else {
+            return r;
+        };
+        if let Some(e) = f.get("max") {
+            if let Some(max) = self.retry_max(&e.value) {
+                r.max = max;
+            }
+        }
+        let backoff = f
+            .get("backoff")
+            .and_then(|e| Some((self.duration(&e.value)?, e.value.pos)));
+        let max_backoff = f.get("max_backoff").and_then(|e| self.duration(&e.value));
+        if let Some((b, _)) = backoff {
+            r.backoff = b;
+        }
+        if let Some(m) = max_backoff {
+            r.max_backoff = m;
+        }
+        // Only when both are written: the default max_backoff must not reject `backoff: 2m`.
+        if let (Some((b, pos)), Some(m)) = (backoff, max_backoff) {
+            if b > m {
+                self.err(
+                    pos,
+                    format!(
+                        "retry backoff ({}) is longer than max_backoff ({})",
+                        format_duration(b),
+                        format_duration(m)
+                    ),
+                );
+            }
+        }
+        if let Some(e) = f.get("exit_codes") {
+            let items: Vec<&Node> = match &e.value.kind {
+                NodeKind::Seq(items) => items.iter().collect(),
+                NodeKind::Scalar(_) if !e.value.is_null() => vec![&e.value],
+                _ => {
+                    self.expected(&e.value, "a sequence of exit codes");
+                    Vec::new()
+                }
+            };
+            for item in items {
+                match self.uint(item) {
+                    Some(c) if c <= 255 => r.exit_codes.push(c as i32),
+                    Some(c) => self.err(
+                        item.pos,
+                        format!("invalid exit code {c}: expected 0 to 255"),
+                    ),
+                    None => {}
+                }
+            }
+        }
+        r
+    }
+
+    fn retry_max(&mut self, node: &Node) -> Option<u32> {
+        let v = self.uint(node)?;
+        if v > MAX_RETRIES {
+            self.err(
+                node.pos,
+                format!("retry max must be at most {MAX_RETRIES}, found {v}"),
+            );
+            return None;
+        }
+        u32::try_from(v).ok()
+    }
+
+    fn condition(&mut self, node: &Node) -> Option<Expr> {
+        let NodeKind::Scalar(s) = &node.kind else {
+            self.expected(node, "an expression string");
+            return None;
+        };
+        match Expr::parse(&s.value) {
+            Ok(e) => Some(e),
+            Err((at, msg)) => {
+                let mut pos = node.pos;
+                // Point inside the expression when the source maps 1:1 onto the value.
+                if s.verbatim_single_line {
+                    let quote = u32::from(s.style != ScalarStyle::Plain);
+                    let prefix = s.value.get(..at).map_or(0, |p| p.chars().count());
+                    pos.col = pos
+                        .col
+                        .saturating_add(quote)
+                        .saturating_add(u32::try_from(prefix).unwrap_or(0));
+                }
+                self.err(pos, format!("invalid expression: {msg}"));
+                None
+            }
+        }
+    }
+
+    fn resources(&mut self, node: &Node) -> Resources {
+        let mut r = Resources::default();
+        let Some(f) = self.map(node, RESOURCES_KEYS) else {
+            return r;
+        };
+        if let Some(e) = f.get("cpu") {
+            if let Some(s) = self.string(&e.value) {
+                if s.parse::<f64>().is_ok_and(|v| v.is_finite() && v > 0.0) {
+                    r.cpu = Some(s);
+                } else {
+                    self.err(
+                        e.value.pos,
+                        format!("invalid cpu `{s}`: expected a positive number, e.g. 0.5 or 2"),
+                    );
+                }
+            }
+        }
+        if let Some(e) = f.get("memory") {
+            if let Some(s) = self.string(&e.value) {
+                if valid_memory(&s) {
+                    r.memory = Some(s);
+                } else {
+                    self.err(
+                        e.value.pos,
+                        format!("invalid memory `{s}`: expected e.g. 512Mi, 2Gi or 1G"),
+                    );
+                }
+            }
+        }
+        r
+    }
+
+    fn steps(&mut self, node: &Node) -> Option<Vec<Step>> {
+        let NodeKind::Seq(items) = &node.kind else {
+            self.expected(node, "a sequence of steps");
+            return None;
+        };
+        let mut out = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for item in items {
+            match self.step(item) {
+                Some(s) => out.push(s),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn step(&mut self, node: &Node) -> Option<Step> {
+        // A bare string is shorthand for `run:`.
+        if let NodeKind::Scalar(s) = &node.kind {
+            if s.kind() == ScalarKind::Null {
+                self.expected(node, "a step (a command string or a mapping with `run`)");
+                return None;
+            }
+            return self.nonempty_run(&s.value, node.pos).map(|run| Step {
+                name: None,
+                run,
+                env: BTreeMap::new(),
+            });
+        }
+        let f = self.map(node, STEP_KEYS)?;
+        let name = f.get("name").and_then(|e| self.string(&e.value));
+        let env = f.get("env").map(|e| self.env(&e.value)).unwrap_or_default();
+        let run = self.required(&f, "run")?;
+        let run = self
+            .string(&run.value)
+            .and_then(|s| self.nonempty_run(&s, run.value.pos))?;
+        Some(Step { name, run, env })
+    }
+
+    fn nonempty_run(&mut self, s: &str, pos: Pos) -> Option<String> {
+        if s.trim().is_empty() {
+            self.err(pos, "`run` must not be empty");
+            return None;
+        }
+        Some(s.to_string())
+    }
+}
+
+/// Kubernetes-style quantities: digits with an optional `K|M|G|T` or `Ki|Mi|Gi|Ti` suffix.
+fn valid_memory(s: &str) -> bool {
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    digits > 0
+        && matches!(
+            &s[digits..],
+            "" | "K" | "M" | "G" | "T" | "Ki" | "Mi" | "Gi" | "Ti"
+        )
+}

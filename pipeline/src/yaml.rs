@@ -1,0 +1,403 @@
+//! A small spanned YAML tree built from `saphyr-parser` events.
+//!
+//! We do not use a YAML→serde bridge because every diagnostic must point at the exact
+//! `line:col` of the offending node, and because we want to report *all* problems. The tree
+//! keeps mapping key order (stage order is meaningful) and the position of every key.
+//!
+//! Deliberate restrictions, each reported as a diagnostic rather than silently accepted:
+//! - anchors, aliases (and therefore merge keys `<<: *x`) are rejected: they make
+//!   positions ambiguous and allow "billion laughs" expansion;
+//! - several documents in one file are rejected (one file = one pipeline);
+//! - nesting deeper than [`MAX_DEPTH`] is rejected, so hostile input cannot blow the stack of
+//!   the recursive walkers in `parse.rs`;
+//! - mapping keys must be scalars; duplicate keys are reported (the first one wins).
+//!
+//! Tags (`!!str`, `!foo`) are ignored: the pipeline grammar decides how a scalar is read.
+
+use saphyr_parser::{Event, Parser, ScalarStyle, Span};
+
+use crate::model::Pos;
+
+/// Maximum nesting of sequences/mappings. The pipeline grammar needs about 6 levels.
+pub(crate) const MAX_DEPTH: usize = 64;
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Node {
+    pub pos: Pos,
+    pub kind: NodeKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum NodeKind {
+    Scalar(Scalar),
+    Seq(Vec<Node>),
+    Map(Vec<Entry>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Scalar {
+    pub value: String,
+    pub style: ScalarStyle,
+    /// Whether the scalar's source text sits on one line and maps 1:1 (plus quotes) onto
+    /// `value`, so that a byte offset into `value` can be turned into a source column.
+    pub verbatim_single_line: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Entry {
+    pub key: String,
+    pub key_pos: Pos,
+    pub value: Node,
+}
+
+/// Rough YAML 1.2 core-schema classification of a scalar, used only for "found a ..." texts
+/// and to decide what counts as null.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ScalarKind {
+    Null,
+    Bool,
+    Number,
+    String,
+}
+
+impl Scalar {
+    pub fn kind(&self) -> ScalarKind {
+        if self.style != ScalarStyle::Plain {
+            return ScalarKind::String;
+        }
+        match self.value.as_str() {
+            "" | "~" | "null" | "Null" | "NULL" => ScalarKind::Null,
+            "true" | "True" | "TRUE" | "false" | "False" | "FALSE" => ScalarKind::Bool,
+            v if looks_numeric(v) => ScalarKind::Number,
+            _ => ScalarKind::String,
+        }
+    }
+}
+
+fn looks_numeric(v: &str) -> bool {
+    let t = v.strip_prefix(['+', '-']).unwrap_or(v);
+    if t.is_empty() {
+        return false;
+    }
+    if matches!(t, ".inf" | ".Inf" | ".INF" | ".nan" | ".NaN" | ".NAN") {
+        return true;
+    }
+    if let Some(h) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0o")) {
+        return !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit());
+    }
+    // Integers and floats: digits, at most one '.', optional exponent.
+    t.parse::<f64>().is_ok() && t.bytes().any(|b| b.is_ascii_digit())
+}
+
+impl Node {
+    /// Human name of the node's type, as used in "expected X, found Y".
+    pub fn type_name(&self) -> &'static str {
+        match &self.kind {
+            NodeKind::Map(_) => "a mapping",
+            NodeKind::Seq(_) => "a sequence",
+            NodeKind::Scalar(s) => match s.kind() {
+                ScalarKind::Null => "null",
+                ScalarKind::Bool => "a boolean",
+                ScalarKind::Number => "a number",
+                ScalarKind::String => "a string",
+            },
+        }
+    }
+
+    pub fn is_null(&self) -> bool {
+        matches!(&self.kind, NodeKind::Scalar(s) if s.kind() == ScalarKind::Null)
+    }
+}
+
+/// A problem found while building the tree: position and message (the file is added later).
+pub(crate) type RawDiag = (Pos, String);
+
+fn pos_of(span: &Span) -> Pos {
+    to_pos(span.start)
+}
+
+fn to_pos(m: saphyr_parser::Marker) -> Pos {
+    // saphyr lines are 1-based, columns 0-based (in characters).
+    Pos {
+        line: u32::try_from(m.line()).unwrap_or(u32::MAX),
+        col: u32::try_from(m.col().saturating_add(1)).unwrap_or(u32::MAX),
+    }
+}
+
+enum KeyState {
+    /// Next completed node is a key.
+    Want,
+    Have(String, Pos),
+    /// The key was not a scalar (already reported): drop the value.
+    Invalid,
+}
+
+enum Frame {
+    Seq(Pos, Vec<Node>),
+    Map(Pos, Vec<Entry>, KeyState),
+}
+
+/// Parse `src` into a spanned tree. Returns `None` when the file cannot be turned into a tree
+/// (syntax error, empty file, ...); every problem is pushed onto `diags`. Non-fatal problems
+/// (duplicate keys, non-scalar keys) are reported and the tree is still returned.
+pub(crate) fn load(src: &str, diags: &mut Vec<RawDiag>) -> Option<Node> {
+    // saphyr-parser is well tested, but it is a third-party state machine with internal
+    // `unwrap`s; a pipeline file from any repository must never take the daemon down, so a
+    // panic inside it is turned into a diagnostic. Our own code below does not panic.
+    let mut local = Vec::new();
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| load_inner(src, &mut local)));
+    match result {
+        Ok(node) => {
+            diags.append(&mut local);
+            node
+        }
+        Err(_) => {
+            diags.push((
+                Pos { line: 1, col: 1 },
+                "internal error in the yaml parser on this input; please report it".to_string(),
+            ));
+            None
+        }
+    }
+}
+
+fn load_inner(src: &str, diags: &mut Vec<RawDiag>) -> Option<Node> {
+    let mut parser = Parser::new_from_str(src);
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut root: Option<Node> = None;
+    let mut documents = 0usize;
+
+    while let Some(ev) = parser.next_event() {
+        let (event, span) = match ev {
+            Ok(x) => x,
+            Err(e) => {
+                diags.push((
+                    to_pos(*e.marker()),
+                    format!("yaml syntax error: {}", e.info()),
+                ));
+                return None;
+            }
+        };
+        let pos = pos_of(&span);
+        let done: Node = match event {
+            Event::StreamStart | Event::Nothing | Event::DocumentEnd => continue,
+            Event::StreamEnd => break,
+            Event::DocumentStart(_) => {
+                documents += 1;
+                if documents > 1 {
+                    diags.push((
+                        pos,
+                        "multiple yaml documents in one file are not supported; use one file per pipeline"
+                            .to_string(),
+                    ));
+                    return None;
+                }
+                continue;
+            }
+            Event::Alias(_) => {
+                diags.push((pos, "yaml aliases (`*name`) are not supported".to_string()));
+                return None;
+            }
+            Event::Scalar(value, style, anchor, _tag) => {
+                if anchor != 0 {
+                    diags.push((pos, "yaml anchors (`&name`) are not supported".to_string()));
+                    return None;
+                }
+                let quotes = match style {
+                    ScalarStyle::Plain => 0,
+                    ScalarStyle::SingleQuoted | ScalarStyle::DoubleQuoted => 2,
+                    _ => usize::MAX,
+                };
+                let verbatim_single_line = quotes != usize::MAX
+                    && span.start.line() == span.end.line()
+                    && span.len() == value.chars().count().saturating_add(quotes);
+                Node {
+                    pos,
+                    kind: NodeKind::Scalar(Scalar {
+                        value: value.into_owned(),
+                        style,
+                        verbatim_single_line,
+                    }),
+                }
+            }
+            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                if anchor != 0 {
+                    diags.push((pos, "yaml anchors (`&name`) are not supported".to_string()));
+                    return None;
+                }
+                if stack.len() >= MAX_DEPTH {
+                    diags.push((
+                        pos,
+                        format!("nesting too deep: more than {MAX_DEPTH} levels"),
+                    ));
+                    return None;
+                }
+                if matches!(event, Event::SequenceStart(..)) {
+                    stack.push(Frame::Seq(pos, Vec::new()));
+                } else {
+                    stack.push(Frame::Map(pos, Vec::new(), KeyState::Want));
+                }
+                continue;
+            }
+            Event::SequenceEnd => match stack.pop() {
+                Some(Frame::Seq(p, items)) => Node {
+                    pos: p,
+                    kind: NodeKind::Seq(items),
+                },
+                _ => {
+                    // Cannot happen with a conforming event stream; report instead of panicking.
+                    diags.push((pos, "yaml syntax error: unbalanced sequence".to_string()));
+                    return None;
+                }
+            },
+            Event::MappingEnd => match stack.pop() {
+                Some(Frame::Map(p, entries, _)) => Node {
+                    pos: p,
+                    kind: NodeKind::Map(entries),
+                },
+                _ => {
+                    diags.push((pos, "yaml syntax error: unbalanced mapping".to_string()));
+                    return None;
+                }
+            },
+        };
+        attach(&mut stack, &mut root, done, diags);
+    }
+
+    if root.is_none() && diags.is_empty() {
+        diags.push((
+            Pos { line: 1, col: 1 },
+            "empty file: expected a mapping with `name` and `stages`".to_string(),
+        ));
+    }
+    root
+}
+
+/// Attach a completed node to its parent (or make it the document root).
+fn attach(stack: &mut [Frame], root: &mut Option<Node>, node: Node, diags: &mut Vec<RawDiag>) {
+    match stack.last_mut() {
+        None => *root = Some(node),
+        Some(Frame::Seq(_, items)) => items.push(node),
+        Some(Frame::Map(_, entries, key)) => match std::mem::replace(key, KeyState::Want) {
+            KeyState::Want => match node.kind {
+                NodeKind::Scalar(s) => *key = KeyState::Have(s.value, node.pos),
+                _ => {
+                    diags.push((
+                        node.pos,
+                        format!("mapping keys must be strings, found {}", node.type_name()),
+                    ));
+                    *key = KeyState::Invalid;
+                }
+            },
+            KeyState::Invalid => {}
+            KeyState::Have(k, key_pos) => {
+                let mut node = node;
+                // An empty value (`key:` and nothing else) has no text of its own: point
+                // diagnostics about it at its key.
+                if matches!(&node.kind, NodeKind::Scalar(s) if s.value.is_empty() && s.style == ScalarStyle::Plain)
+                {
+                    node.pos = key_pos;
+                }
+                // Linear scan: pipeline mappings are small, and this avoids a hash set per map.
+                if let Some(first) = entries.iter().find(|e| e.key == k) {
+                    diags.push((
+                        key_pos,
+                        format!(
+                            "duplicate key `{k}` (first defined at {}:{})",
+                            first.key_pos.line, first.key_pos.col
+                        ),
+                    ));
+                } else {
+                    entries.push(Entry {
+                        key: k,
+                        key_pos,
+                        value: node,
+                    });
+                }
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(src: &str) -> Node {
+        let mut d = Vec::new();
+        let n = load(src, &mut d);
+        assert!(d.is_empty(), "{d:?}");
+        n.unwrap()
+    }
+
+    #[test]
+    fn positions_and_order() {
+        let n = ok("b: 1\na:\n  - x\n  - {k: v}\n");
+        let NodeKind::Map(entries) = &n.kind else {
+            panic!()
+        };
+        assert_eq!(entries[0].key, "b");
+        assert_eq!(entries[0].key_pos, Pos { line: 1, col: 1 });
+        assert_eq!(entries[1].key, "a");
+        assert_eq!(entries[1].key_pos, Pos { line: 2, col: 1 });
+        let NodeKind::Seq(items) = &entries[1].value.kind else {
+            panic!()
+        };
+        assert_eq!(items[0].pos, Pos { line: 3, col: 5 });
+        assert_eq!(items[1].pos, Pos { line: 4, col: 5 });
+    }
+
+    #[test]
+    fn rejects() {
+        for (src, msg) in [
+            ("a: &x 1\nb: *x\n", "anchors"),
+            ("a: 1\n---\nb: 2\n", "multiple yaml documents"),
+            ("a: [1\n", "yaml syntax error"),
+            ("", "empty file"),
+        ] {
+            let mut d = Vec::new();
+            assert!(load(src, &mut d).is_none(), "{src}");
+            assert!(d[0].1.contains(msg), "{src}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_capped() {
+        // saphyr's scanner has its own limit for flow collections; either message is fine.
+        let src = "[".repeat(100_000);
+        let mut d = Vec::new();
+        assert!(load(&src, &mut d).is_none());
+        assert_eq!(d.len(), 1);
+        let src = format!("{}{}", "[".repeat(70), "]".repeat(70));
+        let mut d = Vec::new();
+        assert!(load(&src, &mut d).is_none());
+        assert_eq!(
+            d,
+            [(
+                Pos { line: 1, col: 65 },
+                "nesting too deep: more than 64 levels".to_string()
+            )]
+        );
+        let src: String = (0..200)
+            .map(|i| format!("{}a:\n", "  ".repeat(i)))
+            .collect();
+        let mut d = Vec::new();
+        assert!(load(&src, &mut d).is_none());
+        assert_eq!(d[0].1, "nesting too deep: more than 64 levels");
+    }
+
+    #[test]
+    fn verbatim_columns() {
+        let n = ok("a: 'x y'\nb: \"a\\tb\"\nc: plain text\n");
+        let NodeKind::Map(e) = &n.kind else { panic!() };
+        let flags: Vec<bool> = e
+            .iter()
+            .map(|e| match &e.value.kind {
+                NodeKind::Scalar(s) => s.verbatim_single_line,
+                _ => false,
+            })
+            .collect();
+        assert_eq!(flags, [true, false, true]);
+    }
+}

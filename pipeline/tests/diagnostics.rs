@@ -1,0 +1,388 @@
+//! Data-driven diagnostics tests: each case is a pipeline file and the exact text users see.
+
+use deploylite_pipeline::{check_pipeline_set, parse_pipeline};
+
+/// Parse `input` as `p.yaml` and compare every diagnostic, one per line.
+#[track_caller]
+fn check(input: &str, expected: &str) {
+    let got = match parse_pipeline("p.yaml", input) {
+        Ok(_) => String::new(),
+        Err(diags) => diags.iter().map(|d| format!("{d}\n")).collect(),
+    };
+    let expected: String = expected
+        .lines()
+        .map(|l| format!("{}\n", l.trim()))
+        .filter(|l| l != "\n")
+        .collect();
+    assert_eq!(
+        got, expected,
+        "\n--- input ---\n{input}\n--- got ---\n{got}"
+    );
+}
+
+/// A minimal valid file with `stage` spliced in under `stages:`.
+fn with_stage(stage: &str) -> String {
+    format!("name: ci\nstages:\n  test:\n{stage}")
+}
+
+#[test]
+fn valid_minimal() {
+    check("name: ci\nstages:\n  build:\n    steps: [make]\n", "");
+}
+
+#[test]
+fn yaml_syntax_errors() {
+    check(
+        "name: ci\nstages: [a\n",
+        "p.yaml:3:1: yaml syntax error: while parsing a flow sequence, expected ',' or ']'",
+    );
+    check(
+        "name: ci\n  bad: indent\n",
+        "p.yaml:2:6: yaml syntax error: mapping values are not allowed in this context",
+    );
+    check("name: \"ci\n", "p.yaml:1:7: yaml syntax error: while scanning a quoted scalar, found unexpected end of stream");
+}
+
+#[test]
+fn yaml_restrictions() {
+    check("name: a\n---\nname: b\n", "p.yaml:2:1: multiple yaml documents in one file are not supported; use one file per pipeline");
+    check(
+        "name: &n ci\nstages: *n\n",
+        "p.yaml:1:7: yaml anchors (`&name`) are not supported",
+    );
+    check(
+        "",
+        "p.yaml:1:1: empty file: expected a mapping with `name` and `stages`",
+    );
+    check(
+        "# only a comment\n",
+        "p.yaml:1:1: empty file: expected a mapping with `name` and `stages`",
+    );
+    check(
+        &format!("name: ci\nstages: {}{}\n", "[".repeat(70), "]".repeat(70)),
+        "p.yaml:2:72: nesting too deep: more than 64 levels",
+    );
+    check(
+        "name: ci\n[a]: b\nstages:\n  s: {steps: [x]}\n",
+        "p.yaml:2:1: mapping keys must be strings, found a sequence",
+    );
+}
+
+#[test]
+fn wrong_types() {
+    check(
+        "- a\n- b\n",
+        "p.yaml:1:1: expected a mapping, found a sequence",
+    );
+    check(
+        "name: [ci]\nstages: {}\n",
+        "
+        p.yaml:1:7: expected a string, found a sequence
+        p.yaml:2:9: `stages` must not be empty
+    ",
+    );
+    check(
+        "name: ci\nstages: [a]\n",
+        "p.yaml:2:9: expected a mapping of stage names to stages, found a sequence",
+    );
+    check(
+        &with_stage("    steps: run this\n"),
+        "p.yaml:4:12: expected a sequence of steps, found a string",
+    );
+    check(
+        &with_stage("    steps: [x]\n    needs: {a: b}\n"),
+        "p.yaml:5:12: expected a string or a sequence of strings, found a mapping",
+    );
+    check(
+        &with_stage("    steps: [x]\n    env: [A]\n"),
+        "p.yaml:5:10: expected a mapping, found a sequence",
+    );
+    check(
+        &with_stage("    steps: [x]\n    env: {A: [1]}\n"),
+        "p.yaml:5:14: expected a string, number or boolean, found a sequence",
+    );
+    check(
+        &with_stage("    steps: [x]\n    retry: {max: two}\n"),
+        "p.yaml:5:18: expected a non-negative integer, found a string",
+    );
+    check(
+        &with_stage("    steps: [x]\n    retry: {exit_codes: [1, x, 300]}\n"),
+        "
+        p.yaml:5:29: expected a non-negative integer, found a string
+        p.yaml:5:32: invalid exit code 300: expected 0 to 255
+    ",
+    );
+    check(
+        &with_stage("    steps: [x]\n    if: [a]\n"),
+        "p.yaml:5:9: expected an expression string, found a sequence",
+    );
+    check(
+        &with_stage("    steps:\n      -\n      - {run: x, name: [a]}\n"),
+        "
+        p.yaml:5:8: expected a step (a command string or a mapping with `run`), found null
+        p.yaml:6:24: expected a string, found a sequence
+    ",
+    );
+    check(
+        "name: ci\non: 5\nstages:\n  s: {steps: [x]}\n",
+        "p.yaml:2:5: unknown event `5`; expected `push` or `pull_request`",
+    );
+    check(
+        "name: ci\non:\n  push: [main]\nstages:\n  s: {steps: [x]}\n",
+        "p.yaml:3:9: expected a mapping, found a sequence",
+    );
+}
+
+#[test]
+fn unknown_keys() {
+    check(
+        &with_stage("    steps: [x]\n    nedds: [a]\n"),
+        "p.yaml:5:5: unknown key `nedds`; did you mean `needs`?",
+    );
+    check(
+        &with_stage("    steps: [x]\n    runs_on: linux\n"),
+        "p.yaml:5:5: unknown key `runs_on`; did you mean `runs-on`?",
+    );
+    check(
+        "name: ci\nfoo: 1\nstages:\n  s: {steps: [x]}\n",
+        "p.yaml:2:1: unknown key `foo`; expected one of `name`, `on`, `concurrency`, `env`, `stages`",
+    );
+    check(
+        "name: ci\non:\n  push:\n    paths-ignore: [docs]\n  pull_requests: {}\nstages:\n  s: {steps: [x]}\n",
+        "
+        p.yaml:4:5: unknown key `paths-ignore`; did you mean `paths_ignore`?
+        p.yaml:5:3: unknown key `pull_requests`; did you mean `pull_request`?
+    ",
+    );
+    check(
+        &with_stage("    steps: [{run: x, envv: {}}]\n"),
+        "p.yaml:4:22: unknown key `envv`; did you mean `env`?",
+    );
+    check(
+        &with_stage("    steps: [x]\n    retry: {max: 1, backof: 1s}\n"),
+        "p.yaml:5:21: unknown key `backof`; did you mean `backoff`?",
+    );
+    check(
+        &with_stage("    steps: [x]\n    resources: {mem: 1Gi}\n"),
+        "p.yaml:5:17: unknown key `mem`; expected one of `cpu`, `memory`",
+    );
+    check(
+        "name: ci\non: [push, pull]\nstages:\n  s: {steps: [x]}\n",
+        "p.yaml:2:12: unknown event `pull`; expected `push` or `pull_request`",
+    );
+    check(
+        "name: ci\non: psuh\nstages:\n  s: {steps: [x]}\n",
+        "p.yaml:2:5: unknown event `psuh`; did you mean `push`?",
+    );
+    check(
+        "name: ci\nconcurrency: cancel-in-progres\nstages:\n  s: {steps: [x]}\n",
+        "p.yaml:2:14: invalid concurrency `cancel-in-progres`; did you mean `cancel-in-progress`?",
+    );
+    check(
+        "name: ci\nconcurrency: later\nstages:\n  s: {steps: [x]}\n",
+        "p.yaml:2:14: invalid concurrency `later`; expected one of `parallel`, `queue`, `cancel-in-progress`",
+    );
+}
+
+#[test]
+fn missing_keys() {
+    check(
+        "stages:\n  s: {steps: [x]}\n",
+        "p.yaml:1:1: missing required key `name`",
+    );
+    check("name: ci\n", "p.yaml:1:1: missing required key `stages`");
+    check(
+        "\nname: ci\nstages:\n  build:\n    image: x\n",
+        "p.yaml:5:5: missing required key `steps`",
+    );
+    check(
+        "name: ci\nstages:\n  build:\n",
+        "p.yaml:3:3: missing required key `steps`",
+    );
+    check(
+        &with_stage("    steps: [{name: x}]\n"),
+        "p.yaml:4:13: missing required key `run`",
+    );
+    check(
+        &with_stage("    steps: []\n"),
+        "p.yaml:4:12: `steps` must not be empty",
+    );
+    check(
+        &with_stage("    steps: ['  ']\n"),
+        "p.yaml:4:13: `run` must not be empty",
+    );
+}
+
+#[test]
+fn duplicate_keys() {
+    check(
+        "name: ci\nstages:\n  build:\n    steps: [a]\n  build:\n    steps: [b]\n",
+        "p.yaml:5:3: duplicate key `build` (first defined at 3:3)",
+    );
+    check(
+        "name: ci\nname: cd\nstages:\n  s: {steps: [x]}\n",
+        "p.yaml:2:1: duplicate key `name` (first defined at 1:1)",
+    );
+}
+
+#[test]
+fn needs_and_cycles() {
+    check(
+        "name: ci\nstages:\n  lint:\n    steps: [x]\n  test:\n    needs: [lnt, deploy]\n    steps: [x]\n",
+        "
+        p.yaml:6:13: stage `test` needs unknown stage `lnt`; did you mean `lint`?
+        p.yaml:6:18: stage `test` needs unknown stage `deploy`
+    ",
+    );
+    check(
+        "name: ci\nstages:\n  a:\n    needs: a\n    steps: [x]\n",
+        "p.yaml:4:12: stage `a` needs itself",
+    );
+    check(
+        "name: ci\nstages:\n  x:\n    steps: [x]\n  a:\n    needs: [c]\n    steps: [x]\n  b:\n    needs: [a]\n    steps: [x]\n  c:\n    needs: [b, x]\n    steps: [x]\n",
+        "p.yaml:5:3: dependency cycle: a -> c -> b -> a",
+    );
+    // Graph problems are reported together with unrelated errors in other stages.
+    check(
+        "name: ci\nstages:\n  a:\n    needs: b\n  b:\n    needs: a\n    steps: [x]\n",
+        "
+        p.yaml:3:3: dependency cycle: a -> b -> a
+        p.yaml:4:5: missing required key `steps`
+    ",
+    );
+}
+
+#[test]
+fn durations_and_limits() {
+    check(
+        &with_stage("    steps: [x]\n    timeout: 15x\n"),
+        "p.yaml:5:14: invalid duration `15x`: expected e.g. 500ms, 30s, 15m, 1h30m",
+    );
+    check(
+        &with_stage("    steps: [x]\n    timeout: 0s\n"),
+        "p.yaml:5:14: timeout must be greater than zero",
+    );
+    check(
+        &with_stage("    steps: [x]\n    retry: 500\n"),
+        "p.yaml:5:12: retry max must be at most 100, found 500",
+    );
+    check(
+        &with_stage("    steps: [x]\n    retry: {max: 101}\n"),
+        "p.yaml:5:18: retry max must be at most 100, found 101",
+    );
+    check(
+        &with_stage("    steps: [x]\n    retry: {max: 1, backoff: 2m, max_backoff: 1m}\n"),
+        "p.yaml:5:30: retry backoff (2m) is longer than max_backoff (1m)",
+    );
+    check(
+        &with_stage("    steps: [x]\n    retry: {backoff: 1 h}\n"),
+        "p.yaml:5:22: invalid duration `1 h`: expected e.g. 500ms, 30s, 15m, 1h30m",
+    );
+    check(
+        &with_stage("    steps: [x]\n    resources: {cpu: lots, memory: 1GB}\n"),
+        "
+        p.yaml:5:22: invalid cpu `lots`: expected a positive number, e.g. 0.5 or 2
+        p.yaml:5:36: invalid memory `1GB`: expected e.g. 512Mi, 2Gi or 1G
+    ",
+    );
+}
+
+#[test]
+fn globs() {
+    check(
+        "name: ci\non:\n  push:\n    branches: [main, '[abc']\n    paths: '{a,b'\nstages:\n  s: {steps: [x]}\n",
+        "
+        p.yaml:4:22: invalid glob `[abc`: unclosed character class; missing ']'
+        p.yaml:5:12: invalid glob `{a,b`: unclosed alternate group; missing '}' (maybe escape '{' with '[{]'?)
+    ",
+    );
+    check(
+        "name: ci\non:\n  pull_request:\n    paths: ['!docs/**']\nstages:\n  s: {steps: [x]}\n",
+        "p.yaml:4:12: a list of only negated (`!`) patterns matches nothing; start with a positive pattern such as `**`",
+    );
+}
+
+#[test]
+fn expressions() {
+    // Plain scalar: the column points inside the expression.
+    check(
+        &with_stage("    steps: [x]\n    if: brnch == 'main'\n"),
+        "p.yaml:5:9: invalid expression: unknown identifier `brnch`; did you mean `branch`?",
+    );
+    check(
+        &with_stage("    steps: [x]\n    if: branch = 'main'\n"),
+        "p.yaml:5:16: invalid expression: expected `==`",
+    );
+    // Quoted: one more for the quote.
+    check(
+        &with_stage("    steps: [x]\n    if: \"branch == 'main' && tagg\"\n"),
+        "p.yaml:5:30: invalid expression: unknown identifier `tagg`; did you mean `tag`?",
+    );
+    // Block scalar: the position of the scalar's text.
+    check(
+        &with_stage("    steps: [x]\n    if: >\n      branch ==\n"),
+        "p.yaml:6:7: invalid expression: unexpected end of expression",
+    );
+}
+
+#[test]
+fn names_and_env() {
+    check(
+        "name: my ci\nstages:\n  s: {steps: [x]}\n",
+        "p.yaml:1:7: invalid pipeline name `my ci`: use only letters, digits, `_`, `.` and `-`",
+    );
+    check(
+        "name: ci\nstages:\n  'a/b': {steps: [x]}\n",
+        "p.yaml:3:3: invalid stage name `a/b`: use only letters, digits, `_`, `.` and `-`",
+    );
+    check(
+        "name: ci\nenv: {1X: a, OK: 1, B-C: true, D: }\nstages:\n  s: {steps: [x]}\n",
+        "
+        p.yaml:2:7: invalid environment variable name `1X`: use letters, digits and `_`, not starting with a digit
+        p.yaml:2:21: invalid environment variable name `B-C`: use letters, digits and `_`, not starting with a digit
+        p.yaml:2:32: expected a string, number or boolean, found null
+    ",
+    );
+}
+
+#[test]
+fn collects_all_errors() {
+    check(
+        "name: ci\nconcurrency: sometimes\nstages:\n  a:\n    timeout: 5y\n    steps: [x]\n    needs: [zz]\n  b:\n    stpes: [x]\n",
+        "
+        p.yaml:2:14: invalid concurrency `sometimes`; expected one of `parallel`, `queue`, `cancel-in-progress`
+        p.yaml:5:14: invalid duration `5y`: expected e.g. 500ms, 30s, 15m, 1h30m
+        p.yaml:7:13: stage `a` needs unknown stage `zz`
+        p.yaml:9:5: unknown key `stpes`; did you mean `steps`?
+        p.yaml:9:5: missing required key `steps`
+    ",
+    );
+}
+
+#[test]
+fn pipeline_set() {
+    let a = parse_pipeline("a.yaml", "name: ci\nstages:\n  s: {steps: [x]}\n").unwrap();
+    let b = parse_pipeline(
+        "b.yaml",
+        "# ci again\nname:   ci\nstages:\n  s: {steps: [x]}\n",
+    )
+    .unwrap();
+    let c = parse_pipeline("c.yaml", "name: cd\nstages:\n  s: {steps: [x]}\n").unwrap();
+    let set = vec![
+        ("a.yaml".to_string(), a.clone()),
+        ("b.yaml".to_string(), b),
+        ("c.yaml".to_string(), c),
+        ("d.yaml".to_string(), a),
+    ];
+    let got: Vec<String> = check_pipeline_set(&set)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "b.yaml:2:9: duplicate pipeline name `ci` (first defined at a.yaml:1:7)",
+            "d.yaml:1:7: duplicate pipeline name `ci` (first defined at a.yaml:1:7)",
+        ]
+    );
+}
