@@ -77,6 +77,8 @@ pub async fn run(repo_dir: &Path, pipeline: Option<&str>, max_parallel: Option<u
         commit: commit.clone(),
         event: event_for_ref(&git_ref),
         changed_paths: None,
+        report: false,
+        pull_request: None,
     };
     let file = PipelineFile {
         path: path.clone(),

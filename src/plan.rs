@@ -29,6 +29,8 @@ pub async fn plan(repo_dir: &Path, rev: &str) -> Result<ExitCode> {
             commit,
             event: event_for_ref(&git_ref),
             changed_paths: changed,
+            report: false,
+            pull_request: None,
         };
         Ok((event, files, git_ref))
     })

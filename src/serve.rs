@@ -138,9 +138,11 @@ async fn wait_for_signal() {
     }
 }
 
-/// Deletes workspaces and logs past their retention, once a minute.
+/// Deletes workspaces and logs past their retention.
 async fn janitor(store: Store, data: DataDir, config: Config, shutdown: CancellationToken) {
-    let mut interval = tokio::time::interval(Duration::from_secs(60));
+    // Often enough that a short retention is honoured closely, never busier than once a second.
+    let period = (config.workspace_retention.min(config.log_retention) / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let mut interval = tokio::time::interval(period);
     loop {
         tokio::select! {
             _ = interval.tick() => {}

@@ -10,7 +10,7 @@ use deploylite_pipeline::{
 
 use crate::git::PipelineFile;
 use crate::status::{RunStatus, StageStatus};
-use crate::store::{NewRun, NewStage};
+use crate::store::{NewRun, NewStage, PullRequestInfo};
 
 type Parsed = Arc<Result<Pipeline, Vec<Diagnostic>>>;
 
@@ -63,6 +63,9 @@ pub struct CommitEvent {
     /// Files changed since the ref's previous recorded commit; None when unknown (a ref seen
     /// for the first time), in which case path filters match everything.
     pub changed_paths: Option<Vec<String>>,
+    /// Whether the repository reports to a forge.
+    pub report: bool,
+    pub pull_request: Option<PullRequestInfo>,
 }
 
 impl CommitEvent {
@@ -129,6 +132,8 @@ fn base_run(file: &PipelineFile, event: &CommitEvent, pipeline: &str, status: Ru
         errors: None,
         workspace: None,
         stages: Vec::new(),
+        report: event.report,
+        pull_request: event.pull_request.clone(),
     }
 }
 

@@ -240,6 +240,8 @@ impl Watcher {
             commit: commit.to_string(),
             event,
             changed_paths: changed,
+            report: false,
+            pull_request: None,
         };
         let runs = desired_runs(&files, &event, &self.cache);
         let (created, cancelled) = self

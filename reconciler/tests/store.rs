@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use deploylite_pipeline::Concurrency;
 use deploylite_reconciler::status::{RunStatus, StageStatus};
 use deploylite_reconciler::store::{
-    AttemptResult, Dispatch, NewRun, NewStage, RecordCommit, RunFilter, SqliteSync, StageSkip, Store, TickWrites,
+    AttemptResult, Dispatch, NewRun, NewStage, PullRequestInfo, RecordCommit, RunFilter, RunFinish, SqliteSync,
+    StageSkip, Store, TickWrites,
 };
 use sqlx::Connection;
 
@@ -74,6 +75,12 @@ conformance!(
     watched_refs_round_trip,
     a_run_whose_workspace_fails_is_failed_with_its_message,
     error_runs_keep_their_diagnostics,
+    a_replayed_delivery_is_recognised,
+    reports_are_queued_with_the_change_and_coalesced_per_run,
+    a_failed_report_is_postponed_and_newer_changes_stay_pending,
+    queued_runs_of_a_ref_can_be_cancelled,
+    a_rerun_is_a_new_run_attempt_with_fresh_stages,
+    pull_request_runs_are_those_of_the_latest_head,
 );
 
 fn new_run(commit: &str, concurrency: Concurrency) -> NewRun {
@@ -96,6 +103,8 @@ fn new_run(commit: &str, concurrency: Concurrency) -> NewRun {
         spec: Some(serde_json::to_string(&pipeline).expect("spec json")),
         errors: None,
         workspace: None,
+        report: false,
+        pull_request: None,
         stages: vec![
             NewStage { name: "build".into(), status: StageStatus::Queued, needs: vec![], pending_reason: None },
             NewStage { name: "test".into(), status: StageStatus::Queued, needs: vec!["build".into()], pending_reason: None },
@@ -315,4 +324,98 @@ async fn error_runs_keep_their_diagnostics(store: &Store, _url: &str) {
     assert!(stored.finished_at.is_some(), "created final");
     assert_eq!(stored.errors.unwrap()[0]["line"], 3);
     assert!(store.load_active().await.unwrap().is_empty());
+}
+
+async fn a_replayed_delivery_is_recognised(store: &Store, _url: &str) {
+    assert!(store.record_delivery("github", "d-1", "push").await.unwrap());
+    assert!(!store.record_delivery("github", "d-1", "push").await.unwrap(), "a replay");
+    assert!(store.record_delivery("gitlab", "d-1", "push").await.unwrap(), "ids are per forge");
+}
+
+fn reporting_run(commit: &str) -> NewRun {
+    let mut run = new_run(commit, Concurrency::Parallel);
+    run.report = true;
+    run
+}
+
+async fn reports_are_queued_with_the_change_and_coalesced_per_run(store: &Store, _url: &str) {
+    let quiet = one_run(store, "c0").await;
+    let (created, _) = store.record_commit(&record("c1", vec![reporting_run("c1")])).await.unwrap();
+    let run_id = created[0];
+    dispatch_build(store, run_id, 1).await;
+    dispatch_build(store, quiet, 1).await;
+    assert!(store.finish_attempt(&result(run_id, 1, StageStatus::Success)).await.unwrap());
+    assert_eq!(store.pending_report_count().await.unwrap(), 3, "create, tick and finish each queue one row");
+    let due = store.due_reports(i64::MAX, 10).await.unwrap();
+    assert_eq!(due.len(), 1, "one entry per run, and none for a run that does not report");
+    assert_eq!(due[0].run_id, run_id);
+    store.report_sent(run_id, due[0].up_to_id).await.unwrap();
+    assert_eq!(store.pending_report_count().await.unwrap(), 0);
+    assert!(store.due_reports(i64::MAX, 10).await.unwrap().is_empty());
+}
+
+async fn a_failed_report_is_postponed_and_newer_changes_stay_pending(store: &Store, _url: &str) {
+    let (created, _) = store.record_commit(&record("c1", vec![reporting_run("c1")])).await.unwrap();
+    let run_id = created[0];
+    let due = store.due_reports(i64::MAX, 10).await.unwrap();
+    store.report_failed(run_id, 5_000, "HTTP 500").await.unwrap();
+    assert!(store.due_reports(4_999, 10).await.unwrap().is_empty(), "postponed");
+    assert_eq!(store.next_report_due().await.unwrap(), Some(5_000));
+    let later = store.due_reports(5_000, 10).await.unwrap();
+    assert_eq!(later[0].attempts, 1);
+    // A change while the report was in flight must not be marked sent with the older rows.
+    store
+        .apply_tick(&TickWrites { finish: vec![RunFinish { run_id, status: RunStatus::Cancelled }], ..Default::default() })
+        .await
+        .unwrap();
+    store.report_sent(run_id, due[0].up_to_id).await.unwrap();
+    assert_eq!(store.pending_report_count().await.unwrap(), 1);
+}
+
+async fn queued_runs_of_a_ref_can_be_cancelled(store: &Store, _url: &str) {
+    let queued = one_run(store, "c1").await;
+    let running = one_run(store, "c2").await;
+    dispatch_build(store, running, 1).await;
+    let cancelled = store.cancel_queued_runs("app", "refs/heads/main", "branch deleted").await.unwrap();
+    assert_eq!(cancelled, vec![queued], "only runs that have not started");
+    assert!(store.cancel_queued_runs("app", "refs/heads/other", "x").await.unwrap().is_empty());
+}
+
+async fn a_rerun_is_a_new_run_attempt_with_fresh_stages(store: &Store, _url: &str) {
+    let mut run = new_run("c1", Concurrency::Parallel);
+    run.stages[1].status = StageStatus::Skipped;
+    run.stages[1].pending_reason = Some("skipped: `if: branch == 'x'` is false".into());
+    let (created, _) = store.record_commit(&record("c1", vec![run])).await.unwrap();
+    dispatch_build(store, created[0], 1).await;
+    assert!(store.finish_attempt(&result(created[0], 1, StageStatus::Failed)).await.unwrap());
+    let reruns = store.rerun("app", "c1", Some("ci")).await.unwrap();
+    assert_eq!(reruns.len(), 1);
+    let (rerun, stages) = store.get_run(reruns[0]).await.unwrap().unwrap();
+    assert_eq!((rerun.run_attempt, rerun.status), (2, RunStatus::Queued));
+    let states: Vec<(String, StageStatus, i64)> = stages.into_iter().map(|s| (s.name, s.status, s.attempt)).collect();
+    assert_eq!(
+        states,
+        vec![("build".to_string(), StageStatus::Queued, 0), ("test".to_string(), StageStatus::Skipped, 0)]
+    );
+    assert_eq!(store.rerun("app", "c1", None).await.unwrap().len(), 1, "re-runs the latest attempt");
+    let (third, _) = store.get_run(*store.rerun("app", "c1", None).await.unwrap().first().unwrap()).await.unwrap().unwrap();
+    assert_eq!(third.run_attempt, 4);
+    assert!(store.rerun("app", "nope", None).await.unwrap().is_empty());
+}
+
+async fn pull_request_runs_are_those_of_the_latest_head(store: &Store, _url: &str) {
+    let pr = |commit: &str| {
+        let mut run = new_run(commit, Concurrency::Parallel);
+        run.trigger = "pull_request".into();
+        run.git_ref = "refs/pull/7/head".into();
+        run.pull_request = Some(PullRequestInfo { number: 7, head_repo: "fork/app".into(), untrusted: true });
+        run
+    };
+    store.record_commit(&record("old", vec![pr("old")])).await.unwrap();
+    let (new, _) = store.record_commit(&record("new", vec![pr("new")])).await.unwrap();
+    let runs = store.pull_request_runs("app", 7).await.unwrap();
+    assert_eq!(runs.iter().map(|r| r.id).collect::<Vec<_>>(), new);
+    let info = runs[0].pull_request.clone().unwrap();
+    assert_eq!((info.number, info.head_repo.as_str(), info.untrusted), (7, "fork/app", true));
+    assert!(store.pull_request_runs("app", 8).await.unwrap().is_empty());
 }

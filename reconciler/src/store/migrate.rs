@@ -13,12 +13,20 @@ struct Migration {
     postgres: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "core",
-    sqlite: include_str!("../../../migrations/sqlite/0001_core.sql"),
-    postgres: include_str!("../../../migrations/postgres/0001_core.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "core",
+        sqlite: include_str!("../../../migrations/sqlite/0001_core.sql"),
+        postgres: include_str!("../../../migrations/postgres/0001_core.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "forges",
+        sqlite: include_str!("../../../migrations/sqlite/0002_forges.sql"),
+        postgres: include_str!("../../../migrations/postgres/0002_forges.sql"),
+    },
+];
 
 pub(super) async fn run(store: &Store) -> Result<()> {
     store

@@ -5,6 +5,7 @@
 //! `ON CONFLICT` and `RETURNING` (SQLite >= 3.35), BIGINT/INTEGER columns only, times as epoch
 //! milliseconds, flags as 0/1.
 
+mod forge;
 mod migrate;
 mod runs;
 mod schedule;
@@ -16,7 +17,8 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions, Executor};
 
-pub use runs::{NewRun, NewStage, RecordCommit, RunFilter, RunRecord, StageAttemptRecord, StageRecord};
+pub use forge::DueReport;
+pub use runs::{NewRun, NewStage, PullRequestInfo, RecordCommit, RunFilter, RunRecord, StageAttemptRecord, StageRecord};
 pub use schedule::{
     ActiveRun, ActiveStage, AttemptResult, Dispatch, Interrupted, RunFinish, StageSkip, TickWrites,
 };

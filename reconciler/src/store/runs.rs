@@ -28,6 +28,19 @@ pub struct NewRun {
     /// Preset by `deploylite run`, which runs in the working copy itself.
     pub workspace: Option<String>,
     pub stages: Vec<NewStage>,
+    /// Whether state changes of this run are reported to a forge (outbox rows).
+    pub report: bool,
+    pub pull_request: Option<PullRequestInfo>,
+}
+
+/// The pull/merge request a run belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PullRequestInfo {
+    pub number: i64,
+    /// `owner/name` (GitHub) or `group/project` (GitLab) the head commit comes from.
+    pub head_repo: String,
+    /// From a fork: secrets and policy must not trust it.
+    pub untrusted: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -76,6 +89,7 @@ pub struct RunRecord {
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    pub pull_request: Option<PullRequestInfo>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -103,7 +117,7 @@ pub struct StageAttemptRecord {
 }
 
 const RUN_COLUMNS: &str = "id, repo, pipeline, pipeline_file, commit_sha, git_ref, trigger, run_attempt, status, \
-     pending_reason, errors, cancel_requested, created_at, started_at, finished_at";
+     pending_reason, errors, cancel_requested, created_at, started_at, finished_at, pr_number, head_repo, untrusted";
 
 impl Store {
     /// Records a reconciled commit. Returns the ids of the runs actually created (runs that
@@ -117,8 +131,9 @@ impl Store {
             let finished_at = run.status.is_final().then_some(now);
             let id: Option<i64> = sqlx::query_scalar(
                 "INSERT INTO runs (repo, pipeline, pipeline_file, commit_sha, git_ref, trigger, run_attempt, \
-                     status, concurrency, spec, errors, workspace, workspace_ready, created_at, finished_at, pending_reason)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+                     status, concurrency, spec, errors, workspace, workspace_ready, created_at, finished_at, pending_reason,
+                     report, pr_number, head_repo, untrusted)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
                  ON CONFLICT (repo, pipeline, commit_sha, trigger, run_attempt) DO NOTHING
                  RETURNING id",
             )
@@ -138,11 +153,16 @@ impl Store {
             .bind(now)
             .bind(finished_at)
             .bind(run.pending_reason.as_deref())
+            .bind(i64::from(run.report))
+            .bind(run.pull_request.as_ref().map(|p| p.number))
+            .bind(run.pull_request.as_ref().map(|p| p.head_repo.as_str()))
+            .bind(i64::from(run.pull_request.as_ref().is_some_and(|p| p.untrusted)))
             .fetch_optional(&mut *tx)
             .await
             .ctx("inserting a run")?;
             let Some(id) = id else { continue };
             created.push(id);
+            queue_report(&mut tx, id, now).await?;
             for (position, stage) in run.stages.iter().enumerate() {
                 let needs = serde_json::to_string(&stage.needs).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 sqlx::query(
@@ -366,5 +386,28 @@ fn run_from_row(r: &AnyRow) -> Result<RunRecord> {
         created_at: r.try_get("created_at").ctx("reading a run")?,
         started_at: r.try_get("started_at").ctx("reading a run")?,
         finished_at: r.try_get("finished_at").ctx("reading a run")?,
+        pull_request: match r.try_get::<Option<i64>, _>("pr_number").ctx("reading a run")? {
+            Some(number) => Some(PullRequestInfo {
+                number,
+                head_repo: r.try_get::<Option<String>, _>("head_repo").ctx("reading a run")?.unwrap_or_default(),
+                untrusted: r.try_get::<i64, _>("untrusted").ctx("reading a run")? != 0,
+            }),
+            None => None,
+        },
     })
+}
+
+/// Queues a report of run `run_id` if its repository reports to a forge. Called inside the
+/// transaction that changes the run, so the report and the change commit together.
+pub(super) async fn queue_report(tx: &mut sqlx::Transaction<'_, sqlx::Any>, run_id: i64, now: i64) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO outbox (run_id, next_attempt_at, created_at)
+         SELECT id, $2, $2 FROM runs WHERE id = $1 AND report = 1",
+    )
+    .bind(run_id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .ctx("queueing a report")?;
+    Ok(())
 }

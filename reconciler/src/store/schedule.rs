@@ -3,7 +3,7 @@
 
 use sqlx::Row;
 
-use super::runs::{parse_concurrency, parse_json, parse_status};
+use super::runs::{parse_concurrency, parse_json, parse_status, queue_report};
 use super::{now_ms, DbContext, Result, Store, StoreError};
 use crate::status::{RunStatus, StageStatus};
 
@@ -71,6 +71,21 @@ pub struct TickWrites {
 }
 
 impl TickWrites {
+    /// Every run this tick changes (what it writes a report row for), each once.
+    pub fn touched_runs(&self) -> Vec<i64> {
+        let mut ids: Vec<i64> = self
+            .start_runs
+            .iter()
+            .copied()
+            .chain(self.dispatch.iter().map(|d| d.run_id))
+            .chain(self.skip.iter().map(|s| s.run_id))
+            .chain(self.finish.iter().map(|f| f.run_id))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
     pub fn is_empty(&self) -> bool {
         self.start_runs.is_empty()
             && self.run_pending.is_empty()
@@ -272,6 +287,9 @@ impl Store {
             .await
             .ctx("finishing a run")?;
         }
+        for run_id in writes.touched_runs() {
+            queue_report(&mut tx, run_id, now).await?;
+        }
         tx.commit().await.ctx("committing a scheduler tick")?;
         Ok(())
     }
@@ -316,6 +334,7 @@ impl Store {
         .execute(&mut *tx)
         .await
         .ctx("recording a stage's state")?;
+        queue_report(&mut tx, result.run_id, now).await?;
         tx.commit().await.ctx("committing an attempt's end")?;
         Ok(true)
     }
@@ -360,6 +379,7 @@ impl Store {
             .execute(&mut *tx)
             .await
             .ctx("requeueing an interrupted stage")?;
+            queue_report(&mut tx, i.run_id, now).await?;
         }
         tx.commit().await.ctx("committing recovery")?;
         Ok(interrupted)
@@ -449,6 +469,7 @@ impl Store {
         .execute(&mut *tx)
         .await
         .ctx("failing a run")?;
+        queue_report(&mut tx, run_id, now).await?;
         tx.commit().await.ctx("committing a failed run")
     }
 }

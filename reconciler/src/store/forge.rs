@@ -1,0 +1,228 @@
+//! The store's side of forge integration: webhook delivery de-duplication, the outbox of
+//! reports, ids of objects created on the forge, and the run operations webhooks ask for
+//! (cancel a ref's queued runs, re-run a commit).
+
+use sqlx::Row;
+
+use super::runs::{queue_report, RunRecord};
+use super::{now_ms, DbContext, Result, Store};
+
+/// A due report: "run `run_id` changed; tell the forge". Rows up to `up_to_id` are covered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DueReport {
+    pub run_id: i64,
+    pub up_to_id: i64,
+    pub attempts: i64,
+}
+
+impl Store {
+    /// Records a webhook delivery. False when it was seen before (a replay).
+    pub async fn record_delivery(&self, forge: &str, delivery_id: &str, event: &str) -> Result<bool> {
+        let inserted = sqlx::query(
+            "INSERT INTO webhook_deliveries (forge, delivery_id, event, received_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (forge, delivery_id) DO NOTHING",
+        )
+        .bind(forge)
+        .bind(delivery_id)
+        .bind(event)
+        .bind(now_ms())
+        .execute(self.pool())
+        .await
+        .ctx("recording a webhook delivery")?;
+        Ok(inserted.rows_affected() == 1)
+    }
+
+    /// Runs with pending reports due by `now`, one entry per run (its rows coalesce), oldest first.
+    pub async fn due_reports(&self, now: i64, limit: i64) -> Result<Vec<DueReport>> {
+        let rows = sqlx::query(
+            "SELECT run_id, MAX(id) AS up_to_id, MAX(attempts) AS attempts FROM outbox
+             WHERE state = 'pending' AND next_attempt_at <= $1
+             GROUP BY run_id ORDER BY MIN(id) LIMIT $2",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await
+        .ctx("reading due reports")?;
+        rows.iter()
+            .map(|r| {
+                Ok(DueReport {
+                    run_id: r.try_get("run_id").ctx("reading a report")?,
+                    up_to_id: r.try_get("up_to_id").ctx("reading a report")?,
+                    attempts: r.try_get("attempts").ctx("reading a report")?,
+                })
+            })
+            .collect()
+    }
+
+    /// When the next pending report falls due, if any.
+    pub async fn next_report_due(&self) -> Result<Option<i64>> {
+        sqlx::query_scalar("SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'pending'")
+            .fetch_one(self.pool())
+            .await
+            .ctx("reading the next report time")
+    }
+
+    /// Marks a run's report rows up to `up_to_id` as sent. Rows added since stay pending.
+    pub async fn report_sent(&self, run_id: i64, up_to_id: i64) -> Result<()> {
+        sqlx::query("UPDATE outbox SET state = 'sent', sent_at = $3 WHERE run_id = $1 AND id <= $2 AND state = 'pending'")
+            .bind(run_id)
+            .bind(up_to_id)
+            .bind(now_ms())
+            .execute(self.pool())
+            .await
+            .ctx("marking a report sent")?;
+        Ok(())
+    }
+
+    /// Postpones a run's pending reports after a failed delivery.
+    pub async fn report_failed(&self, run_id: i64, next_attempt_at: i64, error: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3
+             WHERE run_id = $1 AND state = 'pending'",
+        )
+        .bind(run_id)
+        .bind(next_attempt_at)
+        .bind(error)
+        .execute(self.pool())
+        .await
+        .ctx("postponing a report")?;
+        Ok(())
+    }
+
+    /// Pending report rows (for tests and the status page).
+    pub async fn pending_report_count(&self) -> Result<i64> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE state = 'pending'")
+            .fetch_one(self.pool())
+            .await
+            .ctx("counting pending reports")
+    }
+
+    pub async fn forge_object(&self, repo: &str, kind: &str, key: &str) -> Result<Option<String>> {
+        sqlx::query_scalar("SELECT external_id FROM forge_objects WHERE repo = $1 AND kind = $2 AND key = $3")
+            .bind(repo)
+            .bind(kind)
+            .bind(key)
+            .fetch_optional(self.pool())
+            .await
+            .ctx("reading a forge object id")
+    }
+
+    pub async fn set_forge_object(&self, repo: &str, kind: &str, key: &str, external_id: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO forge_objects (repo, kind, key, external_id) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (repo, kind, key) DO UPDATE SET external_id = excluded.external_id",
+        )
+        .bind(repo)
+        .bind(kind)
+        .bind(key)
+        .bind(external_id)
+        .execute(self.pool())
+        .await
+        .ctx("recording a forge object id")?;
+        Ok(())
+    }
+
+    /// The runs of a pull request's latest head commit (the commit of its newest run).
+    pub async fn pull_request_runs(&self, repo: &str, pr_number: i64) -> Result<Vec<RunRecord>> {
+        let latest: Option<String> = sqlx::query_scalar(
+            "SELECT commit_sha FROM runs WHERE repo = $1 AND pr_number = $2 ORDER BY id DESC LIMIT 1",
+        )
+        .bind(repo)
+        .bind(pr_number)
+        .fetch_optional(self.pool())
+        .await
+        .ctx("finding a pull request's head")?;
+        let Some(commit) = latest else { return Ok(Vec::new()) };
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT MAX(id) FROM runs WHERE repo = $1 AND pr_number = $2 AND commit_sha = $3
+             GROUP BY pipeline ORDER BY pipeline",
+        )
+        .bind(repo)
+        .bind(pr_number)
+        .bind(&commit)
+        .fetch_all(self.pool())
+        .await
+        .ctx("listing a pull request's runs")?;
+        let mut runs = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some((run, _)) = self.get_run(id).await? {
+                runs.push(run);
+            }
+        }
+        Ok(runs)
+    }
+
+    /// Cancels the queued (not yet started) runs of a ref: a deleted branch, a closed pull
+    /// request. Returns their ids.
+    pub async fn cancel_queued_runs(&self, repo: &str, git_ref: &str, reason: &str) -> Result<Vec<i64>> {
+        sqlx::query_scalar(
+            "UPDATE runs SET cancel_requested = 1, pending_reason = $3
+             WHERE repo = $1 AND git_ref = $2 AND status = 'queued' AND cancel_requested = 0
+             RETURNING id",
+        )
+        .bind(repo)
+        .bind(git_ref)
+        .bind(reason)
+        .fetch_all(self.pool())
+        .await
+        .ctx("cancelling queued runs")
+    }
+
+    /// Runs a commit's pipelines again as new runs (`run_attempt` + 1), from the pipeline each
+    /// latest run recorded. `pipeline: None` re-runs every pipeline of the commit. Runs that
+    /// never validated (`error`) are not re-run: their pipeline is still invalid at that commit.
+    pub async fn rerun(&self, repo: &str, commit: &str, pipeline: Option<&str>) -> Result<Vec<i64>> {
+        let now = now_ms();
+        let mut tx = self.pool().begin().await.ctx("starting a re-run")?;
+        let latest: Vec<i64> = sqlx::query_scalar(
+            "SELECT r.id FROM runs r
+             WHERE r.repo = $1 AND r.commit_sha = $2 AND ($3 IS NULL OR r.pipeline = $3) AND r.spec IS NOT NULL
+               AND r.run_attempt = (SELECT MAX(o.run_attempt) FROM runs o
+                                    WHERE o.repo = r.repo AND o.pipeline = r.pipeline
+                                      AND o.commit_sha = r.commit_sha AND o.trigger = r.trigger)",
+        )
+        .bind(repo)
+        .bind(commit)
+        .bind(pipeline)
+        .fetch_all(&mut *tx)
+        .await
+        .ctx("finding runs to re-run")?;
+        let mut created = Vec::new();
+        for old in latest {
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO runs (repo, pipeline, pipeline_file, commit_sha, git_ref, trigger, run_attempt, status,
+                     concurrency, spec, workspace_ready, created_at, report, pr_number, head_repo, untrusted)
+                 SELECT repo, pipeline, pipeline_file, commit_sha, git_ref, trigger, run_attempt + 1, 'queued',
+                     concurrency, spec, 0, $2, report, pr_number, head_repo, untrusted
+                 FROM runs WHERE id = $1
+                 RETURNING id",
+            )
+            .bind(old)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await
+            .ctx("creating a re-run")?;
+            // Stages start again as they were created: queued, or skipped by their `if:`.
+            sqlx::query(
+                "INSERT INTO stages (run_id, name, position, status, needs, pending_reason, finished_at)
+                 SELECT $2, name, position,
+                     CASE WHEN pending_reason LIKE 'skipped: `if:%' THEN 'skipped' ELSE 'queued' END,
+                     needs,
+                     CASE WHEN pending_reason LIKE 'skipped: `if:%' THEN pending_reason ELSE NULL END,
+                     CASE WHEN pending_reason LIKE 'skipped: `if:%' THEN $3 ELSE NULL END
+                 FROM stages WHERE run_id = $1",
+            )
+            .bind(old)
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .ctx("copying stages for a re-run")?;
+            queue_report(&mut tx, id, now).await?;
+            created.push(id);
+        }
+        tx.commit().await.ctx("committing a re-run")?;
+        Ok(created)
+    }
+}
