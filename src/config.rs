@@ -11,6 +11,7 @@ use deploylite_pipeline::duration::parse_duration;
 use deploylite_pipeline::GlobList;
 use deploylite_reconciler::store::SqliteSync;
 use deploylite_reconciler::watcher::RepoConfig;
+use deploylite_webhook::forges::{forge_from_url, ForgeKind, ForgeRepo, GithubAuth, GithubConfig, GitlabConfig, Secret};
 use serde::Deserialize;
 
 /// The environment variables read (besides `DEPLOYLITE_CONFIG`), with the key each sets.
@@ -28,6 +29,20 @@ pub const ENV_KEYS: &[&str] = &[
     "local_runner__enabled",
     "local_runner__labels",
     "repos",
+    "public_url",
+    "webhook_max_body_bytes",
+    "forges__github__api_url",
+    "forges__github__app_id",
+    "forges__github__private_key_path",
+    "forges__github__token",
+    "forges__github__token_file",
+    "forges__github__webhook_secret",
+    "forges__github__webhook_secret_file",
+    "forges__gitlab__api_url",
+    "forges__gitlab__token",
+    "forges__gitlab__token_file",
+    "forges__gitlab__webhook_secret",
+    "forges__gitlab__webhook_secret_file",
 ];
 
 #[derive(Debug, Default, Deserialize)]
@@ -42,6 +57,40 @@ pub struct ConfigLayer {
     pub retention: Option<RetentionLayer>,
     pub local_runner: Option<LocalRunnerLayer>,
     pub repos: Option<Vec<RepoLayer>>,
+    pub public_url: Option<String>,
+    pub webhook_max_body_bytes: Option<usize>,
+    pub forges: Option<ForgesLayer>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForgesLayer {
+    pub github: Option<GithubLayer>,
+    pub gitlab: Option<GitlabLayer>,
+}
+
+/// Secrets may be given inline (in this file or a `DEPLOYLITE_FORGES__...` variable) or as
+/// `*_file` paths (e.g. mounted Kubernetes secrets); never as command-line flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GithubLayer {
+    pub api_url: Option<String>,
+    pub app_id: Option<u64>,
+    pub private_key_path: Option<PathBuf>,
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub webhook_secret: Option<String>,
+    pub webhook_secret_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitlabLayer {
+    pub api_url: Option<String>,
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub webhook_secret: Option<String>,
+    pub webhook_secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -68,6 +117,10 @@ pub struct RepoLayer {
     #[serde(default)]
     pub tags: Vec<String>,
     pub poll_interval: Option<String>,
+    /// `github` or `gitlab`; derived from github.com / gitlab.com URLs.
+    pub forge: Option<String>,
+    /// `owner/name` or `group/project`; derived from the URL where possible.
+    pub slug: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -91,6 +144,7 @@ pub struct Config {
     pub local_runner_enabled: bool,
     pub local_runner_labels: Vec<String>,
     pub repos: Vec<RepoConfig>,
+    pub forges: deploylite_webhook::Forges,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -132,23 +186,15 @@ impl ConfigLayer {
             let parsed: serde_json::Value =
                 yaml_serde::from_str(&value).unwrap_or_else(|_| serde_json::Value::String(value.clone()));
             // A string key such as listen stays a string even if it looks like a number.
-            let parsed = match (key.as_str(), parsed) {
-                ("listen" | "data_dir" | "database_url", v) if !v.is_string() => serde_json::Value::String(value.clone()),
-                (_, v) => v,
-            };
-            match key.split_once("__") {
-                Some((outer, inner)) => {
-                    let entry = root
-                        .entry(outer.to_string())
-                        .or_insert_with(|| serde_json::Value::Object(Default::default()));
-                    if let Some(map) = entry.as_object_mut() {
-                        map.insert(inner.to_string(), parsed);
-                    }
-                }
-                None => {
-                    root.insert(key, parsed);
-                }
-            }
+            let stays_text = matches!(key.as_str(), "listen" | "data_dir" | "database_url" | "public_url")
+                || key.ends_with("token")
+                || key.ends_with("secret")
+                || key.ends_with("_url")
+                || key.ends_with("_path")
+                || key.ends_with("_file");
+            let parsed = if stays_text && !parsed.is_string() { serde_json::Value::String(value.clone()) } else { parsed };
+            let path: Vec<&str> = key.split("__").collect();
+            insert_path(&mut root, &path, parsed);
         }
         serde_json::from_value(serde_json::Value::Object(root)).context("invalid DEPLOYLITE_* environment variable")
     }
@@ -164,6 +210,22 @@ impl ConfigLayer {
                 repo.url = base.join(&repo.url).display().to_string();
             }
         }
+        let rebase = |p: &mut Option<PathBuf>| {
+            if let Some(path) = p.as_mut().filter(|p| p.is_relative()) {
+                *path = base.join(&*path);
+            }
+        };
+        if let Some(forges) = self.forges.as_mut() {
+            if let Some(g) = forges.github.as_mut() {
+                rebase(&mut g.private_key_path);
+                rebase(&mut g.token_file);
+                rebase(&mut g.webhook_secret_file);
+            }
+            if let Some(g) = forges.gitlab.as_mut() {
+                rebase(&mut g.token_file);
+                rebase(&mut g.webhook_secret_file);
+            }
+        }
     }
 
     /// `other` wins wherever it has a value.
@@ -171,7 +233,20 @@ impl ConfigLayer {
         macro_rules! take {
             ($($field:ident),*) => { $( if other.$field.is_some() { self.$field = other.$field; } )* };
         }
-        take!(listen, data_dir, database_url, sqlite_synchronous, max_parallel_stages, log_format, repos);
+        take!(listen, data_dir, database_url, sqlite_synchronous, max_parallel_stages, log_format, repos, public_url, webhook_max_body_bytes);
+        if let Some(f) = other.forges {
+            let mine = self.forges.get_or_insert_with(Default::default);
+            if let Some(g) = f.github {
+                let m = mine.github.get_or_insert_with(Default::default);
+                macro_rules! field { ($($x:ident),*) => { $( if g.$x.is_some() { m.$x = g.$x; } )* }; }
+                field!(api_url, app_id, private_key_path, token, token_file, webhook_secret, webhook_secret_file);
+            }
+            if let Some(g) = f.gitlab {
+                let m = mine.gitlab.get_or_insert_with(Default::default);
+                macro_rules! field { ($($x:ident),*) => { $( if g.$x.is_some() { m.$x = g.$x; } )* }; }
+                field!(api_url, token, token_file, webhook_secret, webhook_secret_file);
+            }
+        }
         if let Some(r) = other.retention {
             let mine = self.retention.get_or_insert_with(Default::default);
             if r.workspaces.is_some() {
@@ -217,6 +292,10 @@ impl ConfigLayer {
         let workspace_retention = duration("retention.workspaces", retention.workspaces, "1h")?;
         let log_retention = duration("retention.logs", retention.logs, "30d")?;
         let local = self.local_runner.unwrap_or_default();
+        let forge_layer = self.forges.unwrap_or_default();
+        let github = forge_layer.github.map(github_config).transpose()?;
+        let gitlab = forge_layer.gitlab.map(gitlab_config).transpose()?;
+        let mut forge_repos = Vec::new();
         let mut repos = Vec::new();
         for (i, repo) in self.repos.unwrap_or_default().into_iter().enumerate() {
             let at = format!("repos[{i}] ({})", repo.name);
@@ -228,6 +307,7 @@ impl ConfigLayer {
             if repos.iter().any(|r: &RepoConfig| r.name == repo.name) {
                 bail!("{at}: a repository named `{}` is already configured", repo.name);
             }
+            let forge = forge_of(&repo, &at)?;
             let poll_interval = duration(
                 &format!("{at}.poll_interval"),
                 repo.poll_interval,
@@ -236,7 +316,18 @@ impl ConfigLayer {
             if poll_interval < Duration::from_millis(100) {
                 bail!("{at}.poll_interval must be at least 100ms");
             }
+            let report = match &forge {
+                Some(f) => match f.forge {
+                    ForgeKind::Github => github.as_ref().is_some_and(|g| g.auth.is_some()),
+                    ForgeKind::Gitlab => gitlab.as_ref().is_some_and(|g| g.token.is_some()),
+                },
+                None => false,
+            };
+            if let Some(f) = forge {
+                forge_repos.push(f);
+            }
             repos.push(RepoConfig {
+                report,
                 branches: GlobList::new(&repo.branches).map_err(|e| anyhow::anyhow!("{at}.branches: {e}"))?,
                 tags: GlobList::new(&repo.tags).map_err(|e| anyhow::anyhow!("{at}.tags: {e}"))?,
                 name: repo.name,
@@ -256,8 +347,101 @@ impl ConfigLayer {
             local_runner_enabled: local.enabled.unwrap_or(true),
             local_runner_labels: local.labels.unwrap_or_else(|| vec!["local".into(), std::env::consts::OS.into()]),
             repos,
+            forges: deploylite_webhook::Forges::new(
+                github,
+                gitlab,
+                self.public_url,
+                self.webhook_max_body_bytes.unwrap_or(deploylite_webhook::forges::DEFAULT_MAX_BODY_BYTES),
+                forge_repos,
+            ),
         })
     }
+}
+
+/// Sets `root[a][b]...[leaf] = value`, creating the intermediate objects.
+fn insert_path(root: &mut serde_json::Map<String, serde_json::Value>, path: &[&str], value: serde_json::Value) {
+    match path {
+        [] => {}
+        [leaf] => {
+            root.insert(leaf.to_string(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = root
+                .entry(first.to_string())
+                .or_insert_with(|| serde_json::Value::Object(Default::default()));
+            if let Some(map) = entry.as_object_mut() {
+                insert_path(map, rest, value);
+            }
+        }
+    }
+}
+
+/// The forge a repository entry names (or its URL implies).
+fn forge_of(repo: &RepoLayer, at: &str) -> Result<Option<ForgeRepo>> {
+    let derived = forge_from_url(&repo.url);
+    let forge = match repo.forge.as_deref() {
+        None => derived.as_ref().map(|(k, _)| *k),
+        Some("github") => Some(ForgeKind::Github),
+        Some("gitlab") => Some(ForgeKind::Gitlab),
+        Some(other) => bail!("{at}.forge: `{other}` is not a forge; expected github or gitlab"),
+    };
+    let Some(forge) = forge else {
+        if repo.slug.is_some() {
+            bail!("{at}.slug is set but the forge is unknown: add `forge: github` or `forge: gitlab`");
+        }
+        return Ok(None);
+    };
+    let slug = match (&repo.slug, derived) {
+        (Some(slug), _) => slug.clone(),
+        (None, Some((_, slug))) => slug,
+        (None, None) => bail!("{at}: cannot derive owner/name from the URL; add `slug: owner/name`"),
+    };
+    if !slug.contains('/') {
+        bail!("{at}.slug `{slug}` must look like owner/name (or group/project)");
+    }
+    Ok(Some(ForgeRepo { name: repo.name.clone(), forge, slug }))
+}
+
+/// A secret given inline or as a file (trailing newline trimmed).
+fn secret(inline: Option<String>, file: Option<PathBuf>, what: &str) -> Result<Option<Secret>> {
+    match (inline, file) {
+        (Some(_), Some(_)) => bail!("{what}: give the value or a file, not both"),
+        (Some(v), None) => Ok(Some(Secret::new(v))),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(&path).with_context(|| format!("{what}: cannot read {}", path.display()))?;
+            Ok(Some(Secret::new(text.trim_end_matches(['\n', '\r']).to_string())))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+fn github_config(g: GithubLayer) -> Result<GithubConfig> {
+    let token = secret(g.token, g.token_file, "forges.github.token")?;
+    let auth = match (g.app_id, g.private_key_path, token) {
+        (Some(_), Some(_), Some(_)) => bail!("forges.github: configure a GitHub App (app_id, private_key_path) or a token, not both"),
+        (Some(app_id), Some(path), None) => {
+            let pem = std::fs::read_to_string(&path)
+                .with_context(|| format!("forges.github.private_key_path: cannot read {}", path.display()))?;
+            Some(GithubAuth::App { app_id, private_key_pem: Secret::new(pem) })
+        }
+        (Some(_), None, _) => bail!("forges.github.app_id needs private_key_path"),
+        (None, Some(_), _) => bail!("forges.github.private_key_path needs app_id"),
+        (None, None, Some(token)) => Some(GithubAuth::Token(token)),
+        (None, None, None) => None,
+    };
+    Ok(GithubConfig {
+        api_url: g.api_url.unwrap_or_else(|| "https://api.github.com".into()).trim_end_matches('/').to_string(),
+        auth,
+        webhook_secret: secret(g.webhook_secret, g.webhook_secret_file, "forges.github.webhook_secret")?,
+    })
+}
+
+fn gitlab_config(g: GitlabLayer) -> Result<GitlabConfig> {
+    Ok(GitlabConfig {
+        api_url: g.api_url.unwrap_or_else(|| "https://gitlab.com/api/v4".into()).trim_end_matches('/').to_string(),
+        token: secret(g.token, g.token_file, "forges.gitlab.token")?,
+        webhook_secret: secret(g.webhook_secret, g.webhook_secret_file, "forges.gitlab.webhook_secret")?,
+    })
 }
 
 #[cfg(test)]
@@ -303,6 +487,31 @@ mod tests {
         assert_eq!(config.log_retention, Duration::from_secs(7 * 86400));
         assert_eq!(config.repos.len(), 1);
         assert_eq!(config.listen.to_string(), "0.0.0.0:80");
+    }
+
+    #[test]
+    fn forges_come_from_file_and_env_and_secrets_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret"), "s3cret\n").unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(
+            &file,
+            "forges:\n  github:\n    webhook_secret_file: secret\nrepos:\n  - {name: a, url: https://github.com/Octo/App.git}\n  - {name: b, url: /srv/b, forge: gitlab, slug: grp/b}\n  - {name: c, url: /srv/c}\n",
+        )
+        .unwrap();
+        let config = ConfigLayer::default()
+            .merge(ConfigLayer::from_file(&file).unwrap())
+            .merge(env(&[("DEPLOYLITE_FORGES__GITHUB__TOKEN", "12345"), ("DEPLOYLITE_PUBLIC_URL", "https://ci.example.com")]))
+            .finish()
+            .unwrap();
+        let github = config.forges.github.as_ref().unwrap();
+        assert_eq!(github.webhook_secret.as_ref().map(|s| s.expose()), Some("s3cret"));
+        assert!(matches!(&github.auth, Some(GithubAuth::Token(t)) if t.expose() == "12345"), "a numeric-looking token stays text");
+        assert_eq!(config.forges.repo(ForgeKind::Github, "octo/app").map(|r| r.name.as_str()), Some("a"));
+        assert_eq!(config.forges.repo(ForgeKind::Gitlab, "grp/b").map(|r| r.name.as_str()), Some("b"));
+        let report: Vec<bool> = config.repos.iter().map(|r| r.report).collect();
+        assert_eq!(report, vec![true, false, false], "only repos whose forge has credentials report");
+        assert!(!format!("{config:?}").contains("s3cret"), "secrets never print");
     }
 
     #[test]

@@ -101,7 +101,7 @@ pub async fn run(repo_dir: &Path, pipeline: Option<&str>, max_parallel: Option<u
 
     let parallel = max_parallel
         .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2));
-    let scheduler = Scheduler::new(
+    let scheduler = Scheduler::echoing_logs(
         store.clone(),
         data,
         PlanConfig {
@@ -111,8 +111,7 @@ pub async fn run(repo_dir: &Path, pipeline: Option<&str>, max_parallel: Option<u
         },
         Arc::new(LocalExecutor::default()),
         Arc::new(InPlace),
-    )
-    .with_echo_logs();
+    );
     let mut events = scheduler.subscribe();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(scheduler.clone().run(shutdown.clone()));

@@ -73,6 +73,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     );
     let recovered = scheduler.recover().await.context("cannot recover interrupted stages")?;
     let watcher = Watcher::new(store.clone(), repos.clone(), scheduler.waker());
+    let forges = Arc::new(config.forges.clone());
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -81,6 +82,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         store: store.clone(),
         data: data.clone(),
         scheduler: scheduler.waker(),
+        watcher: Some(watcher.clone()),
+        forges: forges.clone(),
     };
 
     tracing::info!(

@@ -3,6 +3,7 @@
 //! machine (the scheduler).
 
 pub mod desired;
+pub mod events;
 pub mod git;
 pub mod paths;
 pub mod scheduler;

@@ -40,6 +40,8 @@ pub struct RepoConfig {
     /// Tag globs to watch; empty = no tags.
     pub tags: GlobList,
     pub poll_interval: Duration,
+    /// Whether runs of this repository are reported to a forge.
+    pub report: bool,
 }
 
 pub struct RepoEntry {
@@ -210,38 +212,43 @@ impl Watcher {
                 continue;
             }
             let previous = known.get(&git_ref).cloned();
-            created += self.reconcile(entry, &git_ref, &commit, previous, event).await?;
+            created += self.reconcile_commit(entry, &git_ref, &commit, previous, event, None, false).await?.len();
             known.insert(git_ref, commit);
         }
         Ok(created)
     }
 
     /// Records the runs one commit on one ref asks for, and the ref's new commit, atomically.
-    pub async fn reconcile(
+    /// `fetch` first brings a mirror up to date (a webhook may name a commit not fetched yet).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn reconcile_commit(
         &self,
         entry: &Arc<RepoEntry>,
         git_ref: &str,
         commit: &str,
         previous: Option<String>,
         event: Event,
-    ) -> Result<usize, ReconcileError> {
+        pull_request: Option<crate::store::PullRequestInfo>,
+        fetch: bool,
+    ) -> Result<Vec<i64>, ReconcileError> {
         let (commit_owned, prev) = (commit.to_string(), previous.clone());
         let (files, changed) = entry
-            .with_git(false, move |git| {
+            .with_git(fetch, move |git| {
                 let files = git.pipeline_files(&commit_owned)?;
                 // An unknown previous commit (force-push, gc) makes the change unknown: no filter.
                 let changed = prev.and_then(|p| git.changed_paths(&p, &commit_owned).ok());
                 Ok((files, changed))
             })
             .await?;
+        let event_kind = if matches!(event, Event::PullRequest { .. }) { EventKind::PullRequest } else { EventKind::Ref };
         let event = CommitEvent {
             repo: entry.config.name.clone(),
             git_ref: git_ref.to_string(),
             commit: commit.to_string(),
             event,
             changed_paths: changed,
-            report: false,
-            pull_request: None,
+            report: entry.config.report,
+            pull_request,
         };
         let runs = desired_runs(&files, &event, &self.cache);
         let (created, cancelled) = self
@@ -251,19 +258,33 @@ impl Watcher {
                 git_ref: git_ref.to_string(),
                 commit: commit.to_string(),
                 runs,
-                update_ref: true,
+                // Pull request heads are not watched refs: nothing to remember for polling.
+                update_ref: matches!(event_kind, EventKind::Ref),
             })
             .await?;
         if !created.is_empty() || !cancelled.is_empty() {
             tracing::info!(repo = %entry.config.name, git_ref, commit, created = ?created, superseded = ?cancelled, "new commit reconciled");
             self.scheduler.notify_one();
         }
-        Ok(created.len())
+        Ok(created)
     }
 
     pub fn repos(&self) -> &Arc<Repos> {
         &self.repos
     }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn wake_scheduler(&self) {
+        self.scheduler.notify_one();
+    }
+}
+
+enum EventKind {
+    Ref,
+    PullRequest,
 }
 
 /// The event a ref's new head stands for, if the repository watches that ref.

@@ -1,7 +1,12 @@
-//! DeployLite's HTTP front door (axum): health, the read API and cancellation. Forge webhooks
-//! join here next. Handlers only read the store or record intents in it; the scheduler acts.
+//! DeployLite's HTTP front door (axum) and its forge integration: health and the read API,
+//! cancellation, GitHub/GitLab webhooks in (`inbound`), checks, statuses and PR/MR comments out
+//! (`report`). Only this crate knows forge JSON. Handlers record intents in the store or hand
+//! events to the reconciler; they never run anything themselves.
 
 mod api;
+pub mod forges;
+mod inbound;
+pub mod report;
 
 use std::sync::Arc;
 
@@ -9,9 +14,11 @@ use axum::routing::{get, post};
 use axum::Router;
 use deploylite_reconciler::paths::DataDir;
 use deploylite_reconciler::store::Store;
+use deploylite_reconciler::watcher::Watcher;
 use tokio::sync::Notify;
 
 pub use api::{RunView, StageView};
+pub use forges::Forges;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -19,6 +26,9 @@ pub struct AppState {
     pub data: DataDir,
     /// Wakes the scheduler after a cancellation is recorded.
     pub scheduler: Arc<Notify>,
+    /// Acts on forge events; None where no repositories are watched (tests of the read API).
+    pub watcher: Option<Arc<Watcher>>,
+    pub forges: Arc<Forges>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -28,6 +38,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/runs/{id}", get(api::get_run))
         .route("/api/v1/runs/{id}/cancel", post(api::cancel_run))
         .route("/api/v1/runs/{id}/stages/{stage}/log", get(api::stage_log))
+        .merge(inbound::routes(&state))
         .with_state(state)
 }
 

@@ -61,6 +61,29 @@ impl Scheduler {
         executor: Arc<dyn Executor>,
         workspaces: Arc<dyn WorkspaceSource>,
     ) -> Arc<Scheduler> {
+        Self::build(store, data, config, executor, workspaces, false)
+    }
+
+    /// Like [`Scheduler::new`], and every stage's log lines are also printed to stdout as
+    /// `[stage] line` (the `run` command).
+    pub fn echoing_logs(
+        store: Store,
+        data: DataDir,
+        config: PlanConfig,
+        executor: Arc<dyn Executor>,
+        workspaces: Arc<dyn WorkspaceSource>,
+    ) -> Arc<Scheduler> {
+        Self::build(store, data, config, executor, workspaces, true)
+    }
+
+    fn build(
+        store: Store,
+        data: DataDir,
+        config: PlanConfig,
+        executor: Arc<dyn Executor>,
+        workspaces: Arc<dyn WorkspaceSource>,
+        echo_logs: bool,
+    ) -> Arc<Scheduler> {
         let (events, _) = broadcast::channel(1024);
         Arc::new(Scheduler {
             store,
@@ -73,15 +96,8 @@ impl Scheduler {
             specs: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
             preparing: Mutex::new(HashSet::new()),
-            echo_logs: false,
+            echo_logs,
         })
-    }
-
-    pub fn with_echo_logs(mut self: Arc<Self>) -> Arc<Self> {
-        if let Some(s) = Arc::get_mut(&mut self) {
-            s.echo_logs = true;
-        }
-        self
     }
 
     /// A handle that makes the scheduler look at the store now.

@@ -1,0 +1,90 @@
+//! What a forge webhook can ask of the reconciler, independent of the forge's JSON (which only
+//! the webhook crate knows). Every action is idempotent: a webhook and a poll for the same
+//! commit, or a replayed delivery, cannot create a second run.
+
+use deploylite_pipeline::Event;
+
+use crate::store::PullRequestInfo;
+use crate::watcher::{ReconcileError, Watcher};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForgeEvent {
+    /// A branch or tag moved (or was deleted). The repository is polled at once; a deletion also
+    /// cancels the ref's queued runs.
+    Push { repo: String, git_ref: String, deleted: bool },
+    /// A pull/merge request was opened, updated or reopened: run its head commit.
+    PullRequestOpened(PullRequestEvent),
+    /// A pull/merge request was closed or merged: cancel its queued runs.
+    PullRequestClosed { repo: String, git_ref: String },
+    /// Run a commit's pipelines again (a check re-requested); `pipeline: None` means all.
+    Rerun { repo: String, commit: String, pipeline: Option<String> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullRequestEvent {
+    pub repo: String,
+    pub number: i64,
+    /// Where the forge keeps the head: `refs/pull/N/head` (GitHub), `refs/merge-requests/N/head` (GitLab).
+    pub git_ref: String,
+    pub head_sha: String,
+    /// The target branch's tip, for path filters; None when the payload does not say.
+    pub base_sha: Option<String>,
+    /// Target branch name, without `refs/heads/`.
+    pub base_branch: String,
+    pub head_repo: String,
+    pub from_fork: bool,
+}
+
+/// What applying an event did, for logs and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub created: Vec<i64>,
+    pub cancelled: Vec<i64>,
+    pub polled: bool,
+}
+
+impl Watcher {
+    pub async fn apply(&self, event: ForgeEvent) -> Result<Applied, ReconcileError> {
+        match event {
+            ForgeEvent::Push { repo, git_ref, deleted } => {
+                let mut applied = Applied::default();
+                if deleted {
+                    applied.cancelled = self.store().cancel_queued_runs(&repo, &git_ref, "cancelled: the ref was deleted").await?;
+                    self.store().forget_ref(&repo, &git_ref).await?;
+                    self.wake_scheduler();
+                }
+                applied.polled = self.repos().poke(&repo);
+                if !applied.polled {
+                    return Err(ReconcileError::UnknownRepo(repo));
+                }
+                Ok(applied)
+            }
+            ForgeEvent::PullRequestOpened(pr) => {
+                let entry = self.repos().get(&pr.repo).cloned().ok_or_else(|| ReconcileError::UnknownRepo(pr.repo.clone()))?;
+                let info = PullRequestInfo { number: pr.number, head_repo: pr.head_repo.clone(), untrusted: pr.from_fork };
+                let created = self
+                    .reconcile_commit(
+                        &entry,
+                        &pr.git_ref,
+                        &pr.head_sha,
+                        pr.base_sha.clone(),
+                        Event::PullRequest { target_branch: pr.base_branch.clone() },
+                        Some(info),
+                        true,
+                    )
+                    .await?;
+                Ok(Applied { created, ..Default::default() })
+            }
+            ForgeEvent::PullRequestClosed { repo, git_ref } => {
+                let cancelled = self.store().cancel_queued_runs(&repo, &git_ref, "cancelled: the pull request was closed").await?;
+                self.wake_scheduler();
+                Ok(Applied { cancelled, ..Default::default() })
+            }
+            ForgeEvent::Rerun { repo, commit, pipeline } => {
+                let created = self.store().rerun(&repo, &commit, pipeline.as_deref()).await?;
+                self.wake_scheduler();
+                Ok(Applied { created, ..Default::default() })
+            }
+        }
+    }
+}

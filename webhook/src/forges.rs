@@ -1,0 +1,174 @@
+//! Forge configuration as the webhook receivers and the reporters need it. Secrets are wrapped
+//! so that no `Debug`, log line or error message can print them.
+
+use std::collections::HashMap;
+use std::fmt;
+
+/// A secret value: compared in constant time by its users, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ForgeKind {
+    Github,
+    Gitlab,
+}
+
+impl ForgeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForgeKind::Github => "github",
+            ForgeKind::Gitlab => "gitlab",
+        }
+    }
+}
+
+/// How DeployLite authenticates to GitHub.
+#[derive(Debug, Clone)]
+pub enum GithubAuth {
+    /// A GitHub App: check runs. Installation tokens are fetched and refreshed from the key.
+    App { app_id: u64, private_key_pem: Secret },
+    /// A personal or fine-grained token: commit statuses (tokens cannot create check runs).
+    Token(Secret),
+}
+
+#[derive(Debug, Clone)]
+pub struct GithubConfig {
+    /// `https://api.github.com`, or `https://HOST/api/v3` for GitHub Enterprise Server.
+    pub api_url: String,
+    pub auth: Option<GithubAuth>,
+    pub webhook_secret: Option<Secret>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GitlabConfig {
+    /// `https://gitlab.com/api/v4`, or `https://HOST/api/v4` for self-managed GitLab.
+    pub api_url: String,
+    pub token: Option<Secret>,
+    pub webhook_secret: Option<Secret>,
+}
+
+/// A watched repository as a forge knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForgeRepo {
+    /// DeployLite's name for the repository (`repos[].name`).
+    pub name: String,
+    pub forge: ForgeKind,
+    /// `owner/name` on GitHub, `group/subgroup/project` on GitLab.
+    pub slug: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Forges {
+    pub github: Option<GithubConfig>,
+    pub gitlab: Option<GitlabConfig>,
+    /// Where users reach this daemon: links in checks and comments point here.
+    pub public_url: Option<String>,
+    /// Largest webhook body accepted (GitHub caps deliveries at 25 MB).
+    pub max_body_bytes: usize,
+    by_slug: HashMap<(ForgeKind, String), ForgeRepo>,
+}
+
+pub const DEFAULT_MAX_BODY_BYTES: usize = 25 * 1024 * 1024;
+
+impl Forges {
+    pub fn new(
+        github: Option<GithubConfig>,
+        gitlab: Option<GitlabConfig>,
+        public_url: Option<String>,
+        max_body_bytes: usize,
+        repos: Vec<ForgeRepo>,
+    ) -> Forges {
+        let by_slug = repos
+            .into_iter()
+            .map(|r| ((r.forge, r.slug.to_ascii_lowercase()), r))
+            .collect();
+        Forges { github, gitlab, public_url, max_body_bytes, by_slug }
+    }
+
+    /// The watched repository a forge names (slugs compare case-insensitively, as forges do).
+    pub fn repo(&self, forge: ForgeKind, slug: &str) -> Option<&ForgeRepo> {
+        self.by_slug.get(&(forge, slug.to_ascii_lowercase()))
+    }
+
+    pub fn repo_by_name(&self, name: &str) -> Option<&ForgeRepo> {
+        self.by_slug.values().find(|r| r.name == name)
+    }
+
+    /// The URL of a run on this daemon, for `details_url` / `target_url`.
+    pub fn run_url(&self, run_id: i64) -> Option<String> {
+        self.public_url
+            .as_deref()
+            .map(|base| format!("{}/api/v1/runs/{run_id}", base.trim_end_matches('/')))
+    }
+}
+
+/// Derives the forge and slug from a repository URL where the host says which forge it is:
+/// `https://github.com/o/n(.git)`, `git@github.com:o/n.git`, and the same for gitlab.com.
+pub fn forge_from_url(url: &str) -> Option<(ForgeKind, String)> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .or_else(|| url.strip_prefix("ssh://git@"))
+        .or_else(|| url.strip_prefix("git@"))?;
+    let (host, path) = rest.split_once(['/', ':'])?;
+    let forge = match host {
+        "github.com" => ForgeKind::Github,
+        "gitlab.com" => ForgeKind::Gitlab,
+        _ => return None,
+    };
+    let slug = path.trim_end_matches('/').trim_end_matches(".git").to_string();
+    (slug.contains('/') && !slug.is_empty()).then_some((forge, slug))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_from_urls() {
+        assert_eq!(forge_from_url("https://github.com/o/n.git"), Some((ForgeKind::Github, "o/n".into())));
+        assert_eq!(forge_from_url("git@github.com:o/n.git"), Some((ForgeKind::Github, "o/n".into())));
+        assert_eq!(forge_from_url("https://gitlab.com/g/sub/p"), Some((ForgeKind::Gitlab, "g/sub/p".into())));
+        assert_eq!(forge_from_url("https://git.example.com/o/n.git"), None);
+        assert_eq!(forge_from_url("/srv/git/app"), None);
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s:?}"), "Secret(***)");
+        let auth = GithubAuth::Token(s);
+        assert!(!format!("{auth:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn repos_are_found_by_slug_case_insensitively() {
+        let forges = Forges::new(
+            None,
+            None,
+            Some("https://ci.example.com/".into()),
+            DEFAULT_MAX_BODY_BYTES,
+            vec![ForgeRepo { name: "app".into(), forge: ForgeKind::Github, slug: "Octo/App".into() }],
+        );
+        assert_eq!(forges.repo(ForgeKind::Github, "octo/app").map(|r| r.name.as_str()), Some("app"));
+        assert!(forges.repo(ForgeKind::Gitlab, "octo/app").is_none());
+        assert_eq!(forges.run_url(4).as_deref(), Some("https://ci.example.com/api/v1/runs/4"));
+    }
+}
