@@ -1,0 +1,112 @@
+//! Latency of the whole reconcile path, in process: a new commit is noticed (the repository is
+//! poked, as a webhook will do) -> ref lookup -> pipeline read from the commit's tree -> run
+//! recorded (durable SQLite) -> workspace checked out -> stage dispatched -> `sh` started.
+//! "Started" is when the stage's shell opens a FIFO the bench is waiting on.
+//!
+//! `cargo bench --bench latency` (prints p50/p90/max over ITERATIONS commits)
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deploylite_pipeline::GlobList;
+use deploylite_reconciler::paths::DataDir;
+use deploylite_reconciler::scheduler::{PlanConfig, Scheduler};
+use deploylite_reconciler::store::{SqliteSync, Store};
+use deploylite_reconciler::watcher::{RepoConfig, Repos, Watcher};
+use deploylite_runner::{CancellationToken, LocalExecutor};
+
+const ITERATIONS: usize = 60;
+
+fn git(dir: &Path, args: &[&str]) {
+    let ok = Command::new("git")
+        .args(["-c", "user.name=bench", "-c", "user.email=bench@example.invalid"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git")
+        .status
+        .success();
+    assert!(ok, "git {args:?}");
+}
+
+fn main() {
+    // `cargo test --benches` runs bench targets with --bench absent; only measure under `cargo bench`.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tmp");
+    let repo = tmp.path().join("repo");
+    let fifo = tmp.path().join("started.fifo");
+    std::fs::create_dir_all(repo.join(".deploylite/pipelines")).expect("mkdir");
+    nix_mkfifo(&fifo);
+    std::fs::write(
+        repo.join(".deploylite/pipelines/ci.yaml"),
+        format!("name: ci\nstages:\n  first:\n    steps: [{{ run: ': > {}' }}]\n", fifo.display()),
+    )
+    .expect("write");
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-qm", "init"]);
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+    let data = DataDir::new(tmp.path().join("data"));
+    let store = rt
+        .block_on(Store::connect(&data.default_database_url(), SqliteSync::Full))
+        .expect("store");
+    let repos = Arc::new(Repos::new(
+        vec![RepoConfig {
+            name: "bench".into(),
+            url: repo.display().to_string(),
+            branches: GlobList::default(),
+            tags: GlobList::default(),
+            // Long: every iteration is started by a poke, never by the timer.
+            poll_interval: Duration::from_secs(3600),
+            report: false,
+        }],
+        &data,
+    ));
+    let scheduler = Scheduler::new(
+        store.clone(),
+        data.clone(),
+        PlanConfig { max_parallel_stages: 4, labels: vec![], executor: "local".into() },
+        Arc::new(LocalExecutor::default()),
+        repos.clone(),
+    );
+    let watcher = Watcher::new(store, repos.clone(), scheduler.waker());
+    let shutdown = CancellationToken::new();
+    rt.spawn(scheduler.run(shutdown.clone()));
+    rt.spawn(watcher.run(shutdown.clone()));
+
+    let mut samples = Vec::new();
+    for i in 0..=ITERATIONS {
+        std::fs::write(repo.join("change.txt"), i.to_string()).expect("write");
+        git(&repo, &["commit", "-qam", &format!("change {i}")]);
+        let start = Instant::now();
+        repos.poke("bench");
+        // Blocks until the stage's shell opens the FIFO for writing.
+        let opened = std::fs::File::open(&fifo).expect("fifo");
+        let elapsed = start.elapsed();
+        drop(opened);
+        if i > 0 {
+            samples.push(elapsed); // the first one also pays the initial ref scan
+        }
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    shutdown.cancel();
+    samples.sort();
+    let pct = |p: usize| samples[(samples.len() * p / 100).min(samples.len() - 1)];
+    println!(
+        "commit noticed -> first stage process started: p50 {:.2} ms, p90 {:.2} ms, max {:.2} ms over {} commits",
+        pct(50).as_secs_f64() * 1e3,
+        pct(90).as_secs_f64() * 1e3,
+        samples.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
+        samples.len()
+    );
+}
+
+fn nix_mkfifo(path: &Path) {
+    let ok = Command::new("mkfifo").arg(path).status().expect("mkfifo").success();
+    assert!(ok, "mkfifo");
+}
