@@ -131,6 +131,9 @@ pub struct ServeArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One TLS stack, chosen once: rustls over aws-lc-rs. Installing it explicitly keeps a
+    // dependency that enables another provider from making rustls panic at first use.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
