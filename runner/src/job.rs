@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
 
-use deploylite_pipeline::Step;
+use deploylite_pipeline::{Resources, Step};
 use tokio_util::sync::CancellationToken;
 
 use crate::log::StageLog;
@@ -24,6 +24,14 @@ pub struct StageJob {
     pub timeout: Option<Duration>,
     /// For container executors; the local executor ignores it.
     pub image: Option<String>,
+    /// CPU and memory limits for container executors, as the pipeline wrote them.
+    pub resources: Resources,
+    /// Where the commit comes from, for executors that fetch it themselves (a Kubernetes init
+    /// container clones `source_url` at `commit`); None when the workspace is already filled.
+    pub source_url: Option<String>,
+    pub repo: String,
+    pub pipeline: String,
+    pub commit: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

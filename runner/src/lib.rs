@@ -12,6 +12,6 @@ mod orphans;
 
 pub use job::{BoxFuture, Executor, StageJob, StageOutcome};
 pub use local::LocalExecutor;
-pub use log::{read_log, LogStream, StageLog};
+pub use log::{append_chunk, format_line, read_log, LogStream, StageLog};
 pub use orphans::kill_orphans;
 pub use tokio_util::sync::CancellationToken;

@@ -1,10 +1,13 @@
-//! Stage logs: one text file per stage attempt, one timestamped line per output line, flushed
-//! line by line so that the log API can serve it while the stage runs.
+//! Stage logs: one timestamped line per output line, `2026-11-26T23:58:28.869Z out text`.
+//! On the server a log is a file per stage attempt, flushed line by line so that the log API can
+//! serve it while the stage runs; on a remote runner the same lines go to a channel that uploads
+//! them to the server in chunks.
 
 use std::path::{Path, PathBuf};
 
 use tokio::fs::File;
 use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::sync::mpsc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogStream {
@@ -24,9 +27,13 @@ impl LogStream {
     }
 }
 
+enum Sink {
+    File { path: PathBuf, file: BufWriter<File> },
+    Channel(mpsc::Sender<String>),
+}
+
 pub struct StageLog {
-    path: PathBuf,
-    file: BufWriter<File>,
+    sink: Sink,
     /// Mirror every line to our stdout as `[stage] line` (used by `deploylite run`).
     echo_prefix: Option<String>,
 }
@@ -43,41 +50,80 @@ impl StageLog {
             .open(path)
             .await?;
         Ok(StageLog {
-            path: path.to_path_buf(),
-            file: BufWriter::new(file),
+            sink: Sink::File {
+                path: path.to_path_buf(),
+                file: BufWriter::new(file),
+            },
             echo_prefix: None,
         })
+    }
+
+    /// A log whose formatted lines (newline included) are sent to `tx`: a remote runner's
+    /// uploader batches them into chunks for the server.
+    pub fn channel(tx: mpsc::Sender<String>) -> StageLog {
+        StageLog {
+            sink: Sink::Channel(tx),
+            echo_prefix: None,
+        }
     }
 
     pub fn echo_to_stdout(&mut self, prefix: String) {
         self.echo_prefix = Some(prefix);
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The file behind the log, when it is one.
+    pub fn path(&self) -> Option<&Path> {
+        match &self.sink {
+            Sink::File { path, .. } => Some(path),
+            Sink::Channel(_) => None,
+        }
     }
 
     /// Writes one line. A failing log write never fails the stage: the error is traced instead.
     pub async fn line(&mut self, stream: LogStream, text: &str) {
-        let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ");
         let text = text.trim_end_matches(['\n', '\r']);
-        let record = format!("{now} {} {text}\n", stream.tag());
+        let record = format_line(stream, text);
         if let Some(prefix) = &self.echo_prefix {
             println!("[{prefix}] {text}");
         }
-        let result = async {
-            self.file.write_all(record.as_bytes()).await?;
-            self.file.flush().await
-        }
-        .await;
-        if let Err(error) = result {
-            tracing::warn!(path = %self.path.display(), %error, "cannot write stage log");
+        match &mut self.sink {
+            Sink::File { path, file } => {
+                let result = async {
+                    file.write_all(record.as_bytes()).await?;
+                    file.flush().await
+                }
+                .await;
+                if let Err(error) = result {
+                    tracing::warn!(path = %path.display(), %error, "cannot write stage log");
+                }
+            }
+            Sink::Channel(tx) => {
+                if tx.send(record).await.is_err() {
+                    tracing::warn!("stage log uploader has stopped; a line was dropped");
+                }
+            }
         }
     }
 
     pub async fn system(&mut self, text: &str) {
         self.line(LogStream::System, text).await;
     }
+}
+
+/// One log line as stored: `<RFC 3339 UTC, ms> <out|err|---> <text>\n`.
+pub fn format_line(stream: LogStream, text: &str) -> String {
+    let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ");
+    format!("{now} {} {text}\n", stream.tag())
+}
+
+/// Appends already formatted lines (a chunk uploaded by a remote runner) to a log file.
+pub async fn append_chunk(path: &Path, chunk: &[u8]) -> std::io::Result<()> {
+    if let Some(parent) = path.parent() {
+        tokio::fs::create_dir_all(parent).await?;
+    }
+    let mut file = tokio::fs::OpenOptions::new().create(true).append(true).open(path).await?;
+    file.write_all(chunk).await?;
+    file.flush().await
 }
 
 /// Reads a whole log; a missing file is an empty log (the attempt has not written yet).

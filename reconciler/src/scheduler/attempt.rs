@@ -117,6 +117,11 @@ impl Scheduler {
             steps: stage.steps.clone(),
             timeout: stage.timeout,
             image: stage.image.clone(),
+            resources: stage.resources.clone(),
+            source_url: None,
+            repo: ctx.run.repo.clone(),
+            pipeline: ctx.run.pipeline.clone(),
+            commit: ctx.run.commit.clone(),
         };
         let outcome = self.executor.execute(job.clone(), &mut log, ctx.cancel.clone()).await;
         if ctx.shutdown.is_cancelled() {
