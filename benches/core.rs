@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use deploylite_pipeline::Concurrency;
-use deploylite_reconciler::scheduler::{plan_tick, PlanConfig};
+use deploylite_reconciler::scheduler::{plan_tick, PlanConfig, RunnerSlot};
 use deploylite_reconciler::status::{RunStatus, StageStatus};
 use deploylite_reconciler::store::{NewRun, NewStage, RecordCommit, SqliteSync, Store, TickWrites};
 
@@ -74,7 +74,10 @@ fn dispatch(c: &mut Criterion) {
     let rt = runtime();
     let template = tempfile::tempdir().expect("tmp");
     rt.block_on(build_template(template.path()));
-    let config = PlanConfig { max_parallel_stages: RUNS * STAGES_PER_RUN, labels: vec![], executor: "local".into() };
+    let config = PlanConfig {
+        runners: vec![RunnerSlot { name: "local".into(), labels: vec![], capacity: RUNS * STAGES_PER_RUN }],
+        lease_ttl_ms: 30_000,
+    };
 
     let mut group = c.benchmark_group("scheduler");
     group.sample_size(20);

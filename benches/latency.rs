@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use deploylite_pipeline::GlobList;
 use deploylite_reconciler::paths::DataDir;
-use deploylite_reconciler::scheduler::{PlanConfig, Scheduler};
+use deploylite_reconciler::scheduler::{Scheduler, SchedulerConfig};
 use deploylite_reconciler::store::{SqliteSync, Store};
 use deploylite_reconciler::watcher::{RepoConfig, Repos, Watcher};
 use deploylite_runner::{CancellationToken, LocalExecutor};
@@ -70,7 +70,7 @@ fn main() {
     let scheduler = Scheduler::new(
         store.clone(),
         data.clone(),
-        PlanConfig { max_parallel_stages: 4, labels: vec![], executor: "local".into() },
+        SchedulerConfig::local(4, vec![]),
         Arc::new(LocalExecutor::default()),
         repos.clone(),
     );

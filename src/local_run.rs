@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use deploylite_reconciler::desired::{queued_run, CommitEvent};
 use deploylite_reconciler::git::{GitRepo, PipelineFile};
 use deploylite_reconciler::paths::DataDir;
-use deploylite_reconciler::scheduler::{PlanConfig, Scheduler, SchedulerEvent, WorkspaceSource};
+use deploylite_reconciler::scheduler::{Scheduler, SchedulerConfig, SchedulerEvent, WorkspaceSource};
 use deploylite_reconciler::status::RunStatus;
 use deploylite_reconciler::store::{RecordCommit, SqliteSync, Store};
 use deploylite_runner::{BoxFuture, CancellationToken, LocalExecutor};
@@ -104,11 +104,8 @@ pub async fn run(repo_dir: &Path, pipeline: Option<&str>, max_parallel: Option<u
     let scheduler = Scheduler::echoing_logs(
         store.clone(),
         data,
-        PlanConfig {
-            max_parallel_stages: parallel,
-            labels: Vec::new(),
-            executor: "local".into(),
-        },
+        // Here, every stage runs on this machine whatever its `runs-on` says.
+        SchedulerConfig::local(parallel, every_label(&chosen)),
         Arc::new(LocalExecutor::default()),
         Arc::new(InPlace),
     );
@@ -138,6 +135,13 @@ pub async fn run(repo_dir: &Path, pipeline: Option<&str>, max_parallel: Option<u
     eprintln!("run {status}");
     store.close().await;
     Ok(if status == RunStatus::Success { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn every_label(pipeline: &deploylite_pipeline::Pipeline) -> Vec<String> {
+    let mut labels: Vec<String> = pipeline.stages.iter().flat_map(|s| s.runs_on.iter().cloned()).collect();
+    labels.sort();
+    labels.dedup();
+    labels
 }
 
 async fn print_summary(store: &Store, run_id: i64) -> Result<()> {

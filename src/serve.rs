@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use deploylite_reconciler::paths::DataDir;
-use deploylite_reconciler::scheduler::{PlanConfig, Scheduler};
+use deploylite_reconciler::scheduler::{Scheduler, SchedulerConfig};
 use deploylite_reconciler::store::{now_ms, redact, Store};
 use deploylite_reconciler::watcher::{Repos, Watcher};
 use deploylite_runner::{CancellationToken, LocalExecutor};
@@ -31,6 +31,17 @@ pub fn load_config(args: &ServeArgs) -> Result<Config> {
     ConfigLayer::default().merge(file).merge(env).merge(flags).finish()
 }
 
+fn scheduler_config(config: &Config) -> SchedulerConfig {
+    let mut scheduler = SchedulerConfig::local(config.max_parallel_stages, config.local_runner_labels.clone());
+    if !config.local_runner_enabled {
+        scheduler.local = None;
+    }
+    // Remote executors that fetch the commit themselves (Kubernetes) clone from here; a local
+    // path only works for runners on this machine.
+    scheduler.source_urls = config.repos.iter().map(|r| (r.name.clone(), r.url.clone())).collect();
+    scheduler
+}
+
 pub fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_env("DEPLOYLITE_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
@@ -45,12 +56,6 @@ pub fn init_tracing(format: LogFormat) {
 pub async fn serve(args: ServeArgs) -> Result<()> {
     let config = load_config(&args)?;
     init_tracing(config.log_format);
-    if !config.local_runner_enabled {
-        bail!(
-            "local_runner.enabled is false, but this version has no remote runners yet: \
-             nothing could run a stage. Remove the setting or set it to true."
-        );
-    }
     tokio::fs::create_dir_all(&config.data_dir)
         .await
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
@@ -63,11 +68,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let scheduler = Scheduler::new(
         store.clone(),
         data.clone(),
-        PlanConfig {
-            max_parallel_stages: config.max_parallel_stages,
-            labels: config.local_runner_labels.clone(),
-            executor: "local".into(),
-        },
+        scheduler_config(&config),
         Arc::new(LocalExecutor::default()),
         repos.clone(),
     );

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use deploylite_pipeline::Concurrency;
 use deploylite_reconciler::status::{RunStatus, StageStatus};
 use deploylite_reconciler::store::{
-    AttemptResult, Dispatch, NewRun, NewStage, PullRequestInfo, RecordCommit, RunFilter, RunFinish, SqliteSync,
+    AttemptResult, Dispatch, ExpiredLease, Registration, NewRun, NewStage, PullRequestInfo, RecordCommit, RunFilter, RunFinish, SqliteSync,
     StageSkip, Store, TickWrites,
 };
 use sqlx::Connection;
@@ -81,6 +81,10 @@ conformance!(
     queued_runs_of_a_ref_can_be_cancelled,
     a_rerun_is_a_new_run_attempt_with_fresh_stages,
     pull_request_runs_are_those_of_the_latest_head,
+    runners_register_authenticate_and_are_revoked,
+    a_remote_lease_is_collected_once_renewed_and_guarded,
+    an_expired_lease_requeues_the_stage_without_counting_a_failure,
+    recovery_leaves_remote_leases_alone,
 );
 
 fn new_run(commit: &str, concurrency: Concurrency) -> NewRun {
@@ -135,7 +139,7 @@ async fn dispatch_build(store: &Store, run_id: i64, attempt: i64) {
     store
         .apply_tick(&TickWrites {
             start_runs: vec![run_id],
-            dispatch: vec![Dispatch { run_id, stage: "build".into(), attempt, executor: "local".into() }],
+            dispatch: vec![Dispatch { run_id, stage: "build".into(), attempt, runner: "local".into(), lease_deadline: None }],
             ..Default::default()
         })
         .await
@@ -196,7 +200,7 @@ async fn a_tick_is_written_atomically_and_guarded(store: &Store, _url: &str) {
     // A decision made on a stale read (the stage is no longer queued) changes nothing.
     store
         .apply_tick(&TickWrites {
-            dispatch: vec![Dispatch { run_id, stage: "build".into(), attempt: 7, executor: "local".into() }],
+            dispatch: vec![Dispatch { run_id, stage: "build".into(), attempt: 7, runner: "local".into(), lease_deadline: None }],
             skip: vec![StageSkip { run_id, stage: "build".into(), status: StageStatus::Skipped, reason: "x".into() }],
             ..Default::default()
         })
@@ -418,4 +422,85 @@ async fn pull_request_runs_are_those_of_the_latest_head(store: &Store, _url: &st
     let info = runs[0].pull_request.clone().unwrap();
     assert_eq!((info.number, info.head_repo.as_str(), info.untrusted), (7, "fork/app", true));
     assert!(store.pull_request_runs("app", 8).await.unwrap().is_empty());
+}
+
+async fn runners_register_authenticate_and_are_revoked(store: &Store, _url: &str) {
+    let labels = vec!["linux".to_string(), "docker".to_string()];
+    assert_eq!(store.register_runner("r1", "hash-1", &labels, 2, "docker").await.unwrap(), Registration::New);
+    let me = store.authenticate_runner("hash-1").await.unwrap().expect("authenticated");
+    assert_eq!((me.name.as_str(), me.labels.clone(), me.capacity, me.executor.as_str()), ("r1", labels.clone(), 2, "docker"));
+    assert!(store.authenticate_runner("wrong").await.unwrap().is_none());
+    assert_eq!(store.register_runner("r1", "hash-2", &labels, 4, "local").await.unwrap(), Registration::Replaced);
+    assert!(store.authenticate_runner("hash-1").await.unwrap().is_none(), "the old credential stops working");
+    store.touch_runner("r1", &["arm64".to_string()], 8).await.unwrap();
+    let listed = store.list_runners().await.unwrap();
+    assert_eq!((listed[0].labels.clone(), listed[0].capacity, listed[0].running), (vec!["arm64".to_string()], 8, 0));
+    assert!(store.revoke_runner("r1").await.unwrap());
+    assert!(!store.revoke_runner("nobody").await.unwrap());
+    assert!(store.authenticate_runner("hash-2").await.unwrap().is_none(), "revoked");
+    assert_eq!(store.register_runner("r1", "hash-3", &labels, 1, "local").await.unwrap(), Registration::Revoked);
+    assert!(store.authenticate_runner("hash-3").await.unwrap().is_none());
+}
+
+async fn dispatch_remote(store: &Store, run_id: i64, attempt: i64, runner: &str, deadline: i64) {
+    store
+        .apply_tick(&TickWrites {
+            start_runs: vec![run_id],
+            dispatch: vec![Dispatch { run_id, stage: "build".into(), attempt, runner: runner.into(), lease_deadline: Some(deadline) }],
+            ..Default::default()
+        })
+        .await
+        .expect("tick");
+}
+
+async fn a_remote_lease_is_collected_once_renewed_and_guarded(store: &Store, _url: &str) {
+    let run_id = one_run(store, "c1").await;
+    dispatch_remote(store, run_id, 1, "r1", 10_000).await;
+    assert!(store.collect_leases("r2", 10).await.unwrap().is_empty(), "not r2's");
+    let leases = store.collect_leases("r1", 10).await.unwrap();
+    assert_eq!(leases.len(), 1);
+    assert_eq!((leases[0].run_id, leases[0].stage.as_str(), leases[0].attempt), (run_id, "build", 1));
+    assert!(store.collect_leases("r1", 10).await.unwrap().is_empty(), "collected once");
+    assert_eq!(store.renew_lease("r1", run_id, "build", 1, 20_000).await.unwrap(), Some(false));
+    assert_eq!(store.renew_lease("r2", run_id, "build", 1, 20_000).await.unwrap(), None, "another runner's lease");
+    assert_eq!(store.renew_lease("r1", run_id, "build", 2, 20_000).await.unwrap(), None, "another attempt");
+    store.request_cancel(run_id, "stop").await.unwrap();
+    assert_eq!(store.renew_lease("r1", run_id, "build", 1, 20_000).await.unwrap(), Some(true), "cancel rides the heartbeat");
+    assert_eq!(store.held_lease("r1", run_id, "build", 1).await.unwrap(), Some((0, true)));
+    assert_eq!(store.held_lease("r2", run_id, "build", 1).await.unwrap(), None);
+    let runners = store.list_runners().await.unwrap();
+    assert!(runners.is_empty(), "leases do not create runners");
+}
+
+async fn an_expired_lease_requeues_the_stage_without_counting_a_failure(store: &Store, _url: &str) {
+    let run_id = one_run(store, "c1").await;
+    dispatch_remote(store, run_id, 1, "r1", 10_000).await;
+    store
+        .apply_tick(&TickWrites {
+            expire: vec![ExpiredLease { run_id, stage: "build".into(), attempt: 1, runner: "r1".into() }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let active = store.load_active().await.unwrap();
+    let build = active[0].stages.iter().find(|s| s.name == "build").unwrap();
+    assert_eq!((build.status, build.attempt, build.failures, build.runner.clone()), (StageStatus::Queued, 1, 0, None));
+    assert!(build.pending_reason.as_deref().unwrap_or("").contains("lost with runner `r1`"));
+    let attempts = store.stage_attempts(run_id, "build").await.unwrap();
+    assert!(attempts[0].note.as_deref().unwrap_or("").contains("lease expired"));
+    // The old runner's late report is refused: it holds nothing any more.
+    assert_eq!(store.held_lease("r1", run_id, "build", 1).await.unwrap(), None);
+    assert!(!store.finish_attempt(&result(run_id, 1, StageStatus::Success)).await.unwrap());
+    dispatch_remote(store, run_id, 2, "r2", 10_000).await;
+    assert_eq!(stage_status(store, run_id, "build").await, (StageStatus::Running, 2));
+}
+
+async fn recovery_leaves_remote_leases_alone(store: &Store, _url: &str) {
+    let local = one_run(store, "c1").await;
+    let remote = one_run(store, "c2").await;
+    dispatch_build(store, local, 1).await;
+    dispatch_remote(store, remote, 1, "r1", i64::MAX / 2).await;
+    let interrupted = store.recover_interrupted().await.unwrap();
+    assert_eq!(interrupted.iter().map(|i| i.run_id).collect::<Vec<_>>(), vec![local]);
+    assert_eq!(stage_status(store, remote, "build").await, (StageStatus::Running, 1));
 }

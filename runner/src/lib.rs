@@ -5,10 +5,13 @@
 //! [`CancellationToken`]. `execute` returns once nothing the stage started is left running:
 //! after a timeout or a cancellation the executor has killed everything it spawned.
 
+pub mod docker;
 mod job;
+pub mod kubernetes;
 pub mod local;
 mod log;
 mod orphans;
+pub mod outcome;
 
 pub use job::{BoxFuture, Executor, StageJob, StageOutcome};
 pub use local::LocalExecutor;

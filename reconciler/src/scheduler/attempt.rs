@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deploylite_pipeline::{Pipeline, Stage};
-use deploylite_runner::{CancellationToken, StageJob, StageLog, StageOutcome};
+use deploylite_runner::outcome::{describe, verdict, Verdict};
+use deploylite_runner::{CancellationToken, StageJob, StageLog};
 use rand::Rng;
 
 use super::{lock, Scheduler, SchedulerEvent};
@@ -129,53 +130,23 @@ impl Scheduler {
             return None;
         }
         let exit_code = outcome.exit_code().map(i64::from);
-        let note = match &outcome {
-            StageOutcome::Succeeded => None,
-            StageOutcome::Failed { exit_code: Some(c), step } => Some(format!("step {} exited with {c}", step + 1)),
-            StageOutcome::Failed { exit_code: None, step } => Some(format!("step {} was killed by a signal", step + 1)),
-            StageOutcome::TimedOut => Some(format!(
-                "timed out after {}",
-                stage.timeout.map(deploylite_pipeline::duration::format_duration).unwrap_or_default()
-            )),
-            StageOutcome::Cancelled => Some("cancelled".into()),
-            StageOutcome::Error(message) => Some(message.clone()),
-        };
-        let result = match outcome {
-            StageOutcome::Succeeded => self.result(ctx, StageStatus::Success, StageStatus::Success, Some(0), None, false, None),
-            StageOutcome::Cancelled => self.result(ctx, StageStatus::Cancelled, StageStatus::Cancelled, None, note, false, None),
-            StageOutcome::Failed { .. } | StageOutcome::TimedOut | StageOutcome::Error(_) => {
-                let failures = u32::try_from(ctx.failures + 1).unwrap_or(u32::MAX);
-                let code = exit_code.and_then(|c| i32::try_from(c).ok());
-                if !ctx.cancel.is_cancelled() && stage.retry.should_retry(failures, code) {
-                    let delay = with_jitter(stage.retry.base_delay(failures), stage.retry.max_backoff);
-                    let at = now_ms() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
-                    log.system(&format!(
-                        "attempt {} failed ({}); retry {} of {} in {}",
-                        d.attempt,
-                        note.as_deref().unwrap_or("failed"),
-                        failures,
-                        stage.retry.max,
-                        deploylite_pipeline::duration::format_duration(delay)
-                    ))
-                    .await;
-                    let reason = format!(
-                        "backoff until {}: attempt {} failed ({})",
-                        chrono::DateTime::from_timestamp_millis(at)
-                            .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
-                            .unwrap_or_default(),
-                        d.attempt,
-                        note.as_deref().unwrap_or("failed")
-                    );
-                    self.result(ctx, StageStatus::Failed, StageStatus::Queued, exit_code, note, true, Some((at, reason)))
-                } else {
-                    if !stage.rollback.is_empty() && !ctx.cancel.is_cancelled() {
-                        log.system("the stage failed for good: running its rollback steps").await;
-                        let rollback = StageJob { steps: stage.rollback.clone(), ..job };
-                        let rolled = self.executor.execute(rollback, &mut log, ctx.cancel.clone()).await;
-                        log.system(&format!("rollback finished: {rolled:?}")).await;
-                    }
-                    self.result(ctx, StageStatus::Failed, StageStatus::Failed, exit_code, note, true, None)
+        let note = describe(stage, &outcome);
+        let failures = u32::try_from(ctx.failures).unwrap_or(u32::MAX);
+        let result = match verdict(stage, failures, &outcome, ctx.cancel.is_cancelled()) {
+            Verdict::Succeeded => self.result(ctx, StageStatus::Success, StageStatus::Success, Some(0), None, false, None),
+            Verdict::Cancelled => self.result(ctx, StageStatus::Cancelled, StageStatus::Cancelled, None, note, false, None),
+            Verdict::Retry { delay } => {
+                let (at, reason) = retry_backoff(stage, d.attempt, failures + 1, delay, note.as_deref(), &mut log).await;
+                self.result(ctx, StageStatus::Failed, StageStatus::Queued, exit_code, note, true, Some((at, reason)))
+            }
+            Verdict::Failed => {
+                if !stage.rollback.is_empty() && !ctx.cancel.is_cancelled() {
+                    log.system("the stage failed for good: running its rollback steps").await;
+                    let rollback = StageJob { steps: stage.rollback.clone(), ..job };
+                    let rolled = self.executor.execute(rollback, &mut log, ctx.cancel.clone()).await;
+                    log.system(&format!("rollback finished: {rolled:?}")).await;
                 }
+                self.result(ctx, StageStatus::Failed, StageStatus::Failed, exit_code, note, true, None)
             }
         };
         Some(result)
@@ -214,7 +185,7 @@ impl Scheduler {
         let d = &ctx.dispatch;
         log.system(&format!(
             "run #{} {}/{} stage `{}` attempt {} on {} ({} {})",
-            d.run_id, ctx.run.repo, ctx.run.pipeline, d.stage, d.attempt, d.executor, ctx.run.git_ref, short(&ctx.run.commit)
+            d.run_id, ctx.run.repo, ctx.run.pipeline, d.stage, d.attempt, d.runner, ctx.run.git_ref, short(&ctx.run.commit)
         ))
         .await;
         if d.attempt > 1 {
@@ -235,6 +206,30 @@ impl Scheduler {
             }
         }
     }
+}
+
+/// When a retried stage may run again, and the `pending_reason` that says so; logged too.
+pub(crate) async fn retry_backoff(
+    stage: &Stage,
+    attempt: i64,
+    failures: u32,
+    delay: Duration,
+    note: Option<&str>,
+    log: &mut StageLog,
+) -> (i64, String) {
+    let delay = with_jitter(delay, stage.retry.max_backoff);
+    let at = now_ms() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
+    let why = note.unwrap_or("failed");
+    log.system(&format!(
+        "attempt {attempt} failed ({why}); retry {failures} of {} in {}",
+        stage.retry.max,
+        deploylite_pipeline::duration::format_duration(delay)
+    ))
+    .await;
+    let when = chrono::DateTime::from_timestamp_millis(at)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .unwrap_or_default();
+    (at, format!("backoff until {when}: attempt {attempt} failed ({why})"))
 }
 
 fn short(commit: &str) -> &str {

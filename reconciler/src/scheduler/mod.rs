@@ -5,6 +5,7 @@
 
 mod attempt;
 pub mod plan;
+mod remote;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -18,8 +19,34 @@ use tokio::task::JoinSet;
 
 use crate::paths::DataDir;
 use crate::status::{RunStatus, StageStatus};
-use crate::store::{now_ms, ActiveRun, Store, StoreError};
-pub use plan::{plan_tick, PlanConfig, TickEffects};
+use crate::store::{now_ms, ActiveRun, Store, StoreError, LOCAL_RUNNER};
+pub use plan::{plan_tick, PlanConfig, RunnerSlot, TickEffects};
+pub use remote::{LeaseJob, RemoteOutcome, RunnerHub};
+
+/// How the scheduler places stages.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// The daemon's own runner (`local`), if enabled: stages it runs at once, and its labels.
+    pub local: Option<RunnerSlot>,
+    /// How long a remote runner's lease holds without a heartbeat.
+    pub lease_ttl: Duration,
+    /// A remote runner not heard from for this long is offline: it gets no new stages.
+    pub runner_offline_after: Duration,
+    /// Clone URLs by repository name, for executors that fetch the commit themselves.
+    pub source_urls: HashMap<String, String>,
+}
+
+impl SchedulerConfig {
+    /// Only the local runner, with `capacity` slots and `labels`.
+    pub fn local(capacity: usize, labels: Vec<String>) -> SchedulerConfig {
+        SchedulerConfig {
+            local: Some(RunnerSlot { name: LOCAL_RUNNER.to_string(), labels, capacity }),
+            lease_ttl: Duration::from_secs(30),
+            runner_offline_after: Duration::from_secs(60),
+            source_urls: HashMap::new(),
+        }
+    }
+}
 
 /// Prepares a run's workspace: writes the commit's files into an empty directory.
 pub trait WorkspaceSource: Send + Sync + 'static {
@@ -41,7 +68,8 @@ const IDLE_TICK: Duration = Duration::from_secs(2);
 pub struct Scheduler {
     store: Store,
     data: DataDir,
-    config: PlanConfig,
+    config: SchedulerConfig,
+    hub: Arc<RunnerHub>,
     executor: Arc<dyn Executor>,
     workspaces: Arc<dyn WorkspaceSource>,
     wake: Arc<Notify>,
@@ -57,7 +85,7 @@ impl Scheduler {
     pub fn new(
         store: Store,
         data: DataDir,
-        config: PlanConfig,
+        config: SchedulerConfig,
         executor: Arc<dyn Executor>,
         workspaces: Arc<dyn WorkspaceSource>,
     ) -> Arc<Scheduler> {
@@ -69,7 +97,7 @@ impl Scheduler {
     pub fn echoing_logs(
         store: Store,
         data: DataDir,
-        config: PlanConfig,
+        config: SchedulerConfig,
         executor: Arc<dyn Executor>,
         workspaces: Arc<dyn WorkspaceSource>,
     ) -> Arc<Scheduler> {
@@ -79,7 +107,7 @@ impl Scheduler {
     fn build(
         store: Store,
         data: DataDir,
-        config: PlanConfig,
+        config: SchedulerConfig,
         executor: Arc<dyn Executor>,
         workspaces: Arc<dyn WorkspaceSource>,
         echo_logs: bool,
@@ -89,6 +117,7 @@ impl Scheduler {
             store,
             data,
             config,
+            hub: Arc::new(RunnerHub::default()),
             executor,
             workspaces,
             wake: Arc::new(Notify::new()),
@@ -111,6 +140,31 @@ impl Scheduler {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    pub fn data(&self) -> &DataDir {
+        &self.data
+    }
+
+    /// Where remote runners wait for the leases the scheduler assigns them.
+    pub fn hub(&self) -> Arc<RunnerHub> {
+        self.hub.clone()
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        self.config.lease_ttl
+    }
+
+    /// The runners that can take stages now: the local one and the remote ones online.
+    async fn runner_slots(&self, now: i64) -> Result<PlanConfig, StoreError> {
+        let offline_before = now - i64::try_from(self.config.runner_offline_after.as_millis()).unwrap_or(i64::MAX / 2);
+        let mut runners: Vec<RunnerSlot> = self.config.local.iter().cloned().collect();
+        for r in self.store.list_runners().await? {
+            if !r.revoked && r.last_seen.is_some_and(|t| t >= offline_before) && r.name != LOCAL_RUNNER {
+                runners.push(RunnerSlot { name: r.name, labels: r.labels, capacity: usize::try_from(r.capacity).unwrap_or(0) });
+            }
+        }
+        Ok(PlanConfig { runners, lease_ttl_ms: i64::try_from(self.config.lease_ttl.as_millis()).unwrap_or(i64::MAX / 2) })
     }
 
     /// Closes the attempts a previous daemon left running and kills what is left of their
@@ -167,8 +221,13 @@ impl Scheduler {
         let runs = self.store.load_active().await?;
         let specs = self.specs_for(&runs).await;
         let now = now_ms();
-        let (writes, effects) = plan_tick(&runs, &specs, &self.config, now);
+        let slots = self.runner_slots(now).await?;
+        let (writes, effects) = plan_tick(&runs, &specs, &slots, now);
         self.store.apply_tick(&writes).await?;
+        for expired in &writes.expire {
+            tracing::warn!(run_id = expired.run_id, stage = %expired.stage, attempt = expired.attempt, runner = %expired.runner,
+                "lease expired: the stage goes back to the queue");
+        }
 
         for (run_id, stage) in &effects.cancel_running {
             if let Some(token) = lock(&self.running).get(&(*run_id, stage.clone())) {
@@ -188,6 +247,15 @@ impl Scheduler {
             });
         }
         for dispatch in writes.dispatch.iter().cloned() {
+            let _ = self.events.send(SchedulerEvent::StageStarted {
+                run_id: dispatch.run_id,
+                stage: dispatch.stage.clone(),
+                attempt: dispatch.attempt,
+            });
+            if dispatch.runner != LOCAL_RUNNER {
+                self.hub.notify(&dispatch.runner);
+                continue;
+            }
             let Some(run) = runs.iter().find(|r| r.id == dispatch.run_id) else { continue };
             let Some(spec) = specs.get(&dispatch.run_id).cloned() else { continue };
             let failures = run
@@ -197,11 +265,6 @@ impl Scheduler {
                 .map_or(0, |s| s.failures);
             let token = shutdown.child_token();
             lock(&self.running).insert((dispatch.run_id, dispatch.stage.clone()), token.clone());
-            let _ = self.events.send(SchedulerEvent::StageStarted {
-                run_id: dispatch.run_id,
-                stage: dispatch.stage.clone(),
-                attempt: dispatch.attempt,
-            });
             let context = attempt::AttemptContext {
                 run: attempt::RunInfo::from(run),
                 spec,

@@ -1,21 +1,29 @@
 //! One scheduler tick as a pure function: from the active runs (as stored) to the writes that
 //! move them on. No IO here, so every scheduling rule is unit-tested directly.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use deploylite_pipeline::{Concurrency, Pipeline};
 
 use crate::status::{run_outcome, RunStatus, StageStatus};
-use crate::store::{ActiveRun, Dispatch, RunFinish, StageSkip, TickWrites};
+use crate::store::{ActiveRun, Dispatch, ExpiredLease, RunFinish, StageSkip, TickWrites, LOCAL_RUNNER};
+
+/// A runner that can take stages now: the daemon's own (`local`) or a remote one that is online.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunnerSlot {
+    pub name: String,
+    /// A stage's `runs-on` must be a subset of these.
+    pub labels: Vec<String>,
+    /// Stages it runs at once.
+    pub capacity: usize,
+}
 
 #[derive(Debug, Clone)]
 pub struct PlanConfig {
-    /// Stages running at once, over all runs.
-    pub max_parallel_stages: usize,
-    /// Labels of the executor that takes stages; a stage's `runs-on` must be a subset.
-    pub labels: Vec<String>,
-    pub executor: String,
+    pub runners: Vec<RunnerSlot>,
+    /// How long a remote runner's lease holds without a heartbeat.
+    pub lease_ttl_ms: i64,
 }
 
 /// What a tick decides besides store writes.
@@ -37,12 +45,8 @@ pub fn plan_tick(
 ) -> (TickWrites, TickEffects) {
     let mut writes = TickWrites::default();
     let mut effects = TickEffects::default();
-    let running_now = runs
-        .iter()
-        .flat_map(|r| &r.stages)
-        .filter(|s| s.status == StageStatus::Running)
-        .count();
-    let mut free = config.max_parallel_stages.saturating_sub(running_now);
+    let mut slots = Slots::new(config, runs);
+    expire_leases(runs, now, &mut writes);
 
     // Concurrency groups that already have an active run older than the one we look at.
     let mut busy_groups: HashMap<(&str, &str, &str), i64> = HashMap::new();
@@ -73,7 +77,7 @@ pub fn plan_tick(
                 }
             }
             RunStatus::Running => {
-                plan_running_run(run, specs.get(&run.id), config, now, &mut free, &mut writes, &mut effects);
+                plan_running_run(run, specs.get(&run.id), config, now, &mut slots, &mut writes, &mut effects);
             }
             _ => {}
         }
@@ -81,12 +85,85 @@ pub fn plan_tick(
     (writes, effects)
 }
 
+/// Free capacity per runner, as this tick hands it out.
+struct Slots<'a> {
+    runners: &'a [RunnerSlot],
+    free: Vec<usize>,
+}
+
+impl<'a> Slots<'a> {
+    fn new(config: &'a PlanConfig, runs: &[ActiveRun]) -> Slots<'a> {
+        let mut running: HashMap<&str, usize> = HashMap::new();
+        for stage in runs.iter().flat_map(|r| &r.stages) {
+            if stage.status == StageStatus::Running {
+                *running.entry(stage.runner.as_deref().unwrap_or(LOCAL_RUNNER)).or_default() += 1;
+            }
+        }
+        let free = config
+            .runners
+            .iter()
+            .map(|r| r.capacity.saturating_sub(running.get(r.name.as_str()).copied().unwrap_or(0)))
+            .collect();
+        Slots { runners: &config.runners, free }
+    }
+
+    /// The matching runner with the most free capacity, taking one slot of it; otherwise why not.
+    fn take(&mut self, runs_on: &[String]) -> Result<&'a RunnerSlot, String> {
+        let matching: Vec<usize> = (0..self.runners.len())
+            .filter(|&i| runs_on.iter().all(|l| self.runners[i].labels.contains(l)))
+            .collect();
+        if matching.is_empty() {
+            return Err(if self.runners.is_empty() {
+                "no matching runner: no runner is online".to_string()
+            } else if runs_on.is_empty() {
+                "no matching runner".to_string()
+            } else {
+                format!("no matching runner: runs-on [{}] is not offered by any runner", runs_on.join(", "))
+            });
+        }
+        match matching.iter().copied().filter(|&i| self.free[i] > 0).max_by_key(|&i| (self.free[i], usize::MAX - i)) {
+            Some(i) => {
+                self.free[i] -= 1;
+                Ok(&self.runners[i])
+            }
+            None => Err(match matching.as_slice() {
+                [only] => {
+                    let c = self.runners[*only].capacity;
+                    format!("capacity: {c} of {c} stages running")
+                }
+                _ => {
+                    let names: Vec<&str> = matching.iter().map(|&i| self.runners[i].name.as_str()).collect();
+                    format!("capacity: every matching runner is busy ({})", names.join(", "))
+                }
+            }),
+        }
+    }
+}
+
+/// Remote attempts whose runner stopped renewing the lease go back to the queue.
+fn expire_leases(runs: &[ActiveRun], now: i64, writes: &mut TickWrites) {
+    for run in runs.iter().filter(|r| r.status == RunStatus::Running) {
+        for stage in &run.stages {
+            if let (StageStatus::Running, Some(runner), Some(deadline)) = (stage.status, &stage.runner, stage.lease_deadline) {
+                if runner != LOCAL_RUNNER && deadline < now {
+                    writes.expire.push(ExpiredLease {
+                        run_id: run.id,
+                        stage: stage.name.clone(),
+                        attempt: stage.attempt,
+                        runner: runner.clone(),
+                    });
+                }
+            }
+        }
+    }
+}
+
 fn plan_running_run(
     run: &ActiveRun,
     spec: Option<&Arc<Pipeline>>,
     config: &PlanConfig,
     now: i64,
-    free: &mut usize,
+    slots: &mut Slots<'_>,
     writes: &mut TickWrites,
     effects: &mut TickEffects,
 ) {
@@ -98,6 +175,9 @@ fn plan_running_run(
         match stage.status {
             StageStatus::Running => {
                 any_running = true;
+                if writes.expire.iter().any(|e| e.run_id == run.id && e.stage == stage.name) {
+                    continue; // requeued by this tick; dispatched again by the next
+                }
                 if run.cancel_requested {
                     effects.cancel_running.push((run.id, stage.name.clone()));
                 }
@@ -131,28 +211,25 @@ fn plan_running_run(
             status.insert(&stage.name, StageStatus::Skipped);
             continue;
         }
-        let reason = if !unmet.is_empty() {
-            Some(format!("needs: {}", unmet.join(", ")))
+        let runs_on: &[String] = spec
+            .and_then(|p| p.stages.iter().find(|s| s.name == stage.name))
+            .map_or(&[], |s| s.runs_on.as_slice());
+        let decision = if !unmet.is_empty() {
+            Err(format!("needs: {}", unmet.join(", ")))
         } else if !run.workspace_ready {
-            Some("preparing workspace".to_string())
+            Err("preparing workspace".to_string())
         } else if let Some(at) = stage.not_before.filter(|at| *at > now) {
             effects.next_wakeup = Some(effects.next_wakeup.map_or(at, |w| w.min(at)));
-            Some(format!(
+            Err(format!(
                 "backoff until {}",
                 chrono::DateTime::from_timestamp_millis(at)
                     .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
                     .unwrap_or_else(|| at.to_string())
             ))
-        } else if let Some(missing) = missing_labels(spec, &stage.name, &config.labels) {
-            Some(format!("no matching runner: runs-on [{}] is not offered by any runner", missing.join(", ")))
-        } else if *free == 0 {
-            Some(format!(
-                "capacity: {} of {} stages running",
-                config.max_parallel_stages, config.max_parallel_stages
-            ))
         } else {
-            None
+            slots.take(runs_on)
         };
+        let reason = decision.as_ref().err().cloned();
         match reason {
             Some(reason) => {
                 // The retry/restart note stays visible until the stage really waits on something else.
@@ -166,13 +243,14 @@ fn plan_running_run(
                 }
             }
             None => {
-                *free -= 1;
+                let Ok(runner) = decision else { continue };
                 any_running = true;
                 writes.dispatch.push(Dispatch {
                     run_id: run.id,
                     stage: stage.name.clone(),
                     attempt: stage.attempt + 1,
-                    executor: config.executor.clone(),
+                    runner: runner.name.clone(),
+                    lease_deadline: (runner.name != LOCAL_RUNNER).then_some(now + config.lease_ttl_ms),
                 });
                 status.insert(&stage.name, StageStatus::Running);
             }
@@ -216,18 +294,6 @@ fn past_tense(s: StageStatus) -> &'static str {
     }
 }
 
-fn missing_labels(spec: Option<&Arc<Pipeline>>, stage: &str, offered: &[String]) -> Option<Vec<String>> {
-    let stage = spec?.stages.iter().find(|s| s.name == stage)?;
-    let offered: HashSet<&str> = offered.iter().map(String::as_str).collect();
-    let missing: Vec<String> = stage
-        .runs_on
-        .iter()
-        .filter(|l| !offered.contains(l.as_str()))
-        .cloned()
-        .collect();
-    (!missing.is_empty()).then_some(missing)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,9 +303,8 @@ mod tests {
 
     fn config(max: usize) -> PlanConfig {
         PlanConfig {
-            max_parallel_stages: max,
-            labels: vec!["local".into(), "linux".into()],
-            executor: "local".into(),
+            runners: vec![RunnerSlot { name: LOCAL_RUNNER.into(), labels: vec!["local".into(), "linux".into()], capacity: max }],
+            lease_ttl_ms: 30_000,
         }
     }
 
@@ -253,6 +318,8 @@ mod tests {
             needs: needs.iter().map(|s| s.to_string()).collect(),
             pending_reason: None,
             not_before: None,
+            runner: (status == StageStatus::Running).then(|| LOCAL_RUNNER.to_string()),
+            lease_deadline: None,
         }
     }
 
@@ -390,7 +457,7 @@ mod tests {
         let r = run(1, RunStatus::Running, vec![stage("gpu", StageStatus::Queued, &[])]);
         let (w, _) = plan_tick(&[r], &spec_with_runs_on("gpu", &["linux", "gpu"]), &config(4), NOW);
         assert!(w.dispatch.is_empty());
-        assert_eq!(pending(&w, "gpu"), Some("no matching runner: runs-on [gpu] is not offered by any runner"));
+        assert_eq!(pending(&w, "gpu"), Some("no matching runner: runs-on [linux, gpu] is not offered by any runner"));
         let r = run(1, RunStatus::Running, vec![stage("gpu", StageStatus::Queued, &[])]);
         let (w, _) = plan_tick(&[r], &spec_with_runs_on("gpu", &["linux"]), &config(4), NOW);
         assert_eq!(dispatched(&w), ["gpu"]);
@@ -460,5 +527,102 @@ mod tests {
         let r = run(1, RunStatus::Running, vec![stage("build", StageStatus::Running, &[]), s]);
         let (w, _) = plan_tick(&[r], &HashMap::new(), &config(4), NOW);
         assert!(w.is_empty(), "an idle tick writes nothing: {w:?}");
+    }
+}
+
+#[cfg(test)]
+mod runner_tests {
+    use super::*;
+    use crate::store::ActiveStage;
+
+    fn slot(name: &str, labels: &[&str], capacity: usize) -> RunnerSlot {
+        RunnerSlot { name: name.into(), labels: labels.iter().map(|s| s.to_string()).collect(), capacity }
+    }
+
+    fn queued(name: &str) -> ActiveStage {
+        ActiveStage {
+            name: name.into(),
+            position: 0,
+            status: StageStatus::Queued,
+            attempt: 0,
+            failures: 0,
+            needs: vec![],
+            pending_reason: None,
+            not_before: None,
+            runner: None,
+            lease_deadline: None,
+        }
+    }
+
+    fn running_on(name: &str, runner: &str, deadline: Option<i64>) -> ActiveStage {
+        ActiveStage { status: StageStatus::Running, attempt: 1, runner: Some(runner.into()), lease_deadline: deadline, ..queued(name) }
+    }
+
+    fn run(stages: Vec<ActiveStage>) -> ActiveRun {
+        ActiveRun {
+            id: 1,
+            repo: "r".into(),
+            pipeline: "p".into(),
+            git_ref: "refs/heads/main".into(),
+            commit: "c".into(),
+            trigger: "push".into(),
+            status: RunStatus::Running,
+            pending_reason: None,
+            concurrency: Concurrency::Parallel,
+            cancel_requested: false,
+            workspace: None,
+            workspace_ready: true,
+            stages,
+        }
+    }
+
+    fn specs(yaml_stages: &str) -> HashMap<i64, Arc<Pipeline>> {
+        let yaml = format!("name: p\nstages:\n{yaml_stages}");
+        HashMap::from([(1, Arc::new(deploylite_pipeline::parse_pipeline("p.yaml", &yaml).expect("valid")))])
+    }
+
+    #[test]
+    fn stages_go_to_runners_whose_labels_match_with_the_most_free_capacity() {
+        let config = PlanConfig {
+            runners: vec![slot("local", &["local"], 1), slot("a", &["linux", "gpu"], 1), slot("b", &["linux"], 3)],
+            lease_ttl_ms: 10_000,
+        };
+        let specs = specs("  g:\n    runs-on: [gpu]\n    steps: [{ run: x }]\n  l1:\n    runs-on: [linux]\n    steps: [{ run: x }]\n  l2:\n    runs-on: [linux]\n    steps: [{ run: x }]\n  any:\n    steps: [{ run: x }]\n");
+        let r = run(vec![queued("g"), queued("l1"), queued("l2"), queued("any")]);
+        let (w, _) = plan_tick(&[r], &specs, &config, 1_000);
+        let placed: Vec<(&str, &str, Option<i64>)> =
+            w.dispatch.iter().map(|d| (d.stage.as_str(), d.runner.as_str(), d.lease_deadline)).collect();
+        assert_eq!(
+            placed,
+            // `any` matches all three; local and b have one slot left each: the first listed wins.
+            vec![("g", "a", Some(11_000)), ("l1", "b", Some(11_000)), ("l2", "b", Some(11_000)), ("any", "local", None)]
+        );
+    }
+
+    #[test]
+    fn busy_runners_and_missing_labels_are_explained() {
+        let config = PlanConfig { runners: vec![slot("a", &["linux"], 1), slot("b", &["linux"], 1)], lease_ttl_ms: 10_000 };
+        let specs = specs("  busy:\n    runs-on: [linux]\n    steps: [{ run: x }]\n  arm:\n    runs-on: [arm64]\n    steps: [{ run: x }]\n");
+        let r = run(vec![running_on("x", "a", Some(5_000)), running_on("y", "b", Some(5_000)), queued("busy"), queued("arm")]);
+        let (w, _) = plan_tick(&[r], &specs, &config, 1_000);
+        let reasons: Vec<&str> = w.stage_pending.iter().filter_map(|(_, _, r)| r.as_deref()).collect();
+        assert_eq!(
+            reasons,
+            vec![
+                "capacity: every matching runner is busy (a, b)",
+                "no matching runner: runs-on [arm64] is not offered by any runner"
+            ]
+        );
+        let (w, _) = plan_tick(&[run(vec![queued("busy")])], &specs, &PlanConfig { runners: vec![], lease_ttl_ms: 1 }, 0);
+        assert_eq!(w.stage_pending[0].2.as_deref(), Some("no matching runner: no runner is online"));
+    }
+
+    #[test]
+    fn an_expired_remote_lease_is_requeued_and_a_local_one_never_expires() {
+        let config = PlanConfig { runners: vec![slot("a", &[], 2)], lease_ttl_ms: 10_000 };
+        let r = run(vec![running_on("lost", "a", Some(999)), running_on("alive", "a", Some(5_000)), running_on("mine", LOCAL_RUNNER, None)]);
+        let (w, _) = plan_tick(&[r], &HashMap::new(), &config, 1_000);
+        assert_eq!(w.expire, vec![ExpiredLease { run_id: 1, stage: "lost".into(), attempt: 1, runner: "a".into() }]);
+        assert!(w.finish.is_empty());
     }
 }

@@ -26,6 +26,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../../migrations/sqlite/0002_forges.sql"),
         postgres: include_str!("../../../migrations/postgres/0002_forges.sql"),
     },
+    Migration {
+        version: 3,
+        name: "runners",
+        sqlite: include_str!("../../../migrations/sqlite/0003_runners.sql"),
+        postgres: include_str!("../../../migrations/postgres/0003_runners.sql"),
+    },
 ];
 
 pub(super) async fn run(store: &Store) -> Result<()> {

@@ -7,6 +7,7 @@
 
 mod forge;
 mod migrate;
+mod runners;
 mod runs;
 mod schedule;
 
@@ -18,9 +19,11 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions, Executor};
 
 pub use forge::DueReport;
+pub use runners::{Lease, Registration, RunnerRecord, LOCAL_RUNNER};
 pub use runs::{NewRun, NewStage, PullRequestInfo, RecordCommit, RunFilter, RunRecord, StageAttemptRecord, StageRecord};
 pub use schedule::{
-    ActiveRun, ActiveStage, AttemptResult, Dispatch, Interrupted, RunFinish, StageSkip, TickWrites,
+    ActiveRun, ActiveStage, AttemptResult, Dispatch, ExpiredLease, Interrupted, RunFinish, StageSkip, TickWrites,
+    INTERRUPTED_NOTE,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -3,6 +3,7 @@
 
 use sqlx::Row;
 
+use super::runners::{requeue_in, LOCAL_RUNNER};
 use super::runs::{parse_concurrency, parse_json, parse_status, queue_report};
 use super::{now_ms, DbContext, Result, Store, StoreError};
 use crate::status::{RunStatus, StageStatus};
@@ -34,15 +35,29 @@ pub struct ActiveStage {
     pub needs: Vec<String>,
     pub pending_reason: Option<String>,
     pub not_before: Option<i64>,
+    /// Who runs the current attempt (running stages only).
+    pub runner: Option<String>,
+    pub lease_deadline: Option<i64>,
 }
 
-/// A stage attempt to start now.
+/// A stage attempt to start now, on `runner`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dispatch {
     pub run_id: i64,
     pub stage: String,
     pub attempt: i64,
-    pub executor: String,
+    pub runner: String,
+    /// When the lease lapses unless the runner renews it; None for the local runner.
+    pub lease_deadline: Option<i64>,
+}
+
+/// A running attempt whose runner stopped renewing its lease.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExpiredLease {
+    pub run_id: i64,
+    pub stage: String,
+    pub attempt: i64,
+    pub runner: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -68,6 +83,7 @@ pub struct TickWrites {
     pub skip: Vec<StageSkip>,
     pub stage_pending: Vec<(i64, String, Option<String>)>,
     pub finish: Vec<RunFinish>,
+    pub expire: Vec<ExpiredLease>,
 }
 
 impl TickWrites {
@@ -80,6 +96,7 @@ impl TickWrites {
             .chain(self.dispatch.iter().map(|d| d.run_id))
             .chain(self.skip.iter().map(|s| s.run_id))
             .chain(self.finish.iter().map(|f| f.run_id))
+            .chain(self.expire.iter().map(|e| e.run_id))
             .collect();
         ids.sort_unstable();
         ids.dedup();
@@ -93,6 +110,7 @@ impl TickWrites {
             && self.skip.is_empty()
             && self.stage_pending.is_empty()
             && self.finish.is_empty()
+            && self.expire.is_empty()
     }
 }
 
@@ -154,7 +172,8 @@ impl Store {
             });
         }
         let stage_rows = sqlx::query(
-            "SELECT s.run_id, s.name, s.position, s.status, s.attempt, s.failures, s.needs, s.pending_reason, s.not_before
+            "SELECT s.run_id, s.name, s.position, s.status, s.attempt, s.failures, s.needs, s.pending_reason, s.not_before,
+                    s.runner, s.lease_deadline
              FROM stages s JOIN runs r ON r.id = s.run_id
              WHERE r.status IN ('queued', 'running') ORDER BY s.run_id, s.position",
         )
@@ -179,6 +198,8 @@ impl Store {
                 needs: parse_json(&r.try_get::<String, _>("needs").ctx("reading an active stage")?)?,
                 pending_reason: r.try_get("pending_reason").ctx("reading an active stage")?,
                 not_before: r.try_get("not_before").ctx("reading an active stage")?,
+                runner: r.try_get("runner").ctx("reading an active stage")?,
+                lease_deadline: r.try_get("lease_deadline").ctx("reading an active stage")?,
             });
         }
         Ok(runs)
@@ -246,16 +267,30 @@ impl Store {
                 .await
                 .ctx("updating a stage's pending reason")?;
         }
+        for e in &writes.expire {
+            requeue_in(
+                &mut tx,
+                e.run_id,
+                &e.stage,
+                e.attempt,
+                &format!("interrupted: lease expired, runner `{}` stopped renewing it", e.runner),
+                &format!("restart: attempt {} was lost with runner `{}`", e.attempt, e.runner),
+            )
+            .await?;
+        }
         for d in &writes.dispatch {
             let updated = sqlx::query(
                 "UPDATE stages SET status = 'running', attempt = $3, started_at = $4, finished_at = NULL,
-                     exit_code = NULL, pending_reason = NULL, not_before = NULL
+                     exit_code = NULL, pending_reason = NULL, not_before = NULL,
+                     runner = $5, lease_deadline = $6, lease_delivered = 0
                  WHERE run_id = $1 AND name = $2 AND status = 'queued'",
             )
             .bind(d.run_id)
             .bind(&d.stage)
             .bind(d.attempt)
             .bind(now)
+            .bind(&d.runner)
+            .bind(d.lease_deadline)
             .execute(&mut *tx)
             .await
             .ctx("dispatching a stage")?;
@@ -267,7 +302,7 @@ impl Store {
                 .bind(d.run_id)
                 .bind(&d.stage)
                 .bind(d.attempt)
-                .bind(&d.executor)
+                .bind(&d.runner)
                 .bind(now)
                 .execute(&mut *tx)
                 .await
@@ -339,12 +374,13 @@ impl Store {
         Ok(true)
     }
 
-    /// After a crash: every attempt still marked running was cut short. It is closed with a
-    /// note, and its stage is queued again for a new attempt that does not count as a retry.
+    /// After a crash: every attempt the local runner still had marked running was cut short.
+    /// It is closed with a note, and its stage is queued again for a new attempt that does not
+    /// count as a retry. Remote runners' leases are left alone: those runners outlive us.
     pub async fn recover_interrupted(&self) -> Result<Vec<Interrupted>> {
-        let now = now_ms();
         let mut tx = self.pool().begin().await.ctx("starting recovery")?;
-        let rows = sqlx::query("SELECT run_id, stage, attempt FROM stage_attempts WHERE status = 'running'")
+        let rows = sqlx::query("SELECT run_id, stage, attempt FROM stage_attempts WHERE status = 'running' AND executor = $1")
+            .bind(LOCAL_RUNNER)
             .fetch_all(&mut *tx)
             .await
             .ctx("finding interrupted attempts")?;
@@ -357,29 +393,8 @@ impl Store {
             });
         }
         for i in &interrupted {
-            sqlx::query(
-                "UPDATE stage_attempts SET status = 'failed', note = $4, finished_at = $5
-                 WHERE run_id = $1 AND stage = $2 AND attempt = $3",
-            )
-            .bind(i.run_id)
-            .bind(&i.stage)
-            .bind(i.attempt)
-            .bind(INTERRUPTED_NOTE)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .ctx("closing an interrupted attempt")?;
-            sqlx::query(
-                "UPDATE stages SET status = 'queued', not_before = NULL, pending_reason = $3
-                 WHERE run_id = $1 AND name = $2 AND status = 'running'",
-            )
-            .bind(i.run_id)
-            .bind(&i.stage)
-            .bind(format!("restart: attempt {} was interrupted when the daemon stopped", i.attempt))
-            .execute(&mut *tx)
-            .await
-            .ctx("requeueing an interrupted stage")?;
-            queue_report(&mut tx, i.run_id, now).await?;
+            let reason = format!("restart: attempt {} was interrupted when the daemon stopped", i.attempt);
+            requeue_in(&mut tx, i.run_id, &i.stage, i.attempt, INTERRUPTED_NOTE, &reason).await?;
         }
         tx.commit().await.ctx("committing recovery")?;
         Ok(interrupted)

@@ -1,0 +1,222 @@
+//! The server's side of remote runners: where they wait for assigned leases, what a lease
+//! carries, and how their reports become attempt results. The HTTP layer (webhook crate) only
+//! authenticates and translates.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use deploylite_pipeline::Stage;
+use deploylite_runner::outcome::{describe, verdict, Verdict};
+use deploylite_runner::StageOutcome;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use super::{lock, Scheduler, SchedulerEvent};
+use crate::status::StageStatus;
+use crate::store::{now_ms, AttemptResult, StoreError};
+
+/// Wakes the long-poll of a runner when the scheduler assigns it a lease.
+#[derive(Default)]
+pub struct RunnerHub {
+    waiters: Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+impl RunnerHub {
+    pub fn notify(&self, runner: &str) {
+        self.waiter(runner).notify_one();
+    }
+
+    pub fn waiter(&self, runner: &str) -> Arc<Notify> {
+        lock(&self.waiters).entry(runner.to_string()).or_default().clone()
+    }
+}
+
+/// A lease as a remote runner receives it: everything needed to run the attempt and to decide
+/// (with [`deploylite_runner::outcome::verdict`]) whether a failure is final and rolls back.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LeaseJob {
+    pub run_id: i64,
+    pub stage: Stage,
+    pub attempt: i64,
+    pub failures: i64,
+    pub repo: String,
+    pub pipeline: String,
+    pub commit: String,
+    pub git_ref: String,
+    pub trigger: String,
+    /// The stage's environment, `DEPLOYLITE_*` included (the workspace path is the runner's).
+    pub env: BTreeMap<String, String>,
+    /// Where the commit can be cloned from, for executors that fetch it themselves.
+    pub source_url: Option<String>,
+}
+
+/// How a remote attempt ended, as its runner reports it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum RemoteOutcome {
+    Success,
+    Failed { step: usize, exit_code: Option<i32> },
+    TimedOut,
+    Cancelled,
+    Error { message: String },
+    /// The runner is shutting down and gives the stage back: a new attempt elsewhere.
+    HandedBack,
+}
+
+impl RemoteOutcome {
+    pub fn from_outcome(outcome: &StageOutcome) -> RemoteOutcome {
+        match outcome {
+            StageOutcome::Succeeded => RemoteOutcome::Success,
+            StageOutcome::Failed { step, exit_code } => RemoteOutcome::Failed { step: *step, exit_code: *exit_code },
+            StageOutcome::TimedOut => RemoteOutcome::TimedOut,
+            StageOutcome::Cancelled => RemoteOutcome::Cancelled,
+            StageOutcome::Error(message) => RemoteOutcome::Error { message: message.clone() },
+        }
+    }
+
+    fn to_outcome(&self) -> Option<StageOutcome> {
+        Some(match self {
+            RemoteOutcome::Success => StageOutcome::Succeeded,
+            RemoteOutcome::Failed { step, exit_code } => StageOutcome::Failed { step: *step, exit_code: *exit_code },
+            RemoteOutcome::TimedOut => StageOutcome::TimedOut,
+            RemoteOutcome::Cancelled => StageOutcome::Cancelled,
+            RemoteOutcome::Error { message } => StageOutcome::Error(message.clone()),
+            RemoteOutcome::HandedBack => return None,
+        })
+    }
+}
+
+impl Scheduler {
+    /// Leases assigned to `runner` and not collected yet (at most `max`), marked collected.
+    pub async fn collect_leases(&self, runner: &str, max: usize) -> Result<Vec<LeaseJob>, StoreError> {
+        let leases = self.store.collect_leases(runner, i64::try_from(max).unwrap_or(i64::MAX)).await?;
+        let mut jobs = Vec::with_capacity(leases.len());
+        for lease in leases {
+            let Some((run, _)) = self.store.get_run(lease.run_id).await? else { continue };
+            let spec = self.store.run_spec(lease.run_id).await?;
+            let Some(stage) = spec.stages.iter().find(|s| s.name == lease.stage).cloned() else { continue };
+            let info = super::attempt::RunInfo {
+                id: run.id,
+                repo: run.repo.clone(),
+                pipeline: run.pipeline.clone(),
+                commit: run.commit.clone(),
+                git_ref: run.git_ref.clone(),
+                trigger: run.trigger.clone(),
+                workspace: None,
+            };
+            let env = super::attempt::stage_env(&info, &spec, &stage, lease.attempt, "");
+            jobs.push(LeaseJob {
+                run_id: run.id,
+                stage,
+                attempt: lease.attempt,
+                failures: lease.failures,
+                repo: run.repo,
+                pipeline: run.pipeline,
+                commit: run.commit,
+                git_ref: run.git_ref,
+                trigger: run.trigger,
+                env,
+                source_url: self.config.source_urls.get(&info.repo).cloned(),
+            });
+        }
+        Ok(jobs)
+    }
+
+    /// Extends a lease; None when the runner no longer holds it, else whether to cancel.
+    pub async fn renew_lease(&self, runner: &str, run_id: i64, stage: &str, attempt: i64) -> Result<Option<bool>, StoreError> {
+        let deadline = now_ms() + i64::try_from(self.config.lease_ttl.as_millis()).unwrap_or(i64::MAX / 2);
+        self.store.renew_lease(runner, run_id, stage, attempt, deadline).await
+    }
+
+    /// Records a remote attempt's end. False (nothing changed) when the runner does not hold
+    /// that attempt any more: a late report can never overwrite a newer attempt.
+    pub async fn complete_remote(
+        &self,
+        runner: &str,
+        run_id: i64,
+        stage_name: &str,
+        attempt: i64,
+        reported: &RemoteOutcome,
+    ) -> Result<bool, StoreError> {
+        let Some((failures, cancelling)) = self.store.held_lease(runner, run_id, stage_name, attempt).await? else {
+            return Ok(false);
+        };
+        let Some(outcome) = reported.to_outcome() else {
+            let note = format!("interrupted: handed back by runner `{runner}`, which is shutting down");
+            let reason = format!("restart: attempt {attempt} was handed back by runner `{runner}`");
+            let done = self.store.requeue_attempt(run_id, stage_name, attempt, &note, &reason).await?;
+            self.after_remote_end(run_id, stage_name, attempt, StageStatus::Failed);
+            return Ok(done);
+        };
+        let spec = self.store.run_spec(run_id).await?;
+        let Some(stage) = spec.stages.iter().find(|s| s.name == stage_name) else {
+            return Ok(false);
+        };
+        let note = describe(stage, &outcome);
+        let exit_code = outcome.exit_code().map(i64::from);
+        let failures_u32 = u32::try_from(failures).unwrap_or(u32::MAX);
+        let base = AttemptResult {
+            run_id,
+            stage: stage_name.to_string(),
+            attempt,
+            attempt_status: StageStatus::Failed,
+            stage_status: StageStatus::Failed,
+            exit_code,
+            note: note.clone(),
+            counts_as_failure: true,
+            not_before: None,
+            pending_reason: None,
+        };
+        let result = match verdict(stage, failures_u32, &outcome, cancelling) {
+            Verdict::Succeeded => AttemptResult {
+                attempt_status: StageStatus::Success,
+                stage_status: StageStatus::Success,
+                counts_as_failure: false,
+                ..base
+            },
+            Verdict::Cancelled => AttemptResult {
+                attempt_status: StageStatus::Cancelled,
+                stage_status: StageStatus::Cancelled,
+                counts_as_failure: false,
+                ..base
+            },
+            Verdict::Failed => base,
+            Verdict::Retry { delay } => {
+                let path = self.data.log_path(run_id, stage_name, attempt);
+                let mut log = deploylite_runner::StageLog::create(&path).await.map_err(|e| {
+                    StoreError::Corrupt(format!("cannot open the log {}: {e}", path.display()))
+                })?;
+                let (at, reason) =
+                    super::attempt::retry_backoff(stage, attempt, failures_u32 + 1, delay, note.as_deref(), &mut log).await;
+                AttemptResult {
+                    stage_status: StageStatus::Queued,
+                    not_before: Some(at),
+                    pending_reason: Some(reason),
+                    ..base
+                }
+            }
+        };
+        let applied = self.store.finish_attempt(&result).await?;
+        if applied {
+            self.after_remote_end(run_id, stage_name, attempt, result.attempt_status);
+        }
+        Ok(applied)
+    }
+
+    /// Appends a chunk of formatted log lines to the attempt's log, if the runner holds it.
+    pub async fn append_remote_log(&self, runner: &str, run_id: i64, stage: &str, attempt: i64, chunk: &[u8]) -> Result<bool, StoreError> {
+        if self.store.held_lease(runner, run_id, stage, attempt).await?.is_none() {
+            return Ok(false);
+        }
+        let path = self.data.log_path(run_id, stage, attempt);
+        if let Err(e) = deploylite_runner::append_chunk(&path, chunk).await {
+            tracing::warn!(path = %path.display(), error = %e, "cannot append a remote log chunk");
+        }
+        Ok(true)
+    }
+
+    fn after_remote_end(&self, run_id: i64, stage: &str, attempt: i64, status: StageStatus) {
+        let _ = self.events.send(SchedulerEvent::StageFinished { run_id, stage: stage.to_string(), attempt, status });
+        self.wake.notify_one();
+    }
+}

@@ -1,0 +1,272 @@
+//! Runners and their leases. A lease is a running stage attempt assigned to a runner; remote
+//! runners collect it, keep it alive with heartbeats, and report its end. The scheduler assigns
+//! (see `plan_tick`); this module only records.
+
+use serde::Serialize;
+use sqlx::Row;
+
+use super::runs::{parse_json, queue_report};
+use super::{now_ms, DbContext, Result, Store, StoreError};
+
+/// The daemon's own runner. Its attempts die with the daemon and are recovered at start; remote
+/// runners' leases outlive a daemon restart.
+pub const LOCAL_RUNNER: &str = "local";
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RunnerRecord {
+    pub name: String,
+    pub labels: Vec<String>,
+    pub capacity: i64,
+    pub executor: String,
+    pub registered_at: i64,
+    pub last_seen: Option<i64>,
+    pub revoked: bool,
+    /// Stages it is running now.
+    pub running: i64,
+}
+
+/// A lease as its runner collects it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lease {
+    pub run_id: i64,
+    pub stage: String,
+    pub attempt: i64,
+    /// Failed attempts before this one (what `retry.max` counts).
+    pub failures: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registration {
+    New,
+    /// A runner of that name re-registered (re-installed): it gets the new credential.
+    Replaced,
+    /// The name was revoked; it cannot register again.
+    Revoked,
+}
+
+const RUNNER_COLUMNS: &str = "r.name, r.labels, r.capacity, r.executor, r.registered_at, r.last_seen, r.revoked,
+     (SELECT COUNT(*) FROM stages s WHERE s.runner = r.name AND s.status = 'running') AS running";
+
+fn runner_from_row(r: &sqlx::any::AnyRow) -> Result<RunnerRecord> {
+    Ok(RunnerRecord {
+        name: r.try_get("name").ctx("reading a runner")?,
+        labels: parse_json(&r.try_get::<String, _>("labels").ctx("reading a runner")?)?,
+        capacity: r.try_get("capacity").ctx("reading a runner")?,
+        executor: r.try_get("executor").ctx("reading a runner")?,
+        registered_at: r.try_get("registered_at").ctx("reading a runner")?,
+        last_seen: r.try_get("last_seen").ctx("reading a runner")?,
+        revoked: r.try_get::<i64, _>("revoked").ctx("reading a runner")? != 0,
+        running: r.try_get("running").ctx("reading a runner")?,
+    })
+}
+
+fn labels_json(labels: &[String]) -> Result<String> {
+    serde_json::to_string(labels).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+impl Store {
+    pub async fn register_runner(
+        &self,
+        name: &str,
+        credential_hash: &str,
+        labels: &[String],
+        capacity: i64,
+        executor: &str,
+    ) -> Result<Registration> {
+        let existed: Option<i64> = sqlx::query_scalar("SELECT revoked FROM runners WHERE name = $1")
+            .bind(name)
+            .fetch_optional(self.pool())
+            .await
+            .ctx("looking up a runner")?;
+        if existed == Some(1) {
+            return Ok(Registration::Revoked);
+        }
+        sqlx::query(
+            "INSERT INTO runners (name, credential_hash, labels, capacity, executor, registered_at, last_seen)
+             VALUES ($1, $2, $3, $4, $5, $6, $6)
+             ON CONFLICT (name) DO UPDATE SET credential_hash = excluded.credential_hash, labels = excluded.labels,
+                 capacity = excluded.capacity, executor = excluded.executor, registered_at = excluded.registered_at,
+                 last_seen = excluded.last_seen",
+        )
+        .bind(name)
+        .bind(credential_hash)
+        .bind(labels_json(labels)?)
+        .bind(capacity)
+        .bind(executor)
+        .bind(now_ms())
+        .execute(self.pool())
+        .await
+        .ctx("registering a runner")?;
+        Ok(if existed.is_some() { Registration::Replaced } else { Registration::New })
+    }
+
+    /// The runner a credential belongs to, unless revoked.
+    pub async fn authenticate_runner(&self, credential_hash: &str) -> Result<Option<RunnerRecord>> {
+        let sql = format!("SELECT {RUNNER_COLUMNS} FROM runners r WHERE r.credential_hash = $1 AND r.revoked = 0");
+        sqlx::query(&sql)
+            .bind(credential_hash)
+            .fetch_optional(self.pool())
+            .await
+            .ctx("authenticating a runner")?
+            .as_ref()
+            .map(runner_from_row)
+            .transpose()
+    }
+
+    /// A runner said it is alive, with what it offers now.
+    pub async fn touch_runner(&self, name: &str, labels: &[String], capacity: i64) -> Result<()> {
+        sqlx::query("UPDATE runners SET last_seen = $2, labels = $3, capacity = $4 WHERE name = $1")
+            .bind(name)
+            .bind(now_ms())
+            .bind(labels_json(labels)?)
+            .bind(capacity)
+            .execute(self.pool())
+            .await
+            .ctx("recording a runner's heartbeat")?;
+        Ok(())
+    }
+
+    pub async fn list_runners(&self) -> Result<Vec<RunnerRecord>> {
+        let sql = format!("SELECT {RUNNER_COLUMNS} FROM runners r ORDER BY r.name");
+        let rows = sqlx::query(&sql).fetch_all(self.pool()).await.ctx("listing runners")?;
+        rows.iter().map(runner_from_row).collect()
+    }
+
+    /// Revokes a runner: its credential stops working at once. Its running leases expire and
+    /// their stages go to another runner. False when there is no such runner.
+    pub async fn revoke_runner(&self, name: &str) -> Result<bool> {
+        let updated = sqlx::query("UPDATE runners SET revoked = 1 WHERE name = $1")
+            .bind(name)
+            .execute(self.pool())
+            .await
+            .ctx("revoking a runner")?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    /// Leases assigned to `runner` that it has not collected yet; they are marked collected.
+    pub async fn collect_leases(&self, runner: &str, limit: i64) -> Result<Vec<Lease>> {
+        let rows = sqlx::query(
+            "UPDATE stages SET lease_delivered = 1
+             WHERE status = 'running' AND runner = $1 AND lease_delivered = 0
+               AND (run_id, name) IN (SELECT run_id, name FROM stages
+                                      WHERE status = 'running' AND runner = $1 AND lease_delivered = 0
+                                      ORDER BY run_id, position LIMIT $2)
+             RETURNING run_id, name, attempt, failures",
+        )
+        .bind(runner)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await
+        .ctx("collecting leases")?;
+        rows.iter()
+            .map(|r| {
+                Ok(Lease {
+                    run_id: r.try_get("run_id").ctx("reading a lease")?,
+                    stage: r.try_get("name").ctx("reading a lease")?,
+                    attempt: r.try_get("attempt").ctx("reading a lease")?,
+                    failures: r.try_get("failures").ctx("reading a lease")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Extends a lease. `None` when the lease is no longer this runner's (expired and reassigned,
+    /// or the stage ended); otherwise whether the run was cancelled.
+    pub async fn renew_lease(&self, runner: &str, run_id: i64, stage: &str, attempt: i64, deadline: i64) -> Result<Option<bool>> {
+        let updated = sqlx::query(
+            "UPDATE stages SET lease_deadline = $5
+             WHERE run_id = $1 AND name = $2 AND attempt = $3 AND runner = $4 AND status = 'running'",
+        )
+        .bind(run_id)
+        .bind(stage)
+        .bind(attempt)
+        .bind(runner)
+        .bind(deadline)
+        .execute(self.pool())
+        .await
+        .ctx("renewing a lease")?;
+        if updated.rows_affected() != 1 {
+            return Ok(None);
+        }
+        let cancel: i64 = sqlx::query_scalar("SELECT cancel_requested FROM runs WHERE id = $1")
+            .bind(run_id)
+            .fetch_one(self.pool())
+            .await
+            .ctx("reading a run's cancellation")?;
+        Ok(Some(cancel != 0))
+    }
+
+    /// When `runner` holds attempt `attempt` of the stage right now: the stage's failures so far
+    /// and whether its run is being cancelled. None when it does not (a late or foreign report).
+    pub async fn held_lease(&self, runner: &str, run_id: i64, stage: &str, attempt: i64) -> Result<Option<(i64, bool)>> {
+        let row = sqlx::query(
+            "SELECT s.failures, r.cancel_requested FROM stages s JOIN runs r ON r.id = s.run_id
+             WHERE s.run_id = $1 AND s.name = $2 AND s.attempt = $3 AND s.runner = $4 AND s.status = 'running'",
+        )
+        .bind(run_id)
+        .bind(stage)
+        .bind(attempt)
+        .bind(runner)
+        .fetch_optional(self.pool())
+        .await
+        .ctx("checking a lease")?;
+        row.map(|r| {
+            Ok((
+                r.try_get("failures").ctx("reading a lease")?,
+                r.try_get::<i64, _>("cancel_requested").ctx("reading a lease")? != 0,
+            ))
+        })
+        .transpose()
+    }
+
+    /// Ends an attempt that did not fail on its own (lease expired, runner handed it back,
+    /// daemon restarted): the attempt is closed with `note`, and the stage queued for a new
+    /// attempt that does not count against `retry.max`, waiting with `reason`. False when that
+    /// attempt was not running any more.
+    pub async fn requeue_attempt(&self, run_id: i64, stage: &str, attempt: i64, note: &str, reason: &str) -> Result<bool> {
+        let mut tx = self.pool().begin().await.ctx("starting to requeue an attempt")?;
+        let done = requeue_in(&mut tx, run_id, stage, attempt, note, reason).await?;
+        tx.commit().await.ctx("committing a requeued attempt")?;
+        Ok(done)
+    }
+}
+
+pub(super) async fn requeue_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    run_id: i64,
+    stage: &str,
+    attempt: i64,
+    note: &str,
+    reason: &str,
+) -> Result<bool> {
+    let now = now_ms();
+    let updated = sqlx::query(
+        "UPDATE stages SET status = 'queued', runner = NULL, lease_deadline = NULL, lease_delivered = 0,
+             not_before = NULL, pending_reason = $4
+         WHERE run_id = $1 AND name = $2 AND attempt = $3 AND status = 'running'",
+    )
+    .bind(run_id)
+    .bind(stage)
+    .bind(attempt)
+    .bind(reason)
+    .execute(&mut **tx)
+    .await
+    .ctx("requeueing a stage")?;
+    if updated.rows_affected() != 1 {
+        return Ok(false);
+    }
+    sqlx::query(
+        "UPDATE stage_attempts SET status = 'failed', note = $4, finished_at = $5
+         WHERE run_id = $1 AND stage = $2 AND attempt = $3 AND status = 'running'",
+    )
+    .bind(run_id)
+    .bind(stage)
+    .bind(attempt)
+    .bind(note)
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .ctx("closing a requeued attempt")?;
+    queue_report(tx, run_id, now).await?;
+    Ok(true)
+}
