@@ -125,3 +125,39 @@ pub async fn cancel(server: &str, run: i64) -> Result<ExitCode> {
 fn short(commit: &str) -> &str {
     commit.get(..12).unwrap_or(commit)
 }
+
+pub async fn runners(server: &str, json: bool) -> Result<ExitCode> {
+    let base = server.trim_end_matches('/');
+    let response = http()?.get(format!("{base}/api/v1/runners")).send().await.map_err(unreachable(server))?;
+    let runners: Vec<deploylite_webhook::runners::RunnerView> = check(response).await?.json().await.context("unexpected answer")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&runners)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<20} {:<8} {:<11} {:>8} {:>8}  {:<24} LABELS", "NAME", "STATUS", "EXECUTOR", "RUNNING", "CAPACITY", "LAST SEEN");
+    for r in runners {
+        println!(
+            "{:<20} {:<8} {:<11} {:>8} {:>8}  {:<24} {}",
+            r.name,
+            r.status,
+            r.executor,
+            r.running,
+            r.capacity,
+            r.last_seen.unwrap_or_else(|| "-".into()),
+            r.labels.join(",")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn revoke(server: &str, name: &str) -> Result<ExitCode> {
+    let base = server.trim_end_matches('/');
+    let response = http()?
+        .post(format!("{base}/api/v1/runners/{name}/revoke"))
+        .send()
+        .await
+        .map_err(unreachable(server))?;
+    check(response).await?;
+    println!("runner `{name}` revoked: its credential no longer works");
+    Ok(ExitCode::SUCCESS)
+}

@@ -43,6 +43,9 @@ pub const ENV_KEYS: &[&str] = &[
     "forges__gitlab__token_file",
     "forges__gitlab__webhook_secret",
     "forges__gitlab__webhook_secret_file",
+    "runners__registration_tokens",
+    "runners__registration_tokens_file",
+    "runners__lease_ttl",
 ];
 
 #[derive(Debug, Default, Deserialize)]
@@ -60,6 +63,18 @@ pub struct ConfigLayer {
     pub public_url: Option<String>,
     pub webhook_max_body_bytes: Option<usize>,
     pub forges: Option<ForgesLayer>,
+    pub runners: Option<RunnersLayer>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunnersLayer {
+    /// Tokens a new runner may register with (`deploylite runner --token`).
+    pub registration_tokens: Option<Vec<String>>,
+    /// A file with one registration token per line.
+    pub registration_tokens_file: Option<PathBuf>,
+    /// How long a remote runner's lease holds without a heartbeat.
+    pub lease_ttl: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -145,6 +160,8 @@ pub struct Config {
     pub local_runner_labels: Vec<String>,
     pub repos: Vec<RepoConfig>,
     pub forges: deploylite_webhook::Forges,
+    pub registration_tokens: Vec<Secret>,
+    pub lease_ttl: Duration,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -215,6 +232,9 @@ impl ConfigLayer {
                 *path = base.join(&*path);
             }
         };
+        if let Some(runners) = self.runners.as_mut() {
+            rebase(&mut runners.registration_tokens_file);
+        }
         if let Some(forges) = self.forges.as_mut() {
             if let Some(g) = forges.github.as_mut() {
                 rebase(&mut g.private_key_path);
@@ -234,6 +254,18 @@ impl ConfigLayer {
             ($($field:ident),*) => { $( if other.$field.is_some() { self.$field = other.$field; } )* };
         }
         take!(listen, data_dir, database_url, sqlite_synchronous, max_parallel_stages, log_format, repos, public_url, webhook_max_body_bytes);
+        if let Some(r) = other.runners {
+            let mine = self.runners.get_or_insert_with(Default::default);
+            if r.registration_tokens.is_some() {
+                mine.registration_tokens = r.registration_tokens;
+            }
+            if r.registration_tokens_file.is_some() {
+                mine.registration_tokens_file = r.registration_tokens_file;
+            }
+            if r.lease_ttl.is_some() {
+                mine.lease_ttl = r.lease_ttl;
+            }
+        }
         if let Some(f) = other.forges {
             let mine = self.forges.get_or_insert_with(Default::default);
             if let Some(g) = f.github {
@@ -292,6 +324,21 @@ impl ConfigLayer {
         let workspace_retention = duration("retention.workspaces", retention.workspaces, "1h")?;
         let log_retention = duration("retention.logs", retention.logs, "30d")?;
         let local = self.local_runner.unwrap_or_default();
+        let runners = self.runners.unwrap_or_default();
+        let mut registration_tokens: Vec<Secret> =
+            runners.registration_tokens.unwrap_or_default().into_iter().map(Secret::new).collect();
+        if let Some(path) = runners.registration_tokens_file {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("runners.registration_tokens_file: cannot read {}", path.display()))?;
+            registration_tokens.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(Secret::new));
+        }
+        if registration_tokens.iter().any(|t| t.expose().len() < 16) {
+            bail!("runners.registration_tokens: every token must be at least 16 characters");
+        }
+        let lease_ttl = duration("runners.lease_ttl", runners.lease_ttl, "30s")?;
+        if lease_ttl < Duration::from_secs(1) {
+            bail!("runners.lease_ttl must be at least 1s");
+        }
         let forge_layer = self.forges.unwrap_or_default();
         let github = forge_layer.github.map(github_config).transpose()?;
         let gitlab = forge_layer.gitlab.map(gitlab_config).transpose()?;
@@ -354,6 +401,8 @@ impl ConfigLayer {
                 self.webhook_max_body_bytes.unwrap_or(deploylite_webhook::forges::DEFAULT_MAX_BODY_BYTES),
                 forge_repos,
             ),
+            registration_tokens,
+            lease_ttl,
         })
     }
 }

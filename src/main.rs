@@ -1,8 +1,10 @@
 //! `deploylite`: the daemon and its command-line tools. A thin layer over the library crates;
 //! errors become exit codes here and nowhere else.
 
+mod agent;
 mod client;
 mod config;
+mod executors;
 mod local_run;
 mod plan;
 mod serve;
@@ -100,6 +102,78 @@ enum Command {
         #[command(flatten)]
         server: ServerArg,
     },
+    /// Run a runner agent: take stages from a DeployLite server and run them here.
+    ///
+    /// The first start registers the runner with a registration token (one of the server's
+    /// `runners.registration_tokens`) and keeps the credential it receives in --state-dir;
+    /// later starts reuse it. Stages whose `runs-on` labels are all among --labels come here.
+    /// SIGTERM: no new work; running stages get --grace to finish, the rest is handed back.
+    Runner(RunnerArgs),
+    /// Manage the runners of a running daemon.
+    Runners {
+        #[command(subcommand)]
+        command: RunnersCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RunnersCommand {
+    /// Registered runners: labels, executor, capacity, stages running, online or offline.
+    List {
+        #[command(flatten)]
+        server: ServerArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a runner's credential at once; its running stages go to other runners.
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+}
+
+#[derive(Args)]
+pub struct RunnerArgs {
+    #[command(flatten)]
+    server: ServerArg,
+    /// Registration token, needed only for the first start. Prefer --token-file or
+    /// DEPLOYLITE_RUNNER_TOKEN: command lines are visible to other users of the machine.
+    #[arg(long, env = "DEPLOYLITE_RUNNER_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    token: Option<String>,
+    /// A file holding the registration token.
+    #[arg(long, value_name = "FILE", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// This runner's name (unique per server) [default: the host name].
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// Labels offered to stages' `runs-on`, comma-separated.
+    #[arg(long, value_delimiter = ',', value_name = "A,B")]
+    labels: Vec<String>,
+    /// Stages run at once.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    capacity: usize,
+    /// Where stages run: local (processes here), docker (a container per step), or kubernetes
+    /// (a Pod per stage).
+    #[arg(long, value_enum, default_value = "local")]
+    executor: ExecutorKind,
+    /// Workspaces of running stages [default: <temp dir>/deploylite-runner-<name>].
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+    /// Where the runner keeps its credential [default: $XDG_STATE_HOME/deploylite or
+    /// ~/.local/state/deploylite].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// After SIGTERM, how long running stages may take to finish before they are handed back.
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    grace: String,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExecutorKind {
+    Local,
+    Docker,
+    Kubernetes,
 }
 
 #[derive(Args)]
@@ -164,6 +238,9 @@ fn main() -> ExitCode {
                 client::status(&server.server, run, query, json).await
             }
             Command::Cancel { run, server } => client::cancel(&server.server, run).await,
+            Command::Runner(args) => runner(args).await,
+            Command::Runners { command: RunnersCommand::List { server, json } } => client::runners(&server.server, json).await,
+            Command::Runners { command: RunnersCommand::Revoke { name, server } } => client::revoke(&server.server, &name).await,
         }
     });
     match result {
@@ -173,4 +250,58 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+async fn runner(args: RunnerArgs) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    serve::init_tracing(config::LogFormat::Text);
+    let name = match args.name {
+        Some(name) => name,
+        None => std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .context("cannot tell the host name: give --name")?,
+    };
+    let token = match (args.token, args.token_file) {
+        (Some(t), _) => Some(t),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read --token-file {}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+        (None, None) => None,
+    };
+    let grace = deploylite_pipeline::duration::parse_duration(&args.grace).map_err(|e| anyhow::anyhow!("--grace: {e}"))?;
+    let state_dir = args.state_dir.unwrap_or_else(|| {
+        std::env::var_os("XDG_STATE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+            .unwrap_or_else(std::env::temp_dir)
+            .join("deploylite")
+    });
+    let work_dir = args.work_dir.unwrap_or_else(|| std::env::temp_dir().join(format!("deploylite-runner-{name}")));
+    if args.capacity == 0 {
+        anyhow::bail!("--capacity must be at least 1");
+    }
+    let (executor_name, executor, needs_workspace): (&str, std::sync::Arc<dyn deploylite_runner::Executor>, bool) = match args.executor {
+        ExecutorKind::Local => ("local", std::sync::Arc::new(deploylite_runner::LocalExecutor::default()), true),
+        ExecutorKind::Docker => executors::docker()?,
+        ExecutorKind::Kubernetes => executors::kubernetes().await?,
+    };
+    agent::run(agent::AgentConfig {
+        server: args.server.server,
+        registration_token: token,
+        name,
+        labels: args.labels,
+        capacity: args.capacity,
+        executor_name: executor_name.to_string(),
+        executor,
+        needs_workspace,
+        work_dir,
+        state_dir,
+        grace,
+    })
+    .await
 }

@@ -36,6 +36,8 @@ fn scheduler_config(config: &Config) -> SchedulerConfig {
     if !config.local_runner_enabled {
         scheduler.local = None;
     }
+    scheduler.lease_ttl = config.lease_ttl;
+    scheduler.runner_offline_after = config.lease_ttl.max(Duration::from_secs(30)) * 2;
     // Remote executors that fetch the commit themselves (Kubernetes) clone from here; a local
     // path only works for runners on this machine.
     scheduler.source_urls = config.repos.iter().map(|r| (r.name.clone(), r.url.clone())).collect();
@@ -79,13 +81,20 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let app = deploylite_webhook::AppState {
+    let app = deploylite_webhook::router(deploylite_webhook::AppState {
         store: store.clone(),
         data: data.clone(),
         scheduler: scheduler.waker(),
         watcher: Some(watcher.clone()),
         forges: forges.clone(),
-    };
+    })
+    .merge(deploylite_webhook::runners::routes(deploylite_webhook::runners::RunnerState {
+        scheduler: scheduler.clone(),
+        repos: repos.clone(),
+        registration_tokens: Arc::new(config.registration_tokens.clone()),
+        poll_wait: Duration::from_secs(20),
+        offline_after: config.lease_ttl.max(Duration::from_secs(30)) * 2,
+    }));
 
     tracing::info!(
         listen = %config.listen,
@@ -103,7 +112,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let janitor_task = tokio::spawn(janitor(store.clone(), data.clone(), config.clone(), shutdown.clone()));
     let server_shutdown = shutdown.clone();
     let server = tokio::spawn(async move {
-        deploylite_webhook::serve(listener, app, async move { server_shutdown.cancelled().await }).await
+        deploylite_webhook::serve_router(listener, app, async move { server_shutdown.cancelled().await }).await
     });
 
     wait_for_signal().await;
@@ -121,7 +130,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+pub async fn wait_for_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

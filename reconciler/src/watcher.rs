@@ -110,6 +110,12 @@ impl Repos {
         self.entries.get(name)
     }
 
+    /// The git directory a repository is read from (the repository itself, or its mirror).
+    pub async fn git_dir(&self, repo: &str) -> Option<std::path::PathBuf> {
+        let entry = self.entries.get(repo)?.clone();
+        entry.with_git(false, |git| Ok(git.git_dir().to_path_buf())).await.ok()
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.entries.keys().map(String::as_str)
     }

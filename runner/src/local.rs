@@ -56,7 +56,9 @@ impl LocalExecutor {
                 .arg(&step.run)
                 .current_dir(&job.workspace)
                 .envs(&job.env)
-                .envs(&step.env)
+                // A step may add to the environment, but DeployLite's own variables stay ours:
+                // they identify the attempt (and find its processes after a crash).
+                .envs(step.env.iter().filter(|(k, _)| !k.starts_with("DEPLOYLITE_")))
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())

@@ -7,6 +7,7 @@ mod api;
 pub mod forges;
 mod inbound;
 pub mod report;
+pub mod runners;
 
 use std::sync::Arc;
 
@@ -48,5 +49,14 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    serve_router(listener, router(state), shutdown).await
+}
+
+/// Serves any router made of this crate's parts (e.g. the API merged with the runner protocol).
+pub async fn serve_router(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }

@@ -129,6 +129,10 @@ impl Scheduler {
             log.system("the daemon is shutting down: this attempt will run again after it restarts").await;
             return None;
         }
+        if let deploylite_runner::StageOutcome::Error(message) = &outcome {
+            // Otherwise only the attempt record would say why the stage never ran.
+            log.system(&format!("the executor could not run the stage: {message}")).await;
+        }
         let exit_code = outcome.exit_code().map(i64::from);
         let note = describe(stage, &outcome);
         let failures = u32::try_from(ctx.failures).unwrap_or(u32::MAX);

@@ -173,8 +173,9 @@ impl Scheduler {
         let interrupted = self.store.recover_interrupted().await?;
         for i in &interrupted {
             let (run_id, stage, attempt) = (i.run_id, i.stage.clone(), i.attempt);
+            let workspaces = self.data.workspaces();
             let killed = tokio::task::spawn_blocking(move || {
-                deploylite_runner::kill_orphans(run_id, &stage, u32::try_from(attempt).unwrap_or(0))
+                deploylite_runner::kill_orphans(&workspaces, run_id, &stage, u32::try_from(attempt).unwrap_or(0))
             })
             .await
             .unwrap_or(0);
@@ -306,6 +307,21 @@ impl Scheduler {
         let (run_id, repo, commit) = (run.id, run.repo.clone(), run.commit.clone());
         tasks.spawn(async move {
             let dir = this.data.workspace(run_id);
+            // The tick that asked for this may have read the run before an earlier preparation
+            // finished: never rewrite a workspace that stages may already be using.
+            match this.store.workspace_ready(run_id).await {
+                Ok(true) => {
+                    lock(&this.preparing).remove(&run_id);
+                    this.wake.notify_one();
+                    return;
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::error!(run_id, %error, "cannot read whether a workspace is ready");
+                    lock(&this.preparing).remove(&run_id);
+                    return;
+                }
+            }
             let result = async {
                 if tokio::fs::try_exists(&dir).await.unwrap_or(false) {
                     // Half-written by a daemon that died while preparing it.

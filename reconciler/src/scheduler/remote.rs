@@ -48,6 +48,8 @@ pub struct LeaseJob {
     pub env: BTreeMap<String, String>,
     /// Where the commit can be cloned from, for executors that fetch it themselves.
     pub source_url: Option<String>,
+    /// How the previous attempt ended, for the new attempt's log (`None` for attempt 1).
+    pub previous_attempt: Option<String>,
 }
 
 /// How a remote attempt ended, as its runner reports it.
@@ -105,6 +107,16 @@ impl Scheduler {
                 workspace: None,
             };
             let env = super::attempt::stage_env(&info, &spec, &stage, lease.attempt, "");
+            let previous_attempt = if lease.attempt > 1 {
+                self.store
+                    .stage_attempts(run.id, &lease.stage)
+                    .await?
+                    .into_iter()
+                    .find(|a| a.attempt == lease.attempt - 1)
+                    .map(|a| format!("previous attempt {}: {}{}", a.attempt, a.status, a.note.map(|n| format!(" ({n})")).unwrap_or_default()))
+            } else {
+                None
+            };
             jobs.push(LeaseJob {
                 run_id: run.id,
                 stage,
@@ -117,6 +129,7 @@ impl Scheduler {
                 trigger: run.trigger,
                 env,
                 source_url: self.config.source_urls.get(&info.repo).cloned(),
+                previous_attempt,
             });
         }
         Ok(jobs)

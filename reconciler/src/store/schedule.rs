@@ -400,6 +400,15 @@ impl Store {
         Ok(interrupted)
     }
 
+    pub async fn workspace_ready(&self, run_id: i64) -> Result<bool> {
+        let ready: Option<i64> = sqlx::query_scalar("SELECT workspace_ready FROM runs WHERE id = $1")
+            .bind(run_id)
+            .fetch_optional(self.pool())
+            .await
+            .ctx("reading whether a workspace is ready")?;
+        Ok(ready == Some(1))
+    }
+
     pub async fn mark_workspace_ready(&self, run_id: i64, path: &str) -> Result<()> {
         sqlx::query("UPDATE runs SET workspace = $2, workspace_ready = 1 WHERE id = $1")
             .bind(run_id)

@@ -1,0 +1,361 @@
+//! The runner protocol over HTTP. Registration trades a registration token for the runner's own
+//! credential (stored hashed); every other call carries `Authorization: Bearer <credential>`.
+//! Runners long-poll for leases, renew them with heartbeats (which answer "cancel" when the run is
+//! being cancelled), upload log chunks, fetch the commit as a tar, and report the end. Any call
+//! about an attempt the runner no longer holds answers 409: a late report changes nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use deploylite_reconciler::scheduler::{LeaseJob, RemoteOutcome, Scheduler};
+use deploylite_reconciler::store::{now_ms, Registration, RunnerRecord, StoreError};
+use deploylite_reconciler::watcher::Repos;
+use hmac::digest::Digest;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::forges::Secret;
+
+#[derive(Clone)]
+pub struct RunnerState {
+    pub scheduler: Arc<Scheduler>,
+    pub repos: Arc<Repos>,
+    /// Tokens that let a new runner register. Empty: registration is closed.
+    pub registration_tokens: Arc<Vec<Secret>>,
+    /// How long a poll waits for a lease before answering with none.
+    pub poll_wait: Duration,
+    /// A runner not heard from for this long is shown offline.
+    pub offline_after: Duration,
+}
+
+pub fn routes(state: RunnerState) -> Router {
+    Router::new()
+        .route("/api/v1/runners", get(list))
+        .route("/api/v1/runners/register", post(register))
+        .route("/api/v1/runners/{name}/revoke", post(revoke))
+        .route("/api/v1/runner/poll", post(poll))
+        .route("/api/v1/runner/leases/{run}/{stage}/{attempt}/heartbeat", post(heartbeat))
+        .route("/api/v1/runner/leases/{run}/{stage}/{attempt}/log", post(log))
+        .route("/api/v1/runner/leases/{run}/{stage}/{attempt}/complete", post(complete))
+        .route("/api/v1/runner/leases/{run}/{stage}/{attempt}/source.tar", get(source))
+        .with_state(state)
+}
+
+enum RunnerError {
+    Unauthorized(&'static str),
+    BadRequest(String),
+    NotFound(String),
+    Conflict(String),
+    Internal(String),
+}
+
+impl From<StoreError> for RunnerError {
+    fn from(e: StoreError) -> Self {
+        RunnerError::Internal(e.to_string())
+    }
+}
+
+impl IntoResponse for RunnerError {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            RunnerError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, m.to_string()),
+            RunnerError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            RunnerError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            RunnerError::Conflict(m) => (StatusCode::CONFLICT, m),
+            RunnerError::Internal(m) => {
+                tracing::error!(error = %m, "runner API request failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal error; see the daemon's log".to_string())
+            }
+        };
+        (status, Json(serde_json::json!({ "error": message }))).into_response()
+    }
+}
+
+pub fn hash_credential(credential: &str) -> String {
+    hex::encode(sha2::Sha256::digest(credential.as_bytes()))
+}
+
+/// Constant-time comparison, so a token cannot be guessed byte by byte from response times.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn authenticate(state: &RunnerState, headers: &HeaderMap) -> Result<RunnerRecord, RunnerError> {
+    let credential = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(RunnerError::Unauthorized("missing `Authorization: Bearer <credential>`"))?;
+    state
+        .scheduler
+        .store()
+        .authenticate_runner(&hash_credential(credential))
+        .await?
+        .ok_or(RunnerError::Unauthorized("unknown or revoked runner credential"))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    pub token: String,
+    pub name: String,
+    pub labels: Vec<String>,
+    pub capacity: i64,
+    pub executor: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    pub name: String,
+    /// The runner's own credential: shown once, stored hashed.
+    pub credential: String,
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name != "local"
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+async fn register(State(state): State<RunnerState>, Json(request): Json<RegisterRequest>) -> Result<Response, RunnerError> {
+    let known = state.registration_tokens.iter().any(|t| same(t.expose().as_bytes(), request.token.as_bytes()));
+    if !known {
+        return Err(RunnerError::Unauthorized("invalid registration token"));
+    }
+    if !valid_name(&request.name) {
+        return Err(RunnerError::BadRequest(
+            "runner names are 1-64 letters, digits, `-`, `_` or `.` (and not `local`)".into(),
+        ));
+    }
+    if !(1..=1024).contains(&request.capacity) {
+        return Err(RunnerError::BadRequest("capacity must be between 1 and 1024".into()));
+    }
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let credential = format!("dlr_{}", hex::encode(bytes));
+    let outcome = state
+        .scheduler
+        .store()
+        .register_runner(&request.name, &hash_credential(&credential), &request.labels, request.capacity, &request.executor)
+        .await?;
+    if outcome == Registration::Revoked {
+        return Err(RunnerError::Conflict(format!("runner `{}` was revoked; register under another name", request.name)));
+    }
+    tracing::info!(runner = %request.name, labels = ?request.labels, capacity = request.capacity, executor = %request.executor,
+        replaced = outcome == Registration::Replaced, "runner registered");
+    state.scheduler.waker().notify_one();
+    Ok((StatusCode::CREATED, Json(RegisterResponse { name: request.name, credential })).into_response())
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PollRequest {
+    pub labels: Vec<String>,
+    pub capacity: i64,
+    /// Leases it can take now.
+    pub free: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PollResponse {
+    pub leases: Vec<LeaseJob>,
+    /// How often to renew a lease.
+    pub heartbeat_ms: u64,
+}
+
+async fn poll(State(state): State<RunnerState>, headers: HeaderMap, Json(request): Json<PollRequest>) -> Result<Json<PollResponse>, RunnerError> {
+    let runner = authenticate(&state, &headers).await?;
+    let store = state.scheduler.store();
+    let changed = runner.labels != request.labels || runner.capacity != request.capacity;
+    store.touch_runner(&runner.name, &request.labels, request.capacity).await?;
+    if changed || runner.last_seen.is_none_or(|t| now_ms() - t > millis(state.offline_after)) {
+        // Newly online or changed: let the scheduler consider it at once.
+        state.scheduler.waker().notify_one();
+    }
+    let heartbeat_ms = u64::try_from(state.scheduler.lease_ttl().as_millis() / 4).unwrap_or(5_000).max(100);
+    let max = usize::try_from(request.free.max(0)).unwrap_or(0);
+    if max == 0 {
+        return Ok(Json(PollResponse { leases: Vec::new(), heartbeat_ms }));
+    }
+    let waiter = state.scheduler.hub().waiter(&runner.name);
+    let deadline = tokio::time::Instant::now() + state.poll_wait;
+    loop {
+        // Register interest before looking, so an assignment made in between is not missed.
+        let notified = waiter.notified();
+        let leases = state.scheduler.collect_leases(&runner.name, max).await?;
+        if !leases.is_empty() {
+            return Ok(Json(PollResponse { leases, heartbeat_ms }));
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            store.touch_runner(&runner.name, &request.labels, request.capacity).await?;
+            return Ok(Json(PollResponse { leases: Vec::new(), heartbeat_ms }));
+        }
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    /// The run is being cancelled: stop the stage and report `cancelled`.
+    pub cancel: bool,
+}
+
+type LeaseKey = (i64, String, i64);
+
+fn lost() -> RunnerError {
+    RunnerError::Conflict("this runner no longer holds that lease (expired, reassigned or finished)".into())
+}
+
+async fn heartbeat(
+    State(state): State<RunnerState>,
+    headers: HeaderMap,
+    Path((run, stage, attempt)): Path<LeaseKey>,
+) -> Result<Json<HeartbeatResponse>, RunnerError> {
+    let runner = authenticate(&state, &headers).await?;
+    let cancel = state.scheduler.renew_lease(&runner.name, run, &stage, attempt).await?.ok_or_else(lost)?;
+    Ok(Json(HeartbeatResponse { cancel }))
+}
+
+/// Largest log chunk accepted in one request.
+const MAX_LOG_CHUNK: usize = 4 * 1024 * 1024;
+
+async fn log(
+    State(state): State<RunnerState>,
+    headers: HeaderMap,
+    Path((run, stage, attempt)): Path<LeaseKey>,
+    body: Bytes,
+) -> Result<StatusCode, RunnerError> {
+    let runner = authenticate(&state, &headers).await?;
+    if body.len() > MAX_LOG_CHUNK {
+        return Err(RunnerError::BadRequest(format!("log chunks are at most {MAX_LOG_CHUNK} bytes")));
+    }
+    if state.scheduler.append_remote_log(&runner.name, run, &stage, attempt, &body).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(lost())
+    }
+}
+
+async fn complete(
+    State(state): State<RunnerState>,
+    headers: HeaderMap,
+    Path((run, stage, attempt)): Path<LeaseKey>,
+    Json(outcome): Json<RemoteOutcome>,
+) -> Result<StatusCode, RunnerError> {
+    let runner = authenticate(&state, &headers).await?;
+    if state.scheduler.complete_remote(&runner.name, run, &stage, attempt, &outcome).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(lost())
+    }
+}
+
+/// The commit of a lease as a tar archive (`git archive`), so runners need neither git
+/// credentials nor access to the repository.
+async fn source(
+    State(state): State<RunnerState>,
+    headers: HeaderMap,
+    Path((run, stage, attempt)): Path<LeaseKey>,
+) -> Result<Response, RunnerError> {
+    let runner = authenticate(&state, &headers).await?;
+    let store = state.scheduler.store();
+    if store.held_lease(&runner.name, run, &stage, attempt).await?.is_none() {
+        return Err(lost());
+    }
+    let (record, _) = store.get_run(run).await?.ok_or_else(|| RunnerError::NotFound(format!("no run #{run}")))?;
+    let git_dir = state
+        .repos
+        .git_dir(&record.repo)
+        .await
+        .ok_or_else(|| RunnerError::NotFound(format!("repository `{}` is not configured", record.repo)))?;
+    let mut child = tokio::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(&git_dir)
+        .args(["archive", "--format=tar", &record.commit])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| RunnerError::Internal(format!("cannot run git archive: {e}")))?;
+    let stdout = child.stdout.take().ok_or_else(|| RunnerError::Internal("git archive has no stdout".into()))?;
+    // Reap git once it is done, whatever the client does with the stream.
+    tokio::spawn(async move {
+        let _ = child.wait().await;
+    });
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(stdout));
+    Ok(([(header::CONTENT_TYPE, "application/x-tar")], body).into_response())
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RunnerView {
+    pub name: String,
+    pub labels: Vec<String>,
+    pub executor: String,
+    pub capacity: i64,
+    pub running: i64,
+    /// online, offline or revoked.
+    pub status: String,
+    pub last_seen: Option<String>,
+}
+
+async fn list(State(state): State<RunnerState>) -> Result<Json<Vec<RunnerView>>, RunnerError> {
+    let now = now_ms();
+    let runners = state.scheduler.store().list_runners().await?;
+    Ok(Json(
+        runners
+            .into_iter()
+            .map(|r| RunnerView {
+                status: if r.revoked {
+                    "revoked"
+                } else if r.last_seen.is_some_and(|t| now - t <= millis(state.offline_after)) {
+                    "online"
+                } else {
+                    "offline"
+                }
+                .to_string(),
+                last_seen: r
+                    .last_seen
+                    .and_then(chrono::DateTime::from_timestamp_millis)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+                name: r.name,
+                labels: r.labels,
+                executor: r.executor,
+                capacity: r.capacity,
+                running: r.running,
+            })
+            .collect(),
+    ))
+}
+
+async fn revoke(State(state): State<RunnerState>, Path(name): Path<String>) -> Result<Json<serde_json::Value>, RunnerError> {
+    if !state.scheduler.store().revoke_runner(&name).await? {
+        return Err(RunnerError::NotFound(format!("no runner named `{name}`")));
+    }
+    tracing::warn!(runner = %name, "runner revoked");
+    Ok(Json(serde_json::json!({ "name": name, "status": "revoked" })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comparison_and_names() {
+        assert!(same(b"abc", b"abc"));
+        assert!(!same(b"abc", b"abd"));
+        assert!(!same(b"abc", b"abcd"));
+        assert!(valid_name("builder-1.eu"));
+        assert!(!valid_name("local"));
+        assert!(!valid_name("a b"));
+        assert!(!valid_name(""));
+        assert_eq!(hash_credential("x").len(), 64);
+    }
+}
