@@ -1,16 +1,49 @@
-//! Building the Docker and Kubernetes executors for `deploylite runner`.
+//! Building the Docker and Kubernetes executors for `deploylite runner`. Their settings come
+//! from the environment (documented in README.md), so the runner's flags stay few.
 
 use std::sync::Arc;
 
-use anyhow::Result;
-use deploylite_runner::Executor;
+use anyhow::{Context, Result};
+use deploylite_runner::{DockerConfig, DockerExecutor, Executor, KubernetesConfig, KubernetesExecutor};
 
+/// The executor's name, the executor, and whether it needs the commit's files on this machine.
 pub type Built = (&'static str, Arc<dyn Executor>, bool);
 
-pub fn docker() -> Result<Built> {
-    anyhow::bail!("the docker executor is not wired in yet")
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+pub async fn docker() -> Result<Built> {
+    let mut config = DockerConfig::default();
+    if let Some(host) = env("DEPLOYLITE_DOCKER_HOST") {
+        config.host = host;
+    }
+    config.default_image = env("DEPLOYLITE_DOCKER_DEFAULT_IMAGE");
+    config.user = env("DEPLOYLITE_DOCKER_USER");
+    if let Some(pull) = env("DEPLOYLITE_DOCKER_PULL") {
+        config.pull = pull.parse().map_err(|e| anyhow::anyhow!("DEPLOYLITE_DOCKER_PULL: {e}"))?;
+    }
+    let executor = DockerExecutor::new(config).context("cannot set up the docker executor")?;
+    let version = executor.ping().await.context("cannot reach the Docker engine")?;
+    tracing::info!(engine = %version, "docker executor ready");
+    Ok(("docker", Arc::new(executor), true))
 }
 
 pub async fn kubernetes() -> Result<Built> {
-    anyhow::bail!("the kubernetes executor is not wired in yet")
+    let mut config = KubernetesConfig {
+        namespace: env("DEPLOYLITE_KUBE_NAMESPACE"),
+        kubeconfig: env("DEPLOYLITE_KUBECONFIG").map(Into::into),
+        context: env("DEPLOYLITE_KUBE_CONTEXT"),
+        service_account: env("DEPLOYLITE_KUBE_SERVICE_ACCOUNT"),
+        ..KubernetesConfig::default()
+    };
+    if let Some(image) = env("DEPLOYLITE_KUBE_GIT_IMAGE") {
+        config.git_image = image;
+    }
+    if let Some(image) = env("DEPLOYLITE_KUBE_DEFAULT_IMAGE") {
+        config.default_image = image;
+    }
+    let executor = KubernetesExecutor::connect(config).await.context("cannot set up the kubernetes executor")?;
+    // Pods clone the commit themselves: no workspace on this machine.
+    Ok(("kubernetes", Arc::new(executor), false))
 }

@@ -287,7 +287,7 @@ async fn runner(args: RunnerArgs) -> anyhow::Result<ExitCode> {
     }
     let (executor_name, executor, needs_workspace): (&str, std::sync::Arc<dyn deploylite_runner::Executor>, bool) = match args.executor {
         ExecutorKind::Local => ("local", std::sync::Arc::new(deploylite_runner::LocalExecutor::default()), true),
-        ExecutorKind::Docker => executors::docker()?,
+        ExecutorKind::Docker => executors::docker().await?,
         ExecutorKind::Kubernetes => executors::kubernetes().await?,
     };
     agent::run(agent::AgentConfig {

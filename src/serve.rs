@@ -47,7 +47,9 @@ fn scheduler_config(config: &Config) -> SchedulerConfig {
 pub fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_env("DEPLOYLITE_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+        // octocrab logs every non-2xx answer at error level, expected ones included; the
+        // reporter logs what matters itself.
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,octocrab=off"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -110,6 +112,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let scheduler_task = tokio::spawn(scheduler.clone().run(shutdown.clone()));
     let watcher_task = tokio::spawn(watcher.run(shutdown.clone()));
     let janitor_task = tokio::spawn(janitor(store.clone(), data.clone(), config.clone(), shutdown.clone()));
+    // Reports go out on their own task: a forge outage never slows the runs.
+    let reporter = deploylite_webhook::Reporter::new(store.clone(), data.clone(), forges.clone());
+    let reporter_task = tokio::spawn(reporter.run(shutdown.clone()));
     let server_shutdown = shutdown.clone();
     let server = tokio::spawn(async move {
         deploylite_webhook::serve_router(listener, app, async move { server_shutdown.cancelled().await }).await
@@ -121,6 +126,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let _ = watcher_task.await;
     let _ = scheduler_task.await;
     let _ = janitor_task.await;
+    let _ = reporter_task.await;
     match server.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!(error = %e, "HTTP server error"),

@@ -60,7 +60,8 @@ impl StageOutcome {
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// A place that runs stages. Implementations: [`crate::LocalExecutor`] (Docker and Kubernetes next).
+/// A place that runs stages: [`crate::LocalExecutor`], [`crate::DockerExecutor`],
+/// [`crate::KubernetesExecutor`].
 pub trait Executor: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     fn execute<'a>(

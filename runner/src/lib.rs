@@ -1,4 +1,5 @@
-//! DeployLite executors: where a stage's steps actually run.
+//! DeployLite executors: where a stage's steps actually run (local processes, Docker
+//! containers, Kubernetes Pods).
 //!
 //! Lifecycle contract (the same for every executor): the scheduler hands over a [`StageJob`]
 //! whose workspace already holds the commit, a [`StageLog`] for its output, and a
@@ -14,6 +15,8 @@ mod orphans;
 pub mod outcome;
 
 pub use job::{BoxFuture, Executor, StageJob, StageOutcome};
+pub use docker::{DockerConfig, DockerExecutor, PullPolicy};
+pub use kubernetes::{KubernetesConfig, KubernetesExecutor};
 pub use local::LocalExecutor;
 pub use log::{append_chunk, format_line, read_log, LogStream, StageLog};
 pub use orphans::kill_orphans;

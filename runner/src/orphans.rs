@@ -40,7 +40,7 @@ pub fn kill_orphans(workspaces: &Path, run_id: i64, stage: &str, attempt: u32) -
         let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
         if wanted
             .iter()
-            .all(|w| vars.iter().any(|v| *v == w.as_bytes()))
+            .all(|w| vars.contains(&w.as_bytes()))
             && kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok()
         {
             killed += 1;

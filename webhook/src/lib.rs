@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 
 pub use api::{RunView, StageView};
 pub use forges::Forges;
+pub use report::{Reporter, ReporterConfig};
 
 #[derive(Clone)]
 pub struct AppState {

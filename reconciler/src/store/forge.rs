@@ -126,7 +126,8 @@ impl Store {
     /// The runs of a pull request's latest head commit (the commit of its newest run).
     pub async fn pull_request_runs(&self, repo: &str, pr_number: i64) -> Result<Vec<RunRecord>> {
         let latest: Option<String> = sqlx::query_scalar(
-            "SELECT commit_sha FROM runs WHERE repo = $1 AND pr_number = $2 ORDER BY id DESC LIMIT 1",
+            // The newest commit pushed to the PR; a re-run of an older commit is not a new head.
+            "SELECT commit_sha FROM runs WHERE repo = $1 AND pr_number = $2 AND run_attempt = 1 ORDER BY id DESC LIMIT 1",
         )
         .bind(repo)
         .bind(pr_number)

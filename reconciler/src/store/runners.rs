@@ -170,9 +170,16 @@ impl Store {
             .collect()
     }
 
-    /// Extends a lease. `None` when the lease is no longer this runner's (expired and reassigned,
-    /// or the stage ended); otherwise whether the run was cancelled.
+    /// Extends a lease (and marks the runner seen). `None` when the lease is no longer this
+    /// runner's (expired and reassigned, or the stage ended); otherwise whether the run was
+    /// cancelled.
     pub async fn renew_lease(&self, runner: &str, run_id: i64, stage: &str, attempt: i64, deadline: i64) -> Result<Option<bool>> {
+        sqlx::query("UPDATE runners SET last_seen = $2 WHERE name = $1")
+            .bind(runner)
+            .bind(now_ms())
+            .execute(self.pool())
+            .await
+            .ctx("recording a runner's heartbeat")?;
         let updated = sqlx::query(
             "UPDATE stages SET lease_deadline = $5
              WHERE run_id = $1 AND name = $2 AND attempt = $3 AND runner = $4 AND status = 'running'",

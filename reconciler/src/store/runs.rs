@@ -401,8 +401,14 @@ fn run_from_row(r: &AnyRow) -> Result<RunRecord> {
 /// transaction that changes the run, so the report and the change commit together.
 pub(super) async fn queue_report(tx: &mut sqlx::Transaction<'_, sqlx::Any>, run_id: i64, now: i64) -> Result<()> {
     sqlx::query(
-        "INSERT INTO outbox (run_id, next_attempt_at, created_at)
-         SELECT id, $2, $2 FROM runs WHERE id = $1 AND report = 1",
+        // A change during a forge outage waits for the run's pending retry and keeps its count,
+        // instead of making the run due again at once and restarting its backoff.
+        "INSERT INTO outbox (run_id, next_attempt_at, created_at, attempts)
+         SELECT r.id,
+                COALESCE((SELECT MAX(o.next_attempt_at) FROM outbox o WHERE o.run_id = r.id AND o.state = 'pending'), $2),
+                $2,
+                COALESCE((SELECT MAX(o.attempts) FROM outbox o WHERE o.run_id = r.id AND o.state = 'pending'), 0)
+         FROM runs r WHERE r.id = $1 AND r.report = 1",
     )
     .bind(run_id)
     .bind(now)

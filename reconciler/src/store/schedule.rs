@@ -268,6 +268,13 @@ impl Store {
                 .ctx("updating a stage's pending reason")?;
         }
         for e in &writes.expire {
+            // A runner that let a lease lapse is dead or cut off: it gets no new stage until it
+            // is heard from again (its next poll or heartbeat).
+            sqlx::query("UPDATE runners SET last_seen = NULL WHERE name = $1")
+                .bind(&e.runner)
+                .execute(&mut *tx)
+                .await
+                .ctx("marking a runner offline")?;
             requeue_in(
                 &mut tx,
                 e.run_id,

@@ -1,0 +1,824 @@
+//! Test kit for DeployLite's end-to-end tests: real git repositories in temp dirs, the real
+//! `deploylite` binary as a daemon on its own port, and polling helpers over the HTTP API.
+//!
+//! Vocabulary: [`TestRepo`] (write / commit / branch / checkout), [`Daemon`] (start / stop /
+//! kill9 / restart, runs / run / wait_* / log), [`cli`] for one-shot commands, and
+//! [`stage_processes`] to look for stage processes in /proc.
+//!
+//! Synchronisation is always "poll until a predicate holds, with a generous deadline"; a
+//! deadline failure panics with the daemon's stderr and the runs it knows about.
+
+#![allow(dead_code)] // each test binary uses a different part of the kit
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long any wait may take before the test fails. Generous: CI machines are slow.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+/// How often the API is polled.
+pub const POLL: Duration = Duration::from_millis(20);
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_deploylite");
+
+/// Statuses a run never leaves.
+pub const FINAL_RUN_STATUSES: &[&str] = &["success", "failed", "cancelled", "skipped", "error"];
+
+pub fn is_final(run: &Value) -> bool {
+    FINAL_RUN_STATUSES.contains(&status(run))
+}
+
+pub fn status(v: &Value) -> &str {
+    v["status"].as_str().unwrap_or("<no status>")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Commands
+
+/// A `deploylite` command with a clean environment: no DEPLOYLITE_* configuration and no proxy
+/// inherited from whoever runs the tests.
+pub fn cli() -> Command {
+    let mut cmd = Command::new(BIN);
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy().to_ascii_uppercase();
+        if k.starts_with("DEPLOYLITE_") || k.ends_with("_PROXY") || k == "RUST_LOG" {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+/// Runs `cmd` to completion, killing it after `limit` (then panicking with what it printed).
+pub fn output_within(mut cmd: Command, limit: Duration) -> Output {
+    let described = format!("{cmd:?}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let mut child = cmd
+        .stdout(fs::File::create(&out_path).expect("stdout file"))
+        .stderr(fs::File::create(&err_path).expect("stderr file"))
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {described}: {e}"));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{described} did not finish within {limit:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                fs::read_to_string(&out_path).unwrap_or_default(),
+                fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: fs::read(&out_path).unwrap_or_default(),
+        stderr: fs::read(&err_path).unwrap_or_default(),
+    }
+}
+
+/// Runs `cmd` (at most 30 s) and returns (exit code, stdout, stderr).
+pub fn run_cmd(cmd: Command) -> (i32, String, String) {
+    let out = output_within(cmd, DEADLINE);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn git_in(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "-c",
+            "user.name=DeployLite Tests",
+            "-c",
+            "user.email=tests@deploylite.invalid",
+        ])
+        .args([
+            "-c",
+            "commit.gpgsign=false",
+            "-c",
+            "core.hooksPath=/dev/null",
+        ])
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir) // no user config: init.defaultBranch etc. must not leak in
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run git: {e}"));
+    assert!(
+        out.status.success(),
+        "git {args:?} failed in {}:\n{}{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Git repositories
+
+/// A real git repository (working copy, initial branch `main`) in a temp dir.
+pub struct TestRepo {
+    dir: tempfile::TempDir,
+    /// The repository's name in the daemon's config.
+    pub name: String,
+    /// The `branches:` globs the daemon's config watches (empty = every branch).
+    pub watch: Vec<String>,
+}
+
+impl TestRepo {
+    pub fn new() -> TestRepo {
+        TestRepo::named("app")
+    }
+
+    pub fn named(name: &str) -> TestRepo {
+        let dir = tempfile::Builder::new()
+            .prefix("deploylite-repo-")
+            .tempdir()
+            .expect("tempdir");
+        git_in(dir.path(), &["init", "--quiet", "--initial-branch=main"]);
+        TestRepo {
+            dir,
+            name: name.to_string(),
+            watch: vec!["main".to_string()],
+        }
+    }
+
+    /// Changes the branch globs the daemon watches for this repository.
+    pub fn watching(mut self, branches: &[&str]) -> TestRepo {
+        self.watch = branches.iter().map(|b| b.to_string()).collect();
+        self
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn git(&self, args: &[&str]) -> String {
+        git_in(self.path(), args)
+    }
+
+    /// Writes a file of the working copy (parents created).
+    pub fn write(&self, path: &str, content: &str) -> &TestRepo {
+        let file = self.path().join(path);
+        fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
+        fs::write(&file, content).expect("write");
+        self
+    }
+
+    /// Writes `.deploylite/pipelines/<file>`.
+    pub fn pipeline(&self, file: &str, yaml: &str) -> &TestRepo {
+        self.write(&format!(".deploylite/pipelines/{file}"), yaml)
+    }
+
+    pub fn remove(&self, path: &str) -> &TestRepo {
+        fs::remove_file(self.path().join(path)).expect("remove");
+        self
+    }
+
+    /// Stages everything and commits; returns the new commit id.
+    pub fn commit(&self, msg: &str) -> String {
+        self.git(&["add", "--all"]);
+        self.git(&["commit", "--quiet", "--allow-empty", "-m", msg]);
+        self.head()
+    }
+
+    pub fn head(&self) -> String {
+        self.git(&["rev-parse", "HEAD"])
+    }
+
+    /// Creates `name` at HEAD (without switching to it).
+    pub fn branch(&self, name: &str) {
+        self.git(&["branch", name]);
+    }
+
+    pub fn checkout(&self, name: &str) {
+        self.git(&["checkout", "--quiet", name]);
+    }
+}
+
+impl Default for TestRepo {
+    fn default() -> Self {
+        TestRepo::new()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+
+/// A live process found in /proc.
+#[derive(Debug, Clone)]
+pub struct Proc {
+    pub pid: i32,
+    pub cmdline: String,
+    pub env: HashMap<String, String>,
+}
+
+/// Every process (readable by us, not a zombie) whose environment satisfies `pred`.
+pub fn processes_where(pred: impl Fn(&HashMap<String, String>) -> bool) -> Vec<Proc> {
+    let mut found = Vec::new();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(environ) = fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if environ.is_empty() {
+            continue; // zombie or kernel thread
+        }
+        if let Ok(stat) = fs::read_to_string(entry.path().join("stat")) {
+            // state is the field after the `(comm)`; Z = zombie, X = dead
+            if let Some(state) = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+            {
+                if state == "Z" || state == "X" {
+                    continue;
+                }
+            }
+        }
+        let env: HashMap<String, String> = environ
+            .split(|b| *b == 0)
+            .filter_map(|kv| {
+                let kv = String::from_utf8_lossy(kv);
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
+            .collect();
+        if pred(&env) {
+            let cmdline = fs::read(entry.path().join("cmdline"))
+                .map(|c| {
+                    String::from_utf8_lossy(&c)
+                        .replace('\0', " ")
+                        .trim()
+                        .to_string()
+                })
+                .unwrap_or_default();
+            found.push(Proc { pid, cmdline, env });
+        }
+    }
+    found
+}
+
+/// Stage processes started by the daemon whose data dir is `data_dir` (identified by the
+/// DEPLOYLITE_WORKSPACE every stage inherits), optionally of one run only.
+pub fn stage_processes(data_dir: &Path, run: Option<i64>) -> Vec<Proc> {
+    let prefix = data_dir.join("workspaces").display().to_string();
+    processes_where(|env| {
+        env.get("DEPLOYLITE_WORKSPACE")
+            .is_some_and(|w| w.starts_with(&prefix))
+            && run.is_none_or(|id| {
+                env.get("DEPLOYLITE_RUN_ID").map(String::as_str) == Some(id.to_string().as_str())
+            })
+    })
+}
+
+fn kill_all(procs: &[Proc]) {
+    for p in procs {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p.pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+pub fn pid_alive(pid: i32) -> bool {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    match stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+    {
+        Some(state) => state != "Z" && state != "X",
+        None => false,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The daemon
+
+/// A repository as the daemon's config names it.
+pub struct RepoRef {
+    pub name: String,
+    pub path: PathBuf,
+    pub branches: Vec<String>,
+}
+
+impl From<&TestRepo> for RepoRef {
+    fn from(r: &TestRepo) -> RepoRef {
+        RepoRef {
+            name: r.name.clone(),
+            path: r.path().to_path_buf(),
+            branches: r.watch.clone(),
+        }
+    }
+}
+
+/// `deploylite serve` on a free port with its own data dir, stderr captured to a file.
+pub struct Daemon {
+    child: Option<Child>,
+    pub port: u16,
+    pub url: String,
+    dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub data_dir: PathBuf,
+    stderr_path: PathBuf,
+    repos: Vec<RepoRef>,
+    extra: String,
+    http: reqwest::Client,
+    starts: usize,
+}
+
+/// An HTTP client for the daemon's API. reqwest is built (through the workspace) with rustls
+/// and no default crypto provider, like the binary, which installs aws-lc-rs at start: do the
+/// same, or building a client panics with "No provider set".
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http client")
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local_addr").port()
+}
+
+impl Daemon {
+    /// Starts a daemon watching `repos` (poll interval 100 ms, 4 parallel stages), with
+    /// `extra_config` (top-level YAML keys) overriding or adding to the defaults.
+    pub async fn start(repos: &[&TestRepo], extra_config: &str) -> Daemon {
+        Daemon::start_with(
+            repos.iter().map(|r| RepoRef::from(*r)).collect(),
+            extra_config,
+        )
+        .await
+    }
+
+    pub async fn start_with(repos: Vec<RepoRef>, extra_config: &str) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("deploylite-daemon-")
+            .tempdir()
+            .expect("tempdir");
+        let data_dir = dir.path().join("data");
+        let mut daemon = Daemon {
+            child: None,
+            port: 0,
+            url: String::new(),
+            config_path: dir.path().join("deploylite.yaml"),
+            stderr_path: dir.path().join("daemon.stderr"),
+            data_dir,
+            dir,
+            repos,
+            extra: extra_config.to_string(),
+            http: http_client(),
+            starts: 0,
+        };
+        // A port picked free may be taken before the daemon binds it: try a few.
+        for _ in 0..5 {
+            daemon.port = free_port();
+            daemon.url = format!("http://127.0.0.1:{}", daemon.port);
+            daemon.write_config();
+            if daemon.spawn_and_wait_healthy().await {
+                return daemon;
+            }
+        }
+        panic!(
+            "the daemon could not listen on a free port\n{}",
+            daemon.stderr()
+        );
+    }
+
+    fn write_config(&self) {
+        let has = |key: &str| {
+            self.extra
+                .lines()
+                .any(|l| l.starts_with(&format!("{key}:")))
+        };
+        let mut yaml = String::new();
+        if !has("listen") {
+            yaml += &format!("listen: 127.0.0.1:{}\n", self.port);
+        }
+        if !has("data_dir") {
+            yaml += &format!("data_dir: {}\n", self.data_dir.display());
+        }
+        if !has("max_parallel_stages") {
+            yaml += "max_parallel_stages: 4\n";
+        }
+        if !has("repos") {
+            yaml += "repos:\n";
+            for r in &self.repos {
+                let branches: Vec<String> = r.branches.iter().map(|b| format!("{b:?}")).collect();
+                yaml += &format!(
+                    "  - name: {}\n    url: {}\n    branches: [{}]\n    poll_interval: 100ms\n",
+                    r.name,
+                    r.path.display(),
+                    branches.join(", ")
+                );
+            }
+        }
+        yaml += &self.extra;
+        fs::write(&self.config_path, yaml).expect("write config");
+    }
+
+    /// Spawns the binary and waits for /healthz. False when it exited because its port was
+    /// taken; panics on any other early exit.
+    async fn spawn_and_wait_healthy(&mut self) -> bool {
+        self.starts += 1;
+        let stderr = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.stderr_path)
+            .expect("stderr file");
+        let mut header = stderr.try_clone().expect("clone");
+        use std::io::Write;
+        let _ = writeln!(
+            header,
+            "===== daemon start #{} on port {} =====",
+            self.starts, self.port
+        );
+        let mut cmd = cli();
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&self.config_path)
+            .env(
+                "DEPLOYLITE_LOG",
+                "info,deploylite_reconciler=debug,deploylite_runner=debug,sqlx=warn",
+            )
+            .current_dir(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        let child = cmd.spawn().expect("spawn deploylite serve");
+        self.child = Some(child);
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                let text = self.stderr();
+                if text.contains("cannot listen") {
+                    return false;
+                }
+                panic!("the daemon exited early with {status}\n--- daemon stderr ---\n{text}");
+            }
+            if let Ok(resp) = self.http.get(format!("{}/healthz", self.url)).send().await {
+                if resp.status().is_success() {
+                    return true;
+                }
+            }
+            if started.elapsed() > DEADLINE {
+                panic!("the daemon did not become healthy within {DEADLINE:?}\n--- daemon stderr ---\n{}", self.stderr());
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits for the process to exit (panics after the deadline).
+    pub async fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the daemon is not running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if started.elapsed() > DEADLINE {
+                let _ = child.kill();
+                panic!(
+                    "the daemon ignored SIGTERM for {DEADLINE:?}\n{}",
+                    self.stderr()
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// SIGKILL: the daemon dies at once; its stage processes do not.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("the daemon is not running");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("wait");
+    }
+
+    /// Starts the daemon again on the same config, data dir and port.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart() needs a stopped daemon");
+        for _ in 0..50 {
+            if self.spawn_and_wait_healthy().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await; // port still held?
+        }
+        panic!(
+            "the daemon cannot listen on its port again\n{}",
+            self.stderr()
+        );
+    }
+
+    // --- HTTP -----------------------------------------------------------------------------
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// GET `path`: (status code, body).
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}\n{}", self.stderr()));
+        let code = resp.status().as_u16();
+        (code, resp.text().await.unwrap_or_default())
+    }
+
+    /// GET `path`, expecting 200 and JSON.
+    pub async fn get_json(&self, path: &str) -> Value {
+        let (code, body) = self.get(path).await;
+        assert_eq!(code, 200, "GET {path} answered {code}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {body}"))
+    }
+
+    /// Every run, newest first.
+    pub async fn runs(&self) -> Vec<Value> {
+        match self.get_json("/api/v1/runs?limit=1000").await {
+            Value::Array(runs) => runs,
+            other => panic!("/api/v1/runs is not a list: {other}"),
+        }
+    }
+
+    /// One run with its stages.
+    pub async fn run(&self, id: i64) -> Value {
+        self.get_json(&format!("/api/v1/runs/{id}")).await
+    }
+
+    /// A stage of a run, by name (panics if absent).
+    pub async fn stage(&self, id: i64, stage: &str) -> Value {
+        let run = self.run(id).await;
+        find_stage(&run, stage).clone()
+    }
+
+    /// The log of one attempt (`None` = the latest), expecting 200.
+    pub async fn log(&self, id: i64, stage: &str, attempt: Option<i64>) -> String {
+        let path = match attempt {
+            Some(a) => format!("/api/v1/runs/{id}/stages/{stage}/log?attempt={a}"),
+            None => format!("/api/v1/runs/{id}/stages/{stage}/log"),
+        };
+        let (code, body) = self.get(&path).await;
+        assert_eq!(code, 200, "GET {path} answered {code}: {body}");
+        body
+    }
+
+    /// The daemon's stderr and every run (with stages), for failure messages.
+    pub async fn dump(&self) -> String {
+        let mut out = format!(
+            "--- daemon stderr ({}) ---\n{}\n--- runs ---\n",
+            self.url,
+            self.stderr()
+        );
+        match self
+            .http
+            .get(format!("{}/api/v1/runs?limit=1000", self.url))
+            .send()
+            .await
+        {
+            Ok(resp) => {
+                let runs: Vec<Value> = resp.json().await.unwrap_or_default();
+                for r in runs {
+                    let id = r["id"].as_i64().unwrap_or(0);
+                    let detail = match self
+                        .http
+                        .get(format!("{}/api/v1/runs/{id}", self.url))
+                        .send()
+                        .await
+                    {
+                        Ok(resp) => resp.json::<Value>().await.unwrap_or(r),
+                        Err(_) => r,
+                    };
+                    out += &serde_json::to_string_pretty(&detail).unwrap_or_default();
+                    out += "\n";
+                    for s in detail["stages"].as_array().into_iter().flatten() {
+                        let (name, attempts) = (
+                            s["name"].as_str().unwrap_or(""),
+                            s["attempt"].as_i64().unwrap_or(0),
+                        );
+                        for a in 1..=attempts {
+                            let url = format!(
+                                "{}/api/v1/runs/{id}/stages/{name}/log?attempt={a}",
+                                self.url
+                            );
+                            if let Ok(resp) = self.http.get(url).send().await {
+                                let text = resp.text().await.unwrap_or_default();
+                                out += &format!(
+                                    "--- log of run #{id} stage `{name}` attempt {a} ---\n{text}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => out += &format!("(cannot list runs: {e})\n"),
+        }
+        out
+    }
+
+    /// Polls the run list until `pred` holds; returns that list. `what` names the wait in the
+    /// failure message.
+    pub async fn wait_for_runs(&self, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let started = Instant::now();
+        loop {
+            let runs = self.runs().await;
+            if pred(&runs) {
+                return runs;
+            }
+            if started.elapsed() > DEADLINE {
+                panic!(
+                    "timed out after {DEADLINE:?} waiting for {what}\n{}",
+                    self.dump().await
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Waits for a run matching `pred` to exist and returns it (the newest such).
+    pub async fn wait_for_run(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let runs = self
+            .wait_for_runs(what, |runs| runs.iter().any(&pred))
+            .await;
+        runs.into_iter().find(|r| pred(r)).expect("found")
+    }
+
+    /// Waits for the run of `pipeline` at `commit` to exist.
+    pub async fn wait_for_commit_run(&self, pipeline: &str, commit: &str) -> Value {
+        self.wait_for_run(&format!("a run of `{pipeline}` for commit {commit}"), |r| {
+            r["pipeline"] == pipeline && r["commit"] == commit
+        })
+        .await
+    }
+
+    /// Polls one run (with stages) until `pred` holds.
+    pub async fn wait_run(&self, id: i64, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let started = Instant::now();
+        loop {
+            let run = self.run(id).await;
+            if pred(&run) {
+                return run;
+            }
+            if started.elapsed() > DEADLINE {
+                panic!(
+                    "timed out after {DEADLINE:?} waiting for run #{id}: {what}\n{}",
+                    self.dump().await
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Waits for run `id` to reach a final status; returns it with its stages.
+    pub async fn wait_run_final(&self, id: i64) -> Value {
+        self.wait_run(id, "a final status", is_final).await
+    }
+
+    /// Waits until `stage` of run `id` has `status`.
+    pub async fn wait_stage(&self, id: i64, stage: &str, wanted: &str) -> Value {
+        let run = self
+            .wait_run(id, &format!("stage `{stage}` {wanted}"), |run| {
+                run["stages"].as_array().is_some_and(|s| {
+                    s.iter()
+                        .any(|s| s["name"] == stage && s["status"] == wanted)
+                })
+            })
+            .await;
+        find_stage(&run, stage).clone()
+    }
+
+    /// Waits until the latest log of `stage` contains `needle`; returns the log.
+    pub async fn wait_log_contains(&self, id: i64, stage: &str, needle: &str) -> String {
+        let started = Instant::now();
+        loop {
+            let (code, body) = self
+                .get(&format!("/api/v1/runs/{id}/stages/{stage}/log"))
+                .await;
+            if code == 200 && body.contains(needle) {
+                return body;
+            }
+            if started.elapsed() > DEADLINE {
+                panic!(
+                    "timed out waiting for the log of run #{id} stage `{stage}` to contain {needle:?}; last ({code}):\n{body}\n{}",
+                    self.dump().await
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Waits until no stage process of this daemon (optionally of one run) is left.
+    pub async fn wait_no_stage_processes(&self, run: Option<i64>) {
+        let started = Instant::now();
+        loop {
+            let left = stage_processes(&self.data_dir, run);
+            if left.is_empty() {
+                return;
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                let list: Vec<String> = left
+                    .iter()
+                    .map(|p| format!("{} {}", p.pid, p.cmdline))
+                    .collect();
+                kill_all(&left);
+                panic!("stage processes survived: {list:?}\n{}", self.dump().await);
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// `deploylite <args> --server <this daemon>` → (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let mut cmd = cli();
+        cmd.args(args).arg("--server").arg(&self.url);
+        run_cmd(cmd)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Graceful first, so that the daemon stops its stages; then no mercy.
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(5) {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        kill_all(&stage_processes(&self.data_dir, None));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON helpers
+
+pub fn find_stage<'a>(run: &'a Value, stage: &str) -> &'a Value {
+    run["stages"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == stage))
+        .unwrap_or_else(|| panic!("run has no stage `{stage}`: {run:#}"))
+}
+
+pub fn id(run: &Value) -> i64 {
+    run["id"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no id in {run}"))
+}
+
+/// An RFC 3339 timestamp field as epoch milliseconds.
+pub fn ts(v: &Value, field: &str) -> i64 {
+    let text = v[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("no `{field}` in {v:#}"));
+    chrono::DateTime::parse_from_rfc3339(text)
+        .unwrap_or_else(|e| panic!("`{field}` = {text:?} is not RFC 3339: {e}"))
+        .timestamp_millis()
+}
