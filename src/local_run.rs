@@ -31,7 +31,7 @@ pub async fn run(repo_dir: &Path, pipeline: Option<&str>, max_parallel: Option<u
     let repo_dir = repo_dir
         .canonicalize()
         .with_context(|| format!("cannot open {}", repo_dir.display()))?;
-    let files = pipeline_files(&[repo_dir.clone()])?;
+    let files = pipeline_files(std::slice::from_ref(&repo_dir))?;
     let (valid, problems) = load(&files);
     if !problems.is_empty() {
         for p in &problems {

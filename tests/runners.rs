@@ -19,7 +19,6 @@ fn server_config() -> String {
 }
 
 struct Runner {
-    name: String,
     child: Option<Child>,
     dir: tempfile::TempDir,
 }
@@ -46,7 +45,7 @@ impl Runner {
             .stderr(stderr)
             .spawn()
             .expect("spawn the runner");
-        Runner { name: name.to_string(), child: Some(child), dir }
+        Runner { child: Some(child), dir }
     }
 
     fn stderr(&self) -> String {
