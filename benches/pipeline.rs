@@ -1,6 +1,8 @@
 //! Parse + validate + DAG layering of the reference pipeline (the example of docs/pipeline.md).
 //! Target: <= 10 µs per iteration. A copy lives in pipeline/benches/ so the pipeline crate can
-//! be benchmarked on its own; keep the two identical.
+//! be benchmarked on its own; keep the two identical. `parse_validate_dag_saphyr` measures the
+//! same without the YAML fast path (`pipeline/src/yaml_fast.rs`): what a file outside the fast
+//! path's subset costs.
 
 use std::hint::black_box;
 
@@ -36,6 +38,15 @@ fn bench(c: &mut Criterion) {
     group.bench_function("parse_validate_dag", |b| {
         b.iter(|| {
             let p = parse_pipeline("ci.yaml", black_box(EXAMPLE)).expect("the example is valid");
+            black_box(layers(&p))
+        })
+    });
+    // The same without the YAML fast path (every file outside its subset takes this path).
+    group.bench_function("parse_validate_dag_saphyr", |b| {
+        b.iter(|| {
+            let p =
+                deploylite_pipeline::__private::parse_pipeline_slow("ci.yaml", black_box(EXAMPLE))
+                    .expect("the example is valid");
             black_box(layers(&p))
         })
     });

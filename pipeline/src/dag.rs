@@ -12,20 +12,27 @@ use crate::model::Pipeline;
 /// For each stage, the indices of the stages it needs (unknown names and self-edges dropped,
 /// duplicates removed).
 pub fn dependencies(p: &Pipeline) -> Vec<Vec<usize>> {
-    let index: HashMap<&str, usize> = p
-        .stages
-        .iter()
-        .enumerate()
-        .rev()
-        .map(|(i, s)| (s.name.as_str(), i))
-        .collect();
+    // The first stage of a name wins. Pipelines have a handful of stages: a linear scan beats
+    // hashing until there are many.
+    let index: Option<HashMap<&str, usize>> = (p.stages.len() > 16).then(|| {
+        p.stages
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(i, s)| (s.name.as_str(), i))
+            .collect()
+    });
+    let find = |name: &str| match &index {
+        Some(index) => index.get(name).copied(),
+        None => p.stages.iter().position(|s| s.name == name),
+    };
     p.stages
         .iter()
         .enumerate()
         .map(|(i, s)| {
             let mut deps: Vec<usize> = Vec::with_capacity(s.needs.len());
             for n in &s.needs {
-                if let Some(&j) = index.get(n.as_str()) {
+                if let Some(j) = find(n) {
                     if j != i && !deps.contains(&j) {
                         deps.push(j);
                     }

@@ -89,19 +89,28 @@ fn valid_env_name(s: &str) -> bool {
 /// What graph validation needs about a stage, with the positions the model does not keep.
 /// Collected even for stages that have other errors, so that `needs` problems are reported
 /// together with everything else.
-pub(crate) struct StageRef {
-    pub name: String,
+pub(crate) struct StageRef<'n> {
+    pub name: &'n str,
     pub name_pos: Pos,
-    pub needs: Vec<(String, Pos)>,
+    pub needs: Vec<(&'n str, Pos)>,
 }
 
 pub(crate) fn parse_pipeline(file: &str, src: &str) -> Result<Pipeline, Vec<Diagnostic>> {
+    parse_pipeline_with(file, src, true)
+}
+
+/// [`parse_pipeline`], optionally without the YAML fast path (for the differential tests).
+pub(crate) fn parse_pipeline_with(
+    file: &str,
+    src: &str,
+    fast_yaml: bool,
+) -> Result<Pipeline, Vec<Diagnostic>> {
     let mut cx = Cx {
         file,
         diags: Vec::new(),
     };
     let mut raw = Vec::new();
-    let root = yaml::load(src, &mut raw);
+    let root = yaml::load_with(src, &mut raw, fast_yaml);
     for (pos, msg) in raw {
         cx.err(pos, msg);
     }
@@ -125,11 +134,11 @@ pub(crate) struct Cx<'f> {
 /// The entries of a type-checked mapping whose unknown keys were already reported.
 struct Fields<'n> {
     pos: Pos,
-    entries: &'n [Entry],
+    entries: &'n [Entry<'n>],
 }
 
 impl<'n> Fields<'n> {
-    fn get(&self, key: &str) -> Option<&'n Entry> {
+    fn get(&self, key: &str) -> Option<&'n Entry<'n>> {
         self.entries.iter().find(|e| e.key == key)
     }
 }
@@ -152,8 +161,8 @@ impl Cx<'_> {
     }
 
     /// Type-check a mapping (null counts as empty) and report unknown keys.
-    fn map<'n>(&mut self, node: &'n Node, keys: &[&str]) -> Option<Fields<'n>> {
-        let entries: &[Entry] = match &node.kind {
+    fn map<'n>(&mut self, node: &'n Node<'n>, keys: &[&str]) -> Option<Fields<'n>> {
+        let entries: &[Entry<'_>] = match &node.kind {
             NodeKind::Map(e) => e,
             _ if node.is_null() => &[],
             _ => {
@@ -162,7 +171,7 @@ impl Cx<'_> {
             }
         };
         for e in entries {
-            if !keys.contains(&e.key.as_str()) {
+            if !keys.contains(&&*e.key) {
                 let hint = did_you_mean(&e.key, keys.iter().copied());
                 let msg = if hint.is_empty() {
                     format!("unknown key `{}`; expected one of {}", e.key, one_of(keys))
@@ -178,7 +187,7 @@ impl Cx<'_> {
         })
     }
 
-    fn required<'n>(&mut self, f: &Fields<'n>, key: &str) -> Option<&'n Entry> {
+    fn required<'n>(&mut self, f: &Fields<'n>, key: &str) -> Option<&'n Entry<'n>> {
         let e = f.get(key);
         if e.is_none() {
             self.err(f.pos, format!("missing required key `{key}`"));
@@ -187,9 +196,14 @@ impl Cx<'_> {
     }
 
     /// Any non-null scalar, as written (numbers and booleans are kept as text).
-    fn string(&mut self, node: &Node) -> Option<String> {
+    fn string(&mut self, node: &Node<'_>) -> Option<String> {
+        self.str_of(node).map(str::to_string)
+    }
+
+    /// [`Cx::string`], borrowed from the tree.
+    fn str_of<'n>(&mut self, node: &'n Node<'_>) -> Option<&'n str> {
         match &node.kind {
-            NodeKind::Scalar(s) if s.kind() != ScalarKind::Null => Some(s.value.clone()),
+            NodeKind::Scalar(s) if s.kind() != ScalarKind::Null => Some(&s.value),
             _ => {
                 self.expected(node, "a string");
                 None
@@ -198,16 +212,16 @@ impl Cx<'_> {
     }
 
     /// A single string or a sequence of strings, each with its position.
-    fn string_list(&mut self, node: &Node) -> Option<Vec<(String, Pos)>> {
+    fn string_list<'n>(&mut self, node: &'n Node<'_>) -> Option<Vec<(&'n str, Pos)>> {
         match &node.kind {
             NodeKind::Scalar(s) if s.kind() != ScalarKind::Null => {
-                Some(vec![(s.value.clone(), node.pos)])
+                Some(vec![(&*s.value, node.pos)])
             }
             NodeKind::Seq(items) => {
                 let mut out = Vec::with_capacity(items.len());
                 let mut ok = true;
                 for item in items {
-                    match self.string(item) {
+                    match self.str_of(item) {
                         Some(s) => out.push((s, item.pos)),
                         None => ok = false,
                     }
@@ -221,13 +235,31 @@ impl Cx<'_> {
         }
     }
 
-    fn globs(&mut self, node: &Node) -> GlobList {
-        let Some(items) = self.string_list(node) else {
-            return GlobList::default();
+    fn globs(&mut self, node: &Node<'_>) -> GlobList {
+        // As `string_list`, without its intermediate vector: type-check every item (reporting
+        // each bad one), and compile the patterns only when all are strings.
+        let items: &[Node<'_>] = match &node.kind {
+            NodeKind::Seq(items) => items,
+            NodeKind::Scalar(s) if s.kind() != ScalarKind::Null => std::slice::from_ref(node),
+            _ => {
+                self.expected(node, "a string or a sequence of strings");
+                return GlobList::default();
+            }
         };
+        let mut ok = true;
+        for item in items {
+            ok &= self.str_of(item).is_some();
+        }
+        if !ok {
+            return GlobList::default();
+        }
         let mut globs = Vec::with_capacity(items.len());
-        for (pattern, pos) in items {
-            match crate::glob::Glob::new(&pattern) {
+        for item in items {
+            let (NodeKind::Scalar(s), pos) = (&item.kind, item.pos) else {
+                continue;
+            };
+            let pattern: &str = &s.value;
+            match crate::glob::Glob::new(pattern) {
                 Ok(g) => globs.push(g),
                 Err(e) => self.err(pos, format!("invalid glob `{pattern}`: {e}")),
             }
@@ -255,9 +287,9 @@ impl Cx<'_> {
         None
     }
 
-    fn duration(&mut self, node: &Node) -> Option<Duration> {
-        let s = self.string(node)?;
-        match parse_duration(&s) {
+    fn duration(&mut self, node: &Node<'_>) -> Option<Duration> {
+        let s = self.str_of(node)?;
+        match parse_duration(s) {
             Ok(d) => Some(d),
             Err(e) => {
                 self.err(node.pos, e);
@@ -268,7 +300,7 @@ impl Cx<'_> {
 
     fn env(&mut self, node: &Node) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
-        let entries: &[Entry] = match &node.kind {
+        let entries: &[Entry<'_>] = match &node.kind {
             NodeKind::Map(e) => e,
             _ if node.is_null() => &[],
             _ => {
@@ -285,7 +317,7 @@ impl Cx<'_> {
             }
             match &e.value.kind {
                 NodeKind::Scalar(s) if s.kind() != ScalarKind::Null => {
-                    out.insert(e.key.clone(), s.value.clone());
+                    out.insert(e.key.to_string(), s.value.to_string());
                 }
                 _ => self.expected(&e.value, "a string, number or boolean"),
             }
@@ -330,16 +362,16 @@ impl Cx<'_> {
         })
     }
 
-    fn concurrency(&mut self, node: &Node) -> Concurrency {
-        let Some(s) = self.string(node) else {
+    fn concurrency(&mut self, node: &Node<'_>) -> Concurrency {
+        let Some(s) = self.str_of(node) else {
             return Concurrency::Parallel;
         };
-        match s.as_str() {
+        match s {
             "parallel" => Concurrency::Parallel,
             "queue" => Concurrency::Queue,
             "cancel-in-progress" => Concurrency::CancelInProgress,
             _ => {
-                let hint = did_you_mean(&s, CONCURRENCY_VALUES.iter().copied());
+                let hint = did_you_mean(s, CONCURRENCY_VALUES.iter().copied());
                 let msg = if hint.is_empty() {
                     format!(
                         "invalid concurrency `{s}`; expected one of {}",
@@ -365,11 +397,11 @@ impl Cx<'_> {
         };
         if !names.is_empty() || matches!(node.kind, NodeKind::Seq(_)) {
             for n in names {
-                let Some(s) = self.string(n) else { continue };
-                match s.as_str() {
+                let Some(s) = self.str_of(n) else { continue };
+                match s {
                     "push" => t.push = Some(PushTrigger::default()),
                     "pull_request" => t.pull_request = Some(PullRequestTrigger::default()),
-                    _ => self.unknown_event(&s, n.pos),
+                    _ => self.unknown_event(s, n.pos),
                 }
             }
             return t;
@@ -423,7 +455,11 @@ impl Cx<'_> {
         self.err(pos, msg);
     }
 
-    fn stages(&mut self, node: &Node, refs: &mut Vec<StageRef>) -> Option<Vec<Stage>> {
+    fn stages<'n>(
+        &mut self,
+        node: &'n Node<'n>,
+        refs: &mut Vec<StageRef<'n>>,
+    ) -> Option<Vec<Stage>> {
         let entries = match &node.kind {
             NodeKind::Map(e) => e,
             _ => {
@@ -455,16 +491,16 @@ impl Cx<'_> {
         ok.then_some(out)
     }
 
-    fn stage(&mut self, entry: &Entry, refs: &mut Vec<StageRef>) -> Option<Stage> {
+    fn stage<'n>(&mut self, entry: &'n Entry<'n>, refs: &mut Vec<StageRef<'n>>) -> Option<Stage> {
         let f = self.map(&entry.value, STAGE_KEYS);
         let needs_with_pos = f
             .as_ref()
             .and_then(|f| f.get("needs"))
             .and_then(|e| self.string_list(&e.value))
             .unwrap_or_default();
-        let needs = needs_with_pos.iter().map(|(n, _)| n.clone()).collect();
+        let needs = needs_with_pos.iter().map(|(n, _)| n.to_string()).collect();
         refs.push(StageRef {
-            name: entry.key.clone(),
+            name: &entry.key,
             name_pos: entry.key_pos,
             needs: needs_with_pos,
         });
@@ -472,7 +508,7 @@ impl Cx<'_> {
         let runs_on = f
             .get("runs-on")
             .and_then(|e| self.string_list(&e.value))
-            .map(|v| v.into_iter().map(|(s, _)| s).collect())
+            .map(|v| v.into_iter().map(|(s, _)| s.to_string()).collect())
             .unwrap_or_default();
         let image = f.get("image").and_then(|e| self.string(&e.value));
         let timeout = f.get("timeout").and_then(|e| {
@@ -504,7 +540,7 @@ impl Cx<'_> {
             .and_then(|e| self.steps(&e.value))
             .unwrap_or_default();
         Some(Stage {
-            name: entry.key.clone(),
+            name: entry.key.to_string(),
             needs,
             runs_on,
             image,
@@ -625,9 +661,9 @@ impl Cx<'_> {
             return r;
         };
         if let Some(e) = f.get("cpu") {
-            if let Some(s) = self.string(&e.value) {
+            if let Some(s) = self.str_of(&e.value) {
                 if s.parse::<f64>().is_ok_and(|v| v.is_finite() && v > 0.0) {
-                    r.cpu = Some(s);
+                    r.cpu = Some(s.to_string());
                 } else {
                     self.err(
                         e.value.pos,
@@ -637,9 +673,9 @@ impl Cx<'_> {
             }
         }
         if let Some(e) = f.get("memory") {
-            if let Some(s) = self.string(&e.value) {
-                if valid_memory(&s) {
-                    r.memory = Some(s);
+            if let Some(s) = self.str_of(&e.value) {
+                if valid_memory(s) {
+                    r.memory = Some(s.to_string());
                 } else {
                     self.err(
                         e.value.pos,
@@ -685,8 +721,8 @@ impl Cx<'_> {
         let env = f.get("env").map(|e| self.env(&e.value)).unwrap_or_default();
         let run = self.required(&f, "run")?;
         let run = self
-            .string(&run.value)
-            .and_then(|s| self.nonempty_run(&s, run.value.pos))?;
+            .str_of(&run.value)
+            .and_then(|s| self.nonempty_run(s, run.value.pos))?;
         Some(Step { name, run, env })
     }
 

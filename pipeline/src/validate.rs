@@ -7,25 +7,33 @@ use crate::parse::{did_you_mean, Cx, StageRef};
 use crate::Diagnostic;
 
 /// Unknown `needs`, stages needing themselves, and dependency cycles.
-pub(crate) fn check_stages(cx: &mut Cx<'_>, stages: &[StageRef]) {
+pub(crate) fn check_stages(cx: &mut Cx<'_>, stages: &[StageRef<'_>]) {
     // Duplicate stage names never reach here (duplicate keys are dropped by the yaml layer);
     // should they, the first one wins, as in `dag`.
-    let mut index: HashMap<&str, usize> = HashMap::with_capacity(stages.len());
-    for (i, s) in stages.iter().enumerate() {
-        index.entry(s.name.as_str()).or_insert(i);
-    }
+    // A handful of stages is the norm: scan linearly below 16 stages, hash above.
+    let index: Option<HashMap<&str, usize>> = (stages.len() > 16).then(|| {
+        let mut index = HashMap::with_capacity(stages.len());
+        for (i, s) in stages.iter().enumerate() {
+            index.entry(s.name).or_insert(i);
+        }
+        index
+    });
+    let find = |name: &str| match &index {
+        Some(index) => index.get(name).copied(),
+        None => stages.iter().position(|s| s.name == name),
+    };
     let mut edges: Vec<Vec<usize>> = vec![Vec::new(); stages.len()];
     for (i, s) in stages.iter().enumerate() {
-        for (need, pos) in &s.needs {
-            match index.get(need.as_str()) {
-                Some(&j) if j == i => cx.err(*pos, format!("stage `{}` needs itself", s.name)),
-                Some(&j) => {
+        for &(need, ref pos) in &s.needs {
+            match find(need) {
+                Some(j) if j == i => cx.err(*pos, format!("stage `{}` needs itself", s.name)),
+                Some(j) => {
                     if !edges[i].contains(&j) {
                         edges[i].push(j);
                     }
                 }
                 None => {
-                    let hint = did_you_mean(need, stages.iter().map(|s| s.name.as_str()));
+                    let hint = did_you_mean(need, stages.iter().map(|s| s.name));
                     cx.err(
                         *pos,
                         format!("stage `{}` needs unknown stage `{need}`{hint}", s.name),
@@ -38,7 +46,7 @@ pub(crate) fn check_stages(cx: &mut Cx<'_>, stages: &[StageRef]) {
         let names: Vec<&str> = cycle
             .iter()
             .chain(cycle.first())
-            .map(|&i| stages[i].name.as_str())
+            .map(|&i| stages[i].name)
             .collect();
         cx.err(
             stages[cycle[0]].name_pos,

@@ -14,6 +14,8 @@
 //!
 //! Tags (`!!str`, `!foo`) are ignored: the pipeline grammar decides how a scalar is read.
 
+use std::borrow::Cow;
+
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 
 use crate::model::Pos;
@@ -22,21 +24,22 @@ use crate::model::Pos;
 pub(crate) const MAX_DEPTH: usize = 64;
 
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Node {
+pub(crate) struct Node<'a> {
     pub pos: Pos,
-    pub kind: NodeKind,
+    pub kind: NodeKind<'a>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum NodeKind {
-    Scalar(Scalar),
-    Seq(Vec<Node>),
-    Map(Vec<Entry>),
+pub(crate) enum NodeKind<'a> {
+    Scalar(Scalar<'a>),
+    Seq(Vec<Node<'a>>),
+    Map(Vec<Entry<'a>>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Scalar {
-    pub value: String,
+pub(crate) struct Scalar<'a> {
+    /// Borrowed from the source where possible: most scalars need no unescaping.
+    pub value: Cow<'a, str>,
     pub style: ScalarStyle,
     /// Whether the scalar's source text sits on one line and maps 1:1 (plus quotes) onto
     /// `value`, so that a byte offset into `value` can be turned into a source column.
@@ -44,10 +47,10 @@ pub(crate) struct Scalar {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Entry {
-    pub key: String,
+pub(crate) struct Entry<'a> {
+    pub key: Cow<'a, str>,
     pub key_pos: Pos,
-    pub value: Node,
+    pub value: Node<'a>,
 }
 
 /// Rough YAML 1.2 core-schema classification of a scalar, used only for "found a ..." texts
@@ -60,12 +63,12 @@ pub(crate) enum ScalarKind {
     String,
 }
 
-impl Scalar {
+impl Scalar<'_> {
     pub fn kind(&self) -> ScalarKind {
         if self.style != ScalarStyle::Plain {
             return ScalarKind::String;
         }
-        match self.value.as_str() {
+        match &*self.value {
             "" | "~" | "null" | "Null" | "NULL" => ScalarKind::Null,
             "true" | "True" | "TRUE" | "false" | "False" | "FALSE" => ScalarKind::Bool,
             v if looks_numeric(v) => ScalarKind::Number,
@@ -85,11 +88,12 @@ fn looks_numeric(v: &str) -> bool {
     if let Some(h) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0o")) {
         return !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit());
     }
-    // Integers and floats: digits, at most one '.', optional exponent.
-    t.parse::<f64>().is_ok() && t.bytes().any(|b| b.is_ascii_digit())
+    // Integers and floats: digits, at most one '.', optional exponent. The digit test comes
+    // first: it is cheap and rejects most strings before the float parser runs.
+    t.bytes().any(|b| b.is_ascii_digit()) && t.parse::<f64>().is_ok()
 }
 
-impl Node {
+impl Node<'_> {
     /// Human name of the node's type, as used in "expected X, found Y".
     pub fn type_name(&self) -> &'static str {
         match &self.kind {
@@ -124,23 +128,46 @@ fn to_pos(m: saphyr_parser::Marker) -> Pos {
     }
 }
 
-enum KeyState {
+enum KeyState<'a> {
     /// Next completed node is a key.
     Want,
-    Have(String, Pos),
+    Have(Cow<'a, str>, Pos),
     /// The key was not a scalar (already reported): drop the value.
     Invalid,
 }
 
-enum Frame {
-    Seq(Pos, Vec<Node>),
-    Map(Pos, Vec<Entry>, KeyState),
+enum Frame<'a> {
+    Seq(Pos, Vec<Node<'a>>),
+    Map(Pos, Vec<Entry<'a>>, KeyState<'a>),
 }
 
 /// Parse `src` into a spanned tree. Returns `None` when the file cannot be turned into a tree
 /// (syntax error, empty file, ...); every problem is pushed onto `diags`. Non-fatal problems
 /// (duplicate keys, non-scalar keys) are reported and the tree is still returned.
-pub(crate) fn load(src: &str, diags: &mut Vec<RawDiag>) -> Option<Node> {
+#[cfg(test)]
+pub(crate) fn load<'a>(src: &'a str, diags: &mut Vec<RawDiag>) -> Option<Node<'a>> {
+    load_with(src, diags, true)
+}
+
+/// [`load`], optionally without the fast path (for the differential tests).
+pub(crate) fn load_with<'a>(
+    src: &'a str,
+    diags: &mut Vec<RawDiag>,
+    fast: bool,
+) -> Option<Node<'a>> {
+    // The fast path handles the common subset and returns `None` for anything else (including
+    // every syntax error), so that saphyr stays the authority on what is and is not YAML. It
+    // does not panic either; should it ever, the input simply takes the saphyr path.
+    if fast {
+        let mut local = Vec::new();
+        let fast = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            crate::yaml_fast::parse(src, &mut local)
+        }));
+        if let Ok(Some(node)) = fast {
+            diags.append(&mut local);
+            return Some(node);
+        }
+    }
     // saphyr-parser is well tested, but it is a third-party state machine with internal
     // `unwrap`s; a pipeline file from any repository must never take the daemon down, so a
     // panic inside it is turned into a diagnostic. Our own code below does not panic.
@@ -162,10 +189,10 @@ pub(crate) fn load(src: &str, diags: &mut Vec<RawDiag>) -> Option<Node> {
     }
 }
 
-fn load_inner(src: &str, diags: &mut Vec<RawDiag>) -> Option<Node> {
+fn load_inner<'a>(src: &'a str, diags: &mut Vec<RawDiag>) -> Option<Node<'a>> {
     let mut parser = Parser::new_from_str(src);
-    let mut stack: Vec<Frame> = Vec::new();
-    let mut root: Option<Node> = None;
+    let mut stack: Vec<Frame<'a>> = Vec::new();
+    let mut root: Option<Node<'a>> = None;
     let mut documents = 0usize;
 
     while let Some(ev) = parser.next_event() {
@@ -180,7 +207,7 @@ fn load_inner(src: &str, diags: &mut Vec<RawDiag>) -> Option<Node> {
             }
         };
         let pos = pos_of(&span);
-        let done: Node = match event {
+        let done: Node<'a> = match event {
             Event::StreamStart | Event::Nothing | Event::DocumentEnd => continue,
             Event::StreamEnd => break,
             Event::DocumentStart(_) => {
@@ -215,7 +242,7 @@ fn load_inner(src: &str, diags: &mut Vec<RawDiag>) -> Option<Node> {
                 Node {
                     pos,
                     kind: NodeKind::Scalar(Scalar {
-                        value: value.into_owned(),
+                        value,
                         style,
                         verbatim_single_line,
                     }),
@@ -275,7 +302,12 @@ fn load_inner(src: &str, diags: &mut Vec<RawDiag>) -> Option<Node> {
 }
 
 /// Attach a completed node to its parent (or make it the document root).
-fn attach(stack: &mut [Frame], root: &mut Option<Node>, node: Node, diags: &mut Vec<RawDiag>) {
+fn attach<'a>(
+    stack: &mut [Frame<'a>],
+    root: &mut Option<Node<'a>>,
+    node: Node<'a>,
+    diags: &mut Vec<RawDiag>,
+) {
     match stack.last_mut() {
         None => *root = Some(node),
         Some(Frame::Seq(_, items)) => items.push(node),
@@ -291,32 +323,44 @@ fn attach(stack: &mut [Frame], root: &mut Option<Node>, node: Node, diags: &mut 
                 }
             },
             KeyState::Invalid => {}
-            KeyState::Have(k, key_pos) => {
-                let mut node = node;
-                // An empty value (`key:` and nothing else) has no text of its own: point
-                // diagnostics about it at its key.
-                if matches!(&node.kind, NodeKind::Scalar(s) if s.value.is_empty() && s.style == ScalarStyle::Plain)
-                {
-                    node.pos = key_pos;
-                }
-                // Linear scan: pipeline mappings are small, and this avoids a hash set per map.
-                if let Some(first) = entries.iter().find(|e| e.key == k) {
-                    diags.push((
-                        key_pos,
-                        format!(
-                            "duplicate key `{k}` (first defined at {}:{})",
-                            first.key_pos.line, first.key_pos.col
-                        ),
-                    ));
-                } else {
-                    entries.push(Entry {
-                        key: k,
-                        key_pos,
-                        value: node,
-                    });
-                }
-            }
+            KeyState::Have(k, key_pos) => push_entry(entries, 0, k, key_pos, node, diags),
         },
+    }
+}
+
+/// Add `key: node` to a mapping under construction: an empty value takes its key's position,
+/// and a duplicate key is reported and dropped (the first one wins). Shared by the saphyr path
+/// and the fast path so that both report exactly the same. The mapping is `entries[from..]`.
+pub(crate) fn push_entry<'a>(
+    entries: &mut Vec<Entry<'a>>,
+    from: usize,
+    k: Cow<'a, str>,
+    key_pos: Pos,
+    mut node: Node<'a>,
+    diags: &mut Vec<RawDiag>,
+) {
+    // An empty value (`key:` and nothing else) has no text of its own: point
+    // diagnostics about it at its key.
+    if matches!(&node.kind, NodeKind::Scalar(s) if s.value.is_empty() && s.style == ScalarStyle::Plain)
+    {
+        node.pos = key_pos;
+    }
+    // Linear scan: pipeline mappings are small, and this avoids a hash set per map.
+    let this_map = entries.get(from..).unwrap_or_default();
+    if let Some(first) = this_map.iter().find(|e| e.key == k) {
+        diags.push((
+            key_pos,
+            format!(
+                "duplicate key `{k}` (first defined at {}:{})",
+                first.key_pos.line, first.key_pos.col
+            ),
+        ));
+    } else {
+        entries.push(Entry {
+            key: k,
+            key_pos,
+            value: node,
+        });
     }
 }
 
@@ -324,7 +368,7 @@ fn attach(stack: &mut [Frame], root: &mut Option<Node>, node: Node, diags: &mut 
 mod tests {
     use super::*;
 
-    fn ok(src: &str) -> Node {
+    fn ok(src: &str) -> Node<'_> {
         let mut d = Vec::new();
         let n = load(src, &mut d);
         assert!(d.is_empty(), "{d:?}");
