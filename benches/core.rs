@@ -16,7 +16,10 @@ const RUNS: usize = 20;
 const STAGES_PER_RUN: usize = 100;
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 async fn open(dir: &Path) -> Store {
@@ -57,16 +60,33 @@ async fn build_template(dir: &Path) {
             stages: pipeline
                 .stages
                 .iter()
-                .map(|s| NewStage { name: s.name.clone(), status: StageStatus::Queued, needs: vec![], pending_reason: None })
+                .map(|s| NewStage {
+                    name: s.name.clone(),
+                    status: StageStatus::Queued,
+                    needs: vec![],
+                    pending_reason: None,
+                })
                 .collect(),
         };
         let (created, _) = store
-            .record_commit(&RecordCommit { repo: "bench".into(), git_ref: "refs/heads/main".into(), commit, runs: vec![run], update_ref: false })
+            .record_commit(&RecordCommit {
+                repo: "bench".into(),
+                git_ref: "refs/heads/main".into(),
+                commit,
+                runs: vec![run],
+                update_ref: false,
+            })
             .await
             .expect("record");
         ids.extend(created);
     }
-    store.apply_tick(&TickWrites { start_runs: ids, ..Default::default() }).await.expect("start");
+    store
+        .apply_tick(&TickWrites {
+            start_runs: ids,
+            ..Default::default()
+        })
+        .await
+        .expect("start");
     store.close().await;
 }
 
@@ -75,7 +95,11 @@ fn dispatch(c: &mut Criterion) {
     let template = tempfile::tempdir().expect("tmp");
     rt.block_on(build_template(template.path()));
     let config = PlanConfig {
-        runners: vec![RunnerSlot { name: "local".into(), labels: vec![], capacity: RUNS * STAGES_PER_RUN }],
+        runners: vec![RunnerSlot {
+            name: "local".into(),
+            labels: vec![],
+            capacity: RUNS * STAGES_PER_RUN,
+        }],
         lease_ttl_ms: 30_000,
     };
 
@@ -86,7 +110,11 @@ fn dispatch(c: &mut Criterion) {
         b.iter_batched(
             || {
                 let dir = tempfile::tempdir().expect("tmp");
-                std::fs::copy(template.path().join("bench.db"), dir.path().join("bench.db")).expect("copy");
+                std::fs::copy(
+                    template.path().join("bench.db"),
+                    dir.path().join("bench.db"),
+                )
+                .expect("copy");
                 let store = rt.block_on(open(dir.path()));
                 (dir, store)
             },
@@ -108,7 +136,9 @@ fn dispatch(c: &mut Criterion) {
         store.load_active().await.expect("load")
     });
     let specs = std::collections::HashMap::<i64, Arc<deploylite_pipeline::Pipeline>>::new();
-    group.bench_function("plan_tick_2000_stages", |b| b.iter(|| plan_tick(&runs, &specs, &config, 0)));
+    group.bench_function("plan_tick_2000_stages", |b| {
+        b.iter(|| plan_tick(&runs, &specs, &config, 0))
+    });
     group.finish();
 }
 

@@ -21,7 +21,12 @@ const ITERATIONS: usize = 60;
 
 fn git(dir: &Path, args: &[&str]) {
     let ok = Command::new("git")
-        .args(["-c", "user.name=bench", "-c", "user.email=bench@example.invalid"])
+        .args([
+            "-c",
+            "user.name=bench",
+            "-c",
+            "user.email=bench@example.invalid",
+        ])
         .args(args)
         .current_dir(dir)
         .output()
@@ -38,22 +43,34 @@ fn main() {
     }
     let tmp = tempfile::tempdir().expect("tmp");
     let repo = tmp.path().join("repo");
-    let fifo = tmp.path().join("started.fifo");
+    // One FIFO per commit, named after it: a stage of another commit (the initial one, say) can
+    // never be the writer a measurement pairs with.
+    let fifos = tmp.path().join("fifos");
+    std::fs::create_dir_all(&fifos).expect("mkdir");
     std::fs::create_dir_all(repo.join(".deploylite/pipelines")).expect("mkdir");
-    nix_mkfifo(&fifo);
     std::fs::write(
         repo.join(".deploylite/pipelines/ci.yaml"),
-        format!("name: ci\nstages:\n  first:\n    steps: [{{ run: ': > {}' }}]\n", fifo.display()),
+        format!(
+            "name: ci\nstages:\n  first:\n    steps: [{{ run: ': > {}/$DEPLOYLITE_COMMIT' }}]\n",
+            fifos.display()
+        ),
     )
     .expect("write");
     git(&repo, &["init", "-q", "-b", "main"]);
     git(&repo, &["add", "-A"]);
     git(&repo, &["commit", "-qm", "init"]);
 
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("rt");
     let data = DataDir::new(tmp.path().join("data"));
     let store = rt
-        .block_on(Store::connect(&data.default_database_url(), SqliteSync::Full))
+        .block_on(Store::connect(
+            &data.default_database_url(),
+            SqliteSync::Full,
+        ))
         .expect("store");
     let repos = Arc::new(Repos::new(
         vec![RepoConfig {
@@ -82,7 +99,10 @@ fn main() {
     let mut samples = Vec::new();
     for i in 0..=ITERATIONS {
         std::fs::write(repo.join("change.txt"), i.to_string()).expect("write");
-        git(&repo, &["commit", "-qam", &format!("change {i}")]);
+        git(&repo, &["add", "-A"]);
+        git(&repo, &["commit", "-qm", &format!("change {i}")]);
+        let fifo = fifos.join(head(&repo));
+        nix_mkfifo(&fifo);
         let start = Instant::now();
         repos.poke("bench");
         // Blocks until the stage's shell opens the FIFO for writing.
@@ -106,7 +126,20 @@ fn main() {
     );
 }
 
+fn head(dir: &Path) -> String {
+    let out = Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(dir)
+        .output()
+        .expect("git rev-parse");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 fn nix_mkfifo(path: &Path) {
-    let ok = Command::new("mkfifo").arg(path).status().expect("mkfifo").success();
+    let ok = Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("mkfifo")
+        .success();
     assert!(ok, "mkfifo");
 }

@@ -1,6 +1,5 @@
 //! Parse + validate + DAG layering of the reference pipeline (the example of docs/pipeline.md).
-//! Target: <= 10 µs per iteration. A copy lives in pipeline/benches/ so the pipeline crate can
-//! be benchmarked on its own; keep the two identical. `parse_validate_dag_saphyr` measures the
+//! Target: <= 10 µs per iteration. `parse_validate_dag_saphyr` measures the
 //! same without the YAML fast path (`pipeline/src/yaml_fast.rs`): what a file outside the fast
 //! path's subset costs.
 

@@ -81,11 +81,20 @@ impl CommitEvent {
 /// The runs `event` asks for, given the pipeline files at its commit. Pipelines that do not
 /// validate become runs in status `error` carrying their diagnostics; pipelines whose path
 /// filters exclude the change become `skipped` runs (so that a required check still reports).
-pub fn desired_runs(files: &[PipelineFile], event: &CommitEvent, cache: &ParseCache) -> Vec<NewRun> {
+pub fn desired_runs(
+    files: &[PipelineFile],
+    event: &CommitEvent,
+    cache: &ParseCache,
+) -> Vec<NewRun> {
     let parsed: Vec<(&PipelineFile, Parsed)> = files.iter().map(|f| (f, cache.parse(f))).collect();
     let valid: Vec<(String, Pipeline)> = parsed
         .iter()
-        .filter_map(|(f, p)| p.as_ref().as_ref().ok().map(|p| (f.path.clone(), p.clone())))
+        .filter_map(|(f, p)| {
+            p.as_ref()
+                .as_ref()
+                .ok()
+                .map(|p| (f.path.clone(), p.clone()))
+        })
         .collect();
     let mut set_problems: HashMap<String, Vec<Diagnostic>> = HashMap::new();
     for d in check_pipeline_set(&valid) {
@@ -102,12 +111,18 @@ pub fn desired_runs(files: &[PipelineFile], event: &CommitEvent, cache: &ParseCa
             runs.push(error_run(file, event, &diagnostics));
             continue;
         }
-        let Ok(pipeline) = parsed.as_ref() else { continue };
-        match pipeline.on.matches(&event.event, event.changed_paths.as_deref()) {
+        let Ok(pipeline) = parsed.as_ref() else {
+            continue;
+        };
+        match pipeline
+            .on
+            .matches(&event.event, event.changed_paths.as_deref())
+        {
             TriggerMatch::NoEvent => {}
             TriggerMatch::PathsFiltered => {
                 let mut run = base_run(file, event, &pipeline.name, RunStatus::Skipped);
-                run.pending_reason = Some("skipped: no changed file matches the pipeline's path filters".into());
+                run.pending_reason =
+                    Some("skipped: no changed file matches the pipeline's path filters".into());
                 runs.push(run);
             }
             TriggerMatch::Yes => runs.push(queued_run(file, event, pipeline)),
@@ -168,9 +183,14 @@ pub fn queued_run(file: &PipelineFile, event: &CommitEvent, pipeline: &Pipeline)
             let skipped_by_if = stage.condition.as_ref().filter(|c| !c.eval(&context));
             NewStage {
                 name: stage.name.clone(),
-                status: if skipped_by_if.is_some() { StageStatus::Skipped } else { StageStatus::Queued },
+                status: if skipped_by_if.is_some() {
+                    StageStatus::Skipped
+                } else {
+                    StageStatus::Queued
+                },
                 needs: stage.needs.clone(),
-                pending_reason: skipped_by_if.map(|c| format!("skipped: `if: {}` is false", c.source())),
+                pending_reason: skipped_by_if
+                    .map(|c| format!("skipped: `if: {}` is false", c.source())),
             }
         })
         .collect();

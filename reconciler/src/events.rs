@@ -11,13 +11,21 @@ use crate::watcher::{ReconcileError, Watcher};
 pub enum ForgeEvent {
     /// A branch or tag moved (or was deleted). The repository is polled at once; a deletion also
     /// cancels the ref's queued runs.
-    Push { repo: String, git_ref: String, deleted: bool },
+    Push {
+        repo: String,
+        git_ref: String,
+        deleted: bool,
+    },
     /// A pull/merge request was opened, updated or reopened: run its head commit.
     PullRequestOpened(PullRequestEvent),
     /// A pull/merge request was closed or merged: cancel its queued runs.
     PullRequestClosed { repo: String, git_ref: String },
     /// Run a commit's pipelines again (a check re-requested); `pipeline: None` means all.
-    Rerun { repo: String, commit: String, pipeline: Option<String> },
+    Rerun {
+        repo: String,
+        commit: String,
+        pipeline: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,10 +54,17 @@ pub struct Applied {
 impl Watcher {
     pub async fn apply(&self, event: ForgeEvent) -> Result<Applied, ReconcileError> {
         match event {
-            ForgeEvent::Push { repo, git_ref, deleted } => {
+            ForgeEvent::Push {
+                repo,
+                git_ref,
+                deleted,
+            } => {
                 let mut applied = Applied::default();
                 if deleted {
-                    applied.cancelled = self.store().cancel_queued_runs(&repo, &git_ref, "cancelled: the ref was deleted").await?;
+                    applied.cancelled = self
+                        .store()
+                        .cancel_queued_runs(&repo, &git_ref, "cancelled: the ref was deleted")
+                        .await?;
                     self.store().forget_ref(&repo, &git_ref).await?;
                     self.wake_scheduler();
                 }
@@ -60,30 +75,59 @@ impl Watcher {
                 Ok(applied)
             }
             ForgeEvent::PullRequestOpened(pr) => {
-                let entry = self.repos().get(&pr.repo).cloned().ok_or_else(|| ReconcileError::UnknownRepo(pr.repo.clone()))?;
-                let info = PullRequestInfo { number: pr.number, head_repo: pr.head_repo.clone(), untrusted: pr.from_fork };
+                let entry = self
+                    .repos()
+                    .get(&pr.repo)
+                    .cloned()
+                    .ok_or_else(|| ReconcileError::UnknownRepo(pr.repo.clone()))?;
+                let info = PullRequestInfo {
+                    number: pr.number,
+                    head_repo: pr.head_repo.clone(),
+                    untrusted: pr.from_fork,
+                };
                 let created = self
                     .reconcile_commit(
                         &entry,
                         &pr.git_ref,
                         &pr.head_sha,
                         pr.base_sha.clone(),
-                        Event::PullRequest { target_branch: pr.base_branch.clone() },
+                        Event::PullRequest {
+                            target_branch: pr.base_branch.clone(),
+                        },
                         Some(info),
                         true,
                     )
                     .await?;
-                Ok(Applied { created, ..Default::default() })
+                Ok(Applied {
+                    created,
+                    ..Default::default()
+                })
             }
             ForgeEvent::PullRequestClosed { repo, git_ref } => {
-                let cancelled = self.store().cancel_queued_runs(&repo, &git_ref, "cancelled: the pull request was closed").await?;
+                let cancelled = self
+                    .store()
+                    .cancel_queued_runs(&repo, &git_ref, "cancelled: the pull request was closed")
+                    .await?;
                 self.wake_scheduler();
-                Ok(Applied { cancelled, ..Default::default() })
+                Ok(Applied {
+                    cancelled,
+                    ..Default::default()
+                })
             }
-            ForgeEvent::Rerun { repo, commit, pipeline } => {
-                let created = self.store().rerun(&repo, &commit, pipeline.as_deref()).await?;
+            ForgeEvent::Rerun {
+                repo,
+                commit,
+                pipeline,
+            } => {
+                let created = self
+                    .store()
+                    .rerun(&repo, &commit, pipeline.as_deref())
+                    .await?;
                 self.wake_scheduler();
-                Ok(Applied { created, ..Default::default() })
+                Ok(Applied {
+                    created,
+                    ..Default::default()
+                })
             }
         }
     }

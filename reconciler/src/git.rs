@@ -87,7 +87,9 @@ impl GitRepo {
     /// A remote repository mirrored at `mirror` (created by the first [`GitRepo::fetch`]).
     pub fn remote(url: &str, mirror: &Path) -> GitRepo {
         GitRepo {
-            source: Source::Remote { url: url.to_string() },
+            source: Source::Remote {
+                url: url.to_string(),
+            },
             git_dir: mirror.to_path_buf(),
             repo: None,
         }
@@ -107,7 +109,10 @@ impl GitRepo {
             let dir = self.git_dir.display().to_string();
             run_git(&["clone", "--mirror", "--quiet", "--", url, &dir], None)?;
         } else {
-            run_git(&["fetch", "--prune", "--quiet", "origin"], Some(&self.git_dir))?;
+            run_git(
+                &["fetch", "--prune", "--quiet", "origin"],
+                Some(&self.git_dir),
+            )?;
         }
         if self.repo.is_none() {
             let repo = gix::open(&self.git_dir).map_err(|e| GitError::Open {
@@ -146,7 +151,12 @@ impl GitRepo {
     fn heads(&self, branches: bool) -> Result<Vec<(String, String)>> {
         let repo = self.repo()?;
         let platform = repo.references().map_err(read_err("listing refs"))?;
-        let iter = if branches { platform.local_branches() } else { platform.tags() }.map_err(read_err("listing refs"))?;
+        let iter = if branches {
+            platform.local_branches()
+        } else {
+            platform.tags()
+        }
+        .map_err(read_err("listing refs"))?;
         let mut heads = Vec::new();
         for reference in iter {
             let Ok(reference) = reference else { continue };
@@ -172,7 +182,11 @@ impl GitRepo {
         let candidates = if rev == "HEAD" || rev.starts_with("refs/") {
             vec![rev.to_string()]
         } else {
-            vec![format!("refs/heads/{rev}"), format!("refs/tags/{rev}"), format!("refs/remotes/origin/{rev}")]
+            vec![
+                format!("refs/heads/{rev}"),
+                format!("refs/tags/{rev}"),
+                format!("refs/remotes/origin/{rev}"),
+            ]
         };
         for name in candidates {
             if let Ok(Some(reference)) = repo.try_find_reference(name.as_str()) {
@@ -309,9 +323,16 @@ struct TreeEntry {
     is_tree: bool,
 }
 
-fn tree_entries(repo: &gix::Repository, id: Option<ObjectId>) -> Result<HashMap<String, TreeEntry>> {
-    let Some(id) = id else { return Ok(HashMap::new()) };
-    let tree = repo.find_tree(id).map_err(read_err(format!("reading tree {id}")))?;
+fn tree_entries(
+    repo: &gix::Repository,
+    id: Option<ObjectId>,
+) -> Result<HashMap<String, TreeEntry>> {
+    let Some(id) = id else {
+        return Ok(HashMap::new());
+    };
+    let tree = repo
+        .find_tree(id)
+        .map_err(read_err(format!("reading tree {id}")))?;
     let decoded = tree.decode().map_err(|e| GitError::Read {
         context: format!("decoding tree {id}"),
         message: e.to_string(),
@@ -367,7 +388,9 @@ fn diff_trees(
 }
 
 fn write_tree(repo: &gix::Repository, tree: ObjectId, dir: &Path) -> Result<()> {
-    let tree = repo.find_tree(tree).map_err(read_err(format!("reading tree {tree}")))?;
+    let tree = repo
+        .find_tree(tree)
+        .map_err(read_err(format!("reading tree {tree}")))?;
     let decoded = tree.decode().map_err(|e| GitError::Read {
         context: "decoding a tree".into(),
         message: e.to_string(),
@@ -400,7 +423,8 @@ fn write_tree(repo: &gix::Repository, tree: ObjectId, dir: &Path) -> Result<()> 
                 std::fs::write(&path, &blob.data).map_err(io(&path))?;
                 if e.mode.is_executable() {
                     use std::os::unix::fs::PermissionsExt;
-                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).map_err(io(&path))?;
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                        .map_err(io(&path))?;
                 }
             }
         }

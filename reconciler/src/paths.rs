@@ -18,7 +18,9 @@ impl DataDir {
 
     /// `logs/<run>/<stage>/<attempt>.log`
     pub fn log_path(&self, run_id: i64, stage: &str, attempt: i64) -> PathBuf {
-        self.run_logs(run_id).join(safe_component(stage)).join(format!("{attempt}.log"))
+        self.run_logs(run_id)
+            .join(safe_component(stage))
+            .join(format!("{attempt}.log"))
     }
 
     pub fn run_logs(&self, run_id: i64) -> PathBuf {
@@ -35,7 +37,9 @@ impl DataDir {
 
     /// Where a remote repository is mirrored.
     pub fn mirror(&self, repo: &str) -> PathBuf {
-        self.root.join("git").join(format!("{}.git", safe_component(repo)))
+        self.root
+            .join("git")
+            .join(format!("{}.git", safe_component(repo)))
     }
 
     pub fn default_database_url(&self) -> String {
@@ -49,7 +53,9 @@ fn safe_component(name: &str) -> String {
     let plain = !name.is_empty()
         && name != "."
         && name != ".."
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if plain {
         name.to_string()
     } else {
@@ -64,8 +70,14 @@ mod tests {
     #[test]
     fn names_cannot_escape() {
         let d = DataDir::new("/data");
-        assert_eq!(d.log_path(3, "test", 2), PathBuf::from("/data/logs/3/test/2.log"));
-        assert_eq!(d.log_path(3, "..", 1), PathBuf::from("/data/logs/3/%2e%2e/1.log"));
+        assert_eq!(
+            d.log_path(3, "test", 2),
+            PathBuf::from("/data/logs/3/test/2.log")
+        );
+        assert_eq!(
+            d.log_path(3, "..", 1),
+            PathBuf::from("/data/logs/3/%2e%2e/1.log")
+        );
         assert_eq!(d.mirror("a/b"), PathBuf::from("/data/git/%61%2f%62.git"));
     }
 }

@@ -70,7 +70,11 @@ impl RunStatus {
         use RunStatus::*;
         matches!(
             (self, next),
-            (Queued, Running) | (Queued, Cancelled) | (Running, Success) | (Running, Failed) | (Running, Cancelled)
+            (Queued, Running)
+                | (Queued, Cancelled)
+                | (Running, Success)
+                | (Running, Failed)
+                | (Running, Cancelled)
         )
     }
 }
@@ -150,8 +154,14 @@ mod tests {
     fn outcome() {
         use StageStatus::*;
         assert_eq!(run_outcome(&[Success, Skipped], false), RunStatus::Success);
-        assert_eq!(run_outcome(&[Success, Failed, Skipped], false), RunStatus::Failed);
-        assert_eq!(run_outcome(&[Success, Cancelled], false), RunStatus::Cancelled);
+        assert_eq!(
+            run_outcome(&[Success, Failed, Skipped], false),
+            RunStatus::Failed
+        );
+        assert_eq!(
+            run_outcome(&[Success, Cancelled], false),
+            RunStatus::Cancelled
+        );
         assert_eq!(run_outcome(&[Success, Skipped], true), RunStatus::Cancelled);
         assert_eq!(run_outcome(&[], false), RunStatus::Success);
     }

@@ -113,7 +113,10 @@ impl Repos {
     /// The git directory a repository is read from (the repository itself, or its mirror).
     pub async fn git_dir(&self, repo: &str) -> Option<std::path::PathBuf> {
         let entry = self.entries.get(repo)?.clone();
-        entry.with_git(false, |git| Ok(git.git_dir().to_path_buf())).await.ok()
+        entry
+            .with_git(false, |git| Ok(git.git_dir().to_path_buf()))
+            .await
+            .ok()
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -133,11 +136,17 @@ impl Repos {
 }
 
 impl WorkspaceSource for Repos {
-    fn prepare(&self, repo: &str, commit: &str, dir: &std::path::Path) -> BoxFuture<'static, Result<(), String>> {
+    fn prepare(
+        &self,
+        repo: &str,
+        commit: &str,
+        dir: &std::path::Path,
+    ) -> BoxFuture<'static, Result<(), String>> {
         let entry = self.entries.get(repo).cloned();
         let (repo, commit, dir) = (repo.to_string(), commit.to_string(), dir.to_path_buf());
         Box::pin(async move {
-            let entry = entry.ok_or_else(|| format!("repository `{repo}` is no longer configured"))?;
+            let entry =
+                entry.ok_or_else(|| format!("repository `{repo}` is no longer configured"))?;
             entry
                 .with_git(false, move |git| git.checkout(&commit, &dir))
                 .await
@@ -191,7 +200,9 @@ impl Watcher {
                     }
                 }
             }
-            let Some(known) = recorded.as_mut() else { continue };
+            let Some(known) = recorded.as_mut() else {
+                continue;
+            };
             if let Err(error) = self.poll(&entry, known).await {
                 tracing::warn!(repo = %name, %error, "poll failed; will try again");
             }
@@ -200,7 +211,11 @@ impl Watcher {
 
     /// One poll of one repository: every watched ref whose head differs from the recorded commit
     /// is reconciled. Returns how many runs were created.
-    pub async fn poll(&self, entry: &Arc<RepoEntry>, known: &mut HashMap<String, String>) -> Result<usize, ReconcileError> {
+    pub async fn poll(
+        &self,
+        entry: &Arc<RepoEntry>,
+        known: &mut HashMap<String, String>,
+    ) -> Result<usize, ReconcileError> {
         let watch_tags = !entry.config.tags.is_empty();
         let heads = entry
             .with_git(true, move |git| {
@@ -213,12 +228,17 @@ impl Watcher {
             .await?;
         let mut created = 0;
         for (git_ref, commit) in heads {
-            let Some(event) = event_for(&entry.config, &git_ref) else { continue };
+            let Some(event) = event_for(&entry.config, &git_ref) else {
+                continue;
+            };
             if known.get(&git_ref) == Some(&commit) {
                 continue;
             }
             let previous = known.get(&git_ref).cloned();
-            created += self.reconcile_commit(entry, &git_ref, &commit, previous, event, None, false).await?.len();
+            created += self
+                .reconcile_commit(entry, &git_ref, &commit, previous, event, None, false)
+                .await?
+                .len();
             known.insert(git_ref, commit);
         }
         Ok(created)
@@ -246,7 +266,11 @@ impl Watcher {
                 Ok((files, changed))
             })
             .await?;
-        let event_kind = if matches!(event, Event::PullRequest { .. }) { EventKind::PullRequest } else { EventKind::Ref };
+        let event_kind = if matches!(event, Event::PullRequest { .. }) {
+            EventKind::PullRequest
+        } else {
+            EventKind::Ref
+        };
         let event = CommitEvent {
             repo: entry.config.name.clone(),
             git_ref: git_ref.to_string(),
@@ -296,9 +320,13 @@ enum EventKind {
 /// The event a ref's new head stands for, if the repository watches that ref.
 fn event_for(config: &RepoConfig, git_ref: &str) -> Option<Event> {
     if let Some(branch) = git_ref.strip_prefix("refs/heads/") {
-        (config.branches.is_empty() || config.branches.matches(branch)).then(|| Event::Push { branch: branch.to_string() })
+        (config.branches.is_empty() || config.branches.matches(branch)).then(|| Event::Push {
+            branch: branch.to_string(),
+        })
     } else if let Some(tag) = git_ref.strip_prefix("refs/tags/") {
-        (!config.tags.is_empty() && config.tags.matches(tag)).then(|| Event::Tag { tag: tag.to_string() })
+        (!config.tags.is_empty() && config.tags.matches(tag)).then(|| Event::Tag {
+            tag: tag.to_string(),
+        })
     } else {
         None
     }

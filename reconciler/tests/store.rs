@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use deploylite_pipeline::Concurrency;
 use deploylite_reconciler::status::{RunStatus, StageStatus};
 use deploylite_reconciler::store::{
-    AttemptResult, Dispatch, ExpiredLease, Registration, NewRun, NewStage, PullRequestInfo, RecordCommit, RunFilter, RunFinish, SqliteSync,
-    StageSkip, Store, TickWrites,
+    AttemptResult, Dispatch, ExpiredLease, NewRun, NewStage, PullRequestInfo, RecordCommit,
+    Registration, RunFilter, RunFinish, SqliteSync, StageSkip, Store, TickWrites,
 };
 use sqlx::Connection;
 
@@ -21,8 +21,14 @@ struct Db {
 async fn sqlite() -> Option<Db> {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}", dir.path().join("t.db").display());
-    let store = Store::connect(&url, SqliteSync::Normal).await.expect("sqlite store");
-    Some(Db { store, url, _dir: Some(dir) })
+    let store = Store::connect(&url, SqliteSync::Normal)
+        .await
+        .expect("sqlite store");
+    Some(Db {
+        store,
+        url,
+        _dir: Some(dir),
+    })
 }
 
 async fn postgres() -> Option<Db> {
@@ -39,16 +45,33 @@ async fn postgres() -> Option<Db> {
         "dl_test_{}_{}_{}",
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::SeqCst),
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
     );
     sqlx::any::install_default_drivers();
-    let mut admin = sqlx::AnyConnection::connect(&url).await.expect("connect to PostgreSQL");
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create test database");
+    let mut admin = sqlx::AnyConnection::connect(&url)
+        .await
+        .expect("connect to PostgreSQL");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .expect("create test database");
     admin.close().await.ok();
-    let base = url.rsplit_once('/').map(|(b, _)| b).expect("URL with a database");
+    let base = url
+        .rsplit_once('/')
+        .map(|(b, _)| b)
+        .expect("URL with a database");
     let url = format!("{base}/{name}");
-    let store = Store::connect(&url, SqliteSync::Normal).await.expect("postgres store");
-    Some(Db { store, url, _dir: None })
+    let store = Store::connect(&url, SqliteSync::Normal)
+        .await
+        .expect("postgres store");
+    Some(Db {
+        store,
+        url,
+        _dir: None,
+    })
 }
 
 macro_rules! conformance {
@@ -110,8 +133,18 @@ fn new_run(commit: &str, concurrency: Concurrency) -> NewRun {
         report: false,
         pull_request: None,
         stages: vec![
-            NewStage { name: "build".into(), status: StageStatus::Queued, needs: vec![], pending_reason: None },
-            NewStage { name: "test".into(), status: StageStatus::Queued, needs: vec!["build".into()], pending_reason: None },
+            NewStage {
+                name: "build".into(),
+                status: StageStatus::Queued,
+                needs: vec![],
+                pending_reason: None,
+            },
+            NewStage {
+                name: "test".into(),
+                status: StageStatus::Queued,
+                needs: vec!["build".into()],
+                pending_reason: None,
+            },
         ],
     }
 }
@@ -128,7 +161,10 @@ fn record(commit: &str, runs: Vec<NewRun>) -> RecordCommit {
 
 async fn one_run(store: &Store, commit: &str) -> i64 {
     let (created, _) = store
-        .record_commit(&record(commit, vec![new_run(commit, Concurrency::Parallel)]))
+        .record_commit(&record(
+            commit,
+            vec![new_run(commit, Concurrency::Parallel)],
+        ))
         .await
         .expect("record");
     created[0]
@@ -139,7 +175,13 @@ async fn dispatch_build(store: &Store, run_id: i64, attempt: i64) {
     store
         .apply_tick(&TickWrites {
             start_runs: vec![run_id],
-            dispatch: vec![Dispatch { run_id, stage: "build".into(), attempt, runner: "local".into(), lease_deadline: None }],
+            dispatch: vec![Dispatch {
+                run_id,
+                stage: "build".into(),
+                attempt,
+                runner: "local".into(),
+                lease_deadline: None,
+            }],
             ..Default::default()
         })
         .await
@@ -147,21 +189,46 @@ async fn dispatch_build(store: &Store, run_id: i64, attempt: i64) {
 }
 
 async fn stage_status(store: &Store, run_id: i64, stage: &str) -> (StageStatus, i64) {
-    let (_, stages) = store.get_run(run_id).await.expect("get").expect("run exists");
-    let s = stages.into_iter().find(|s| s.name == stage).expect("stage exists");
+    let (_, stages) = store
+        .get_run(run_id)
+        .await
+        .expect("get")
+        .expect("run exists");
+    let s = stages
+        .into_iter()
+        .find(|s| s.name == stage)
+        .expect("stage exists");
     (s.status, s.attempt)
 }
 
 async fn a_run_is_created_once_per_identity(store: &Store, _url: &str) {
-    let first = store.record_commit(&record("c1", vec![new_run("c1", Concurrency::Parallel)])).await.unwrap();
-    let again = store.record_commit(&record("c1", vec![new_run("c1", Concurrency::Parallel)])).await.unwrap();
+    let first = store
+        .record_commit(&record("c1", vec![new_run("c1", Concurrency::Parallel)]))
+        .await
+        .unwrap();
+    let again = store
+        .record_commit(&record("c1", vec![new_run("c1", Concurrency::Parallel)]))
+        .await
+        .unwrap();
     assert_eq!(first.0.len(), 1);
-    assert!(again.0.is_empty(), "the same (repo, pipeline, commit, trigger) must not create a second run");
+    assert!(
+        again.0.is_empty(),
+        "the same (repo, pipeline, commit, trigger) must not create a second run"
+    );
     let mut other_trigger = new_run("c1", Concurrency::Parallel);
     other_trigger.trigger = "pull_request".into();
-    let third = store.record_commit(&record("c1", vec![other_trigger])).await.unwrap();
+    let third = store
+        .record_commit(&record("c1", vec![other_trigger]))
+        .await
+        .unwrap();
     assert_eq!(third.0.len(), 1, "another trigger is another run");
-    let runs = store.list_runs(&RunFilter { limit: 10, ..Default::default() }).await.unwrap();
+    let runs = store
+        .list_runs(&RunFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(runs.len(), 2);
     let spec = store.run_spec(first.0[0]).await.unwrap();
     assert_eq!(spec.stages.len(), 2, "the pipeline snapshot round-trips");
@@ -170,22 +237,48 @@ async fn a_run_is_created_once_per_identity(store: &Store, _url: &str) {
 async fn reopening_applies_no_migration_twice(store: &Store, url: &str) {
     one_run(store, "c1").await;
     // A second daemon start against the same database: migrations are recorded, data stays.
-    let reopened = Store::connect(url, SqliteSync::Normal).await.expect("reopen");
-    let runs = reopened.list_runs(&RunFilter { limit: 10, ..Default::default() }).await.unwrap();
+    let reopened = Store::connect(url, SqliteSync::Normal)
+        .await
+        .expect("reopen");
+    let runs = reopened
+        .list_runs(&RunFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(runs.len(), 1);
     reopened.close().await;
 }
 
 async fn cancel_in_progress_supersedes_older_runs_of_the_same_ref(store: &Store, _url: &str) {
-    let (old, _) = store.record_commit(&record("c1", vec![new_run("c1", Concurrency::CancelInProgress)])).await.unwrap();
+    let (old, _) = store
+        .record_commit(&record(
+            "c1",
+            vec![new_run("c1", Concurrency::CancelInProgress)],
+        ))
+        .await
+        .unwrap();
     let mut other_ref = new_run("c9", Concurrency::CancelInProgress);
     other_ref.git_ref = "refs/heads/dev".into();
-    let (dev, _) = store.record_commit(&record("c9", vec![other_ref])).await.unwrap();
-    let (new, superseded) = store.record_commit(&record("c2", vec![new_run("c2", Concurrency::CancelInProgress)])).await.unwrap();
+    let (dev, _) = store
+        .record_commit(&record("c9", vec![other_ref]))
+        .await
+        .unwrap();
+    let (new, superseded) = store
+        .record_commit(&record(
+            "c2",
+            vec![new_run("c2", Concurrency::CancelInProgress)],
+        ))
+        .await
+        .unwrap();
     assert_eq!(superseded, old, "only the older run of the same ref");
     let (old_run, _) = store.get_run(old[0]).await.unwrap().unwrap();
     assert!(old_run.cancel_requested);
-    assert_eq!(old_run.pending_reason.as_deref(), Some(format!("cancelled: superseded by run #{}", new[0]).as_str()));
+    assert_eq!(
+        old_run.pending_reason.as_deref(),
+        Some(format!("cancelled: superseded by run #{}", new[0]).as_str())
+    );
     let (dev_run, _) = store.get_run(dev[0]).await.unwrap().unwrap();
     assert!(!dev_run.cancel_requested);
 }
@@ -196,17 +289,34 @@ async fn a_tick_is_written_atomically_and_guarded(store: &Store, _url: &str) {
     let (run, _) = store.get_run(run_id).await.unwrap().unwrap();
     assert_eq!(run.status, RunStatus::Running);
     assert!(run.started_at.is_some());
-    assert_eq!(stage_status(store, run_id, "build").await, (StageStatus::Running, 1));
+    assert_eq!(
+        stage_status(store, run_id, "build").await,
+        (StageStatus::Running, 1)
+    );
     // A decision made on a stale read (the stage is no longer queued) changes nothing.
     store
         .apply_tick(&TickWrites {
-            dispatch: vec![Dispatch { run_id, stage: "build".into(), attempt: 7, runner: "local".into(), lease_deadline: None }],
-            skip: vec![StageSkip { run_id, stage: "build".into(), status: StageStatus::Skipped, reason: "x".into() }],
+            dispatch: vec![Dispatch {
+                run_id,
+                stage: "build".into(),
+                attempt: 7,
+                runner: "local".into(),
+                lease_deadline: None,
+            }],
+            skip: vec![StageSkip {
+                run_id,
+                stage: "build".into(),
+                status: StageStatus::Skipped,
+                reason: "x".into(),
+            }],
             ..Default::default()
         })
         .await
         .unwrap();
-    assert_eq!(stage_status(store, run_id, "build").await, (StageStatus::Running, 1));
+    assert_eq!(
+        stage_status(store, run_id, "build").await,
+        (StageStatus::Running, 1)
+    );
     let attempts = store.stage_attempts(run_id, "build").await.unwrap();
     assert_eq!(attempts.len(), 1);
     assert_eq!(attempts[0].status, StageStatus::Running);
@@ -230,10 +340,28 @@ fn result(run_id: i64, attempt: i64, status: StageStatus) -> AttemptResult {
 async fn a_late_attempt_result_is_refused(store: &Store, _url: &str) {
     let run_id = one_run(store, "c1").await;
     dispatch_build(store, run_id, 1).await;
-    assert!(!store.finish_attempt(&result(run_id, 2, StageStatus::Success)).await.unwrap(), "not the current attempt");
-    assert!(store.finish_attempt(&result(run_id, 1, StageStatus::Failed)).await.unwrap());
-    assert!(!store.finish_attempt(&result(run_id, 1, StageStatus::Success)).await.unwrap(), "a final state never moves");
-    assert_eq!(stage_status(store, run_id, "build").await, (StageStatus::Failed, 1));
+    assert!(
+        !store
+            .finish_attempt(&result(run_id, 2, StageStatus::Success))
+            .await
+            .unwrap(),
+        "not the current attempt"
+    );
+    assert!(store
+        .finish_attempt(&result(run_id, 1, StageStatus::Failed))
+        .await
+        .unwrap());
+    assert!(
+        !store
+            .finish_attempt(&result(run_id, 1, StageStatus::Success))
+            .await
+            .unwrap(),
+        "a final state never moves"
+    );
+    assert_eq!(
+        stage_status(store, run_id, "build").await,
+        (StageStatus::Failed, 1)
+    );
 }
 
 async fn a_retry_queues_the_stage_with_its_backoff(store: &Store, _url: &str) {
@@ -246,7 +374,15 @@ async fn a_retry_queues_the_stage_with_its_backoff(store: &Store, _url: &str) {
     assert!(store.finish_attempt(&retry).await.unwrap());
     let active = store.load_active().await.unwrap();
     let build = active[0].stages.iter().find(|s| s.name == "build").unwrap();
-    assert_eq!((build.status, build.attempt, build.failures, build.not_before), (StageStatus::Queued, 1, 1, Some(42)));
+    assert_eq!(
+        (
+            build.status,
+            build.attempt,
+            build.failures,
+            build.not_before
+        ),
+        (StageStatus::Queued, 1, 1, Some(42))
+    );
     assert_eq!(build.pending_reason.as_deref(), Some("backoff until then"));
     let attempts = store.stage_attempts(run_id, "build").await.unwrap();
     assert_eq!(attempts[0].status, StageStatus::Failed);
@@ -260,12 +396,27 @@ async fn recovery_requeues_interrupted_attempts(store: &Store, _url: &str) {
     assert_eq!((interrupted[0].run_id, interrupted[0].attempt), (run_id, 1));
     let active = store.load_active().await.unwrap();
     let build = active[0].stages.iter().find(|s| s.name == "build").unwrap();
-    assert_eq!((build.status, build.attempt, build.failures), (StageStatus::Queued, 1, 0), "a restart is not the stage's failure");
-    assert!(build.pending_reason.as_deref().unwrap_or("").contains("interrupted"));
+    assert_eq!(
+        (build.status, build.attempt, build.failures),
+        (StageStatus::Queued, 1, 0),
+        "a restart is not the stage's failure"
+    );
+    assert!(build
+        .pending_reason
+        .as_deref()
+        .unwrap_or("")
+        .contains("interrupted"));
     let attempts = store.stage_attempts(run_id, "build").await.unwrap();
     assert_eq!(attempts[0].status, StageStatus::Failed);
-    assert!(attempts[0].note.as_deref().unwrap_or("").contains("daemon stopped"));
-    assert!(store.recover_interrupted().await.unwrap().is_empty(), "recovery is idempotent");
+    assert!(attempts[0]
+        .note
+        .as_deref()
+        .unwrap_or("")
+        .contains("daemon stopped"));
+    assert!(
+        store.recover_interrupted().await.unwrap().is_empty(),
+        "recovery is idempotent"
+    );
 }
 
 async fn runs_are_listed_newest_first_with_filters(store: &Store, _url: &str) {
@@ -274,42 +425,94 @@ async fn runs_are_listed_newest_first_with_filters(store: &Store, _url: &str) {
     let mut other = new_run("c3", Concurrency::Parallel);
     other.repo = "other".into();
     other.pipeline = "deploy".into();
-    store.record_commit(&record("c3", vec![other])).await.unwrap();
-    let all = store.list_runs(&RunFilter { limit: 10, ..Default::default() }).await.unwrap();
+    store
+        .record_commit(&record("c3", vec![other]))
+        .await
+        .unwrap();
+    let all = store
+        .list_runs(&RunFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(all.len(), 3);
     assert!(all[0].id > all[1].id && all[1].id > all[2].id);
-    let app = store.list_runs(&RunFilter { repo: Some("app".into()), limit: 10, ..Default::default() }).await.unwrap();
+    let app = store
+        .list_runs(&RunFilter {
+            repo: Some("app".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(app.iter().map(|r| r.id).collect::<Vec<_>>(), vec![b, a]);
-    let deploy = store.list_runs(&RunFilter { pipeline: Some("deploy".into()), limit: 10, ..Default::default() }).await.unwrap();
+    let deploy = store
+        .list_runs(&RunFilter {
+            pipeline: Some("deploy".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(deploy.len(), 1);
-    let limited = store.list_runs(&RunFilter { limit: 1, ..Default::default() }).await.unwrap();
+    let limited = store
+        .list_runs(&RunFilter {
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(limited.len(), 1);
     dispatch_build(store, a, 1).await;
-    let running = store.list_runs(&RunFilter { status: Some(RunStatus::Running), limit: 10, ..Default::default() }).await.unwrap();
+    let running = store
+        .list_runs(&RunFilter {
+            status: Some(RunStatus::Running),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(running.iter().map(|r| r.id).collect::<Vec<_>>(), vec![a]);
 }
 
 async fn cancellation_is_recorded_once(store: &Store, _url: &str) {
     let run_id = one_run(store, "c1").await;
-    assert_eq!(store.request_cancel(run_id, "by test").await.unwrap(), Some(RunStatus::Queued));
-    assert_eq!(store.request_cancel(run_id, "again").await.unwrap(), Some(RunStatus::Queued));
+    assert_eq!(
+        store.request_cancel(run_id, "by test").await.unwrap(),
+        Some(RunStatus::Queued)
+    );
+    assert_eq!(
+        store.request_cancel(run_id, "again").await.unwrap(),
+        Some(RunStatus::Queued)
+    );
     let (run, _) = store.get_run(run_id).await.unwrap().unwrap();
     assert!(run.cancel_requested);
-    assert_eq!(run.pending_reason.as_deref(), Some("by test"), "the first reason stays");
+    assert_eq!(
+        run.pending_reason.as_deref(),
+        Some("by test"),
+        "the first reason stays"
+    );
     assert_eq!(store.request_cancel(9999, "x").await.unwrap(), None);
 }
 
 async fn watched_refs_round_trip(store: &Store, _url: &str) {
     one_run(store, "c1").await;
     one_run(store, "c2").await;
-    assert_eq!(store.watched_refs("app").await.unwrap(), vec![("refs/heads/main".to_string(), "c2".to_string())]);
+    assert_eq!(
+        store.watched_refs("app").await.unwrap(),
+        vec![("refs/heads/main".to_string(), "c2".to_string())]
+    );
     store.forget_ref("app", "refs/heads/main").await.unwrap();
     assert!(store.watched_refs("app").await.unwrap().is_empty());
 }
 
 async fn a_run_whose_workspace_fails_is_failed_with_its_message(store: &Store, _url: &str) {
     let run_id = one_run(store, "c1").await;
-    store.fail_run(run_id, "cannot prepare the workspace: gone").await.unwrap();
+    store
+        .fail_run(run_id, "cannot prepare the workspace: gone")
+        .await
+        .unwrap();
     let (run, stages) = store.get_run(run_id).await.unwrap().unwrap();
     assert_eq!(run.status, RunStatus::Failed);
     assert!(run.errors.unwrap().to_string().contains("gone"));
@@ -331,9 +534,24 @@ async fn error_runs_keep_their_diagnostics(store: &Store, _url: &str) {
 }
 
 async fn a_replayed_delivery_is_recognised(store: &Store, _url: &str) {
-    assert!(store.record_delivery("github", "d-1", "push").await.unwrap());
-    assert!(!store.record_delivery("github", "d-1", "push").await.unwrap(), "a replay");
-    assert!(store.record_delivery("gitlab", "d-1", "push").await.unwrap(), "ids are per forge");
+    assert!(store
+        .record_delivery("github", "d-1", "push")
+        .await
+        .unwrap());
+    assert!(
+        !store
+            .record_delivery("github", "d-1", "push")
+            .await
+            .unwrap(),
+        "a replay"
+    );
+    assert!(
+        store
+            .record_delivery("gitlab", "d-1", "push")
+            .await
+            .unwrap(),
+        "ids are per forge"
+    );
 }
 
 fn reporting_run(commit: &str) -> NewRun {
@@ -344,14 +562,28 @@ fn reporting_run(commit: &str) -> NewRun {
 
 async fn reports_are_queued_with_the_change_and_coalesced_per_run(store: &Store, _url: &str) {
     let quiet = one_run(store, "c0").await;
-    let (created, _) = store.record_commit(&record("c1", vec![reporting_run("c1")])).await.unwrap();
+    let (created, _) = store
+        .record_commit(&record("c1", vec![reporting_run("c1")]))
+        .await
+        .unwrap();
     let run_id = created[0];
     dispatch_build(store, run_id, 1).await;
     dispatch_build(store, quiet, 1).await;
-    assert!(store.finish_attempt(&result(run_id, 1, StageStatus::Success)).await.unwrap());
-    assert_eq!(store.pending_report_count().await.unwrap(), 3, "create, tick and finish each queue one row");
+    assert!(store
+        .finish_attempt(&result(run_id, 1, StageStatus::Success))
+        .await
+        .unwrap());
+    assert_eq!(
+        store.pending_report_count().await.unwrap(),
+        3,
+        "create, tick and finish each queue one row"
+    );
     let due = store.due_reports(i64::MAX, 10).await.unwrap();
-    assert_eq!(due.len(), 1, "one entry per run, and none for a run that does not report");
+    assert_eq!(
+        due.len(),
+        1,
+        "one entry per run, and none for a run that does not report"
+    );
     assert_eq!(due[0].run_id, run_id);
     store.report_sent(run_id, due[0].up_to_id).await.unwrap();
     assert_eq!(store.pending_report_count().await.unwrap(), 0);
@@ -359,17 +591,32 @@ async fn reports_are_queued_with_the_change_and_coalesced_per_run(store: &Store,
 }
 
 async fn a_failed_report_is_postponed_and_newer_changes_stay_pending(store: &Store, _url: &str) {
-    let (created, _) = store.record_commit(&record("c1", vec![reporting_run("c1")])).await.unwrap();
+    let (created, _) = store
+        .record_commit(&record("c1", vec![reporting_run("c1")]))
+        .await
+        .unwrap();
     let run_id = created[0];
     let due = store.due_reports(i64::MAX, 10).await.unwrap();
-    store.report_failed(run_id, 5_000, "HTTP 500").await.unwrap();
-    assert!(store.due_reports(4_999, 10).await.unwrap().is_empty(), "postponed");
+    store
+        .report_failed(run_id, 5_000, "HTTP 500")
+        .await
+        .unwrap();
+    assert!(
+        store.due_reports(4_999, 10).await.unwrap().is_empty(),
+        "postponed"
+    );
     assert_eq!(store.next_report_due().await.unwrap(), Some(5_000));
     let later = store.due_reports(5_000, 10).await.unwrap();
     assert_eq!(later[0].attempts, 1);
     // A change while the report was in flight must not be marked sent with the older rows.
     store
-        .apply_tick(&TickWrites { finish: vec![RunFinish { run_id, status: RunStatus::Cancelled }], ..Default::default() })
+        .apply_tick(&TickWrites {
+            finish: vec![RunFinish {
+                run_id,
+                status: RunStatus::Cancelled,
+            }],
+            ..Default::default()
+        })
         .await
         .unwrap();
     store.report_sent(run_id, due[0].up_to_id).await.unwrap();
@@ -380,9 +627,16 @@ async fn queued_runs_of_a_ref_can_be_cancelled(store: &Store, _url: &str) {
     let queued = one_run(store, "c1").await;
     let running = one_run(store, "c2").await;
     dispatch_build(store, running, 1).await;
-    let cancelled = store.cancel_queued_runs("app", "refs/heads/main", "branch deleted").await.unwrap();
+    let cancelled = store
+        .cancel_queued_runs("app", "refs/heads/main", "branch deleted")
+        .await
+        .unwrap();
     assert_eq!(cancelled, vec![queued], "only runs that have not started");
-    assert!(store.cancel_queued_runs("app", "refs/heads/other", "x").await.unwrap().is_empty());
+    assert!(store
+        .cancel_queued_runs("app", "refs/heads/other", "x")
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 async fn a_rerun_is_a_new_run_attempt_with_fresh_stages(store: &Store, _url: &str) {
@@ -391,18 +645,42 @@ async fn a_rerun_is_a_new_run_attempt_with_fresh_stages(store: &Store, _url: &st
     run.stages[1].pending_reason = Some("skipped: `if: branch == 'x'` is false".into());
     let (created, _) = store.record_commit(&record("c1", vec![run])).await.unwrap();
     dispatch_build(store, created[0], 1).await;
-    assert!(store.finish_attempt(&result(created[0], 1, StageStatus::Failed)).await.unwrap());
+    assert!(store
+        .finish_attempt(&result(created[0], 1, StageStatus::Failed))
+        .await
+        .unwrap());
     let reruns = store.rerun("app", "c1", Some("ci")).await.unwrap();
     assert_eq!(reruns.len(), 1);
     let (rerun, stages) = store.get_run(reruns[0]).await.unwrap().unwrap();
     assert_eq!((rerun.run_attempt, rerun.status), (2, RunStatus::Queued));
-    let states: Vec<(String, StageStatus, i64)> = stages.into_iter().map(|s| (s.name, s.status, s.attempt)).collect();
+    let states: Vec<(String, StageStatus, i64)> = stages
+        .into_iter()
+        .map(|s| (s.name, s.status, s.attempt))
+        .collect();
     assert_eq!(
         states,
-        vec![("build".to_string(), StageStatus::Queued, 0), ("test".to_string(), StageStatus::Skipped, 0)]
+        vec![
+            ("build".to_string(), StageStatus::Queued, 0),
+            ("test".to_string(), StageStatus::Skipped, 0)
+        ]
     );
-    assert_eq!(store.rerun("app", "c1", None).await.unwrap().len(), 1, "re-runs the latest attempt");
-    let (third, _) = store.get_run(*store.rerun("app", "c1", None).await.unwrap().first().unwrap()).await.unwrap().unwrap();
+    assert_eq!(
+        store.rerun("app", "c1", None).await.unwrap().len(),
+        1,
+        "re-runs the latest attempt"
+    );
+    let (third, _) = store
+        .get_run(
+            *store
+                .rerun("app", "c1", None)
+                .await
+                .unwrap()
+                .first()
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(third.run_attempt, 4);
     assert!(store.rerun("app", "nope", None).await.unwrap().is_empty());
 }
@@ -412,33 +690,92 @@ async fn pull_request_runs_are_those_of_the_latest_head(store: &Store, _url: &st
         let mut run = new_run(commit, Concurrency::Parallel);
         run.trigger = "pull_request".into();
         run.git_ref = "refs/pull/7/head".into();
-        run.pull_request = Some(PullRequestInfo { number: 7, head_repo: "fork/app".into(), untrusted: true });
+        run.pull_request = Some(PullRequestInfo {
+            number: 7,
+            head_repo: "fork/app".into(),
+            untrusted: true,
+        });
         run
     };
-    store.record_commit(&record("old", vec![pr("old")])).await.unwrap();
-    let (new, _) = store.record_commit(&record("new", vec![pr("new")])).await.unwrap();
+    store
+        .record_commit(&record("old", vec![pr("old")]))
+        .await
+        .unwrap();
+    let (new, _) = store
+        .record_commit(&record("new", vec![pr("new")]))
+        .await
+        .unwrap();
     let runs = store.pull_request_runs("app", 7).await.unwrap();
     assert_eq!(runs.iter().map(|r| r.id).collect::<Vec<_>>(), new);
     let info = runs[0].pull_request.clone().unwrap();
-    assert_eq!((info.number, info.head_repo.as_str(), info.untrusted), (7, "fork/app", true));
+    assert_eq!(
+        (info.number, info.head_repo.as_str(), info.untrusted),
+        (7, "fork/app", true)
+    );
     assert!(store.pull_request_runs("app", 8).await.unwrap().is_empty());
 }
 
 async fn runners_register_authenticate_and_are_revoked(store: &Store, _url: &str) {
     let labels = vec!["linux".to_string(), "docker".to_string()];
-    assert_eq!(store.register_runner("r1", "hash-1", &labels, 2, "docker").await.unwrap(), Registration::New);
-    let me = store.authenticate_runner("hash-1").await.unwrap().expect("authenticated");
-    assert_eq!((me.name.as_str(), me.labels.clone(), me.capacity, me.executor.as_str()), ("r1", labels.clone(), 2, "docker"));
+    assert_eq!(
+        store
+            .register_runner("r1", "hash-1", &labels, 2, "docker")
+            .await
+            .unwrap(),
+        Registration::New
+    );
+    let me = store
+        .authenticate_runner("hash-1")
+        .await
+        .unwrap()
+        .expect("authenticated");
+    assert_eq!(
+        (
+            me.name.as_str(),
+            me.labels.clone(),
+            me.capacity,
+            me.executor.as_str()
+        ),
+        ("r1", labels.clone(), 2, "docker")
+    );
     assert!(store.authenticate_runner("wrong").await.unwrap().is_none());
-    assert_eq!(store.register_runner("r1", "hash-2", &labels, 4, "local").await.unwrap(), Registration::Replaced);
-    assert!(store.authenticate_runner("hash-1").await.unwrap().is_none(), "the old credential stops working");
-    store.touch_runner("r1", &["arm64".to_string()], 8).await.unwrap();
+    assert_eq!(
+        store
+            .register_runner("r1", "hash-2", &labels, 4, "local")
+            .await
+            .unwrap(),
+        Registration::Replaced
+    );
+    assert!(
+        store.authenticate_runner("hash-1").await.unwrap().is_none(),
+        "the old credential stops working"
+    );
+    store
+        .touch_runner("r1", &["arm64".to_string()], 8)
+        .await
+        .unwrap();
     let listed = store.list_runners().await.unwrap();
-    assert_eq!((listed[0].labels.clone(), listed[0].capacity, listed[0].running), (vec!["arm64".to_string()], 8, 0));
+    assert_eq!(
+        (
+            listed[0].labels.clone(),
+            listed[0].capacity,
+            listed[0].running
+        ),
+        (vec!["arm64".to_string()], 8, 0)
+    );
     assert!(store.revoke_runner("r1").await.unwrap());
     assert!(!store.revoke_runner("nobody").await.unwrap());
-    assert!(store.authenticate_runner("hash-2").await.unwrap().is_none(), "revoked");
-    assert_eq!(store.register_runner("r1", "hash-3", &labels, 1, "local").await.unwrap(), Registration::Revoked);
+    assert!(
+        store.authenticate_runner("hash-2").await.unwrap().is_none(),
+        "revoked"
+    );
+    assert_eq!(
+        store
+            .register_runner("r1", "hash-3", &labels, 1, "local")
+            .await
+            .unwrap(),
+        Registration::Revoked
+    );
     assert!(store.authenticate_runner("hash-3").await.unwrap().is_none());
 }
 
@@ -446,7 +783,13 @@ async fn dispatch_remote(store: &Store, run_id: i64, attempt: i64, runner: &str,
     store
         .apply_tick(&TickWrites {
             start_runs: vec![run_id],
-            dispatch: vec![Dispatch { run_id, stage: "build".into(), attempt, runner: runner.into(), lease_deadline: Some(deadline) }],
+            dispatch: vec![Dispatch {
+                run_id,
+                stage: "build".into(),
+                attempt,
+                runner: runner.into(),
+                lease_deadline: Some(deadline),
+            }],
             ..Default::default()
         })
         .await
@@ -456,18 +799,64 @@ async fn dispatch_remote(store: &Store, run_id: i64, attempt: i64, runner: &str,
 async fn a_remote_lease_is_collected_once_renewed_and_guarded(store: &Store, _url: &str) {
     let run_id = one_run(store, "c1").await;
     dispatch_remote(store, run_id, 1, "r1", 10_000).await;
-    assert!(store.collect_leases("r2", 10).await.unwrap().is_empty(), "not r2's");
+    assert!(
+        store.collect_leases("r2", 10).await.unwrap().is_empty(),
+        "not r2's"
+    );
     let leases = store.collect_leases("r1", 10).await.unwrap();
     assert_eq!(leases.len(), 1);
-    assert_eq!((leases[0].run_id, leases[0].stage.as_str(), leases[0].attempt), (run_id, "build", 1));
-    assert!(store.collect_leases("r1", 10).await.unwrap().is_empty(), "collected once");
-    assert_eq!(store.renew_lease("r1", run_id, "build", 1, 20_000).await.unwrap(), Some(false));
-    assert_eq!(store.renew_lease("r2", run_id, "build", 1, 20_000).await.unwrap(), None, "another runner's lease");
-    assert_eq!(store.renew_lease("r1", run_id, "build", 2, 20_000).await.unwrap(), None, "another attempt");
+    assert_eq!(
+        (
+            leases[0].run_id,
+            leases[0].stage.as_str(),
+            leases[0].attempt
+        ),
+        (run_id, "build", 1)
+    );
+    assert!(
+        store.collect_leases("r1", 10).await.unwrap().is_empty(),
+        "collected once"
+    );
+    assert_eq!(
+        store
+            .renew_lease("r1", run_id, "build", 1, 20_000)
+            .await
+            .unwrap(),
+        Some(false)
+    );
+    assert_eq!(
+        store
+            .renew_lease("r2", run_id, "build", 1, 20_000)
+            .await
+            .unwrap(),
+        None,
+        "another runner's lease"
+    );
+    assert_eq!(
+        store
+            .renew_lease("r1", run_id, "build", 2, 20_000)
+            .await
+            .unwrap(),
+        None,
+        "another attempt"
+    );
     store.request_cancel(run_id, "stop").await.unwrap();
-    assert_eq!(store.renew_lease("r1", run_id, "build", 1, 20_000).await.unwrap(), Some(true), "cancel rides the heartbeat");
-    assert_eq!(store.held_lease("r1", run_id, "build", 1).await.unwrap(), Some((0, true)));
-    assert_eq!(store.held_lease("r2", run_id, "build", 1).await.unwrap(), None);
+    assert_eq!(
+        store
+            .renew_lease("r1", run_id, "build", 1, 20_000)
+            .await
+            .unwrap(),
+        Some(true),
+        "cancel rides the heartbeat"
+    );
+    assert_eq!(
+        store.held_lease("r1", run_id, "build", 1).await.unwrap(),
+        Some((0, true))
+    );
+    assert_eq!(
+        store.held_lease("r2", run_id, "build", 1).await.unwrap(),
+        None
+    );
     let runners = store.list_runners().await.unwrap();
     assert!(runners.is_empty(), "leases do not create runners");
 }
@@ -477,22 +866,52 @@ async fn an_expired_lease_requeues_the_stage_without_counting_a_failure(store: &
     dispatch_remote(store, run_id, 1, "r1", 10_000).await;
     store
         .apply_tick(&TickWrites {
-            expire: vec![ExpiredLease { run_id, stage: "build".into(), attempt: 1, runner: "r1".into() }],
+            expire: vec![ExpiredLease {
+                run_id,
+                stage: "build".into(),
+                attempt: 1,
+                runner: "r1".into(),
+            }],
             ..Default::default()
         })
         .await
         .unwrap();
     let active = store.load_active().await.unwrap();
     let build = active[0].stages.iter().find(|s| s.name == "build").unwrap();
-    assert_eq!((build.status, build.attempt, build.failures, build.runner.clone()), (StageStatus::Queued, 1, 0, None));
-    assert!(build.pending_reason.as_deref().unwrap_or("").contains("lost with runner `r1`"));
+    assert_eq!(
+        (
+            build.status,
+            build.attempt,
+            build.failures,
+            build.runner.clone()
+        ),
+        (StageStatus::Queued, 1, 0, None)
+    );
+    assert!(build
+        .pending_reason
+        .as_deref()
+        .unwrap_or("")
+        .contains("lost with runner `r1`"));
     let attempts = store.stage_attempts(run_id, "build").await.unwrap();
-    assert!(attempts[0].note.as_deref().unwrap_or("").contains("lease expired"));
+    assert!(attempts[0]
+        .note
+        .as_deref()
+        .unwrap_or("")
+        .contains("lease expired"));
     // The old runner's late report is refused: it holds nothing any more.
-    assert_eq!(store.held_lease("r1", run_id, "build", 1).await.unwrap(), None);
-    assert!(!store.finish_attempt(&result(run_id, 1, StageStatus::Success)).await.unwrap());
+    assert_eq!(
+        store.held_lease("r1", run_id, "build", 1).await.unwrap(),
+        None
+    );
+    assert!(!store
+        .finish_attempt(&result(run_id, 1, StageStatus::Success))
+        .await
+        .unwrap());
     dispatch_remote(store, run_id, 2, "r2", 10_000).await;
-    assert_eq!(stage_status(store, run_id, "build").await, (StageStatus::Running, 2));
+    assert_eq!(
+        stage_status(store, run_id, "build").await,
+        (StageStatus::Running, 2)
+    );
 }
 
 async fn recovery_leaves_remote_leases_alone(store: &Store, _url: &str) {
@@ -501,6 +920,12 @@ async fn recovery_leaves_remote_leases_alone(store: &Store, _url: &str) {
     dispatch_build(store, local, 1).await;
     dispatch_remote(store, remote, 1, "r1", i64::MAX / 2).await;
     let interrupted = store.recover_interrupted().await.unwrap();
-    assert_eq!(interrupted.iter().map(|i| i.run_id).collect::<Vec<_>>(), vec![local]);
-    assert_eq!(stage_status(store, remote, "build").await, (StageStatus::Running, 1));
+    assert_eq!(
+        interrupted.iter().map(|i| i.run_id).collect::<Vec<_>>(),
+        vec![local]
+    );
+    assert_eq!(
+        stage_status(store, remote, "build").await,
+        (StageStatus::Running, 1)
+    );
 }

@@ -29,7 +29,10 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
             ApiError::Internal(error) => {
                 tracing::error!(%error, "API request failed");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal error; see the daemon's log".to_string())
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error; see the daemon's log".to_string(),
+                )
             }
         };
         (status, Json(serde_json::json!({ "error": message }))).into_response()
@@ -114,11 +117,22 @@ impl RunView {
 
 pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
     // Healthy means the store answers, not just that the socket accepts.
-    match state.store.list_runs(&RunFilter { limit: 1, ..Default::default() }).await {
+    match state
+        .store
+        .list_runs(&RunFilter {
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+    {
         Ok(_) => (StatusCode::OK, Json(serde_json::json!({ "status": "ok" }))).into_response(),
         Err(error) => {
             tracing::error!(%error, "health check: the store does not answer");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "status": "store unavailable" }))).into_response()
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(serde_json::json!({ "status": "store unavailable" })),
+            )
+                .into_response()
         }
     }
 }
@@ -141,13 +155,18 @@ pub(crate) async fn list_runs(
     let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
         Some(s) => Some(s.parse::<RunStatus>().map_err(|_| {
             let known: Vec<&str> = RunStatus::ALL.iter().map(|s| s.as_str()).collect();
-            ApiError::BadRequest(format!("unknown status `{s}`; expected one of {}", known.join(", ")))
+            ApiError::BadRequest(format!(
+                "unknown status `{s}`; expected one of {}",
+                known.join(", ")
+            ))
         })?),
         None => None,
     };
     let limit = q.limit.unwrap_or(50);
     if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::BadRequest(format!("limit must be between 1 and {MAX_LIMIT}")));
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {MAX_LIMIT}"
+        )));
     }
     let runs = state
         .store
@@ -158,10 +177,15 @@ pub(crate) async fn list_runs(
             limit,
         })
         .await?;
-    Ok(Json(runs.into_iter().map(|r| RunView::new(r, None)).collect()))
+    Ok(Json(
+        runs.into_iter().map(|r| RunView::new(r, None)).collect(),
+    ))
 }
 
-pub(crate) async fn get_run(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Json<RunView>, ApiError> {
+pub(crate) async fn get_run(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<RunView>, ApiError> {
     let (run, stages) = state
         .store
         .get_run(id)
@@ -170,7 +194,10 @@ pub(crate) async fn get_run(State(state): State<AppState>, Path(id): Path<i64>) 
     Ok(Json(RunView::new(run, Some(stages))))
 }
 
-pub(crate) async fn cancel_run(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Response, ApiError> {
+pub(crate) async fn cancel_run(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Response, ApiError> {
     let status = state
         .store
         .request_cancel(id, "cancelled by request")
@@ -178,11 +205,21 @@ pub(crate) async fn cancel_run(State(state): State<AppState>, Path(id): Path<i64
         .ok_or_else(|| ApiError::NotFound(format!("no run #{id}")))?;
     state.scheduler.notify_one();
     let (code, message) = if status.is_final() {
-        (StatusCode::CONFLICT, format!("run #{id} is already {status}"))
+        (
+            StatusCode::CONFLICT,
+            format!("run #{id} is already {status}"),
+        )
     } else {
-        (StatusCode::ACCEPTED, format!("run #{id} is being cancelled"))
+        (
+            StatusCode::ACCEPTED,
+            format!("run #{id} is being cancelled"),
+        )
     };
-    Ok((code, Json(serde_json::json!({ "id": id, "status": status, "message": message }))).into_response())
+    Ok((
+        code,
+        Json(serde_json::json!({ "id": id, "status": status, "message": message })),
+    )
+        .into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -43,7 +43,10 @@ impl ForgeKind {
 #[derive(Debug, Clone)]
 pub enum GithubAuth {
     /// A GitHub App: check runs. Installation tokens are fetched and refreshed from the key.
-    App { app_id: u64, private_key_pem: Secret },
+    App {
+        app_id: u64,
+        private_key_pem: Secret,
+    },
     /// A personal or fine-grained token: commit statuses (tokens cannot create check runs).
     Token(Secret),
 }
@@ -99,7 +102,13 @@ impl Forges {
             .into_iter()
             .map(|r| ((r.forge, r.slug.to_ascii_lowercase()), r))
             .collect();
-        Forges { github, gitlab, public_url, max_body_bytes, by_slug }
+        Forges {
+            github,
+            gitlab,
+            public_url,
+            max_body_bytes,
+            by_slug,
+        }
     }
 
     /// The watched repository a forge names (slugs compare case-insensitively, as forges do).
@@ -133,7 +142,10 @@ pub fn forge_from_url(url: &str) -> Option<(ForgeKind, String)> {
         "gitlab.com" => ForgeKind::Gitlab,
         _ => return None,
     };
-    let slug = path.trim_end_matches('/').trim_end_matches(".git").to_string();
+    let slug = path
+        .trim_end_matches('/')
+        .trim_end_matches(".git")
+        .to_string();
     (slug.contains('/') && !slug.is_empty()).then_some((forge, slug))
 }
 
@@ -143,9 +155,18 @@ mod tests {
 
     #[test]
     fn slugs_from_urls() {
-        assert_eq!(forge_from_url("https://github.com/o/n.git"), Some((ForgeKind::Github, "o/n".into())));
-        assert_eq!(forge_from_url("git@github.com:o/n.git"), Some((ForgeKind::Github, "o/n".into())));
-        assert_eq!(forge_from_url("https://gitlab.com/g/sub/p"), Some((ForgeKind::Gitlab, "g/sub/p".into())));
+        assert_eq!(
+            forge_from_url("https://github.com/o/n.git"),
+            Some((ForgeKind::Github, "o/n".into()))
+        );
+        assert_eq!(
+            forge_from_url("git@github.com:o/n.git"),
+            Some((ForgeKind::Github, "o/n".into()))
+        );
+        assert_eq!(
+            forge_from_url("https://gitlab.com/g/sub/p"),
+            Some((ForgeKind::Gitlab, "g/sub/p".into()))
+        );
         assert_eq!(forge_from_url("https://git.example.com/o/n.git"), None);
         assert_eq!(forge_from_url("/srv/git/app"), None);
     }
@@ -165,10 +186,22 @@ mod tests {
             None,
             Some("https://ci.example.com/".into()),
             DEFAULT_MAX_BODY_BYTES,
-            vec![ForgeRepo { name: "app".into(), forge: ForgeKind::Github, slug: "Octo/App".into() }],
+            vec![ForgeRepo {
+                name: "app".into(),
+                forge: ForgeKind::Github,
+                slug: "Octo/App".into(),
+            }],
         );
-        assert_eq!(forges.repo(ForgeKind::Github, "octo/app").map(|r| r.name.as_str()), Some("app"));
+        assert_eq!(
+            forges
+                .repo(ForgeKind::Github, "octo/app")
+                .map(|r| r.name.as_str()),
+            Some("app")
+        );
         assert!(forges.repo(ForgeKind::Gitlab, "octo/app").is_none());
-        assert_eq!(forges.run_url(4).as_deref(), Some("https://ci.example.com/api/v1/runs/4"));
+        assert_eq!(
+            forges.run_url(4).as_deref(),
+            Some("https://ci.example.com/api/v1/runs/4")
+        );
     }
 }

@@ -40,10 +40,22 @@ pub fn routes(state: RunnerState) -> Router {
         .route("/api/v1/runners/register", post(register))
         .route("/api/v1/runners/{name}/revoke", post(revoke))
         .route("/api/v1/runner/poll", post(poll))
-        .route("/api/v1/runner/leases/{run}/{stage}/{attempt}/heartbeat", post(heartbeat))
-        .route("/api/v1/runner/leases/{run}/{stage}/{attempt}/log", post(log))
-        .route("/api/v1/runner/leases/{run}/{stage}/{attempt}/complete", post(complete))
-        .route("/api/v1/runner/leases/{run}/{stage}/{attempt}/source.tar", get(source))
+        .route(
+            "/api/v1/runner/leases/{run}/{stage}/{attempt}/heartbeat",
+            post(heartbeat),
+        )
+        .route(
+            "/api/v1/runner/leases/{run}/{stage}/{attempt}/log",
+            post(log),
+        )
+        .route(
+            "/api/v1/runner/leases/{run}/{stage}/{attempt}/complete",
+            post(complete),
+        )
+        .route(
+            "/api/v1/runner/leases/{run}/{stage}/{attempt}/source.tar",
+            get(source),
+        )
         .with_state(state)
 }
 
@@ -70,7 +82,10 @@ impl IntoResponse for RunnerError {
             RunnerError::Conflict(m) => (StatusCode::CONFLICT, m),
             RunnerError::Internal(m) => {
                 tracing::error!(error = %m, "runner API request failed");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal error; see the daemon's log".to_string())
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error; see the daemon's log".to_string(),
+                )
             }
         };
         (status, Json(serde_json::json!({ "error": message }))).into_response()
@@ -86,18 +101,25 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn authenticate(state: &RunnerState, headers: &HeaderMap) -> Result<RunnerRecord, RunnerError> {
+async fn authenticate(
+    state: &RunnerState,
+    headers: &HeaderMap,
+) -> Result<RunnerRecord, RunnerError> {
     let credential = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(RunnerError::Unauthorized("missing `Authorization: Bearer <credential>`"))?;
+        .ok_or(RunnerError::Unauthorized(
+            "missing `Authorization: Bearer <credential>`",
+        ))?;
     state
         .scheduler
         .store()
         .authenticate_runner(&hash_credential(credential))
         .await?
-        .ok_or(RunnerError::Unauthorized("unknown or revoked runner credential"))
+        .ok_or(RunnerError::Unauthorized(
+            "unknown or revoked runner credential",
+        ))
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -120,11 +142,19 @@ fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name != "local"
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-async fn register(State(state): State<RunnerState>, Json(request): Json<RegisterRequest>) -> Result<Response, RunnerError> {
-    let known = state.registration_tokens.iter().any(|t| same(t.expose().as_bytes(), request.token.as_bytes()));
+async fn register(
+    State(state): State<RunnerState>,
+    Json(request): Json<RegisterRequest>,
+) -> Result<Response, RunnerError> {
+    let known = state
+        .registration_tokens
+        .iter()
+        .any(|t| same(t.expose().as_bytes(), request.token.as_bytes()));
     if !known {
         return Err(RunnerError::Unauthorized("invalid registration token"));
     }
@@ -134,7 +164,9 @@ async fn register(State(state): State<RunnerState>, Json(request): Json<Register
         ));
     }
     if !(1..=1024).contains(&request.capacity) {
-        return Err(RunnerError::BadRequest("capacity must be between 1 and 1024".into()));
+        return Err(RunnerError::BadRequest(
+            "capacity must be between 1 and 1024".into(),
+        ));
     }
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
@@ -142,15 +174,31 @@ async fn register(State(state): State<RunnerState>, Json(request): Json<Register
     let outcome = state
         .scheduler
         .store()
-        .register_runner(&request.name, &hash_credential(&credential), &request.labels, request.capacity, &request.executor)
+        .register_runner(
+            &request.name,
+            &hash_credential(&credential),
+            &request.labels,
+            request.capacity,
+            &request.executor,
+        )
         .await?;
     if outcome == Registration::Revoked {
-        return Err(RunnerError::Conflict(format!("runner `{}` was revoked; register under another name", request.name)));
+        return Err(RunnerError::Conflict(format!(
+            "runner `{}` was revoked; register under another name",
+            request.name
+        )));
     }
     tracing::info!(runner = %request.name, labels = ?request.labels, capacity = request.capacity, executor = %request.executor,
         replaced = outcome == Registration::Replaced, "runner registered");
     state.scheduler.waker().notify_one();
-    Ok((StatusCode::CREATED, Json(RegisterResponse { name: request.name, credential })).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(RegisterResponse {
+            name: request.name,
+            credential,
+        }),
+    )
+        .into_response())
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -168,19 +216,34 @@ pub struct PollResponse {
     pub heartbeat_ms: u64,
 }
 
-async fn poll(State(state): State<RunnerState>, headers: HeaderMap, Json(request): Json<PollRequest>) -> Result<Json<PollResponse>, RunnerError> {
+async fn poll(
+    State(state): State<RunnerState>,
+    headers: HeaderMap,
+    Json(request): Json<PollRequest>,
+) -> Result<Json<PollResponse>, RunnerError> {
     let runner = authenticate(&state, &headers).await?;
     let store = state.scheduler.store();
     let changed = runner.labels != request.labels || runner.capacity != request.capacity;
-    store.touch_runner(&runner.name, &request.labels, request.capacity).await?;
-    if changed || runner.last_seen.is_none_or(|t| now_ms() - t > millis(state.offline_after)) {
+    store
+        .touch_runner(&runner.name, &request.labels, request.capacity)
+        .await?;
+    if changed
+        || runner
+            .last_seen
+            .is_none_or(|t| now_ms() - t > millis(state.offline_after))
+    {
         // Newly online or changed: let the scheduler consider it at once.
         state.scheduler.waker().notify_one();
     }
-    let heartbeat_ms = u64::try_from(state.scheduler.lease_ttl().as_millis() / 4).unwrap_or(5_000).max(100);
+    let heartbeat_ms = u64::try_from(state.scheduler.lease_ttl().as_millis() / 4)
+        .unwrap_or(5_000)
+        .max(100);
     let max = usize::try_from(request.free.max(0)).unwrap_or(0);
     if max == 0 {
-        return Ok(Json(PollResponse { leases: Vec::new(), heartbeat_ms }));
+        return Ok(Json(PollResponse {
+            leases: Vec::new(),
+            heartbeat_ms,
+        }));
     }
     let waiter = state.scheduler.hub().waiter(&runner.name);
     let deadline = tokio::time::Instant::now() + state.poll_wait;
@@ -189,11 +252,19 @@ async fn poll(State(state): State<RunnerState>, headers: HeaderMap, Json(request
         let notified = waiter.notified();
         let leases = state.scheduler.collect_leases(&runner.name, max).await?;
         if !leases.is_empty() {
-            return Ok(Json(PollResponse { leases, heartbeat_ms }));
+            return Ok(Json(PollResponse {
+                leases,
+                heartbeat_ms,
+            }));
         }
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            store.touch_runner(&runner.name, &request.labels, request.capacity).await?;
-            return Ok(Json(PollResponse { leases: Vec::new(), heartbeat_ms }));
+            store
+                .touch_runner(&runner.name, &request.labels, request.capacity)
+                .await?;
+            return Ok(Json(PollResponse {
+                leases: Vec::new(),
+                heartbeat_ms,
+            }));
         }
     }
 }
@@ -211,7 +282,9 @@ pub struct HeartbeatResponse {
 type LeaseKey = (i64, String, i64);
 
 fn lost() -> RunnerError {
-    RunnerError::Conflict("this runner no longer holds that lease (expired, reassigned or finished)".into())
+    RunnerError::Conflict(
+        "this runner no longer holds that lease (expired, reassigned or finished)".into(),
+    )
 }
 
 async fn heartbeat(
@@ -220,7 +293,11 @@ async fn heartbeat(
     Path((run, stage, attempt)): Path<LeaseKey>,
 ) -> Result<Json<HeartbeatResponse>, RunnerError> {
     let runner = authenticate(&state, &headers).await?;
-    let cancel = state.scheduler.renew_lease(&runner.name, run, &stage, attempt).await?.ok_or_else(lost)?;
+    let cancel = state
+        .scheduler
+        .renew_lease(&runner.name, run, &stage, attempt)
+        .await?
+        .ok_or_else(lost)?;
     Ok(Json(HeartbeatResponse { cancel }))
 }
 
@@ -235,9 +312,15 @@ async fn log(
 ) -> Result<StatusCode, RunnerError> {
     let runner = authenticate(&state, &headers).await?;
     if body.len() > MAX_LOG_CHUNK {
-        return Err(RunnerError::BadRequest(format!("log chunks are at most {MAX_LOG_CHUNK} bytes")));
+        return Err(RunnerError::BadRequest(format!(
+            "log chunks are at most {MAX_LOG_CHUNK} bytes"
+        )));
     }
-    if state.scheduler.append_remote_log(&runner.name, run, &stage, attempt, &body).await? {
+    if state
+        .scheduler
+        .append_remote_log(&runner.name, run, &stage, attempt, &body)
+        .await?
+    {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(lost())
@@ -251,7 +334,11 @@ async fn complete(
     Json(outcome): Json<RemoteOutcome>,
 ) -> Result<StatusCode, RunnerError> {
     let runner = authenticate(&state, &headers).await?;
-    if state.scheduler.complete_remote(&runner.name, run, &stage, attempt, &outcome).await? {
+    if state
+        .scheduler
+        .complete_remote(&runner.name, run, &stage, attempt, &outcome)
+        .await?
+    {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(lost())
@@ -267,15 +354,20 @@ async fn source(
 ) -> Result<Response, RunnerError> {
     let runner = authenticate(&state, &headers).await?;
     let store = state.scheduler.store();
-    if store.held_lease(&runner.name, run, &stage, attempt).await?.is_none() {
+    if store
+        .held_lease(&runner.name, run, &stage, attempt)
+        .await?
+        .is_none()
+    {
         return Err(lost());
     }
-    let (record, _) = store.get_run(run).await?.ok_or_else(|| RunnerError::NotFound(format!("no run #{run}")))?;
-    let git_dir = state
-        .repos
-        .git_dir(&record.repo)
-        .await
-        .ok_or_else(|| RunnerError::NotFound(format!("repository `{}` is not configured", record.repo)))?;
+    let (record, _) = store
+        .get_run(run)
+        .await?
+        .ok_or_else(|| RunnerError::NotFound(format!("no run #{run}")))?;
+    let git_dir = state.repos.git_dir(&record.repo).await.ok_or_else(|| {
+        RunnerError::NotFound(format!("repository `{}` is not configured", record.repo))
+    })?;
     let mut child = tokio::process::Command::new("git")
         .arg("--git-dir")
         .arg(&git_dir)
@@ -285,7 +377,10 @@ async fn source(
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| RunnerError::Internal(format!("cannot run git archive: {e}")))?;
-    let stdout = child.stdout.take().ok_or_else(|| RunnerError::Internal("git archive has no stdout".into()))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| RunnerError::Internal("git archive has no stdout".into()))?;
     // Reap git once it is done, whatever the client does with the stream.
     tokio::spawn(async move {
         let _ = child.wait().await;
@@ -315,7 +410,10 @@ async fn list(State(state): State<RunnerState>) -> Result<Json<Vec<RunnerView>>,
             .map(|r| RunnerView {
                 status: if r.revoked {
                     "revoked"
-                } else if r.last_seen.is_some_and(|t| now - t <= millis(state.offline_after)) {
+                } else if r
+                    .last_seen
+                    .is_some_and(|t| now - t <= millis(state.offline_after))
+                {
                     "online"
                 } else {
                     "offline"
@@ -335,12 +433,17 @@ async fn list(State(state): State<RunnerState>) -> Result<Json<Vec<RunnerView>>,
     ))
 }
 
-async fn revoke(State(state): State<RunnerState>, Path(name): Path<String>) -> Result<Json<serde_json::Value>, RunnerError> {
+async fn revoke(
+    State(state): State<RunnerState>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, RunnerError> {
     if !state.scheduler.store().revoke_runner(&name).await? {
         return Err(RunnerError::NotFound(format!("no runner named `{name}`")));
     }
     tracing::warn!(runner = %name, "runner revoked");
-    Ok(Json(serde_json::json!({ "name": name, "status": "revoked" })))
+    Ok(Json(
+        serde_json::json!({ "name": name, "status": "revoked" }),
+    ))
 }
 
 #[cfg(test)]

@@ -68,7 +68,9 @@ impl Scheduler {
                     recorded = true;
                     break;
                 }
-                Err(error) => tracing::error!(%error, run_id = d.run_id, stage = %d.stage, "cannot record an attempt; retrying"),
+                Err(error) => {
+                    tracing::error!(%error, run_id = d.run_id, stage = %d.stage, "cannot record an attempt; retrying")
+                }
             }
         }
         if !recorded {
@@ -89,14 +91,30 @@ impl Scheduler {
     async fn execute_attempt(&self, ctx: &AttemptContext) -> Option<AttemptResult> {
         let d = &ctx.dispatch;
         let Some(stage) = ctx.spec.stages.iter().find(|s| s.name == d.stage) else {
-            return Some(self.result(ctx, StageStatus::Failed, StageStatus::Failed, None, Some("stage missing from the run's pipeline".into()), false, None));
+            return Some(self.result(
+                ctx,
+                StageStatus::Failed,
+                StageStatus::Failed,
+                None,
+                Some("stage missing from the run's pipeline".into()),
+                false,
+                None,
+            ));
         };
         let log_path = self.data.log_path(d.run_id, &d.stage, d.attempt);
         let mut log = match StageLog::create(&log_path).await {
             Ok(log) => log,
             Err(e) => {
                 let note = format!("cannot create the log {}: {e}", log_path.display());
-                return Some(self.result(ctx, StageStatus::Failed, StageStatus::Failed, None, Some(note), true, None));
+                return Some(self.result(
+                    ctx,
+                    StageStatus::Failed,
+                    StageStatus::Failed,
+                    None,
+                    Some(note),
+                    true,
+                    None,
+                ));
             }
         };
         if self.echo_logs {
@@ -124,33 +142,87 @@ impl Scheduler {
             pipeline: ctx.run.pipeline.clone(),
             commit: ctx.run.commit.clone(),
         };
-        let outcome = self.executor.execute(job.clone(), &mut log, ctx.cancel.clone()).await;
+        let outcome = self
+            .executor
+            .execute(job.clone(), &mut log, ctx.cancel.clone())
+            .await;
         if ctx.shutdown.is_cancelled() {
-            log.system("the daemon is shutting down: this attempt will run again after it restarts").await;
+            log.system(
+                "the daemon is shutting down: this attempt will run again after it restarts",
+            )
+            .await;
             return None;
         }
         if let deploylite_runner::StageOutcome::Error(message) = &outcome {
             // Otherwise only the attempt record would say why the stage never ran.
-            log.system(&format!("the executor could not run the stage: {message}")).await;
+            log.system(&format!("the executor could not run the stage: {message}"))
+                .await;
         }
         let exit_code = outcome.exit_code().map(i64::from);
         let note = describe(stage, &outcome);
         let failures = u32::try_from(ctx.failures).unwrap_or(u32::MAX);
         let result = match verdict(stage, failures, &outcome, ctx.cancel.is_cancelled()) {
-            Verdict::Succeeded => self.result(ctx, StageStatus::Success, StageStatus::Success, Some(0), None, false, None),
-            Verdict::Cancelled => self.result(ctx, StageStatus::Cancelled, StageStatus::Cancelled, None, note, false, None),
+            Verdict::Succeeded => self.result(
+                ctx,
+                StageStatus::Success,
+                StageStatus::Success,
+                Some(0),
+                None,
+                false,
+                None,
+            ),
+            Verdict::Cancelled => self.result(
+                ctx,
+                StageStatus::Cancelled,
+                StageStatus::Cancelled,
+                None,
+                note,
+                false,
+                None,
+            ),
             Verdict::Retry { delay } => {
-                let (at, reason) = retry_backoff(stage, d.attempt, failures + 1, delay, note.as_deref(), &mut log).await;
-                self.result(ctx, StageStatus::Failed, StageStatus::Queued, exit_code, note, true, Some((at, reason)))
+                let (at, reason) = retry_backoff(
+                    stage,
+                    d.attempt,
+                    failures + 1,
+                    delay,
+                    note.as_deref(),
+                    &mut log,
+                )
+                .await;
+                self.result(
+                    ctx,
+                    StageStatus::Failed,
+                    StageStatus::Queued,
+                    exit_code,
+                    note,
+                    true,
+                    Some((at, reason)),
+                )
             }
             Verdict::Failed => {
                 if !stage.rollback.is_empty() && !ctx.cancel.is_cancelled() {
-                    log.system("the stage failed for good: running its rollback steps").await;
-                    let rollback = StageJob { steps: stage.rollback.clone(), ..job };
-                    let rolled = self.executor.execute(rollback, &mut log, ctx.cancel.clone()).await;
+                    log.system("the stage failed for good: running its rollback steps")
+                        .await;
+                    let rollback = StageJob {
+                        steps: stage.rollback.clone(),
+                        ..job
+                    };
+                    let rolled = self
+                        .executor
+                        .execute(rollback, &mut log, ctx.cancel.clone())
+                        .await;
                     log.system(&format!("rollback finished: {rolled:?}")).await;
                 }
-                self.result(ctx, StageStatus::Failed, StageStatus::Failed, exit_code, note, true, None)
+                self.result(
+                    ctx,
+                    StageStatus::Failed,
+                    StageStatus::Failed,
+                    exit_code,
+                    note,
+                    true,
+                    None,
+                )
             }
         };
         Some(result)
@@ -189,7 +261,14 @@ impl Scheduler {
         let d = &ctx.dispatch;
         log.system(&format!(
             "run #{} {}/{} stage `{}` attempt {} on {} ({} {})",
-            d.run_id, ctx.run.repo, ctx.run.pipeline, d.stage, d.attempt, d.runner, ctx.run.git_ref, short(&ctx.run.commit)
+            d.run_id,
+            ctx.run.repo,
+            ctx.run.pipeline,
+            d.stage,
+            d.attempt,
+            d.runner,
+            ctx.run.git_ref,
+            short(&ctx.run.commit)
         ))
         .await;
         if d.attempt > 1 {
@@ -233,7 +312,10 @@ pub(crate) async fn retry_backoff(
     let when = chrono::DateTime::from_timestamp_millis(at)
         .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
         .unwrap_or_default();
-    (at, format!("backoff until {when}: attempt {attempt} failed ({why})"))
+    (
+        at,
+        format!("backoff until {when}: attempt {attempt} failed ({why})"),
+    )
 }
 
 fn short(commit: &str) -> &str {
@@ -244,7 +326,11 @@ fn short(commit: &str) -> &str {
 /// together do not hit a shared dependency in lockstep.
 fn with_jitter(base: Duration, cap: Duration) -> Duration {
     let jitter_ms = u64::try_from(base.as_millis() / 4).unwrap_or(0);
-    let extra = if jitter_ms > 0 { rand::rng().random_range(0..=jitter_ms) } else { 0 };
+    let extra = if jitter_ms > 0 {
+        rand::rng().random_range(0..=jitter_ms)
+    } else {
+        0
+    };
     (base + Duration::from_millis(extra)).min(cap.max(base))
 }
 
@@ -289,7 +375,10 @@ mod tests {
     fn jitter_stays_within_a_quarter_and_the_cap() {
         for _ in 0..100 {
             let d = with_jitter(Duration::from_secs(4), Duration::from_secs(60));
-            assert!(d >= Duration::from_secs(4) && d <= Duration::from_secs(5), "{d:?}");
+            assert!(
+                d >= Duration::from_secs(4) && d <= Duration::from_secs(5),
+                "{d:?}"
+            );
             let capped = with_jitter(Duration::from_secs(60), Duration::from_secs(60));
             assert_eq!(capped, Duration::from_secs(60));
         }

@@ -40,7 +40,11 @@ impl SchedulerConfig {
     /// Only the local runner, with `capacity` slots and `labels`.
     pub fn local(capacity: usize, labels: Vec<String>) -> SchedulerConfig {
         SchedulerConfig {
-            local: Some(RunnerSlot { name: LOCAL_RUNNER.to_string(), labels, capacity }),
+            local: Some(RunnerSlot {
+                name: LOCAL_RUNNER.to_string(),
+                labels,
+                capacity,
+            }),
             lease_ttl: Duration::from_secs(30),
             runner_offline_after: Duration::from_secs(60),
             source_urls: HashMap::new(),
@@ -50,15 +54,32 @@ impl SchedulerConfig {
 
 /// Prepares a run's workspace: writes the commit's files into an empty directory.
 pub trait WorkspaceSource: Send + Sync + 'static {
-    fn prepare(&self, repo: &str, commit: &str, dir: &Path) -> deploylite_runner::BoxFuture<'static, Result<(), String>>;
+    fn prepare(
+        &self,
+        repo: &str,
+        commit: &str,
+        dir: &Path,
+    ) -> deploylite_runner::BoxFuture<'static, Result<(), String>>;
 }
 
 /// What the scheduler tells whoever listens (the `run` command, tests, later the forge reporter).
 #[derive(Debug, Clone, PartialEq)]
 pub enum SchedulerEvent {
-    StageStarted { run_id: i64, stage: String, attempt: i64 },
-    StageFinished { run_id: i64, stage: String, attempt: i64, status: StageStatus },
-    RunFinished { run_id: i64, status: RunStatus },
+    StageStarted {
+        run_id: i64,
+        stage: String,
+        attempt: i64,
+    },
+    StageFinished {
+        run_id: i64,
+        stage: String,
+        attempt: i64,
+        status: StageStatus,
+    },
+    RunFinished {
+        run_id: i64,
+        status: RunStatus,
+    },
 }
 
 /// When nothing wakes it, the scheduler still looks at the store this often (a safety net for
@@ -157,14 +178,25 @@ impl Scheduler {
 
     /// The runners that can take stages now: the local one and the remote ones online.
     async fn runner_slots(&self, now: i64) -> Result<PlanConfig, StoreError> {
-        let offline_before = now - i64::try_from(self.config.runner_offline_after.as_millis()).unwrap_or(i64::MAX / 2);
+        let offline_before = now
+            - i64::try_from(self.config.runner_offline_after.as_millis()).unwrap_or(i64::MAX / 2);
         let mut runners: Vec<RunnerSlot> = self.config.local.iter().cloned().collect();
         for r in self.store.list_runners().await? {
-            if !r.revoked && r.last_seen.is_some_and(|t| t >= offline_before) && r.name != LOCAL_RUNNER {
-                runners.push(RunnerSlot { name: r.name, labels: r.labels, capacity: usize::try_from(r.capacity).unwrap_or(0) });
+            if !r.revoked
+                && r.last_seen.is_some_and(|t| t >= offline_before)
+                && r.name != LOCAL_RUNNER
+            {
+                runners.push(RunnerSlot {
+                    name: r.name,
+                    labels: r.labels,
+                    capacity: usize::try_from(r.capacity).unwrap_or(0),
+                });
             }
         }
-        Ok(PlanConfig { runners, lease_ttl_ms: i64::try_from(self.config.lease_ttl.as_millis()).unwrap_or(i64::MAX / 2) })
+        Ok(PlanConfig {
+            runners,
+            lease_ttl_ms: i64::try_from(self.config.lease_ttl.as_millis()).unwrap_or(i64::MAX / 2),
+        })
     }
 
     /// Closes the attempts a previous daemon left running and kills what is left of their
@@ -175,7 +207,12 @@ impl Scheduler {
             let (run_id, stage, attempt) = (i.run_id, i.stage.clone(), i.attempt);
             let workspaces = self.data.workspaces();
             let killed = tokio::task::spawn_blocking(move || {
-                deploylite_runner::kill_orphans(&workspaces, run_id, &stage, u32::try_from(attempt).unwrap_or(0))
+                deploylite_runner::kill_orphans(
+                    &workspaces,
+                    run_id,
+                    &stage,
+                    u32::try_from(attempt).unwrap_or(0),
+                )
             })
             .await
             .unwrap_or(0);
@@ -200,7 +237,9 @@ impl Scheduler {
             };
             while tasks.try_join_next().is_some() {}
             let sleep = wakeup
-                .map(|at| Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0)).min(IDLE_TICK))
+                .map(|at| {
+                    Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0)).min(IDLE_TICK)
+                })
                 .unwrap_or(IDLE_TICK);
             tokio::select! {
                 _ = self.wake.notified() => {}
@@ -257,8 +296,12 @@ impl Scheduler {
                 self.hub.notify(&dispatch.runner);
                 continue;
             }
-            let Some(run) = runs.iter().find(|r| r.id == dispatch.run_id) else { continue };
-            let Some(spec) = specs.get(&dispatch.run_id).cloned() else { continue };
+            let Some(run) = runs.iter().find(|r| r.id == dispatch.run_id) else {
+                continue;
+            };
+            let Some(spec) = specs.get(&dispatch.run_id).cloned() else {
+                continue;
+            };
             let failures = run
                 .stages
                 .iter()
@@ -283,7 +326,10 @@ impl Scheduler {
     async fn specs_for(&self, runs: &[ActiveRun]) -> HashMap<i64, Arc<Pipeline>> {
         let missing: Vec<i64> = {
             let cache = lock(&self.specs);
-            runs.iter().filter(|r| !cache.contains_key(&r.id)).map(|r| r.id).collect()
+            runs.iter()
+                .filter(|r| !cache.contains_key(&r.id))
+                .map(|r| r.id)
+                .collect()
         };
         for id in missing {
             match self.store.run_spec(id).await {
@@ -325,16 +371,24 @@ impl Scheduler {
             let result = async {
                 if tokio::fs::try_exists(&dir).await.unwrap_or(false) {
                     // Half-written by a daemon that died while preparing it.
-                    tokio::fs::remove_dir_all(&dir).await.map_err(|e| e.to_string())?;
+                    tokio::fs::remove_dir_all(&dir)
+                        .await
+                        .map_err(|e| e.to_string())?;
                 }
                 this.workspaces.prepare(&repo, &commit, &dir).await
             }
             .await;
             let recorded = match result {
-                Ok(()) => this.store.mark_workspace_ready(run_id, &dir.display().to_string()).await,
+                Ok(()) => {
+                    this.store
+                        .mark_workspace_ready(run_id, &dir.display().to_string())
+                        .await
+                }
                 Err(message) => {
                     tracing::error!(run_id, %message, "cannot prepare the workspace");
-                    this.store.fail_run(run_id, &format!("cannot prepare the workspace: {message}")).await
+                    this.store
+                        .fail_run(run_id, &format!("cannot prepare the workspace: {message}"))
+                        .await
                 }
             };
             if let Err(error) = recorded {

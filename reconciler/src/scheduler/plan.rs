@@ -7,7 +7,9 @@ use std::sync::Arc;
 use deploylite_pipeline::{Concurrency, Pipeline};
 
 use crate::status::{run_outcome, RunStatus, StageStatus};
-use crate::store::{ActiveRun, Dispatch, ExpiredLease, RunFinish, StageSkip, TickWrites, LOCAL_RUNNER};
+use crate::store::{
+    ActiveRun, Dispatch, ExpiredLease, RunFinish, StageSkip, TickWrites, LOCAL_RUNNER,
+};
 
 /// A runner that can take stages now: the daemon's own (`local`) or a remote one that is online.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,7 +54,11 @@ pub fn plan_tick(
     let mut busy_groups: HashMap<(&str, &str, &str), i64> = HashMap::new();
 
     for run in runs {
-        let group = (run.repo.as_str(), run.pipeline.as_str(), run.git_ref.as_str());
+        let group = (
+            run.repo.as_str(),
+            run.pipeline.as_str(),
+            run.git_ref.as_str(),
+        );
         let older = busy_groups.get(&group).copied();
         busy_groups.entry(group).or_insert(run.id);
 
@@ -65,7 +71,10 @@ pub fn plan_tick(
                         status: RunStatus::Cancelled,
                     });
                 } else if let (Concurrency::Queue, Some(older)) = (run.concurrency, older) {
-                    let reason = Some(format!("concurrency: waiting for run #{older} on {}", run.git_ref));
+                    let reason = Some(format!(
+                        "concurrency: waiting for run #{older} on {}",
+                        run.git_ref
+                    ));
                     if run.pending_reason != reason {
                         writes.run_pending.push((run.id, reason));
                     }
@@ -77,7 +86,15 @@ pub fn plan_tick(
                 }
             }
             RunStatus::Running => {
-                plan_running_run(run, specs.get(&run.id), config, now, &mut slots, &mut writes, &mut effects);
+                plan_running_run(
+                    run,
+                    specs.get(&run.id),
+                    config,
+                    now,
+                    &mut slots,
+                    &mut writes,
+                    &mut effects,
+                );
             }
             _ => {}
         }
@@ -96,15 +113,23 @@ impl<'a> Slots<'a> {
         let mut running: HashMap<&str, usize> = HashMap::new();
         for stage in runs.iter().flat_map(|r| &r.stages) {
             if stage.status == StageStatus::Running {
-                *running.entry(stage.runner.as_deref().unwrap_or(LOCAL_RUNNER)).or_default() += 1;
+                *running
+                    .entry(stage.runner.as_deref().unwrap_or(LOCAL_RUNNER))
+                    .or_default() += 1;
             }
         }
         let free = config
             .runners
             .iter()
-            .map(|r| r.capacity.saturating_sub(running.get(r.name.as_str()).copied().unwrap_or(0)))
+            .map(|r| {
+                r.capacity
+                    .saturating_sub(running.get(r.name.as_str()).copied().unwrap_or(0))
+            })
             .collect();
-        Slots { runners: &config.runners, free }
+        Slots {
+            runners: &config.runners,
+            free,
+        }
     }
 
     /// The matching runner with the most free capacity, taking one slot of it; otherwise why not.
@@ -118,10 +143,18 @@ impl<'a> Slots<'a> {
             } else if runs_on.is_empty() {
                 "no matching runner".to_string()
             } else {
-                format!("no matching runner: runs-on [{}] is not offered by any runner", runs_on.join(", "))
+                format!(
+                    "no matching runner: runs-on [{}] is not offered by any runner",
+                    runs_on.join(", ")
+                )
             });
         }
-        match matching.iter().copied().filter(|&i| self.free[i] > 0).max_by_key(|&i| (self.free[i], usize::MAX - i)) {
+        match matching
+            .iter()
+            .copied()
+            .filter(|&i| self.free[i] > 0)
+            .max_by_key(|&i| (self.free[i], usize::MAX - i))
+        {
             Some(i) => {
                 self.free[i] -= 1;
                 Ok(&self.runners[i])
@@ -132,8 +165,14 @@ impl<'a> Slots<'a> {
                     format!("capacity: {c} of {c} stages running")
                 }
                 _ => {
-                    let names: Vec<&str> = matching.iter().map(|&i| self.runners[i].name.as_str()).collect();
-                    format!("capacity: every matching runner is busy ({})", names.join(", "))
+                    let names: Vec<&str> = matching
+                        .iter()
+                        .map(|&i| self.runners[i].name.as_str())
+                        .collect();
+                    format!(
+                        "capacity: every matching runner is busy ({})",
+                        names.join(", ")
+                    )
                 }
             }),
         }
@@ -144,7 +183,9 @@ impl<'a> Slots<'a> {
 fn expire_leases(runs: &[ActiveRun], now: i64, writes: &mut TickWrites) {
     for run in runs.iter().filter(|r| r.status == RunStatus::Running) {
         for stage in &run.stages {
-            if let (StageStatus::Running, Some(runner), Some(deadline)) = (stage.status, &stage.runner, stage.lease_deadline) {
+            if let (StageStatus::Running, Some(runner), Some(deadline)) =
+                (stage.status, &stage.runner, stage.lease_deadline)
+            {
                 if runner != LOCAL_RUNNER && deadline < now {
                     writes.expire.push(ExpiredLease {
                         run_id: run.id,
@@ -168,14 +209,22 @@ fn plan_running_run(
     effects: &mut TickEffects,
 ) {
     // Statuses as this tick leaves them, so that a skip propagates down the DAG in one tick.
-    let mut status: HashMap<&str, StageStatus> = run.stages.iter().map(|s| (s.name.as_str(), s.status)).collect();
+    let mut status: HashMap<&str, StageStatus> = run
+        .stages
+        .iter()
+        .map(|s| (s.name.as_str(), s.status))
+        .collect();
     let mut any_running = false;
 
     for stage in &run.stages {
         match stage.status {
             StageStatus::Running => {
                 any_running = true;
-                if writes.expire.iter().any(|e| e.run_id == run.id && e.stage == stage.name) {
+                if writes
+                    .expire
+                    .iter()
+                    .any(|e| e.run_id == run.id && e.stage == stage.name)
+                {
                     continue; // requeued by this tick; dispatched again by the next
                 }
                 if run.cancel_requested {
@@ -187,7 +236,12 @@ fn plan_running_run(
             _ => continue,
         }
         if run.cancel_requested {
-            writes.skip.push(skip(run.id, &stage.name, StageStatus::Skipped, "run cancelled"));
+            writes.skip.push(skip(
+                run.id,
+                &stage.name,
+                StageStatus::Skipped,
+                "run cancelled",
+            ));
             status.insert(&stage.name, StageStatus::Skipped);
             continue;
         }
@@ -207,7 +261,9 @@ fn plan_running_run(
                 Some(s) => format!("needs `{blocker}`, which {}", past_tense(*s)),
                 None => format!("needs `{blocker}`, which this run does not have"),
             };
-            writes.skip.push(skip(run.id, &stage.name, StageStatus::Skipped, &why));
+            writes
+                .skip
+                .push(skip(run.id, &stage.name, StageStatus::Skipped, &why));
             status.insert(&stage.name, StageStatus::Skipped);
             continue;
         }
@@ -239,7 +295,9 @@ fn plan_running_run(
                     .is_some_and(|r| r.starts_with("restart:") && !reason.starts_with("needs"))
                     || stage.pending_reason.as_deref() == Some(reason.as_str());
                 if !keep {
-                    writes.stage_pending.push((run.id, stage.name.clone(), Some(reason)));
+                    writes
+                        .stage_pending
+                        .push((run.id, stage.name.clone(), Some(reason)));
                 }
             }
             None => {
@@ -250,7 +308,8 @@ fn plan_running_run(
                     stage: stage.name.clone(),
                     attempt: stage.attempt + 1,
                     runner: runner.name.clone(),
-                    lease_deadline: (runner.name != LOCAL_RUNNER).then_some(now + config.lease_ttl_ms),
+                    lease_deadline: (runner.name != LOCAL_RUNNER)
+                        .then_some(now + config.lease_ttl_ms),
                 });
                 status.insert(&stage.name, StageStatus::Running);
             }
@@ -260,9 +319,16 @@ fn plan_running_run(
     if !run.workspace_ready && !any_running {
         effects.prepare_workspace.push(run.id);
     }
-    let all_final = run.stages.iter().all(|s| status.get(s.name.as_str()).is_some_and(|st| st.is_final()));
+    let all_final = run
+        .stages
+        .iter()
+        .all(|s| status.get(s.name.as_str()).is_some_and(|st| st.is_final()));
     if all_final {
-        let finals: Vec<StageStatus> = run.stages.iter().filter_map(|s| status.get(s.name.as_str()).copied()).collect();
+        let finals: Vec<StageStatus> = run
+            .stages
+            .iter()
+            .filter_map(|s| status.get(s.name.as_str()).copied())
+            .collect();
         writes.finish.push(RunFinish {
             run_id: run.id,
             status: run_outcome(&finals, run.cancel_requested),
@@ -271,7 +337,11 @@ fn plan_running_run(
 }
 
 fn skip_remaining(run: &ActiveRun, reason: &str, to: StageStatus, writes: &mut TickWrites) {
-    for stage in run.stages.iter().filter(|s| s.status == StageStatus::Queued) {
+    for stage in run
+        .stages
+        .iter()
+        .filter(|s| s.status == StageStatus::Queued)
+    {
         writes.skip.push(skip(run.id, &stage.name, to, reason));
     }
 }
@@ -303,7 +373,11 @@ mod tests {
 
     fn config(max: usize) -> PlanConfig {
         PlanConfig {
-            runners: vec![RunnerSlot { name: LOCAL_RUNNER.into(), labels: vec!["local".into(), "linux".into()], capacity: max }],
+            runners: vec![RunnerSlot {
+                name: LOCAL_RUNNER.into(),
+                labels: vec!["local".into(), "linux".into()],
+                capacity: max,
+            }],
             lease_ttl_ms: 30_000,
         }
     }
@@ -346,7 +420,8 @@ mod tests {
             "name: ci\nstages:\n  {stage}:\n    runs-on: [{}]\n    steps: [{{ run: 'true' }}]\n",
             labels.join(", ")
         );
-        let pipeline = deploylite_pipeline::parse_pipeline("ci.yaml", &yaml).expect("valid test pipeline");
+        let pipeline =
+            deploylite_pipeline::parse_pipeline("ci.yaml", &yaml).expect("valid test pipeline");
         HashMap::from([(1, Arc::new(pipeline))])
     }
 
@@ -363,7 +438,11 @@ mod tests {
 
     #[test]
     fn a_queued_run_starts_and_asks_for_its_workspace() {
-        let mut r = run(1, RunStatus::Queued, vec![stage("a", StageStatus::Queued, &[])]);
+        let mut r = run(
+            1,
+            RunStatus::Queued,
+            vec![stage("a", StageStatus::Queued, &[])],
+        );
         r.workspace_ready = false;
         let (w, e) = plan_tick(&[r], &HashMap::new(), &config(4), NOW);
         assert_eq!(w.start_runs, vec![1]);
@@ -398,10 +477,28 @@ mod tests {
                 stage("d", StageStatus::Queued, &["b", "c"]),
             ]
         };
-        let (w, _) = plan_tick(&[run(1, RunStatus::Running, stages(StageStatus::Success, StageStatus::Running))], &HashMap::new(), &config(4), NOW);
+        let (w, _) = plan_tick(
+            &[run(
+                1,
+                RunStatus::Running,
+                stages(StageStatus::Success, StageStatus::Running),
+            )],
+            &HashMap::new(),
+            &config(4),
+            NOW,
+        );
         assert!(w.dispatch.is_empty());
         assert_eq!(pending(&w, "d"), Some("needs: c"));
-        let (w, _) = plan_tick(&[run(1, RunStatus::Running, stages(StageStatus::Success, StageStatus::Success))], &HashMap::new(), &config(4), NOW);
+        let (w, _) = plan_tick(
+            &[run(
+                1,
+                RunStatus::Running,
+                stages(StageStatus::Success, StageStatus::Success),
+            )],
+            &HashMap::new(),
+            &config(4),
+            NOW,
+        );
         assert_eq!(dispatched(&w), ["d"]);
     }
 
@@ -418,22 +515,62 @@ mod tests {
             ],
         );
         let (w, _) = plan_tick(&[r], &HashMap::new(), &config(4), NOW);
-        let skipped: Vec<(&str, &str)> = w.skip.iter().map(|s| (s.stage.as_str(), s.reason.as_str())).collect();
-        assert_eq!(skipped, [("b", "needs `a`, which failed"), ("c", "needs `b`, which was skipped")]);
-        assert_eq!(w.finish, vec![RunFinish { run_id: 1, status: RunStatus::Failed }]);
+        let skipped: Vec<(&str, &str)> = w
+            .skip
+            .iter()
+            .map(|s| (s.stage.as_str(), s.reason.as_str()))
+            .collect();
+        assert_eq!(
+            skipped,
+            [
+                ("b", "needs `a`, which failed"),
+                ("c", "needs `b`, which was skipped")
+            ]
+        );
+        assert_eq!(
+            w.finish,
+            vec![RunFinish {
+                run_id: 1,
+                status: RunStatus::Failed
+            }]
+        );
     }
 
     #[test]
     fn capacity_is_shared_by_all_runs_and_says_so() {
         let runs = vec![
-            run(1, RunStatus::Running, vec![stage("a", StageStatus::Running, &[]), stage("b", StageStatus::Queued, &[])]),
-            run(2, RunStatus::Running, vec![stage("a", StageStatus::Queued, &[]), stage("b", StageStatus::Queued, &[])]),
+            run(
+                1,
+                RunStatus::Running,
+                vec![
+                    stage("a", StageStatus::Running, &[]),
+                    stage("b", StageStatus::Queued, &[]),
+                ],
+            ),
+            run(
+                2,
+                RunStatus::Running,
+                vec![
+                    stage("a", StageStatus::Queued, &[]),
+                    stage("b", StageStatus::Queued, &[]),
+                ],
+            ),
         ];
         let (w, _) = plan_tick(&runs, &HashMap::new(), &config(2), NOW);
         assert_eq!(w.dispatch.len(), 1);
         assert_eq!(w.dispatch[0].run_id, 1, "older runs first");
-        let waiting: Vec<&str> = w.stage_pending.iter().filter_map(|(_, _, r)| r.as_deref()).collect();
-        assert_eq!(waiting, ["capacity: 2 of 2 stages running", "capacity: 2 of 2 stages running"]);
+        let waiting: Vec<&str> = w
+            .stage_pending
+            .iter()
+            .filter_map(|(_, _, r)| r.as_deref())
+            .collect();
+        assert_eq!(
+            waiting,
+            [
+                "capacity: 2 of 2 stages running",
+                "capacity: 2 of 2 stages running"
+            ]
+        );
     }
 
     #[test]
@@ -454,11 +591,27 @@ mod tests {
 
     #[test]
     fn a_stage_whose_labels_no_runner_offers_waits_and_says_which() {
-        let r = run(1, RunStatus::Running, vec![stage("gpu", StageStatus::Queued, &[])]);
-        let (w, _) = plan_tick(&[r], &spec_with_runs_on("gpu", &["linux", "gpu"]), &config(4), NOW);
+        let r = run(
+            1,
+            RunStatus::Running,
+            vec![stage("gpu", StageStatus::Queued, &[])],
+        );
+        let (w, _) = plan_tick(
+            &[r],
+            &spec_with_runs_on("gpu", &["linux", "gpu"]),
+            &config(4),
+            NOW,
+        );
         assert!(w.dispatch.is_empty());
-        assert_eq!(pending(&w, "gpu"), Some("no matching runner: runs-on [linux, gpu] is not offered by any runner"));
-        let r = run(1, RunStatus::Running, vec![stage("gpu", StageStatus::Queued, &[])]);
+        assert_eq!(
+            pending(&w, "gpu"),
+            Some("no matching runner: runs-on [linux, gpu] is not offered by any runner")
+        );
+        let r = run(
+            1,
+            RunStatus::Running,
+            vec![stage("gpu", StageStatus::Queued, &[])],
+        );
         let (w, _) = plan_tick(&[r], &spec_with_runs_on("gpu", &["linux"]), &config(4), NOW);
         assert_eq!(dispatched(&w), ["gpu"]);
     }
@@ -468,7 +621,10 @@ mod tests {
         let mut r = run(
             1,
             RunStatus::Running,
-            vec![stage("a", StageStatus::Running, &[]), stage("b", StageStatus::Queued, &["a"])],
+            vec![
+                stage("a", StageStatus::Running, &[]),
+                stage("b", StageStatus::Queued, &["a"]),
+            ],
         );
         r.cancel_requested = true;
         let (w, e) = plan_tick(&[r.clone()], &HashMap::new(), &config(4), NOW);
@@ -478,30 +634,64 @@ mod tests {
         r.stages[0].status = StageStatus::Cancelled;
         r.stages[1].status = StageStatus::Skipped;
         let (w, _) = plan_tick(&[r], &HashMap::new(), &config(4), NOW);
-        assert_eq!(w.finish, vec![RunFinish { run_id: 1, status: RunStatus::Cancelled }]);
+        assert_eq!(
+            w.finish,
+            vec![RunFinish {
+                run_id: 1,
+                status: RunStatus::Cancelled
+            }]
+        );
     }
 
     #[test]
     fn a_cancelled_queued_run_never_starts() {
-        let mut r = run(1, RunStatus::Queued, vec![stage("a", StageStatus::Queued, &[])]);
+        let mut r = run(
+            1,
+            RunStatus::Queued,
+            vec![stage("a", StageStatus::Queued, &[])],
+        );
         r.cancel_requested = true;
         let (w, _) = plan_tick(&[r], &HashMap::new(), &config(4), NOW);
         assert!(w.start_runs.is_empty());
-        assert_eq!(w.finish, vec![RunFinish { run_id: 1, status: RunStatus::Cancelled }]);
+        assert_eq!(
+            w.finish,
+            vec![RunFinish {
+                run_id: 1,
+                status: RunStatus::Cancelled
+            }]
+        );
         assert_eq!(w.skip.len(), 1);
     }
 
     #[test]
     fn queue_concurrency_waits_for_the_older_run_of_the_same_ref() {
-        let older = run(1, RunStatus::Running, vec![stage("a", StageStatus::Running, &[])]);
-        let mut newer = run(2, RunStatus::Queued, vec![stage("a", StageStatus::Queued, &[])]);
+        let older = run(
+            1,
+            RunStatus::Running,
+            vec![stage("a", StageStatus::Running, &[])],
+        );
+        let mut newer = run(
+            2,
+            RunStatus::Queued,
+            vec![stage("a", StageStatus::Queued, &[])],
+        );
         newer.concurrency = Concurrency::Queue;
-        let mut other_ref = run(3, RunStatus::Queued, vec![stage("a", StageStatus::Queued, &[])]);
+        let mut other_ref = run(
+            3,
+            RunStatus::Queued,
+            vec![stage("a", StageStatus::Queued, &[])],
+        );
         other_ref.concurrency = Concurrency::Queue;
         other_ref.git_ref = "refs/heads/dev".into();
         let (w, _) = plan_tick(&[older, newer, other_ref], &HashMap::new(), &config(4), NOW);
         assert_eq!(w.start_runs, vec![3]);
-        assert_eq!(w.run_pending, vec![(2, Some("concurrency: waiting for run #1 on refs/heads/main".to_string()))]);
+        assert_eq!(
+            w.run_pending,
+            vec![(
+                2,
+                Some("concurrency: waiting for run #1 on refs/heads/main".to_string())
+            )]
+        );
     }
 
     #[test]
@@ -517,14 +707,24 @@ mod tests {
         );
         let (w, _) = plan_tick(&[r], &HashMap::new(), &config(4), NOW);
         assert_eq!(w.skip[0].stage, "notify");
-        assert_eq!(w.finish, vec![RunFinish { run_id: 1, status: RunStatus::Success }]);
+        assert_eq!(
+            w.finish,
+            vec![RunFinish {
+                run_id: 1,
+                status: RunStatus::Success
+            }]
+        );
     }
 
     #[test]
     fn unchanged_pending_reasons_are_not_rewritten() {
         let mut s = stage("test", StageStatus::Queued, &["build"]);
         s.pending_reason = Some("needs: build".into());
-        let r = run(1, RunStatus::Running, vec![stage("build", StageStatus::Running, &[]), s]);
+        let r = run(
+            1,
+            RunStatus::Running,
+            vec![stage("build", StageStatus::Running, &[]), s],
+        );
         let (w, _) = plan_tick(&[r], &HashMap::new(), &config(4), NOW);
         assert!(w.is_empty(), "an idle tick writes nothing: {w:?}");
     }
@@ -536,7 +736,11 @@ mod runner_tests {
     use crate::store::ActiveStage;
 
     fn slot(name: &str, labels: &[&str], capacity: usize) -> RunnerSlot {
-        RunnerSlot { name: name.into(), labels: labels.iter().map(|s| s.to_string()).collect(), capacity }
+        RunnerSlot {
+            name: name.into(),
+            labels: labels.iter().map(|s| s.to_string()).collect(),
+            capacity,
+        }
     }
 
     fn queued(name: &str) -> ActiveStage {
@@ -555,7 +759,13 @@ mod runner_tests {
     }
 
     fn running_on(name: &str, runner: &str, deadline: Option<i64>) -> ActiveStage {
-        ActiveStage { status: StageStatus::Running, attempt: 1, runner: Some(runner.into()), lease_deadline: deadline, ..queued(name) }
+        ActiveStage {
+            status: StageStatus::Running,
+            attempt: 1,
+            runner: Some(runner.into()),
+            lease_deadline: deadline,
+            ..queued(name)
+        }
     }
 
     fn run(stages: Vec<ActiveStage>) -> ActiveRun {
@@ -578,34 +788,61 @@ mod runner_tests {
 
     fn specs(yaml_stages: &str) -> HashMap<i64, Arc<Pipeline>> {
         let yaml = format!("name: p\nstages:\n{yaml_stages}");
-        HashMap::from([(1, Arc::new(deploylite_pipeline::parse_pipeline("p.yaml", &yaml).expect("valid")))])
+        HashMap::from([(
+            1,
+            Arc::new(deploylite_pipeline::parse_pipeline("p.yaml", &yaml).expect("valid")),
+        )])
     }
 
     #[test]
     fn stages_go_to_runners_whose_labels_match_with_the_most_free_capacity() {
         let config = PlanConfig {
-            runners: vec![slot("local", &["local"], 1), slot("a", &["linux", "gpu"], 1), slot("b", &["linux"], 3)],
+            runners: vec![
+                slot("local", &["local"], 1),
+                slot("a", &["linux", "gpu"], 1),
+                slot("b", &["linux"], 3),
+            ],
             lease_ttl_ms: 10_000,
         };
         let specs = specs("  g:\n    runs-on: [gpu]\n    steps: [{ run: x }]\n  l1:\n    runs-on: [linux]\n    steps: [{ run: x }]\n  l2:\n    runs-on: [linux]\n    steps: [{ run: x }]\n  any:\n    steps: [{ run: x }]\n");
         let r = run(vec![queued("g"), queued("l1"), queued("l2"), queued("any")]);
         let (w, _) = plan_tick(&[r], &specs, &config, 1_000);
-        let placed: Vec<(&str, &str, Option<i64>)> =
-            w.dispatch.iter().map(|d| (d.stage.as_str(), d.runner.as_str(), d.lease_deadline)).collect();
+        let placed: Vec<(&str, &str, Option<i64>)> = w
+            .dispatch
+            .iter()
+            .map(|d| (d.stage.as_str(), d.runner.as_str(), d.lease_deadline))
+            .collect();
         assert_eq!(
             placed,
             // `any` matches all three; local and b have one slot left each: the first listed wins.
-            vec![("g", "a", Some(11_000)), ("l1", "b", Some(11_000)), ("l2", "b", Some(11_000)), ("any", "local", None)]
+            vec![
+                ("g", "a", Some(11_000)),
+                ("l1", "b", Some(11_000)),
+                ("l2", "b", Some(11_000)),
+                ("any", "local", None)
+            ]
         );
     }
 
     #[test]
     fn busy_runners_and_missing_labels_are_explained() {
-        let config = PlanConfig { runners: vec![slot("a", &["linux"], 1), slot("b", &["linux"], 1)], lease_ttl_ms: 10_000 };
+        let config = PlanConfig {
+            runners: vec![slot("a", &["linux"], 1), slot("b", &["linux"], 1)],
+            lease_ttl_ms: 10_000,
+        };
         let specs = specs("  busy:\n    runs-on: [linux]\n    steps: [{ run: x }]\n  arm:\n    runs-on: [arm64]\n    steps: [{ run: x }]\n");
-        let r = run(vec![running_on("x", "a", Some(5_000)), running_on("y", "b", Some(5_000)), queued("busy"), queued("arm")]);
+        let r = run(vec![
+            running_on("x", "a", Some(5_000)),
+            running_on("y", "b", Some(5_000)),
+            queued("busy"),
+            queued("arm"),
+        ]);
         let (w, _) = plan_tick(&[r], &specs, &config, 1_000);
-        let reasons: Vec<&str> = w.stage_pending.iter().filter_map(|(_, _, r)| r.as_deref()).collect();
+        let reasons: Vec<&str> = w
+            .stage_pending
+            .iter()
+            .filter_map(|(_, _, r)| r.as_deref())
+            .collect();
         assert_eq!(
             reasons,
             vec![
@@ -613,16 +850,42 @@ mod runner_tests {
                 "no matching runner: runs-on [arm64] is not offered by any runner"
             ]
         );
-        let (w, _) = plan_tick(&[run(vec![queued("busy")])], &specs, &PlanConfig { runners: vec![], lease_ttl_ms: 1 }, 0);
-        assert_eq!(w.stage_pending[0].2.as_deref(), Some("no matching runner: no runner is online"));
+        let (w, _) = plan_tick(
+            &[run(vec![queued("busy")])],
+            &specs,
+            &PlanConfig {
+                runners: vec![],
+                lease_ttl_ms: 1,
+            },
+            0,
+        );
+        assert_eq!(
+            w.stage_pending[0].2.as_deref(),
+            Some("no matching runner: no runner is online")
+        );
     }
 
     #[test]
     fn an_expired_remote_lease_is_requeued_and_a_local_one_never_expires() {
-        let config = PlanConfig { runners: vec![slot("a", &[], 2)], lease_ttl_ms: 10_000 };
-        let r = run(vec![running_on("lost", "a", Some(999)), running_on("alive", "a", Some(5_000)), running_on("mine", LOCAL_RUNNER, None)]);
+        let config = PlanConfig {
+            runners: vec![slot("a", &[], 2)],
+            lease_ttl_ms: 10_000,
+        };
+        let r = run(vec![
+            running_on("lost", "a", Some(999)),
+            running_on("alive", "a", Some(5_000)),
+            running_on("mine", LOCAL_RUNNER, None),
+        ]);
         let (w, _) = plan_tick(&[r], &HashMap::new(), &config, 1_000);
-        assert_eq!(w.expire, vec![ExpiredLease { run_id: 1, stage: "lost".into(), attempt: 1, runner: "a".into() }]);
+        assert_eq!(
+            w.expire,
+            vec![ExpiredLease {
+                run_id: 1,
+                stage: "lost".into(),
+                attempt: 1,
+                runner: "a".into()
+            }]
+        );
         assert!(w.finish.is_empty());
     }
 }

@@ -27,7 +27,10 @@ impl RunnerHub {
     }
 
     pub fn waiter(&self, runner: &str) -> Arc<Notify> {
-        lock(&self.waiters).entry(runner.to_string()).or_default().clone()
+        lock(&self.waiters)
+            .entry(runner.to_string())
+            .or_default()
+            .clone()
     }
 }
 
@@ -57,10 +60,15 @@ pub struct LeaseJob {
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum RemoteOutcome {
     Success,
-    Failed { step: usize, exit_code: Option<i32> },
+    Failed {
+        step: usize,
+        exit_code: Option<i32>,
+    },
     TimedOut,
     Cancelled,
-    Error { message: String },
+    Error {
+        message: String,
+    },
     /// The runner is shutting down and gives the stage back: a new attempt elsewhere.
     HandedBack,
 }
@@ -69,17 +77,25 @@ impl RemoteOutcome {
     pub fn from_outcome(outcome: &StageOutcome) -> RemoteOutcome {
         match outcome {
             StageOutcome::Succeeded => RemoteOutcome::Success,
-            StageOutcome::Failed { step, exit_code } => RemoteOutcome::Failed { step: *step, exit_code: *exit_code },
+            StageOutcome::Failed { step, exit_code } => RemoteOutcome::Failed {
+                step: *step,
+                exit_code: *exit_code,
+            },
             StageOutcome::TimedOut => RemoteOutcome::TimedOut,
             StageOutcome::Cancelled => RemoteOutcome::Cancelled,
-            StageOutcome::Error(message) => RemoteOutcome::Error { message: message.clone() },
+            StageOutcome::Error(message) => RemoteOutcome::Error {
+                message: message.clone(),
+            },
         }
     }
 
     fn to_outcome(&self) -> Option<StageOutcome> {
         Some(match self {
             RemoteOutcome::Success => StageOutcome::Succeeded,
-            RemoteOutcome::Failed { step, exit_code } => StageOutcome::Failed { step: *step, exit_code: *exit_code },
+            RemoteOutcome::Failed { step, exit_code } => StageOutcome::Failed {
+                step: *step,
+                exit_code: *exit_code,
+            },
             RemoteOutcome::TimedOut => StageOutcome::TimedOut,
             RemoteOutcome::Cancelled => StageOutcome::Cancelled,
             RemoteOutcome::Error { message } => StageOutcome::Error(message.clone()),
@@ -90,13 +106,24 @@ impl RemoteOutcome {
 
 impl Scheduler {
     /// Leases assigned to `runner` and not collected yet (at most `max`), marked collected.
-    pub async fn collect_leases(&self, runner: &str, max: usize) -> Result<Vec<LeaseJob>, StoreError> {
-        let leases = self.store.collect_leases(runner, i64::try_from(max).unwrap_or(i64::MAX)).await?;
+    pub async fn collect_leases(
+        &self,
+        runner: &str,
+        max: usize,
+    ) -> Result<Vec<LeaseJob>, StoreError> {
+        let leases = self
+            .store
+            .collect_leases(runner, i64::try_from(max).unwrap_or(i64::MAX))
+            .await?;
         let mut jobs = Vec::with_capacity(leases.len());
         for lease in leases {
-            let Some((run, _)) = self.store.get_run(lease.run_id).await? else { continue };
+            let Some((run, _)) = self.store.get_run(lease.run_id).await? else {
+                continue;
+            };
             let spec = self.store.run_spec(lease.run_id).await?;
-            let Some(stage) = spec.stages.iter().find(|s| s.name == lease.stage).cloned() else { continue };
+            let Some(stage) = spec.stages.iter().find(|s| s.name == lease.stage).cloned() else {
+                continue;
+            };
             let info = super::attempt::RunInfo {
                 id: run.id,
                 repo: run.repo.clone(),
@@ -113,7 +140,14 @@ impl Scheduler {
                     .await?
                     .into_iter()
                     .find(|a| a.attempt == lease.attempt - 1)
-                    .map(|a| format!("previous attempt {}: {}{}", a.attempt, a.status, a.note.map(|n| format!(" ({n})")).unwrap_or_default()))
+                    .map(|a| {
+                        format!(
+                            "previous attempt {}: {}{}",
+                            a.attempt,
+                            a.status,
+                            a.note.map(|n| format!(" ({n})")).unwrap_or_default()
+                        )
+                    })
             } else {
                 None
             };
@@ -136,9 +170,18 @@ impl Scheduler {
     }
 
     /// Extends a lease; None when the runner no longer holds it, else whether to cancel.
-    pub async fn renew_lease(&self, runner: &str, run_id: i64, stage: &str, attempt: i64) -> Result<Option<bool>, StoreError> {
-        let deadline = now_ms() + i64::try_from(self.config.lease_ttl.as_millis()).unwrap_or(i64::MAX / 2);
-        self.store.renew_lease(runner, run_id, stage, attempt, deadline).await
+    pub async fn renew_lease(
+        &self,
+        runner: &str,
+        run_id: i64,
+        stage: &str,
+        attempt: i64,
+    ) -> Result<Option<bool>, StoreError> {
+        let deadline =
+            now_ms() + i64::try_from(self.config.lease_ttl.as_millis()).unwrap_or(i64::MAX / 2);
+        self.store
+            .renew_lease(runner, run_id, stage, attempt, deadline)
+            .await
     }
 
     /// Records a remote attempt's end. False (nothing changed) when the runner does not hold
@@ -151,13 +194,21 @@ impl Scheduler {
         attempt: i64,
         reported: &RemoteOutcome,
     ) -> Result<bool, StoreError> {
-        let Some((failures, cancelling)) = self.store.held_lease(runner, run_id, stage_name, attempt).await? else {
+        let Some((failures, cancelling)) = self
+            .store
+            .held_lease(runner, run_id, stage_name, attempt)
+            .await?
+        else {
             return Ok(false);
         };
         let Some(outcome) = reported.to_outcome() else {
-            let note = format!("interrupted: handed back by runner `{runner}`, which is shutting down");
+            let note =
+                format!("interrupted: handed back by runner `{runner}`, which is shutting down");
             let reason = format!("restart: attempt {attempt} was handed back by runner `{runner}`");
-            let done = self.store.requeue_attempt(run_id, stage_name, attempt, &note, &reason).await?;
+            let done = self
+                .store
+                .requeue_attempt(run_id, stage_name, attempt, &note, &reason)
+                .await?;
             self.after_remote_end(run_id, stage_name, attempt, StageStatus::Failed);
             return Ok(done);
         };
@@ -196,11 +247,20 @@ impl Scheduler {
             Verdict::Failed => base,
             Verdict::Retry { delay } => {
                 let path = self.data.log_path(run_id, stage_name, attempt);
-                let mut log = deploylite_runner::StageLog::create(&path).await.map_err(|e| {
-                    StoreError::Corrupt(format!("cannot open the log {}: {e}", path.display()))
-                })?;
-                let (at, reason) =
-                    super::attempt::retry_backoff(stage, attempt, failures_u32 + 1, delay, note.as_deref(), &mut log).await;
+                let mut log = deploylite_runner::StageLog::create(&path)
+                    .await
+                    .map_err(|e| {
+                        StoreError::Corrupt(format!("cannot open the log {}: {e}", path.display()))
+                    })?;
+                let (at, reason) = super::attempt::retry_backoff(
+                    stage,
+                    attempt,
+                    failures_u32 + 1,
+                    delay,
+                    note.as_deref(),
+                    &mut log,
+                )
+                .await;
                 AttemptResult {
                     stage_status: StageStatus::Queued,
                     not_before: Some(at),
@@ -217,8 +277,20 @@ impl Scheduler {
     }
 
     /// Appends a chunk of formatted log lines to the attempt's log, if the runner holds it.
-    pub async fn append_remote_log(&self, runner: &str, run_id: i64, stage: &str, attempt: i64, chunk: &[u8]) -> Result<bool, StoreError> {
-        if self.store.held_lease(runner, run_id, stage, attempt).await?.is_none() {
+    pub async fn append_remote_log(
+        &self,
+        runner: &str,
+        run_id: i64,
+        stage: &str,
+        attempt: i64,
+        chunk: &[u8],
+    ) -> Result<bool, StoreError> {
+        if self
+            .store
+            .held_lease(runner, run_id, stage, attempt)
+            .await?
+            .is_none()
+        {
             return Ok(false);
         }
         let path = self.data.log_path(run_id, stage, attempt);
@@ -229,7 +301,12 @@ impl Scheduler {
     }
 
     fn after_remote_end(&self, run_id: i64, stage: &str, attempt: i64, status: StageStatus) {
-        let _ = self.events.send(SchedulerEvent::StageFinished { run_id, stage: stage.to_string(), attempt, status });
+        let _ = self.events.send(SchedulerEvent::StageFinished {
+            run_id,
+            stage: stage.to_string(),
+            attempt,
+            status,
+        });
         self.wake.notify_one();
     }
 }

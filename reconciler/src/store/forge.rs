@@ -17,7 +17,12 @@ pub struct DueReport {
 
 impl Store {
     /// Records a webhook delivery. False when it was seen before (a replay).
-    pub async fn record_delivery(&self, forge: &str, delivery_id: &str, event: &str) -> Result<bool> {
+    pub async fn record_delivery(
+        &self,
+        forge: &str,
+        delivery_id: &str,
+        event: &str,
+    ) -> Result<bool> {
         let inserted = sqlx::query(
             "INSERT INTO webhook_deliveries (forge, delivery_id, event, received_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT (forge, delivery_id) DO NOTHING",
@@ -76,7 +81,12 @@ impl Store {
     }
 
     /// Postpones a run's pending reports after a failed delivery.
-    pub async fn report_failed(&self, run_id: i64, next_attempt_at: i64, error: &str) -> Result<()> {
+    pub async fn report_failed(
+        &self,
+        run_id: i64,
+        next_attempt_at: i64,
+        error: &str,
+    ) -> Result<()> {
         sqlx::query(
             "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3
              WHERE run_id = $1 AND state = 'pending'",
@@ -99,16 +109,24 @@ impl Store {
     }
 
     pub async fn forge_object(&self, repo: &str, kind: &str, key: &str) -> Result<Option<String>> {
-        sqlx::query_scalar("SELECT external_id FROM forge_objects WHERE repo = $1 AND kind = $2 AND key = $3")
-            .bind(repo)
-            .bind(kind)
-            .bind(key)
-            .fetch_optional(self.pool())
-            .await
-            .ctx("reading a forge object id")
+        sqlx::query_scalar(
+            "SELECT external_id FROM forge_objects WHERE repo = $1 AND kind = $2 AND key = $3",
+        )
+        .bind(repo)
+        .bind(kind)
+        .bind(key)
+        .fetch_optional(self.pool())
+        .await
+        .ctx("reading a forge object id")
     }
 
-    pub async fn set_forge_object(&self, repo: &str, kind: &str, key: &str, external_id: &str) -> Result<()> {
+    pub async fn set_forge_object(
+        &self,
+        repo: &str,
+        kind: &str,
+        key: &str,
+        external_id: &str,
+    ) -> Result<()> {
         sqlx::query(
             "INSERT INTO forge_objects (repo, kind, key, external_id) VALUES ($1, $2, $3, $4)
              ON CONFLICT (repo, kind, key) DO UPDATE SET external_id = excluded.external_id",
@@ -134,7 +152,9 @@ impl Store {
         .fetch_optional(self.pool())
         .await
         .ctx("finding a pull request's head")?;
-        let Some(commit) = latest else { return Ok(Vec::new()) };
+        let Some(commit) = latest else {
+            return Ok(Vec::new());
+        };
         let ids: Vec<i64> = sqlx::query_scalar(
             "SELECT MAX(id) FROM runs WHERE repo = $1 AND pr_number = $2 AND commit_sha = $3
              GROUP BY pipeline ORDER BY pipeline",
@@ -156,7 +176,12 @@ impl Store {
 
     /// Cancels the queued (not yet started) runs of a ref: a deleted branch, a closed pull
     /// request. Returns their ids.
-    pub async fn cancel_queued_runs(&self, repo: &str, git_ref: &str, reason: &str) -> Result<Vec<i64>> {
+    pub async fn cancel_queued_runs(
+        &self,
+        repo: &str,
+        git_ref: &str,
+        reason: &str,
+    ) -> Result<Vec<i64>> {
         sqlx::query_scalar(
             "UPDATE runs SET cancel_requested = 1, pending_reason = $3
              WHERE repo = $1 AND git_ref = $2 AND status = 'queued' AND cancel_requested = 0
@@ -173,7 +198,12 @@ impl Store {
     /// Runs a commit's pipelines again as new runs (`run_attempt` + 1), from the pipeline each
     /// latest run recorded. `pipeline: None` re-runs every pipeline of the commit. Runs that
     /// never validated (`error`) are not re-run: their pipeline is still invalid at that commit.
-    pub async fn rerun(&self, repo: &str, commit: &str, pipeline: Option<&str>) -> Result<Vec<i64>> {
+    pub async fn rerun(
+        &self,
+        repo: &str,
+        commit: &str,
+        pipeline: Option<&str>,
+    ) -> Result<Vec<i64>> {
         let now = now_ms();
         let mut tx = self.pool().begin().await.ctx("starting a re-run")?;
         let latest: Vec<i64> = sqlx::query_scalar(

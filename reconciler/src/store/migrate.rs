@@ -45,11 +45,12 @@ pub(super) async fn run(store: &Store) -> Result<()> {
         .ctx("creating the migrations ledger")?;
     for migration in MIGRATIONS {
         let mut tx = store.pool().begin().await.ctx("starting a migration")?;
-        let applied: Option<i64> = sqlx::query_scalar("SELECT version FROM deploylite_migrations WHERE version = $1")
-            .bind(migration.version)
-            .fetch_optional(&mut *tx)
-            .await
-            .ctx("reading the migrations ledger")?;
+        let applied: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM deploylite_migrations WHERE version = $1")
+                .bind(migration.version)
+                .fetch_optional(&mut *tx)
+                .await
+                .ctx("reading the migrations ledger")?;
         if applied.is_some() {
             continue;
         }
@@ -63,15 +64,21 @@ pub(super) async fn run(store: &Store) -> Result<()> {
             source,
         };
         sqlx::raw_sql(sql).execute(&mut *tx).await.map_err(failed)?;
-        sqlx::query("INSERT INTO deploylite_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
-            .bind(migration.version)
-            .bind(migration.name)
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await
-            .map_err(failed)?;
+        sqlx::query(
+            "INSERT INTO deploylite_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+        )
+        .bind(migration.version)
+        .bind(migration.name)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await
+        .map_err(failed)?;
         tx.commit().await.map_err(failed)?;
-        tracing::info!(version = migration.version, name = migration.name, "applied migration");
+        tracing::info!(
+            version = migration.version,
+            name = migration.name,
+            "applied migration"
+        );
     }
     Ok(())
 }

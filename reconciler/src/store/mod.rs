@@ -20,10 +20,13 @@ use sqlx::{AnyPool, ConnectOptions, Executor};
 
 pub use forge::DueReport;
 pub use runners::{Lease, Registration, RunnerRecord, LOCAL_RUNNER};
-pub use runs::{NewRun, NewStage, PullRequestInfo, RecordCommit, RunFilter, RunRecord, StageAttemptRecord, StageRecord};
+pub use runs::{
+    NewRun, NewStage, PullRequestInfo, RecordCommit, RunFilter, RunRecord, StageAttemptRecord,
+    StageRecord,
+};
 pub use schedule::{
-    ActiveRun, ActiveStage, AttemptResult, Dispatch, ExpiredLease, Interrupted, RunFinish, StageSkip, TickWrites,
-    INTERRUPTED_NOTE,
+    ActiveRun, ActiveStage, AttemptResult, Dispatch, ExpiredLease, Interrupted, RunFinish,
+    StageSkip, TickWrites, INTERRUPTED_NOTE,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +109,9 @@ impl Store {
         options = options.disable_statement_logging();
         let pool = match dialect {
             Dialect::Sqlite => {
-                if let Some(parent) = sqlite_path(url).and_then(|p| Path::new(p).parent().map(Path::to_path_buf)) {
+                if let Some(parent) =
+                    sqlite_path(url).and_then(|p| Path::new(p).parent().map(Path::to_path_buf))
+                {
                     if !parent.as_os_str().is_empty() {
                         let _ = tokio::fs::create_dir_all(&parent).await;
                     }
@@ -163,16 +168,25 @@ impl Store {
 }
 
 /// `sqlite://PATH` without `?mode=` would refuse to create a missing file.
-fn with_create_mode(options: AnyConnectOptions, url: &str) -> std::result::Result<AnyConnectOptions, sqlx::Error> {
+fn with_create_mode(
+    options: AnyConnectOptions,
+    url: &str,
+) -> std::result::Result<AnyConnectOptions, sqlx::Error> {
     if url.contains("mode=") || url.contains(":memory:") {
         return Ok(options);
     }
-    let joined = if url.contains('?') { format!("{url}&mode=rwc") } else { format!("{url}?mode=rwc") };
+    let joined = if url.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
+    };
     AnyConnectOptions::from_str(&joined).map(|o| o.disable_statement_logging())
 }
 
 fn sqlite_path(url: &str) -> Option<&str> {
-    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next()?;
     (!path.is_empty() && path != ":memory:").then_some(path)
 }
@@ -183,7 +197,12 @@ pub fn redact(url: &str) -> String {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let userinfo = &url[scheme_end + 3..at];
             match userinfo.find(':') {
-                Some(colon) => format!("{}{}:***{}", &url[..scheme_end + 3], &userinfo[..colon], &url[at..]),
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
                 None => url.to_string(),
             }
         }
@@ -199,7 +218,10 @@ pub fn now_ms() -> i64 {
 mod tests {
     #[test]
     fn redacts_passwords() {
-        assert_eq!(super::redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(
+            super::redact("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
         assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(super::redact("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
     }

@@ -44,7 +44,8 @@ pub enum Registration {
     Revoked,
 }
 
-const RUNNER_COLUMNS: &str = "r.name, r.labels, r.capacity, r.executor, r.registered_at, r.last_seen, r.revoked,
+const RUNNER_COLUMNS: &str =
+    "r.name, r.labels, r.capacity, r.executor, r.registered_at, r.last_seen, r.revoked,
      (SELECT COUNT(*) FROM stages s WHERE s.runner = r.name AND s.status = 'running') AS running";
 
 fn runner_from_row(r: &sqlx::any::AnyRow) -> Result<RunnerRecord> {
@@ -73,11 +74,12 @@ impl Store {
         capacity: i64,
         executor: &str,
     ) -> Result<Registration> {
-        let existed: Option<i64> = sqlx::query_scalar("SELECT revoked FROM runners WHERE name = $1")
-            .bind(name)
-            .fetch_optional(self.pool())
-            .await
-            .ctx("looking up a runner")?;
+        let existed: Option<i64> =
+            sqlx::query_scalar("SELECT revoked FROM runners WHERE name = $1")
+                .bind(name)
+                .fetch_optional(self.pool())
+                .await
+                .ctx("looking up a runner")?;
         if existed == Some(1) {
             return Ok(Registration::Revoked);
         }
@@ -97,12 +99,18 @@ impl Store {
         .execute(self.pool())
         .await
         .ctx("registering a runner")?;
-        Ok(if existed.is_some() { Registration::Replaced } else { Registration::New })
+        Ok(if existed.is_some() {
+            Registration::Replaced
+        } else {
+            Registration::New
+        })
     }
 
     /// The runner a credential belongs to, unless revoked.
     pub async fn authenticate_runner(&self, credential_hash: &str) -> Result<Option<RunnerRecord>> {
-        let sql = format!("SELECT {RUNNER_COLUMNS} FROM runners r WHERE r.credential_hash = $1 AND r.revoked = 0");
+        let sql = format!(
+            "SELECT {RUNNER_COLUMNS} FROM runners r WHERE r.credential_hash = $1 AND r.revoked = 0"
+        );
         sqlx::query(&sql)
             .bind(credential_hash)
             .fetch_optional(self.pool())
@@ -115,20 +123,25 @@ impl Store {
 
     /// A runner said it is alive, with what it offers now.
     pub async fn touch_runner(&self, name: &str, labels: &[String], capacity: i64) -> Result<()> {
-        sqlx::query("UPDATE runners SET last_seen = $2, labels = $3, capacity = $4 WHERE name = $1")
-            .bind(name)
-            .bind(now_ms())
-            .bind(labels_json(labels)?)
-            .bind(capacity)
-            .execute(self.pool())
-            .await
-            .ctx("recording a runner's heartbeat")?;
+        sqlx::query(
+            "UPDATE runners SET last_seen = $2, labels = $3, capacity = $4 WHERE name = $1",
+        )
+        .bind(name)
+        .bind(now_ms())
+        .bind(labels_json(labels)?)
+        .bind(capacity)
+        .execute(self.pool())
+        .await
+        .ctx("recording a runner's heartbeat")?;
         Ok(())
     }
 
     pub async fn list_runners(&self) -> Result<Vec<RunnerRecord>> {
         let sql = format!("SELECT {RUNNER_COLUMNS} FROM runners r ORDER BY r.name");
-        let rows = sqlx::query(&sql).fetch_all(self.pool()).await.ctx("listing runners")?;
+        let rows = sqlx::query(&sql)
+            .fetch_all(self.pool())
+            .await
+            .ctx("listing runners")?;
         rows.iter().map(runner_from_row).collect()
     }
 
@@ -173,7 +186,14 @@ impl Store {
     /// Extends a lease (and marks the runner seen). `None` when the lease is no longer this
     /// runner's (expired and reassigned, or the stage ended); otherwise whether the run was
     /// cancelled.
-    pub async fn renew_lease(&self, runner: &str, run_id: i64, stage: &str, attempt: i64, deadline: i64) -> Result<Option<bool>> {
+    pub async fn renew_lease(
+        &self,
+        runner: &str,
+        run_id: i64,
+        stage: &str,
+        attempt: i64,
+        deadline: i64,
+    ) -> Result<Option<bool>> {
         sqlx::query("UPDATE runners SET last_seen = $2 WHERE name = $1")
             .bind(runner)
             .bind(now_ms())
@@ -205,7 +225,13 @@ impl Store {
 
     /// When `runner` holds attempt `attempt` of the stage right now: the stage's failures so far
     /// and whether its run is being cancelled. None when it does not (a late or foreign report).
-    pub async fn held_lease(&self, runner: &str, run_id: i64, stage: &str, attempt: i64) -> Result<Option<(i64, bool)>> {
+    pub async fn held_lease(
+        &self,
+        runner: &str,
+        run_id: i64,
+        stage: &str,
+        attempt: i64,
+    ) -> Result<Option<(i64, bool)>> {
         let row = sqlx::query(
             "SELECT s.failures, r.cancel_requested FROM stages s JOIN runs r ON r.id = s.run_id
              WHERE s.run_id = $1 AND s.name = $2 AND s.attempt = $3 AND s.runner = $4 AND s.status = 'running'",
@@ -220,7 +246,9 @@ impl Store {
         row.map(|r| {
             Ok((
                 r.try_get("failures").ctx("reading a lease")?,
-                r.try_get::<i64, _>("cancel_requested").ctx("reading a lease")? != 0,
+                r.try_get::<i64, _>("cancel_requested")
+                    .ctx("reading a lease")?
+                    != 0,
             ))
         })
         .transpose()
@@ -230,8 +258,19 @@ impl Store {
     /// daemon restarted): the attempt is closed with `note`, and the stage queued for a new
     /// attempt that does not count against `retry.max`, waiting with `reason`. False when that
     /// attempt was not running any more.
-    pub async fn requeue_attempt(&self, run_id: i64, stage: &str, attempt: i64, note: &str, reason: &str) -> Result<bool> {
-        let mut tx = self.pool().begin().await.ctx("starting to requeue an attempt")?;
+    pub async fn requeue_attempt(
+        &self,
+        run_id: i64,
+        stage: &str,
+        attempt: i64,
+        note: &str,
+        reason: &str,
+    ) -> Result<bool> {
+        let mut tx = self
+            .pool()
+            .begin()
+            .await
+            .ctx("starting to requeue an attempt")?;
         let done = requeue_in(&mut tx, run_id, stage, attempt, note, reason).await?;
         tx.commit().await.ctx("committing a requeued attempt")?;
         Ok(done)

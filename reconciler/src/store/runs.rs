@@ -124,7 +124,11 @@ impl Store {
     /// already existed are left alone) and of older runs this one cancels.
     pub async fn record_commit(&self, record: &RecordCommit) -> Result<(Vec<i64>, Vec<i64>)> {
         let now = now_ms();
-        let mut tx = self.pool().begin().await.ctx("starting to record a commit")?;
+        let mut tx = self
+            .pool()
+            .begin()
+            .await
+            .ctx("starting to record a commit")?;
         let mut created = Vec::new();
         let mut cancelled = Vec::new();
         for run in &record.runs {
@@ -164,7 +168,8 @@ impl Store {
             created.push(id);
             queue_report(&mut tx, id, now).await?;
             for (position, stage) in run.stages.iter().enumerate() {
-                let needs = serde_json::to_string(&stage.needs).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let needs = serde_json::to_string(&stage.needs)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 sqlx::query(
                     "INSERT INTO stages (run_id, name, position, status, needs, pending_reason, finished_at)
                      VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -226,7 +231,12 @@ impl Store {
             .await
             .ctx("reading watched refs")?;
         rows.iter()
-            .map(|r| Ok((r.try_get("git_ref").ctx("reading git_ref")?, r.try_get("commit_sha").ctx("reading commit_sha")?)))
+            .map(|r| {
+                Ok((
+                    r.try_get("git_ref").ctx("reading git_ref")?,
+                    r.try_get("commit_sha").ctx("reading commit_sha")?,
+                ))
+            })
             .collect()
     }
 
@@ -297,7 +307,11 @@ impl Store {
         Ok(Some((run, stages)))
     }
 
-    pub async fn stage_attempts(&self, run_id: i64, stage: &str) -> Result<Vec<StageAttemptRecord>> {
+    pub async fn stage_attempts(
+        &self,
+        run_id: i64,
+        stage: &str,
+    ) -> Result<Vec<StageAttemptRecord>> {
         let rows = sqlx::query(
             "SELECT attempt, status, exit_code, note, executor, started_at, finished_at
              FROM stage_attempts WHERE run_id = $1 AND stage = $2 ORDER BY attempt",
@@ -311,7 +325,9 @@ impl Store {
             .map(|r| {
                 Ok(StageAttemptRecord {
                     attempt: r.try_get("attempt").ctx("reading an attempt")?,
-                    status: parse_status(r.try_get::<String, _>("status").ctx("reading an attempt")?)?,
+                    status: parse_status(
+                        r.try_get::<String, _>("status").ctx("reading an attempt")?,
+                    )?,
                     exit_code: r.try_get("exit_code").ctx("reading an attempt")?,
                     note: r.try_get("note").ctx("reading an attempt")?,
                     executor: r.try_get("executor").ctx("reading an attempt")?,
@@ -360,8 +376,11 @@ pub(super) fn parse_concurrency(s: &str) -> Result<deploylite_pipeline::Concurre
     }
 }
 
-pub(super) fn parse_status<T: std::str::FromStr<Err = crate::status::UnknownStatus>>(s: String) -> Result<T> {
-    s.parse().map_err(|e: crate::status::UnknownStatus| StoreError::Corrupt(e.to_string()))
+pub(super) fn parse_status<T: std::str::FromStr<Err = crate::status::UnknownStatus>>(
+    s: String,
+) -> Result<T> {
+    s.parse()
+        .map_err(|e: crate::status::UnknownStatus| StoreError::Corrupt(e.to_string()))
 }
 
 pub(super) fn parse_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T> {
@@ -382,14 +401,23 @@ fn run_from_row(r: &AnyRow) -> Result<RunRecord> {
         status: parse_status(r.try_get::<String, _>("status").ctx("reading a run")?)?,
         pending_reason: r.try_get("pending_reason").ctx("reading a run")?,
         errors: errors.as_deref().map(parse_json).transpose()?,
-        cancel_requested: r.try_get::<i64, _>("cancel_requested").ctx("reading a run")? != 0,
+        cancel_requested: r
+            .try_get::<i64, _>("cancel_requested")
+            .ctx("reading a run")?
+            != 0,
         created_at: r.try_get("created_at").ctx("reading a run")?,
         started_at: r.try_get("started_at").ctx("reading a run")?,
         finished_at: r.try_get("finished_at").ctx("reading a run")?,
-        pull_request: match r.try_get::<Option<i64>, _>("pr_number").ctx("reading a run")? {
+        pull_request: match r
+            .try_get::<Option<i64>, _>("pr_number")
+            .ctx("reading a run")?
+        {
             Some(number) => Some(PullRequestInfo {
                 number,
-                head_repo: r.try_get::<Option<String>, _>("head_repo").ctx("reading a run")?.unwrap_or_default(),
+                head_repo: r
+                    .try_get::<Option<String>, _>("head_repo")
+                    .ctx("reading a run")?
+                    .unwrap_or_default(),
                 untrusted: r.try_get::<i64, _>("untrusted").ctx("reading a run")? != 0,
             }),
             None => None,
@@ -399,7 +427,11 @@ fn run_from_row(r: &AnyRow) -> Result<RunRecord> {
 
 /// Queues a report of run `run_id` if its repository reports to a forge. Called inside the
 /// transaction that changes the run, so the report and the change commit together.
-pub(super) async fn queue_report(tx: &mut sqlx::Transaction<'_, sqlx::Any>, run_id: i64, now: i64) -> Result<()> {
+pub(super) async fn queue_report(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    run_id: i64,
+    now: i64,
+) -> Result<()> {
     sqlx::query(
         // A change during a forge outage waits for the run's pending retry and keeps its count,
         // instead of making the run due again at once and restarting its backoff.

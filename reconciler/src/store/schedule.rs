@@ -162,12 +162,24 @@ impl Store {
                 git_ref: r.try_get("git_ref").ctx("reading an active run")?,
                 commit: r.try_get("commit_sha").ctx("reading an active run")?,
                 trigger: r.try_get("trigger").ctx("reading an active run")?,
-                status: parse_status(r.try_get::<String, _>("status").ctx("reading an active run")?)?,
+                status: parse_status(
+                    r.try_get::<String, _>("status")
+                        .ctx("reading an active run")?,
+                )?,
                 pending_reason: r.try_get("pending_reason").ctx("reading an active run")?,
-                concurrency: parse_concurrency(&r.try_get::<String, _>("concurrency").ctx("reading an active run")?)?,
-                cancel_requested: r.try_get::<i64, _>("cancel_requested").ctx("reading an active run")? != 0,
+                concurrency: parse_concurrency(
+                    &r.try_get::<String, _>("concurrency")
+                        .ctx("reading an active run")?,
+                )?,
+                cancel_requested: r
+                    .try_get::<i64, _>("cancel_requested")
+                    .ctx("reading an active run")?
+                    != 0,
                 workspace: r.try_get("workspace").ctx("reading an active run")?,
-                workspace_ready: r.try_get::<i64, _>("workspace_ready").ctx("reading an active run")? != 0,
+                workspace_ready: r
+                    .try_get::<i64, _>("workspace_ready")
+                    .ctx("reading an active run")?
+                    != 0,
                 stages: Vec::new(),
             });
         }
@@ -192,10 +204,16 @@ impl Store {
             run.stages.push(ActiveStage {
                 name: r.try_get("name").ctx("reading an active stage")?,
                 position: r.try_get("position").ctx("reading an active stage")?,
-                status: parse_status(r.try_get::<String, _>("status").ctx("reading an active stage")?)?,
+                status: parse_status(
+                    r.try_get::<String, _>("status")
+                        .ctx("reading an active stage")?,
+                )?,
                 attempt: r.try_get("attempt").ctx("reading an active stage")?,
                 failures: r.try_get("failures").ctx("reading an active stage")?,
-                needs: parse_json(&r.try_get::<String, _>("needs").ctx("reading an active stage")?)?,
+                needs: parse_json(
+                    &r.try_get::<String, _>("needs")
+                        .ctx("reading an active stage")?,
+                )?,
                 pending_reason: r.try_get("pending_reason").ctx("reading an active stage")?,
                 not_before: r.try_get("not_before").ctx("reading an active stage")?,
                 runner: r.try_get("runner").ctx("reading an active stage")?,
@@ -213,7 +231,8 @@ impl Store {
             .await
             .ctx("reading a run's pipeline")?
             .flatten();
-        let spec = spec.ok_or_else(|| StoreError::Corrupt(format!("run {run_id} has no pipeline")))?;
+        let spec =
+            spec.ok_or_else(|| StoreError::Corrupt(format!("run {run_id} has no pipeline")))?;
         parse_json(&spec)
     }
 
@@ -280,42 +299,18 @@ impl Store {
                 e.run_id,
                 &e.stage,
                 e.attempt,
-                &format!("interrupted: lease expired, runner `{}` stopped renewing it", e.runner),
-                &format!("restart: attempt {} was lost with runner `{}`", e.attempt, e.runner),
+                &format!(
+                    "interrupted: lease expired, runner `{}` stopped renewing it",
+                    e.runner
+                ),
+                &format!(
+                    "restart: attempt {} was lost with runner `{}`",
+                    e.attempt, e.runner
+                ),
             )
             .await?;
         }
-        for d in &writes.dispatch {
-            let updated = sqlx::query(
-                "UPDATE stages SET status = 'running', attempt = $3, started_at = $4, finished_at = NULL,
-                     exit_code = NULL, pending_reason = NULL, not_before = NULL,
-                     runner = $5, lease_deadline = $6, lease_delivered = 0
-                 WHERE run_id = $1 AND name = $2 AND status = 'queued'",
-            )
-            .bind(d.run_id)
-            .bind(&d.stage)
-            .bind(d.attempt)
-            .bind(now)
-            .bind(&d.runner)
-            .bind(d.lease_deadline)
-            .execute(&mut *tx)
-            .await
-            .ctx("dispatching a stage")?;
-            if updated.rows_affected() == 1 {
-                sqlx::query(
-                    "INSERT INTO stage_attempts (run_id, stage, attempt, status, executor, started_at)
-                     VALUES ($1, $2, $3, 'running', $4, $5)",
-                )
-                .bind(d.run_id)
-                .bind(&d.stage)
-                .bind(d.attempt)
-                .bind(&d.runner)
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .ctx("recording an attempt")?;
-            }
-        }
+        dispatch_batch(&mut tx, &writes.dispatch, now).await?;
         for finish in &writes.finish {
             sqlx::query(
                 "UPDATE runs SET status = $2, finished_at = $3,
@@ -340,7 +335,11 @@ impl Store {
     /// longer the stage's running one (a late or duplicate report).
     pub async fn finish_attempt(&self, result: &AttemptResult) -> Result<bool> {
         let now = now_ms();
-        let mut tx = self.pool().begin().await.ctx("starting to record an attempt")?;
+        let mut tx = self
+            .pool()
+            .begin()
+            .await
+            .ctx("starting to record an attempt")?;
         let updated = sqlx::query(
             "UPDATE stage_attempts SET status = $4, exit_code = $5, note = $6, finished_at = $7
              WHERE run_id = $1 AND stage = $2 AND attempt = $3 AND status = 'running'",
@@ -400,19 +399,31 @@ impl Store {
             });
         }
         for i in &interrupted {
-            let reason = format!("restart: attempt {} was interrupted when the daemon stopped", i.attempt);
-            requeue_in(&mut tx, i.run_id, &i.stage, i.attempt, INTERRUPTED_NOTE, &reason).await?;
+            let reason = format!(
+                "restart: attempt {} was interrupted when the daemon stopped",
+                i.attempt
+            );
+            requeue_in(
+                &mut tx,
+                i.run_id,
+                &i.stage,
+                i.attempt,
+                INTERRUPTED_NOTE,
+                &reason,
+            )
+            .await?;
         }
         tx.commit().await.ctx("committing recovery")?;
         Ok(interrupted)
     }
 
     pub async fn workspace_ready(&self, run_id: i64) -> Result<bool> {
-        let ready: Option<i64> = sqlx::query_scalar("SELECT workspace_ready FROM runs WHERE id = $1")
-            .bind(run_id)
-            .fetch_optional(self.pool())
-            .await
-            .ctx("reading whether a workspace is ready")?;
+        let ready: Option<i64> =
+            sqlx::query_scalar("SELECT workspace_ready FROM runs WHERE id = $1")
+                .bind(run_id)
+                .fetch_optional(self.pool())
+                .await
+                .ctx("reading whether a workspace is ready")?;
         Ok(ready == Some(1))
     }
 
@@ -438,7 +449,12 @@ impl Store {
         .await
         .ctx("finding workspaces to clean")?;
         rows.iter()
-            .map(|r| Ok((r.try_get("id").ctx("reading a workspace")?, r.try_get("workspace").ctx("reading a workspace")?)))
+            .map(|r| {
+                Ok((
+                    r.try_get("id").ctx("reading a workspace")?,
+                    r.try_get("workspace").ctx("reading a workspace")?,
+                ))
+            })
             .collect()
     }
 
@@ -503,4 +519,85 @@ impl Store {
         queue_report(&mut tx, run_id, now).await?;
         tx.commit().await.ctx("committing a failed run")
     }
+}
+
+/// Stages per multi-row statement: well under SQLite's and PostgreSQL's parameter limits.
+const DISPATCH_CHUNK: usize = 200;
+
+/// Starts the dispatched attempts with a few multi-row statements instead of two statements per
+/// stage: one UPDATE per runner and chunk (guarded by `status = 'queued'`; the attempt number is
+/// the stored one plus one), and one INSERT of the attempt rows it returns.
+async fn dispatch_batch(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    dispatch: &[Dispatch],
+    now: i64,
+) -> Result<()> {
+    let mut by_runner: Vec<(&str, Option<i64>, Vec<&Dispatch>)> = Vec::new();
+    for d in dispatch {
+        match by_runner
+            .iter_mut()
+            .find(|(r, deadline, _)| *r == d.runner && *deadline == d.lease_deadline)
+        {
+            Some((_, _, group)) => group.push(d),
+            None => by_runner.push((&d.runner, d.lease_deadline, vec![d])),
+        }
+    }
+    for (runner, deadline, group) in by_runner {
+        for chunk in group.chunks(DISPATCH_CHUNK) {
+            let pairs: Vec<String> = (0..chunk.len())
+                .map(|i| format!("(${}, ${})", 4 + 2 * i, 5 + 2 * i))
+                .collect();
+            let sql = format!(
+                "UPDATE stages SET status = 'running', attempt = attempt + 1, started_at = $1, finished_at = NULL,
+                     exit_code = NULL, pending_reason = NULL, not_before = NULL,
+                     runner = $2, lease_deadline = $3, lease_delivered = 0
+                 WHERE status = 'queued' AND (run_id, name) IN (VALUES {})
+                 RETURNING run_id, name, attempt",
+                pairs.join(", ")
+            );
+            let mut update = sqlx::query(&sql).bind(now).bind(runner).bind(deadline);
+            for d in chunk {
+                update = update.bind(d.run_id).bind(&d.stage);
+            }
+            let started = update
+                .fetch_all(&mut **tx)
+                .await
+                .ctx("dispatching stages")?;
+            if started.is_empty() {
+                continue;
+            }
+            let rows: Vec<String> = (0..started.len())
+                .map(|i| {
+                    format!(
+                        "(${}, ${}, ${}, 'running', $1, $2)",
+                        3 + 3 * i,
+                        4 + 3 * i,
+                        5 + 3 * i
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO stage_attempts (run_id, stage, attempt, status, executor, started_at) VALUES {}",
+                rows.join(", ")
+            );
+            let mut insert = sqlx::query(&sql).bind(runner).bind(now);
+            for row in &started {
+                insert = insert
+                    .bind(
+                        row.try_get::<i64, _>("run_id")
+                            .ctx("reading a dispatched stage")?,
+                    )
+                    .bind(
+                        row.try_get::<String, _>("name")
+                            .ctx("reading a dispatched stage")?,
+                    )
+                    .bind(
+                        row.try_get::<i64, _>("attempt")
+                            .ctx("reading a dispatched stage")?,
+                    );
+            }
+            insert.execute(&mut **tx).await.ctx("recording attempts")?;
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,363 @@
+//! GitHub payloads (`X-GitHub-Event` + body) → [`ForgeEvent`]. Pure: no IO, no state.
+//!
+//! - `push` (branches and tags; `deleted: true` cancels the ref's queued runs)
+//! - `pull_request` `opened` / `synchronize` / `reopened` → run the head; `closed` → cancel
+//! - `check_run` `rerequested` on a `deploylite/<pipeline>` check → re-run that pipeline
+//! - `check_suite` `rerequested` → re-run every pipeline of the commit
+//! - `ping` → answered; anything else is ignored.
+
+use deploylite_reconciler::events::{ForgeEvent, PullRequestEvent};
+use serde_json::Value;
+
+use super::payload::{
+    is_sha, is_zero_sha, opt_bool, opt_str, req_i64, req_sha, req_str, MapError, Mapped,
+};
+
+/// Check runs DeployLite reports are named `deploylite/<pipeline>`.
+pub(crate) const CHECK_PREFIX: &str = "deploylite/";
+
+pub(crate) fn map(event: &str, payload: &Value) -> Result<Mapped, MapError> {
+    match event {
+        "ping" => Ok(Mapped::Ping),
+        "push" => push(payload),
+        "pull_request" => pull_request(payload),
+        "check_run" => check_run(payload),
+        "check_suite" => check_suite(payload),
+        other => Ok(Mapped::Ignored(format!("event `{other}` is not used"))),
+    }
+}
+
+fn slug(payload: &Value) -> Result<String, MapError> {
+    req_str(payload, "repository.full_name").map(str::to_string)
+}
+
+fn push(payload: &Value) -> Result<Mapped, MapError> {
+    let git_ref = req_str(payload, "ref")?;
+    // `deleted` is always present in real deliveries; `after` all zeros says the same.
+    let deleted = opt_bool(payload, "deleted")
+        .unwrap_or_else(|| opt_str(payload, "after").is_some_and(is_zero_sha));
+    let slug = slug(payload)?;
+    Ok(Mapped::Event {
+        event: ForgeEvent::Push {
+            repo: slug.clone(),
+            git_ref: git_ref.to_string(),
+            deleted,
+        },
+        slug,
+    })
+}
+
+fn ignored_action(event: &str, action: &str) -> Mapped {
+    Mapped::Ignored(format!("`{event}` action `{action}` is not used"))
+}
+
+fn pull_request(payload: &Value) -> Result<Mapped, MapError> {
+    let action = req_str(payload, "action")?;
+    if !matches!(action, "opened" | "synchronize" | "reopened" | "closed") {
+        return Ok(ignored_action("pull_request", action));
+    }
+    let slug = slug(payload)?;
+    let number = req_i64(payload, "number").or_else(|_| req_i64(payload, "pull_request.number"))?;
+    let git_ref = format!("refs/pull/{number}/head");
+    if action == "closed" {
+        return Ok(Mapped::Event {
+            event: ForgeEvent::PullRequestClosed {
+                repo: slug.clone(),
+                git_ref,
+            },
+            slug,
+        });
+    }
+    let head_sha = req_sha(payload, "pull_request.head.sha")?;
+    let base_branch = req_str(payload, "pull_request.base.ref")?;
+    let base_repo = opt_str(payload, "pull_request.base.repo.full_name").unwrap_or(&slug);
+    let (head_repo, from_fork) = match opt_str(payload, "pull_request.head.repo.full_name") {
+        Some(head) => (head.to_string(), !head.eq_ignore_ascii_case(base_repo)),
+        // `head.repo` is null when the fork was deleted. The head commit is still reachable as
+        // refs/pull/N/head, but nothing shows it came from the base repository: treat it as a
+        // fork (untrusted), named after the head's owner (`label` is `owner:branch`).
+        None => {
+            let owner = opt_str(payload, "pull_request.head.label")
+                .and_then(|l| l.split_once(':').map(|(owner, _)| owner))
+                .or_else(|| opt_str(payload, "pull_request.head.user.login"))
+                .unwrap_or("unknown");
+            (format!("{owner}/(deleted fork)"), true)
+        }
+    };
+    Ok(Mapped::Event {
+        event: ForgeEvent::PullRequestOpened(PullRequestEvent {
+            repo: slug.clone(),
+            number,
+            git_ref,
+            head_sha: head_sha.to_string(),
+            base_sha: opt_str(payload, "pull_request.base.sha")
+                .filter(|s| is_sha(s))
+                .map(str::to_string),
+            base_branch: base_branch.to_string(),
+            head_repo,
+            from_fork,
+        }),
+        slug,
+    })
+}
+
+fn check_run(payload: &Value) -> Result<Mapped, MapError> {
+    let action = req_str(payload, "action")?;
+    if action != "rerequested" {
+        return Ok(ignored_action("check_run", action));
+    }
+    let name = req_str(payload, "check_run.name")?;
+    let Some(pipeline) = name.strip_prefix(CHECK_PREFIX).filter(|p| !p.is_empty()) else {
+        return Ok(Mapped::Ignored(format!(
+            "check run `{name}` is not DeployLite's"
+        )));
+    };
+    let commit = req_sha(payload, "check_run.head_sha")?;
+    let slug = slug(payload)?;
+    Ok(Mapped::Event {
+        event: ForgeEvent::Rerun {
+            repo: slug.clone(),
+            commit: commit.to_string(),
+            pipeline: Some(pipeline.to_string()),
+        },
+        slug,
+    })
+}
+
+fn check_suite(payload: &Value) -> Result<Mapped, MapError> {
+    let action = req_str(payload, "action")?;
+    if action != "rerequested" {
+        // `requested` (a new push, for GitHub Apps) is covered by the push event.
+        return Ok(ignored_action("check_suite", action));
+    }
+    let commit = req_sha(payload, "check_suite.head_sha")?;
+    let slug = slug(payload)?;
+    Ok(Mapped::Event {
+        event: ForgeEvent::Rerun {
+            repo: slug.clone(),
+            commit: commit.to_string(),
+            pipeline: None,
+        },
+        slug,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fixture(name: &str) -> Value {
+        let path = format!(
+            "{}/tests/fixtures/github/webhooks/{name}.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture"))
+            .expect("fixture JSON")
+    }
+
+    fn event(mapped: Mapped) -> ForgeEvent {
+        match mapped {
+            Mapped::Event { event, .. } => event,
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+
+    const SLUG: &str = "Codertocat/Hello-World";
+
+    #[test]
+    fn pushes() {
+        for name in [
+            "push.branch-created",
+            "push.branch-created.no-username-committer",
+        ] {
+            let mapped = map("push", &fixture(name)).unwrap();
+            assert_eq!(
+                mapped,
+                Mapped::Event {
+                    slug: SLUG.into(),
+                    event: ForgeEvent::Push {
+                        repo: SLUG.into(),
+                        git_ref: "refs/heads/master".into(),
+                        deleted: false
+                    }
+                },
+                "{name}"
+            );
+        }
+        assert_eq!(
+            event(map("push", &fixture("push.tag-created.ghes-3.5")).unwrap()),
+            ForgeEvent::Push {
+                repo: SLUG.into(),
+                git_ref: "refs/tags/simple-tag".into(),
+                deleted: false
+            }
+        );
+        assert_eq!(
+            event(map("push", &fixture("push.tag-deleted")).unwrap()),
+            ForgeEvent::Push {
+                repo: SLUG.into(),
+                git_ref: "refs/tags/simple-tag".into(),
+                deleted: true
+            }
+        );
+        // Without `deleted`, an all-zero `after` still means a deletion.
+        let mut p = fixture("push.tag-deleted");
+        p.as_object_mut().unwrap().remove("deleted");
+        assert!(matches!(
+            event(map("push", &p).unwrap()),
+            ForgeEvent::Push { deleted: true, .. }
+        ));
+    }
+
+    fn opened(sha: &str) -> ForgeEvent {
+        ForgeEvent::PullRequestOpened(PullRequestEvent {
+            repo: SLUG.into(),
+            number: 2,
+            git_ref: "refs/pull/2/head".into(),
+            head_sha: sha.into(),
+            base_sha: Some("f95f852bd8fca8fcc58a9a2d6c842781e32a215e".into()),
+            base_branch: "master".into(),
+            head_repo: SLUG.into(),
+            from_fork: false,
+        })
+    }
+
+    #[test]
+    fn pull_requests() {
+        for name in [
+            "pull_request.opened",
+            "pull_request.opened.null-body",
+            "pull_request.synchronize",
+            "pull_request.reopened",
+        ] {
+            assert_eq!(
+                event(map("pull_request", &fixture(name)).unwrap()),
+                opened("ec26c3e57ca3a959ca5aad62de7213c562f8c821"),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            event(map("pull_request", &fixture("pull_request.closed")).unwrap()),
+            ForgeEvent::PullRequestClosed {
+                repo: SLUG.into(),
+                git_ref: "refs/pull/2/head".into()
+            }
+        );
+        let mut labeled = fixture("pull_request.opened");
+        labeled["action"] = json!("labeled");
+        assert!(
+            matches!(map("pull_request", &labeled).unwrap(), Mapped::Ignored(r) if r.contains("labeled"))
+        );
+    }
+
+    #[test]
+    fn fork_pull_requests() {
+        // No published example comes from a fork: make the head repository another one.
+        let mut p = fixture("pull_request.opened");
+        p["pull_request"]["head"]["repo"]["full_name"] = json!("forker/Hello-World");
+        let ForgeEvent::PullRequestOpened(pr) = event(map("pull_request", &p).unwrap()) else {
+            panic!()
+        };
+        assert_eq!(
+            (pr.head_repo.as_str(), pr.from_fork),
+            ("forker/Hello-World", true)
+        );
+        // Slugs compare case-insensitively, as GitHub's do.
+        p["pull_request"]["head"]["repo"]["full_name"] = json!("codertocat/hello-world");
+        let ForgeEvent::PullRequestOpened(pr) = event(map("pull_request", &p).unwrap()) else {
+            panic!()
+        };
+        assert!(!pr.from_fork);
+        // A deleted fork: head.repo is null.
+        p["pull_request"]["head"]["repo"] = Value::Null;
+        let ForgeEvent::PullRequestOpened(pr) = event(map("pull_request", &p).unwrap()) else {
+            panic!()
+        };
+        assert_eq!(
+            (pr.head_repo.as_str(), pr.from_fork),
+            ("Codertocat/(deleted fork)", true)
+        );
+    }
+
+    #[test]
+    fn check_runs_and_suites() {
+        let mut run = fixture("check_run.rerequested");
+        assert!(
+            matches!(map("check_run", &run).unwrap(), Mapped::Ignored(r) if r.contains("randscape")),
+            "not ours"
+        );
+        run["check_run"]["name"] = json!("deploylite/ci");
+        assert_eq!(
+            map("check_run", &run).unwrap(),
+            Mapped::Event {
+                slug: "github/hello-world".into(),
+                event: ForgeEvent::Rerun {
+                    repo: "github/hello-world".into(),
+                    commit: "d6fde92930d4715a2b49857d24b940956b26d2d3".into(),
+                    pipeline: Some("ci".into())
+                }
+            }
+        );
+        run["check_run"]["name"] = json!("deploylite/");
+        assert!(matches!(
+            map("check_run", &run).unwrap(),
+            Mapped::Ignored(_)
+        ));
+        assert_eq!(
+            event(map("check_suite", &fixture("check_suite.rerequested")).unwrap()),
+            ForgeEvent::Rerun {
+                repo: SLUG.into(),
+                commit: "ec26c3e57ca3a959ca5aad62de7213c562f8c821".into(),
+                pipeline: None
+            }
+        );
+        assert!(matches!(
+            map("check_suite", &fixture("check_suite.requested")).unwrap(),
+            Mapped::Ignored(_)
+        ));
+    }
+
+    #[test]
+    fn pings_and_other_events() {
+        assert_eq!(
+            map("ping", &fixture("ping.repository-hook")).unwrap(),
+            Mapped::Ping
+        );
+        assert_eq!(
+            map("ping", &fixture("ping.app-hook")).unwrap(),
+            Mapped::Ping
+        );
+        assert!(
+            matches!(map("create", &fixture("create.tag")).unwrap(), Mapped::Ignored(r) if r.contains("create"))
+        );
+        assert!(matches!(
+            map("delete", &fixture("delete.tag")).unwrap(),
+            Mapped::Ignored(_)
+        ));
+    }
+
+    #[test]
+    fn missing_fields_are_named() {
+        let mut p = fixture("pull_request.opened");
+        p["pull_request"]["head"]
+            .as_object_mut()
+            .unwrap()
+            .remove("sha");
+        assert!(map("pull_request", &p)
+            .unwrap_err()
+            .0
+            .contains("`pull_request.head.sha`"));
+        let mut p = fixture("push.branch-created");
+        p.as_object_mut().unwrap().remove("repository");
+        assert!(map("push", &p)
+            .unwrap_err()
+            .0
+            .contains("`repository.full_name`"));
+        assert!(map("push", &json!([])).unwrap_err().0.contains("`ref`"));
+        assert!(map("check_suite", &json!({"action": "rerequested"}))
+            .unwrap_err()
+            .0
+            .contains("check_suite.head_sha"));
+    }
+}

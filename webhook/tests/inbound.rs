@@ -1,0 +1,965 @@
+//! Inbound forge webhooks end to end: real HTTP on loopback, a real store and watcher over real
+//! git repositories, the forges' own example payloads (tests/fixtures) adapted at run time:
+//! commit ids are replaced by commits of the temp repositories, and every other change is
+//! commented where it is made.
+
+mod inbound_support;
+
+use deploylite_reconciler::store::PullRequestInfo;
+use inbound_support::*;
+use serde_json::{json, Value};
+
+// ---------------------------------------------------------------------------------------------
+// GitHub
+
+#[tokio::test]
+async fn github_push_of_a_new_branch_runs_its_head() {
+    let h = Harness::start(Options::default()).await;
+    let sha = commit_on(&h.gh_repo, "master", "a.txt");
+    let mut p = fixture("github/webhooks/push.branch-created");
+    p["after"] = json!(sha);
+    p["head_commit"]["id"] = json!(sha);
+    p["commits"][0]["id"] = json!(sha);
+    let (status, body) = h.github("push", "d-push-1", &bytes(&p)).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (202, Some("accepted")),
+        "{body}"
+    );
+    let run = h
+        .wait_for_run(GH_REPO, "the pushed branch's run", |r| {
+            r.git_ref == "refs/heads/master"
+        })
+        .await;
+    assert_eq!(
+        (
+            run.commit.as_str(),
+            run.trigger.as_str(),
+            run.pipeline.as_str()
+        ),
+        (sha.as_str(), "push", "ci")
+    );
+    assert_eq!(run.run_attempt, 1);
+    assert!(run.pull_request.is_none());
+}
+
+#[tokio::test]
+async fn github_tag_push_runs_the_tag_and_its_deletion_cancels_queued_runs() {
+    let h = Harness::start(Options::default()).await;
+    let main = head(&h.gh_repo, "main");
+    git(&h.gh_repo, &["tag", "simple-tag", &main]);
+    let mut created = fixture("github/webhooks/push.tag-created.ghes-3.5");
+    created["after"] = json!(main);
+    let (status, _) = h.github("push", "d-tag-1", &bytes(&created)).await;
+    assert_eq!(status, 202);
+    let run = h
+        .wait_for_run(GH_REPO, "the tag's run", |r| {
+            r.git_ref == "refs/tags/simple-tag"
+        })
+        .await;
+    assert_eq!(
+        (run.trigger.as_str(), run.commit.as_str()),
+        ("tag", main.as_str())
+    );
+    assert!(!run.cancel_requested);
+
+    git(&h.gh_repo, &["tag", "-d", "simple-tag"]);
+    let mut deleted = fixture("github/webhooks/push.tag-deleted");
+    deleted["before"] = json!(main);
+    let (status, _) = h.github("push", "d-tag-2", &bytes(&deleted)).await;
+    assert_eq!(status, 202);
+    let cancelled = h
+        .wait_for_run(GH_REPO, "the tag's run cancelled", |r| {
+            r.id == run.id && r.cancel_requested
+        })
+        .await;
+    assert_eq!(
+        cancelled.pending_reason.as_deref(),
+        Some("cancelled: the ref was deleted")
+    );
+    // Other refs' runs are untouched.
+    assert!(h
+        .runs(GH_REPO)
+        .await
+        .iter()
+        .filter(|r| r.git_ref == "refs/heads/main")
+        .all(|r| !r.cancel_requested));
+}
+
+#[tokio::test]
+async fn github_branch_deletion_cancels_that_branchs_queued_runs() {
+    let h = Harness::start(Options::default()).await;
+    let sha = commit_on(&h.gh_repo, "feature", "f.txt");
+    let mut push = fixture("github/webhooks/push.branch-created");
+    push["ref"] = json!("refs/heads/feature");
+    push["after"] = json!(sha);
+    assert_eq!(h.github("push", "d-b-1", &bytes(&push)).await.0, 202);
+    let run = h
+        .wait_for_run(GH_REPO, "feature's run", |r| {
+            r.git_ref == "refs/heads/feature"
+        })
+        .await;
+
+    git(&h.gh_repo, &["branch", "-D", "feature"]);
+    // GitHub publishes no example of a branch deletion, only of a tag deletion
+    // (push.tag-deleted): the same payload with the branch's ref stands in for it.
+    let mut deleted = fixture("github/webhooks/push.tag-deleted");
+    deleted["ref"] = json!("refs/heads/feature");
+    deleted["before"] = json!(sha);
+    assert_eq!(h.github("push", "d-b-2", &bytes(&deleted)).await.0, 202);
+    h.wait_for_run(GH_REPO, "feature's run cancelled", |r| {
+        r.id == run.id && r.cancel_requested
+    })
+    .await;
+    let main_runs: Vec<_> = h
+        .runs(GH_REPO)
+        .await
+        .into_iter()
+        .filter(|r| r.git_ref == "refs/heads/main")
+        .collect();
+    assert!(
+        main_runs.iter().all(|r| !r.cancel_requested),
+        "only the deleted ref's runs are cancelled"
+    );
+}
+
+/// `pull_request` payloads with the head and base replaced by commits of the temp repository.
+fn pull_request(action_fixture: &str, head_sha: &str, base_sha: &str) -> Value {
+    let mut p = fixture(&format!("github/webhooks/pull_request.{action_fixture}"));
+    p["pull_request"]["head"]["sha"] = json!(head_sha);
+    p["pull_request"]["base"]["sha"] = json!(base_sha);
+    if p.get("after").is_some() {
+        p["after"] = json!(head_sha);
+    }
+    p
+}
+
+#[tokio::test]
+async fn github_pull_request_lifecycle() {
+    let h = Harness::start(Options::default()).await;
+    let base = head(&h.gh_repo, "main");
+    let head1 = commit_on(&h.gh_repo, "changes", "pr.txt");
+    let pr_ref = "refs/pull/2/head";
+
+    // opened → a pull_request run of the head commit, on the PR's ref.
+    let (status, body) = h
+        .github(
+            "pull_request",
+            "d-pr-1",
+            &bytes(&pull_request("opened", &head1, &base)),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let run1 = h
+        .wait_for_run(GH_REPO, "the opened PR's run", |r| r.commit == head1)
+        .await;
+    assert_eq!(
+        (run1.trigger.as_str(), run1.git_ref.as_str()),
+        ("pull_request", pr_ref)
+    );
+    assert_eq!(
+        run1.pull_request,
+        Some(PullRequestInfo {
+            number: 2,
+            head_repo: GITHUB_SLUG.into(),
+            untrusted: false
+        })
+    );
+
+    // synchronize → the new head runs.
+    let head2 = commit_on(&h.gh_repo, "changes", "pr2.txt");
+    assert_eq!(
+        h.github(
+            "pull_request",
+            "d-pr-2",
+            &bytes(&pull_request("synchronize", &head2, &base))
+        )
+        .await
+        .0,
+        202
+    );
+    let run2 = h
+        .wait_for_run(GH_REPO, "the synchronized head's run", |r| {
+            r.commit == head2
+        })
+        .await;
+    assert_eq!(
+        (run2.trigger.as_str(), run2.git_ref.as_str()),
+        ("pull_request", pr_ref)
+    );
+
+    // closed → the PR's queued runs are cancelled.
+    assert_eq!(
+        h.github(
+            "pull_request",
+            "d-pr-3",
+            &bytes(&pull_request("closed", &head2, &base))
+        )
+        .await
+        .0,
+        202
+    );
+    for id in [run1.id, run2.id] {
+        let r = h
+            .wait_for_run(GH_REPO, "the PR's runs cancelled", |r| {
+                r.id == id && r.cancel_requested
+            })
+            .await;
+        assert_eq!(
+            r.pending_reason.as_deref(),
+            Some("cancelled: the pull request was closed")
+        );
+    }
+
+    // reopened → the head as GitHub reports it on reopening (the branch gained a commit while
+    // the PR was closed) runs.
+    let head3 = commit_on(&h.gh_repo, "changes", "pr3.txt");
+    assert_eq!(
+        h.github(
+            "pull_request",
+            "d-pr-4",
+            &bytes(&pull_request("reopened", &head3, &base))
+        )
+        .await
+        .0,
+        202
+    );
+    let run3 = h
+        .wait_for_run(GH_REPO, "the reopened PR's run", |r| r.commit == head3)
+        .await;
+    assert_eq!(
+        (
+            run3.trigger.as_str(),
+            run3.git_ref.as_str(),
+            run3.cancel_requested
+        ),
+        ("pull_request", pr_ref, false)
+    );
+
+    // Actions DeployLite does not act on are acknowledged and ignored.
+    let mut labeled = pull_request("opened", &head3, &base);
+    labeled["action"] = json!("labeled");
+    let (status, body) = h.github("pull_request", "d-pr-5", &bytes(&labeled)).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (202, Some("ignored")),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn github_pull_request_from_a_fork_is_untrusted() {
+    let h = Harness::start(Options::default()).await;
+    let base = head(&h.gh_repo, "main");
+    let head_sha = commit_on(&h.gh_repo, "from-fork", "fork.txt");
+    let mut p = pull_request("opened", &head_sha, &base);
+    // No published example comes from a fork: the head repository is made another one.
+    p["pull_request"]["head"]["repo"]["full_name"] = json!("forker/Hello-World");
+    p["number"] = json!(7);
+    assert_eq!(
+        h.github("pull_request", "d-fork-1", &bytes(&p)).await.0,
+        202
+    );
+    let run = h
+        .wait_for_run(GH_REPO, "the fork PR's run", |r| r.commit == head_sha)
+        .await;
+    assert_eq!(run.git_ref, "refs/pull/7/head");
+    assert_eq!(
+        run.pull_request,
+        Some(PullRequestInfo {
+            number: 7,
+            head_repo: "forker/Hello-World".into(),
+            untrusted: true
+        })
+    );
+}
+
+#[tokio::test]
+async fn github_check_run_rerequested_reruns_that_pipeline() {
+    let h = Harness::start(Options::default()).await;
+    let main = head(&h.gh_repo, "main");
+    let first = h
+        .wait_for_run(GH_REPO, "main's run", |r| r.commit == main)
+        .await;
+    let mut p = fixture("github/webhooks/check_run.rerequested");
+    // The example is another app's check in another repository: make it DeployLite's check of
+    // `ci` on this repository's main.
+    p["repository"]["full_name"] = json!(GITHUB_SLUG);
+    p["check_run"]["name"] = json!("deploylite/ci");
+    p["check_run"]["head_sha"] = json!(main);
+    assert_eq!(h.github("check_run", "d-cr-1", &bytes(&p)).await.0, 202);
+    let rerun = h
+        .wait_for_run(GH_REPO, "the re-run", |r| {
+            r.commit == main && r.run_attempt == 2
+        })
+        .await;
+    assert_eq!(
+        (
+            rerun.pipeline.as_str(),
+            rerun.trigger.as_str(),
+            rerun.git_ref.as_str()
+        ),
+        ("ci", "push", "refs/heads/main")
+    );
+    assert_ne!(rerun.id, first.id);
+
+    // Other apps' check runs are not ours to re-run.
+    p["check_run"]["name"] = json!("randscape");
+    let (status, body) = h.github("check_run", "d-cr-2", &bytes(&p)).await;
+    assert_eq!((status, body["status"].as_str()), (202, Some("ignored")));
+}
+
+#[tokio::test]
+async fn github_check_suite_rerequested_reruns_the_commit_and_replays_are_duplicates() {
+    let h = Harness::start(Options::default()).await;
+    let main = head(&h.gh_repo, "main");
+    let mut p = fixture("github/webhooks/check_suite.rerequested");
+    p["check_suite"]["head_sha"] = json!(main);
+    let body = bytes(&p);
+    let (status, answer) = h.github("check_suite", "d-cs-1", &body).await;
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (202, Some("accepted")),
+        "{answer}"
+    );
+    h.wait_for_run(GH_REPO, "the re-run", |r| {
+        r.commit == main && r.run_attempt == 2
+    })
+    .await;
+
+    // The same delivery again (GitHub's "Redeliver" keeps the id): recognised, nothing enqueued.
+    // A replayed re-run is the one event run identity cannot absorb (it would be attempt 3), so
+    // the delivery record is what keeps it at one.
+    let (status, answer) = h.github("check_suite", "d-cs-1", &body).await;
+    assert_eq!((status, answer), (200, json!({"status": "duplicate"})));
+    let attempts: Vec<i64> = h
+        .runs(GH_REPO)
+        .await
+        .iter()
+        .filter(|r| r.commit == main)
+        .map(|r| r.run_attempt)
+        .collect();
+    assert_eq!(attempts, vec![2, 1], "exactly one re-run");
+}
+
+#[tokio::test]
+async fn github_ping_and_unused_events() {
+    let h = Harness::start(Options::default()).await;
+    for file in ["ping.repository-hook", "ping.app-hook"] {
+        let (status, body) = h
+            .github(
+                "ping",
+                &format!("d-{file}"),
+                &bytes(&fixture(&format!("github/webhooks/{file}"))),
+            )
+            .await;
+        assert_eq!((status, body), (200, json!({"status": "pong"})), "{file}");
+    }
+    for (event, file) in [
+        ("create", "create.tag"),
+        ("delete", "delete.tag"),
+        ("check_suite", "check_suite.requested"),
+    ] {
+        let (status, body) = h
+            .github(
+                event,
+                &format!("d-{file}"),
+                &bytes(&fixture(&format!("github/webhooks/{file}"))),
+            )
+            .await;
+        assert_eq!(
+            (status, body["status"].as_str()),
+            (202, Some("ignored")),
+            "{file}: {body}"
+        );
+    }
+    let (status, body) = h
+        .github("issues", "d-issues", br#"{"action":"opened"}"#)
+        .await;
+    assert_eq!(status, 202);
+    assert!(
+        body["reason"].as_str().unwrap().contains("issues"),
+        "{body}"
+    );
+    assert_eq!(
+        h.runs(GH_REPO).await.len(),
+        1,
+        "nothing but main's first run"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// GitHub refusals
+
+#[tokio::test]
+async fn github_signatures_are_required() {
+    let h = Harness::start(Options::default()).await;
+    let sha = commit_on(&h.gh_repo, "master", "a.txt");
+    let mut p = fixture("github/webhooks/push.branch-created");
+    p["after"] = json!(sha);
+    let body = bytes(&p);
+    let h = &h;
+    let post = |signature: Option<String>| {
+        let mut headers = vec![
+            ("X-GitHub-Event", "push".to_string()),
+            ("X-GitHub-Delivery", "d-sig-1".to_string()),
+        ];
+        if let Some(s) = signature {
+            headers.push(("X-Hub-Signature-256", s));
+        }
+        let body = body.clone();
+        async move { h.post("/webhooks/github", &headers, &body).await }
+    };
+    let (status, answer) = post(None).await;
+    assert_eq!(status, 401);
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("X-Hub-Signature-256"),
+        "{answer}"
+    );
+    let (status, answer) = post(Some(sign("not the secret", &body))).await;
+    assert_eq!(status, 401, "{answer}");
+    // Signed over another body (a tampered payload).
+    let (status, _) = post(Some(sign(GITHUB_SECRET, b"{}"))).await;
+    assert_eq!(status, 401);
+    let (status, _) = post(Some("sha256=nothex".into())).await;
+    assert_eq!(status, 401);
+
+    // None of the refused deliveries was recorded: the same id, now signed, is accepted.
+    let (status, answer) = post(Some(sign(GITHUB_SECRET, &body))).await;
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (202, Some("accepted")),
+        "{answer}"
+    );
+    h.wait_for_run(GH_REPO, "the signed push's run", |r| r.commit == sha)
+        .await;
+}
+
+#[tokio::test]
+async fn github_without_a_configured_secret_accepts_nothing() {
+    let h = Harness::start(Options {
+        github_secret: None,
+        ..Options::default()
+    })
+    .await;
+    let (status, body) = h
+        .github(
+            "ping",
+            "d-nocfg",
+            &bytes(&fixture("github/webhooks/ping.repository-hook")),
+        )
+        .await;
+    assert_eq!(status, 401);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("forges.github.webhook_secret"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn github_bad_requests() {
+    let h = Harness::start(Options::default()).await;
+    // Malformed JSON.
+    let (status, body) = h.github("push", "d-bad-1", b"{\"ref\": ").await;
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("JSON"), "{body}");
+    // A missing field is named.
+    let mut p = fixture("github/webhooks/push.branch-created");
+    p.as_object_mut().unwrap().remove("ref");
+    let (status, body) = h.github("push", "d-bad-2", &bytes(&p)).await;
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("`ref`"), "{body}");
+    let mut p = pull_request(
+        "opened",
+        &head(&h.gh_repo, "main"),
+        &head(&h.gh_repo, "main"),
+    );
+    p["pull_request"]["head"]
+        .as_object_mut()
+        .unwrap()
+        .remove("sha");
+    let (status, body) = h.github("pull_request", "d-bad-3", &bytes(&p)).await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("`pull_request.head.sha`"),
+        "{body}"
+    );
+    // Missing delivery and event headers.
+    let ping = bytes(&fixture("github/webhooks/ping.repository-hook"));
+    let signature = sign(GITHUB_SECRET, &ping);
+    let headers = [
+        ("X-GitHub-Event", "ping".to_string()),
+        ("X-Hub-Signature-256", signature.clone()),
+    ];
+    let (status, body) = h.post("/webhooks/github", &headers, &ping).await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("X-GitHub-Delivery"),
+        "{body}"
+    );
+    let headers = [
+        ("X-GitHub-Delivery", "d-bad-4".to_string()),
+        ("X-Hub-Signature-256", signature),
+    ];
+    let (status, body) = h.post("/webhooks/github", &headers, &ping).await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"].as_str().unwrap().contains("X-GitHub-Event"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn github_unknown_repository_is_404_and_not_recorded() {
+    let h = Harness::start(Options::default()).await;
+    let mut p = fixture("github/webhooks/push.branch-created");
+    p["repository"]["full_name"] = json!("someone/else");
+    let (status, body) = h.github("push", "d-404", &bytes(&p)).await;
+    assert_eq!(status, 404);
+    assert!(
+        body["error"].as_str().unwrap().contains("someone/else"),
+        "{body}"
+    );
+    // The delivery id was not recorded by the refusal.
+    let sha = commit_on(&h.gh_repo, "master", "x.txt");
+    let mut p = fixture("github/webhooks/push.branch-created");
+    p["after"] = json!(sha);
+    assert_eq!(h.github("push", "d-404", &bytes(&p)).await.0, 202);
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_are_413() {
+    let h = Harness::start(Options {
+        max_body_bytes: 1024,
+        ..Options::default()
+    })
+    .await;
+    // The push example is about 9 kB: refused by its Content-Length, before the signature.
+    let body = bytes(&fixture("github/webhooks/push.branch-created"));
+    assert!(body.len() > 1024);
+    let (status, answer) = h.github("push", "d-big-1", &body).await;
+    assert_eq!(status, 413);
+    assert!(
+        answer["error"].as_str().unwrap().contains("1024"),
+        "{answer}"
+    );
+    // Chunked, without a Content-Length: counted while it streams.
+    for path in ["/webhooks/github", "/webhooks/gitlab"] {
+        let (status, answer) = raw_chunked_post(h.addr(), path, &body).await;
+        assert_eq!(status, 413, "{path}: {answer}");
+    }
+    // A chunked body under the limit is read whole, authenticated and parsed: this one is a
+    // push without a ref, so the answer is about the ref, not the size.
+    let small = br#"{"zen":"Half measures are as bad as nothing at all.","hook_id":1}"#;
+    let (status, answer) = raw_chunked_post(h.addr(), "/webhooks/github", small).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("`ref`"),
+        "{answer}"
+    );
+    // A small body still passes.
+    let small = br#"{"zen":"Keep it logically awesome.","hook_id":1}"#;
+    assert_eq!(h.github("ping", "d-big-2", small).await.0, 200);
+}
+
+/// POSTs `body` with `Transfer-Encoding: chunked` (no Content-Length) over a plain socket;
+/// the status and body of the answer.
+async fn raw_chunked_post(addr: &str, path: &str, body: &[u8]) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nX-GitHub-Event: push\r\nX-GitHub-Delivery: d-chunked\r\n\
+         X-Hub-Signature-256: {}\r\nX-Gitlab-Event: Push Hook\r\nX-Gitlab-Token: {GITLAB_SECRET}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        sign(GITHUB_SECRET, body)
+    );
+    let mut wire = head.into_bytes();
+    for chunk in body.chunks(512) {
+        wire.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        wire.extend_from_slice(chunk);
+        wire.extend_from_slice(b"\r\n");
+    }
+    wire.extend_from_slice(b"0\r\n\r\n");
+    // The server may answer and close as soon as the limit is crossed: write errors are fine.
+    let _ = s.write_all(&wire).await;
+    let mut response = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = tokio::time::timeout(std::time::Duration::from_secs(15), s.read(&mut buf))
+        .await
+        .expect("an answer in time")
+    {
+        if n == 0 {
+            break;
+        }
+        response.extend_from_slice(&buf[..n]);
+    }
+    parse_response(&response)
+}
+
+// ---------------------------------------------------------------------------------------------
+// GitLab
+
+/// A GitLab example with its project made the watched one (the doc's examples name three
+/// different projects) and its commit ids replaced.
+fn gitlab_push(file: &str, git_ref: Option<&str>, after: &str) -> Value {
+    let mut p = fixture(&format!("gitlab/webhooks/{file}"));
+    p["project"]["path_with_namespace"] = json!(GITLAB_SLUG);
+    p["after"] = json!(after);
+    p["checkout_sha"] = json!(after);
+    if let Some(r) = git_ref {
+        p["ref"] = json!(r);
+    }
+    p
+}
+
+#[tokio::test]
+async fn gitlab_push_and_tag_push() {
+    let h = Harness::start(Options::default()).await;
+    let sha = commit_on(&h.gl_repo, "master", "g.txt");
+    let (status, body) = h
+        .gitlab(
+            "Push Hook",
+            Some("ev-push-1"),
+            &bytes(&gitlab_push("push", None, &sha)),
+        )
+        .await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (202, Some("accepted")),
+        "{body}"
+    );
+    let run = h
+        .wait_for_run(GL_REPO, "the pushed branch's run", |r| {
+            r.git_ref == "refs/heads/master"
+        })
+        .await;
+    assert_eq!(
+        (run.commit.as_str(), run.trigger.as_str()),
+        (sha.as_str(), "push")
+    );
+
+    git(&h.gl_repo, &["tag", "v1.0.0", &sha]);
+    let (status, _) = h
+        .gitlab(
+            "Tag Push Hook",
+            Some("ev-tag-1"),
+            &bytes(&gitlab_push("tag_push", None, &sha)),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let tag_run = h
+        .wait_for_run(GL_REPO, "the tag's run", |r| {
+            r.git_ref == "refs/tags/v1.0.0"
+        })
+        .await;
+    assert_eq!(
+        (tag_run.commit.as_str(), tag_run.trigger.as_str()),
+        (sha.as_str(), "tag")
+    );
+
+    // Deleting the branch: GitLab sends `after` all zeros (no published example of it).
+    git(&h.gl_repo, &["branch", "-D", "master"]);
+    let deleted = gitlab_push("push", None, "0000000000000000000000000000000000000000");
+    assert_eq!(
+        h.gitlab("Push Hook", Some("ev-push-2"), &bytes(&deleted))
+            .await
+            .0,
+        202
+    );
+    h.wait_for_run(GL_REPO, "the branch's run cancelled", |r| {
+        r.id == run.id && r.cancel_requested
+    })
+    .await;
+    assert!(!h
+        .runs(GL_REPO)
+        .await
+        .iter()
+        .any(|r| r.id == tag_run.id && r.cancel_requested));
+
+    // A replayed delivery (same X-Gitlab-Event-UUID) is recognised.
+    let (status, body) = h
+        .gitlab(
+            "Push Hook",
+            Some("ev-push-1"),
+            &bytes(&gitlab_push("push", None, &sha)),
+        )
+        .await;
+    assert_eq!((status, body), (200, json!({"status": "duplicate"})));
+    // Without the header there is no de-duplication, and run identity keeps the runs at one.
+    let (status, _) = h
+        .gitlab(
+            "Tag Push Hook",
+            None,
+            &bytes(&gitlab_push("tag_push", None, &sha)),
+        )
+        .await;
+    assert_eq!(status, 202);
+}
+
+#[tokio::test]
+async fn gitlab_merge_request_open_and_close() {
+    let h = Harness::start(Options::default()).await;
+    let head_sha = commit_on(&h.gl_repo, "ms-viewport", "mr.txt");
+    let mut open = fixture("gitlab/webhooks/merge_request.open");
+    open["object_attributes"]["last_commit"]["id"] = json!(head_sha);
+    let (status, body) = h
+        .gitlab("Merge Request Hook", Some("ev-mr-1"), &bytes(&open))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let run = h
+        .wait_for_run(GL_REPO, "the MR's run", |r| r.commit == head_sha)
+        .await;
+    assert_eq!(
+        (run.trigger.as_str(), run.git_ref.as_str()),
+        ("pull_request", "refs/merge-requests/1/head")
+    );
+    assert_eq!(
+        run.pull_request,
+        Some(PullRequestInfo {
+            number: 1,
+            head_repo: "awesome_space/awesome_project".into(),
+            untrusted: false
+        })
+    );
+
+    let mut close = open.clone();
+    // The doc publishes only the `open` example; GitLab sends the same object with action close.
+    close["object_attributes"]["action"] = json!("close");
+    close["object_attributes"]["state"] = json!("closed");
+    assert_eq!(
+        h.gitlab("Merge Request Hook", Some("ev-mr-2"), &bytes(&close))
+            .await
+            .0,
+        202
+    );
+    let r = h
+        .wait_for_run(GL_REPO, "the MR's run cancelled", |r| {
+            r.id == run.id && r.cancel_requested
+        })
+        .await;
+    assert_eq!(
+        r.pending_reason.as_deref(),
+        Some("cancelled: the pull request was closed")
+    );
+
+    // A fork MR (source project differs) is untrusted.
+    let fork_head = commit_on(&h.gl_repo, "fork-mr", "fork.txt");
+    let mut fork = fixture("gitlab/webhooks/merge_request.open");
+    fork["object_attributes"]["iid"] = json!(5);
+    fork["object_attributes"]["source_project_id"] = json!(99);
+    fork["object_attributes"]["source"]["path_with_namespace"] = json!("forker/gitlab-test");
+    fork["object_attributes"]["last_commit"]["id"] = json!(fork_head);
+    assert_eq!(
+        h.gitlab("Merge Request Hook", Some("ev-mr-3"), &bytes(&fork))
+            .await
+            .0,
+        202
+    );
+    let run = h
+        .wait_for_run(GL_REPO, "the fork MR's run", |r| r.commit == fork_head)
+        .await;
+    assert_eq!(
+        run.pull_request,
+        Some(PullRequestInfo {
+            number: 5,
+            head_repo: "forker/gitlab-test".into(),
+            untrusted: true
+        })
+    );
+
+    // Other events and actions are ignored.
+    let (status, body) = h
+        .gitlab(
+            "Pipeline Hook",
+            Some("ev-pl"),
+            &bytes(&fixture("gitlab/webhooks/pipeline")),
+        )
+        .await;
+    assert_eq!((status, body["status"].as_str()), (202, Some("ignored")));
+    let mut approved = open.clone();
+    approved["object_attributes"]["action"] = json!("approved");
+    assert_eq!(
+        h.gitlab("Merge Request Hook", Some("ev-mr-4"), &bytes(&approved))
+            .await
+            .1["status"],
+        "ignored"
+    );
+}
+
+#[tokio::test]
+async fn gitlab_tokens_are_required() {
+    let h = Harness::start(Options::default()).await;
+    let body = bytes(&gitlab_push("push", None, &head(&h.gl_repo, "main")));
+    for token in [
+        None,
+        Some("wrong"),
+        Some("test-gitlab-toke"),
+        Some("test-gitlab-tokenX"),
+    ] {
+        let mut headers = vec![("X-Gitlab-Event", "Push Hook".to_string())];
+        if let Some(t) = token {
+            headers.push(("X-Gitlab-Token", t.to_string()));
+        }
+        let (status, answer) = h.post("/webhooks/gitlab", &headers, &body).await;
+        assert_eq!(status, 401, "{token:?}: {answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains("X-Gitlab-Token"),
+            "{answer}"
+        );
+    }
+    let h = Harness::start(Options {
+        gitlab_secret: None,
+        ..Options::default()
+    })
+    .await;
+    let (status, answer) = h.gitlab("Push Hook", None, &body).await;
+    assert_eq!(status, 401);
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("forges.gitlab.webhook_secret"),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn gitlab_bad_requests_and_unknown_projects() {
+    let h = Harness::start(Options::default()).await;
+    let (status, _) = h.gitlab("Push Hook", None, b"not json").await;
+    assert_eq!(status, 400);
+    let mut p = gitlab_push("push", None, &head(&h.gl_repo, "main"));
+    p["project"]
+        .as_object_mut()
+        .unwrap()
+        .remove("path_with_namespace");
+    let (status, body) = h.gitlab("Push Hook", None, &bytes(&p)).await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("project.path_with_namespace"),
+        "{body}"
+    );
+    // The push example's own project is not watched.
+    let (status, _) = h
+        .gitlab("Push Hook", None, &bytes(&fixture("gitlab/webhooks/push")))
+        .await;
+    assert_eq!(status, 404);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Robustness
+
+#[tokio::test]
+async fn the_server_keeps_serving_after_a_burst_of_bad_requests() {
+    let h = Harness::start(Options {
+        max_body_bytes: 4096,
+        ..Options::default()
+    })
+    .await;
+    let mut tasks = Vec::new();
+    for i in 0..200u32 {
+        let addr = h.addr().to_string();
+        tasks.push(tokio::spawn(async move {
+            let junk: Vec<u8> = (0..(i * 37 % 6000)).map(|b| (b * 31 + i) as u8).collect();
+            let hdr = |pairs: &[(&'static str, &str)]| {
+                pairs
+                    .iter()
+                    .map(|(k, v)| (*k, v.to_string()))
+                    .collect::<Vec<_>>()
+            };
+            let signed_junk = sign(GITHUB_SECRET, &junk);
+            let delivery = format!("burst-{i}");
+            let (method, path, headers, body): (&str, &str, Vec<(&str, String)>, Vec<u8>) =
+                match i % 8 {
+                    0 => ("POST", "/webhooks/github", vec![], junk),
+                    1 => (
+                        "POST",
+                        "/webhooks/github",
+                        hdr(&[
+                            ("X-Hub-Signature-256", &signed_junk),
+                            ("X-GitHub-Event", "push"),
+                            ("X-GitHub-Delivery", &delivery),
+                        ]),
+                        junk,
+                    ),
+                    2 => (
+                        "POST",
+                        "/webhooks/github",
+                        hdr(&[("X-Hub-Signature-256", "sha256=")]),
+                        b"{}".to_vec(),
+                    ),
+                    3 => (
+                        "POST",
+                        "/webhooks/gitlab",
+                        hdr(&[("X-Gitlab-Token", "nope")]),
+                        junk,
+                    ),
+                    4 => (
+                        "POST",
+                        "/webhooks/gitlab",
+                        hdr(&[
+                            ("X-Gitlab-Token", GITLAB_SECRET),
+                            ("X-Gitlab-Event", "Push Hook"),
+                        ]),
+                        junk,
+                    ),
+                    5 => (
+                        "POST",
+                        "/webhooks/gitlab",
+                        hdr(&[
+                            ("X-Gitlab-Token", GITLAB_SECRET),
+                            ("X-Gitlab-Event", "Merge Request Hook"),
+                        ]),
+                        br#"{"object_attributes":{"action":"open","iid":"x"}}"#.to_vec(),
+                    ),
+                    6 => ("GET", "/webhooks/github", vec![], vec![]),
+                    _ => {
+                        let sig = sign(GITHUB_SECRET, b"[1,2");
+                        (
+                            "POST",
+                            "/webhooks/github",
+                            hdr(&[
+                                ("X-Hub-Signature-256", &sig),
+                                ("X-GitHub-Event", "pull_request"),
+                                ("X-GitHub-Delivery", &delivery),
+                            ]),
+                            b"[1,2".to_vec(),
+                        )
+                    }
+                };
+            http(&addr, method, path, &headers, &body).await.0
+        }));
+    }
+    for t in tasks {
+        let status = t.await.unwrap();
+        assert!(
+            (400..500).contains(&status),
+            "every bad request gets a 4xx, got {status}"
+        );
+    }
+    let (status, _) = http(h.addr(), "GET", "/healthz", &[], b"").await;
+    assert_eq!(status, 200);
+    // And it still takes good deliveries.
+    let ping = bytes(&json!({"zen": "Design for failure.", "hook_id": 1}));
+    assert_eq!(h.github("ping", "after-burst", &ping).await.0, 200);
+    assert_eq!(
+        h.runs(GH_REPO).await.len() + h.runs(GL_REPO).await.len(),
+        2,
+        "nothing was enqueued"
+    );
+}
