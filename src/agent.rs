@@ -15,7 +15,9 @@ use anyhow::{bail, Context, Result};
 use deploylite_reconciler::scheduler::{LeaseJob, RemoteOutcome};
 use deploylite_runner::outcome::{verdict, Verdict};
 use deploylite_runner::{CancellationToken, Executor, StageJob, StageLog};
-use deploylite_webhook::runners::{HeartbeatResponse, PollRequest, PollResponse, RegisterRequest, RegisterResponse};
+use deploylite_webhook::runners::{
+    HeartbeatResponse, PollRequest, PollResponse, RegisterRequest, RegisterResponse,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
@@ -88,7 +90,10 @@ pub async fn run(config: AgentConfig) -> Result<ExitCode> {
     let mut tasks = JoinSet::new();
     let mut failures = 0u32;
     while !shutdown.is_cancelled() {
-        let free = agent.config.capacity.saturating_sub(agent.running.load(Ordering::SeqCst));
+        let free = agent
+            .config
+            .capacity
+            .saturating_sub(agent.running.load(Ordering::SeqCst));
         if free == 0 {
             tokio::select! {
                 _ = agent.slot_freed.notified() => {}
@@ -127,11 +132,17 @@ pub async fn run(config: AgentConfig) -> Result<ExitCode> {
 
     let running = agent.running.load(Ordering::SeqCst);
     tracing::info!(running, grace = ?agent.config.grace, "stopping: no new work; running stages get the grace period");
-    let drained = tokio::time::timeout(agent.config.grace, async { while tasks.join_next().await.is_some() {} }).await;
+    let drained = tokio::time::timeout(agent.config.grace, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
     if drained.is_err() {
         agent.handing_back.store(true, Ordering::SeqCst);
         let tokens: Vec<CancellationToken> = lock(&agent.stages).values().cloned().collect();
-        tracing::warn!(stages = tokens.len(), "grace period over: handing the remaining stages back");
+        tracing::warn!(
+            stages = tokens.len(),
+            "grace period over: handing the remaining stages back"
+        );
         for token in tokens {
             token.cancel();
         }
@@ -190,9 +201,15 @@ async fn credential(http: &reqwest::Client, base: &str, config: &AgentConfig) ->
     let status = response.status();
     if !status.is_success() {
         let body: serde_json::Value = response.json().await.unwrap_or_default();
-        bail!("registration refused ({status}): {}", body.get("error").and_then(|e| e.as_str()).unwrap_or(""));
+        bail!(
+            "registration refused ({status}): {}",
+            body.get("error").and_then(|e| e.as_str()).unwrap_or("")
+        );
     }
-    let registered: RegisterResponse = response.json().await.context("unexpected registration answer")?;
+    let registered: RegisterResponse = response
+        .json()
+        .await
+        .context("unexpected registration answer")?;
     write_private(&path, &registered.credential).await?;
     tracing::info!(runner = %config.name, credential_file = %path.display(), "registered with the server");
     Ok(registered.credential)
@@ -201,11 +218,16 @@ async fn credential(http: &reqwest::Client, base: &str, config: &AgentConfig) ->
 /// Writes a secret readable by this user only.
 async fn write_private(path: &Path, content: &str) -> Result<()> {
     if let Some(parent) = path.parent() {
-        tokio::fs::create_dir_all(parent).await.with_context(|| format!("cannot create {}", parent.display()))?;
+        tokio::fs::create_dir_all(parent)
+            .await
+            .with_context(|| format!("cannot create {}", parent.display()))?;
     }
     let mut options = tokio::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true).mode(0o600);
-    let mut file = options.open(path).await.with_context(|| format!("cannot write {}", path.display()))?;
+    let mut file = options
+        .open(path)
+        .await
+        .with_context(|| format!("cannot write {}", path.display()))?;
     file.write_all(content.as_bytes()).await?;
     file.flush().await?;
     Ok(())
@@ -247,7 +269,12 @@ impl Agent {
         let cancel = CancellationToken::new();
         lock(&self.stages).insert(key.clone(), cancel.clone());
         let lost = Arc::new(AtomicBool::new(false));
-        let heartbeat = tokio::spawn(self.clone().heartbeat(lease.clone(), heartbeat_ms, cancel.clone(), lost.clone()));
+        let heartbeat = tokio::spawn(self.clone().heartbeat(
+            lease.clone(),
+            heartbeat_ms,
+            cancel.clone(),
+            lost.clone(),
+        ));
 
         let outcome = self.execute(&lease, cancel.clone(), lost.clone()).await;
 
@@ -265,11 +292,26 @@ impl Agent {
         self.slot_freed.notify_one();
     }
 
-    async fn execute(&self, lease: &LeaseJob, cancel: CancellationToken, lost: Arc<AtomicBool>) -> deploylite_runner::StageOutcome {
+    async fn execute(
+        &self,
+        lease: &LeaseJob,
+        cancel: CancellationToken,
+        lost: Arc<AtomicBool>,
+    ) -> deploylite_runner::StageOutcome {
         use deploylite_runner::StageOutcome;
-        let workspace = self.config.work_dir.join(format!("{}-{}-{}", lease.run_id, lease.stage.name, lease.attempt));
+        let workspace = self.config.work_dir.join(format!(
+            "{}-{}-{}",
+            lease.run_id, lease.stage.name, lease.attempt
+        ));
         let (tx, rx) = mpsc::channel::<String>(4096);
-        let uploader = tokio::spawn(upload_log(self.http.clone(), self.url(lease, "log"), self.credential.clone(), rx, cancel.clone(), lost));
+        let uploader = tokio::spawn(upload_log(
+            self.http.clone(),
+            self.url(lease, "log"),
+            self.credential.clone(),
+            rx,
+            cancel.clone(),
+            lost,
+        ));
         let mut log = StageLog::channel(tx);
         log.system(&format!(
             "run #{} {}/{} stage `{}` attempt {} on runner `{}` ({} executor; {} {})",
@@ -295,7 +337,10 @@ impl Agent {
             }
             Ok(()) => {
                 let mut env = lease.env.clone();
-                env.insert("DEPLOYLITE_WORKSPACE".into(), workspace.display().to_string());
+                env.insert(
+                    "DEPLOYLITE_WORKSPACE".into(),
+                    workspace.display().to_string(),
+                );
                 env.insert("DEPLOYLITE_RUNNER".into(), self.config.name.clone());
                 let job = StageJob {
                     run_id: lease.run_id,
@@ -312,17 +357,31 @@ impl Agent {
                     pipeline: lease.pipeline.clone(),
                     commit: lease.commit.clone(),
                 };
-                let outcome = self.config.executor.execute(job.clone(), &mut log, cancel.clone()).await;
+                let outcome = self
+                    .config
+                    .executor
+                    .execute(job.clone(), &mut log, cancel.clone())
+                    .await;
                 if let StageOutcome::Error(message) = &outcome {
-                    log.system(&format!("the executor could not run the stage: {message}")).await;
+                    log.system(&format!("the executor could not run the stage: {message}"))
+                        .await;
                 }
                 let failures = u32::try_from(lease.failures).unwrap_or(u32::MAX);
-                if verdict(&lease.stage, failures, &outcome, cancel.is_cancelled()) == Verdict::Failed
+                if verdict(&lease.stage, failures, &outcome, cancel.is_cancelled())
+                    == Verdict::Failed
                     && !lease.stage.rollback.is_empty()
                 {
-                    log.system("the stage failed for good: running its rollback steps").await;
-                    let rollback = StageJob { steps: lease.stage.rollback.clone(), ..job };
-                    let rolled = self.config.executor.execute(rollback, &mut log, CancellationToken::new()).await;
+                    log.system("the stage failed for good: running its rollback steps")
+                        .await;
+                    let rollback = StageJob {
+                        steps: lease.stage.rollback.clone(),
+                        ..job
+                    };
+                    let rolled = self
+                        .config
+                        .executor
+                        .execute(rollback, &mut log, CancellationToken::new())
+                        .await;
                     log.system(&format!("rollback finished: {rolled:?}")).await;
                 }
                 outcome
@@ -356,7 +415,10 @@ impl Agent {
             .await
             .context("downloading the commit")?;
         if !response.status().is_success() {
-            bail!("the server answered {} for the commit's archive", response.status());
+            bail!(
+                "the server answered {} for the commit's archive",
+                response.status()
+            );
         }
         let mut tar = tokio::process::Command::new("tar")
             .arg("-x")
@@ -371,17 +433,32 @@ impl Agent {
             .context("cannot run tar")?;
         let mut stdin = tar.stdin.take().context("tar has no stdin")?;
         while let Some(chunk) = response.chunk().await.context("downloading the commit")? {
-            stdin.write_all(&chunk).await.context("unpacking the commit")?;
+            stdin
+                .write_all(&chunk)
+                .await
+                .context("unpacking the commit")?;
         }
         drop(stdin);
-        let output = tar.wait_with_output().await.context("unpacking the commit")?;
+        let output = tar
+            .wait_with_output()
+            .await
+            .context("unpacking the commit")?;
         if !output.status.success() {
-            bail!("tar failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+            bail!(
+                "tar failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
         }
         Ok(())
     }
 
-    async fn heartbeat(self: Arc<Self>, lease: LeaseJob, every_ms: u64, cancel: CancellationToken, lost: Arc<AtomicBool>) {
+    async fn heartbeat(
+        self: Arc<Self>,
+        lease: LeaseJob,
+        every_ms: u64,
+        cancel: CancellationToken,
+        lost: Arc<AtomicBool>,
+    ) {
         let mut interval = tokio::time::interval(Duration::from_millis(every_ms));
         interval.tick().await;
         loop {
@@ -471,7 +548,14 @@ async fn upload_log(
         let chunk = std::mem::take(&mut buffer);
         for delay in [0u64, 200, 1000, 3000] {
             tokio::time::sleep(Duration::from_millis(delay)).await;
-            match http.post(&url).bearer_auth(&credential).timeout(Duration::from_secs(30)).body(chunk.clone()).send().await {
+            match http
+                .post(&url)
+                .bearer_auth(&credential)
+                .timeout(Duration::from_secs(30))
+                .body(chunk.clone())
+                .send()
+                .await
+            {
                 Ok(r) if r.status().is_success() => break,
                 Ok(r) if r.status() == reqwest::StatusCode::CONFLICT => {
                     lost.store(true, Ordering::SeqCst);

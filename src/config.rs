@@ -11,7 +11,9 @@ use deploylite_pipeline::duration::parse_duration;
 use deploylite_pipeline::GlobList;
 use deploylite_reconciler::store::SqliteSync;
 use deploylite_reconciler::watcher::RepoConfig;
-use deploylite_webhook::forges::{forge_from_url, ForgeKind, ForgeRepo, GithubAuth, GithubConfig, GitlabConfig, Secret};
+use deploylite_webhook::forges::{
+    forge_from_url, ForgeKind, ForgeRepo, GithubAuth, GithubConfig, GitlabConfig, Secret,
+};
 use serde::Deserialize;
 
 /// The environment variables read (besides `DEPLOYLITE_CONFIG`), with the key each sets.
@@ -172,7 +174,8 @@ impl ConfigLayer {
     /// Reads a config file. Relative paths in it (data_dir, local repository urls) are taken
     /// relative to the file's directory, so the file means the same from any working directory.
     pub fn from_file(path: &Path) -> Result<ConfigLayer> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
         let mut layer: ConfigLayer = if text.trim().is_empty() {
             ConfigLayer::default()
         } else {
@@ -194,26 +197,36 @@ impl ConfigLayer {
     pub fn from_env(vars: impl Iterator<Item = (String, String)>) -> Result<ConfigLayer> {
         let mut root = serde_json::Map::new();
         for (name, value) in vars {
-            let Some(key) = name.strip_prefix("DEPLOYLITE_").map(str::to_ascii_lowercase) else {
+            let Some(key) = name
+                .strip_prefix("DEPLOYLITE_")
+                .map(str::to_ascii_lowercase)
+            else {
                 continue;
             };
             if !ENV_KEYS.contains(&key.as_str()) {
                 continue;
             }
-            let parsed: serde_json::Value =
-                yaml_serde::from_str(&value).unwrap_or_else(|_| serde_json::Value::String(value.clone()));
+            let parsed: serde_json::Value = yaml_serde::from_str(&value)
+                .unwrap_or_else(|_| serde_json::Value::String(value.clone()));
             // A string key such as listen stays a string even if it looks like a number.
-            let stays_text = matches!(key.as_str(), "listen" | "data_dir" | "database_url" | "public_url")
-                || key.ends_with("token")
+            let stays_text = matches!(
+                key.as_str(),
+                "listen" | "data_dir" | "database_url" | "public_url"
+            ) || key.ends_with("token")
                 || key.ends_with("secret")
                 || key.ends_with("_url")
                 || key.ends_with("_path")
                 || key.ends_with("_file");
-            let parsed = if stays_text && !parsed.is_string() { serde_json::Value::String(value.clone()) } else { parsed };
+            let parsed = if stays_text && !parsed.is_string() {
+                serde_json::Value::String(value.clone())
+            } else {
+                parsed
+            };
             let path: Vec<&str> = key.split("__").collect();
             insert_path(&mut root, &path, parsed);
         }
-        serde_json::from_value(serde_json::Value::Object(root)).context("invalid DEPLOYLITE_* environment variable")
+        serde_json::from_value(serde_json::Value::Object(root))
+            .context("invalid DEPLOYLITE_* environment variable")
     }
 
     fn resolve_relative_to(&mut self, base: &Path) {
@@ -223,7 +236,8 @@ impl ConfigLayer {
             }
         }
         for repo in self.repos.iter_mut().flatten() {
-            if deploylite_reconciler::git::is_local(&repo.url) && Path::new(&repo.url).is_relative() {
+            if deploylite_reconciler::git::is_local(&repo.url) && Path::new(&repo.url).is_relative()
+            {
                 repo.url = base.join(&repo.url).display().to_string();
             }
         }
@@ -253,7 +267,17 @@ impl ConfigLayer {
         macro_rules! take {
             ($($field:ident),*) => { $( if other.$field.is_some() { self.$field = other.$field; } )* };
         }
-        take!(listen, data_dir, database_url, sqlite_synchronous, max_parallel_stages, log_format, repos, public_url, webhook_max_body_bytes);
+        take!(
+            listen,
+            data_dir,
+            database_url,
+            sqlite_synchronous,
+            max_parallel_stages,
+            log_format,
+            repos,
+            public_url,
+            webhook_max_body_bytes
+        );
         if let Some(r) = other.runners {
             let mine = self.runners.get_or_insert_with(Default::default);
             if r.registration_tokens.is_some() {
@@ -271,12 +295,26 @@ impl ConfigLayer {
             if let Some(g) = f.github {
                 let m = mine.github.get_or_insert_with(Default::default);
                 macro_rules! field { ($($x:ident),*) => { $( if g.$x.is_some() { m.$x = g.$x; } )* }; }
-                field!(api_url, app_id, private_key_path, token, token_file, webhook_secret, webhook_secret_file);
+                field!(
+                    api_url,
+                    app_id,
+                    private_key_path,
+                    token,
+                    token_file,
+                    webhook_secret,
+                    webhook_secret_file
+                );
             }
             if let Some(g) = f.gitlab {
                 let m = mine.gitlab.get_or_insert_with(Default::default);
                 macro_rules! field { ($($x:ident),*) => { $( if g.$x.is_some() { m.$x = g.$x; } )* }; }
-                field!(api_url, token, token_file, webhook_secret, webhook_secret_file);
+                field!(
+                    api_url,
+                    token,
+                    token_file,
+                    webhook_secret,
+                    webhook_secret_file
+                );
             }
         }
         if let Some(r) = other.retention {
@@ -302,16 +340,21 @@ impl ConfigLayer {
 
     pub fn finish(self) -> Result<Config> {
         let listen_text = self.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string());
-        let listen: SocketAddr = listen_text
-            .parse()
-            .with_context(|| format!("listen: `{listen_text}` is not an address like 127.0.0.1:8080"))?;
-        let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let listen: SocketAddr = listen_text.parse().with_context(|| {
+            format!("listen: `{listen_text}` is not an address like 127.0.0.1:8080")
+        })?;
+        let data_dir = self
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
         let data_dir = std::path::absolute(&data_dir).unwrap_or(data_dir);
-        let database_url = self
-            .database_url
-            .unwrap_or_else(|| deploylite_reconciler::paths::DataDir::new(&data_dir).default_database_url());
+        let database_url = self.database_url.unwrap_or_else(|| {
+            deploylite_reconciler::paths::DataDir::new(&data_dir).default_database_url()
+        });
         let max_parallel_stages = self.max_parallel_stages.unwrap_or_else(|| {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+                .max(2)
         });
         if max_parallel_stages == 0 {
             bail!("max_parallel_stages must be at least 1");
@@ -325,12 +368,25 @@ impl ConfigLayer {
         let log_retention = duration("retention.logs", retention.logs, "30d")?;
         let local = self.local_runner.unwrap_or_default();
         let runners = self.runners.unwrap_or_default();
-        let mut registration_tokens: Vec<Secret> =
-            runners.registration_tokens.unwrap_or_default().into_iter().map(Secret::new).collect();
+        let mut registration_tokens: Vec<Secret> = runners
+            .registration_tokens
+            .unwrap_or_default()
+            .into_iter()
+            .map(Secret::new)
+            .collect();
         if let Some(path) = runners.registration_tokens_file {
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("runners.registration_tokens_file: cannot read {}", path.display()))?;
-            registration_tokens.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(Secret::new));
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "runners.registration_tokens_file: cannot read {}",
+                    path.display()
+                )
+            })?;
+            registration_tokens.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(Secret::new),
+            );
         }
         if registration_tokens.iter().any(|t| t.expose().len() < 16) {
             bail!("runners.registration_tokens: every token must be at least 16 characters");
@@ -347,12 +403,18 @@ impl ConfigLayer {
         for (i, repo) in self.repos.unwrap_or_default().into_iter().enumerate() {
             let at = format!("repos[{i}] ({})", repo.name);
             if repo.name.is_empty()
-                || !repo.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+                || !repo
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
             {
                 bail!("{at}: name must be letters, digits, `-`, `_`, `.` or `/`");
             }
             if repos.iter().any(|r: &RepoConfig| r.name == repo.name) {
-                bail!("{at}: a repository named `{}` is already configured", repo.name);
+                bail!(
+                    "{at}: a repository named `{}` is already configured",
+                    repo.name
+                );
             }
             let forge = forge_of(&repo, &at)?;
             let poll_interval = duration(
@@ -375,7 +437,8 @@ impl ConfigLayer {
             }
             repos.push(RepoConfig {
                 report,
-                branches: GlobList::new(&repo.branches).map_err(|e| anyhow::anyhow!("{at}.branches: {e}"))?,
+                branches: GlobList::new(&repo.branches)
+                    .map_err(|e| anyhow::anyhow!("{at}.branches: {e}"))?,
                 tags: GlobList::new(&repo.tags).map_err(|e| anyhow::anyhow!("{at}.tags: {e}"))?,
                 name: repo.name,
                 url: repo.url,
@@ -392,13 +455,16 @@ impl ConfigLayer {
             workspace_retention,
             log_retention,
             local_runner_enabled: local.enabled.unwrap_or(true),
-            local_runner_labels: local.labels.unwrap_or_else(|| vec!["local".into(), std::env::consts::OS.into()]),
+            local_runner_labels: local
+                .labels
+                .unwrap_or_else(|| vec!["local".into(), std::env::consts::OS.into()]),
             repos,
             forges: deploylite_webhook::Forges::new(
                 github,
                 gitlab,
                 self.public_url,
-                self.webhook_max_body_bytes.unwrap_or(deploylite_webhook::forges::DEFAULT_MAX_BODY_BYTES),
+                self.webhook_max_body_bytes
+                    .unwrap_or(deploylite_webhook::forges::DEFAULT_MAX_BODY_BYTES),
                 forge_repos,
             ),
             registration_tokens,
@@ -408,7 +474,11 @@ impl ConfigLayer {
 }
 
 /// Sets `root[a][b]...[leaf] = value`, creating the intermediate objects.
-fn insert_path(root: &mut serde_json::Map<String, serde_json::Value>, path: &[&str], value: serde_json::Value) {
+fn insert_path(
+    root: &mut serde_json::Map<String, serde_json::Value>,
+    path: &[&str],
+    value: serde_json::Value,
+) {
     match path {
         [] => {}
         [leaf] => {
@@ -436,19 +506,27 @@ fn forge_of(repo: &RepoLayer, at: &str) -> Result<Option<ForgeRepo>> {
     };
     let Some(forge) = forge else {
         if repo.slug.is_some() {
-            bail!("{at}.slug is set but the forge is unknown: add `forge: github` or `forge: gitlab`");
+            bail!(
+                "{at}.slug is set but the forge is unknown: add `forge: github` or `forge: gitlab`"
+            );
         }
         return Ok(None);
     };
     let slug = match (&repo.slug, derived) {
         (Some(slug), _) => slug.clone(),
         (None, Some((_, slug))) => slug,
-        (None, None) => bail!("{at}: cannot derive owner/name from the URL; add `slug: owner/name`"),
+        (None, None) => {
+            bail!("{at}: cannot derive owner/name from the URL; add `slug: owner/name`")
+        }
     };
     if !slug.contains('/') {
         bail!("{at}.slug `{slug}` must look like owner/name (or group/project)");
     }
-    Ok(Some(ForgeRepo { name: repo.name.clone(), forge, slug }))
+    Ok(Some(ForgeRepo {
+        name: repo.name.clone(),
+        forge,
+        slug,
+    }))
 }
 
 /// A secret given inline or as a file (trailing newline trimmed).
@@ -457,8 +535,11 @@ fn secret(inline: Option<String>, file: Option<PathBuf>, what: &str) -> Result<O
         (Some(_), Some(_)) => bail!("{what}: give the value or a file, not both"),
         (Some(v), None) => Ok(Some(Secret::new(v))),
         (None, Some(path)) => {
-            let text = std::fs::read_to_string(&path).with_context(|| format!("{what}: cannot read {}", path.display()))?;
-            Ok(Some(Secret::new(text.trim_end_matches(['\n', '\r']).to_string())))
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("{what}: cannot read {}", path.display()))?;
+            Ok(Some(Secret::new(
+                text.trim_end_matches(['\n', '\r']).to_string(),
+            )))
         }
         (None, None) => Ok(None),
     }
@@ -467,11 +548,20 @@ fn secret(inline: Option<String>, file: Option<PathBuf>, what: &str) -> Result<O
 fn github_config(g: GithubLayer) -> Result<GithubConfig> {
     let token = secret(g.token, g.token_file, "forges.github.token")?;
     let auth = match (g.app_id, g.private_key_path, token) {
-        (Some(_), Some(_), Some(_)) => bail!("forges.github: configure a GitHub App (app_id, private_key_path) or a token, not both"),
+        (Some(_), Some(_), Some(_)) => bail!(
+            "forges.github: configure a GitHub App (app_id, private_key_path) or a token, not both"
+        ),
         (Some(app_id), Some(path), None) => {
-            let pem = std::fs::read_to_string(&path)
-                .with_context(|| format!("forges.github.private_key_path: cannot read {}", path.display()))?;
-            Some(GithubAuth::App { app_id, private_key_pem: Secret::new(pem) })
+            let pem = std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "forges.github.private_key_path: cannot read {}",
+                    path.display()
+                )
+            })?;
+            Some(GithubAuth::App {
+                app_id,
+                private_key_pem: Secret::new(pem),
+            })
         }
         (Some(_), None, _) => bail!("forges.github.app_id needs private_key_path"),
         (None, Some(_), _) => bail!("forges.github.private_key_path needs app_id"),
@@ -479,17 +569,33 @@ fn github_config(g: GithubLayer) -> Result<GithubConfig> {
         (None, None, None) => None,
     };
     Ok(GithubConfig {
-        api_url: g.api_url.unwrap_or_else(|| "https://api.github.com".into()).trim_end_matches('/').to_string(),
+        api_url: g
+            .api_url
+            .unwrap_or_else(|| "https://api.github.com".into())
+            .trim_end_matches('/')
+            .to_string(),
         auth,
-        webhook_secret: secret(g.webhook_secret, g.webhook_secret_file, "forges.github.webhook_secret")?,
+        webhook_secret: secret(
+            g.webhook_secret,
+            g.webhook_secret_file,
+            "forges.github.webhook_secret",
+        )?,
     })
 }
 
 fn gitlab_config(g: GitlabLayer) -> Result<GitlabConfig> {
     Ok(GitlabConfig {
-        api_url: g.api_url.unwrap_or_else(|| "https://gitlab.com/api/v4".into()).trim_end_matches('/').to_string(),
+        api_url: g
+            .api_url
+            .unwrap_or_else(|| "https://gitlab.com/api/v4".into())
+            .trim_end_matches('/')
+            .to_string(),
         token: secret(g.token, g.token_file, "forges.gitlab.token")?,
-        webhook_secret: secret(g.webhook_secret, g.webhook_secret_file, "forges.gitlab.webhook_secret")?,
+        webhook_secret: secret(
+            g.webhook_secret,
+            g.webhook_secret_file,
+            "forges.gitlab.webhook_secret",
+        )?,
     })
 }
 
@@ -511,16 +617,36 @@ mod tests {
         )
         .unwrap();
         let from_file = ConfigLayer::from_file(&file).unwrap();
-        let from_env = env(&[("DEPLOYLITE_MAX_PARALLEL_STAGES", "7"), ("DEPLOYLITE_RUN_ID", "12"), ("PATH", "/bin")]);
+        let from_env = env(&[
+            ("DEPLOYLITE_MAX_PARALLEL_STAGES", "7"),
+            ("DEPLOYLITE_RUN_ID", "12"),
+            ("PATH", "/bin"),
+        ]);
         let from_flags = ConfigLayer {
             listen: Some("127.0.0.1:9100".into()),
             ..Default::default()
         };
-        let config = ConfigLayer::default().merge(from_file).merge(from_env).merge(from_flags).finish().unwrap();
-        assert_eq!(config.listen.to_string(), "127.0.0.1:9100", "flag beats file");
+        let config = ConfigLayer::default()
+            .merge(from_file)
+            .merge(from_env)
+            .merge(from_flags)
+            .finish()
+            .unwrap();
+        assert_eq!(
+            config.listen.to_string(),
+            "127.0.0.1:9100",
+            "flag beats file"
+        );
         assert_eq!(config.max_parallel_stages, 7, "env beats file");
-        assert_eq!(config.data_dir, dir.path().join("data"), "relative to the file");
-        assert_eq!(config.repos[0].url, dir.path().join("./a").display().to_string());
+        assert_eq!(
+            config.data_dir,
+            dir.path().join("data"),
+            "relative to the file"
+        );
+        assert_eq!(
+            config.repos[0].url,
+            dir.path().join("./a").display().to_string()
+        );
         assert_eq!(config.repos[0].poll_interval, Duration::from_secs(5));
         assert!(config.database_url.starts_with("sqlite://"));
     }
@@ -550,17 +676,45 @@ mod tests {
         .unwrap();
         let config = ConfigLayer::default()
             .merge(ConfigLayer::from_file(&file).unwrap())
-            .merge(env(&[("DEPLOYLITE_FORGES__GITHUB__TOKEN", "12345"), ("DEPLOYLITE_PUBLIC_URL", "https://ci.example.com")]))
+            .merge(env(&[
+                ("DEPLOYLITE_FORGES__GITHUB__TOKEN", "12345"),
+                ("DEPLOYLITE_PUBLIC_URL", "https://ci.example.com"),
+            ]))
             .finish()
             .unwrap();
         let github = config.forges.github.as_ref().unwrap();
-        assert_eq!(github.webhook_secret.as_ref().map(|s| s.expose()), Some("s3cret"));
-        assert!(matches!(&github.auth, Some(GithubAuth::Token(t)) if t.expose() == "12345"), "a numeric-looking token stays text");
-        assert_eq!(config.forges.repo(ForgeKind::Github, "octo/app").map(|r| r.name.as_str()), Some("a"));
-        assert_eq!(config.forges.repo(ForgeKind::Gitlab, "grp/b").map(|r| r.name.as_str()), Some("b"));
+        assert_eq!(
+            github.webhook_secret.as_ref().map(|s| s.expose()),
+            Some("s3cret")
+        );
+        assert!(
+            matches!(&github.auth, Some(GithubAuth::Token(t)) if t.expose() == "12345"),
+            "a numeric-looking token stays text"
+        );
+        assert_eq!(
+            config
+                .forges
+                .repo(ForgeKind::Github, "octo/app")
+                .map(|r| r.name.as_str()),
+            Some("a")
+        );
+        assert_eq!(
+            config
+                .forges
+                .repo(ForgeKind::Gitlab, "grp/b")
+                .map(|r| r.name.as_str()),
+            Some("b")
+        );
         let report: Vec<bool> = config.repos.iter().map(|r| r.report).collect();
-        assert_eq!(report, vec![true, false, false], "only repos whose forge has credentials report");
-        assert!(!format!("{config:?}").contains("s3cret"), "secrets never print");
+        assert_eq!(
+            report,
+            vec![true, false, false],
+            "only repos whose forge has credentials report"
+        );
+        assert!(
+            !format!("{config:?}").contains("s3cret"),
+            "secrets never print"
+        );
     }
 
     #[test]
@@ -572,7 +726,12 @@ mod tests {
         assert!(err.contains("c.yaml:2:1"), "{err}");
         assert!(err.contains("unknown field `repoz`"), "{err}");
 
-        let err = env(&[("DEPLOYLITE_REPOS", "[{name: a, url: /a, poll_interval: 5x}]")]).finish().unwrap_err();
+        let err = env(&[(
+            "DEPLOYLITE_REPOS",
+            "[{name: a, url: /a, poll_interval: 5x}]",
+        )])
+        .finish()
+        .unwrap_err();
         assert!(err.to_string().contains("poll_interval"), "{err}");
         let err = env(&[("DEPLOYLITE_LISTEN", "nope")]).finish().unwrap_err();
         assert!(err.to_string().contains("listen"), "{err}");

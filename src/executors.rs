@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use deploylite_runner::{DockerConfig, DockerExecutor, Executor, KubernetesConfig, KubernetesExecutor};
+use deploylite_runner::{
+    DockerConfig, DockerExecutor, Executor, KubernetesConfig, KubernetesExecutor,
+};
 
 /// The executor's name, the executor, and whether it needs the commit's files on this machine.
 pub type Built = (&'static str, Arc<dyn Executor>, bool);
@@ -21,10 +23,15 @@ pub async fn docker() -> Result<Built> {
     config.default_image = env("DEPLOYLITE_DOCKER_DEFAULT_IMAGE");
     config.user = env("DEPLOYLITE_DOCKER_USER");
     if let Some(pull) = env("DEPLOYLITE_DOCKER_PULL") {
-        config.pull = pull.parse().map_err(|e| anyhow::anyhow!("DEPLOYLITE_DOCKER_PULL: {e}"))?;
+        config.pull = pull
+            .parse()
+            .map_err(|e| anyhow::anyhow!("DEPLOYLITE_DOCKER_PULL: {e}"))?;
     }
     let executor = DockerExecutor::new(config).context("cannot set up the docker executor")?;
-    let version = executor.ping().await.context("cannot reach the Docker engine")?;
+    let version = executor
+        .ping()
+        .await
+        .context("cannot reach the Docker engine")?;
     tracing::info!(engine = %version, "docker executor ready");
     Ok(("docker", Arc::new(executor), true))
 }
@@ -43,7 +50,9 @@ pub async fn kubernetes() -> Result<Built> {
     if let Some(image) = env("DEPLOYLITE_KUBE_DEFAULT_IMAGE") {
         config.default_image = image;
     }
-    let executor = KubernetesExecutor::connect(config).await.context("cannot set up the kubernetes executor")?;
+    let executor = KubernetesExecutor::connect(config)
+        .await
+        .context("cannot set up the kubernetes executor")?;
     // Pods clone the commit themselves: no workspace on this machine.
     Ok(("kubernetes", Arc::new(executor), false))
 }

@@ -10,7 +10,9 @@ use anyhow::{bail, Context, Result};
 use deploylite_reconciler::desired::{queued_run, CommitEvent};
 use deploylite_reconciler::git::{GitRepo, PipelineFile};
 use deploylite_reconciler::paths::DataDir;
-use deploylite_reconciler::scheduler::{Scheduler, SchedulerConfig, SchedulerEvent, WorkspaceSource};
+use deploylite_reconciler::scheduler::{
+    Scheduler, SchedulerConfig, SchedulerEvent, WorkspaceSource,
+};
 use deploylite_reconciler::status::RunStatus;
 use deploylite_reconciler::store::{RecordCommit, SqliteSync, Store};
 use deploylite_runner::{BoxFuture, CancellationToken, LocalExecutor};
@@ -27,7 +29,11 @@ impl WorkspaceSource for InPlace {
     }
 }
 
-pub async fn run(repo_dir: &Path, pipeline: Option<&str>, max_parallel: Option<usize>) -> Result<ExitCode> {
+pub async fn run(
+    repo_dir: &Path,
+    pipeline: Option<&str>,
+    max_parallel: Option<usize>,
+) -> Result<ExitCode> {
     let repo_dir = repo_dir
         .canonicalize()
         .with_context(|| format!("cannot open {}", repo_dir.display()))?;
@@ -41,18 +47,33 @@ pub async fn run(repo_dir: &Path, pipeline: Option<&str>, max_parallel: Option<u
         return Ok(ExitCode::from(1));
     }
     let (path, chosen) = match (pipeline, valid.len()) {
-        (_, 0) => bail!("no pipelines in {}/.deploylite/pipelines", repo_dir.display()),
+        (_, 0) => bail!(
+            "no pipelines in {}/.deploylite/pipelines",
+            repo_dir.display()
+        ),
         (None, 1) => valid[0].clone(),
         (None, _) => bail!(
             "this working copy has several pipelines; choose one with --pipeline: {}",
-            valid.iter().map(|(_, p)| p.name.as_str()).collect::<Vec<_>>().join(", ")
+            valid
+                .iter()
+                .map(|(_, p)| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
-        (Some(name), _) => valid.iter().find(|(_, p)| p.name == name).cloned().with_context(|| {
-            format!(
-                "no pipeline named `{name}`; there are: {}",
-                valid.iter().map(|(_, p)| p.name.as_str()).collect::<Vec<_>>().join(", ")
-            )
-        })?,
+        (Some(name), _) => valid
+            .iter()
+            .find(|(_, p)| p.name == name)
+            .cloned()
+            .with_context(|| {
+                format!(
+                    "no pipeline named `{name}`; there are: {}",
+                    valid
+                        .iter()
+                        .map(|(_, p)| p.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?,
     };
 
     let dir = repo_dir.clone();
@@ -70,7 +91,10 @@ pub async fn run(repo_dir: &Path, pipeline: Option<&str>, max_parallel: Option<u
     let scratch = tempfile::tempdir().context("cannot create a scratch directory")?;
     let data = DataDir::new(scratch.path());
     let store = Store::connect(&data.default_database_url(), SqliteSync::Normal).await?;
-    let repo_name = repo_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let repo_name = repo_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let event = CommitEvent {
         repo: repo_name.clone(),
         git_ref: git_ref.clone(),
@@ -99,8 +123,12 @@ pub async fn run(repo_dir: &Path, pipeline: Option<&str>, max_parallel: Option<u
         .await?;
     let run_id = *created.first().context("the run was not created")?;
 
-    let parallel = max_parallel
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2));
+    let parallel = max_parallel.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .max(2)
+    });
     let scheduler = Scheduler::echoing_logs(
         store.clone(),
         data,
@@ -112,7 +140,11 @@ pub async fn run(repo_dir: &Path, pipeline: Option<&str>, max_parallel: Option<u
     let mut events = scheduler.subscribe();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(scheduler.clone().run(shutdown.clone()));
-    eprintln!("running pipeline `{}` ({path}) in {}", chosen.name, repo_dir.display());
+    eprintln!(
+        "running pipeline `{}` ({path}) in {}",
+        chosen.name,
+        repo_dir.display()
+    );
 
     let status = loop {
         tokio::select! {
@@ -134,26 +166,45 @@ pub async fn run(repo_dir: &Path, pipeline: Option<&str>, max_parallel: Option<u
     print_summary(&store, run_id).await?;
     eprintln!("run {status}");
     store.close().await;
-    Ok(if status == RunStatus::Success { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if status == RunStatus::Success {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn every_label(pipeline: &deploylite_pipeline::Pipeline) -> Vec<String> {
-    let mut labels: Vec<String> = pipeline.stages.iter().flat_map(|s| s.runs_on.iter().cloned()).collect();
+    let mut labels: Vec<String> = pipeline
+        .stages
+        .iter()
+        .flat_map(|s| s.runs_on.iter().cloned())
+        .collect();
     labels.sort();
     labels.dedup();
     labels
 }
 
 async fn print_summary(store: &Store, run_id: i64) -> Result<()> {
-    let Some((_, stages)) = store.get_run(run_id).await? else { return Ok(()) };
+    let Some((_, stages)) = store.get_run(run_id).await? else {
+        return Ok(());
+    };
     eprintln!();
-    eprintln!("{:<24} {:<10} {:>8} {:>10}", "STAGE", "STATUS", "ATTEMPTS", "DURATION");
+    eprintln!(
+        "{:<24} {:<10} {:>8} {:>10}",
+        "STAGE", "STATUS", "ATTEMPTS", "DURATION"
+    );
     for s in stages {
         let duration = match (s.started_at, s.finished_at) {
             (Some(a), Some(b)) => format!("{:.2}s", (b - a) as f64 / 1000.0),
             _ => "-".into(),
         };
-        eprintln!("{:<24} {:<10} {:>8} {:>10}", s.name, s.status.as_str(), s.attempt, duration);
+        eprintln!(
+            "{:<24} {:<10} {:>8} {:>10}",
+            s.name,
+            s.status.as_str(),
+            s.attempt,
+            duration
+        );
     }
     Ok(())
 }

@@ -139,7 +139,12 @@ pub struct RunnerArgs {
     server: ServerArg,
     /// Registration token, needed only for the first start. Prefer --token-file or
     /// DEPLOYLITE_RUNNER_TOKEN: command lines are visible to other users of the machine.
-    #[arg(long, env = "DEPLOYLITE_RUNNER_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    #[arg(
+        long,
+        env = "DEPLOYLITE_RUNNER_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
     token: Option<String>,
     /// A file holding the registration token.
     #[arg(long, value_name = "FILE", conflicts_with = "token")]
@@ -179,7 +184,12 @@ enum ExecutorKind {
 #[derive(Args)]
 struct ServerArg {
     /// The daemon's URL.
-    #[arg(long, env = "DEPLOYLITE_SERVER", default_value = "http://127.0.0.1:8080", value_name = "URL")]
+    #[arg(
+        long,
+        env = "DEPLOYLITE_SERVER",
+        default_value = "http://127.0.0.1:8080",
+        value_name = "URL"
+    )]
     server: String,
 }
 
@@ -208,7 +218,10 @@ fn main() -> ExitCode {
     // One TLS stack, chosen once: rustls over aws-lc-rs. Installing it explicitly keeps a
     // dependency that enables another provider from making rustls panic at first use.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -234,13 +247,22 @@ fn main() -> ExitCode {
                 limit,
                 json,
             } => {
-                let query = client::ListQuery { repo, pipeline, status, limit };
+                let query = client::ListQuery {
+                    repo,
+                    pipeline,
+                    status,
+                    limit,
+                };
                 client::status(&server.server, run, query, json).await
             }
             Command::Cancel { run, server } => client::cancel(&server.server, run).await,
             Command::Runner(args) => runner(args).await,
-            Command::Runners { command: RunnersCommand::List { server, json } } => client::runners(&server.server, json).await,
-            Command::Runners { command: RunnersCommand::Revoke { name, server } } => client::revoke(&server.server, &name).await,
+            Command::Runners {
+                command: RunnersCommand::List { server, json },
+            } => client::runners(&server.server, json).await,
+            Command::Runners {
+                command: RunnersCommand::Revoke { name, server },
+            } => client::revoke(&server.server, &name).await,
         }
     });
     match result {
@@ -273,7 +295,8 @@ async fn runner(args: RunnerArgs) -> anyhow::Result<ExitCode> {
         ),
         (None, None) => None,
     };
-    let grace = deploylite_pipeline::duration::parse_duration(&args.grace).map_err(|e| anyhow::anyhow!("--grace: {e}"))?;
+    let grace = deploylite_pipeline::duration::parse_duration(&args.grace)
+        .map_err(|e| anyhow::anyhow!("--grace: {e}"))?;
     let state_dir = args.state_dir.unwrap_or_else(|| {
         std::env::var_os("XDG_STATE_HOME")
             .map(PathBuf::from)
@@ -281,12 +304,22 @@ async fn runner(args: RunnerArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(std::env::temp_dir)
             .join("deploylite")
     });
-    let work_dir = args.work_dir.unwrap_or_else(|| std::env::temp_dir().join(format!("deploylite-runner-{name}")));
+    let work_dir = args
+        .work_dir
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("deploylite-runner-{name}")));
     if args.capacity == 0 {
         anyhow::bail!("--capacity must be at least 1");
     }
-    let (executor_name, executor, needs_workspace): (&str, std::sync::Arc<dyn deploylite_runner::Executor>, bool) = match args.executor {
-        ExecutorKind::Local => ("local", std::sync::Arc::new(deploylite_runner::LocalExecutor::default()), true),
+    let (executor_name, executor, needs_workspace): (
+        &str,
+        std::sync::Arc<dyn deploylite_runner::Executor>,
+        bool,
+    ) = match args.executor {
+        ExecutorKind::Local => (
+            "local",
+            std::sync::Arc::new(deploylite_runner::LocalExecutor::default()),
+            true,
+        ),
         ExecutorKind::Docker => executors::docker().await?,
         ExecutorKind::Kubernetes => executors::kubernetes().await?,
     };

@@ -14,7 +14,9 @@ pub async fn plan(repo_dir: &Path, rev: &str) -> Result<ExitCode> {
     let (event, files, git_ref) = tokio::task::spawn_blocking(move || -> Result<_> {
         let repo = GitRepo::local(&repo_dir)?;
         let commit = repo.resolve(&rev)?;
-        let git_ref = repo.full_ref_name(&rev).unwrap_or_else(|| "HEAD".to_string());
+        let git_ref = repo
+            .full_ref_name(&rev)
+            .unwrap_or_else(|| "HEAD".to_string());
         // What a push of this one commit would have changed.
         let changed = match repo.first_parent(&commit)? {
             Some(parent) => Some(repo.changed_paths(&parent, &commit)?),
@@ -22,7 +24,10 @@ pub async fn plan(repo_dir: &Path, rev: &str) -> Result<ExitCode> {
         };
         let files = repo.pipeline_files(&commit)?;
         let name = repo_dir.canonicalize().unwrap_or(repo_dir.clone());
-        let name = name.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = name
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let event = CommitEvent {
             repo: name,
             git_ref: git_ref.clone(),
@@ -48,19 +53,35 @@ pub async fn plan(repo_dir: &Path, rev: &str) -> Result<ExitCode> {
         match run.status {
             RunStatus::Error => {
                 any_error = true;
-                println!("\npipeline {} ({}): invalid, would be recorded as `error`", run.pipeline, run.pipeline_file);
-                let diagnostics: Vec<deploylite_pipeline::Diagnostic> =
-                    run.errors.as_deref().and_then(|e| serde_json::from_str(e).ok()).unwrap_or_default();
+                println!(
+                    "\npipeline {} ({}): invalid, would be recorded as `error`",
+                    run.pipeline, run.pipeline_file
+                );
+                let diagnostics: Vec<deploylite_pipeline::Diagnostic> = run
+                    .errors
+                    .as_deref()
+                    .and_then(|e| serde_json::from_str(e).ok())
+                    .unwrap_or_default();
                 for d in diagnostics {
                     println!("  {d}");
                 }
             }
             RunStatus::Skipped => {
-                println!("\npipeline {} ({}): skipped, no changed file matches its path filters", run.pipeline, run.pipeline_file);
+                println!(
+                    "\npipeline {} ({}): skipped, no changed file matches its path filters",
+                    run.pipeline, run.pipeline_file
+                );
             }
             _ => {
-                println!("\npipeline {} ({}): would run", run.pipeline, run.pipeline_file);
-                let Some(spec) = run.spec.as_deref().and_then(|s| serde_json::from_str::<Pipeline>(s).ok()) else {
+                println!(
+                    "\npipeline {} ({}): would run",
+                    run.pipeline, run.pipeline_file
+                );
+                let Some(spec) = run
+                    .spec
+                    .as_deref()
+                    .and_then(|s| serde_json::from_str::<Pipeline>(s).ok())
+                else {
                     continue;
                 };
                 for (i, layer) in layers(&spec).iter().enumerate() {
@@ -87,14 +108,22 @@ pub async fn plan(repo_dir: &Path, rev: &str) -> Result<ExitCode> {
     if silent > 0 {
         println!("\n{silent} other pipeline(s) are not triggered by {git_ref}");
     }
-    Ok(if any_error { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if any_error {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 pub fn event_for_ref(git_ref: &str) -> Event {
     if let Some(tag) = git_ref.strip_prefix("refs/tags/") {
-        Event::Tag { tag: tag.to_string() }
+        Event::Tag {
+            tag: tag.to_string(),
+        }
     } else {
         let branch = git_ref.strip_prefix("refs/heads/").unwrap_or(git_ref);
-        Event::Push { branch: branch.to_string() }
+        Event::Push {
+            branch: branch.to_string(),
+        }
     }
 }

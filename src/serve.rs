@@ -28,11 +28,18 @@ pub fn load_config(args: &ServeArgs) -> Result<Config> {
         max_parallel_stages: args.max_parallel_stages,
         ..Default::default()
     };
-    ConfigLayer::default().merge(file).merge(env).merge(flags).finish()
+    ConfigLayer::default()
+        .merge(file)
+        .merge(env)
+        .merge(flags)
+        .finish()
 }
 
 fn scheduler_config(config: &Config) -> SchedulerConfig {
-    let mut scheduler = SchedulerConfig::local(config.max_parallel_stages, config.local_runner_labels.clone());
+    let mut scheduler = SchedulerConfig::local(
+        config.max_parallel_stages,
+        config.local_runner_labels.clone(),
+    );
     if !config.local_runner_enabled {
         scheduler.local = None;
     }
@@ -40,7 +47,11 @@ fn scheduler_config(config: &Config) -> SchedulerConfig {
     scheduler.runner_offline_after = config.lease_ttl.max(Duration::from_secs(30)) * 2;
     // Remote executors that fetch the commit themselves (Kubernetes) clone from here; a local
     // path only works for runners on this machine.
-    scheduler.source_urls = config.repos.iter().map(|r| (r.name.clone(), r.url.clone())).collect();
+    scheduler.source_urls = config
+        .repos
+        .iter()
+        .map(|r| (r.name.clone(), r.url.clone()))
+        .collect();
     scheduler
 }
 
@@ -50,7 +61,9 @@ pub fn init_tracing(format: LogFormat) {
         // octocrab logs every non-2xx answer at error level, expected ones included; the
         // reporter logs what matters itself.
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,octocrab=off"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -76,7 +89,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         Arc::new(LocalExecutor::default()),
         repos.clone(),
     );
-    let recovered = scheduler.recover().await.context("cannot recover interrupted stages")?;
+    let recovered = scheduler
+        .recover()
+        .await
+        .context("cannot recover interrupted stages")?;
     let watcher = Watcher::new(store.clone(), repos.clone(), scheduler.waker());
     let forges = Arc::new(config.forges.clone());
 
@@ -90,13 +106,15 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         watcher: Some(watcher.clone()),
         forges: forges.clone(),
     })
-    .merge(deploylite_webhook::runners::routes(deploylite_webhook::runners::RunnerState {
-        scheduler: scheduler.clone(),
-        repos: repos.clone(),
-        registration_tokens: Arc::new(config.registration_tokens.clone()),
-        poll_wait: Duration::from_secs(20),
-        offline_after: config.lease_ttl.max(Duration::from_secs(30)) * 2,
-    }));
+    .merge(deploylite_webhook::runners::routes(
+        deploylite_webhook::runners::RunnerState {
+            scheduler: scheduler.clone(),
+            repos: repos.clone(),
+            registration_tokens: Arc::new(config.registration_tokens.clone()),
+            poll_wait: Duration::from_secs(20),
+            offline_after: config.lease_ttl.max(Duration::from_secs(30)) * 2,
+        },
+    ));
 
     tracing::info!(
         listen = %config.listen,
@@ -111,14 +129,23 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let shutdown = CancellationToken::new();
     let scheduler_task = tokio::spawn(scheduler.clone().run(shutdown.clone()));
     let watcher_task = tokio::spawn(watcher.run(shutdown.clone()));
-    let janitor_task = tokio::spawn(janitor(store.clone(), data.clone(), config.clone(), shutdown.clone()));
+    let janitor_task = tokio::spawn(janitor(
+        store.clone(),
+        data.clone(),
+        config.clone(),
+        shutdown.clone(),
+    ));
     // Reports go out on their own task: a forge outage never slows the runs.
     let reporter = deploylite_webhook::Reporter::new(store.clone(), data.clone(), forges.clone());
     let reporter_task = tokio::spawn(reporter.run(shutdown.clone()));
     let server_shutdown = shutdown.clone();
-    let server = tokio::spawn(async move {
-        deploylite_webhook::serve_router(listener, app, async move { server_shutdown.cancelled().await }).await
-    });
+    let server =
+        tokio::spawn(async move {
+            deploylite_webhook::serve_router(listener, app, async move {
+                server_shutdown.cancelled().await
+            })
+            .await
+        });
 
     wait_for_signal().await;
     tracing::info!("shutting down: running stages are stopped and will run again after a restart");
@@ -160,7 +187,8 @@ pub async fn wait_for_signal() {
 /// Deletes workspaces and logs past their retention.
 async fn janitor(store: Store, data: DataDir, config: Config, shutdown: CancellationToken) {
     // Often enough that a short retention is honoured closely, never busier than once a second.
-    let period = (config.workspace_retention.min(config.log_retention) / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let period = (config.workspace_retention.min(config.log_retention) / 4)
+        .clamp(Duration::from_secs(1), Duration::from_secs(60));
     let mut interval = tokio::time::interval(period);
     loop {
         tokio::select! {
@@ -168,7 +196,8 @@ async fn janitor(store: Store, data: DataDir, config: Config, shutdown: Cancella
             _ = shutdown.cancelled() => return,
         }
         let now = now_ms();
-        let ws_before = now - i64::try_from(config.workspace_retention.as_millis()).unwrap_or(i64::MAX);
+        let ws_before =
+            now - i64::try_from(config.workspace_retention.as_millis()).unwrap_or(i64::MAX);
         match store.workspaces_to_clean(ws_before).await {
             Ok(list) => {
                 for (run_id, path) in list {

@@ -9,12 +9,20 @@ use deploylite_pipeline::{check_pipeline_set, parse_pipeline, Diagnostic, Pipeli
 /// Pipeline files named by the user: files as given, directories expanded.
 pub fn pipeline_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let defaults = [PathBuf::from(".")];
-    let paths = if paths.is_empty() { &defaults[..] } else { paths };
+    let paths = if paths.is_empty() {
+        &defaults[..]
+    } else {
+        paths
+    };
     let mut files = Vec::new();
     for path in paths {
         if path.is_dir() {
             let nested = path.join(".deploylite").join("pipelines");
-            let dir = if nested.is_dir() { nested } else { path.clone() };
+            let dir = if nested.is_dir() {
+                nested
+            } else {
+                path.clone()
+            };
             let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
                 .with_context(|| format!("cannot read directory {}", dir.display()))?
                 .filter_map(|e| e.ok().map(|e| e.path()))

@@ -28,11 +28,28 @@ impl Runner {
         Self::start_with_token(daemon, name, labels, capacity, TOKEN)
     }
 
-    fn start_with_token(daemon: &Daemon, name: &str, labels: &str, capacity: usize, token: &str) -> Runner {
-        let dir = tempfile::Builder::new().prefix("deploylite-runner-").tempdir().expect("tempdir");
+    fn start_with_token(
+        daemon: &Daemon,
+        name: &str,
+        labels: &str,
+        capacity: usize,
+        token: &str,
+    ) -> Runner {
+        let dir = tempfile::Builder::new()
+            .prefix("deploylite-runner-")
+            .tempdir()
+            .expect("tempdir");
         let stderr = std::fs::File::create(dir.path().join("runner.stderr")).expect("stderr file");
         let child = Command::new(env!("CARGO_BIN_EXE_deploylite"))
-            .args(["runner", "--server", &daemon.url, "--name", name, "--labels", labels])
+            .args([
+                "runner",
+                "--server",
+                &daemon.url,
+                "--name",
+                name,
+                "--labels",
+                labels,
+            ])
             .args(["--capacity", &capacity.to_string(), "--grace", "1s"])
             .arg("--state-dir")
             .arg(dir.path().join("state"))
@@ -45,7 +62,10 @@ impl Runner {
             .stderr(stderr)
             .spawn()
             .expect("spawn the runner");
-        Runner { child: Some(child), dir }
+        Runner {
+            child: Some(child),
+            dir,
+        }
     }
 
     fn stderr(&self) -> String {
@@ -89,25 +109,44 @@ impl Drop for Runner {
 /// cleans them up.
 fn kill_stage_processes_under(dir: &Path) {
     let prefix = dir.display().to_string();
-    for p in processes_where(|env| env.get("DEPLOYLITE_WORKSPACE").is_some_and(|w| w.starts_with(&prefix))) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid), nix::sys::signal::Signal::SIGKILL);
+    for p in processes_where(|env| {
+        env.get("DEPLOYLITE_WORKSPACE")
+            .is_some_and(|w| w.starts_with(&prefix))
+    }) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p.pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 
-async fn wait_until(what: &str, daemon: &Daemon, mut check: impl FnMut(&[Value]) -> bool) -> Vec<Value> {
+async fn wait_until(
+    what: &str,
+    daemon: &Daemon,
+    mut check: impl FnMut(&[Value]) -> bool,
+) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let runners: Vec<Value> = serde_json::from_str(&daemon.get("/api/v1/runners").await.1).unwrap_or_default();
+        let runners: Vec<Value> =
+            serde_json::from_str(&daemon.get("/api/v1/runners").await.1).unwrap_or_default();
         if check(&runners) {
             return runners;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: runners {runners:#?}\n{}", daemon.dump().await);
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: runners {runners:#?}\n{}",
+            daemon.dump().await
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 fn online(runners: &[Value], names: &[&str]) -> bool {
-    names.iter().all(|n| runners.iter().any(|r| r["name"] == *n && r["status"] == "online"))
+    names.iter().all(|n| {
+        runners
+            .iter()
+            .any(|r| r["name"] == *n && r["status"] == "online")
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,7 +161,10 @@ async fn stages_go_to_runners_by_label_within_each_runners_capacity() {
     let daemon = Daemon::start(&[], &server_config()).await;
     let _a = Runner::start(&daemon, "runner-a", "x,linux", 1);
     let _b = Runner::start(&daemon, "runner-b", "y,linux", 2);
-    wait_until("both runners online", &daemon, |r| online(r, &["runner-a", "runner-b"])).await;
+    wait_until("both runners online", &daemon, |r| {
+        online(r, &["runner-a", "runner-b"])
+    })
+    .await;
     drop(daemon);
 
     // The repository is watched from the second start on, so both runners are online first.
@@ -130,7 +172,9 @@ async fn stages_go_to_runners_by_label_within_each_runners_capacity() {
     let _a = Runner::start(&daemon, "runner-a", "x,linux", 1);
     let _b = Runner::start(&daemon, "runner-b", "y,linux", 2);
     repo.commit("routed");
-    let run = daemon.wait_for_runs("the run", |runs| !runs.is_empty()).await;
+    let run = daemon
+        .wait_for_runs("the run", |runs| !runs.is_empty())
+        .await;
     let run = daemon.wait_run_final(id(&run[0])).await;
     assert_eq!(status(&run), "success", "{}", daemon.dump().await);
 
@@ -138,16 +182,35 @@ async fn stages_go_to_runners_by_label_within_each_runners_capacity() {
     for i in 0..3 {
         for (stage, runner) in [(format!("x{i}"), "runner-a"), (format!("y{i}"), "runner-b")] {
             let log = daemon.log(id(&run), &stage, None).await;
-            assert!(log.contains(&format!("ran on {runner}")), "{stage} should run on {runner}:\n{log}");
+            assert!(
+                log.contains(&format!("ran on {runner}")),
+                "{stage} should run on {runner}:\n{log}"
+            );
             let s = find_stage(&run, &stage);
-            intervals.push((runner.to_string(), common::ts(s, "started_at"), common::ts(s, "finished_at")));
+            intervals.push((
+                runner.to_string(),
+                common::ts(s, "started_at"),
+                common::ts(s, "finished_at"),
+            ));
         }
     }
     let most_at_once = |runner: &str| {
-        let mine: Vec<&(String, i64, i64)> = intervals.iter().filter(|(r, _, _)| r == runner).collect();
-        mine.iter().map(|(_, start, _)| mine.iter().filter(|(_, s, e)| s <= start && start < e).count()).max().unwrap_or(0)
+        let mine: Vec<&(String, i64, i64)> =
+            intervals.iter().filter(|(r, _, _)| r == runner).collect();
+        mine.iter()
+            .map(|(_, start, _)| {
+                mine.iter()
+                    .filter(|(_, s, e)| s <= start && start < e)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
     };
-    assert_eq!(most_at_once("runner-a"), 1, "capacity 1 means one at a time: {intervals:?}");
+    assert_eq!(
+        most_at_once("runner-a"),
+        1,
+        "capacity 1 means one at a time: {intervals:?}"
+    );
     assert!(most_at_once("runner-b") <= 2, "capacity 2: {intervals:?}");
 }
 
@@ -168,19 +231,32 @@ async fn a_runner_killed_mid_stage_loses_its_lease_and_the_stage_completes_on_th
         Runner::start(&daemon, "runner-1", "shared", 1)
     };
     repo.commit("slow");
-    let run = daemon.wait_for_runs("the run", |runs| !runs.is_empty()).await;
+    let run = daemon
+        .wait_for_runs("the run", |runs| !runs.is_empty())
+        .await;
     let run_id = id(&run[0]);
-    daemon.wait_log_contains(run_id, "work", "attempt 1 on runner-1").await;
+    daemon
+        .wait_log_contains(run_id, "work", "attempt 1 on runner-1")
+        .await;
     one.kill9();
     let _two = Runner::start(&daemon, "runner-2", "shared", 1);
 
     let run = daemon.wait_run_final(run_id).await;
-    assert_eq!(status(&run), "success", "{}\nrunner-1:\n{}", daemon.dump().await, one.stderr());
+    assert_eq!(
+        status(&run),
+        "success",
+        "{}\nrunner-1:\n{}",
+        daemon.dump().await,
+        one.stderr()
+    );
     let work = find_stage(&run, "work");
     assert_eq!(work["attempt"], 2, "the stage ran again as a new attempt");
     let log = daemon.log(run_id, "work", Some(2)).await;
     assert!(log.contains("attempt 2 on runner-2"), "{log}");
-    assert!(log.contains("previous attempt 1: failed (interrupted: lease expired, runner `runner-1`"), "{log}");
+    assert!(
+        log.contains("previous attempt 1: failed (interrupted: lease expired, runner `runner-1`"),
+        "{log}"
+    );
     assert!(log.contains("out done"), "{log}");
     let runs = daemon.runs().await;
     assert_eq!(runs.len(), 1, "no duplicate run");
@@ -196,21 +272,37 @@ async fn cancelling_a_run_stops_its_stage_on_the_runner() {
     repo.commit("long");
     let daemon = Daemon::start(&[&repo], &server_config()).await;
     let runner = Runner::start(&daemon, "runner-c", "r", 1);
-    let run = daemon.wait_for_runs("the run", |runs| !runs.is_empty()).await;
+    let run = daemon
+        .wait_for_runs("the run", |runs| !runs.is_empty())
+        .await;
     let run_id = id(&run[0]);
-    daemon.wait_log_contains(run_id, "wait", "out started").await;
+    daemon
+        .wait_log_contains(run_id, "wait", "out started")
+        .await;
     let started = Instant::now();
     let (code, out, err) = daemon.cli(&["cancel", &run_id.to_string()]);
     assert_eq!(code, 0, "{out}{err}");
     let run = daemon.wait_run_final(run_id).await;
-    assert!(started.elapsed() < Duration::from_secs(10), "cancellation took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "cancellation took {:?}",
+        started.elapsed()
+    );
     assert_eq!(status(&run), "cancelled");
     assert_eq!(find_stage(&run, "wait")["status"], "cancelled");
     assert_eq!(find_stage(&run, "after")["status"], "skipped");
     let prefix = runner.work_dir().display().to_string();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !processes_where(|env| env.get("DEPLOYLITE_WORKSPACE").is_some_and(|w| w.starts_with(&prefix))).is_empty() {
-        assert!(Instant::now() < deadline, "the stage's processes outlived the cancellation");
+    while !processes_where(|env| {
+        env.get("DEPLOYLITE_WORKSPACE")
+            .is_some_and(|w| w.starts_with(&prefix))
+    })
+    .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the stage's processes outlived the cancellation"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -218,20 +310,43 @@ async fn cancelling_a_run_stops_its_stage_on_the_runner() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_token_and_a_revoked_runner_are_rejected() {
     let daemon = Daemon::start(&[], &server_config()).await;
-    let mut intruder = Runner::start_with_token(&daemon, "intruder", "x", 1, "not-the-token-0000000");
-    let exit = intruder.wait_exit(Duration::from_secs(15)).expect("a runner with a wrong token exits");
+    let mut intruder =
+        Runner::start_with_token(&daemon, "intruder", "x", 1, "not-the-token-0000000");
+    let exit = intruder
+        .wait_exit(Duration::from_secs(15))
+        .expect("a runner with a wrong token exits");
     assert!(!exit.success());
-    assert!(intruder.stderr().contains("registration refused (401 Unauthorized)"), "{}", intruder.stderr());
+    assert!(
+        intruder
+            .stderr()
+            .contains("registration refused (401 Unauthorized)"),
+        "{}",
+        intruder.stderr()
+    );
 
     let mut good = Runner::start(&daemon, "good", "x", 1);
     wait_until("good online", &daemon, |r| online(r, &["good"])).await;
     let (code, out, err) = daemon.cli(&["runners", "revoke", "good"]);
     assert_eq!(code, 0, "{out}{err}");
-    let exit = good.wait_exit(Duration::from_secs(30)).expect("a revoked runner stops");
+    let exit = good
+        .wait_exit(Duration::from_secs(30))
+        .expect("a revoked runner stops");
     assert!(!exit.success());
-    assert!(good.stderr().contains("refused this runner's credential"), "{}", good.stderr());
-    let runners = wait_until("good revoked", &daemon, |r| r.iter().any(|r| r["name"] == "good" && r["status"] == "revoked")).await;
-    assert_eq!(runners.len(), 1, "the intruder never registered: {runners:?}");
+    assert!(
+        good.stderr().contains("refused this runner's credential"),
+        "{}",
+        good.stderr()
+    );
+    let runners = wait_until("good revoked", &daemon, |r| {
+        r.iter()
+            .any(|r| r["name"] == "good" && r["status"] == "revoked")
+    })
+    .await;
+    assert_eq!(
+        runners.len(),
+        1,
+        "the intruder never registered: {runners:?}"
+    );
 
     // A revoked name cannot register again, even with a valid token.
     let mut again = Runner::start(&daemon, "good", "x", 1);

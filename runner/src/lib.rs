@@ -14,8 +14,8 @@ mod log;
 mod orphans;
 pub mod outcome;
 
-pub use job::{BoxFuture, Executor, StageJob, StageOutcome};
 pub use docker::{DockerConfig, DockerExecutor, PullPolicy};
+pub use job::{BoxFuture, Executor, StageJob, StageOutcome};
 pub use kubernetes::{KubernetesConfig, KubernetesExecutor};
 pub use local::LocalExecutor;
 pub use log::{append_chunk, format_line, read_log, LogStream, StageLog};

@@ -38,7 +38,12 @@ enum StepEnd {
 }
 
 impl LocalExecutor {
-    async fn run(&self, job: StageJob, log: &mut StageLog, cancel: CancellationToken) -> StageOutcome {
+    async fn run(
+        &self,
+        job: StageJob,
+        log: &mut StageLog,
+        cancel: CancellationToken,
+    ) -> StageOutcome {
         if !job.workspace.is_dir() {
             return StageOutcome::Error(format!(
                 "workspace {} does not exist",
@@ -58,7 +63,11 @@ impl LocalExecutor {
                 .envs(&job.env)
                 // A step may add to the environment, but DeployLite's own variables stay ours:
                 // they identify the attempt (and find its processes after a crash).
-                .envs(step.env.iter().filter(|(k, _)| !k.starts_with("DEPLOYLITE_")))
+                .envs(
+                    step.env
+                        .iter()
+                        .filter(|(k, _)| !k.starts_with("DEPLOYLITE_")),
+                )
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -66,23 +75,34 @@ impl LocalExecutor {
                 .kill_on_drop(true);
             let mut child = match command.spawn() {
                 Ok(child) => child,
-                Err(e) => return StageOutcome::Error(format!("cannot start `{}`: {e}", self.shell)),
+                Err(e) => {
+                    return StageOutcome::Error(format!("cannot start `{}`: {e}", self.shell))
+                }
             };
             let end = supervise(&mut child, log, deadline, &cancel).await;
             match end {
                 StepEnd::Exited(Some(0)) => {}
                 StepEnd::Exited(code) => {
-                    let how = code.map_or("was killed by a signal".to_string(), |c| format!("exited with {c}"));
+                    let how = code.map_or("was killed by a signal".to_string(), |c| {
+                        format!("exited with {c}")
+                    });
                     log.system(&format!("step {} {how}", index + 1)).await;
-                    return StageOutcome::Failed { step: index, exit_code: code };
+                    return StageOutcome::Failed {
+                        step: index,
+                        exit_code: code,
+                    };
                 }
                 StepEnd::TimedOut => {
                     let limit = job.timeout.map(|t| format!("{t:?}")).unwrap_or_default();
-                    log.system(&format!("timed out after {limit}: killed the step's process group")).await;
+                    log.system(&format!(
+                        "timed out after {limit}: killed the step's process group"
+                    ))
+                    .await;
                     return StageOutcome::TimedOut;
                 }
                 StepEnd::Cancelled => {
-                    log.system("cancelled: killed the step's process group").await;
+                    log.system("cancelled: killed the step's process group")
+                        .await;
                     return StageOutcome::Cancelled;
                 }
             }
@@ -148,7 +168,10 @@ async fn supervise(
     if let Some(pgid) = pgid {
         if !matches!(end, StepEnd::Exited(_)) {
             let _ = killpg(pgid, Signal::SIGTERM);
-            if tokio::time::timeout(KILL_GRACE, child.wait()).await.is_err() {
+            if tokio::time::timeout(KILL_GRACE, child.wait())
+                .await
+                .is_err()
+            {
                 let _ = killpg(pgid, Signal::SIGKILL);
             }
         }
@@ -165,7 +188,8 @@ async fn supervise(
         }
     };
     if tokio::time::timeout(DRAIN_LIMIT, drain).await.is_err() {
-        log.system("output still open after the step ended; stopped reading it").await;
+        log.system("output still open after the step ended; stopped reading it")
+            .await;
     }
     end
 }

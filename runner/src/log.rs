@@ -28,7 +28,10 @@ impl LogStream {
 }
 
 enum Sink {
-    File { path: PathBuf, file: BufWriter<File> },
+    File {
+        path: PathBuf,
+        file: BufWriter<File>,
+    },
     Channel(mpsc::Sender<String>),
 }
 
@@ -121,7 +124,11 @@ pub async fn append_chunk(path: &Path, chunk: &[u8]) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
         tokio::fs::create_dir_all(parent).await?;
     }
-    let mut file = tokio::fs::OpenOptions::new().create(true).append(true).open(path).await?;
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .await?;
     file.write_all(chunk).await?;
     file.flush().await
 }

@@ -38,9 +38,7 @@ pub fn kill_orphans(workspaces: &Path, run_id: i64, stage: &str, attempt: u32) -
             continue;
         };
         let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
-        if wanted
-            .iter()
-            .all(|w| vars.contains(&w.as_bytes()))
+        if wanted.iter().all(|w| vars.contains(&w.as_bytes()))
             && kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok()
         {
             killed += 1;

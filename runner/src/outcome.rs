@@ -14,14 +14,21 @@ pub enum Verdict {
     Succeeded,
     Cancelled,
     /// Failed, and another attempt follows after the base delay (jitter is the caller's).
-    Retry { delay: Duration },
+    Retry {
+        delay: Duration,
+    },
     /// Failed for good: the stage's rollback steps run, then the stage fails.
     Failed,
 }
 
 /// `failures_before`: failed attempts before this one. `cancelled`: the run is being cancelled
 /// (a failure then never retries).
-pub fn verdict(stage: &Stage, failures_before: u32, outcome: &StageOutcome, cancelled: bool) -> Verdict {
+pub fn verdict(
+    stage: &Stage,
+    failures_before: u32,
+    outcome: &StageOutcome,
+    cancelled: bool,
+) -> Verdict {
     match outcome {
         StageOutcome::Succeeded => Verdict::Succeeded,
         StageOutcome::Cancelled => Verdict::Cancelled,
@@ -42,8 +49,14 @@ pub fn verdict(stage: &Stage, failures_before: u32, outcome: &StageOutcome, canc
 pub fn describe(stage: &Stage, outcome: &StageOutcome) -> Option<String> {
     match outcome {
         StageOutcome::Succeeded => None,
-        StageOutcome::Failed { exit_code: Some(c), step } => Some(format!("step {} exited with {c}", step + 1)),
-        StageOutcome::Failed { exit_code: None, step } => Some(format!("step {} was killed by a signal", step + 1)),
+        StageOutcome::Failed {
+            exit_code: Some(c),
+            step,
+        } => Some(format!("step {} exited with {c}", step + 1)),
+        StageOutcome::Failed {
+            exit_code: None,
+            step,
+        } => Some(format!("step {} was killed by a signal", step + 1)),
         StageOutcome::TimedOut => Some(format!(
             "timed out after {}",
             stage.timeout.map(format_duration).unwrap_or_default()
@@ -66,23 +79,71 @@ mod tests {
     #[test]
     fn retries_follow_the_policy() {
         let s = stage("{ max: 2, backoff: 1s, exit_codes: [75] }");
-        let failed = |c| StageOutcome::Failed { step: 0, exit_code: Some(c) };
-        assert_eq!(verdict(&s, 0, &failed(75), false), Verdict::Retry { delay: Duration::from_secs(1) });
-        assert_eq!(verdict(&s, 1, &failed(75), false), Verdict::Retry { delay: Duration::from_secs(2) });
-        assert_eq!(verdict(&s, 2, &failed(75), false), Verdict::Failed, "max reached");
-        assert_eq!(verdict(&s, 0, &failed(1), false), Verdict::Failed, "exit code not listed");
-        assert_eq!(verdict(&s, 0, &StageOutcome::TimedOut, false), Verdict::Failed, "no exit code under a filter");
-        assert_eq!(verdict(&s, 0, &failed(75), true), Verdict::Failed, "never retried while cancelling");
-        assert_eq!(verdict(&s, 0, &StageOutcome::Succeeded, false), Verdict::Succeeded);
+        let failed = |c| StageOutcome::Failed {
+            step: 0,
+            exit_code: Some(c),
+        };
+        assert_eq!(
+            verdict(&s, 0, &failed(75), false),
+            Verdict::Retry {
+                delay: Duration::from_secs(1)
+            }
+        );
+        assert_eq!(
+            verdict(&s, 1, &failed(75), false),
+            Verdict::Retry {
+                delay: Duration::from_secs(2)
+            }
+        );
+        assert_eq!(
+            verdict(&s, 2, &failed(75), false),
+            Verdict::Failed,
+            "max reached"
+        );
+        assert_eq!(
+            verdict(&s, 0, &failed(1), false),
+            Verdict::Failed,
+            "exit code not listed"
+        );
+        assert_eq!(
+            verdict(&s, 0, &StageOutcome::TimedOut, false),
+            Verdict::Failed,
+            "no exit code under a filter"
+        );
+        assert_eq!(
+            verdict(&s, 0, &failed(75), true),
+            Verdict::Failed,
+            "never retried while cancelling"
+        );
+        assert_eq!(
+            verdict(&s, 0, &StageOutcome::Succeeded, false),
+            Verdict::Succeeded
+        );
         let any = stage("2");
-        assert!(matches!(verdict(&any, 0, &StageOutcome::TimedOut, false), Verdict::Retry { .. }));
+        assert!(matches!(
+            verdict(&any, 0, &StageOutcome::TimedOut, false),
+            Verdict::Retry { .. }
+        ));
     }
 
     #[test]
     fn notes() {
         let s = stage("0");
-        assert_eq!(describe(&s, &StageOutcome::TimedOut).as_deref(), Some("timed out after 5s"));
-        assert_eq!(describe(&s, &StageOutcome::Failed { step: 1, exit_code: Some(3) }).as_deref(), Some("step 2 exited with 3"));
+        assert_eq!(
+            describe(&s, &StageOutcome::TimedOut).as_deref(),
+            Some("timed out after 5s")
+        );
+        assert_eq!(
+            describe(
+                &s,
+                &StageOutcome::Failed {
+                    step: 1,
+                    exit_code: Some(3)
+                }
+            )
+            .as_deref(),
+            Some("step 2 exited with 3")
+        );
         assert_eq!(describe(&s, &StageOutcome::Succeeded), None);
     }
 }
