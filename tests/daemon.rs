@@ -1227,3 +1227,57 @@ async fn every_stage_starts_in_a_complete_workspace() {
         broken.join("\n")
     );
 }
+
+/// A watched branch deleted in the repository (noticed by polling, no webhook) cancels its
+/// queued runs, and re-creating it at the same commit counts as new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_branch_cancels_its_queued_runs_and_can_come_back() {
+    let repo = TestRepo::new().watching(&[]);
+    repo.pipeline(
+        "ci.yaml",
+        "name: ci\nstages:\n  hold:\n    steps: [\"sleep 3\"]\n",
+    );
+    let main = repo.commit("base");
+    // One slot: while main's run holds it, the feature run stays queued.
+    let daemon = Daemon::start(&[&repo], "max_parallel_stages: 1\n").await;
+    let main_run = daemon.wait_for_commit_run("ci", &main).await;
+    daemon.wait_stage(id(&main_run), "hold", "running").await;
+
+    repo.branch("feature");
+    repo.checkout("feature");
+    repo.write("feature.txt", "feature\n");
+    let feature = repo.commit("on feature");
+    repo.checkout("main");
+    let feature_run = daemon
+        .wait_for_runs("the feature run", |runs| runs.len() == 2)
+        .await;
+    let feature_run = feature_run
+        .iter()
+        .find(|r| r["ref"] == "refs/heads/feature")
+        .expect("feature run")
+        .clone();
+    // Wait until the feature run's stage says it waits for capacity (not merely "not yet").
+    daemon
+        .wait_run(id(&feature_run), "its stage waiting for capacity", |run| {
+            find_stage(run, "hold")["pending_reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("capacity"))
+        })
+        .await;
+
+    repo.git(&["branch", "-D", "feature"]);
+    let cancelled = daemon.wait_run_final(id(&feature_run)).await;
+    assert_eq!(status(&cancelled), "cancelled", "{}", daemon.dump().await);
+    assert_eq!(
+        cancelled["pending_reason"],
+        "cancelled: the ref was deleted"
+    );
+    let main_done = daemon.wait_run_final(id(&main_run)).await;
+    assert_eq!(status(&main_done), "success", "other refs are untouched");
+
+    // The same commit under the same name again is a new ref: it is reconciled, but the run of
+    // that (pipeline, commit, trigger) exists already, so no duplicate is created.
+    repo.git(&["branch", "feature", &feature]);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(daemon.runs().await.len(), 2, "run identity still holds");
+}

@@ -227,6 +227,29 @@ impl Watcher {
             })
             .await?;
         let mut created = 0;
+        // A watched ref that is gone was deleted: its queued runs are cancelled and it is
+        // forgotten, so that re-creating it (even at the same commit) counts as new.
+        let deleted: Vec<String> = known
+            .keys()
+            .filter(|r| !heads.iter().any(|(h, _)| h == *r))
+            .cloned()
+            .collect();
+        for git_ref in deleted {
+            let cancelled = self
+                .store
+                .cancel_queued_runs(
+                    &entry.config.name,
+                    &git_ref,
+                    "cancelled: the ref was deleted",
+                )
+                .await?;
+            self.store.forget_ref(&entry.config.name, &git_ref).await?;
+            known.remove(&git_ref);
+            tracing::info!(repo = %entry.config.name, git_ref, cancelled = ?cancelled, "watched ref deleted");
+            if !cancelled.is_empty() {
+                self.scheduler.notify_one();
+            }
+        }
         for (git_ref, commit) in heads {
             let Some(event) = event_for(&entry.config, &git_ref) else {
                 continue;

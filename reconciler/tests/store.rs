@@ -631,7 +631,28 @@ async fn queued_runs_of_a_ref_can_be_cancelled(store: &Store, _url: &str) {
         .cancel_queued_runs("app", "refs/heads/main", "branch deleted")
         .await
         .unwrap();
-    assert_eq!(cancelled, vec![queued], "only runs that have not started");
+    assert_eq!(
+        cancelled,
+        vec![queued],
+        "only runs that have not started a stage"
+    );
+    let preparing = one_run(store, "c3").await;
+    store
+        .apply_tick(&TickWrites {
+            start_runs: vec![preparing],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let cancelled = store
+        .cancel_queued_runs("app", "refs/heads/main", "branch deleted")
+        .await
+        .unwrap();
+    assert_eq!(
+        cancelled,
+        vec![preparing],
+        "a started run whose stages all wait is still queued work"
+    );
     assert!(store
         .cancel_queued_runs("app", "refs/heads/other", "x")
         .await

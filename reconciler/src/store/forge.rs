@@ -37,6 +37,17 @@ impl Store {
         Ok(inserted.rows_affected() == 1)
     }
 
+    /// Forgets a delivery whose event could not be applied, so that its redelivery is not a replay.
+    pub async fn forget_delivery(&self, forge: &str, delivery_id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM webhook_deliveries WHERE forge = $1 AND delivery_id = $2")
+            .bind(forge)
+            .bind(delivery_id)
+            .execute(self.pool())
+            .await
+            .ctx("forgetting a webhook delivery")?;
+        Ok(())
+    }
+
     /// Runs with pending reports due by `now`, one entry per run (its rows coalesce), oldest first.
     pub async fn due_reports(&self, now: i64, limit: i64) -> Result<Vec<DueReport>> {
         let rows = sqlx::query(
@@ -174,8 +185,9 @@ impl Store {
         Ok(runs)
     }
 
-    /// Cancels the queued (not yet started) runs of a ref: a deleted branch, a closed pull
-    /// request. Returns their ids.
+    /// Cancels the queued runs of a ref (a deleted branch, a closed pull request): runs none of
+    /// whose stages has started yet, whether or not the run itself has begun preparing its
+    /// workspace. Returns their ids.
     pub async fn cancel_queued_runs(
         &self,
         repo: &str,
@@ -184,7 +196,10 @@ impl Store {
     ) -> Result<Vec<i64>> {
         sqlx::query_scalar(
             "UPDATE runs SET cancel_requested = 1, pending_reason = $3
-             WHERE repo = $1 AND git_ref = $2 AND status = 'queued' AND cancel_requested = 0
+             WHERE repo = $1 AND git_ref = $2 AND cancel_requested = 0
+               AND (status = 'queued'
+                    OR (status = 'running'
+                        AND NOT EXISTS (SELECT 1 FROM stages s WHERE s.run_id = runs.id AND s.attempt > 0)))
              RETURNING id",
         )
         .bind(repo)

@@ -174,8 +174,9 @@ async fn process<R: Receiver>(
 }
 
 /// Applies the event after the answer has gone out: the forge waits for nothing but the
-/// recording of the delivery. Failures are logged; the watcher's polling still catches up with
-/// pushes, and a re-run or PR event can be re-requested on the forge.
+/// recording of the delivery. A failure is logged and the delivery forgotten, so that the
+/// forge's redelivery of it is applied rather than dropped as a replay; the watcher's polling
+/// catches up with pushes in any case.
 fn spawn_apply(
     watcher: std::sync::Arc<deploylite_reconciler::watcher::Watcher>,
     forge: ForgeKind,
@@ -184,11 +185,15 @@ fn spawn_apply(
 ) {
     tokio::spawn(async move {
         let forge = forge.as_str();
-        let delivery = delivery.unwrap_or_default();
         match watcher.apply(event.clone()).await {
-            Ok(applied) => tracing::debug!(forge, %delivery, ?event, ?applied, "webhook applied"),
+            Ok(applied) => tracing::debug!(forge, ?delivery, ?event, ?applied, "webhook applied"),
             Err(error) => {
-                tracing::error!(forge, %delivery, ?event, %error, "applying a webhook failed")
+                tracing::error!(forge, ?delivery, ?event, %error, "applying a webhook failed; a redelivery will be applied");
+                if let Some(id) = &delivery {
+                    if let Err(error) = watcher.store().forget_delivery(forge, id).await {
+                        tracing::error!(forge, delivery = %id, %error, "cannot forget a failed delivery");
+                    }
+                }
             }
         }
     });
