@@ -56,7 +56,7 @@ use futures_util::StreamExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::job::{BoxFuture, Executor, StageJob, StageOutcome};
+use crate::job::{step_label, BoxFuture, Executor, StageJob, StageOutcome};
 use crate::log::{LogStream, StageLog};
 
 pub use cleanup::Cleaned;
@@ -398,7 +398,7 @@ impl DockerExecutor {
         }
 
         for (index, step) in job.steps.iter().enumerate() {
-            let label = step.name.clone().unwrap_or_else(|| first_line(&step.run));
+            let label = step_label(step);
             log.system(&format!("step {}: {label}", index + 1)).await;
             let end = self
                 .run_step(docker, job, plan, index, log, deadline, cancel, leftovers)
@@ -950,19 +950,6 @@ fn unique_key() -> String {
         hasher.write_u128(now.as_nanos());
     }
     format!("{:08x}", hasher.finish() as u32)
-}
-
-fn first_line(script: &str) -> String {
-    let line = script.lines().next().unwrap_or_default().trim();
-    if line.len() > 60 {
-        let mut end = 60;
-        while !line.is_char_boundary(end) {
-            end -= 1;
-        }
-        format!("{}…", &line[..end])
-    } else {
-        line.to_string()
-    }
 }
 
 #[cfg(test)]

@@ -71,3 +71,21 @@ pub trait Executor: Send + Sync + 'static {
         cancel: CancellationToken,
     ) -> BoxFuture<'a, StageOutcome>;
 }
+
+/// How a step is named in logs: its `name`, else the first line of its script (at most 60 bytes,
+/// cut at a character boundary). The same for every executor.
+pub(crate) fn step_label(step: &Step) -> String {
+    if let Some(name) = &step.name {
+        return name.clone();
+    }
+    let line = step.run.lines().next().unwrap_or_default().trim();
+    if line.len() > 60 {
+        let mut end = 60;
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}…", &line[..end])
+    } else {
+        line.to_string()
+    }
+}

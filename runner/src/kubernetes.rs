@@ -38,7 +38,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::job::{BoxFuture, Executor, StageJob, StageOutcome};
+use crate::job::{step_label, BoxFuture, Executor, StageJob, StageOutcome};
 use crate::log::{LogStream, StageLog};
 use logs::LogMsg;
 use spec::{PodSettings, LABEL_ATTEMPT, LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY};
@@ -502,7 +502,7 @@ impl KubernetesExecutor {
                                     .job
                                     .steps
                                     .get(index)
-                                    .map(|s| s.name.clone().unwrap_or_else(|| first_line(&s.run)))
+                                    .map(step_label)
                                     .unwrap_or_default();
                                 tracker.step = Some(index);
                                 log.system(&format!("step {}: {label}", index + 1)).await;
@@ -921,18 +921,5 @@ async fn watch_pod(
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
         }
-    }
-}
-
-fn first_line(script: &str) -> String {
-    let line = script.lines().next().unwrap_or_default().trim();
-    if line.len() > 60 {
-        let mut end = 60;
-        while !line.is_char_boundary(end) {
-            end -= 1;
-        }
-        format!("{}…", &line[..end])
-    } else {
-        line.to_string()
     }
 }

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::job::{BoxFuture, Executor, StageJob, StageOutcome};
+use crate::job::{step_label, BoxFuture, Executor, StageJob, StageOutcome};
 use crate::log::{LogStream, StageLog};
 
 /// How long a step gets between SIGTERM and SIGKILL after a timeout or a cancellation.
@@ -52,7 +52,7 @@ impl LocalExecutor {
         }
         let deadline = job.timeout.map(|t| Instant::now() + t);
         for (index, step) in job.steps.iter().enumerate() {
-            let label = step.name.clone().unwrap_or_else(|| first_line(&step.run));
+            let label = step_label(step);
             log.system(&format!("step {}: {label}", index + 1)).await;
             let mut command = Command::new(&self.shell);
             command
@@ -212,18 +212,5 @@ async fn forward_lines<R: AsyncRead + Unpin>(
                 }
             }
         }
-    }
-}
-
-fn first_line(script: &str) -> String {
-    let line = script.lines().next().unwrap_or_default().trim();
-    if line.len() > 60 {
-        let mut end = 60;
-        while !line.is_char_boundary(end) {
-            end -= 1;
-        }
-        format!("{}…", &line[..end])
-    } else {
-        line.to_string()
     }
 }
