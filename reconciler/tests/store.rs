@@ -784,7 +784,23 @@ async fn runners_register_authenticate_and_are_revoked(store: &Store, _url: &str
         ),
         (vec!["arm64".to_string()], 8, 0)
     );
+    let online: Vec<String> = store
+        .online_runners(0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(n, _, _)| n)
+        .collect();
+    assert_eq!(online, vec!["r1".to_string()]);
+    assert!(
+        store.online_runners(i64::MAX).await.unwrap().is_empty(),
+        "not seen since then"
+    );
     assert!(store.revoke_runner("r1").await.unwrap());
+    assert!(
+        store.online_runners(0).await.unwrap().is_empty(),
+        "a revoked runner takes no stage"
+    );
     assert!(!store.revoke_runner("nobody").await.unwrap());
     assert!(
         store.authenticate_runner("hash-2").await.unwrap().is_none(),

@@ -181,17 +181,12 @@ impl Scheduler {
         let offline_before = now
             - i64::try_from(self.config.runner_offline_after.as_millis()).unwrap_or(i64::MAX / 2);
         let mut runners: Vec<RunnerSlot> = self.config.local.iter().cloned().collect();
-        for r in self.store.list_runners().await? {
-            if !r.revoked
-                && r.last_seen.is_some_and(|t| t >= offline_before)
-                && r.name != LOCAL_RUNNER
-            {
-                runners.push(RunnerSlot {
-                    name: r.name,
-                    labels: r.labels,
-                    capacity: usize::try_from(r.capacity).unwrap_or(0),
-                });
-            }
+        for (name, labels, capacity) in self.store.online_runners(offline_before).await? {
+            runners.push(RunnerSlot {
+                name,
+                labels,
+                capacity: usize::try_from(capacity).unwrap_or(0),
+            });
         }
         Ok(PlanConfig {
             runners,

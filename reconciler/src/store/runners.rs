@@ -145,6 +145,29 @@ impl Store {
         rows.iter().map(runner_from_row).collect()
     }
 
+    /// What the scheduler needs of the remote runners heard from since `seen_since` (not revoked):
+    /// name, labels and capacity. Read on every tick, so it skips what `list_runners` counts.
+    pub async fn online_runners(&self, seen_since: i64) -> Result<Vec<(String, Vec<String>, i64)>> {
+        let rows = sqlx::query(
+            "SELECT name, labels, capacity FROM runners
+             WHERE revoked = 0 AND last_seen >= $1 AND name <> $2 ORDER BY name",
+        )
+        .bind(seen_since)
+        .bind(LOCAL_RUNNER)
+        .fetch_all(self.pool())
+        .await
+        .ctx("listing online runners")?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("name").ctx("reading a runner")?,
+                    parse_json(&r.try_get::<String, _>("labels").ctx("reading a runner")?)?,
+                    r.try_get("capacity").ctx("reading a runner")?,
+                ))
+            })
+            .collect()
+    }
+
     /// Revokes a runner: its credential stops working at once. Its running leases expire and
     /// their stages go to another runner. False when there is no such runner.
     pub async fn revoke_runner(&self, name: &str) -> Result<bool> {
