@@ -5,17 +5,13 @@
 //!
 //! `cargo bench --bench latency` (prints p50/p90/max over ITERATIONS commits)
 
+mod support;
+
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deploylite_pipeline::GlobList;
-use deploylite_reconciler::paths::DataDir;
-use deploylite_reconciler::scheduler::{Scheduler, SchedulerConfig};
-use deploylite_reconciler::store::{SqliteSync, Store};
-use deploylite_reconciler::watcher::{RepoConfig, Repos, Watcher};
-use deploylite_runner::{CancellationToken, LocalExecutor};
+use deploylite_runner::CancellationToken;
 
 const ITERATIONS: usize = 60;
 
@@ -65,33 +61,12 @@ fn main() {
         .enable_all()
         .build()
         .expect("rt");
-    let data = DataDir::new(tmp.path().join("data"));
-    let store = rt
-        .block_on(Store::connect(
-            &data.default_database_url(),
-            SqliteSync::Full,
-        ))
-        .expect("store");
-    let repos = Arc::new(Repos::new(
-        vec![RepoConfig {
-            name: "bench".into(),
-            url: repo.display().to_string(),
-            branches: GlobList::default(),
-            tags: GlobList::default(),
-            // Long: every iteration is started by a poke, never by the timer.
-            poll_interval: Duration::from_secs(3600),
-            report: false,
-        }],
-        &data,
-    ));
-    let scheduler = Scheduler::new(
-        store.clone(),
-        data.clone(),
-        SchedulerConfig::local(4, vec![]),
-        Arc::new(LocalExecutor::default()),
-        repos.clone(),
-    );
-    let watcher = Watcher::new(store, repos.clone(), scheduler.waker());
+    let support::LocalDaemon {
+        repos,
+        scheduler,
+        watcher,
+        ..
+    } = support::local_daemon(&rt, &tmp.path().join("data"), &repo);
     let shutdown = CancellationToken::new();
     rt.spawn(scheduler.run(shutdown.clone()));
     rt.spawn(watcher.run(shutdown.clone()));
@@ -104,7 +79,7 @@ fn main() {
         let fifo = fifos.join(head(&repo));
         nix_mkfifo(&fifo);
         let start = Instant::now();
-        repos.poke("bench");
+        repos.poke(support::REPO);
         // Blocks until the stage's shell opens the FIFO for writing.
         let opened = std::fs::File::open(&fifo).expect("fifo");
         let elapsed = start.elapsed();

@@ -14,18 +14,16 @@
 //! `cargo bench --bench webhooks` (the daemon is the bench build's `deploylite`, or
 //! `DEPLOYLITE_BIN=path`; (b) reads the database with the `sqlite3` CLI).
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deploylite_pipeline::GlobList;
-use deploylite_reconciler::paths::DataDir;
-use deploylite_reconciler::scheduler::{Scheduler, SchedulerConfig};
-use deploylite_reconciler::store::{RunFilter, SqliteSync, Store};
-use deploylite_reconciler::watcher::{RepoConfig, Repos, Watcher};
-use deploylite_runner::{CancellationToken, LocalExecutor};
+use deploylite_reconciler::store::RunFilter;
+use deploylite_runner::CancellationToken;
 use deploylite_webhook::forges::{
     ForgeKind, ForgeRepo, GithubConfig, Secret, DEFAULT_MAX_BODY_BYTES,
 };
@@ -156,33 +154,13 @@ fn latency(rt: &tokio::runtime::Runtime) {
             fifo.display()
         ),
     );
-    let data = DataDir::new(tmp.path().join("data"));
-    let store = rt
-        .block_on(Store::connect(
-            &data.default_database_url(),
-            SqliteSync::Full,
-        ))
-        .expect("store");
-    let repos = Arc::new(Repos::new(
-        vec![RepoConfig {
-            name: "bench".into(),
-            url: repo.display().to_string(),
-            branches: GlobList::default(),
-            tags: GlobList::default(),
-            // Long: every iteration is started by a webhook, never by the timer.
-            poll_interval: Duration::from_secs(3600),
-            report: false,
-        }],
-        &data,
-    ));
-    let scheduler = Scheduler::new(
-        store.clone(),
-        data.clone(),
-        SchedulerConfig::local(4, vec![]),
-        Arc::new(LocalExecutor::default()),
-        repos.clone(),
-    );
-    let watcher = Watcher::new(store.clone(), repos.clone(), scheduler.waker());
+    let support::LocalDaemon {
+        store,
+        data,
+        scheduler,
+        watcher,
+        ..
+    } = support::local_daemon(rt, &tmp.path().join("data"), &repo);
     let state = AppState {
         store: store.clone(),
         data,
@@ -256,7 +234,7 @@ fn latency(rt: &tokio::runtime::Runtime) {
         } else {
             let runs = rt
                 .block_on(store.list_runs(&RunFilter {
-                    repo: Some("bench".into()),
+                    repo: Some(support::REPO.into()),
                     limit: 5,
                     ..Default::default()
                 }))
