@@ -16,8 +16,12 @@ pub enum ForgeEvent {
         git_ref: String,
         deleted: bool,
     },
-    /// A pull/merge request was opened, updated or reopened: run its head commit.
+    /// A pull/merge request was opened or updated: run its head commit.
     PullRequestOpened(PullRequestEvent),
+    /// A pull/merge request was reopened: run its head commit, and run again, as new attempts,
+    /// the head's runs that were cancelled (closing cancels queued runs, and a reopen at the same
+    /// head would otherwise record nothing).
+    PullRequestReopened(PullRequestEvent),
     /// A pull/merge request was closed or merged: cancel its queued runs.
     PullRequestClosed { repo: String, git_ref: String },
     /// Run a commit's pipelines again (a check re-requested); `pipeline: None` means all.
@@ -74,30 +78,21 @@ impl Watcher {
                 }
                 Ok(applied)
             }
-            ForgeEvent::PullRequestOpened(pr) => {
-                let entry = self
-                    .repos()
-                    .get(&pr.repo)
-                    .cloned()
-                    .ok_or_else(|| ReconcileError::UnknownRepo(pr.repo.clone()))?;
-                let info = PullRequestInfo {
-                    number: pr.number,
-                    head_repo: pr.head_repo.clone(),
-                    untrusted: pr.from_fork,
-                };
-                let created = self
-                    .reconcile_commit(
-                        &entry,
-                        &pr.git_ref,
-                        &pr.head_sha,
-                        pr.base_sha.clone(),
-                        Event::PullRequest {
-                            target_branch: pr.base_branch.clone(),
-                        },
-                        Some(info),
-                        true,
-                    )
+            ForgeEvent::PullRequestOpened(pr) => Ok(Applied {
+                created: self.record_pull_request_head(&pr).await?,
+                ..Default::default()
+            }),
+            ForgeEvent::PullRequestReopened(pr) => {
+                let mut created = self.record_pull_request_head(&pr).await?;
+                let reruns = self
+                    .store()
+                    .rerun_cancelled(&pr.repo, &pr.git_ref, &pr.head_sha)
                     .await?;
+                if !reruns.is_empty() {
+                    tracing::info!(repo = %pr.repo, git_ref = %pr.git_ref, commit = %pr.head_sha, reruns = ?reruns, "reopened pull request: cancelled runs run again");
+                    self.wake_scheduler();
+                }
+                created.extend(reruns);
                 Ok(Applied {
                     created,
                     ..Default::default()
@@ -130,5 +125,34 @@ impl Watcher {
                 })
             }
         }
+    }
+
+    /// Records the runs of a pull request's head (none when they exist already).
+    async fn record_pull_request_head(
+        &self,
+        pr: &PullRequestEvent,
+    ) -> Result<Vec<i64>, ReconcileError> {
+        let entry = self
+            .repos()
+            .get(&pr.repo)
+            .cloned()
+            .ok_or_else(|| ReconcileError::UnknownRepo(pr.repo.clone()))?;
+        let info = PullRequestInfo {
+            number: pr.number,
+            head_repo: pr.head_repo.clone(),
+            untrusted: pr.from_fork,
+        };
+        self.reconcile_commit(
+            &entry,
+            &pr.git_ref,
+            &pr.head_sha,
+            pr.base_sha.clone(),
+            Event::PullRequest {
+                target_branch: pr.base_branch.clone(),
+            },
+            Some(info),
+            true,
+        )
+        .await
     }
 }

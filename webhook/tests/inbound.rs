@@ -5,6 +5,7 @@
 
 mod inbound_support;
 
+use deploylite_reconciler::status::{RunStatus, StageStatus};
 use deploylite_reconciler::store::PullRequestInfo;
 use inbound_support::*;
 use serde_json::{json, Value};
@@ -244,6 +245,189 @@ async fn github_pull_request_lifecycle() {
         (status, body["status"].as_str()),
         (202, Some("ignored")),
         "{body}"
+    );
+}
+
+#[tokio::test]
+async fn github_pull_request_reopened_at_the_same_head_runs_its_cancelled_run_again() {
+    let h = Harness::start(Options::default()).await;
+    let base = head(&h.gh_repo, "main");
+    let head_sha = commit_on(&h.gh_repo, "changes", "pr.txt");
+    let pr_ref = "refs/pull/2/head";
+
+    assert_eq!(
+        h.github(
+            "pull_request",
+            "d-ro-1",
+            &bytes(&pull_request("opened", &head_sha, &base))
+        )
+        .await
+        .0,
+        202
+    );
+    let run1 = h
+        .wait_for_run(GH_REPO, "the opened PR's run", |r| r.commit == head_sha)
+        .await;
+
+    // closed → the queued run is cancelled. (No scheduler runs here, so the cancellation stays
+    // requested: a reopen soon after a close finds it so too.)
+    assert_eq!(
+        h.github(
+            "pull_request",
+            "d-ro-2",
+            &bytes(&pull_request("closed", &head_sha, &base))
+        )
+        .await
+        .0,
+        202
+    );
+    h.wait_for_run(GH_REPO, "the PR's run cancelled", |r| {
+        r.id == run1.id && r.cancel_requested
+    })
+    .await;
+
+    // reopened without new commits: GitHub's example names the same head as on opening. The
+    // cancelled run runs again as a new attempt of the same run identity.
+    let reopened = bytes(&pull_request("reopened", &head_sha, &base));
+    let (status, body) = h.github("pull_request", "d-ro-3", &reopened).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (202, Some("accepted")),
+        "{body}"
+    );
+    let rerun = h
+        .wait_for_run(GH_REPO, "the reopened PR's new attempt", |r| {
+            r.commit == head_sha && r.run_attempt == 2
+        })
+        .await;
+    assert_eq!(
+        (
+            rerun.pipeline.as_str(),
+            rerun.trigger.as_str(),
+            rerun.git_ref.as_str(),
+            rerun.status,
+            rerun.cancel_requested
+        ),
+        ("ci", "pull_request", pr_ref, RunStatus::Queued, false)
+    );
+    assert_eq!(rerun.pull_request, run1.pull_request);
+    let (_, stages) = h.store.get_run(rerun.id).await.unwrap().unwrap();
+    assert_eq!(
+        stages
+            .iter()
+            .map(|s| (s.name.as_str(), s.status, s.attempt))
+            .collect::<Vec<_>>(),
+        vec![("build", StageStatus::Queued, 0)]
+    );
+
+    // The same delivery again is a replay; the new attempt stays the only one.
+    let (status, body) = h.github("pull_request", "d-ro-3", &reopened).await;
+    assert_eq!((status, body), (200, json!({"status": "duplicate"})));
+    assert_eq!(
+        h.attempts(GH_REPO, &head_sha).await,
+        vec![("ci".to_string(), 1), ("ci".to_string(), 2)]
+    );
+}
+
+#[tokio::test]
+async fn github_pull_request_reopened_leaves_succeeded_and_running_runs_alone() {
+    let h = Harness::start(Options::default()).await;
+    let base = head(&h.gh_repo, "main");
+    // The head runs three pipelines: `ci` (the repository's), and two the branch adds.
+    let pr_pipeline = |name: &str| {
+        format!("name: {name}\non:\n  pull_request:\nstages:\n  build:\n    steps: [{{ run: \"true\" }}]\n")
+    };
+    let (lint, deploy) = (pr_pipeline("lint"), pr_pipeline("deploy"));
+    let head_sha = commit_files_on(
+        &h.gh_repo,
+        "changes",
+        &[
+            (".deploylite/pipelines/lint.yaml", &lint),
+            (".deploylite/pipelines/deploy.yaml", &deploy),
+        ],
+    );
+    assert_eq!(
+        h.github(
+            "pull_request",
+            "d-rs-1",
+            &bytes(&pull_request("opened", &head_sha, &base))
+        )
+        .await
+        .0,
+        202
+    );
+    let runs = eventually("the head's three runs", || async {
+        let runs: Vec<_> = h
+            .runs(GH_REPO)
+            .await
+            .into_iter()
+            .filter(|r| r.commit == head_sha)
+            .collect();
+        (runs.len() == 3).then_some(runs)
+    })
+    .await;
+    let id_of = |pipeline: &str| {
+        runs.iter()
+            .find(|r| r.pipeline == pipeline)
+            .map(|r| r.id)
+            .unwrap()
+    };
+    let (ci, lint, deploy) = (id_of("ci"), id_of("lint"), id_of("deploy"));
+    // ci succeeded and deploy's stage is running before the PR is closed; lint is still queued.
+    h.start_build(ci).await;
+    h.succeed_build(ci).await;
+    h.start_build(deploy).await;
+
+    assert_eq!(
+        h.github(
+            "pull_request",
+            "d-rs-2",
+            &bytes(&pull_request("closed", &head_sha, &base))
+        )
+        .await
+        .0,
+        202
+    );
+    h.wait_for_run(GH_REPO, "lint cancelled", |r| {
+        r.id == lint && r.cancel_requested
+    })
+    .await;
+    // Closing cancels only what has not started.
+    let after_close = h.runs(GH_REPO).await;
+    for (id, status) in [(ci, RunStatus::Success), (deploy, RunStatus::Running)] {
+        let run = after_close.iter().find(|r| r.id == id).unwrap();
+        assert_eq!(
+            (run.status, run.cancel_requested),
+            (status, false),
+            "{run:?}"
+        );
+    }
+
+    assert_eq!(
+        h.github(
+            "pull_request",
+            "d-rs-3",
+            &bytes(&pull_request("reopened", &head_sha, &base))
+        )
+        .await
+        .0,
+        202
+    );
+    // lint's new attempt is written in the same transaction that passed over ci and deploy, so
+    // once it is there the reopen has done all it will.
+    h.wait_for_run(GH_REPO, "lint's new attempt", |r| {
+        r.commit == head_sha && r.pipeline == "lint" && r.run_attempt == 2
+    })
+    .await;
+    assert_eq!(
+        h.attempts(GH_REPO, &head_sha).await,
+        vec![
+            ("ci".to_string(), 1),
+            ("deploy".to_string(), 1),
+            ("lint".to_string(), 1),
+            ("lint".to_string(), 2)
+        ],
+        "a succeeded or running run is not run again"
     );
 }
 
@@ -795,6 +979,74 @@ async fn gitlab_merge_request_open_and_close() {
             .await
             .1["status"],
         "ignored"
+    );
+}
+
+#[tokio::test]
+async fn gitlab_merge_request_reopened_at_the_same_head_runs_its_cancelled_run_again() {
+    let h = Harness::start(Options::default()).await;
+    let head_sha = commit_on(&h.gl_repo, "ms-viewport", "mr.txt");
+    let mut open = fixture("gitlab/webhooks/merge_request.open");
+    open["object_attributes"]["last_commit"]["id"] = json!(head_sha);
+    assert_eq!(
+        h.gitlab("Merge Request Hook", Some("ev-ro-1"), &bytes(&open))
+            .await
+            .0,
+        202
+    );
+    let run = h
+        .wait_for_run(GL_REPO, "the MR's run", |r| r.commit == head_sha)
+        .await;
+
+    // The doc publishes only the `open` example; GitLab sends the same object with the action
+    // (and state) of what happened.
+    let mut close = open.clone();
+    close["object_attributes"]["action"] = json!("close");
+    close["object_attributes"]["state"] = json!("closed");
+    assert_eq!(
+        h.gitlab("Merge Request Hook", Some("ev-ro-2"), &bytes(&close))
+            .await
+            .0,
+        202
+    );
+    h.wait_for_run(GL_REPO, "the MR's run cancelled", |r| {
+        r.id == run.id && r.cancel_requested
+    })
+    .await;
+    // The scheduler has acted on the cancellation by the time the MR is reopened.
+    h.end_run(run.id, RunStatus::Cancelled).await;
+
+    let mut reopen = open.clone();
+    reopen["object_attributes"]["action"] = json!("reopen");
+    assert_eq!(
+        h.gitlab("Merge Request Hook", Some("ev-ro-3"), &bytes(&reopen))
+            .await
+            .0,
+        202
+    );
+    let rerun = h
+        .wait_for_run(GL_REPO, "the reopened MR's new attempt", |r| {
+            r.commit == head_sha && r.run_attempt == 2
+        })
+        .await;
+    assert_eq!(
+        (
+            rerun.trigger.as_str(),
+            rerun.git_ref.as_str(),
+            rerun.status,
+            rerun.cancel_requested
+        ),
+        (
+            "pull_request",
+            "refs/merge-requests/1/head",
+            RunStatus::Queued,
+            false
+        )
+    );
+    assert_eq!(rerun.pull_request, run.pull_request);
+    assert_eq!(
+        h.attempts(GL_REPO, &head_sha).await,
+        vec![("ci".to_string(), 1), ("ci".to_string(), 2)]
     );
 }
 

@@ -234,41 +234,98 @@ impl Store {
         .fetch_all(&mut *tx)
         .await
         .ctx("finding runs to re-run")?;
-        let mut created = Vec::new();
-        for old in latest {
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO runs (repo, pipeline, pipeline_file, commit_sha, git_ref, trigger, run_attempt, status,
-                     concurrency, spec, workspace_ready, created_at, report, pr_number, head_repo, untrusted)
-                 SELECT repo, pipeline, pipeline_file, commit_sha, git_ref, trigger, run_attempt + 1, 'queued',
-                     concurrency, spec, 0, $2, report, pr_number, head_repo, untrusted
-                 FROM runs WHERE id = $1
-                 RETURNING id",
-            )
-            .bind(old)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await
-            .ctx("creating a re-run")?;
-            // Stages start again as they were created: queued, or skipped by their `if:`.
-            sqlx::query(
-                "INSERT INTO stages (run_id, name, position, status, needs, pending_reason, finished_at)
-                 SELECT $2, name, position,
-                     CASE WHEN pending_reason LIKE 'skipped: `if:%' THEN 'skipped' ELSE 'queued' END,
-                     needs,
-                     CASE WHEN pending_reason LIKE 'skipped: `if:%' THEN pending_reason ELSE NULL END,
-                     CASE WHEN pending_reason LIKE 'skipped: `if:%' THEN $3 ELSE NULL END
-                 FROM stages WHERE run_id = $1",
-            )
-            .bind(old)
-            .bind(id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .ctx("copying stages for a re-run")?;
-            queue_report(&mut tx, id, now).await?;
-            created.push(id);
-        }
+        let created = rerun_in(&mut tx, &latest, now).await?;
         tx.commit().await.ctx("committing a re-run")?;
         Ok(created)
     }
+
+    /// Runs again, as new attempts, the runs of `commit` on `git_ref` whose latest attempt was
+    /// cancelled or is being cancelled; finished, running and invalid runs are left alone.
+    /// This is what a pull request reopened at the head it was closed at needs: closing
+    /// cancelled the head's queued runs, and run identity makes recording the head again a
+    /// no-op, so without a new attempt the pull request would keep a cancelled check.
+    pub async fn rerun_cancelled(
+        &self,
+        repo: &str,
+        git_ref: &str,
+        commit: &str,
+    ) -> Result<Vec<i64>> {
+        let now = now_ms();
+        let mut tx = self
+            .pool()
+            .begin()
+            .await
+            .ctx("starting a re-run of cancelled runs")?;
+        let cancelled: Vec<i64> = sqlx::query_scalar(
+            // A cancel that is requested but not applied yet (the scheduler has not stopped the
+            // run, or a reopen follows the close within a tick) counts as cancelled: that run
+            // will end `cancelled` and never report a result for this head.
+            "SELECT r.id FROM runs r
+             WHERE r.repo = $1 AND r.git_ref = $2 AND r.commit_sha = $3 AND r.spec IS NOT NULL
+               AND (r.status = 'cancelled'
+                    OR (r.cancel_requested = 1 AND r.status IN ('queued', 'running')))
+               AND r.run_attempt = (SELECT MAX(o.run_attempt) FROM runs o
+                                    WHERE o.repo = r.repo AND o.pipeline = r.pipeline
+                                      AND o.commit_sha = r.commit_sha AND o.trigger = r.trigger)",
+        )
+        .bind(repo)
+        .bind(git_ref)
+        .bind(commit)
+        .fetch_all(&mut *tx)
+        .await
+        .ctx("finding cancelled runs to re-run")?;
+        let created = rerun_in(&mut tx, &cancelled, now).await?;
+        tx.commit()
+            .await
+            .ctx("committing a re-run of cancelled runs")?;
+        Ok(created)
+    }
+}
+
+/// Creates the next attempt of each run in `runs`, with fresh stages and a report row.
+/// An attempt that already exists is skipped: two overlapping re-runs (a double click, two
+/// deliveries at once) read the same latest attempt, and the second must neither fail nor copy
+/// stages into the first one's run.
+async fn rerun_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    runs: &[i64],
+    now: i64,
+) -> Result<Vec<i64>> {
+    let mut created = Vec::with_capacity(runs.len());
+    for &old in runs {
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO runs (repo, pipeline, pipeline_file, commit_sha, git_ref, trigger, run_attempt, status,
+                 concurrency, spec, workspace_ready, created_at, report, pr_number, head_repo, untrusted)
+             SELECT repo, pipeline, pipeline_file, commit_sha, git_ref, trigger, run_attempt + 1, 'queued',
+                 concurrency, spec, 0, $2, report, pr_number, head_repo, untrusted
+             FROM runs WHERE id = $1
+             ON CONFLICT (repo, pipeline, commit_sha, trigger, run_attempt) DO NOTHING
+             RETURNING id",
+        )
+        .bind(old)
+        .bind(now)
+        .fetch_optional(&mut **tx)
+        .await
+        .ctx("creating a re-run")?;
+        let Some(id) = id else { continue };
+        // Stages start again as they were created: queued, or skipped by their `if:`.
+        sqlx::query(
+            "INSERT INTO stages (run_id, name, position, status, needs, pending_reason, finished_at)
+             SELECT $2, name, position,
+                 CASE WHEN pending_reason LIKE 'skipped: `if:%' THEN 'skipped' ELSE 'queued' END,
+                 needs,
+                 CASE WHEN pending_reason LIKE 'skipped: `if:%' THEN pending_reason ELSE NULL END,
+                 CASE WHEN pending_reason LIKE 'skipped: `if:%' THEN $3 ELSE NULL END
+             FROM stages WHERE run_id = $1",
+        )
+        .bind(old)
+        .bind(id)
+        .bind(now)
+        .execute(&mut **tx)
+        .await
+        .ctx("copying stages for a re-run")?;
+        queue_report(tx, id, now).await?;
+        created.push(id);
+    }
+    Ok(created)
 }

@@ -1,7 +1,8 @@
 //! GitHub payloads (`X-GitHub-Event` + body) → [`ForgeEvent`]. Pure: no IO, no state.
 //!
 //! - `push` (branches and tags; `deleted: true` cancels the ref's queued runs)
-//! - `pull_request` `opened` / `synchronize` / `reopened` → run the head; `closed` → cancel
+//! - `pull_request` `opened` / `synchronize` → run the head; `reopened` → run the head and re-run
+//!   its cancelled runs; `closed` → cancel
 //! - `check_run` `rerequested` on a `deploylite/<pipeline>` check → re-run that pipeline
 //! - `check_suite` `rerequested` → re-run every pipeline of the commit
 //! - `ping` → answered; anything else is ignored.
@@ -84,21 +85,24 @@ fn pull_request(payload: &Value) -> Result<Mapped, MapError> {
             (format!("{owner}/(deleted fork)"), true)
         }
     };
-    Ok(Mapped::Event {
-        event: ForgeEvent::PullRequestOpened(PullRequestEvent {
-            repo: slug.clone(),
-            number,
-            git_ref,
-            head_sha: head_sha.to_string(),
-            base_sha: opt_str(payload, "pull_request.base.sha")
-                .filter(|s| is_sha(s))
-                .map(str::to_string),
-            base_branch: base_branch.to_string(),
-            head_repo,
-            from_fork,
-        }),
-        slug,
-    })
+    let pr = PullRequestEvent {
+        repo: slug.clone(),
+        number,
+        git_ref,
+        head_sha: head_sha.to_string(),
+        base_sha: opt_str(payload, "pull_request.base.sha")
+            .filter(|s| is_sha(s))
+            .map(str::to_string),
+        base_branch: base_branch.to_string(),
+        head_repo,
+        from_fork,
+    };
+    let event = if action == "reopened" {
+        ForgeEvent::PullRequestReopened(pr)
+    } else {
+        ForgeEvent::PullRequestOpened(pr)
+    };
+    Ok(Mapped::Event { event, slug })
 }
 
 fn check_run(payload: &Value) -> Result<Mapped, MapError> {
@@ -210,8 +214,8 @@ mod tests {
         ));
     }
 
-    fn opened(sha: &str) -> ForgeEvent {
-        ForgeEvent::PullRequestOpened(PullRequestEvent {
+    fn pr_event(sha: &str) -> PullRequestEvent {
+        PullRequestEvent {
             repo: SLUG.into(),
             number: 2,
             git_ref: "refs/pull/2/head".into(),
@@ -220,23 +224,27 @@ mod tests {
             base_branch: "master".into(),
             head_repo: SLUG.into(),
             from_fork: false,
-        })
+        }
     }
 
     #[test]
     fn pull_requests() {
+        let head = "ec26c3e57ca3a959ca5aad62de7213c562f8c821";
         for name in [
             "pull_request.opened",
             "pull_request.opened.null-body",
             "pull_request.synchronize",
-            "pull_request.reopened",
         ] {
             assert_eq!(
                 event(map("pull_request", &fixture(name)).unwrap()),
-                opened("ec26c3e57ca3a959ca5aad62de7213c562f8c821"),
+                ForgeEvent::PullRequestOpened(pr_event(head)),
                 "{name}"
             );
         }
+        assert_eq!(
+            event(map("pull_request", &fixture("pull_request.reopened")).unwrap()),
+            ForgeEvent::PullRequestReopened(pr_event(head))
+        );
         assert_eq!(
             event(map("pull_request", &fixture("pull_request.closed")).unwrap()),
             ForgeEvent::PullRequestClosed {

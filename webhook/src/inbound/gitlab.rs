@@ -1,7 +1,8 @@
 //! GitLab payloads (`X-Gitlab-Event` + body) → [`ForgeEvent`]. Pure: no IO, no state.
 //!
 //! - `Push Hook`, `Tag Push Hook` → push (a deletion when `after` is all zeros)
-//! - `Merge Request Hook`: `open` / `update` / `reopen` → run the head; `close` / `merge` → cancel
+//! - `Merge Request Hook`: `open` / `update` → run the head; `reopen` → run the head and re-run
+//!   its cancelled runs; `close` / `merge` → cancel
 //! - anything else is ignored.
 
 use deploylite_reconciler::events::{ForgeEvent, PullRequestEvent};
@@ -67,21 +68,24 @@ fn merge_request(payload: &Value) -> Result<Mapped, MapError> {
         .or_else(|| opt_str(payload, "source.path_with_namespace"))
         .map(str::to_string)
         .unwrap_or_else(|| slug.clone());
-    Ok(Mapped::Event {
-        event: ForgeEvent::PullRequestOpened(PullRequestEvent {
-            repo: slug.clone(),
-            number: iid,
-            git_ref,
-            head_sha: head_sha.to_string(),
-            // The hook does not carry the target branch's tip (GitLab's documented payload has
-            // no such field); None makes path filters pass, as for any unknown change.
-            base_sha: None,
-            base_branch: base_branch.to_string(),
-            head_repo,
-            from_fork: source_project != target_project,
-        }),
-        slug,
-    })
+    let mr = PullRequestEvent {
+        repo: slug.clone(),
+        number: iid,
+        git_ref,
+        head_sha: head_sha.to_string(),
+        // The hook does not carry the target branch's tip (GitLab's documented payload has
+        // no such field); None makes path filters pass, as for any unknown change.
+        base_sha: None,
+        base_branch: base_branch.to_string(),
+        head_repo,
+        from_fork: source_project != target_project,
+    };
+    let event = if action == "reopen" {
+        ForgeEvent::PullRequestReopened(mr)
+    } else {
+        ForgeEvent::PullRequestOpened(mr)
+    };
+    Ok(Mapped::Event { event, slug })
 }
 
 #[cfg(test)]
@@ -154,17 +158,23 @@ mod tests {
                 event: expected
             }
         );
-        for action in ["update", "reopen"] {
-            let mut p = open.clone();
-            p["object_attributes"]["action"] = json!(action);
-            assert!(matches!(
-                map("Merge Request Hook", &p).unwrap(),
-                Mapped::Event {
-                    event: ForgeEvent::PullRequestOpened(_),
-                    ..
-                }
-            ));
-        }
+        let mut p = open.clone();
+        p["object_attributes"]["action"] = json!("update");
+        assert!(matches!(
+            map("Merge Request Hook", &p).unwrap(),
+            Mapped::Event {
+                event: ForgeEvent::PullRequestOpened(_),
+                ..
+            }
+        ));
+        p["object_attributes"]["action"] = json!("reopen");
+        assert!(matches!(
+            map("Merge Request Hook", &p).unwrap(),
+            Mapped::Event {
+                event: ForgeEvent::PullRequestReopened(_),
+                ..
+            }
+        ));
         for action in ["close", "merge"] {
             let mut p = open.clone();
             p["object_attributes"]["action"] = json!(action);

@@ -86,6 +86,9 @@ pub(crate) fn for_repo(event: ForgeEvent, name: &str) -> ForgeEvent {
         ForgeEvent::PullRequestOpened(pr) => {
             ForgeEvent::PullRequestOpened(PullRequestEvent { repo, ..pr })
         }
+        ForgeEvent::PullRequestReopened(pr) => {
+            ForgeEvent::PullRequestReopened(PullRequestEvent { repo, ..pr })
+        }
         ForgeEvent::PullRequestClosed { git_ref, .. } => {
             ForgeEvent::PullRequestClosed { repo, git_ref }
         }

@@ -1,7 +1,8 @@
 //! A real daemon front door for the inbound webhook tests: the router served on 127.0.0.1:0
 //! with a real `Store` (SQLite in a temp dir), a real `Watcher` running over real git
 //! repositories made with the `git` CLI, and no scheduler (runs stay queued, which is what the
-//! assertions read). The fixture payloads are adapted at run time, never edited on disk.
+//! assertions read; a test that needs a run started or finished writes what the scheduler would,
+//! through the store). The fixture payloads are adapted at run time, never edited on disk.
 
 #![allow(dead_code)]
 
@@ -12,7 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deploylite_reconciler::paths::DataDir;
-use deploylite_reconciler::store::{RunFilter, RunRecord, SqliteSync, Store};
+use deploylite_reconciler::status::{RunStatus, StageStatus};
+use deploylite_reconciler::store::{
+    AttemptResult, Dispatch, RunFilter, RunFinish, RunRecord, SqliteSync, Store, TickWrites,
+};
 use deploylite_reconciler::watcher::{RepoConfig, Repos, Watcher};
 use deploylite_runner::CancellationToken;
 use deploylite_webhook::forges::{ForgeKind, ForgeRepo, GithubConfig, GitlabConfig, Secret};
@@ -120,6 +124,29 @@ pub fn commit_on(repo: &Path, branch: &str, file: &str) -> String {
     std::fs::write(repo.join(file), format!("{file} on {branch}\n")).unwrap();
     git(repo, &["add", "-A"]);
     git(repo, &["commit", "-qm", &format!("{file} on {branch}")]);
+    let sha = git(repo, &["rev-parse", "HEAD"]);
+    git(repo, &["checkout", "-q", "main"]);
+    sha
+}
+
+/// A new commit on `branch` (created from main if missing) writing `files` (path, content);
+/// its id. main stays checked out.
+pub fn commit_files_on(repo: &Path, branch: &str, files: &[(&str, &str)]) -> String {
+    git(repo, &["checkout", "-q", "-B", branch, "main"]);
+    for (path, content) in files {
+        let path = repo.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+    git(repo, &["add", "-A"]);
+    git(
+        repo,
+        &[
+            "commit",
+            "-qm",
+            &format!("{} files on {branch}", files.len()),
+        ],
+    );
     let sha = git(repo, &["rev-parse", "HEAD"]);
     git(repo, &["checkout", "-q", "main"]);
     sha
@@ -237,6 +264,72 @@ impl Harness {
             })
             .await
             .unwrap()
+    }
+
+    /// What the scheduler writes when it starts a run and its stage `build` (every harness
+    /// pipeline's only stage) as attempt 1: the run is running and a stage has begun.
+    pub async fn start_build(&self, run_id: i64) {
+        self.store
+            .apply_tick(&TickWrites {
+                start_runs: vec![run_id],
+                dispatch: vec![Dispatch {
+                    run_id,
+                    stage: "build".into(),
+                    attempt: 1,
+                    runner: "local".into(),
+                    lease_deadline: None,
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+
+    /// What the scheduler writes when a started `build` (see [`Harness::start_build`]) succeeds
+    /// and with it the run.
+    pub async fn succeed_build(&self, run_id: i64) {
+        let current = self
+            .store
+            .finish_attempt(&AttemptResult {
+                run_id,
+                stage: "build".into(),
+                attempt: 1,
+                attempt_status: StageStatus::Success,
+                stage_status: StageStatus::Success,
+                exit_code: Some(0),
+                note: None,
+                counts_as_failure: false,
+                not_before: None,
+                pending_reason: None,
+            })
+            .await
+            .unwrap();
+        assert!(current, "build's attempt 1 was running");
+        self.end_run(run_id, RunStatus::Success).await;
+    }
+
+    /// What the scheduler writes when it finishes a run (e.g. a cancelled one, `cancelled`).
+    pub async fn end_run(&self, run_id: i64, status: RunStatus) {
+        self.store
+            .apply_tick(&TickWrites {
+                finish: vec![RunFinish { run_id, status }],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+
+    /// The run attempts recorded for `commit` in `repo`, as (pipeline, run_attempt), sorted.
+    pub async fn attempts(&self, repo: &str, commit: &str) -> Vec<(String, i64)> {
+        let mut attempts: Vec<(String, i64)> = self
+            .runs(repo)
+            .await
+            .into_iter()
+            .filter(|r| r.commit == commit)
+            .map(|r| (r.pipeline, r.run_attempt))
+            .collect();
+        attempts.sort();
+        attempts
     }
 
     /// Polls the store until a run of `repo` matches, or fails after a deadline.
