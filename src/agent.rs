@@ -2,7 +2,8 @@
 //! its own credential, kept in the state directory), then long-polls the server for leases,
 //! runs each on its executor, streams the log in chunks, renews the lease with heartbeats (which
 //! also deliver cancellations), and reports the end. On SIGTERM it takes no new work, lets
-//! running stages finish within the grace period, and hands back the rest.
+//! running stages finish within the grace period, and hands back the rest. On start it kills
+//! the stage processes a previous incarnation with the same work directory left running.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -56,7 +57,7 @@ struct Agent {
     stages: Mutex<HashMap<(i64, String, i64), CancellationToken>>,
 }
 
-pub async fn run(config: AgentConfig) -> Result<ExitCode> {
+pub async fn run(mut config: AgentConfig) -> Result<ExitCode> {
     let base = config.server.trim_end_matches('/').to_string();
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
@@ -65,6 +66,11 @@ pub async fn run(config: AgentConfig) -> Result<ExitCode> {
     tokio::fs::create_dir_all(&config.work_dir)
         .await
         .with_context(|| format!("cannot create the work dir {}", config.work_dir.display()))?;
+    // Workspaces (and so every stage's DEPLOYLITE_WORKSPACE) are absolute paths, so that the
+    // next start finds this incarnation's stages whatever directory it is started from.
+    config.work_dir = std::path::absolute(&config.work_dir)
+        .with_context(|| format!("cannot resolve the work dir {}", config.work_dir.display()))?;
+    kill_leftover_stages(&config.work_dir).await?;
     let credential = credential(&http, &base, &config).await?;
     let agent = Arc::new(Agent {
         config,
@@ -149,6 +155,25 @@ pub async fn run(config: AgentConfig) -> Result<ExitCode> {
         while tasks.join_next().await.is_some() {}
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Kills what a previous incarnation of this runner (same work directory) left running: after a
+/// `kill -9` its stage processes, in process groups of their own, outlive it. Their leases are
+/// lost (the server requeues the stages when the leases lapse), so nothing will ever collect
+/// their results. Done before taking work, so no stage of ours can be among them.
+async fn kill_leftover_stages(work_dir: &Path) -> Result<()> {
+    let dir = work_dir.to_path_buf();
+    // A scan of /proc: blocking file reads, off the runtime.
+    let killed = tokio::task::spawn_blocking(move || deploylite_runner::kill_stages_under(&dir))
+        .await
+        .context("the sweep for leftover stage processes failed")?;
+    if killed > 0 {
+        tracing::warn!(killed, work_dir = %work_dir.display(),
+            "killed stage processes a previous run of this runner left behind");
+    } else {
+        tracing::info!(killed, work_dir = %work_dir.display(), "no leftover stage processes");
+    }
+    Ok(())
 }
 
 #[derive(Debug)]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{find_stage, id, processes_where, status, Daemon, TestRepo};
+use common::{find_stage, id, pid_alive, processes_where, status, Daemon, Proc, TestRepo};
 use serde_json::Value;
 
 const TOKEN: &str = "test-registration-token-0123";
@@ -21,6 +21,8 @@ fn server_config() -> String {
 struct Runner {
     child: Option<Child>,
     dir: tempfile::TempDir,
+    args: Vec<String>,
+    token: String,
 }
 
 impl Runner {
@@ -39,33 +41,54 @@ impl Runner {
             .prefix("deploylite-runner-")
             .tempdir()
             .expect("tempdir");
-        let stderr = std::fs::File::create(dir.path().join("runner.stderr")).expect("stderr file");
+        let args = [
+            "runner",
+            "--server",
+            &daemon.url,
+            "--name",
+            name,
+            "--labels",
+            labels,
+            "--capacity",
+            &capacity.to_string(),
+            "--grace",
+            "1s",
+        ]
+        .map(str::to_string)
+        .to_vec();
+        let mut runner = Runner {
+            child: None,
+            dir,
+            args,
+            token: token.to_string(),
+        };
+        runner.spawn();
+        runner
+    }
+
+    /// Starts the agent (again) with this runner's name, state dir and work dir. Its stderr is
+    /// appended to, so that it keeps every incarnation's log.
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "the runner is still running");
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("runner.stderr"))
+            .expect("stderr file");
         let child = Command::new(env!("CARGO_BIN_EXE_deploylite"))
-            .args([
-                "runner",
-                "--server",
-                &daemon.url,
-                "--name",
-                name,
-                "--labels",
-                labels,
-            ])
-            .args(["--capacity", &capacity.to_string(), "--grace", "1s"])
+            .args(&self.args)
             .arg("--state-dir")
-            .arg(dir.path().join("state"))
+            .arg(self.dir.path().join("state"))
             .arg("--work-dir")
-            .arg(dir.path().join("work"))
-            .env("DEPLOYLITE_RUNNER_TOKEN", token)
+            .arg(self.work_dir())
+            .env("DEPLOYLITE_RUNNER_TOKEN", &self.token)
             .env("DEPLOYLITE_LOG", "info")
             .env_remove("DEPLOYLITE_SERVER")
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
             .expect("spawn the runner");
-        Runner {
-            child: Some(child),
-            dir,
-        }
+        self.child = Some(child);
     }
 
     fn stderr(&self) -> String {
@@ -260,6 +283,119 @@ async fn a_runner_killed_mid_stage_loses_its_lease_and_the_stage_completes_on_th
     assert!(log.contains("out done"), "{log}");
     let runs = daemon.runs().await;
     assert_eq!(runs.len(), 1, "no duplicate run");
+}
+
+/// Text without terminal colour codes (the log's field names may be styled).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI sequences end with a letter (`m` for styles).
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The `sleep 300` of a stage running under `work_dir`, other than `except`, once it exists.
+async fn stage_sleep(work_dir: &Path, except: Option<i32>) -> Proc {
+    let prefix = work_dir.display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = processes_where(|env| {
+            env.get("DEPLOYLITE_WORKSPACE")
+                .is_some_and(|w| w.starts_with(&prefix))
+        })
+        .into_iter()
+        .find(|p| p.cmdline == "sleep 300" && Some(p.pid) != except);
+        if let Some(p) = found {
+            return p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for a stage's `sleep 300` under {prefix}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_runner_kills_the_stage_processes_its_killed_predecessor_left() {
+    let repo = TestRepo::new();
+    repo.pipeline(
+        "hold.yaml",
+        "name: hold\nstages:\n  hold:\n    runs-on: [sweep]\n    steps: [{ run: 'echo attempt $DEPLOYLITE_ATTEMPT started; sleep 300' }]\n",
+    );
+    repo.commit("hold");
+    let daemon = Daemon::start(&[&repo], &server_config()).await;
+    let mut runner = Runner::start(&daemon, "runner-s", "sweep", 1);
+    let run = daemon
+        .wait_for_runs("the run", |runs| !runs.is_empty())
+        .await;
+    let run_id = id(&run[0]);
+    daemon
+        .wait_log_contains(run_id, "hold", "attempt 1 started")
+        .await;
+    let orphan = stage_sleep(&runner.work_dir(), None).await;
+    assert_eq!(orphan.env["DEPLOYLITE_RUNNER"], "runner-s");
+
+    runner.kill9();
+    // The stage runs in a process group of its own: the runner's death does not reach it.
+    assert!(
+        pid_alive(orphan.pid),
+        "the stage's sleep died with its runner: nothing left to test"
+    );
+
+    // Wait for the server to give up on the lost lease first: the stage is queued again, for
+    // this runner, when the new incarnation starts. (A runner that is mid-poll when its old
+    // lease lapses gets no work until that poll ends.) So the new attempt is there to be taken
+    // the moment the runner asks, and the sweep must come before that.
+    daemon
+        .wait_run(run_id, "the lost lease lapsed", |run| {
+            find_stage(run, "hold")["status"] == "queued"
+        })
+        .await;
+    runner.spawn();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pid_alive(orphan.pid) {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted runner left its predecessor's stage running (pid {} `{}`):\n{}",
+            orphan.pid,
+            orphan.cmdline,
+            runner.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let killed: usize = strip_ansi(&runner.stderr())
+        .lines()
+        .find(|l| l.contains("previous run of this runner left behind"))
+        .and_then(|l| {
+            l.split_once("killed=")?
+                .1
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("the runner logs how many it killed:\n{}", runner.stderr()));
+    assert!(killed >= 1, "{}", runner.stderr());
+
+    // The sweep came before any new work: the lost stage runs again on the restarted runner,
+    // and that attempt's processes are left alone.
+    daemon
+        .wait_log_contains(run_id, "hold", "attempt 2 started")
+        .await;
+    let second = stage_sleep(&runner.work_dir(), Some(orphan.pid)).await;
+    assert_eq!(second.env["DEPLOYLITE_ATTEMPT"], "2");
+    assert!(pid_alive(second.pid), "{}", runner.stderr());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,9 @@
 //! Lifecycle contract (the same for every executor): the scheduler hands over a [`StageJob`]
 //! whose workspace already holds the commit, a [`StageLog`] for its output, and a
 //! [`CancellationToken`]. `execute` returns once nothing the stage started is left running:
-//! after a timeout or a cancellation the executor has killed everything it spawned.
+//! after a timeout or a cancellation the executor has killed everything it spawned. What a
+//! killed daemon or runner left running is found again by [`kill_orphans`] and
+//! [`kill_stages_under`].
 
 pub mod docker;
 mod job;
@@ -19,5 +21,5 @@ pub use job::{BoxFuture, Executor, StageJob, StageOutcome};
 pub use kubernetes::{KubernetesConfig, KubernetesExecutor};
 pub use local::LocalExecutor;
 pub use log::{append_chunk, format_line, read_log, LogStream, StageLog};
-pub use orphans::kill_orphans;
+pub use orphans::{kill_orphans, kill_stages_under};
 pub use tokio_util::sync::CancellationToken;
