@@ -1079,16 +1079,13 @@ stages:
         .data_dir
         .join("logs")
         .join(rid.to_string())
-        .join("show")
-        .join("1.log")
+        .join("show@1.log")
         .is_file());
 }
 
-/// PRODUCT BUG (expected to fail until fixed): reconciler/src/scheduler/attempt.rs promises
-/// "DeployLite's own variables (which a pipeline cannot override)", and stage `env:` indeed
-/// cannot, but a step's `env:` can: runner/src/local.rs applies `.envs(&step.env)` after the
-/// job env. A step can then pose as another run/stage/attempt, which also defeats (or
-/// misdirects) the crash-recovery orphan killer that finds stage processes by these variables.
+/// Regression: a step's `env:` once overrode DeployLite's own variables (applied after the job
+/// env), so a step could pose as another run/stage/attempt and misdirect the crash-recovery
+/// orphan killer, which finds stage processes by these variables.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn step_env_cannot_override_deploylite_variables() {
     let repo = TestRepo::new();
@@ -1118,11 +1115,10 @@ stages:
 // ---------------------------------------------------------------------------------------------
 // Isolation between daemons on one host
 
-/// PRODUCT BUG (expected to fail until fixed): crash recovery kills "orphans" by matching only
-/// DEPLOYLITE_RUN_ID / DEPLOYLITE_STAGE / DEPLOYLITE_ATTEMPT in /proc/*/environ
-/// (runner/src/orphans.rs `kill_orphans`), not the daemon's data dir. A second daemon on the
-/// same host whose run has the same id, stage name and attempt loses its stage when the first
-/// daemon restarts after a crash.
+/// Regression: crash recovery once killed "orphans" by matching only DEPLOYLITE_RUN_ID /
+/// DEPLOYLITE_STAGE / DEPLOYLITE_ATTEMPT in /proc/*/environ, not the daemon's data dir, so a
+/// second daemon on the same host whose run had the same id, stage name and attempt lost its
+/// stage when the first daemon restarted after a crash.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_recovery_does_not_kill_stages_of_another_daemon_on_the_same_host() {
     let pipeline = r#"name: shared
@@ -1167,14 +1163,11 @@ stages:
 // ---------------------------------------------------------------------------------------------
 // Workspace preparation
 
-/// PRODUCT BUG (race; fails intermittently, most often under load): the scheduler can prepare
-/// a run's workspace twice (reconciler/src/scheduler/mod.rs `prepare_workspace`). A tick that
-/// read `workspace_ready = 0` before the first preparation finished calls `prepare_workspace`
-/// after that preparation has already left the `preparing` set; the second preparation then
-/// `remove_dir_all`s the directory ("half-written by a daemon that died") while the next tick,
-/// which sees `workspace_ready = 1`, has dispatched a stage into it. The stage fails at once
-/// (`workspace ... does not exist`, exit code null, a log with only its header line) or runs
-/// on a half-written checkout.
+/// Regression (a race, seen most often under load): the scheduler once prepared a run's
+/// workspace twice. A tick that read `workspace_ready = 0` before the first preparation finished
+/// started a second one, which `remove_dir_all`ed the directory ("half-written by a daemon that
+/// died") while a stage dispatched by the next tick ran in it. The run's id stays in the
+/// scheduler's `preparing` set until the tick that records the workspace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_stage_starts_in_a_complete_workspace() {
     let repo = TestRepo::new();

@@ -16,11 +16,12 @@ impl DataDir {
         &self.root
     }
 
-    /// `logs/<run>/<stage>/<attempt>.log`
+    /// `logs/<run>/<stage>@<attempt>.log`: one directory per run, not per stage, because
+    /// creating a directory costs as much as the rest of a short stage's bookkeeping. `@` never
+    /// appears in an encoded stage name, so the name cannot collide with another stage's.
     pub fn log_path(&self, run_id: i64, stage: &str, attempt: i64) -> PathBuf {
         self.run_logs(run_id)
-            .join(safe_component(stage))
-            .join(format!("{attempt}.log"))
+            .join(format!("{}@{attempt}.log", safe_component(stage)))
     }
 
     pub fn run_logs(&self, run_id: i64) -> PathBuf {
@@ -72,11 +73,15 @@ mod tests {
         let d = DataDir::new("/data");
         assert_eq!(
             d.log_path(3, "test", 2),
-            PathBuf::from("/data/logs/3/test/2.log")
+            PathBuf::from("/data/logs/3/test@2.log")
         );
         assert_eq!(
             d.log_path(3, "..", 1),
-            PathBuf::from("/data/logs/3/%2e%2e/1.log")
+            PathBuf::from("/data/logs/3/%2e%2e@1.log")
+        );
+        assert_eq!(
+            d.log_path(3, "a@1", 2),
+            PathBuf::from("/data/logs/3/%61%40%31@2.log")
         );
         assert_eq!(d.mirror("a/b"), PathBuf::from("/data/git/%61%2f%62.git"));
     }

@@ -44,18 +44,23 @@ pub struct StageLog {
 impl StageLog {
     /// Creates (or appends to) the log at `path`, creating parent directories.
     pub async fn create(path: &Path) -> std::io::Result<StageLog> {
-        if let Some(parent) = path.parent() {
-            tokio::fs::create_dir_all(parent).await?;
-        }
-        let file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .await?;
+        let owned = path.to_path_buf();
+        // One trip to the blocking pool for both calls: this is on every stage's critical path.
+        let file = tokio::task::spawn_blocking(move || {
+            if let Some(parent) = owned.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&owned)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
         Ok(StageLog {
             sink: Sink::File {
                 path: path.to_path_buf(),
-                file: BufWriter::new(file),
+                file: BufWriter::new(File::from_std(file)),
             },
             echo_prefix: None,
         })
