@@ -108,6 +108,7 @@ conformance!(
     a_remote_lease_is_collected_once_renewed_and_guarded,
     an_expired_lease_requeues_the_stage_without_counting_a_failure,
     recovery_leaves_remote_leases_alone,
+    the_schedulers_copy_matches_the_store_after_every_write,
 );
 
 fn new_run(commit: &str, concurrency: Concurrency) -> NewRun {
@@ -964,5 +965,132 @@ async fn recovery_leaves_remote_leases_alone(store: &Store, _url: &str) {
     assert_eq!(
         stage_status(store, remote, "build").await,
         (StageStatus::Running, 1)
+    );
+}
+
+fn diamond_run(commit: &str) -> NewRun {
+    let text = "name: ci\nstages:\n  a: { steps: [{ run: 'true' }] }\n  b: { needs: [a], steps: [{ run: 'true' }] }\n  c: { needs: [a], steps: [{ run: 'true' }] }\n  d: { needs: [b, c], steps: [{ run: 'true' }] }\n  e: { needs: [c], steps: [{ run: 'true' }] }\n";
+    let pipeline = deploylite_pipeline::parse_pipeline("ci.yaml", text).expect("valid pipeline");
+    let stages = pipeline
+        .stages
+        .iter()
+        .map(|s| NewStage {
+            name: s.name.clone(),
+            status: StageStatus::Queued,
+            needs: s.needs.clone(),
+            pending_reason: None,
+        })
+        .collect();
+    NewRun {
+        spec: Some(serde_json::to_string(&pipeline).expect("spec json")),
+        stages,
+        report: true,
+        ..new_run(commit, Concurrency::Parallel)
+    }
+}
+
+/// The scheduler keeps the active runs in memory and applies its own writes to that copy
+/// (`scheduler::active`). Drive a run to its end through every kind of write — start, pending
+/// reasons (capacity 1), dispatch, a retry with backoff, a failure that skips its dependents,
+/// success, the run's finish — and compare the copy with a fresh read after each one.
+async fn the_schedulers_copy_matches_the_store_after_every_write(store: &Store, _url: &str) {
+    use deploylite_reconciler::scheduler::{active, plan_tick, PlanConfig, RunnerSlot};
+    use deploylite_reconciler::store::now_ms;
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    let (created, _) = store
+        .record_commit(&record("c1", vec![diamond_run("c1")]))
+        .await
+        .unwrap();
+    let run_id = created[0];
+    let spec = Arc::new(store.run_spec(run_id).await.unwrap());
+    let specs = HashMap::from([(run_id, spec)]);
+    let config = PlanConfig {
+        runners: vec![RunnerSlot {
+            name: "local".into(),
+            labels: vec![],
+            capacity: 1,
+        }],
+        lease_ttl_ms: 30_000,
+    };
+    let mut copy = store.load_active().await.unwrap();
+    let mut retried = false;
+    let mut kinds_seen = std::collections::BTreeSet::new();
+    for step in 0..60 {
+        if copy.is_empty() {
+            break;
+        }
+        let (writes, effects) = plan_tick(&copy, &specs, &config, now_ms());
+        if !writes.is_empty() {
+            for (kind, present) in [
+                ("start", !writes.start_runs.is_empty()),
+                ("dispatch", !writes.dispatch.is_empty()),
+                ("skip", !writes.skip.is_empty()),
+                ("pending", !writes.stage_pending.is_empty()),
+                ("finish", !writes.finish.is_empty()),
+            ] {
+                if present {
+                    kinds_seen.insert(kind);
+                }
+            }
+            let mut tx = store.begin_tick().await.unwrap();
+            assert!(
+                tx.apply(&writes).await.unwrap(),
+                "step {step}: a guarded write missed"
+            );
+            tx.commit().await.unwrap();
+            active::apply_writes(&mut copy, &writes);
+        } else if effects.prepare_workspace.contains(&run_id) {
+            store.mark_workspace_ready(run_id, "/ws/1").await.unwrap();
+            active::apply_workspace_ready(&mut copy, run_id, "/ws/1");
+        } else {
+            // End the running stage: `a` fails once and is retried, `b` fails for good.
+            let running = copy[0]
+                .stages
+                .iter()
+                .find(|s| s.status == StageStatus::Running)
+                .unwrap_or_else(|| {
+                    panic!("step {step}: nothing to do and nothing running: {copy:?}")
+                })
+                .clone();
+            let mut end = result(run_id, running.attempt, StageStatus::Success);
+            end.stage = running.name.clone();
+            if running.name == "a" && !retried {
+                retried = true;
+                end.attempt_status = StageStatus::Failed;
+                end.stage_status = StageStatus::Queued;
+                end.counts_as_failure = true;
+                end.not_before = Some(now_ms() - 1);
+                end.pending_reason = Some("backoff until now: attempt 1 failed".into());
+                kinds_seen.insert("retry");
+            } else if running.name == "b" {
+                end.attempt_status = StageStatus::Failed;
+                end.stage_status = StageStatus::Failed;
+                end.exit_code = Some(1);
+                end.counts_as_failure = true;
+            }
+            let mut tx = store.begin_tick().await.unwrap();
+            assert!(tx.finish_attempt(&end).await.unwrap());
+            tx.commit().await.unwrap();
+            assert!(active::apply_result(&mut copy, &end), "step {step}");
+        }
+        assert_eq!(
+            copy,
+            store.load_active().await.unwrap(),
+            "step {step}: the copy and the store differ"
+        );
+    }
+    assert!(copy.is_empty(), "the run did not finish: {copy:?}");
+    let (run, stages) = store.get_run(run_id).await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Failed);
+    let status_of = |name: &str| stages.iter().find(|s| s.name == name).map(|s| s.status);
+    assert_eq!(status_of("a"), Some(StageStatus::Success));
+    assert_eq!(status_of("b"), Some(StageStatus::Failed));
+    assert_eq!(status_of("d"), Some(StageStatus::Skipped));
+    assert_eq!(status_of("e"), Some(StageStatus::Success));
+    assert_eq!(
+        kinds_seen.into_iter().collect::<Vec<_>>(),
+        ["dispatch", "finish", "pending", "retry", "skip", "start"]
     );
 }

@@ -9,7 +9,7 @@ use deploylite_runner::outcome::{describe, verdict, Verdict};
 use deploylite_runner::{CancellationToken, StageJob, StageLog};
 use rand::Rng;
 
-use super::{lock, Scheduler, SchedulerEvent};
+use super::{lock, Scheduler};
 use crate::status::StageStatus;
 use crate::store::{now_ms, ActiveRun, AttemptResult, Dispatch};
 
@@ -56,34 +56,17 @@ impl Scheduler {
         let Some(result) = result else {
             return; // daemon shutting down: the attempt stays open for recovery
         };
-        let mut recorded = false;
-        for delay_ms in [0u64, 100, 500, 2000, 5000] {
-            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-            match self.store.finish_attempt(&result).await {
-                Ok(applied) => {
-                    if !applied {
-                        tracing::warn!(run_id = d.run_id, stage = %d.stage, attempt = d.attempt,
-                            "attempt result ignored: the attempt is no longer current");
-                    }
-                    recorded = true;
-                    break;
-                }
-                Err(error) => {
-                    tracing::error!(%error, run_id = d.run_id, stage = %d.stage, "cannot record an attempt; retrying")
-                }
-            }
-        }
-        if !recorded {
+        // The scheduler's next tick records the end together with what follows from it.
+        if let Err(error) = self
+            .complete(super::Completion::Attempt {
+                result,
+                reply: None,
+            })
+            .await
+        {
             // Left open in the store: the next start recovers it as interrupted.
-            tracing::error!(run_id = d.run_id, stage = %d.stage, "giving up recording an attempt");
+            tracing::error!(%error, run_id = d.run_id, stage = %d.stage, "cannot record an attempt");
         }
-        let _ = self.events.send(SchedulerEvent::StageFinished {
-            run_id: d.run_id,
-            stage: d.stage.clone(),
-            attempt: d.attempt,
-            status: result.attempt_status,
-        });
-        self.wake.notify_one();
     }
 
     /// Runs the attempt (and the rollback when it is the stage's last failure). None when the

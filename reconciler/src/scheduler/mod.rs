@@ -1,25 +1,28 @@
-//! The stage scheduler: a single task that repeatedly reads the active runs from the store,
-//! decides (see [`plan`]) and writes the decisions in one transaction, then starts the
-//! dispatched attempts on the executor. Everything it knows survives in the store; what it keeps
-//! in memory (parsed specs, cancellation handles) is a cache or a handle on live processes.
+//! The stage scheduler: a single task that, on each tick, collects what ended since the last one
+//! (attempts, workspaces), decides what follows (see [`plan`]) and writes both in one
+//! transaction (group commit), then starts the dispatched attempts on the executor. Everything
+//! it knows survives in the store; what it keeps in memory (the active runs, see [`active`];
+//! parsed specs; cancellation handles) is a write-through cache or a handle on live processes.
 
+pub mod active;
 mod attempt;
 pub mod plan;
 mod remote;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deploylite_pipeline::Pipeline;
 use deploylite_runner::{CancellationToken, Executor};
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 use tokio::task::JoinSet;
 
 use crate::paths::DataDir;
 use crate::status::{RunStatus, StageStatus};
-use crate::store::{now_ms, ActiveRun, Store, StoreError, LOCAL_RUNNER};
+use crate::store::{now_ms, ActiveRun, AttemptResult, Store, StoreError, TickTx, LOCAL_RUNNER};
 pub use plan::{plan_tick, PlanConfig, RunnerSlot, TickEffects};
 pub use remote::{LeaseJob, RemoteOutcome, RunnerHub};
 
@@ -82,9 +85,44 @@ pub enum SchedulerEvent {
     },
 }
 
-/// When nothing wakes it, the scheduler still looks at the store this often (a safety net for
+/// When nothing wakes it, the scheduler still reads the store this often (a safety net for
 /// writes made by another process, e.g. a second daemon on the same PostgreSQL).
 const IDLE_TICK: Duration = Duration::from_secs(2);
+
+/// Something that ended outside the scheduler task and is written by its next tick, in the
+/// same transaction as what follows from it.
+enum Completion {
+    /// A stage attempt ended. `reply` (remote runners) learns whether the result was recorded.
+    Attempt {
+        result: AttemptResult,
+        reply: Option<oneshot::Sender<bool>>,
+    },
+    WorkspaceReady {
+        run_id: i64,
+        path: String,
+    },
+    WorkspaceFailed {
+        run_id: i64,
+        message: String,
+    },
+}
+
+/// What the scheduler task keeps between ticks.
+struct LoopState {
+    /// The active runs as the store has them after our own writes; None: read them again.
+    active: Option<Vec<ActiveRun>>,
+    runners: Option<PlanConfig>,
+    loaded_at: Instant,
+    /// Collected but not committed yet: kept until a tick's commit succeeds.
+    pending: Vec<Completion>,
+}
+
+impl LoopState {
+    fn invalidate(&mut self) {
+        self.active = None;
+        self.runners = None;
+    }
+}
 
 pub struct Scheduler {
     store: Store,
@@ -98,6 +136,11 @@ pub struct Scheduler {
     specs: Mutex<HashMap<i64, Arc<Pipeline>>>,
     running: Mutex<HashMap<(i64, String), CancellationToken>>,
     preparing: Mutex<HashSet<i64>>,
+    completions: mpsc::UnboundedSender<Completion>,
+    /// The receiving end, taken by [`Scheduler::run`].
+    completions_rx: Mutex<Option<mpsc::UnboundedReceiver<Completion>>>,
+    /// Whether [`Scheduler::run`] is collecting completions (else they are written directly).
+    collecting: AtomicBool,
     /// Echo stage logs to stdout (the `run` command).
     echo_logs: bool,
 }
@@ -134,6 +177,7 @@ impl Scheduler {
         echo_logs: bool,
     ) -> Arc<Scheduler> {
         let (events, _) = broadcast::channel(1024);
+        let (completions, completions_rx) = mpsc::unbounded_channel();
         Arc::new(Scheduler {
             store,
             data,
@@ -146,11 +190,15 @@ impl Scheduler {
             specs: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
             preparing: Mutex::new(HashSet::new()),
+            completions,
+            completions_rx: Mutex::new(Some(completions_rx)),
+            collecting: AtomicBool::new(false),
             echo_logs,
         })
     }
 
-    /// A handle that makes the scheduler look at the store now.
+    /// A handle that makes the scheduler read the store again and act now. Whoever writes runs
+    /// or stages outside the scheduler (new runs, cancellations, runners) must use it.
     pub fn waker(&self) -> Arc<Notify> {
         self.wake.clone()
     }
@@ -220,13 +268,28 @@ impl Scheduler {
     /// Runs until `shutdown`. Attempts still running then are left marked running in the store,
     /// and their processes are stopped: the next start recovers them as new attempts.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let Some(mut completions) = lock(&self.completions_rx).take() else {
+            tracing::error!("the scheduler is already running");
+            return;
+        };
+        self.collecting.store(true, Ordering::SeqCst);
+        let mut state = LoopState {
+            active: None,
+            runners: None,
+            loaded_at: Instant::now(),
+            pending: Vec::new(),
+        };
         let mut tasks = JoinSet::new();
         loop {
-            let wakeup = match self.tick(&mut tasks, &shutdown).await {
+            while let Ok(completion) = completions.try_recv() {
+                state.pending.push(completion);
+            }
+            let wakeup = match self.tick(&mut state, &mut tasks, &shutdown).await {
                 Ok(Some(effects)) => effects.next_wakeup,
                 Ok(None) => continue, // made progress: look again at once
                 Err(error) => {
                     tracing::error!(%error, "scheduler tick failed; retrying");
+                    state.invalidate();
                     Some(now_ms() + 1000)
                 }
             };
@@ -237,41 +300,150 @@ impl Scheduler {
                 })
                 .unwrap_or(IDLE_TICK);
             tokio::select! {
-                _ = self.wake.notified() => {}
+                _ = self.wake.notified() => state.invalidate(),
+                Some(completion) = completions.recv() => state.pending.push(completion),
                 _ = tokio::time::sleep(sleep) => {}
                 _ = shutdown.cancelled() => break,
             }
         }
         tracing::info!(running = tasks.len(), "scheduler stopping");
         while tasks.join_next().await.is_some() {}
+        // What ended before the stop is recorded; attempts cut short by it were not sent and
+        // stay open for recovery.
+        self.collecting.store(false, Ordering::SeqCst);
+        completions.close();
+        while let Ok(completion) = completions.try_recv() {
+            state.pending.push(completion);
+        }
+        if let Err(error) = self.commit_completions(&mut state).await {
+            tracing::error!(%error, "cannot record the last attempt ends; they run again after a restart");
+        }
+    }
+
+    /// Hands something that ended to the scheduler task, or writes it at once when that task
+    /// is not running (then the next start reads it from the store).
+    async fn complete(&self, completion: Completion) -> Result<bool, StoreError> {
+        if self.collecting.load(Ordering::SeqCst) {
+            match self.completions.send(completion) {
+                Ok(()) => return Ok(true),
+                Err(mpsc::error::SendError(completion)) => {
+                    return self.write_completion(completion).await
+                }
+            }
+        }
+        self.write_completion(completion).await
+    }
+
+    async fn write_completion(&self, completion: Completion) -> Result<bool, StoreError> {
+        let mut tx = self.store.begin_tick().await?;
+        let applied = write_one(&mut tx, &completion).await?;
+        tx.commit().await?;
+        if let Completion::Attempt {
+            reply: Some(reply), ..
+        } = completion
+        {
+            let _ = reply.send(applied);
+        }
+        self.wake.notify_one();
+        Ok(applied)
     }
 
     /// One pass. Returns `Ok(None)` when it changed something (so another pass may find more),
     /// or the effects of a pass that found nothing to do.
     async fn tick(
         self: &Arc<Self>,
+        state: &mut LoopState,
         tasks: &mut JoinSet<()>,
         shutdown: &CancellationToken,
     ) -> Result<Option<TickEffects>, StoreError> {
-        let runs = self.store.load_active().await?;
-        let specs = self.specs_for(&runs).await;
         let now = now_ms();
-        let slots = self.runner_slots(now).await?;
-        let (writes, effects) = plan_tick(&runs, &specs, &slots, now);
-        self.store.apply_tick(&writes).await?;
+        if state.loaded_at.elapsed() >= IDLE_TICK {
+            state.invalidate();
+        }
+        let fresh = state.active.is_none();
+        if fresh {
+            state.active = Some(self.store.load_active().await?);
+            state.runners = Some(self.runner_slots(now).await?);
+            state.loaded_at = Instant::now();
+        }
+        let (Some(runs), Some(slots)) = (state.active.as_mut(), state.runners.as_ref()) else {
+            return Ok(None);
+        };
+
+        let mut tx: Option<TickTx<'static>> = None;
+        let mut outcomes = Vec::with_capacity(state.pending.len());
+        let mut consistent = true;
+        for completion in &state.pending {
+            let tx = match &mut tx {
+                Some(tx) => tx,
+                None => tx.insert(self.store.begin_tick().await?),
+            };
+            let applied = write_one(tx, completion).await?;
+            match completion {
+                Completion::Attempt { result, .. } => {
+                    // Our copy must agree with the store on which attempt was running.
+                    consistent &= applied == active::apply_result(runs, result);
+                }
+                Completion::WorkspaceReady { run_id, path } => {
+                    active::apply_workspace_ready(runs, *run_id, path)
+                }
+                Completion::WorkspaceFailed { run_id, .. } => {
+                    active::apply_run_failed(runs, *run_id)
+                }
+            }
+            outcomes.push(applied);
+        }
+        if !consistent {
+            // Record the ends, then decide on a fresh read.
+            if let Some(tx) = tx {
+                tx.commit().await?;
+            }
+            self.after_completions(state, &outcomes);
+            state.invalidate();
+            return Ok(None);
+        }
+
+        let specs = self.specs_for(runs).await;
+        let (writes, effects) = plan_tick(runs, &specs, slots, now);
+        if !writes.expire.is_empty() && !fresh {
+            // A lease may have been renewed since our copy was read: check on a fresh one.
+            if let Some(tx) = tx {
+                tx.commit().await?;
+            }
+            self.after_completions(state, &outcomes);
+            state.invalidate();
+            return Ok(None);
+        }
+        // The checkout overlaps this tick's commit: it is the slow part of starting a run.
+        for run_id in &effects.prepare_workspace {
+            if let Some(run) = runs.iter().find(|r| r.id == *run_id) {
+                self.prepare_workspace(run, tasks);
+            }
+        }
+        let mut as_expected = true;
+        if !writes.is_empty() {
+            let tx = match &mut tx {
+                Some(tx) => tx,
+                None => tx.insert(self.store.begin_tick().await?),
+            };
+            as_expected = tx.apply(&writes).await?;
+        }
+        if let Some(tx) = tx {
+            tx.commit().await?;
+        }
+        let progressed = !writes.is_empty() || !state.pending.is_empty();
+        self.after_completions(state, &outcomes);
+        let Some(runs) = state.active.as_mut() else {
+            return Ok(None);
+        };
+
         for expired in &writes.expire {
             tracing::warn!(run_id = expired.run_id, stage = %expired.stage, attempt = expired.attempt, runner = %expired.runner,
                 "lease expired: the stage goes back to the queue");
         }
-
         for (run_id, stage) in &effects.cancel_running {
             if let Some(token) = lock(&self.running).get(&(*run_id, stage.clone())) {
                 token.cancel();
-            }
-        }
-        for run_id in &effects.prepare_workspace {
-            if let Some(run) = runs.iter().find(|r| r.id == *run_id) {
-                self.prepare_workspace(run, tasks);
             }
         }
         for finish in &writes.finish {
@@ -314,8 +486,71 @@ impl Scheduler {
             };
             tasks.spawn(self.clone().run_attempt(context));
         }
-        let progressed = !writes.is_empty();
+        if as_expected && writes.expire.is_empty() {
+            active::apply_writes(runs, &writes);
+        } else {
+            state.invalidate();
+        }
         Ok(if progressed { None } else { Some(effects) })
+    }
+
+    /// After the commit that recorded `state.pending`: answers and announces them.
+    fn after_completions(&self, state: &mut LoopState, outcomes: &[bool]) {
+        for (completion, applied) in state.pending.drain(..).zip(outcomes) {
+            match completion {
+                Completion::Attempt { result, reply } => {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(*applied);
+                    }
+                    if !applied {
+                        tracing::warn!(run_id = result.run_id, stage = %result.stage, attempt = result.attempt,
+                            "attempt result ignored: the attempt is no longer current");
+                        continue;
+                    }
+                    let _ = self.events.send(SchedulerEvent::StageFinished {
+                        run_id: result.run_id,
+                        stage: result.stage,
+                        attempt: result.attempt,
+                        status: result.attempt_status,
+                    });
+                }
+                Completion::WorkspaceReady { run_id, .. } => {
+                    lock(&self.preparing).remove(&run_id);
+                }
+                Completion::WorkspaceFailed { run_id, .. } => {
+                    lock(&self.preparing).remove(&run_id);
+                    lock(&self.specs).remove(&run_id);
+                    let _ = self.events.send(SchedulerEvent::RunFinished {
+                        run_id,
+                        status: RunStatus::Failed,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Writes what is pending without deciding anything more (the scheduler is stopping).
+    async fn commit_completions(&self, state: &mut LoopState) -> Result<(), StoreError> {
+        if state.pending.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.store.begin_tick().await?;
+        let mut outcomes = Vec::with_capacity(state.pending.len());
+        for completion in &state.pending {
+            outcomes.push(write_one(&mut tx, completion).await?);
+        }
+        tx.commit().await?;
+        self.after_completions(state, &outcomes);
+        Ok(())
+    }
+
+    /// A run's pipeline, from the cache the ticks fill (parsing a large spec for every lease
+    /// and every report would cost more than the rest of the request).
+    async fn spec_of(&self, run_id: i64) -> Result<Arc<Pipeline>, StoreError> {
+        if let Some(spec) = lock(&self.specs).get(&run_id) {
+            return Ok(spec.clone());
+        }
+        Ok(Arc::new(self.store.run_spec(run_id).await?))
     }
 
     async fn specs_for(&self, runs: &[ActiveRun]) -> HashMap<i64, Arc<Pipeline>> {
@@ -341,6 +576,7 @@ impl Scheduler {
     }
 
     fn prepare_workspace(self: &Arc<Self>, run: &ActiveRun, tasks: &mut JoinSet<()>) {
+        // Cleared by the tick that records the result, so no tick in between prepares it twice.
         if !lock(&self.preparing).insert(run.id) {
             return;
         }
@@ -348,21 +584,6 @@ impl Scheduler {
         let (run_id, repo, commit) = (run.id, run.repo.clone(), run.commit.clone());
         tasks.spawn(async move {
             let dir = this.data.workspace(run_id);
-            // The tick that asked for this may have read the run before an earlier preparation
-            // finished: never rewrite a workspace that stages may already be using.
-            match this.store.workspace_ready(run_id).await {
-                Ok(true) => {
-                    lock(&this.preparing).remove(&run_id);
-                    this.wake.notify_one();
-                    return;
-                }
-                Ok(false) => {}
-                Err(error) => {
-                    tracing::error!(run_id, %error, "cannot read whether a workspace is ready");
-                    lock(&this.preparing).remove(&run_id);
-                    return;
-                }
-            }
             let result = async {
                 if tokio::fs::try_exists(&dir).await.unwrap_or(false) {
                     // Half-written by a daemon that died while preparing it.
@@ -373,25 +594,39 @@ impl Scheduler {
                 this.workspaces.prepare(&repo, &commit, &dir).await
             }
             .await;
-            let recorded = match result {
-                Ok(()) => {
-                    this.store
-                        .mark_workspace_ready(run_id, &dir.display().to_string())
-                        .await
-                }
+            let completion = match result {
+                Ok(()) => Completion::WorkspaceReady {
+                    run_id,
+                    path: dir.display().to_string(),
+                },
                 Err(message) => {
                     tracing::error!(run_id, %message, "cannot prepare the workspace");
-                    this.store
-                        .fail_run(run_id, &format!("cannot prepare the workspace: {message}"))
-                        .await
+                    Completion::WorkspaceFailed {
+                        run_id,
+                        message: format!("cannot prepare the workspace: {message}"),
+                    }
                 }
             };
-            if let Err(error) = recorded {
+            if let Err(error) = this.complete(completion).await {
                 tracing::error!(run_id, %error, "cannot record the workspace");
+                lock(&this.preparing).remove(&run_id);
             }
-            lock(&this.preparing).remove(&run_id);
-            this.wake.notify_one();
         });
+    }
+}
+
+/// Writes one completion in `tx`; whether it changed anything.
+async fn write_one(tx: &mut TickTx<'_>, completion: &Completion) -> Result<bool, StoreError> {
+    match completion {
+        Completion::Attempt { result, .. } => tx.finish_attempt(result).await,
+        Completion::WorkspaceReady { run_id, path } => {
+            tx.mark_workspace_ready(*run_id, path).await?;
+            Ok(true)
+        }
+        Completion::WorkspaceFailed { run_id, message } => {
+            tx.fail_run(*run_id, message).await?;
+            Ok(true)
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use deploylite_pipeline::Stage;
 use deploylite_runner::outcome::{describe, verdict, Verdict};
 use deploylite_runner::StageOutcome;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 
 use super::{lock, Scheduler, SchedulerEvent};
 use crate::status::StageStatus;
@@ -117,10 +117,10 @@ impl Scheduler {
             .await?;
         let mut jobs = Vec::with_capacity(leases.len());
         for lease in leases {
-            let Some((run, _)) = self.store.get_run(lease.run_id).await? else {
+            let Some(run) = self.store.run(lease.run_id).await? else {
                 continue;
             };
-            let spec = self.store.run_spec(lease.run_id).await?;
+            let spec = self.spec_of(lease.run_id).await?;
             let Some(stage) = spec.stages.iter().find(|s| s.name == lease.stage).cloned() else {
                 continue;
             };
@@ -212,7 +212,7 @@ impl Scheduler {
             self.after_remote_end(run_id, stage_name, attempt, StageStatus::Failed);
             return Ok(done);
         };
-        let spec = self.store.run_spec(run_id).await?;
+        let spec = self.spec_of(run_id).await?;
         let Some(stage) = spec.stages.iter().find(|s| s.name == stage_name) else {
             return Ok(false);
         };
@@ -269,11 +269,14 @@ impl Scheduler {
                 }
             }
         };
-        let applied = self.store.finish_attempt(&result).await?;
-        if applied {
-            self.after_remote_end(run_id, stage_name, attempt, result.attempt_status);
-        }
-        Ok(applied)
+        // Recorded by the scheduler's next tick, with whatever the end lets start.
+        let (reply, recorded) = oneshot::channel();
+        self.complete(super::Completion::Attempt {
+            result,
+            reply: Some(reply),
+        })
+        .await?;
+        recorded.await.map_err(|_| StoreError::Stopping)
     }
 
     /// Appends a chunk of formatted log lines to the attempt's log, if the runner holds it.

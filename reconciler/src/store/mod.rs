@@ -26,7 +26,7 @@ pub use runs::{
 };
 pub use schedule::{
     ActiveRun, ActiveStage, AttemptResult, Dispatch, ExpiredLease, Interrupted, RunFinish,
-    StageSkip, TickWrites, INTERRUPTED_NOTE,
+    StageSkip, TickTx, TickWrites, INTERRUPTED_NOTE,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +50,8 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    #[error("the scheduler is stopping: try again after the daemon restarts")]
+    Stopping,
     #[error("the database holds a value this version cannot read ({0})")]
     Corrupt(String),
     #[error("unsupported database URL `{0}`: expected sqlite://PATH or postgres://...")]

@@ -269,17 +269,21 @@ impl Store {
         rows.iter().map(run_from_row).collect()
     }
 
-    pub async fn get_run(&self, id: i64) -> Result<Option<(RunRecord, Vec<StageRecord>)>> {
+    /// A run without its stages.
+    pub async fn run(&self, id: i64) -> Result<Option<RunRecord>> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1");
-        let Some(row) = sqlx::query(&sql)
+        let row = sqlx::query(&sql)
             .bind(id)
             .fetch_optional(self.pool())
             .await
-            .ctx("reading a run")?
-        else {
+            .ctx("reading a run")?;
+        row.as_ref().map(run_from_row).transpose()
+    }
+
+    pub async fn get_run(&self, id: i64) -> Result<Option<(RunRecord, Vec<StageRecord>)>> {
+        let Some(run) = self.run(id).await? else {
             return Ok(None);
         };
-        let run = run_from_row(&row)?;
         let stage_rows = sqlx::query(
             "SELECT name, position, status, attempt, needs, pending_reason, started_at, finished_at, exit_code
              FROM stages WHERE run_id = $1 ORDER BY position",

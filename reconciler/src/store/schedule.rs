@@ -8,7 +8,7 @@ use super::runs::{parse_concurrency, parse_json, parse_status, queue_report};
 use super::{now_ms, DbContext, Result, Store, StoreError};
 use crate::status::{RunStatus, StageStatus};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ActiveRun {
     pub id: i64,
     pub repo: String,
@@ -25,7 +25,7 @@ pub struct ActiveRun {
     pub stages: Vec<ActiveStage>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ActiveStage {
     pub name: String,
     pub position: i64,
@@ -115,7 +115,7 @@ impl TickWrites {
 }
 
 /// How an attempt ended, as the scheduler decided it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AttemptResult {
     pub run_id: i64,
     pub stage: String,
@@ -242,142 +242,29 @@ impl Store {
         if writes.is_empty() {
             return Ok(());
         }
-        let now = now_ms();
-        let mut tx = self.pool().begin().await.ctx("starting a scheduler tick")?;
-        for run_id in &writes.start_runs {
-            sqlx::query(
-                "UPDATE runs SET status = 'running', started_at = $2, pending_reason = NULL
-                 WHERE id = $1 AND status = 'queued'",
-            )
-            .bind(run_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .ctx("starting a run")?;
-        }
-        for (run_id, reason) in &writes.run_pending {
-            sqlx::query("UPDATE runs SET pending_reason = $2 WHERE id = $1 AND status = 'queued'")
-                .bind(run_id)
-                .bind(reason.as_deref())
-                .execute(&mut *tx)
-                .await
-                .ctx("updating a run's pending reason")?;
-        }
-        for skip in &writes.skip {
-            sqlx::query(
-                "UPDATE stages SET status = $3, pending_reason = $4, finished_at = $5
-                 WHERE run_id = $1 AND name = $2 AND status = 'queued'",
-            )
-            .bind(skip.run_id)
-            .bind(&skip.stage)
-            .bind(skip.status.as_str())
-            .bind(&skip.reason)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .ctx("skipping a stage")?;
-        }
-        for (run_id, stage, reason) in &writes.stage_pending {
-            sqlx::query("UPDATE stages SET pending_reason = $3 WHERE run_id = $1 AND name = $2 AND status = 'queued'")
-                .bind(run_id)
-                .bind(stage)
-                .bind(reason.as_deref())
-                .execute(&mut *tx)
-                .await
-                .ctx("updating a stage's pending reason")?;
-        }
-        for e in &writes.expire {
-            // A runner that let a lease lapse is dead or cut off: it gets no new stage until it
-            // is heard from again (its next poll or heartbeat).
-            sqlx::query("UPDATE runners SET last_seen = NULL WHERE name = $1")
-                .bind(&e.runner)
-                .execute(&mut *tx)
-                .await
-                .ctx("marking a runner offline")?;
-            requeue_in(
-                &mut tx,
-                e.run_id,
-                &e.stage,
-                e.attempt,
-                &format!(
-                    "interrupted: lease expired, runner `{}` stopped renewing it",
-                    e.runner
-                ),
-                &format!(
-                    "restart: attempt {} was lost with runner `{}`",
-                    e.attempt, e.runner
-                ),
-            )
-            .await?;
-        }
-        dispatch_batch(&mut tx, &writes.dispatch, now).await?;
-        for finish in &writes.finish {
-            sqlx::query(
-                "UPDATE runs SET status = $2, finished_at = $3,
-                     started_at = COALESCE(started_at, $3)
-                 WHERE id = $1 AND status IN ('queued', 'running')",
-            )
-            .bind(finish.run_id)
-            .bind(finish.status.as_str())
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .ctx("finishing a run")?;
-        }
-        for run_id in writes.touched_runs() {
-            queue_report(&mut tx, run_id, now).await?;
-        }
-        tx.commit().await.ctx("committing a scheduler tick")?;
-        Ok(())
+        let mut tx = self.begin_tick().await?;
+        tx.apply(writes).await?;
+        tx.commit().await
     }
 
     /// Records how an attempt ended. Returns false, changing nothing, when that attempt is no
     /// longer the stage's running one (a late or duplicate report).
     pub async fn finish_attempt(&self, result: &AttemptResult) -> Result<bool> {
-        let now = now_ms();
-        let mut tx = self
-            .pool()
-            .begin()
-            .await
-            .ctx("starting to record an attempt")?;
-        let updated = sqlx::query(
-            "UPDATE stage_attempts SET status = $4, exit_code = $5, note = $6, finished_at = $7
-             WHERE run_id = $1 AND stage = $2 AND attempt = $3 AND status = 'running'",
-        )
-        .bind(result.run_id)
-        .bind(&result.stage)
-        .bind(result.attempt)
-        .bind(result.attempt_status.as_str())
-        .bind(result.exit_code)
-        .bind(result.note.as_deref())
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .ctx("recording an attempt's end")?;
-        if updated.rows_affected() != 1 {
-            return Ok(false);
-        }
-        let finished_at = result.stage_status.is_final().then_some(now);
-        sqlx::query(
-            "UPDATE stages SET status = $4, exit_code = $5, finished_at = $6, failures = failures + $7,
-                 not_before = $8, pending_reason = $9
-             WHERE run_id = $1 AND name = $2 AND attempt = $3 AND status = 'running'",
-        )
-        .bind(result.run_id)
-        .bind(&result.stage)
-        .bind(result.attempt)
-        .bind(result.stage_status.as_str())
-        .bind(result.exit_code)
-        .bind(finished_at)
-        .bind(i64::from(result.counts_as_failure))
-        .bind(result.not_before)
-        .bind(result.pending_reason.as_deref())
-        .execute(&mut *tx)
-        .await
-        .ctx("recording a stage's state")?;
-        queue_report(&mut tx, result.run_id, now).await?;
-        tx.commit().await.ctx("committing an attempt's end")?;
-        Ok(true)
+        let mut tx = self.begin_tick().await?;
+        let applied = tx.finish_attempt(result).await?;
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    /// One transaction for everything a scheduler tick writes: the attempt ends and workspaces
+    /// it collected since the last tick, and its own decisions (group commit: one durable
+    /// commit for all of them).
+    pub async fn begin_tick(&self) -> Result<TickTx<'static>> {
+        Ok(TickTx {
+            tx: self.pool().begin().await.ctx("starting a scheduler tick")?,
+            now: now_ms(),
+            touched: Vec::new(),
+        })
     }
 
     /// After a crash: every attempt the local runner still had marked running was cut short.
@@ -428,13 +315,9 @@ impl Store {
     }
 
     pub async fn mark_workspace_ready(&self, run_id: i64, path: &str) -> Result<()> {
-        sqlx::query("UPDATE runs SET workspace = $2, workspace_ready = 1 WHERE id = $1")
-            .bind(run_id)
-            .bind(path)
-            .execute(self.pool())
-            .await
-            .ctx("recording a workspace")?;
-        Ok(())
+        let mut tx = self.begin_tick().await?;
+        tx.mark_workspace_ready(run_id, path).await?;
+        tx.commit().await
     }
 
     /// Finished runs whose workspace the janitor may delete.
@@ -493,9 +376,185 @@ impl Store {
     /// Ends a run that cannot proceed (its workspace cannot be made): the stages not started are
     /// skipped, and the run fails with `message` as its error.
     pub async fn fail_run(&self, run_id: i64, message: &str) -> Result<()> {
-        let now = now_ms();
+        let mut tx = self.begin_tick().await?;
+        tx.fail_run(run_id, message).await?;
+        tx.commit().await
+    }
+}
+
+/// An open scheduler transaction. Nothing is visible to others until [`TickTx::commit`];
+/// dropping it rolls everything back.
+pub struct TickTx<'c> {
+    tx: sqlx::Transaction<'c, sqlx::Any>,
+    now: i64,
+    /// Runs whose forge report must be refreshed; one outbox row each, written at commit.
+    touched: Vec<i64>,
+}
+
+impl TickTx<'_> {
+    fn touch(&mut self, run_id: i64) {
+        if !self.touched.contains(&run_id) {
+            self.touched.push(run_id);
+        }
+    }
+
+    /// Writes a tick's decisions. Returns whether every guarded statement changed the rows
+    /// the decisions expected: false means they were made on a stale copy of the store.
+    pub async fn apply(&mut self, writes: &TickWrites) -> Result<bool> {
+        let now = self.now;
+        let tx = &mut self.tx;
+        let mut as_expected = true;
+        let one = |done: sqlx::any::AnyQueryResult| done.rows_affected() == 1;
+        for run_id in &writes.start_runs {
+            as_expected &= one(sqlx::query(
+                "UPDATE runs SET status = 'running', started_at = $2, pending_reason = NULL
+                     WHERE id = $1 AND status = 'queued'",
+            )
+            .bind(run_id)
+            .bind(now)
+            .execute(&mut **tx)
+            .await
+            .ctx("starting a run")?);
+        }
+        for (run_id, reason) in &writes.run_pending {
+            as_expected &= one(sqlx::query(
+                "UPDATE runs SET pending_reason = $2 WHERE id = $1 AND status = 'queued'",
+            )
+            .bind(run_id)
+            .bind(reason.as_deref())
+            .execute(&mut **tx)
+            .await
+            .ctx("updating a run's pending reason")?);
+        }
+        for skip in &writes.skip {
+            as_expected &= one(sqlx::query(
+                "UPDATE stages SET status = $3, pending_reason = $4, finished_at = $5
+                     WHERE run_id = $1 AND name = $2 AND status = 'queued'",
+            )
+            .bind(skip.run_id)
+            .bind(&skip.stage)
+            .bind(skip.status.as_str())
+            .bind(&skip.reason)
+            .bind(now)
+            .execute(&mut **tx)
+            .await
+            .ctx("skipping a stage")?);
+        }
+        for (run_id, stage, reason) in &writes.stage_pending {
+            as_expected &= one(sqlx::query(
+                "UPDATE stages SET pending_reason = $3
+                     WHERE run_id = $1 AND name = $2 AND status = 'queued'",
+            )
+            .bind(run_id)
+            .bind(stage)
+            .bind(reason.as_deref())
+            .execute(&mut **tx)
+            .await
+            .ctx("updating a stage's pending reason")?);
+        }
+        for e in &writes.expire {
+            // A runner that let a lease lapse is dead or cut off: it gets no new stage until it
+            // is heard from again (its next poll or heartbeat).
+            sqlx::query("UPDATE runners SET last_seen = NULL WHERE name = $1")
+                .bind(&e.runner)
+                .execute(&mut **tx)
+                .await
+                .ctx("marking a runner offline")?;
+            as_expected &= requeue_in(
+                tx,
+                e.run_id,
+                &e.stage,
+                e.attempt,
+                &format!(
+                    "interrupted: lease expired, runner `{}` stopped renewing it",
+                    e.runner
+                ),
+                &format!(
+                    "restart: attempt {} was lost with runner `{}`",
+                    e.attempt, e.runner
+                ),
+            )
+            .await?;
+        }
+        as_expected &= dispatch_batch(tx, &writes.dispatch, now).await? == writes.dispatch.len();
+        for finish in &writes.finish {
+            as_expected &= one(sqlx::query(
+                "UPDATE runs SET status = $2, finished_at = $3,
+                         started_at = COALESCE(started_at, $3)
+                     WHERE id = $1 AND status IN ('queued', 'running')",
+            )
+            .bind(finish.run_id)
+            .bind(finish.status.as_str())
+            .bind(now)
+            .execute(&mut **tx)
+            .await
+            .ctx("finishing a run")?);
+        }
+        for run_id in writes.touched_runs() {
+            self.touch(run_id);
+        }
+        Ok(as_expected)
+    }
+
+    /// Records how an attempt ended. Returns false, changing nothing, when that attempt is no
+    /// longer the stage's running one (a late or duplicate report).
+    pub async fn finish_attempt(&mut self, result: &AttemptResult) -> Result<bool> {
+        let now = self.now;
+        // The stage row decides: it names the attempt that is current.
+        let finished_at = result.stage_status.is_final().then_some(now);
+        let stage = sqlx::query(
+            "UPDATE stages SET status = $4, exit_code = $5, finished_at = $6, failures = failures + $7,
+                 not_before = $8, pending_reason = $9
+             WHERE run_id = $1 AND name = $2 AND attempt = $3 AND status = 'running'",
+        )
+        .bind(result.run_id)
+        .bind(&result.stage)
+        .bind(result.attempt)
+        .bind(result.stage_status.as_str())
+        .bind(result.exit_code)
+        .bind(finished_at)
+        .bind(i64::from(result.counts_as_failure))
+        .bind(result.not_before)
+        .bind(result.pending_reason.as_deref())
+        .execute(&mut *self.tx)
+        .await
+        .ctx("recording a stage's state")?;
+        if stage.rows_affected() != 1 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE stage_attempts SET status = $4, exit_code = $5, note = $6, finished_at = $7
+             WHERE run_id = $1 AND stage = $2 AND attempt = $3 AND status = 'running'",
+        )
+        .bind(result.run_id)
+        .bind(&result.stage)
+        .bind(result.attempt)
+        .bind(result.attempt_status.as_str())
+        .bind(result.exit_code)
+        .bind(result.note.as_deref())
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await
+        .ctx("recording an attempt's end")?;
+        self.touch(result.run_id);
+        Ok(true)
+    }
+
+    pub async fn mark_workspace_ready(&mut self, run_id: i64, path: &str) -> Result<()> {
+        sqlx::query("UPDATE runs SET workspace = $2, workspace_ready = 1 WHERE id = $1")
+            .bind(run_id)
+            .bind(path)
+            .execute(&mut *self.tx)
+            .await
+            .ctx("recording a workspace")?;
+        Ok(())
+    }
+
+    /// Ends a run that cannot proceed: the stages not started are skipped, and the run fails
+    /// with `message` as its error.
+    pub async fn fail_run(&mut self, run_id: i64, message: &str) -> Result<()> {
+        let now = self.now;
         let errors = serde_json::json!([{ "message": message }]).to_string();
-        let mut tx = self.pool().begin().await.ctx("starting to fail a run")?;
         sqlx::query(
             "UPDATE stages SET status = 'skipped', pending_reason = $2, finished_at = $3
              WHERE run_id = $1 AND status = 'queued'",
@@ -503,7 +562,7 @@ impl Store {
         .bind(run_id)
         .bind(message)
         .bind(now)
-        .execute(&mut *tx)
+        .execute(&mut *self.tx)
         .await
         .ctx("skipping the stages of a failed run")?;
         sqlx::query(
@@ -513,11 +572,19 @@ impl Store {
         .bind(run_id)
         .bind(errors)
         .bind(now)
-        .execute(&mut *tx)
+        .execute(&mut *self.tx)
         .await
         .ctx("failing a run")?;
-        queue_report(&mut tx, run_id, now).await?;
-        tx.commit().await.ctx("committing a failed run")
+        self.touch(run_id);
+        Ok(())
+    }
+
+    /// Queues the forge reports of the runs this transaction changed, then commits.
+    pub async fn commit(mut self) -> Result<()> {
+        for run_id in std::mem::take(&mut self.touched) {
+            queue_report(&mut self.tx, run_id, self.now).await?;
+        }
+        self.tx.commit().await.ctx("committing a scheduler tick")
     }
 }
 
@@ -527,11 +594,13 @@ const DISPATCH_CHUNK: usize = 200;
 /// Starts the dispatched attempts with a few multi-row statements instead of two statements per
 /// stage: one UPDATE per runner and chunk (guarded by `status = 'queued'`; the attempt number is
 /// the stored one plus one), and one INSERT of the attempt rows it returns.
+/// Returns how many stages it started.
 async fn dispatch_batch(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     dispatch: &[Dispatch],
     now: i64,
-) -> Result<()> {
+) -> Result<usize> {
+    let mut started_count = 0;
     let mut by_runner: Vec<(&str, Option<i64>, Vec<&Dispatch>)> = Vec::new();
     for d in dispatch {
         match by_runner
@@ -566,6 +635,7 @@ async fn dispatch_batch(
             if started.is_empty() {
                 continue;
             }
+            started_count += started.len();
             let rows: Vec<String> = (0..started.len())
                 .map(|i| {
                     format!(
@@ -599,5 +669,5 @@ async fn dispatch_batch(
             insert.execute(&mut **tx).await.ctx("recording attempts")?;
         }
     }
-    Ok(())
+    Ok(started_count)
 }
