@@ -26,8 +26,17 @@ pub struct LocalExecutor {
 }
 
 impl Default for LocalExecutor {
+    /// `sh` from `PATH`, looked up once: a bare name makes every spawn try each `PATH` entry
+    /// in turn (one failed `execve` per entry before the right one).
     fn default() -> Self {
-        LocalExecutor { shell: "sh".into() }
+        let shell = std::env::var_os("PATH")
+            .and_then(|path| {
+                std::env::split_paths(&path)
+                    .map(|dir| dir.join("sh"))
+                    .find(|candidate| candidate.is_file())
+            })
+            .map_or_else(|| "sh".to_string(), |p| p.display().to_string());
+        LocalExecutor { shell }
     }
 }
 
@@ -53,6 +62,7 @@ impl LocalExecutor {
         let deadline = job.timeout.map(|t| Instant::now() + t);
         for (index, step) in job.steps.iter().enumerate() {
             let label = step_label(step);
+            // Flushed with whatever the attempt wrote before it, in one write.
             log.system(&format!("step {}: {label}", index + 1)).await;
             let mut command = Command::new(&self.shell);
             command
@@ -158,7 +168,14 @@ async fn supervise(
                 break StepEnd::Exited(status.ok().and_then(|s| s.code()));
             }
             line = rx.recv(), if output_open => match line {
-                Some((stream, text)) => log.line(stream, &text).await,
+                Some((stream, text)) => {
+                    // Whatever else is already waiting goes out with it in one write.
+                    log.buffer(stream, &text).await;
+                    while let Ok((stream, text)) = rx.try_recv() {
+                        log.buffer(stream, &text).await;
+                    }
+                    log.flush().await;
+                }
                 None => output_open = false,
             },
             _ = &mut sleep => break StepEnd::TimedOut,

@@ -31,6 +31,8 @@ enum Sink {
     File {
         path: PathBuf,
         file: BufWriter<File>,
+        /// Lines written since the last flush.
+        dirty: bool,
     },
     Channel(mpsc::Sender<String>),
 }
@@ -61,6 +63,7 @@ impl StageLog {
             sink: Sink::File {
                 path: path.to_path_buf(),
                 file: BufWriter::new(File::from_std(file)),
+                dirty: false,
             },
             echo_prefix: None,
         })
@@ -87,21 +90,25 @@ impl StageLog {
         }
     }
 
-    /// Writes one line. A failing log write never fails the stage: the error is traced instead.
+    /// Writes one line and makes it (and anything buffered before it) readable. A failing log
+    /// write never fails the stage: the error is traced instead.
     pub async fn line(&mut self, stream: LogStream, text: &str) {
+        self.buffer(stream, text).await;
+        self.flush().await;
+    }
+
+    /// Writes one line without making it readable yet: the next [`StageLog::line`] or
+    /// [`StageLog::flush`] does (one write for many lines). Channel logs send it at once.
+    pub async fn buffer(&mut self, stream: LogStream, text: &str) {
         let text = text.trim_end_matches(['\n', '\r']);
         let record = format_line(stream, text);
         if let Some(prefix) = &self.echo_prefix {
             println!("[{prefix}] {text}");
         }
         match &mut self.sink {
-            Sink::File { path, file } => {
-                let result = async {
-                    file.write_all(record.as_bytes()).await?;
-                    file.flush().await
-                }
-                .await;
-                if let Err(error) = result {
+            Sink::File { path, file, dirty } => {
+                *dirty = true;
+                if let Err(error) = file.write_all(record.as_bytes()).await {
                     tracing::warn!(path = %path.display(), %error, "cannot write stage log");
                 }
             }
@@ -111,6 +118,24 @@ impl StageLog {
                 }
             }
         }
+    }
+
+    /// Makes every buffered line readable. Costs nothing when nothing is buffered.
+    pub async fn flush(&mut self) {
+        if let Sink::File { path, file, dirty } = &mut self.sink {
+            if !std::mem::take(dirty) {
+                return;
+            }
+            if let Err(error) = file.flush().await {
+                tracing::warn!(path = %path.display(), %error, "cannot write stage log");
+            }
+        }
+    }
+
+    /// A line of DeployLite's own, buffered: the step that follows (or the end of the attempt)
+    /// makes it readable.
+    pub async fn note(&mut self, text: &str) {
+        self.buffer(LogStream::System, text).await;
     }
 
     pub async fn system(&mut self, text: &str) {

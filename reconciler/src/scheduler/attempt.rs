@@ -208,6 +208,7 @@ impl Scheduler {
                 )
             }
         };
+        log.flush().await;
         Some(result)
     }
 
@@ -242,7 +243,7 @@ impl Scheduler {
 
     async fn write_header(&self, ctx: &AttemptContext, log: &mut StageLog) {
         let d = &ctx.dispatch;
-        log.system(&format!(
+        log.note(&format!(
             "run #{} {}/{} stage `{}` attempt {} on {} ({} {})",
             d.run_id,
             ctx.run.repo,
@@ -262,7 +263,7 @@ impl Scheduler {
                 .ok()
                 .and_then(|all| all.into_iter().find(|a| a.attempt == d.attempt - 1));
             if let Some(previous) = previous {
-                log.system(&format!(
+                log.note(&format!(
                     "previous attempt {}: {}{}",
                     previous.attempt,
                     previous.status,

@@ -436,20 +436,33 @@ pub(super) async fn queue_report(
     run_id: i64,
     now: i64,
 ) -> Result<()> {
-    sqlx::query(
-        // A change during a forge outage waits for the run's pending retry and keeps its count,
-        // instead of making the run due again at once and restarting its backoff.
-        "INSERT INTO outbox (run_id, next_attempt_at, created_at, attempts)
-         SELECT r.id,
-                COALESCE((SELECT MAX(o.next_attempt_at) FROM outbox o WHERE o.run_id = r.id AND o.state = 'pending'), $2),
-                $2,
-                COALESCE((SELECT MAX(o.attempts) FROM outbox o WHERE o.run_id = r.id AND o.state = 'pending'), 0)
-         FROM runs r WHERE r.id = $1 AND r.report = 1",
-    )
-    .bind(run_id)
-    .bind(now)
-    .execute(&mut **tx)
-    .await
-    .ctx("queueing a report")?;
+    queue_reports(tx, &[run_id], now).await
+}
+
+/// Queues a forge report for each run that reports, in one statement (a scheduler tick
+/// touches many runs). A change during a forge outage waits for the run's pending retry and
+/// keeps its count, instead of making the run due again at once and restarting its backoff.
+pub(super) async fn queue_reports(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    run_ids: &[i64],
+    now: i64,
+) -> Result<()> {
+    for chunk in run_ids.chunks(500) {
+        let ids: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "INSERT INTO outbox (run_id, next_attempt_at, created_at, attempts)
+             SELECT r.id,
+                    COALESCE((SELECT MAX(o.next_attempt_at) FROM outbox o WHERE o.run_id = r.id AND o.state = 'pending'), $1),
+                    $1,
+                    COALESCE((SELECT MAX(o.attempts) FROM outbox o WHERE o.run_id = r.id AND o.state = 'pending'), 0)
+             FROM runs r WHERE r.id IN ({}) AND r.report = 1",
+            ids.join(", ")
+        );
+        let mut query = sqlx::query(&sql).bind(now);
+        for id in chunk {
+            query = query.bind(id);
+        }
+        query.execute(&mut **tx).await.ctx("queueing reports")?;
+    }
     Ok(())
 }

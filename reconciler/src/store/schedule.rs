@@ -4,7 +4,7 @@
 use sqlx::Row;
 
 use super::runners::{requeue_in, LOCAL_RUNNER};
-use super::runs::{parse_concurrency, parse_json, parse_status, queue_report};
+use super::runs::{parse_concurrency, parse_json, parse_status, queue_reports};
 use super::{now_ms, DbContext, Result, Store, StoreError};
 use crate::status::{RunStatus, StageStatus};
 
@@ -581,9 +581,8 @@ impl TickTx<'_> {
 
     /// Queues the forge reports of the runs this transaction changed, then commits.
     pub async fn commit(mut self) -> Result<()> {
-        for run_id in std::mem::take(&mut self.touched) {
-            queue_report(&mut self.tx, run_id, self.now).await?;
-        }
+        let touched = std::mem::take(&mut self.touched);
+        queue_reports(&mut self.tx, &touched, self.now).await?;
         self.tx.commit().await.ctx("committing a scheduler tick")
     }
 }
