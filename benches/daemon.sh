@@ -4,8 +4,10 @@
 #
 #   cargo build --release && benches/daemon.sh [--bin PATH] [--only overhead|poll|memory]
 #
-# 1. overhead: 200 stages running `true`, through `deploylite run` (scheduler, durable SQLite,
-#    process spawn, logs), against the same 200 commands in one bare `sh -c` (the floor).
+# 1. overhead: 200 stages running `true`, against the same 200 commands in one bare `sh -c`
+#    (the floor): through `deploylite run` (scheduler, SQLite with synchronous=NORMAL, process
+#    spawn, logs), and through the daemon (`deploylite serve`, synchronous=FULL), timed by the
+#    daemon's own stage timestamps.
 # 2. poll:     CPU time of one poll cycle over 1,000 watched repositories with no new commits.
 # 3. memory:   daemon RSS idle, and with 100 stages running at once.
 set -euo pipefail
@@ -20,7 +22,12 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ -x "$bin" ] || { echo "no binary at $bin: run cargo build --release first" >&2; exit 2; }
-work=$(mktemp -d)
+# Not under /tmp by default: ext4 makes every file creation scan the inodes deleted in the last
+# minute of its block group, and a test suite that just deleted thousands of files under /tmp
+# adds about 1 ms to each stage's log file there. BENCH_TMP chooses another place.
+work=$(mktemp -d "${BENCH_TMP:-/var/tmp}/deploylite-bench.XXXXXX")
+export TMPDIR=$work/tmp
+mkdir -p "$TMPDIR"
 pids=()
 cleanup() { for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
@@ -78,6 +85,46 @@ for x, name in zip(r[1:], ["serial chain of 200 stages", "200 independent stages
     per = (x["median"] - floor) / 200
     print(f"overhead: {name}: {x['median']*1e3:.1f} ms total, {per*1e3:.3f} ms per stage over the floor")
 PY
+  overhead_daemon "$repo" "$floor"
+}
+
+# The same serial chain and independent stages through `deploylite serve` (durable commits):
+# from the first stage's start to the last stage's end, by the daemon's own timestamps.
+overhead_daemon() { # repo floor-command
+  local repo=$1 port pid
+  port=$(free_port)
+  printf 'repos:\n  - { name: overhead, url: %s, poll_interval: 1h }\n' "$repo" > "$work/overhead.yaml"
+  DEPLOYLITE_LOG=warn "$bin" serve --config "$work/overhead.yaml" --listen "127.0.0.1:$port" \
+    --data-dir "$work/overhead-data" --max-parallel-stages 8 2>"$work/overhead.log" &
+  pid=$!; pids+=("$pid")
+  wait_healthy "$port"
+  python3 - "$port" <<'PY'
+import datetime, json, sys, time, urllib.request
+port = sys.argv[1]
+def get(path):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}") as r:
+        return json.load(r)
+deadline = time.time() + 120
+while time.time() < deadline:
+    runs = get("/api/v1/runs?limit=10")
+    if len(runs) == 2 and all(r["status"] in ("success", "failed", "error", "cancelled") for r in runs):
+        break
+    time.sleep(0.2)
+else:
+    sys.exit("overhead: the daemon's runs did not finish in 120 s")
+def t(x):
+    return datetime.datetime.fromisoformat(x.replace("Z", "+00:00")).timestamp()
+for r in sorted(runs, key=lambda r: r["pipeline"], reverse=True):
+    if r["status"] != "success":
+        sys.exit(f"overhead: run {r['id']} ({r['pipeline']}) ended {r['status']}")
+    stages = get(f"/api/v1/runs/{r['id']}")["stages"]
+    first = min(t(s["started_at"]) for s in stages)
+    last = max(t(s["finished_at"]) for s in stages)
+    total = (last - first) * 1e3
+    name = "serial chain of 200 stages" if r["pipeline"] == "serial" else "200 independent stages, 8 at a time"
+    print(f"overhead: daemon (serve, synchronous=FULL), {name}: {total:.1f} ms first start to last end, {total/len(stages):.3f} ms per stage")
+PY
+  kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
 poll() {
