@@ -4,6 +4,12 @@
 //!     recorded → 202 → the event applied (poke) → ref listed → pipeline read → run recorded →
 //!     workspace checked out → stage dispatched → `sh` started. "Started" is when the stage's
 //!     shell opens a FIFO the bench waits on (as in benches/latency.rs). p50/p90 over PUSHES.
+//! (c) The same as (a) with forge reporting on: the repository has `report: true`, GitHub is
+//!     configured with a token (commit statuses) whose `api_url` is a fake GitHub API on
+//!     loopback that answers every request correctly but only after FORGE_DELAY, and a
+//!     `Reporter` runs as `deploylite serve` runs it. The outbox should keep the slow forge off
+//!     the runs' path: (c)'s p50 should be about (a)'s. The requests the fake received are
+//!     counted (the bench fails if none arrived during the measured pushes).
 //! (b) Throughput, from a second process: the real daemon binary is started with a webhook
 //!     secret and one GitHub repository; this process fires signed pushes with unique delivery
 //!     ids at RATE/s for SECONDS, paced on a fixed schedule (latency is measured from each
@@ -19,21 +25,26 @@ mod support;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use deploylite_reconciler::store::RunFilter;
 use deploylite_runner::CancellationToken;
 use deploylite_webhook::forges::{
-    ForgeKind, ForgeRepo, GithubConfig, Secret, DEFAULT_MAX_BODY_BYTES,
+    ForgeKind, ForgeRepo, GithubAuth, GithubConfig, Secret, DEFAULT_MAX_BODY_BYTES,
 };
-use deploylite_webhook::{AppState, Forges};
+use deploylite_webhook::{AppState, Forges, Reporter};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 const PUSHES: usize = 50;
 const RATE: u64 = 1000;
 const SECONDS: u64 = 10;
 const SECRET: &str = "bench webhook secret";
 const SLUG: &str = "bench/app";
+/// How long the fake GitHub API of (c) takes to answer each request.
+const FORGE_DELAY: Duration = Duration::from_millis(200);
+const FORGE_TOKEN: &str = "ghp_bench_token";
 
 fn main() {
     // `cargo test --benches` runs bench targets with --bench absent; only measure under `cargo bench`.
@@ -55,7 +66,14 @@ fn main() {
         .enable_all()
         .build()
         .expect("rt");
-    latency(&rt);
+    let plain = latency(&rt, None);
+    // Right after (a), so that both see the same machine.
+    let reported = latency(&rt, Some(FORGE_DELAY));
+    println!(
+        "(c) - (a): p50 {:+.2} ms, p90 {:+.2} ms",
+        pct(&reported, 50) - pct(&plain, 50),
+        pct(&reported, 90) - pct(&plain, 90)
+    );
     throughput(&rt);
 }
 
@@ -138,7 +156,10 @@ fn pct(sorted: &[Duration], p: usize) -> f64 {
 
 // ---------------------------------------------------------------------------------------------
 
-fn latency(rt: &tokio::runtime::Runtime) {
+/// (a) without reporting, or (c) with `forge_delay`: reporting on, to a fake GitHub that takes
+/// that long to answer. Returns the sorted webhook -> stage started latencies.
+fn latency(rt: &tokio::runtime::Runtime, forge_delay: Option<Duration>) -> Vec<Duration> {
+    let tag = if forge_delay.is_some() { "(c)" } else { "(a)" };
     let tmp = tempfile::tempdir().expect("tmp");
     let repo = tmp.path().join("repo");
     let fifo = tmp.path().join("started.fifo");
@@ -160,27 +181,36 @@ fn latency(rt: &tokio::runtime::Runtime) {
         scheduler,
         watcher,
         ..
-    } = support::local_daemon(rt, &tmp.path().join("data"), &repo);
+    } = support::local_daemon_reporting(rt, &tmp.path().join("data"), &repo, forge_delay.is_some());
+    let fake = forge_delay.map(FakeGithub::start);
+    let (api_url, auth) = match &fake {
+        Some(fake) => (
+            fake.url.clone(),
+            Some(GithubAuth::Token(Secret::new(FORGE_TOKEN))),
+        ),
+        None => ("https://api.github.com".to_string(), None),
+    };
+    let forges = Arc::new(Forges::new(
+        Some(GithubConfig {
+            api_url,
+            auth,
+            webhook_secret: Some(Secret::new(SECRET)),
+        }),
+        None,
+        None,
+        DEFAULT_MAX_BODY_BYTES,
+        vec![ForgeRepo {
+            name: support::REPO.into(),
+            forge: ForgeKind::Github,
+            slug: SLUG.into(),
+        }],
+    ));
     let state = AppState {
         store: store.clone(),
-        data,
+        data: data.clone(),
         scheduler: scheduler.waker(),
         watcher: Some(watcher.clone()),
-        forges: Arc::new(Forges::new(
-            Some(GithubConfig {
-                api_url: "https://api.github.com".into(),
-                auth: None,
-                webhook_secret: Some(Secret::new(SECRET)),
-            }),
-            None,
-            None,
-            DEFAULT_MAX_BODY_BYTES,
-            vec![ForgeRepo {
-                name: "bench".into(),
-                forge: ForgeKind::Github,
-                slug: SLUG.into(),
-            }],
-        )),
+        forges: forges.clone(),
     };
     let shutdown = CancellationToken::new();
     let listener = rt
@@ -196,6 +226,10 @@ fn latency(rt: &tokio::runtime::Runtime) {
     });
     rt.spawn(scheduler.run(shutdown.clone()));
     rt.spawn(watcher.run(shutdown.clone()));
+    // As `deploylite serve` starts it: its own task, default configuration.
+    let reporter = fake
+        .as_ref()
+        .map(|_| rt.spawn(Reporter::new(store.clone(), data, forges).run(shutdown.clone())));
     // The first scan runs the initial commit: consume its stage before measuring.
     assert!(
         wait_for_fifo(&fifo, Duration::from_secs(30)),
@@ -204,6 +238,9 @@ fn latency(rt: &tokio::runtime::Runtime) {
 
     let http = client();
     let (mut to_started, mut to_ack, mut lost) = (Vec::new(), Vec::new(), Vec::new());
+    let arrived_before = fake.as_ref().map_or(0, |f| f.stats.arrivals());
+    // Stage starts that happened while the fake forge was holding a report request.
+    let mut started_during_report = 0;
     for i in 0..PUSHES {
         std::fs::write(repo.join("change.txt"), i.to_string()).expect("write");
         git(&repo, &["add", "-A"]);
@@ -231,6 +268,9 @@ fn latency(rt: &tokio::runtime::Runtime) {
         // Until the stage's shell opens the FIFO for writing.
         if wait_for_fifo(&fifo, Duration::from_secs(10)) {
             to_started.push(start.elapsed());
+            if fake.as_ref().is_some_and(|f| f.stats.pending() > 0) {
+                started_during_report += 1;
+            }
         } else {
             let runs = rt
                 .block_on(store.list_runs(&RunFilter {
@@ -257,14 +297,28 @@ fn latency(rt: &tokio::runtime::Runtime) {
             ));
         }
     }
+    let arrived_during = fake.as_ref().map_or(0, |f| f.stats.arrivals()) - arrived_before;
+    // Runs whose report the slow forge has not taken yet: the runs went ahead without them.
+    let backlog = fake.as_ref().map(|_| {
+        rt.block_on(store.due_reports(i64::MAX, 10_000))
+            .map(|due| due.len().to_string())
+            .unwrap_or_else(|e| format!("unknown ({e})"))
+    });
     shutdown.cancel();
     for line in &lost {
-        println!("(a) a stage that never started: {line}");
+        println!("{tag} a stage that never started: {line}");
     }
     to_started.sort();
     to_ack.sort();
+    let what = match forge_delay {
+        None => "signed push webhook -> first stage process started".to_string(),
+        Some(delay) => format!(
+            "the same with forge reporting ON (GitHub token, fake API answering after {} ms)",
+            delay.as_millis()
+        ),
+    };
     println!(
-        "(a) signed push webhook -> first stage process started: p50 {:.2} ms, p90 {:.2} ms, max {:.2} ms \
+        "{tag} {what}: p50 {:.2} ms, p90 {:.2} ms, max {:.2} ms \
          (202 answered: p50 {:.2} ms, p90 {:.2} ms) over {} pushes ({} stages never started)",
         pct(&to_started, 50),
         pct(&to_started, 90),
@@ -274,6 +328,37 @@ fn latency(rt: &tokio::runtime::Runtime) {
         to_started.len(),
         lost.len()
     );
+    if let (Some(fake), Some(reporter)) = (fake, reporter) {
+        // The reporter gives the sends in flight a few seconds after a shutdown.
+        let _ =
+            rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), reporter).await });
+        let stats = fake.stop();
+        println!(
+            "{tag} the fake GitHub received {} report requests ({arrived_during} during the {PUSHES} measured pushes, \
+             {arrived_before} before): {} commit statuses accepted, {} rejected, at most {} at a time; \
+             {started_during_report} of {} stage starts happened while it held a request; \
+             runs with a report still queued after the last push: {}",
+            stats.arrivals(),
+            stats.statuses.load(Ordering::SeqCst),
+            stats.rejected.load(Ordering::SeqCst),
+            stats.peak.load(Ordering::SeqCst),
+            to_started.len(),
+            backlog.unwrap_or_default(),
+        );
+        for problem in lock(&stats.problems).iter() {
+            println!("{tag} rejected by the fake GitHub: {problem}");
+        }
+        assert!(
+            arrived_during > 0,
+            "(c) measured nothing: no report request reached the fake GitHub during the pushes"
+        );
+        assert_eq!(
+            stats.rejected.load(Ordering::SeqCst),
+            0,
+            "(c) the reporter sent requests the fake GitHub does not accept (listed above)"
+        );
+    }
+    to_started
 }
 
 /// Waits until a writer opens `fifo` (the stage started), at most `timeout`. On a timeout the
@@ -301,6 +386,307 @@ fn wait_for_fifo(fifo: &Path, timeout: Duration) -> bool {
     );
     let _ = reader.join();
     false
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// Largest request body the fake GitHub reads (a commit status is a few hundred bytes).
+const FAKE_MAX_BODY: usize = 1 << 20;
+
+/// A fake GitHub REST API for (c): HTTP/1.1 on loopback, on its own thread and runtime (a real
+/// forge is another machine: its work must not take the daemon's two workers). It takes what a
+/// token reporter sends, `POST /repos/{owner}/{repo}/statuses/{sha}` with the token, checks the
+/// body and answers `201` with the status as GitHub does, but only after `delay`. Anything else
+/// gets GitHub's `401` / `404` / `400` / `422` (also slowly) and is listed as rejected.
+struct FakeGithub {
+    url: String,
+    stats: Arc<ForgeStats>,
+    stop: CancellationToken,
+    thread: std::thread::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct ForgeStats {
+    /// Requests received, counted on arrival (before the delay).
+    arrivals: AtomicU64,
+    /// Commit statuses accepted.
+    statuses: AtomicU64,
+    rejected: AtomicU64,
+    /// Requests received and not answered yet.
+    pending: AtomicUsize,
+    peak: AtomicUsize,
+    /// What was rejected (the first few).
+    problems: Mutex<Vec<String>>,
+}
+
+impl ForgeStats {
+    fn arrivals(&self) -> u64 {
+        self.arrivals.load(Ordering::SeqCst)
+    }
+
+    fn pending(&self) -> usize {
+        self.pending.load(Ordering::SeqCst)
+    }
+
+    fn reject(&self, problem: String) {
+        self.rejected.fetch_add(1, Ordering::SeqCst);
+        let mut problems = lock(&self.problems);
+        if problems.len() < 10 {
+            problems.push(problem);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl FakeGithub {
+    fn start(delay: Duration) -> FakeGithub {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the fake GitHub");
+        listener
+            .set_nonblocking(true)
+            .expect("a non-blocking listener");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let stats = Arc::new(ForgeStats::default());
+        let stop = CancellationToken::new();
+        let (served, stopped) = (stats.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("fake-github".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("the fake GitHub's runtime");
+                rt.block_on(async move {
+                    let listener =
+                        tokio::net::TcpListener::from_std(listener).expect("the fake GitHub");
+                    loop {
+                        tokio::select! {
+                            _ = stopped.cancelled() => break,
+                            accepted = listener.accept() => match accepted {
+                                Ok((stream, _)) => {
+                                    tokio::spawn(serve_fake_github(stream, served.clone(), delay));
+                                }
+                                Err(e) => {
+                                    eprintln!("the fake GitHub cannot accept: {e}");
+                                    tokio::time::sleep(Duration::from_millis(10)).await;
+                                }
+                            },
+                        }
+                    }
+                });
+                // Dropping the runtime closes the connections still open.
+            })
+            .expect("start the fake GitHub");
+        FakeGithub {
+            url,
+            stats,
+            stop,
+            thread,
+        }
+    }
+
+    fn stop(self) -> Arc<ForgeStats> {
+        self.stop.cancel();
+        let _ = self.thread.join();
+        self.stats
+    }
+}
+
+struct FakeRequest {
+    method: String,
+    target: String,
+    /// Lower-cased names.
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl FakeRequest {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One connection: requests one after the other (keep-alive), each answered after `delay`.
+async fn serve_fake_github(stream: tokio::net::TcpStream, stats: Arc<ForgeStats>, delay: Duration) {
+    let (read, mut write) = stream.into_split();
+    let mut read = BufReader::new(read);
+    loop {
+        let request = match read_request(&mut read).await {
+            Ok(Some(request)) => request,
+            // The client closed the connection between requests.
+            Ok(None) => return,
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::InvalidData {
+                    stats.reject(format!("an unreadable request: {e}"));
+                }
+                return;
+            }
+        };
+        stats.arrivals.fetch_add(1, Ordering::SeqCst);
+        let pending = stats.pending.fetch_add(1, Ordering::SeqCst) + 1;
+        stats.peak.fetch_max(pending, Ordering::SeqCst);
+        let (status, body) = answer(&request, &stats);
+        tokio::time::sleep(delay).await;
+        let written = write_response(&mut write, status, &body).await;
+        stats.pending.fetch_sub(1, Ordering::SeqCst);
+        let close = request
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        if written.is_err() || close {
+            return;
+        }
+    }
+}
+
+fn invalid(message: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, message)
+}
+
+/// Reads one HTTP/1.1 request (a `Content-Length` or chunked body). `None` at a clean end.
+async fn read_request<R: AsyncBufRead + Unpin>(r: &mut R) -> std::io::Result<Option<FakeRequest>> {
+    let mut line = String::new();
+    if r.read_line(&mut line).await? == 0 {
+        return Ok(None);
+    }
+    let mut parts = line.split_whitespace();
+    let (Some(method), Some(target), Some(_version)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(invalid(format!("a bad request line {line:?}")));
+    };
+    let mut request = FakeRequest {
+        method: method.to_string(),
+        target: target.to_string(),
+        headers: Vec::new(),
+        body: Vec::new(),
+    };
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let line = line.trim_end_matches(['\r', '\n']);
+        if line.is_empty() {
+            break;
+        }
+        let Some((name, value)) = line.split_once(':') else {
+            return Err(invalid(format!("a bad header line {line:?}")));
+        };
+        if request.headers.len() >= 100 {
+            return Err(invalid("too many headers".into()));
+        }
+        request
+            .headers
+            .push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+    }
+    let chunked = request
+        .header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+    if chunked {
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size).await?;
+            let digits = size.trim().split(';').next().unwrap_or_default();
+            let size = usize::from_str_radix(digits, 16)
+                .map_err(|_| invalid(format!("a bad chunk size {digits:?}")))?;
+            if request.body.len() + size > FAKE_MAX_BODY {
+                return Err(invalid("a body too large".into()));
+            }
+            let start = request.body.len();
+            request.body.resize(start + size, 0);
+            r.read_exact(&mut request.body[start..]).await?;
+            // The CRLF after the chunk's data, or after the last (empty) chunk, no trailers.
+            let mut end = String::new();
+            r.read_line(&mut end).await?;
+            if size == 0 {
+                break;
+            }
+        }
+    } else if let Some(length) = request.header("content-length") {
+        let length: usize = length
+            .parse()
+            .map_err(|_| invalid(format!("a bad Content-Length {length:?}")))?;
+        if length > FAKE_MAX_BODY {
+            return Err(invalid("a body too large".into()));
+        }
+        request.body.resize(length, 0);
+        r.read_exact(&mut request.body).await?;
+    }
+    Ok(Some(request))
+}
+
+/// GitHub's answer to `request`: a created commit status, or the error GitHub would give.
+fn answer(request: &FakeRequest, stats: &ForgeStats) -> (u16, serde_json::Value) {
+    use serde_json::{json, Value};
+    let here = format!("{} {}", request.method, request.target);
+    if request.header("authorization") != Some(format!("Bearer {FORGE_TOKEN}").as_str()) {
+        stats.reject(format!("{here}: no token, or not ours"));
+        return (401, json!({ "message": "Bad credentials" }));
+    }
+    let path = request.target.split('?').next().unwrap_or_default();
+    let sha = path
+        .strip_prefix(&format!("/repos/{SLUG}/statuses/"))
+        .filter(|sha| sha.len() == 40 && sha.bytes().all(|b| b.is_ascii_hexdigit()));
+    let Some(sha) = sha.filter(|_| request.method == "POST") else {
+        stats.reject(format!("{here}: not a commit status of {SLUG}"));
+        return (404, json!({ "message": "Not Found" }));
+    };
+    let body: Value = match serde_json::from_slice(&request.body) {
+        Ok(body) => body,
+        Err(e) => {
+            stats.reject(format!("{here}: the body is not JSON ({e})"));
+            return (400, json!({ "message": "Problems parsing JSON" }));
+        }
+    };
+    let state = body.get("state").and_then(Value::as_str);
+    let context = body.get("context").and_then(Value::as_str);
+    match (state, context) {
+        (Some(state @ ("error" | "failure" | "pending" | "success")), Some(context)) => {
+            let id = stats.statuses.fetch_add(1, Ordering::SeqCst) + 1;
+            (
+                201,
+                json!({
+                    "id": id,
+                    "url": format!("/repos/{SLUG}/statuses/{sha}"),
+                    "state": state,
+                    "context": context,
+                    "description": body.get("description"),
+                    "target_url": body.get("target_url"),
+                }),
+            )
+        }
+        _ => {
+            stats.reject(format!("{here}: state {state:?}, context {context:?}"));
+            (422, json!({ "message": "Validation Failed" }))
+        }
+    }
+}
+
+async fn write_response<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    status: u16,
+    body: &serde_json::Value,
+) -> std::io::Result<()> {
+    let body = body.to_string();
+    let reason = match status {
+        201 => "Created",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        _ => "Unprocessable Entity",
+    };
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json; charset=utf-8\r\n\
+         content-length: {}\r\nx-ratelimit-limit: 5000\r\nx-ratelimit-remaining: 4999\r\n\r\n",
+        body.len()
+    );
+    w.write_all(head.as_bytes()).await?;
+    w.write_all(body.as_bytes()).await?;
+    w.flush().await
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -28,7 +28,19 @@ pub struct LocalDaemon {
 
 /// Durable SQLite under `data_dir`, `repo` watched with a poll interval so long that every
 /// measured reconciliation is started by the bench (a poke or a webhook), never by the timer.
+/// Its runs are not reported to a forge.
 pub fn local_daemon(rt: &tokio::runtime::Runtime, data_dir: &Path, repo: &Path) -> LocalDaemon {
+    local_daemon_reporting(rt, data_dir, repo, false)
+}
+
+/// [`local_daemon`], with `repos[].report` set to `report`: when true, every state change of the
+/// repository's runs queues an outbox row (in the same transaction) for a `Reporter` to send.
+pub fn local_daemon_reporting(
+    rt: &tokio::runtime::Runtime,
+    data_dir: &Path,
+    repo: &Path,
+    report: bool,
+) -> LocalDaemon {
     let data = DataDir::new(data_dir);
     let store = rt
         .block_on(Store::connect(
@@ -43,7 +55,7 @@ pub fn local_daemon(rt: &tokio::runtime::Runtime, data_dir: &Path, repo: &Path) 
             branches: GlobList::default(),
             tags: GlobList::default(),
             poll_interval: Duration::from_secs(3600),
-            report: false,
+            report,
         }],
         &data,
     ));
