@@ -1112,6 +1112,36 @@ stages:
     );
 }
 
+/// The daemon's own `DEPLOYLITE_*` variables are its configuration, secrets included (forge
+/// tokens, webhook secrets, the database URL): a stage must not inherit them. The harness starts
+/// the daemon with `DEPLOYLITE_LOG` set, and a real deployment would add
+/// `DEPLOYLITE_FORGES__GITHUB__TOKEN` the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stages_do_not_inherit_the_daemons_configuration_or_secrets() {
+    let repo = TestRepo::new();
+    repo.pipeline(
+        "env.yaml",
+        "name: env\nstages:\n  show:\n    steps: [ { run: 'env | sort' } ]\n",
+    );
+    let c1 = repo.commit("env");
+    let daemon = Daemon::start(&[&repo], "").await;
+    let rid = id(&daemon.wait_for_commit_run("env", &c1).await);
+    assert_eq!(status(&daemon.wait_run_final(rid).await), "success");
+    let log = daemon.log(rid, "show", None).await;
+    assert!(
+        log.contains(&format!("DEPLOYLITE_RUN_ID={rid}")),
+        "the stage's own variables are missing:\n{log}"
+    );
+    assert!(
+        log.contains("PATH="),
+        "the rest of the environment is inherited:\n{log}"
+    );
+    assert!(
+        !log.contains("DEPLOYLITE_LOG="),
+        "the daemon's configuration leaked into the stage:\n{log}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Isolation between daemons on one host
 

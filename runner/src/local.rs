@@ -23,6 +23,10 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone)]
 pub struct LocalExecutor {
     shell: String,
+    /// `DEPLOYLITE_*` variables of our own environment: configuration, and with it secrets
+    /// (forge tokens, webhook secrets, the database URL, a runner's registration token). A
+    /// stage inherits the rest of the environment (PATH, HOME, locale) but never these.
+    withheld: Vec<std::ffi::OsString>,
 }
 
 impl Default for LocalExecutor {
@@ -36,7 +40,11 @@ impl Default for LocalExecutor {
                     .find(|candidate| candidate.is_file())
             })
             .map_or_else(|| "sh".to_string(), |p| p.display().to_string());
-        LocalExecutor { shell }
+        let withheld = std::env::vars_os()
+            .map(|(name, _)| name)
+            .filter(|name| name.to_string_lossy().starts_with("DEPLOYLITE_"))
+            .collect();
+        LocalExecutor { shell, withheld }
     }
 }
 
@@ -69,7 +77,11 @@ impl LocalExecutor {
                 .arg("-e")
                 .arg("-c")
                 .arg(&step.run)
-                .current_dir(&job.workspace)
+                .current_dir(&job.workspace);
+            for name in &self.withheld {
+                command.env_remove(name);
+            }
+            command
                 .envs(&job.env)
                 // A step may add to the environment, but DeployLite's own variables stay ours:
                 // they identify the attempt (and find its processes after a crash).
