@@ -903,17 +903,47 @@ async fn an_expired_lease_requeues_the_stage_without_counting_a_failure(store: &
     let run_id = one_run(store, "c1").await;
     dispatch_remote(store, run_id, 1, "r1", 10_000).await;
     store
+        .register_runner("r1", "hash-r1", &["linux".into()], 2, "local")
+        .await
+        .unwrap();
+    store
+        .touch_runner("r1", &["linux".into()], 2)
+        .await
+        .unwrap();
+    let seen = store.list_runners().await.unwrap()[0].last_seen.unwrap();
+    store
         .apply_tick(&TickWrites {
             expire: vec![ExpiredLease {
                 run_id,
                 stage: "build".into(),
                 attempt: 1,
                 runner: "r1".into(),
+                last_renewed: seen - 1,
             }],
             ..Default::default()
         })
         .await
         .unwrap();
+    assert_eq!(
+        store.list_runners().await.unwrap()[0].last_seen,
+        Some(seen),
+        "a runner heard from since the lease's last renewal (restarted under the same name) stays online"
+    );
+    // The same runner silent since the renewal is dead or cut off: no new stages for it.
+    store
+        .apply_tick(&TickWrites {
+            expire: vec![ExpiredLease {
+                run_id,
+                stage: "build".into(),
+                attempt: 1,
+                runner: "r1".into(),
+                last_renewed: seen,
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.list_runners().await.unwrap()[0].last_seen, None);
     let active = store.load_active().await.unwrap();
     let build = active[0].stages.iter().find(|s| s.name == "build").unwrap();
     assert_eq!(

@@ -48,7 +48,7 @@ pub fn plan_tick(
     let mut writes = TickWrites::default();
     let mut effects = TickEffects::default();
     let mut slots = Slots::new(config, runs);
-    expire_leases(runs, now, &mut writes);
+    expire_leases(runs, now, config.lease_ttl_ms, &mut writes);
 
     // Concurrency groups that already have an active run older than the one we look at.
     let mut busy_groups: HashMap<(&str, &str, &str), i64> = HashMap::new();
@@ -180,7 +180,7 @@ impl<'a> Slots<'a> {
 }
 
 /// Remote attempts whose runner stopped renewing the lease go back to the queue.
-fn expire_leases(runs: &[ActiveRun], now: i64, writes: &mut TickWrites) {
+fn expire_leases(runs: &[ActiveRun], now: i64, lease_ttl_ms: i64, writes: &mut TickWrites) {
     for run in runs.iter().filter(|r| r.status == RunStatus::Running) {
         for stage in &run.stages {
             if let (StageStatus::Running, Some(runner), Some(deadline)) =
@@ -192,6 +192,7 @@ fn expire_leases(runs: &[ActiveRun], now: i64, writes: &mut TickWrites) {
                         stage: stage.name.clone(),
                         attempt: stage.attempt,
                         runner: runner.clone(),
+                        last_renewed: deadline - lease_ttl_ms,
                     });
                 }
             }
@@ -883,7 +884,8 @@ mod runner_tests {
                 run_id: 1,
                 stage: "lost".into(),
                 attempt: 1,
-                runner: "a".into()
+                runner: "a".into(),
+                last_renewed: 999 - 10_000,
             }]
         );
         assert!(w.finish.is_empty());

@@ -58,6 +58,8 @@ pub struct ExpiredLease {
     pub stage: String,
     pub attempt: i64,
     pub runner: String,
+    /// When the lease was last granted or renewed (its deadline less the lease TTL).
+    pub last_renewed: i64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -454,12 +456,18 @@ impl TickTx<'_> {
         }
         for e in &writes.expire {
             // A runner that let a lease lapse is dead or cut off: it gets no new stage until it
-            // is heard from again (its next poll or heartbeat).
-            sqlx::query("UPDATE runners SET last_seen = NULL WHERE name = $1")
-                .bind(&e.runner)
-                .execute(&mut **tx)
-                .await
-                .ctx("marking a runner offline")?;
+            // is heard from again (its next poll or heartbeat). Unless it was heard from since
+            // the lease's last renewal: then it is a restarted runner of the same name, already
+            // polling, that must not wait for its next poll to get work.
+            sqlx::query(
+                "UPDATE runners SET last_seen = NULL
+                 WHERE name = $1 AND (last_seen IS NULL OR last_seen <= $2)",
+            )
+            .bind(&e.runner)
+            .bind(e.last_renewed)
+            .execute(&mut **tx)
+            .await
+            .ctx("marking a runner offline")?;
             as_expected &= requeue_in(
                 tx,
                 e.run_id,
