@@ -12,6 +12,7 @@ pub mod runners;
 use std::sync::Arc;
 
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::Router;
 use deploylite_reconciler::paths::DataDir;
 use deploylite_reconciler::store::Store;
@@ -59,6 +60,13 @@ pub async fn serve_router(
     app: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // Without TCP_NODELAY a response written in two segments (headers, then a streamed body
+    // such as a runner's source tarball) waits for the client's delayed ACK: 40 ms here.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY on a connection");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

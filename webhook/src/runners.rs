@@ -201,6 +201,9 @@ async fn register(
         .into_response())
 }
 
+/// How stale a polling runner's `last_seen` may get before a poll records it again.
+const TOUCH_INTERVAL: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct PollRequest {
     pub labels: Vec<String>,
@@ -224,9 +227,15 @@ async fn poll(
     let runner = authenticate(&state, &headers).await?;
     let store = state.scheduler.store();
     let changed = runner.labels != request.labels || runner.capacity != request.capacity;
-    store
-        .touch_runner(&runner.name, &request.labels, request.capacity)
-        .await?;
+    // A durable write per poll would be the poll's main cost; "seen" needs no finer grain.
+    let seen_lately = runner
+        .last_seen
+        .is_some_and(|t| now_ms() - t < millis(TOUCH_INTERVAL));
+    if changed || !seen_lately {
+        store
+            .touch_runner(&runner.name, &request.labels, request.capacity)
+            .await?;
+    }
     if changed
         || runner
             .last_seen
@@ -361,8 +370,8 @@ async fn source(
     {
         return Err(lost());
     }
-    let (record, _) = store
-        .get_run(run)
+    let record = store
+        .run(run)
         .await?
         .ok_or_else(|| RunnerError::NotFound(format!("no run #{run}")))?;
     let git_dir = state.repos.git_dir(&record.repo).await.ok_or_else(|| {
