@@ -15,8 +15,14 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-pub async fn docker() -> Result<Built> {
-    let mut config = DockerConfig::default();
+/// The Docker executor of runner `runner`. Its containers and networks are labelled with the
+/// runner's name, and whatever a killed predecessor of that name left behind is removed before
+/// the runner takes work (other runners sharing the engine keep theirs).
+pub async fn docker(runner: &str) -> Result<Built> {
+    let mut config = DockerConfig {
+        instance: format!("runner-{runner}"),
+        ..DockerConfig::default()
+    };
     if let Some(host) = env("DEPLOYLITE_DOCKER_HOST") {
         config.host = host;
     }
@@ -32,6 +38,17 @@ pub async fn docker() -> Result<Built> {
         .ping()
         .await
         .context("cannot reach the Docker engine")?;
+    let cleaned = executor
+        .cleanup_all()
+        .await
+        .context("cannot remove the containers a previous runner left")?;
+    if cleaned.containers + cleaned.networks > 0 {
+        tracing::warn!(
+            containers = cleaned.containers,
+            networks = cleaned.networks,
+            "removed what a previous incarnation of this runner left in Docker"
+        );
+    }
     tracing::info!(engine = %version, "docker executor ready");
     Ok(("docker", Arc::new(executor), true))
 }

@@ -320,7 +320,7 @@ async fn runner(args: RunnerArgs) -> anyhow::Result<ExitCode> {
             std::sync::Arc::new(deploylite_runner::LocalExecutor::default()),
             true,
         ),
-        ExecutorKind::Docker => executors::docker().await?,
+        ExecutorKind::Docker => executors::docker(&name).await?,
         ExecutorKind::Kubernetes => executors::kubernetes().await?,
     };
     agent::run(agent::AgentConfig {
