@@ -616,6 +616,43 @@ async fn a_token_sets_commit_statuses() {
     assert_valid(&forge);
 }
 
+/// A commit status is one per pipeline and commit: once a re-run exists, the earlier attempt's
+/// late report (here: its cancellation, delivered after the re-run was created) must not
+/// overwrite the re-run's status.
+#[tokio::test]
+async fn a_rerun_owns_the_commit_status_and_the_earlier_attempt_stays_quiet() {
+    let forge = FakeForge::github().await;
+    let env = env().await;
+    let reporter = reporter(&env, github_token(&forge.url));
+    let first = record(&env.store, new_run("ci", "5b5b5b", &["build"], None)).await;
+    assert_eq!(reporter.send_due().await, 1);
+    env.store
+        .request_cancel(first, "cancelled by alice")
+        .await
+        .unwrap();
+    end_run(&env.store, first, RunStatus::Cancelled, &[]).await;
+    let mut again = new_run("ci", "5b5b5b", &["build"], None);
+    again.run_attempt = 2;
+    record(&env.store, again).await;
+    reporter.send_due().await;
+
+    let states: Vec<String> = forge
+        .requests_to("POST", "/repos/octo/app/statuses/5b5b5b")
+        .iter()
+        .map(|r| format!("{} {}", r.body["state"], r.body["description"]))
+        .collect();
+    assert_eq!(states.len(), 2, "{states:?}");
+    assert!(
+        states.iter().all(|s| s.starts_with("\"pending\"")),
+        "{states:?}"
+    );
+    assert!(
+        !states.iter().any(|s| s.contains("Cancelled")),
+        "the superseded attempt overwrote the re-run's status: {states:?}"
+    );
+    assert_valid(&forge);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Delivery
 

@@ -239,6 +239,22 @@ impl Store {
         Ok(created)
     }
 
+    /// Whether a later attempt of the same run (same repository, pipeline, commit and trigger)
+    /// exists: it owns whatever the forge shows per pipeline and commit (a commit status).
+    pub async fn superseded(&self, run_id: i64) -> Result<bool> {
+        let newer: Option<i64> = sqlx::query_scalar(
+            "SELECT o.id FROM runs r JOIN runs o
+               ON o.repo = r.repo AND o.pipeline = r.pipeline AND o.commit_sha = r.commit_sha
+                  AND o.trigger = r.trigger AND o.run_attempt > r.run_attempt
+             WHERE r.id = $1 LIMIT 1",
+        )
+        .bind(run_id)
+        .fetch_optional(self.pool())
+        .await
+        .ctx("looking for a later attempt of a run")?;
+        Ok(newer.is_some())
+    }
+
     /// Runs again, as new attempts, the runs of `commit` on `git_ref` whose latest attempt was
     /// cancelled or is being cancelled; finished, running and invalid runs are left alone.
     /// This is what a pull request reopened at the head it was closed at needs: closing

@@ -361,6 +361,9 @@ impl Reporter {
                     github::report_check_run(&crab, &self.store, &repo.name, &repo.slug, state)
                         .await?
                 }
+                // A commit status is one per pipeline and commit: a re-run's attempt owns it,
+                // and an older attempt's late report must not overwrite it.
+                github::Mode::Statuses if self.store.superseded(state.run.id).await? => {}
                 github::Mode::Statuses => {
                     github::report_status(&crab, &self.store, &repo.name, &repo.slug, state).await?
                 }
@@ -389,7 +392,10 @@ impl Reporter {
             return Ok(());
         };
         let crab = gl.client().await?;
-        gitlab::report_status(&crab, &self.store, &repo.name, &repo.slug, state).await?;
+        // As on GitHub with a token: a re-run's attempt owns the pipeline's commit status.
+        if !self.store.superseded(state.run.id).await? {
+            gitlab::report_status(&crab, &self.store, &repo.name, &repo.slug, state).await?;
+        }
         if let Some(pr) = &state.run.pull_request {
             let api = gitlab::comment_api(&crab, &repo.slug, pr.number);
             self.update_pr_comment(repo, pr.number, &api).await?;
