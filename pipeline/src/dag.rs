@@ -129,6 +129,7 @@ mod tests {
                     }],
                     rollback: vec![],
                     resources: Default::default(),
+                    services: vec![],
                 })
                 .collect(),
         }

@@ -95,6 +95,26 @@ pub struct Stage {
     pub rollback: Vec<Step>,
     #[serde(default)]
     pub resources: Resources,
+    /// Sidecar containers (a database...) reachable by name from the steps; Docker executor
+    /// only. In file order. Skipped when empty so that specs of stages without services
+    /// serialise as before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<Service>,
+}
+
+/// One entry of a stage's `services:`: a container started before the steps, on the
+/// attempt's network, under its name as host name. No readiness wait: a step that needs the
+/// service up waits for it itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    /// DNS-label-like (validated): it becomes the host name the steps reach it by.
+    pub name: String,
+    pub image: String,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Replaces the image's CMD (the entrypoint is kept); None = the image's own.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -29,11 +29,13 @@ pub(crate) const STAGE_KEYS: &[&str] = &[
     "env",
     "if",
     "resources",
+    "services",
     "steps",
     "rollback",
 ];
 pub(crate) const RETRY_KEYS: &[&str] = &["max", "backoff", "max_backoff", "exit_codes"];
 pub(crate) const RESOURCES_KEYS: &[&str] = &["cpu", "memory"];
+pub(crate) const SERVICE_KEYS: &[&str] = &["image", "env", "command"];
 pub(crate) const STEP_KEYS: &[&str] = &["name", "run", "env"];
 pub(crate) const CONCURRENCY_VALUES: &[&str] = &["parallel", "queue", "cancel-in-progress"];
 
@@ -47,10 +49,13 @@ pub(crate) const ALL_KEY_LISTS: &[(&str, &[&str])] = &[
     ("stage", STAGE_KEYS),
     ("retry", RETRY_KEYS),
     ("resources", RESOURCES_KEYS),
+    ("service", SERVICE_KEYS),
     ("step", STEP_KEYS),
 ];
 
 const MAX_RETRIES: u64 = 100;
+/// A DNS label's limit: a service name becomes a host name on the attempt's network.
+const MAX_SERVICE_NAME: usize = 63;
 
 /// `"; did you mean `x`?"` for the closest candidate, or `""` when none is close.
 /// "Close" = Damerau-Levenshtein distance (case-insensitive) at most a third of the word.
@@ -77,6 +82,18 @@ pub(crate) fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// RFC 1123 label: a service name is the host name steps reach the service by, so it must be
+/// one that every resolver (and Kubernetes, should it ever run services) accepts.
+fn valid_service_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_SERVICE_NAME
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.first() != Some(&b'-')
+        && b.last() != Some(&b'-')
 }
 
 fn valid_env_name(s: &str) -> bool {
@@ -528,6 +545,10 @@ impl Cx<'_> {
             .get("resources")
             .map(|e| self.resources(&e.value))
             .unwrap_or_default();
+        let services = f
+            .get("services")
+            .map(|e| self.services(&e.value))
+            .unwrap_or_default();
         let steps = self.required(&f, "steps").and_then(|e| {
             let steps = self.steps(&e.value)?;
             if steps.is_empty() {
@@ -551,6 +572,7 @@ impl Cx<'_> {
             steps: steps?,
             rollback,
             resources,
+            services,
         })
     }
 
@@ -685,6 +707,71 @@ impl Cx<'_> {
             }
         }
         r
+    }
+
+    /// `services:`, a mapping of service names to services; null = none.
+    fn services(&mut self, node: &Node) -> Vec<Service> {
+        let entries: &[Entry<'_>] = match &node.kind {
+            NodeKind::Map(e) => e,
+            _ if node.is_null() => &[],
+            _ => {
+                self.expected(node, "a mapping of service names to services");
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            if !valid_service_name(&e.key) {
+                self.err(
+                    e.key_pos,
+                    format!(
+                        "invalid service name `{}`: use lowercase letters, digits and `-` \
+                         (not first or last), at most {MAX_SERVICE_NAME} characters; \
+                         it is the service's host name",
+                        e.key
+                    ),
+                );
+            }
+            if let Some(s) = self.service(&e.key, &e.value) {
+                out.push(s);
+            }
+        }
+        out
+    }
+
+    fn service(&mut self, name: &str, node: &Node) -> Option<Service> {
+        let f = self.map(node, SERVICE_KEYS)?;
+        let env = f.get("env").map(|e| self.env(&e.value)).unwrap_or_default();
+        let command = f.get("command").and_then(|e| {
+            // A list only: splitting a string into arguments would need shell quoting rules.
+            let NodeKind::Seq(items) = &e.value.kind else {
+                self.expected(&e.value, "a sequence of strings");
+                return None;
+            };
+            if items.is_empty() {
+                self.err(e.value.pos, "`command` must not be empty");
+                return None;
+            }
+            let mut args = Vec::with_capacity(items.len());
+            for item in items {
+                args.push(self.string(item)?);
+            }
+            Some(args)
+        });
+        let image = self.required(&f, "image")?;
+        let image = self.str_of(&image.value).and_then(|s| {
+            if s.trim().is_empty() {
+                self.err(image.value.pos, "`image` must not be empty");
+                return None;
+            }
+            Some(s.to_string())
+        })?;
+        Some(Service {
+            name: name.to_string(),
+            image,
+            env,
+            command,
+        })
     }
 
     fn steps(&mut self, node: &Node) -> Option<Vec<Step>> {

@@ -386,3 +386,59 @@ fn pipeline_set() {
         ]
     );
 }
+
+#[test]
+fn services() {
+    check(
+        &with_stage(
+            "    services:\n      db: {image: postgres:16, env: {A: 1}, command: [postgres, -c, fsync=off]}\n    steps: [x]\n",
+        ),
+        "",
+    );
+    check(
+        &with_stage("    services: {db: {image: postgres, port: 5432}}\n    steps: [x]\n"),
+        "p.yaml:4:38: unknown key `port`; expected one of `image`, `env`, `command`",
+    );
+    check(
+        &with_stage("    services: {db: {image: postgres, envv: {}}}\n    steps: [x]\n"),
+        "p.yaml:4:38: unknown key `envv`; did you mean `env`?",
+    );
+    check(
+        &with_stage(
+            "    services:\n      My_DB: {image: postgres}\n      -db: {image: postgres}\n      ok-1: {image: x}\n    steps: [x]\n",
+        ),
+        "
+        p.yaml:5:7: invalid service name `My_DB`: use lowercase letters, digits and `-` (not first or last), at most 63 characters; it is the service's host name
+        p.yaml:6:7: invalid service name `-db`: use lowercase letters, digits and `-` (not first or last), at most 63 characters; it is the service's host name
+        ",
+    );
+    let long = "a".repeat(64);
+    check(
+        &with_stage(&format!(
+            "    services: {{{long}: {{image: x}}}}\n    steps: [x]\n"
+        )),
+        &format!("p.yaml:4:16: invalid service name `{long}`: use lowercase letters, digits and `-` (not first or last), at most 63 characters; it is the service's host name"),
+    );
+    check(
+        &with_stage("    services:\n      db: {env: {A: 1}}\n    steps: [x]\n"),
+        "p.yaml:5:11: missing required key `image`",
+    );
+    check(
+        &with_stage("    services:\n      db:\n    steps: [x]\n"),
+        "p.yaml:5:7: missing required key `image`",
+    );
+    check(
+        &with_stage(
+            "    services:\n      db: {image: '', command: sleep 1}\n      web: {image: x, command: []}\n    steps: [x]\n",
+        ),
+        "
+        p.yaml:5:19: `image` must not be empty
+        p.yaml:5:32: expected a sequence of strings, found a string
+        p.yaml:6:32: `command` must not be empty
+        ",
+    );
+    check(
+        &with_stage("    services: [db]\n    steps: [x]\n"),
+        "p.yaml:4:15: expected a mapping of service names to services, found a sequence",
+    );
+}

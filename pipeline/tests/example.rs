@@ -23,6 +23,11 @@ stages:
     env: { CARGO_INCREMENTAL: "0" }
     if: branch == 'main'
     resources: { cpu: 2, memory: 512Mi }
+    services:
+      db:
+        image: postgres:16
+        env: { POSTGRES_PASSWORD: test }
+      cache-1: { image: redis, command: [redis-server, --port, "6380"] }
     steps:
       - name: unit tests
         run: cargo test
@@ -87,6 +92,7 @@ fn full_example() {
                 }],
                 rollback: vec![],
                 resources: Resources::default(),
+                services: vec![],
             },
             Stage {
                 name: "test".into(),
@@ -116,6 +122,20 @@ fn full_example() {
                     cpu: Some("2".into()),
                     memory: Some("512Mi".into()),
                 },
+                services: vec![
+                    Service {
+                        name: "db".into(),
+                        image: "postgres:16".into(),
+                        env: env(&[("POSTGRES_PASSWORD", "test")]),
+                        command: None,
+                    },
+                    Service {
+                        name: "cache-1".into(),
+                        image: "redis".into(),
+                        env: BTreeMap::new(),
+                        command: Some(vec!["redis-server".into(), "--port".into(), "6380".into()]),
+                    },
+                ],
             },
             Stage {
                 name: "deploy".into(),
@@ -143,6 +163,7 @@ fn full_example() {
                 ],
                 rollback: vec![],
                 resources: Resources::default(),
+                services: vec![],
             },
         ],
     };
