@@ -377,6 +377,7 @@ impl Agent {
                     timeout: lease.stage.timeout,
                     image: lease.stage.image.clone(),
                     resources: lease.stage.resources.clone(),
+                    services: lease.stage.services.clone(),
                     source_url: lease.source_url.clone(),
                     repo: lease.repo.clone(),
                     pipeline: lease.pipeline.clone(),

@@ -6,15 +6,23 @@
 //!    there is an image, the CPU and memory limits parse), so a bad stage creates nothing.
 //! 2. The image is pulled when absent (or always / never, per [`PullPolicy`]). A failed pull is
 //!    a [`StageOutcome::Error`] naming the image and carrying the engine's message.
-//! 3. A bridge network is created for the attempt (`deploylite-<run>-<stage>-<attempt>-<key>`),
-//!    so that `services:` sidecars can join it later and be reached by name.
+//!    The images of the stage's `services:` are made present the same way (an error names the
+//!    service).
+//! 3. A bridge network is created for the attempt (`deploylite-<run>-<stage>-<attempt>-<key>`).
+//!    Each of the stage's `services:` is started on it in file order, as a container named
+//!    `<network>-svc-<name>` with the service's name as network alias (the host name the steps
+//!    reach it by), its own env and, if given, its `command` as CMD. Services are not waited
+//!    for (there is no health check, as in GitHub Actions without `options: --health-cmd`): a
+//!    step that needs one up retries until it answers. They get neither the workspace nor the
+//!    stage's limits, which are for the steps.
 //! 4. Each step is `sh -e -c <run>` in a new container from the image, on that network, with the
 //!    workspace bind-mounted at a fixed path ([`DockerConfig::workspace_mount`], the working
 //!    directory), the job's env + the step's env, the configured user, and the stage's CPU and
 //!    memory limits. Output is attached before the container starts and streamed into the stage
 //!    log line by line, with the same step headers and messages as the local executor.
-//! 5. Containers and the network are always removed afterwards: on success, failure, timeout,
-//!    cancellation, error, and (from a spawned task) when the attempt's future is dropped.
+//! 5. Containers (steps and services) and the network are always removed afterwards: on
+//!    success, failure, timeout, cancellation, error, and (from a spawned task) when the
+//!    attempt's future is dropped.
 //!
 //! Why one container per step (the Woodpecker model) rather than one long-lived container with
 //! an `exec` per step:
@@ -32,8 +40,6 @@
 //! [`LABEL_RUN_ID`], [`LABEL_STAGE`], [`LABEL_ATTEMPT`], [`LABEL_KEY`], ...), so that what a killed
 //! daemon left behind can be found and removed: [`DockerExecutor::cleanup_attempt`],
 //! [`DockerExecutor::cleanup_run`], [`DockerExecutor::cleanup_all`].
-//!
-//! `services:` (sidecar containers on the attempt's network) are not implemented yet.
 
 mod cleanup;
 mod limits;
@@ -46,12 +52,16 @@ use std::time::Duration;
 
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, NetworkCreateRequest};
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HostConfig, Mount, MountType, NetworkCreateRequest,
+    NetworkingConfig,
+};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
     StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use bollard::Docker;
+use deploylite_pipeline::Service;
 use futures_util::StreamExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -77,6 +87,8 @@ pub const LABEL_PIPELINE: &str = "deploylite.pipeline";
 pub const LABEL_COMMIT: &str = "deploylite.commit";
 /// On step containers only: the step's number, from 1.
 pub const LABEL_STEP: &str = "deploylite.step";
+/// On service containers only: the service's name.
+pub const LABEL_SERVICE: &str = "deploylite.service";
 
 /// How long a step's container gets between SIGTERM and SIGKILL after a timeout or a
 /// cancellation (the local executor's grace period).
@@ -373,6 +385,36 @@ impl DockerExecutor {
                 return end.outcome();
             }
         }
+        // Before the network: a service image that cannot be had fails the attempt before
+        // anything is created, like the stage's own image.
+        for service in &job.services {
+            match interruptible(
+                self.ensure_image(docker, &service.image, log),
+                deadline,
+                cancel,
+            )
+            .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(message)) => {
+                    let message = format!("service `{}`: {message}", service.name);
+                    log.system(&message).await;
+                    return StageOutcome::Error(message);
+                }
+                Err(end) => {
+                    log.system(&interrupt_message(
+                        end,
+                        job,
+                        &format!(
+                            " while preparing image `{}` of service `{}`",
+                            service.image, service.name
+                        ),
+                    ))
+                    .await;
+                    return end.outcome();
+                }
+            }
+        }
 
         let network = NetworkCreateRequest {
             name: plan.network.clone(),
@@ -394,6 +436,48 @@ impl DockerExecutor {
                 );
                 log.system(&message).await;
                 return StageOutcome::Error(message);
+            }
+        }
+
+        for service in &job.services {
+            if cancel.is_cancelled() {
+                log.system(&format!(
+                    "cancelled while starting service `{}`",
+                    service.name
+                ))
+                .await;
+                return StageOutcome::Cancelled;
+            }
+            // Registered in `leftovers` as soon as created, so the final cleanup removes the
+            // services whatever happens next.
+            match interruptible(
+                self.start_service(docker, plan, service, leftovers),
+                deadline,
+                cancel,
+            )
+            .await
+            {
+                Ok(Ok(())) => {
+                    log.system(&format!(
+                        "service {}: started from image {} (not waited for)",
+                        service.name, service.image
+                    ))
+                    .await;
+                }
+                Ok(Err(message)) => {
+                    let message = format!("service `{}`: {message}", service.name);
+                    log.system(&message).await;
+                    return StageOutcome::Error(message);
+                }
+                Err(end) => {
+                    log.system(&interrupt_message(
+                        end,
+                        job,
+                        &format!(" while starting service `{}`", service.name),
+                    ))
+                    .await;
+                    return end.outcome();
+                }
             }
         }
 
@@ -515,6 +599,62 @@ impl DockerExecutor {
                 engine_message(&e)
             )),
         }
+    }
+
+    /// Creates and starts one service container on the attempt's network. Err is the message.
+    async fn start_service(
+        &self,
+        docker: &Docker,
+        plan: &Plan,
+        service: &Service,
+        leftovers: &mut Leftovers,
+    ) -> Result<(), String> {
+        let name = format!("{}-svc-{}", plan.network, service.name);
+        let mut labels = plan.labels.clone();
+        labels.insert(LABEL_SERVICE.into(), service.name.clone());
+        let endpoint = EndpointSettings {
+            aliases: Some(vec![service.name.clone()]),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(service.image.clone()),
+            // The image's entrypoint stays; `command` replaces only its CMD (as `docker run
+            // IMAGE ARGS...` and GitLab's `services: command`).
+            cmd: service.command.clone(),
+            env: Some(
+                service
+                    .env
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect(),
+            ),
+            labels: Some(labels),
+            attach_stdin: Some(false),
+            attach_stdout: Some(false),
+            attach_stderr: Some(false),
+            open_stdin: Some(false),
+            tty: Some(false),
+            host_config: Some(HostConfig {
+                network_mode: Some(plan.network.clone()),
+                init: Some(self.config.init),
+                ..Default::default()
+            }),
+            networking_config: Some(NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(plan.network.clone(), endpoint)])),
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::new().name(&name).build();
+        let id = docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| format!("cannot create container: {}", engine_message(&e)))?
+            .id;
+        leftovers.container(id.clone());
+        docker
+            .start_container(&id, None)
+            .await
+            .map_err(|e| format!("cannot start the container: {}", engine_message(&e)))
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
 
-use deploylite_pipeline::{Resources, Step};
+use deploylite_pipeline::{Resources, Service, Step};
 use tokio_util::sync::CancellationToken;
 
 use crate::log::StageLog;
@@ -26,6 +26,9 @@ pub struct StageJob {
     pub image: Option<String>,
     /// CPU and memory limits for container executors, as the pipeline wrote them.
     pub resources: Resources,
+    /// The stage's `services:`. Only the Docker executor runs them; the others fail the
+    /// attempt rather than run steps that expect a service that is not there.
+    pub services: Vec<Service>,
     /// Where the commit comes from, for executors that fetch it themselves (a Kubernetes init
     /// container clones `source_url` at `commit`); None when the workspace is already filled.
     pub source_url: Option<String>,
@@ -72,6 +75,21 @@ pub trait Executor: Send + Sync + 'static {
     ) -> BoxFuture<'a, StageOutcome>;
 }
 
+/// The error of an executor that cannot run `services:`: failing the attempt is better than
+/// running steps that expect a database (say) that is not there and failing obscurely.
+pub(crate) fn services_unsupported(executor: &str, job: &StageJob) -> Option<String> {
+    if job.services.is_empty() {
+        return None;
+    }
+    let names: Vec<&str> = job.services.iter().map(|s| s.name.as_str()).collect();
+    Some(format!(
+        "services: needs the docker executor; the {executor} executor cannot start the services \
+         of stage `{}` ({})",
+        job.stage,
+        names.join(", ")
+    ))
+}
+
 /// How a step is named in logs: its `name`, else the first line of its script (at most 60 bytes,
 /// cut at a character boundary). The same for every executor.
 pub(crate) fn step_label(step: &Step) -> String {
@@ -87,5 +105,56 @@ pub(crate) fn step_label(step: &Step) -> String {
         format!("{}…", &line[..end])
     } else {
         line.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deploylite_pipeline::Service;
+
+    #[tokio::test]
+    async fn the_local_executor_refuses_services() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut log = StageLog::create(&dir.path().join("1.log"))
+            .await
+            .expect("log");
+        let job = StageJob {
+            run_id: 1,
+            stage: "test".into(),
+            attempt: 1,
+            workspace: dir.path().to_path_buf(),
+            env: BTreeMap::new(),
+            steps: vec![Step {
+                name: None,
+                run: "touch ran".into(),
+                env: BTreeMap::new(),
+            }],
+            timeout: None,
+            image: None,
+            resources: Resources::default(),
+            services: vec![Service {
+                name: "db".into(),
+                image: "postgres:16".into(),
+                env: BTreeMap::new(),
+                command: None,
+            }],
+            source_url: None,
+            repo: "r".into(),
+            pipeline: "p".into(),
+            commit: "c".into(),
+        };
+        let outcome = crate::LocalExecutor::default()
+            .execute(job, &mut log, CancellationToken::new())
+            .await;
+        assert_eq!(
+            outcome,
+            StageOutcome::Error(
+                "services: needs the docker executor; the local executor cannot start the \
+                 services of stage `test` (db)"
+                    .into()
+            )
+        );
+        assert!(!dir.path().join("ran").exists(), "a step ran");
     }
 }

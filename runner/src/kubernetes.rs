@@ -38,7 +38,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::job::{step_label, BoxFuture, Executor, StageJob, StageOutcome};
+use crate::job::{services_unsupported, step_label, BoxFuture, Executor, StageJob, StageOutcome};
 use crate::log::{LogStream, StageLog};
 use logs::LogMsg;
 use spec::{PodSettings, LABEL_ATTEMPT, LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY};
@@ -208,6 +208,11 @@ impl KubernetesExecutor {
         log: &mut StageLog,
         cancel: CancellationToken,
     ) -> StageOutcome {
+        // Before anything else: sidecars in the Pod are not built, and steps without the
+        // services they expect would fail obscurely.
+        if let Some(message) = services_unsupported("kubernetes", &job) {
+            return error(log, message).await;
+        }
         let source_url = match job.source_url.as_deref().map(str::trim) {
             Some(url) if !url.is_empty() => url.to_string(),
             _ => {

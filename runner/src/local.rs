@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::job::{step_label, BoxFuture, Executor, StageJob, StageOutcome};
+use crate::job::{services_unsupported, step_label, BoxFuture, Executor, StageJob, StageOutcome};
 use crate::log::{LogStream, StageLog};
 
 /// How long a step gets between SIGTERM and SIGKILL after a timeout or a cancellation.
@@ -66,6 +66,9 @@ impl LocalExecutor {
                 "workspace {} does not exist",
                 job.workspace.display()
             ));
+        }
+        if let Some(message) = services_unsupported("local", &job) {
+            return StageOutcome::Error(message);
         }
         let deadline = job.timeout.map(|t| Instant::now() + t);
         for (index, step) in job.steps.iter().enumerate() {

@@ -14,7 +14,7 @@ use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
 };
 use bollard::Docker;
-use deploylite_pipeline::{Resources, Step};
+use deploylite_pipeline::{Resources, Service, Step};
 use deploylite_runner::docker::{
     DockerConfig, DockerExecutor, PullPolicy, DEFAULT_DOCKER_HOST, LABEL_ATTEMPT, LABEL_INSTANCE,
     LABEL_MANAGED, LABEL_RUN_ID, LABEL_STAGE,
@@ -96,6 +96,7 @@ fn job(run_id: i64, workspace: &Path, steps: Vec<Step>) -> StageJob {
         timeout: Some(Duration::from_secs(60)),
         image: Some(IMAGE.into()),
         resources: Resources::default(),
+        services: Vec::new(),
         source_url: None,
         repo: "demo".into(),
         pipeline: "ci".into(),
@@ -651,5 +652,121 @@ async fn running_out_of_memory_is_reported_as_such() {
         run.log
     );
     assert!(!run.log.contains("out survived"), "{}", run.log);
+    assert_no_leftovers(&docker, run_id).await;
+}
+
+/// A service `web` serving a file: started before the step on the attempt's network, reachable
+/// by its name, and gone afterwards.
+fn web_service() -> Service {
+    Service {
+        name: "web".into(),
+        image: IMAGE.into(),
+        env: BTreeMap::from([("GREETING".to_string(), "hello".to_string())]),
+        command: Some(vec![
+            "sh".into(),
+            "-c".into(),
+            "mkdir -p /srv && echo \"$GREETING from web\" > /srv/index.html && exec httpd -f -p 8080 -h /srv"
+                .into(),
+        ]),
+    }
+}
+
+/// Services are not waited for, so the step retries until the service answers.
+const FETCH_WEB: &str = "for i in $(seq 1 50); do \
+    if wget -qO- http://web:8080/; then exit 0; fi; sleep 0.2; \
+done; echo 'web never answered' >&2; exit 1";
+
+#[tokio::test]
+async fn a_service_is_reachable_by_name_and_removed_afterwards() {
+    let Some((executor, docker)) = engine().await else {
+        return;
+    };
+    let run_id = unique_run_id();
+    let (_dir, ws) = workspace();
+    let mut job = job(run_id, &ws, vec![step(FETCH_WEB)]);
+    job.services = vec![web_service()];
+    let run = run(&executor, job, CancellationToken::new()).await;
+
+    assert_eq!(run.outcome, StageOutcome::Succeeded, "{}", run.log);
+    assert!(run.log.contains("out hello from web"), "{}", run.log);
+    assert!(
+        run.log.contains(&format!(
+            "--- service web: started from image {IMAGE} (not waited for)"
+        )),
+        "{}",
+        run.log
+    );
+    assert_no_leftovers(&docker, run_id).await;
+}
+
+#[tokio::test]
+async fn services_are_removed_after_a_failure_a_timeout_and_a_cancellation() {
+    let Some((executor, docker)) = engine().await else {
+        return;
+    };
+    let run_id = unique_run_id();
+    let (_dir, ws) = workspace();
+
+    let mut failing = job(run_id, &ws, vec![step(FETCH_WEB), step("exit 3")]);
+    failing.services = vec![web_service()];
+    let run = run(&executor, failing, CancellationToken::new()).await;
+    assert_eq!(
+        run.outcome,
+        StageOutcome::Failed {
+            step: 1,
+            exit_code: Some(3)
+        },
+        "{}",
+        run.log
+    );
+    assert_no_leftovers(&docker, run_id).await;
+
+    let mut slow = job(run_id, &ws, vec![step("sleep 30")]);
+    slow.services = vec![web_service()];
+    slow.timeout = Some(Duration::from_secs(2));
+    let run = self::run(&executor, slow, CancellationToken::new()).await;
+    assert_eq!(run.outcome, StageOutcome::TimedOut, "{}", run.log);
+    assert!(run.elapsed < Duration::from_secs(15), "{:?}", run.elapsed);
+    assert_no_leftovers(&docker, run_id).await;
+
+    let mut cancelled = job(run_id, &ws, vec![step("sleep 30")]);
+    cancelled.services = vec![web_service()];
+    let cancel = CancellationToken::new();
+    let later = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        later.cancel();
+    });
+    let run = self::run(&executor, cancelled, cancel).await;
+    assert_eq!(run.outcome, StageOutcome::Cancelled, "{}", run.log);
+    assert_no_leftovers(&docker, run_id).await;
+}
+
+#[tokio::test]
+async fn a_service_image_that_cannot_be_pulled_is_a_clear_error() {
+    let Some((executor, docker)) = engine().await else {
+        return;
+    };
+    let run_id = unique_run_id();
+    let (_dir, ws) = workspace();
+    let image = format!("deploylite-test/no-such-service-{run_id}:1");
+    let mut job = job(run_id, &ws, vec![step("echo never")]);
+    job.services = vec![Service {
+        name: "db".into(),
+        image: image.clone(),
+        env: BTreeMap::new(),
+        command: None,
+    }];
+    let run = run(&executor, job, CancellationToken::new()).await;
+
+    let StageOutcome::Error(message) = &run.outcome else {
+        panic!("expected an error, got {:?}\n{}", run.outcome, run.log);
+    };
+    let prefix = format!("service `db`: cannot pull image `{image}`: ");
+    assert!(message.starts_with(&prefix), "{message}");
+    // The engine's own reason follows.
+    assert!(message.len() > prefix.len(), "{message}");
+    assert!(run.log.contains(message.as_str()), "{}", run.log);
+    assert!(!run.log.contains("out never"), "{}", run.log);
     assert_no_leftovers(&docker, run_id).await;
 }

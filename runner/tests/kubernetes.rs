@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deploylite_pipeline::{Resources, Step};
+use deploylite_pipeline::{Resources, Service, Step};
 use deploylite_runner::kubernetes::{KubernetesConfig, KubernetesExecutor};
 use deploylite_runner::{CancellationToken, Executor, StageJob, StageLog, StageOutcome};
 use fake_kube::{never_finishes, runs, Act, FakeKube};
@@ -52,6 +52,7 @@ fn job(steps: Vec<Step>) -> StageJob {
             cpu: Some("500m".into()),
             memory: Some("256Mi".into()),
         },
+        services: Vec::new(),
         source_url: Some(SOURCE.into()),
         repo: "acme/app".into(),
         pipeline: "ci".into(),
@@ -923,4 +924,31 @@ fn pod_names_are_deterministic_dns_labels() {
         fake_client_free(5, "build", 1),
         fake_client_free(5, "Build", 1)
     );
+}
+
+#[tokio::test]
+async fn services_fail_the_attempt_instead_of_being_ignored() {
+    let fake = FakeKube::start(vec![]).await;
+    let mut job = two_steps();
+    job.services = vec![Service {
+        name: "db".into(),
+        image: "postgres:16".into(),
+        env: BTreeMap::new(),
+        command: None,
+    }];
+    let ran = run(&fake, job).await;
+    assert_eq!(
+        ran.outcome,
+        StageOutcome::Error(
+            "services: needs the docker executor; the kubernetes executor cannot start the \
+             services of stage `build` (db)"
+                .into()
+        )
+    );
+    assert!(
+        ran.has("---", "services: needs the docker executor"),
+        "{:?}",
+        ran.log
+    );
+    fake.assert_all_pods_deleted().await;
 }

@@ -120,6 +120,7 @@ impl Scheduler {
             timeout: stage.timeout,
             image: stage.image.clone(),
             resources: stage.resources.clone(),
+            services: stage.services.clone(),
             source_url: None,
             repo: ctx.run.repo.clone(),
             pipeline: ctx.run.pipeline.clone(),

@@ -386,6 +386,7 @@ mod tests {
             timeout: None,
             image: None,
             resources: Resources::default(),
+            services: Vec::new(),
             source_url: None,
             repo: "r".into(),
             pipeline: "p".into(),
