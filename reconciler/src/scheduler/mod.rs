@@ -370,6 +370,9 @@ impl Scheduler {
             return Ok(None);
         };
 
+        // Before the transaction opens: reading a new run's spec needs a connection of its own,
+        // and SQLite's pool has exactly one (the transaction's).
+        let specs = self.specs_for(runs).await;
         let mut tx: Option<TickTx<'static>> = None;
         let mut outcomes = Vec::with_capacity(state.pending.len());
         let mut consistent = true;
@@ -403,7 +406,6 @@ impl Scheduler {
             return Ok(None);
         }
 
-        let specs = self.specs_for(runs).await;
         let (writes, effects) = plan_tick(runs, &specs, slots, now);
         if !writes.expire.is_empty() && !fresh {
             // A lease may have been renewed since our copy was read: check on a fresh one.
