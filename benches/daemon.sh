@@ -23,8 +23,10 @@ while [ $# -gt 0 ]; do
 done
 [ -x "$bin" ] || { echo "no binary at $bin: run cargo build --release first" >&2; exit 2; }
 # Not under /tmp by default: ext4 makes every file creation scan the inodes deleted in the last
-# minute of its block group, and a test suite that just deleted thousands of files under /tmp
-# adds about 1 ms to each stage's log file there. BENCH_TMP chooses another place.
+# minute (five while the inode table is dirty) of its block group, and a test suite or an
+# earlier run of this script that just deleted thousands of files there adds 1-3 ms to each
+# stage's log file. BENCH_TMP chooses another place; on a journal-less ext4, wait a few minutes
+# between runs.
 work=$(mktemp -d "${BENCH_TMP:-/var/tmp}/deploylite-bench.XXXXXX")
 export TMPDIR=$work/tmp
 mkdir -p "$TMPDIR"
@@ -68,6 +70,9 @@ overhead() {
   git_repo "$repo"
   local floor
   floor=$(printf 'true; %.0s' $(seq 1 200))
+  # The daemon first: hyperfine's runs below create and delete thousands of log files, which
+  # slows every file creation nearby for the next minutes (see the comment on BENCH_TMP).
+  overhead_daemon "$repo"
   hyperfine --warmup 2 --runs 10 --export-json "$work/overhead.json" -N \
     "sh -c '$floor'" \
     "$bin run --repo $repo --pipeline serial" \
@@ -85,12 +90,11 @@ for x, name in zip(r[1:], ["serial chain of 200 stages", "200 independent stages
     per = (x["median"] - floor) / 200
     print(f"overhead: {name}: {x['median']*1e3:.1f} ms total, {per*1e3:.3f} ms per stage over the floor")
 PY
-  overhead_daemon "$repo" "$floor"
 }
 
 # The same serial chain and independent stages through `deploylite serve` (durable commits):
 # from the first stage's start to the last stage's end, by the daemon's own timestamps.
-overhead_daemon() { # repo floor-command
+overhead_daemon() { # repo
   local repo=$1 port pid
   port=$(free_port)
   printf 'repos:\n  - { name: overhead, url: %s, poll_interval: 1h }\n' "$repo" > "$work/overhead.yaml"

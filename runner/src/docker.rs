@@ -363,56 +363,32 @@ impl DockerExecutor {
         cancel: &CancellationToken,
         leftovers: &mut Leftovers,
     ) -> StageOutcome {
-        match interruptible(
+        let pulled = interruptible(
             self.ensure_image(docker, &plan.image, log),
             deadline,
             cancel,
         )
-        .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(message)) => {
-                log.system(&message).await;
-                return StageOutcome::Error(message);
-            }
-            Err(end) => {
-                log.system(&interrupt_message(
-                    end,
-                    job,
-                    &format!(" while preparing image `{}`", plan.image),
-                ))
-                .await;
-                return end.outcome();
-            }
+        .await;
+        let doing = format!(" while preparing image `{}`", plan.image);
+        if let Some(end) = settle(pulled, log, job, "", &doing).await {
+            return end;
         }
         // Before the network: a service image that cannot be had fails the attempt before
         // anything is created, like the stage's own image.
         for service in &job.services {
-            match interruptible(
+            let pulled = interruptible(
                 self.ensure_image(docker, &service.image, log),
                 deadline,
                 cancel,
             )
-            .await
-            {
-                Ok(Ok(())) => {}
-                Ok(Err(message)) => {
-                    let message = format!("service `{}`: {message}", service.name);
-                    log.system(&message).await;
-                    return StageOutcome::Error(message);
-                }
-                Err(end) => {
-                    log.system(&interrupt_message(
-                        end,
-                        job,
-                        &format!(
-                            " while preparing image `{}` of service `{}`",
-                            service.image, service.name
-                        ),
-                    ))
-                    .await;
-                    return end.outcome();
-                }
+            .await;
+            let context = format!("service `{}`: ", service.name);
+            let doing = format!(
+                " while preparing image `{}` of service `{}`",
+                service.image, service.name
+            );
+            if let Some(end) = settle(pulled, log, job, &context, &doing).await {
+                return end;
             }
         }
 
@@ -450,35 +426,22 @@ impl DockerExecutor {
             }
             // Registered in `leftovers` as soon as created, so the final cleanup removes the
             // services whatever happens next.
-            match interruptible(
+            let started = interruptible(
                 self.start_service(docker, plan, service, leftovers),
                 deadline,
                 cancel,
             )
-            .await
-            {
-                Ok(Ok(())) => {
-                    log.system(&format!(
-                        "service {}: started from image {} (not waited for)",
-                        service.name, service.image
-                    ))
-                    .await;
-                }
-                Ok(Err(message)) => {
-                    let message = format!("service `{}`: {message}", service.name);
-                    log.system(&message).await;
-                    return StageOutcome::Error(message);
-                }
-                Err(end) => {
-                    log.system(&interrupt_message(
-                        end,
-                        job,
-                        &format!(" while starting service `{}`", service.name),
-                    ))
-                    .await;
-                    return end.outcome();
-                }
+            .await;
+            let context = format!("service `{}`: ", service.name);
+            let doing = format!(" while starting service `{}`", service.name);
+            if let Some(end) = settle(started, log, job, &context, &doing).await {
+                return end;
             }
+            log.system(&format!(
+                "service {}: started from image {} (not waited for)",
+                service.name, service.image
+            ))
+            .await;
         }
 
         for (index, step) in job.steps.iter().enumerate() {
@@ -852,6 +815,30 @@ fn interrupt_message(end: Interrupt, job: &StageJob, what: &str) -> String {
             format!("timed out after {limit}{what}")
         }
         Interrupt::Cancelled => format!("cancelled{what}"),
+    }
+}
+
+/// How a preparation (an image pulled, a service started) ended: None to go on, or the
+/// attempt's outcome once the log says why. `context` prefixes an error, `doing` follows
+/// "timed out after …" or "cancelled".
+async fn settle(
+    result: Result<Result<(), String>, Interrupt>,
+    log: &mut StageLog,
+    job: &StageJob,
+    context: &str,
+    doing: &str,
+) -> Option<StageOutcome> {
+    match result {
+        Ok(Ok(())) => None,
+        Ok(Err(message)) => {
+            let message = format!("{context}{message}");
+            log.system(&message).await;
+            Some(StageOutcome::Error(message))
+        }
+        Err(end) => {
+            log.system(&interrupt_message(end, job, doing)).await;
+            Some(end.outcome())
+        }
     }
 }
 
