@@ -8,29 +8,8 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion};
 use deploylite_pipeline::{layers, parse_pipeline};
 
-const EXAMPLE: &str = r#"name: ci
-on:
-  push: { branches: [main, "release/**"], tags: ["v*"], paths: ["src/**", "Cargo.*"], paths_ignore: ["docs/**"] }
-  pull_request: { branches: [main], paths: ["src/**"], paths_ignore: ["docs/**"] }
-concurrency: cancel-in-progress
-env: { RUST_LOG: info }
-stages:
-  lint:
-    steps: [cargo clippy]
-  test:
-    needs: [lint]
-    runs-on: [linux]
-    image: rust:1.83
-    timeout: 15m
-    retry: { max: 2, backoff: 2s, max_backoff: 1m, exit_codes: [75] }
-    env: { CARGO_INCREMENTAL: "0" }
-    if: branch == 'main'
-    resources: { cpu: 2, memory: 512Mi }
-    steps:
-      - name: unit tests
-        run: cargo test
-    rollback: [ { run: ./scripts/undo.sh } ]
-"#;
+/// Shared with pipeline/tests/yaml_fast.rs, which checks that it stays on the fast path.
+const EXAMPLE: &str = include_str!("../pipeline/tests/fixtures/bench-example.yaml");
 
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("pipeline");

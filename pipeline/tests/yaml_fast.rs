@@ -54,29 +54,8 @@ fn check_accepted(src: &str) {
     assert!(check(src), "the fast path should accept\n---\n{src}\n---");
 }
 
-const BENCH_EXAMPLE: &str = r#"name: ci
-on:
-  push: { branches: [main, "release/**"], tags: ["v*"], paths: ["src/**", "Cargo.*"], paths_ignore: ["docs/**"] }
-  pull_request: { branches: [main], paths: ["src/**"], paths_ignore: ["docs/**"] }
-concurrency: cancel-in-progress
-env: { RUST_LOG: info }
-stages:
-  lint:
-    steps: [cargo clippy]
-  test:
-    needs: [lint]
-    runs-on: [linux]
-    image: rust:1.83
-    timeout: 15m
-    retry: { max: 2, backoff: 2s, max_backoff: 1m, exit_codes: [75] }
-    env: { CARGO_INCREMENTAL: "0" }
-    if: branch == 'main'
-    resources: { cpu: 2, memory: 512Mi }
-    steps:
-      - name: unit tests
-        run: cargo test
-    rollback: [ { run: ./scripts/undo.sh } ]
-"#;
+/// The pipeline `benches/pipeline.rs` times: it must stay on the fast path.
+const BENCH_EXAMPLE: &str = include_str!("fixtures/bench-example.yaml");
 
 fn read(rel: &str) -> Option<String> {
     std::fs::read_to_string(format!("{}/{rel}", env!("CARGO_MANIFEST_DIR"))).ok()

@@ -68,6 +68,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::job::{step_label, BoxFuture, Executor, StageJob, StageOutcome};
 use crate::log::{LogStream, StageLog};
+use crate::outcome::step_failed;
 
 pub use cleanup::Cleaned;
 use cleanup::Leftovers;
@@ -452,16 +453,7 @@ impl DockerExecutor {
                 .await;
             match end {
                 StepEnd::Exited(Some(0)) => {}
-                StepEnd::Exited(code) => {
-                    let how = code.map_or("was killed by a signal".to_string(), |c| {
-                        format!("exited with {c}")
-                    });
-                    log.system(&format!("step {} {how}", index + 1)).await;
-                    return StageOutcome::Failed {
-                        step: index,
-                        exit_code: code,
-                    };
-                }
+                StepEnd::Exited(code) => return step_failed(log, index, code).await,
                 StepEnd::OutOfMemory => {
                     let limit = job
                         .resources

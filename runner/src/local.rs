@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::job::{services_unsupported, step_label, BoxFuture, Executor, StageJob, StageOutcome};
 use crate::log::{LogStream, StageLog};
+use crate::outcome::step_failed;
 
 /// How long a step gets between SIGTERM and SIGKILL after a timeout or a cancellation.
 const KILL_GRACE: Duration = Duration::from_secs(2);
@@ -107,16 +108,7 @@ impl LocalExecutor {
             let end = supervise(&mut child, log, deadline, &cancel).await;
             match end {
                 StepEnd::Exited(Some(0)) => {}
-                StepEnd::Exited(code) => {
-                    let how = code.map_or("was killed by a signal".to_string(), |c| {
-                        format!("exited with {c}")
-                    });
-                    log.system(&format!("step {} {how}", index + 1)).await;
-                    return StageOutcome::Failed {
-                        step: index,
-                        exit_code: code,
-                    };
-                }
+                StepEnd::Exited(code) => return step_failed(log, index, code).await,
                 StepEnd::TimedOut => {
                     let limit = job.timeout.map(|t| format!("{t:?}")).unwrap_or_default();
                     log.system(&format!(

@@ -8,6 +8,7 @@ use deploylite_pipeline::duration::format_duration;
 use deploylite_pipeline::Stage;
 
 use crate::job::StageOutcome;
+use crate::log::StageLog;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -45,18 +46,29 @@ pub fn verdict(
     }
 }
 
+/// `step N exited with C`, or `step N was killed by a signal` (N counted from 1).
+fn failed_step(step: usize, exit_code: Option<i32>) -> String {
+    match exit_code {
+        Some(c) => format!("step {} exited with {c}", step + 1),
+        None => format!("step {} was killed by a signal", step + 1),
+    }
+}
+
+/// A step that did not exit with 0: the executors log it this way and end the attempt with it.
+pub(crate) async fn step_failed(
+    log: &mut StageLog,
+    step: usize,
+    exit_code: Option<i32>,
+) -> StageOutcome {
+    log.system(&failed_step(step, exit_code)).await;
+    StageOutcome::Failed { step, exit_code }
+}
+
 /// A short human note on how an attempt ended (None for a success).
 pub fn describe(stage: &Stage, outcome: &StageOutcome) -> Option<String> {
     match outcome {
         StageOutcome::Succeeded => None,
-        StageOutcome::Failed {
-            exit_code: Some(c),
-            step,
-        } => Some(format!("step {} exited with {c}", step + 1)),
-        StageOutcome::Failed {
-            exit_code: None,
-            step,
-        } => Some(format!("step {} was killed by a signal", step + 1)),
+        StageOutcome::Failed { step, exit_code } => Some(failed_step(*step, *exit_code)),
         StageOutcome::TimedOut => Some(format!(
             "timed out after {}",
             stage.timeout.map(format_duration).unwrap_or_default()

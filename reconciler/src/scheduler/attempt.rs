@@ -256,23 +256,36 @@ impl Scheduler {
             short(&ctx.run.commit)
         ))
         .await;
-        if d.attempt > 1 {
-            let previous = self
-                .store
-                .stage_attempts(d.run_id, &d.stage)
-                .await
-                .ok()
-                .and_then(|all| all.into_iter().find(|a| a.attempt == d.attempt - 1));
-            if let Some(previous) = previous {
-                log.note(&format!(
-                    "previous attempt {}: {}{}",
-                    previous.attempt,
-                    previous.status,
-                    previous.note.map(|n| format!(" ({n})")).unwrap_or_default()
-                ))
-                .await;
-            }
+        if let Ok(Some(previous)) = self.previous_attempt(d.run_id, &d.stage, d.attempt).await {
+            log.note(&previous).await;
         }
+    }
+
+    /// How the attempt before `attempt` ended, as the new attempt's log says it (None for the
+    /// first attempt).
+    pub(super) async fn previous_attempt(
+        &self,
+        run_id: i64,
+        stage: &str,
+        attempt: i64,
+    ) -> Result<Option<String>, crate::store::StoreError> {
+        if attempt <= 1 {
+            return Ok(None);
+        }
+        Ok(self
+            .store
+            .stage_attempts(run_id, stage)
+            .await?
+            .into_iter()
+            .find(|a| a.attempt == attempt - 1)
+            .map(|a| {
+                format!(
+                    "previous attempt {}: {}{}",
+                    a.attempt,
+                    a.status,
+                    a.note.map(|n| format!(" ({n})")).unwrap_or_default()
+                )
+            }))
     }
 }
 

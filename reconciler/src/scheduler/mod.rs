@@ -321,20 +321,17 @@ impl Scheduler {
     }
 
     /// Hands something that ended to the scheduler task, or writes it at once when that task
-    /// is not running (then the next start reads it from the store).
-    async fn complete(&self, completion: Completion) -> Result<bool, StoreError> {
-        if self.collecting.load(Ordering::SeqCst) {
+    /// is not running (then the next start reads it from the store). A remote report learns
+    /// through its `reply` whether it was recorded.
+    async fn complete(&self, completion: Completion) -> Result<(), StoreError> {
+        let completion = if self.collecting.load(Ordering::SeqCst) {
             match self.completions.send(completion) {
-                Ok(()) => return Ok(true),
-                Err(mpsc::error::SendError(completion)) => {
-                    return self.write_completion(completion).await
-                }
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::SendError(completion)) => completion,
             }
-        }
-        self.write_completion(completion).await
-    }
-
-    async fn write_completion(&self, completion: Completion) -> Result<bool, StoreError> {
+        } else {
+            completion
+        };
         let mut tx = self.store.begin_tick().await?;
         let applied = write_one(&mut tx, &completion).await?;
         tx.commit().await?;
@@ -345,7 +342,7 @@ impl Scheduler {
             let _ = reply.send(applied);
         }
         self.wake.notify_one();
-        Ok(applied)
+        Ok(())
     }
 
     /// One pass. Returns `Ok(None)` when it changed something (so another pass may find more),

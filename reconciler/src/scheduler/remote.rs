@@ -134,23 +134,9 @@ impl Scheduler {
                 workspace: None,
             };
             let env = super::attempt::stage_env(&info, &spec, &stage, lease.attempt, "");
-            let previous_attempt = if lease.attempt > 1 {
-                self.store
-                    .stage_attempts(run.id, &lease.stage)
-                    .await?
-                    .into_iter()
-                    .find(|a| a.attempt == lease.attempt - 1)
-                    .map(|a| {
-                        format!(
-                            "previous attempt {}: {}{}",
-                            a.attempt,
-                            a.status,
-                            a.note.map(|n| format!(" ({n})")).unwrap_or_default()
-                        )
-                    })
-            } else {
-                None
-            };
+            let previous_attempt = self
+                .previous_attempt(run.id, &lease.stage, lease.attempt)
+                .await?;
             jobs.push(LeaseJob {
                 run_id: run.id,
                 stage,

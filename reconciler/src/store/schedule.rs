@@ -306,16 +306,6 @@ impl Store {
         Ok(interrupted)
     }
 
-    pub async fn workspace_ready(&self, run_id: i64) -> Result<bool> {
-        let ready: Option<i64> =
-            sqlx::query_scalar("SELECT workspace_ready FROM runs WHERE id = $1")
-                .bind(run_id)
-                .fetch_optional(self.pool())
-                .await
-                .ctx("reading whether a workspace is ready")?;
-        Ok(ready == Some(1))
-    }
-
     pub async fn mark_workspace_ready(&self, run_id: i64, path: &str) -> Result<()> {
         let mut tx = self.begin_tick().await?;
         tx.mark_workspace_ready(run_id, path).await?;
