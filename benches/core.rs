@@ -57,6 +57,7 @@ async fn build_template(dir: &Path) {
             workspace: Some("/tmp".into()),
             report: false,
             pull_request: None,
+            awaiting_approval: false,
             stages: pipeline
                 .stages
                 .iter()
@@ -101,6 +102,7 @@ fn dispatch(c: &mut Criterion) {
             capacity: RUNS * STAGES_PER_RUN,
         }],
         lease_ttl_ms: 30_000,
+        untrusted_labels: Vec::new(),
     };
 
     let mut group = c.benchmark_group("scheduler");

@@ -211,6 +211,10 @@ fn latency(rt: &tokio::runtime::Runtime, forge_delay: Option<Duration>) -> Vec<D
         scheduler: scheduler.waker(),
         watcher: Some(watcher.clone()),
         forges: forges.clone(),
+        auth: Arc::new(deploylite_webhook::AuthConfig {
+            anonymous_read: true,
+            hosts: Vec::new(),
+        }),
     };
     let shutdown = CancellationToken::new();
     let listener = rt

@@ -1,6 +1,9 @@
-//! `deploylite status` and `deploylite cancel`: thin clients of a running daemon's API.
+//! The client commands (`status`, `cancel`, `approve`, `runners`, `token`, `audit`): thin
+//! clients of a running daemon's API, authenticated with an API token when one is found.
 
 use std::process::ExitCode;
+
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use deploylite_webhook::RunView;
@@ -12,11 +15,90 @@ pub struct ListQuery {
     pub limit: i64,
 }
 
-fn http() -> Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(30))
-        .build()
-        .context("cannot build the HTTP client")
+/// A daemon's API, as one user calls it.
+pub struct Client {
+    server: String,
+    base: String,
+    http: reqwest::Client,
+}
+
+/// Where the client finds its token, in this order: `--token-file`, `DEPLOYLITE_TOKEN`, and,
+/// for a daemon on this machine, the initial admin token in its data dir
+/// (`$DEPLOYLITE_DATA_DIR` or `./.deploylite-data`).
+pub fn find_token(server: &str, token_file: Option<&Path>) -> Result<Option<String>> {
+    if let Some(path) = token_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --token-file {}", path.display()))?;
+        return Ok(Some(text.trim().to_string()).filter(|t| !t.is_empty()));
+    }
+    if let Some(token) = std::env::var("DEPLOYLITE_TOKEN")
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+    {
+        return Ok(Some(token));
+    }
+    if !is_loopback_url(server) {
+        return Ok(None);
+    }
+    let data_dir = std::env::var_os("DEPLOYLITE_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_DATA_DIR));
+    Ok(
+        std::fs::read_to_string(data_dir.join(crate::serve::ADMIN_TOKEN_FILE))
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty()),
+    )
+}
+
+fn is_loopback_url(server: &str) -> bool {
+    let host = server
+        .split_once("://")
+        .map_or(server, |(_, rest)| rest)
+        .split(['/', '?'])
+        .next()
+        .unwrap_or("");
+    let host = host.rsplit('@').next().unwrap_or(host);
+    let name = if let Some(v6) = host.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        host.split(':').next().unwrap_or("")
+    };
+    name == "localhost"
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+impl Client {
+    pub fn new(server: &str, token: Option<String>) -> Result<Client> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .context("the API token is not valid header text")?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .default_headers(headers)
+            .build()
+            .context("cannot build the HTTP client")?;
+        Ok(Client {
+            server: server.to_string(),
+            base: server.trim_end_matches('/').to_string(),
+            http,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+        request.send().await.map_err(unreachable(&self.server))
+    }
 }
 
 async fn check(response: reqwest::Response) -> Result<reqwest::Response> {
@@ -30,7 +112,14 @@ async fn check(response: reqwest::Response) -> Result<reqwest::Response> {
         .or_else(|| body.get("message"))
         .and_then(|m| m.as_str())
         .unwrap_or("");
-    bail!("the daemon answered {status}: {message}")
+    match status {
+        reqwest::StatusCode::UNAUTHORIZED => bail!(
+            "the daemon answered {status}: {message}\n\
+             give a token with --token-file FILE or DEPLOYLITE_TOKEN (on the daemon's machine, \
+             its data dir's admin.token is used)"
+        ),
+        _ => bail!("the daemon answered {status}: {message}"),
+    }
 }
 
 fn unreachable(server: &str) -> impl FnOnce(reqwest::Error) -> anyhow::Error + '_ {
@@ -40,19 +129,15 @@ fn unreachable(server: &str) -> impl FnOnce(reqwest::Error) -> anyhow::Error + '
 }
 
 pub async fn status(
-    server: &str,
+    client: &Client,
     run: Option<i64>,
     query: ListQuery,
     json: bool,
 ) -> Result<ExitCode> {
-    let base = server.trim_end_matches('/');
-    let client = http()?;
     if let Some(id) = run {
         let response = client
-            .get(format!("{base}/api/v1/runs/{id}"))
-            .send()
-            .await
-            .map_err(unreachable(server))?;
+            .send(client.http.get(client.url(&format!("/api/v1/runs/{id}"))))
+            .await?;
         let run: RunView = check(response)
             .await?
             .json()
@@ -122,11 +207,8 @@ pub async fn status(
         }
     }
     let response = client
-        .get(format!("{base}/api/v1/runs"))
-        .query(&params)
-        .send()
-        .await
-        .map_err(unreachable(server))?;
+        .send(client.http.get(client.url("/api/v1/runs")).query(&params))
+        .await?;
     let runs: Vec<RunView> = check(response)
         .await?
         .json()
@@ -155,13 +237,14 @@ pub async fn status(
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn cancel(server: &str, run: i64) -> Result<ExitCode> {
-    let base = server.trim_end_matches('/');
-    let response = http()?
-        .post(format!("{base}/api/v1/runs/{run}/cancel"))
-        .send()
-        .await
-        .map_err(unreachable(server))?;
+pub async fn cancel(client: &Client, run: i64) -> Result<ExitCode> {
+    let response = client
+        .send(
+            client
+                .http
+                .post(client.url(&format!("/api/v1/runs/{run}/cancel"))),
+        )
+        .await?;
     if response.status() == reqwest::StatusCode::CONFLICT {
         let body: serde_json::Value = response.json().await.unwrap_or_default();
         eprintln!(
@@ -186,13 +269,10 @@ fn short(commit: &str) -> &str {
     commit.get(..12).unwrap_or(commit)
 }
 
-pub async fn runners(server: &str, json: bool) -> Result<ExitCode> {
-    let base = server.trim_end_matches('/');
-    let response = http()?
-        .get(format!("{base}/api/v1/runners"))
-        .send()
-        .await
-        .map_err(unreachable(server))?;
+pub async fn runners(client: &Client, json: bool) -> Result<ExitCode> {
+    let response = client
+        .send(client.http.get(client.url("/api/v1/runners")))
+        .await?;
     let runners: Vec<deploylite_webhook::runners::RunnerView> = check(response)
         .await?
         .json()
@@ -221,14 +301,195 @@ pub async fn runners(server: &str, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn revoke(server: &str, name: &str) -> Result<ExitCode> {
-    let base = server.trim_end_matches('/');
-    let response = http()?
-        .post(format!("{base}/api/v1/runners/{name}/revoke"))
-        .send()
-        .await
-        .map_err(unreachable(server))?;
+pub async fn revoke(client: &Client, name: &str) -> Result<ExitCode> {
+    let response = client
+        .send(
+            client
+                .http
+                .post(client.url(&format!("/api/v1/runners/{name}/revoke"))),
+        )
+        .await?;
     check(response).await?;
     println!("runner `{name}` revoked: its credential no longer works");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `deploylite approve RUN`: the run's head commit may run (its sibling runs of that commit too).
+pub async fn approve(client: &Client, run: i64) -> Result<ExitCode> {
+    let response = client
+        .send(
+            client
+                .http
+                .post(client.url(&format!("/api/v1/runs/{run}/approve"))),
+        )
+        .await?;
+    if response.status() == reqwest::StatusCode::CONFLICT {
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        eprintln!(
+            "{}",
+            body.get("error")
+                .and_then(|m| m.as_str())
+                .unwrap_or("the run is not waiting for approval")
+        );
+        return Ok(ExitCode::from(1));
+    }
+    let body: serde_json::Value = check(response).await?.json().await.unwrap_or_default();
+    let approved: Vec<String> = body
+        .get("approved")
+        .and_then(|a| a.as_array())
+        .map(|a| a.iter().map(|id| format!("#{id}")).collect())
+        .unwrap_or_default();
+    println!("approved: run {} will start", approved.join(", run "));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn token_create(
+    client: &Client,
+    name: &str,
+    role: &str,
+    expires_in: Option<std::time::Duration>,
+) -> Result<ExitCode> {
+    let mut body = serde_json::json!({ "name": name, "role": role });
+    if let Some(d) = expires_in {
+        body["expires_in_ms"] = serde_json::json!(i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    }
+    let response = client
+        .send(client.http.post(client.url("/api/v1/tokens")).json(&body))
+        .await?;
+    let created: deploylite_webhook::CreatedToken = check(response)
+        .await?
+        .json()
+        .await
+        .context("unexpected answer")?;
+    // The token alone on stdout, so that `deploylite token create ... > file` keeps it.
+    println!("{}", created.token);
+    eprintln!(
+        "token `{}` ({}) created{}; it is shown only this once",
+        created.name,
+        created.role.as_str(),
+        created
+            .expires_at
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .map(|t| format!(
+                ", expires {}",
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ))
+            .unwrap_or_default()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn token_revoke(client: &Client, name: &str) -> Result<ExitCode> {
+    let response = client
+        .send(
+            client
+                .http
+                .post(client.url(&format!("/api/v1/tokens/{name}/revoke"))),
+        )
+        .await?;
+    check(response).await?;
+    println!("token `{name}` revoked");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn time_text(ms: Option<i64>) -> String {
+    ms.and_then(chrono::DateTime::from_timestamp_millis)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| "-".into())
+}
+
+pub async fn token_list(client: &Client, json: bool) -> Result<ExitCode> {
+    let response = client
+        .send(client.http.get(client.url("/api/v1/tokens")))
+        .await?;
+    let tokens: Vec<serde_json::Value> = check(response)
+        .await?
+        .json()
+        .await
+        .context("unexpected answer")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&tokens)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<[String; 5]> = tokens
+        .iter()
+        .map(|t| {
+            let text = |k: &str| t.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+            let ms = |k: &str| t.get(k).and_then(|v| v.as_i64());
+            let state = if ms("revoked_at").is_some() {
+                "revoked".to_string()
+            } else {
+                "live".to_string()
+            };
+            [
+                text("name"),
+                text("role"),
+                state,
+                time_text(ms("expires_at")),
+                text("created_by"),
+            ]
+        })
+        .collect();
+    print_table(&["NAME", "ROLE", "STATE", "EXPIRES", "CREATED BY"], &rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn audit(client: &Client, limit: i64, json: bool) -> Result<ExitCode> {
+    let response = client
+        .send(
+            client
+                .http
+                .get(client.url("/api/v1/audit"))
+                .query(&[("limit", limit.to_string())]),
+        )
+        .await?;
+    let entries: Vec<serde_json::Value> = check(response)
+        .await?
+        .json()
+        .await
+        .context("unexpected answer")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<[String; 5]> = entries
+        .iter()
+        .map(|e| {
+            let text = |k: &str| e.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+            [
+                time_text(e.get("at").and_then(|v| v.as_i64())),
+                text("actor"),
+                text("action"),
+                text("target"),
+                e.get("result").map(|v| v.to_string()).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print_table(&["TIME", "ACTOR", "ACTION", "TARGET", "RESULT"], &rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Columns as wide as their widest cell.
+fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
 }

@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use deploylite_pipeline::duration::parse_duration;
 use deploylite_pipeline::GlobList;
 use deploylite_reconciler::store::SqliteSync;
+use deploylite_reconciler::trust::UntrustedPolicy;
 use deploylite_reconciler::watcher::RepoConfig;
 use deploylite_webhook::forges::{
     forge_from_url, ForgeKind, ForgeRepo, GithubAuth, GithubConfig, GitlabConfig, Secret,
@@ -48,6 +49,8 @@ pub const ENV_KEYS: &[&str] = &[
     "runners__registration_tokens",
     "runners__registration_tokens_file",
     "runners__lease_ttl",
+    "auth__anonymous_read",
+    "untrusted__labels",
 ];
 
 #[derive(Debug, Default, Deserialize)]
@@ -66,6 +69,22 @@ pub struct ConfigLayer {
     pub webhook_max_body_bytes: Option<usize>,
     pub forges: Option<ForgesLayer>,
     pub runners: Option<RunnersLayer>,
+    pub auth: Option<AuthLayer>,
+    pub untrusted: Option<UntrustedLayer>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthLayer {
+    /// Reads without a token [default: true while `listen` is a loopback address].
+    pub anonymous_read: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UntrustedLayer {
+    /// Runners offering one of these labels may run pull requests from forks [default: none].
+    pub labels: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -138,6 +157,8 @@ pub struct RepoLayer {
     pub forge: Option<String>,
     /// `owner/name` or `group/project`; derived from the URL where possible.
     pub slug: Option<String>,
+    /// Pull requests from forks by non-members: `require-approval` (default), `never`, `run`.
+    pub untrusted: Option<UntrustedPolicy>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -164,6 +185,11 @@ pub struct Config {
     pub forges: deploylite_webhook::Forges,
     pub registration_tokens: Vec<Secret>,
     pub lease_ttl: Duration,
+    /// Reads without a token.
+    pub anonymous_read: bool,
+    /// Runner labels allowed to run untrusted (fork) code.
+    pub untrusted_labels: Vec<String>,
+    pub public_url: Option<String>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -278,6 +304,18 @@ impl ConfigLayer {
             public_url,
             webhook_max_body_bytes
         );
+        if let Some(a) = other.auth {
+            let mine = self.auth.get_or_insert_with(Default::default);
+            if a.anonymous_read.is_some() {
+                mine.anonymous_read = a.anonymous_read;
+            }
+        }
+        if let Some(u) = other.untrusted {
+            let mine = self.untrusted.get_or_insert_with(Default::default);
+            if u.labels.is_some() {
+                mine.labels = u.labels;
+            }
+        }
         if let Some(r) = other.runners {
             let mine = self.runners.get_or_insert_with(Default::default);
             if r.registration_tokens.is_some() {
@@ -443,6 +481,7 @@ impl ConfigLayer {
                 name: repo.name,
                 url: repo.url,
                 poll_interval,
+                untrusted: repo.untrusted.unwrap_or_default(),
             });
         }
         Ok(Config {
@@ -459,6 +498,12 @@ impl ConfigLayer {
                 .labels
                 .unwrap_or_else(|| vec!["local".into(), std::env::consts::OS.into()]),
             repos,
+            anonymous_read: self
+                .auth
+                .and_then(|a| a.anonymous_read)
+                .unwrap_or_else(|| listen.ip().is_loopback()),
+            untrusted_labels: self.untrusted.and_then(|u| u.labels).unwrap_or_default(),
+            public_url: self.public_url.clone(),
             forges: deploylite_webhook::Forges::new(
                 github,
                 gitlab,

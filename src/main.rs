@@ -96,11 +96,39 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Cancel a run: running stages are stopped, the rest skipped.
+    /// Cancel a run: running stages are stopped, the rest skipped. Needs an operator token.
     Cancel {
         run: i64,
         #[command(flatten)]
         server: ServerArg,
+    },
+    /// Approve an untrusted run (a pull request from a fork) so that it starts.
+    ///
+    /// Approves the run's head commit: the run and the other runs of that commit waiting for
+    /// approval start. A later push to the fork records new runs that need a new approval.
+    /// Needs an operator token. Exits 1 when the run is not waiting for approval.
+    Approve {
+        run: i64,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Manage API tokens (admin token needed).
+    ///
+    /// Roles: viewer (read runs, logs, runners), operator (also cancel and approve), admin (also
+    /// runners, tokens and the audit log). The first start of a daemon writes an admin token to
+    /// DATA_DIR/admin.token (mode 0600).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Show the audit log: every state-changing API call, who made it and how it ended (admin).
+    Audit {
+        #[command(flatten)]
+        server: ServerArg,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
     },
     /// Run a runner agent: take stages from a DeployLite server and run them here.
     ///
@@ -113,6 +141,37 @@ enum Command {
     Runners {
         #[command(subcommand)]
         command: RunnersCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it (only this once) on stdout.
+    Create {
+        /// viewer, operator or admin.
+        #[arg(long, value_name = "ROLE")]
+        role: String,
+        /// A unique name (letters, digits, `-`, `_`, `.`), shown in the audit log.
+        #[arg(long, value_name = "NAME")]
+        name: String,
+        /// Lifetime, e.g. 30d or 12h [default: until revoked].
+        #[arg(long, value_name = "DURATION")]
+        expires_in: Option<String>,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Revoke a token at once.
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// List tokens: names, roles, expiry (never their values).
+    List {
+        #[command(flatten)]
+        server: ServerArg,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -191,6 +250,17 @@ struct ServerArg {
         value_name = "URL"
     )]
     server: String,
+    /// A file holding the API token [default: DEPLOYLITE_TOKEN, else, for a daemon on this
+    /// machine, the data dir's admin.token].
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+}
+
+impl ServerArg {
+    fn client(&self) -> anyhow::Result<client::Client> {
+        let token = client::find_token(&self.server, self.token_file.as_deref())?;
+        client::Client::new(&self.server, token)
+    }
 }
 
 #[derive(Args)]
@@ -253,16 +323,23 @@ fn main() -> ExitCode {
                     status,
                     limit,
                 };
-                client::status(&server.server, run, query, json).await
+                client::status(&server.client()?, run, query, json).await
             }
-            Command::Cancel { run, server } => client::cancel(&server.server, run).await,
+            Command::Cancel { run, server } => client::cancel(&server.client()?, run).await,
+            Command::Approve { run, server } => client::approve(&server.client()?, run).await,
+            Command::Token { command } => token(command).await,
+            Command::Audit {
+                server,
+                limit,
+                json,
+            } => client::audit(&server.client()?, limit, json).await,
             Command::Runner(args) => runner(args).await,
             Command::Runners {
                 command: RunnersCommand::List { server, json },
-            } => client::runners(&server.server, json).await,
+            } => client::runners(&server.client()?, json).await,
             Command::Runners {
                 command: RunnersCommand::Revoke { name, server },
-            } => client::revoke(&server.server, &name).await,
+            } => client::revoke(&server.client()?, &name).await,
         }
     });
     match result {
@@ -271,6 +348,31 @@ fn main() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        TokenCommand::Create {
+            role,
+            name,
+            expires_in,
+            server,
+        } => {
+            role.parse::<deploylite_reconciler::store::Role>()
+                .map_err(|e| anyhow::anyhow!("--role: {e}"))?;
+            deploylite_webhook::valid_token_name(&name)
+                .map_err(|e| anyhow::anyhow!("--name: {e}"))?;
+            let expires_in = expires_in
+                .map(|d| deploylite_pipeline::duration::parse_duration(&d))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--expires-in: {e}"))?;
+            client::token_create(&server.client()?, &name, &role, expires_in).await
+        }
+        TokenCommand::Revoke { name, server } => {
+            client::token_revoke(&server.client()?, &name).await
+        }
+        TokenCommand::List { server, json } => client::token_list(&server.client()?, json).await,
     }
 }
 

@@ -14,6 +14,8 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, ConfigLayer, LogFormat};
 use crate::ServeArgs;
+use deploylite_webhook::auth::{hash_token, new_token};
+use deploylite_webhook::AuthConfig;
 
 pub fn load_config(args: &ServeArgs) -> Result<Config> {
     let file = match &args.config {
@@ -44,6 +46,7 @@ fn scheduler_config(config: &Config) -> SchedulerConfig {
         scheduler.local = None;
     }
     scheduler.lease_ttl = config.lease_ttl;
+    scheduler.untrusted_labels = config.untrusted_labels.clone();
     scheduler.runner_offline_after = config.lease_ttl.max(Duration::from_secs(30)) * 2;
     // Remote executors that fetch the commit themselves (Kubernetes) clone from here; a local
     // path only works for runners on this machine.
@@ -81,6 +84,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .await
         .with_context(|| format!("cannot open the store at {}", redact(&config.database_url)))?;
 
+    if let Some(path) = write_initial_admin_token(&store, &data).await? {
+        tracing::info!(path = %path.display(), "first start: an admin API token was written (mode 0600); `deploylite token create` makes more");
+    }
+
     let repos = Arc::new(Repos::new(config.repos.clone(), &data));
     let scheduler = Scheduler::new(
         store.clone(),
@@ -99,22 +106,31 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let app = deploylite_webhook::router(deploylite_webhook::AppState {
-        store: store.clone(),
-        data: data.clone(),
-        scheduler: scheduler.waker(),
-        watcher: Some(watcher.clone()),
-        forges: forges.clone(),
-    })
-    .merge(deploylite_webhook::runners::routes(
-        deploylite_webhook::runners::RunnerState {
+    let hosts = AuthConfig::hosts_for(config.listen, config.public_url.as_deref());
+    if hosts.is_empty() {
+        tracing::warn!(listen = %config.listen, "listening on every address without `public_url`: requests naming any Host are taken; set public_url to refuse DNS-rebound ones");
+    }
+    let auth = Arc::new(AuthConfig {
+        anonymous_read: config.anonymous_read,
+        hosts,
+    });
+    let app = deploylite_webhook::app(
+        deploylite_webhook::AppState {
+            store: store.clone(),
+            data: data.clone(),
+            scheduler: scheduler.waker(),
+            watcher: Some(watcher.clone()),
+            forges: forges.clone(),
+            auth,
+        },
+        deploylite_webhook::runners::routes(deploylite_webhook::runners::RunnerState {
             scheduler: scheduler.clone(),
             repos: repos.clone(),
             registration_tokens: Arc::new(config.registration_tokens.clone()),
             poll_wait: Duration::from_secs(20),
             offline_after: config.lease_ttl.max(Duration::from_secs(30)) * 2,
-        },
-    ));
+        }),
+    );
 
     tracing::info!(
         listen = %config.listen,
@@ -122,6 +138,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         database = %redact(&config.database_url),
         repos = config.repos.len(),
         max_parallel_stages = config.max_parallel_stages,
+        anonymous_read = config.anonymous_read,
         recovered_attempts = recovered,
         "deploylite is running"
     );
@@ -161,6 +178,62 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     }
     store.close().await;
     Ok(())
+}
+
+/// Where the initial admin token is written, as Argo CD writes its initial admin secret.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// On the very first start (no token was ever created), creates the token `admin` and writes
+/// it to `data_dir/admin.token`, readable by this user only. Later starts leave it alone, so a
+/// deleted file stays deleted and a revoked token stays revoked.
+async fn write_initial_admin_token(
+    store: &Store,
+    data: &DataDir,
+) -> Result<Option<std::path::PathBuf>> {
+    if store
+        .has_tokens()
+        .await
+        .context("cannot read the API tokens")?
+    {
+        return Ok(None);
+    }
+    let token = new_token();
+    let path = data.root().join(ADMIN_TOKEN_FILE);
+    let (file, text) = (path.clone(), format!("{token}\n"));
+    tokio::task::spawn_blocking(move || write_private(&file, text.as_bytes()))
+        .await
+        .context("cannot write the admin token")?
+        .with_context(|| format!("cannot write the admin token to {}", path.display()))?;
+    let created = store
+        .create_token(
+            "admin",
+            &hash_token(&token),
+            deploylite_reconciler::store::Role::Admin,
+            "deploylite serve (first start)",
+            None,
+        )
+        .await
+        .context("cannot record the admin token")?;
+    if !created {
+        // Another daemon on the same database got there first; its file is the one.
+        let _ = tokio::fs::remove_file(&path).await;
+        return Ok(None);
+    }
+    Ok(Some(path))
+}
+
+/// Writes a file only its owner can read (mode 0600 from the moment it exists).
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
 pub async fn wait_for_signal() {

@@ -1006,6 +1006,7 @@ async fn api_filters_runs_and_answers_400_and_404_where_due() {
     let resp = daemon
         .http()
         .post(format!("{}/api/v1/runs/999999/cancel", daemon.url))
+        .bearer_auth(daemon.admin_token())
         .send()
         .await
         .unwrap();
@@ -1013,6 +1014,7 @@ async fn api_filters_runs_and_answers_400_and_404_where_due() {
     let resp = daemon
         .http()
         .post(format!("{}/api/v1/runs/{tid}/cancel", daemon.url))
+        .bearer_auth(daemon.admin_token())
         .send()
         .await
         .unwrap();

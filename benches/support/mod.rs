@@ -56,6 +56,7 @@ pub fn local_daemon_reporting(
             tags: GlobList::default(),
             poll_interval: Duration::from_secs(3600),
             report,
+            untrusted: Default::default(),
         }],
         &data,
     ));

@@ -149,6 +149,7 @@ fn base_run(file: &PipelineFile, event: &CommitEvent, pipeline: &str, status: Ru
         stages: Vec::new(),
         report: event.report,
         pull_request: event.pull_request.clone(),
+        awaiting_approval: false,
     }
 }
 

@@ -5,6 +5,7 @@
 use deploylite_pipeline::Event;
 
 use crate::store::PullRequestInfo;
+use crate::trust::Untrusted;
 use crate::watcher::{ReconcileError, Watcher};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +31,23 @@ pub enum ForgeEvent {
         commit: String,
         pipeline: Option<String>,
     },
+    /// A member of the repository commented `/deploylite approve` on a pull/merge request: its
+    /// untrusted head runs may start. The forge crate has checked the commenter's membership.
+    Approve(ApprovalComment),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalComment {
+    pub repo: String,
+    /// The pull request's head ref, as in [`PullRequestEvent::git_ref`].
+    pub git_ref: String,
+    /// Who approved: `github:<login>`, `gitlab:<username>`.
+    pub by: String,
+    /// The head commit the comment approves, when the forge says (GitLab); otherwise the
+    /// newest head recorded before `written_at` is approved.
+    pub commit: Option<String>,
+    /// When the comment was written (epoch ms).
+    pub written_at: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +63,18 @@ pub struct PullRequestEvent {
     pub base_branch: String,
     pub head_repo: String,
     pub from_fork: bool,
+    /// Who opened it (the forge's login), for the approval message.
+    pub author: String,
+    /// The author is an owner, member or collaborator of the base repository: their fork's
+    /// code is trusted like a branch of the repository.
+    pub author_is_member: bool,
+}
+
+impl PullRequestEvent {
+    /// Code from a fork whose author is not a member of the repository.
+    pub fn untrusted(&self) -> bool {
+        self.from_fork && !self.author_is_member
+    }
 }
 
 /// What applying an event did, for logs and tests.
@@ -52,6 +82,7 @@ pub struct PullRequestEvent {
 pub struct Applied {
     pub created: Vec<i64>,
     pub cancelled: Vec<i64>,
+    pub approved: Vec<i64>,
     pub polled: bool,
 }
 
@@ -124,7 +155,42 @@ impl Watcher {
                     ..Default::default()
                 })
             }
+            ForgeEvent::Approve(comment) => {
+                let approved = self.apply_approval(&comment).await?;
+                Ok(Applied {
+                    approved,
+                    ..Default::default()
+                })
+            }
         }
+    }
+
+    async fn apply_approval(&self, comment: &ApprovalComment) -> Result<Vec<i64>, ReconcileError> {
+        let store = self.store();
+        let approved = match &comment.commit {
+            Some(commit) => {
+                store
+                    .approve_commit(&comment.repo, &comment.git_ref, commit, &comment.by)
+                    .await?
+            }
+            None => {
+                store
+                    .approve_pull_request(
+                        &comment.repo,
+                        &comment.git_ref,
+                        comment.written_at,
+                        &comment.by,
+                    )
+                    .await?
+            }
+        };
+        if approved.is_empty() {
+            tracing::info!(repo = %comment.repo, git_ref = %comment.git_ref, by = %comment.by, "approval comment: no run was waiting for approval");
+        } else {
+            tracing::info!(repo = %comment.repo, git_ref = %comment.git_ref, by = %comment.by, runs = ?approved, "untrusted runs approved");
+            self.wake_scheduler();
+        }
+        Ok(approved)
     }
 
     /// Records the runs of a pull request's head (none when they exist already).
@@ -137,11 +203,21 @@ impl Watcher {
             .get(&pr.repo)
             .cloned()
             .ok_or_else(|| ReconcileError::UnknownRepo(pr.repo.clone()))?;
+        let untrusted = pr.untrusted();
         let info = PullRequestInfo {
             number: pr.number,
             head_repo: pr.head_repo.clone(),
-            untrusted: pr.from_fork,
+            untrusted,
         };
+        let trust = untrusted.then(|| Untrusted {
+            policy: entry.config.untrusted,
+            base_branch: pr.base_branch.clone(),
+            base_sha: pr.base_sha.clone(),
+            reason: format!(
+                "pull request #{} from fork {} by {}",
+                pr.number, pr.head_repo, pr.author
+            ),
+        });
         self.reconcile_commit(
             &entry,
             &pr.git_ref,
@@ -152,6 +228,7 @@ impl Watcher {
             },
             Some(info),
             true,
+            trust,
         )
         .await
     }

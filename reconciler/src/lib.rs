@@ -9,4 +9,5 @@ pub mod paths;
 pub mod scheduler;
 pub mod status;
 pub mod store;
+pub mod trust;
 pub mod watcher;

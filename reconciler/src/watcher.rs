@@ -17,6 +17,7 @@ use crate::git::{is_local, GitError, GitRepo};
 use crate::paths::DataDir;
 use crate::scheduler::WorkspaceSource;
 use crate::store::{RecordCommit, Store, StoreError};
+use crate::trust::{Untrusted, UntrustedPolicy};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -42,6 +43,8 @@ pub struct RepoConfig {
     pub poll_interval: Duration,
     /// Whether runs of this repository are reported to a forge.
     pub report: bool,
+    /// What pull requests from forks by non-members may do.
+    pub untrusted: UntrustedPolicy,
 }
 
 pub struct RepoEntry {
@@ -259,7 +262,7 @@ impl Watcher {
             }
             let previous = known.get(&git_ref).cloned();
             created += self
-                .reconcile_commit(entry, &git_ref, &commit, previous, event, None, false)
+                .reconcile_commit(entry, &git_ref, &commit, previous, event, None, false, None)
                 .await?
                 .len();
             known.insert(git_ref, commit);
@@ -269,6 +272,7 @@ impl Watcher {
 
     /// Records the runs one commit on one ref asks for, and the ref's new commit, atomically.
     /// `fetch` first brings a mirror up to date (a webhook may name a commit not fetched yet).
+    /// For `untrusted` code the pipelines are read from the base branch, never from `commit`.
     #[allow(clippy::too_many_arguments)]
     pub async fn reconcile_commit(
         &self,
@@ -279,11 +283,19 @@ impl Watcher {
         event: Event,
         pull_request: Option<crate::store::PullRequestInfo>,
         fetch: bool,
+        untrusted: Option<Untrusted>,
     ) -> Result<Vec<i64>, ReconcileError> {
         let (commit_owned, prev) = (commit.to_string(), previous.clone());
+        let base = untrusted
+            .as_ref()
+            .map(|u| (u.base_branch.clone(), u.base_sha.clone()));
         let (files, changed) = entry
             .with_git(fetch, move |git| {
-                let files = git.pipeline_files(&commit_owned)?;
+                let definitions = match base {
+                    Some((branch, sha)) => definitions_commit(git, &branch, sha)?,
+                    None => commit_owned.clone(),
+                };
+                let files = git.pipeline_files(&definitions)?;
                 // An unknown previous commit (force-push, gc) makes the change unknown: no filter.
                 let changed = prev.and_then(|p| git.changed_paths(&p, &commit_owned).ok());
                 Ok((files, changed))
@@ -303,7 +315,10 @@ impl Watcher {
             report: entry.config.report,
             pull_request,
         };
-        let runs = desired_runs(&files, &event, &self.cache);
+        let mut runs = desired_runs(&files, &event, &self.cache);
+        if let Some(untrusted) = &untrusted {
+            crate::trust::apply(&mut runs, untrusted);
+        }
         let (created, cancelled) = self
             .store
             .record_commit(&RecordCommit {
@@ -333,6 +348,20 @@ impl Watcher {
     pub fn wake_scheduler(&self) {
         self.scheduler.notify_one();
     }
+}
+
+/// The commit whose pipelines decide what an untrusted head runs: the base branch's tip as
+/// this daemon knows it (after the fetch), or as the forge said when the branch is unknown here.
+fn definitions_commit(
+    git: &GitRepo,
+    base_branch: &str,
+    base_sha: Option<String>,
+) -> Result<String, GitError> {
+    let wanted = format!("refs/heads/{base_branch}");
+    if let Some((_, head)) = git.branch_heads()?.into_iter().find(|(r, _)| *r == wanted) {
+        return Ok(head);
+    }
+    base_sha.ok_or(GitError::UnknownRevision(wanted))
 }
 
 enum EventKind {

@@ -133,6 +133,7 @@ fn new_run(commit: &str, concurrency: Concurrency) -> NewRun {
         workspace: None,
         report: false,
         pull_request: None,
+        awaiting_approval: false,
         stages: vec![
             NewStage {
                 name: "build".into(),
@@ -1012,6 +1013,7 @@ fn diamond_run(commit: &str) -> NewRun {
         })
         .collect();
     NewRun {
+        awaiting_approval: false,
         spec: Some(serde_json::to_string(&pipeline).expect("spec json")),
         stages,
         report: true,
@@ -1043,6 +1045,7 @@ async fn the_schedulers_copy_matches_the_store_after_every_write(store: &Store, 
             capacity: 1,
         }],
         lease_ttl_ms: 30_000,
+        untrusted_labels: Vec::new(),
     };
     let mut copy = store.load_active().await.unwrap();
     let mut retried = false;

@@ -769,11 +769,50 @@ impl Daemon {
         }
     }
 
-    /// `deploylite <args> --server <this daemon>` → (exit code, stdout, stderr).
+    /// `deploylite <args> --server <this daemon> --token-file <its admin token>` → (exit
+    /// code, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
         let mut cmd = cli();
-        cmd.args(args).arg("--server").arg(&self.url);
+        cmd.args(args)
+            .arg("--server")
+            .arg(&self.url)
+            .arg("--token-file")
+            .arg(self.admin_token_path());
         run_cmd(cmd)
+    }
+
+    /// `deploylite <args> --server <this daemon>` with no token → (exit code, stdout, stderr).
+    pub fn cli_anonymous(&self, args: &[&str]) -> (i32, String, String) {
+        let mut cmd = cli();
+        cmd.args(args).arg("--server").arg(&self.url);
+        // Run elsewhere than the daemon's data dir, so that no admin.token is found by default.
+        cmd.current_dir(self.dir.path());
+        run_cmd(cmd)
+    }
+
+    /// The admin token the daemon wrote at its first start.
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.data_dir.join("admin.token")
+    }
+
+    pub fn admin_token(&self) -> String {
+        fs::read_to_string(self.admin_token_path())
+            .expect("the daemon wrote data_dir/admin.token")
+            .trim()
+            .to_string()
+    }
+
+    /// A POST to the API with the admin token.
+    pub async fn post_as_admin(&self, path: &str) -> (u16, String) {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(self.admin_token())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        let code = resp.status().as_u16();
+        (code, resp.text().await.unwrap_or_default())
     }
 }
 

@@ -1,11 +1,12 @@
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use deploylite_reconciler::status::{RunStatus, StageStatus};
 use deploylite_reconciler::store::{RunFilter, RunRecord, StageRecord, StoreError};
 use serde::{Deserialize, Serialize};
 
+use crate::auth::Caller;
 use crate::AppState;
 
 /// Errors as the API shows them: a status and a one-line JSON message. Store details go to the
@@ -13,6 +14,7 @@ use crate::AppState;
 pub(crate) enum ApiError {
     BadRequest(String),
     NotFound(String),
+    Conflict(String),
     Internal(StoreError),
 }
 
@@ -27,6 +29,7 @@ impl IntoResponse for ApiError {
         let (status, message) = match self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
             ApiError::Internal(error) => {
                 tracing::error!(%error, "API request failed");
                 (
@@ -58,6 +61,14 @@ pub struct RunView {
     pub status: RunStatus,
     pub pending_reason: Option<String>,
     pub cancel_requested: bool,
+    /// A pull request from a fork, by someone who is not a member of the repository.
+    #[serde(default)]
+    pub untrusted: bool,
+    /// Waiting, queued, for `deploylite approve` or a `/deploylite approve` comment.
+    #[serde(default)]
+    pub awaiting_approval: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub errors: Option<serde_json::Value>,
     pub created_at: Option<String>,
@@ -93,6 +104,9 @@ impl RunView {
             status: r.status,
             pending_reason: r.pending_reason,
             cancel_requested: r.cancel_requested,
+            untrusted: r.pull_request.as_ref().is_some_and(|p| p.untrusted),
+            awaiting_approval: r.awaiting_approval,
+            approved_by: r.approved_by,
             errors: r.errors,
             created_at: time(Some(r.created_at)),
             started_at: time(r.started_at),
@@ -218,6 +232,32 @@ pub(crate) async fn cancel_run(
     Ok((
         code,
         Json(serde_json::json!({ "id": id, "status": status, "message": message })),
+    )
+        .into_response())
+}
+
+/// Approves the head commit of an untrusted run: it and the other runs of that commit waiting
+/// for approval start.
+pub(crate) async fn approve_run(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<i64>,
+) -> Result<Response, ApiError> {
+    let approved = state
+        .store
+        .approve_run(id, &caller.label())
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no run #{id}")))?;
+    if approved.is_empty() {
+        return Err(ApiError::Conflict(format!(
+            "run #{id} is not waiting for approval"
+        )));
+    }
+    state.scheduler.notify_one();
+    tracing::info!(run_id = id, by = %caller.label(), runs = ?approved, "untrusted runs approved");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "id": id, "approved": approved })),
     )
         .into_response())
 }

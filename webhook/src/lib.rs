@@ -3,7 +3,9 @@
 //! (`report`). Only this crate knows forge JSON. Handlers record intents in the store or hand
 //! events to the reconciler; they never run anything themselves.
 
+mod admin;
 mod api;
+pub mod auth;
 pub mod forges;
 mod inbound;
 pub mod report;
@@ -11,6 +13,7 @@ pub mod runners;
 
 use std::sync::Arc;
 
+use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use axum::Router;
@@ -19,7 +22,9 @@ use deploylite_reconciler::store::Store;
 use deploylite_reconciler::watcher::Watcher;
 use tokio::sync::Notify;
 
+pub use admin::{valid_token_name, CreatedToken};
 pub use api::{RunView, StageView};
+pub use auth::{AuthConfig, Caller};
 pub use forges::Forges;
 pub use report::{Reporter, ReporterConfig};
 
@@ -32,17 +37,39 @@ pub struct AppState {
     /// Acts on forge events; None where no repositories are watched (tests of the read API).
     pub watcher: Option<Arc<Watcher>>,
     pub forges: Arc<Forges>,
+    /// Who may call what (`auth::access`), checked by one middleware over every route.
+    pub auth: Arc<AuthConfig>,
 }
 
+/// The API and the webhooks; see [`app`] to serve more routes under the same checks.
 pub fn router(state: AppState) -> Router {
+    app(state, Router::new())
+}
+
+/// The API, the webhooks and `extra` (the runner protocol), all behind the one authorization
+/// middleware: every route, whoever defines it, gets its role from `auth::access`.
+pub fn app(state: AppState, extra: Router) -> Router {
+    let authorizer = auth::Authorizer {
+        store: state.store.clone(),
+        config: state.auth.clone(),
+    };
     Router::new()
         .route("/healthz", get(api::healthz))
         .route("/api/v1/runs", get(api::list_runs))
         .route("/api/v1/runs/{id}", get(api::get_run))
         .route("/api/v1/runs/{id}/cancel", post(api::cancel_run))
+        .route("/api/v1/runs/{id}/approve", post(api::approve_run))
         .route("/api/v1/runs/{id}/stages/{stage}/log", get(api::stage_log))
+        .route(
+            "/api/v1/tokens",
+            get(admin::list_tokens).post(admin::create_token),
+        )
+        .route("/api/v1/tokens/{name}/revoke", post(admin::revoke_token))
+        .route("/api/v1/audit", get(admin::audit))
         .merge(inbound::routes(&state))
         .with_state(state)
+        .merge(extra)
+        .layer(from_fn_with_state(authorizer, auth::authorize))
 }
 
 /// Serves the API on `listener` until `shutdown` completes; in-flight requests finish first.

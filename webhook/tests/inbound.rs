@@ -431,15 +431,52 @@ async fn github_pull_request_reopened_leaves_succeeded_and_running_runs_alone() 
     );
 }
 
+/// A pull request whose head lives in a fork, opened by someone who is not a member. No
+/// published example comes from a fork: the head repository is made another one, and the
+/// author's association (OWNER in the example) that of an outside contributor.
+fn fork_pull_request(action: &str, head_sha: &str, base_sha: &str, number: i64) -> Value {
+    let mut p = pull_request(action, head_sha, base_sha);
+    p["pull_request"]["head"]["repo"]["full_name"] = json!("forker/Hello-World");
+    p["pull_request"]["author_association"] = json!("CONTRIBUTOR");
+    p["pull_request"]["user"]["login"] = json!("forker");
+    p["number"] = json!(number);
+    p
+}
+
+/// A comment on pull request `number`. The published example is a comment on an issue: GitHub
+/// adds `issue.pull_request` for a pull request's comments.
+fn pr_comment(
+    number: i64,
+    body: &str,
+    association: &str,
+    written_at: chrono::DateTime<chrono::Utc>,
+) -> Value {
+    let mut p = fixture("github/webhooks/issue_comment.created");
+    p["issue"]["number"] = json!(number);
+    p["issue"]["pull_request"] = json!({
+        "url": format!("https://api.github.com/repos/Codertocat/Hello-World/pulls/{number}")
+    });
+    p["comment"]["body"] = json!(body);
+    p["comment"]["author_association"] = json!(association);
+    p["comment"]["created_at"] =
+        json!(written_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    p
+}
+
 #[tokio::test]
-async fn github_pull_request_from_a_fork_is_untrusted() {
+async fn a_fork_pull_request_by_a_non_member_waits_for_approval_and_runs_the_base_pipelines() {
     let h = Harness::start(Options::default()).await;
     let base = head(&h.gh_repo, "main");
-    let head_sha = commit_on(&h.gh_repo, "from-fork", "fork.txt");
-    let mut p = pull_request("opened", &head_sha, &base);
-    // No published example comes from a fork: the head repository is made another one.
-    p["pull_request"]["head"]["repo"]["full_name"] = json!("forker/Hello-World");
-    p["number"] = json!(7);
+    // The fork rewrites the pipeline: were its YAML read, `exfiltrate` would run.
+    let head_sha = commit_files_on(
+        &h.gh_repo,
+        "from-fork",
+        &[(
+            ".deploylite/pipelines/ci.yaml",
+            "name: ci\non: { pull_request: }\nstages:\n  exfiltrate:\n    steps: [{ run: env }]\n",
+        )],
+    );
+    let p = fork_pull_request("opened", &head_sha, &base, 7);
     assert_eq!(
         h.github("pull_request", "d-fork-1", &bytes(&p)).await.0,
         202
@@ -456,6 +493,157 @@ async fn github_pull_request_from_a_fork_is_untrusted() {
             untrusted: true
         })
     );
+    assert_eq!(run.status, RunStatus::Queued);
+    assert!(run.awaiting_approval);
+    let reason = run.pending_reason.clone().unwrap_or_default();
+    assert!(
+        reason.starts_with(
+            "approval required: pull request #7 from fork forker/Hello-World by forker"
+        ),
+        "{reason}"
+    );
+    let (_, stages) = h.store.get_run(run.id).await.unwrap().unwrap();
+    let names: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["build"],
+        "the stages come from the base branch's pipeline"
+    );
+}
+
+#[tokio::test]
+async fn a_fork_pull_request_by_a_member_is_trusted() {
+    let h = Harness::start(Options::default()).await;
+    let base = head(&h.gh_repo, "main");
+    let head_sha = commit_on(&h.gh_repo, "member-fork", "fork.txt");
+    let mut p = fork_pull_request("opened", &head_sha, &base, 8);
+    p["pull_request"]["author_association"] = json!("MEMBER");
+    assert_eq!(
+        h.github("pull_request", "d-fork-m", &bytes(&p)).await.0,
+        202
+    );
+    let run = h
+        .wait_for_run(GH_REPO, "the member's fork PR run", |r| {
+            r.commit == head_sha
+        })
+        .await;
+    assert!(!run.awaiting_approval);
+    assert_eq!(run.pull_request.map(|p| p.untrusted), Some(false));
+}
+
+#[tokio::test]
+async fn an_approve_comment_by_a_member_approves_only_the_head_it_saw() {
+    let h = Harness::start(Options::default()).await;
+    let base = head(&h.gh_repo, "main");
+    let head1 = commit_on(&h.gh_repo, "from-fork", "one.txt");
+    let p = fork_pull_request("opened", &head1, &base, 9);
+    assert_eq!(h.github("pull_request", "d-a-1", &bytes(&p)).await.0, 202);
+    let first = h
+        .wait_for_run(GH_REPO, "head 1 waiting", |r| {
+            r.commit == head1 && r.awaiting_approval
+        })
+        .await;
+
+    // Someone without write access cannot approve.
+    let now = chrono::Utc::now();
+    let (status, body) = h
+        .github(
+            "issue_comment",
+            "d-a-2",
+            &bytes(&pr_comment(9, "/deploylite approve", "NONE", now)),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["status"], "ignored", "{body}");
+    // A comment that is no command changes nothing either.
+    let (_, body) = h
+        .github(
+            "issue_comment",
+            "d-a-3",
+            &bytes(&pr_comment(9, "looks good to me", "OWNER", now)),
+        )
+        .await;
+    assert_eq!(body["status"], "ignored", "{body}");
+
+    // A member's approval starts head 1.
+    let (status, body) = h
+        .github(
+            "issue_comment",
+            "d-a-4",
+            &bytes(&pr_comment(
+                9,
+                "Thanks!\n/deploylite approve\n",
+                "OWNER",
+                chrono::Utc::now(),
+            )),
+        )
+        .await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (202, Some("accepted")),
+        "{body}"
+    );
+    let approved = h
+        .wait_for_run(GH_REPO, "head 1 approved", |r| {
+            r.id == first.id && !r.awaiting_approval
+        })
+        .await;
+    assert_eq!(approved.approved_by.as_deref(), Some("github:Codertocat"));
+    assert_eq!(approved.pending_reason, None);
+
+    // A new push to the fork needs a new approval; a comment written before it was pushed
+    // (delivered late) does not cover it.
+    let before_push = chrono::Utc::now() - chrono::Duration::seconds(2);
+    let head2 = commit_on(&h.gh_repo, "from-fork", "two.txt");
+    let p = fork_pull_request("synchronize", &head2, &base, 9);
+    assert_eq!(h.github("pull_request", "d-a-5", &bytes(&p)).await.0, 202);
+    let second = h
+        .wait_for_run(GH_REPO, "head 2 waiting", |r| r.commit == head2)
+        .await;
+    assert!(second.awaiting_approval);
+    let late = h
+        .store
+        .approve_pull_request(
+            GH_REPO,
+            "refs/pull/9/head",
+            before_push.timestamp_millis(),
+            "github:late",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        late,
+        Vec::<i64>::new(),
+        "a comment older than the push approves nothing"
+    );
+    assert!(
+        h.store
+            .get_run(second.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .0
+            .awaiting_approval
+    );
+    let (status, _) = h
+        .github(
+            "issue_comment",
+            "d-a-7",
+            &bytes(&pr_comment(
+                9,
+                "/deploylite approve",
+                "COLLABORATOR",
+                chrono::Utc::now(),
+            )),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let second = h
+        .wait_for_run(GH_REPO, "head 2 approved", |r| {
+            r.id == second.id && !r.awaiting_approval
+        })
+        .await;
+    assert_eq!(second.approved_by.as_deref(), Some("github:Codertocat"));
 }
 
 #[tokio::test]
@@ -945,6 +1133,8 @@ async fn gitlab_merge_request_open_and_close() {
     fork["object_attributes"]["source_project_id"] = json!(99);
     fork["object_attributes"]["source"]["path_with_namespace"] = json!("forker/gitlab-test");
     fork["object_attributes"]["last_commit"]["id"] = json!(fork_head);
+    // A fork's pipelines are read from the target branch, which must exist here.
+    fork["object_attributes"]["target_branch"] = json!("main");
     assert_eq!(
         h.gitlab("Merge Request Hook", Some("ev-mr-3"), &bytes(&fork))
             .await
@@ -961,6 +1151,10 @@ async fn gitlab_merge_request_open_and_close() {
             head_repo: "forker/gitlab-test".into(),
             untrusted: true
         })
+    );
+    assert!(
+        run.awaiting_approval,
+        "GitLab cannot say the author is a member"
     );
 
     // Other events and actions are ignored.

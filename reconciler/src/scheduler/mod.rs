@@ -37,6 +37,8 @@ pub struct SchedulerConfig {
     pub runner_offline_after: Duration,
     /// Clone URLs by repository name, for executors that fetch the commit themselves.
     pub source_urls: HashMap<String, String>,
+    /// Runs from forks go only to runners offering one of these labels (`untrusted.labels`).
+    pub untrusted_labels: Vec<String>,
 }
 
 impl SchedulerConfig {
@@ -51,6 +53,7 @@ impl SchedulerConfig {
             lease_ttl: Duration::from_secs(30),
             runner_offline_after: Duration::from_secs(60),
             source_urls: HashMap::new(),
+            untrusted_labels: Vec::new(),
         }
     }
 }
@@ -239,6 +242,7 @@ impl Scheduler {
         Ok(PlanConfig {
             runners,
             lease_ttl_ms: i64::try_from(self.config.lease_ttl.as_millis()).unwrap_or(i64::MAX / 2),
+            untrusted_labels: self.config.untrusted_labels.clone(),
         })
     }
 

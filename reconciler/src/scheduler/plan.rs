@@ -26,6 +26,8 @@ pub struct PlanConfig {
     pub runners: Vec<RunnerSlot>,
     /// How long a remote runner's lease holds without a heartbeat.
     pub lease_ttl_ms: i64,
+    /// Untrusted (fork) runs go only to runners offering one of these labels; none: nowhere.
+    pub untrusted_labels: Vec<String>,
 }
 
 /// What a tick decides besides store writes.
@@ -70,6 +72,9 @@ pub fn plan_tick(
                         run_id: run.id,
                         status: RunStatus::Cancelled,
                     });
+                } else if run.awaiting_approval {
+                    // Recorded with its `approval required: …` reason; nothing starts, and
+                    // no workspace is prepared, until someone approves the head commit.
                 } else if let (Concurrency::Queue, Some(older)) = (run.concurrency, older) {
                     let reason = Some(format!(
                         "concurrency: waiting for run #{older} on {}",
@@ -133,10 +138,33 @@ impl<'a> Slots<'a> {
     }
 
     /// The matching runner with the most free capacity, taking one slot of it; otherwise why not.
-    fn take(&mut self, runs_on: &[String]) -> Result<&'a RunnerSlot, String> {
+    /// `untrusted` (for a fork's run) restricts the choice to runners offering one of its labels.
+    fn take(
+        &mut self,
+        runs_on: &[String],
+        untrusted: Option<&Vec<String>>,
+    ) -> Result<&'a RunnerSlot, String> {
+        let allowed = |slot: &RunnerSlot| {
+            untrusted.is_none_or(|labels| slot.labels.iter().any(|l| labels.contains(l)))
+        };
         let matching: Vec<usize> = (0..self.runners.len())
             .filter(|&i| runs_on.iter().all(|l| self.runners[i].labels.contains(l)))
+            .filter(|&i| allowed(&self.runners[i]))
             .collect();
+        if let (true, Some(labels)) = (matching.is_empty(), untrusted) {
+            return Err(if labels.is_empty() {
+                "no runner for untrusted work: set `untrusted.labels` in the daemon's config to \
+                 the labels of runners that may run pull requests from forks"
+                    .to_string()
+            } else {
+                format!(
+                    "no runner for untrusted work: runs from forks go only to runners labelled \
+                     [{}] (untrusted.labels) that also offer runs-on [{}]",
+                    labels.join(", "),
+                    runs_on.join(", ")
+                )
+            });
+        }
         if matching.is_empty() {
             return Err(if self.runners.is_empty() {
                 "no matching runner: no runner is online".to_string()
@@ -284,7 +312,7 @@ fn plan_running_run(
                     .unwrap_or_else(|| at.to_string())
             ))
         } else {
-            slots.take(runs_on)
+            slots.take(runs_on, run.untrusted.then_some(&config.untrusted_labels))
         };
         let reason = decision.as_ref().err().cloned();
         match reason {
@@ -380,6 +408,7 @@ mod tests {
                 capacity: max,
             }],
             lease_ttl_ms: 30_000,
+            untrusted_labels: Vec::new(),
         }
     }
 
@@ -412,6 +441,8 @@ mod tests {
             cancel_requested: false,
             workspace: Some("/ws".into()),
             workspace_ready: true,
+            untrusted: false,
+            awaiting_approval: false,
             stages,
         }
     }
@@ -783,6 +814,8 @@ mod runner_tests {
             cancel_requested: false,
             workspace: None,
             workspace_ready: true,
+            untrusted: false,
+            awaiting_approval: false,
             stages,
         }
     }
@@ -804,6 +837,7 @@ mod runner_tests {
                 slot("b", &["linux"], 3),
             ],
             lease_ttl_ms: 10_000,
+            untrusted_labels: Vec::new(),
         };
         let specs = specs("  g:\n    runs-on: [gpu]\n    steps: [{ run: x }]\n  l1:\n    runs-on: [linux]\n    steps: [{ run: x }]\n  l2:\n    runs-on: [linux]\n    steps: [{ run: x }]\n  any:\n    steps: [{ run: x }]\n");
         let r = run(vec![queued("g"), queued("l1"), queued("l2"), queued("any")]);
@@ -826,10 +860,62 @@ mod runner_tests {
     }
 
     #[test]
+    fn a_run_awaiting_approval_neither_starts_nor_gets_a_workspace() {
+        let mut r = run(vec![queued("a")]);
+        r.status = RunStatus::Queued;
+        r.workspace_ready = false;
+        r.awaiting_approval = true;
+        let config = PlanConfig {
+            runners: vec![slot("local", &["local"], 4)],
+            lease_ttl_ms: 10_000,
+            untrusted_labels: Vec::new(),
+        };
+        let (w, e) = plan_tick(&[r.clone()], &HashMap::new(), &config, 1_000);
+        assert_eq!(w, TickWrites::default(), "nothing is written");
+        assert_eq!(e, TickEffects::default(), "no workspace is prepared");
+        r.awaiting_approval = false;
+        let (w, e) = plan_tick(&[r], &HashMap::new(), &config, 1_000);
+        assert_eq!(w.start_runs, vec![1], "once approved it starts");
+        assert_eq!(e.prepare_workspace, vec![1]);
+    }
+
+    #[test]
+    fn untrusted_runs_go_only_to_runners_allowed_for_untrusted_work() {
+        let specs = specs("  t:\n    steps: [{ run: x }]\n");
+        let mut config = PlanConfig {
+            runners: vec![slot("local", &["local"], 4), slot("box", &["sandbox"], 4)],
+            lease_ttl_ms: 10_000,
+            untrusted_labels: Vec::new(),
+        };
+        let mut r = run(vec![queued("t")]);
+        r.untrusted = true;
+        let (w, _) = plan_tick(&[r.clone()], &specs, &config, 1_000);
+        assert!(w.dispatch.is_empty(), "no runner is allowed by default");
+        let reason = w.stage_pending[0].2.clone().unwrap_or_default();
+        assert!(
+            reason.starts_with("no runner for untrusted work: set `untrusted.labels`"),
+            "{reason}"
+        );
+
+        config.untrusted_labels = vec!["sandbox".into()];
+        let (w, _) = plan_tick(&[r.clone()], &specs, &config, 1_000);
+        assert_eq!(w.dispatch.len(), 1);
+        assert_eq!(
+            w.dispatch[0].runner, "box",
+            "only the sandbox runner may take it"
+        );
+
+        r.untrusted = false;
+        let (w, _) = plan_tick(&[r], &specs, &config, 1_000);
+        assert_eq!(w.dispatch[0].runner, "local", "trusted runs go anywhere");
+    }
+
+    #[test]
     fn busy_runners_and_missing_labels_are_explained() {
         let config = PlanConfig {
             runners: vec![slot("a", &["linux"], 1), slot("b", &["linux"], 1)],
             lease_ttl_ms: 10_000,
+            untrusted_labels: Vec::new(),
         };
         let specs = specs("  busy:\n    runs-on: [linux]\n    steps: [{ run: x }]\n  arm:\n    runs-on: [arm64]\n    steps: [{ run: x }]\n");
         let r = run(vec![
@@ -857,6 +943,7 @@ mod runner_tests {
             &PlanConfig {
                 runners: vec![],
                 lease_ttl_ms: 1,
+                untrusted_labels: Vec::new(),
             },
             0,
         );
@@ -871,6 +958,7 @@ mod runner_tests {
         let config = PlanConfig {
             runners: vec![slot("a", &[], 2)],
             lease_ttl_ms: 10_000,
+            untrusted_labels: Vec::new(),
         };
         let r = run(vec![
             running_on("lost", "a", Some(999)),

@@ -311,9 +311,13 @@ async fn rerun_in(
     for &old in runs {
         let id: Option<i64> = sqlx::query_scalar(
             "INSERT INTO runs (repo, pipeline, pipeline_file, commit_sha, git_ref, trigger, run_attempt, status,
-                 concurrency, spec, workspace_ready, created_at, report, pr_number, head_repo, untrusted)
+                 concurrency, spec, workspace_ready, created_at, report, pr_number, head_repo, untrusted,
+                 awaiting_approval, approved_by, pending_reason)
              SELECT repo, pipeline, pipeline_file, commit_sha, git_ref, trigger, run_attempt + 1, 'queued',
-                 concurrency, spec, 0, $2, report, pr_number, head_repo, untrusted
+                 concurrency, spec, 0, $2, report, pr_number, head_repo, untrusted,
+                 -- An approval covers the commit, so a re-run of an approved run needs none.
+                 awaiting_approval, approved_by,
+                 CASE WHEN awaiting_approval = 1 THEN pending_reason ELSE NULL END
              FROM runs WHERE id = $1
              ON CONFLICT (repo, pipeline, commit_sha, trigger, run_attempt) DO NOTHING
              RETURNING id",

@@ -32,6 +32,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../../migrations/sqlite/0003_runners.sql"),
         postgres: include_str!("../../../migrations/postgres/0003_runners.sql"),
     },
+    Migration {
+        version: 5,
+        name: "auth",
+        sqlite: include_str!("../../../migrations/sqlite/0005_auth.sql"),
+        postgres: include_str!("../../../migrations/postgres/0005_auth.sql"),
+    },
 ];
 
 pub(super) async fn run(store: &Store) -> Result<()> {

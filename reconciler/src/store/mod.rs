@@ -5,6 +5,8 @@
 //! `ON CONFLICT` and `RETURNING` (SQLite >= 3.35), BIGINT/INTEGER columns only, times as epoch
 //! milliseconds, flags as 0/1.
 
+mod approvals;
+mod auth;
 mod forge;
 mod migrate;
 mod runners;
@@ -18,6 +20,7 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions, Executor};
 
+pub use auth::{AuditEntry, AuditRecord, Role, TokenIdentity, TokenRecord};
 pub use forge::DueReport;
 pub use runners::{Lease, Registration, RunnerRecord, LOCAL_RUNNER};
 pub use runs::{

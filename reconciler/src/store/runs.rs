@@ -31,6 +31,8 @@ pub struct NewRun {
     /// Whether state changes of this run are reported to a forge (outbox rows).
     pub report: bool,
     pub pull_request: Option<PullRequestInfo>,
+    /// Untrusted code: the run is recorded queued but starts only once approved.
+    pub awaiting_approval: bool,
 }
 
 /// The pull/merge request a run belongs to.
@@ -90,6 +92,10 @@ pub struct RunRecord {
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub pull_request: Option<PullRequestInfo>,
+    /// Untrusted, and waiting for someone to approve its head commit.
+    pub awaiting_approval: bool,
+    /// Who approved it (`token:<name>`, `github:<login>`), if it needed an approval.
+    pub approved_by: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -117,7 +123,8 @@ pub struct StageAttemptRecord {
 }
 
 const RUN_COLUMNS: &str = "id, repo, pipeline, pipeline_file, commit_sha, git_ref, trigger, run_attempt, status, \
-     pending_reason, errors, cancel_requested, created_at, started_at, finished_at, pr_number, head_repo, untrusted";
+     pending_reason, errors, cancel_requested, created_at, started_at, finished_at, pr_number, head_repo, untrusted, \
+     awaiting_approval, approved_by";
 
 impl Store {
     /// Records a reconciled commit. Returns the ids of the runs actually created (runs that
@@ -136,8 +143,8 @@ impl Store {
             let id: Option<i64> = sqlx::query_scalar(
                 "INSERT INTO runs (repo, pipeline, pipeline_file, commit_sha, git_ref, trigger, run_attempt, \
                      status, concurrency, spec, errors, workspace, workspace_ready, created_at, finished_at, pending_reason,
-                     report, pr_number, head_repo, untrusted)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
+                     report, pr_number, head_repo, untrusted, awaiting_approval)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)
                  ON CONFLICT (repo, pipeline, commit_sha, trigger, run_attempt) DO NOTHING
                  RETURNING id",
             )
@@ -161,6 +168,7 @@ impl Store {
             .bind(run.pull_request.as_ref().map(|p| p.number))
             .bind(run.pull_request.as_ref().map(|p| p.head_repo.as_str()))
             .bind(i64::from(run.pull_request.as_ref().is_some_and(|p| p.untrusted)))
+            .bind(i64::from(run.awaiting_approval))
             .fetch_optional(&mut *tx)
             .await
             .ctx("inserting a run")?;
@@ -426,6 +434,11 @@ fn run_from_row(r: &AnyRow) -> Result<RunRecord> {
             }),
             None => None,
         },
+        awaiting_approval: r
+            .try_get::<i64, _>("awaiting_approval")
+            .ctx("reading a run")?
+            != 0,
+        approved_by: r.try_get("approved_by").ctx("reading a run")?,
     })
 }
 

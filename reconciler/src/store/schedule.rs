@@ -22,6 +22,10 @@ pub struct ActiveRun {
     pub cancel_requested: bool,
     pub workspace: Option<String>,
     pub workspace_ready: bool,
+    /// From a fork: runs only on runners allowed for untrusted work, never gets secrets.
+    pub untrusted: bool,
+    /// Waits, queued, for an approval of its head commit.
+    pub awaiting_approval: bool,
     pub stages: Vec<ActiveStage>,
 }
 
@@ -149,7 +153,7 @@ impl Store {
     pub async fn load_active(&self) -> Result<Vec<ActiveRun>> {
         let run_rows = sqlx::query(
             "SELECT id, repo, pipeline, git_ref, commit_sha, trigger, status, pending_reason, concurrency,
-                    cancel_requested, workspace, workspace_ready
+                    cancel_requested, workspace, workspace_ready, untrusted, awaiting_approval
              FROM runs WHERE status IN ('queued', 'running') ORDER BY id",
         )
         .fetch_all(self.pool())
@@ -180,6 +184,14 @@ impl Store {
                 workspace: r.try_get("workspace").ctx("reading an active run")?,
                 workspace_ready: r
                     .try_get::<i64, _>("workspace_ready")
+                    .ctx("reading an active run")?
+                    != 0,
+                untrusted: r
+                    .try_get::<i64, _>("untrusted")
+                    .ctx("reading an active run")?
+                    != 0,
+                awaiting_approval: r
+                    .try_get::<i64, _>("awaiting_approval")
                     .ctx("reading an active run")?
                     != 0,
                 stages: Vec::new(),

@@ -5,17 +5,28 @@
 //!   its cancelled runs; `closed` → cancel
 //! - `check_run` `rerequested` on a `deploylite/<pipeline>` check → re-run that pipeline
 //! - `check_suite` `rerequested` → re-run every pipeline of the commit
+//! - `issue_comment` `created` on a pull request, `/deploylite approve` by an owner, member or
+//!   collaborator → approve the head's untrusted runs
 //! - `ping` → answered; anything else is ignored.
 
-use deploylite_reconciler::events::{ForgeEvent, PullRequestEvent};
+use deploylite_reconciler::events::{ApprovalComment, ForgeEvent, PullRequestEvent};
 use serde_json::Value;
 
 use super::payload::{
-    is_sha, is_zero_sha, opt_bool, opt_str, req_i64, req_sha, req_str, MapError, Mapped,
+    at, is_approve_command, is_sha, is_zero_sha, opt_bool, opt_str, req_i64, req_sha, req_str,
+    req_time_ms, MapError, Mapped,
 };
 
 /// Check runs DeployLite reports are named `deploylite/<pipeline>`.
 pub(crate) const CHECK_PREFIX: &str = "deploylite/";
+
+/// `author_association` values of people with write access to the repository: their pull
+/// requests from forks are trusted, and their comments may approve untrusted ones.
+const MEMBER_ASSOCIATIONS: [&str; 3] = ["OWNER", "MEMBER", "COLLABORATOR"];
+
+fn is_member(association: Option<&str>) -> bool {
+    association.is_some_and(|a| MEMBER_ASSOCIATIONS.contains(&a))
+}
 
 pub(crate) fn map(event: &str, payload: &Value) -> Result<Mapped, MapError> {
     match event {
@@ -24,6 +35,7 @@ pub(crate) fn map(event: &str, payload: &Value) -> Result<Mapped, MapError> {
         "pull_request" => pull_request(payload),
         "check_run" => check_run(payload),
         "check_suite" => check_suite(payload),
+        "issue_comment" => issue_comment(payload),
         other => Ok(Mapped::Ignored(format!("event `{other}` is not used"))),
     }
 }
@@ -96,6 +108,10 @@ fn pull_request(payload: &Value) -> Result<Mapped, MapError> {
         base_branch: base_branch.to_string(),
         head_repo,
         from_fork,
+        author: opt_str(payload, "pull_request.user.login")
+            .unwrap_or("unknown")
+            .to_string(),
+        author_is_member: is_member(opt_str(payload, "pull_request.author_association")),
     };
     let event = if action == "reopened" {
         ForgeEvent::PullRequestReopened(pr)
@@ -124,6 +140,45 @@ fn check_run(payload: &Value) -> Result<Mapped, MapError> {
             commit: commit.to_string(),
             pipeline: Some(pipeline.to_string()),
         },
+        slug,
+    })
+}
+
+fn issue_comment(payload: &Value) -> Result<Mapped, MapError> {
+    let action = req_str(payload, "action")?;
+    if action != "created" {
+        return Ok(ignored_action("issue_comment", action));
+    }
+    if at(payload, "issue.pull_request").is_none() {
+        return Ok(Mapped::Ignored(
+            "a comment on an issue, not on a pull request".into(),
+        ));
+    }
+    if !is_approve_command(opt_str(payload, "comment.body").unwrap_or("")) {
+        return Ok(Mapped::Ignored(
+            "the comment holds no DeployLite command".into(),
+        ));
+    }
+    let login = req_str(payload, "comment.user.login")?;
+    let association = opt_str(payload, "comment.author_association");
+    if !is_member(association) {
+        return Ok(Mapped::Ignored(format!(
+            "`/deploylite approve` by {login} ignored: only owners, members and collaborators \
+             may approve (author_association {})",
+            association.unwrap_or("NONE")
+        )));
+    }
+    let number = req_i64(payload, "issue.number")?;
+    let slug = slug(payload)?;
+    Ok(Mapped::Event {
+        event: ForgeEvent::Approve(ApprovalComment {
+            repo: slug.clone(),
+            git_ref: format!("refs/pull/{number}/head"),
+            by: format!("github:{login}"),
+            commit: None,
+            // GitHub gives whole seconds: the comment was written within the second after.
+            written_at: req_time_ms(payload, "comment.created_at")? + 999,
+        }),
         slug,
     })
 }
@@ -224,6 +279,9 @@ mod tests {
             base_branch: "master".into(),
             head_repo: SLUG.into(),
             from_fork: false,
+            // The examples' author is the repository's owner.
+            author: "Codertocat".into(),
+            author_is_member: true,
         }
     }
 

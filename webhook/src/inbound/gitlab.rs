@@ -79,6 +79,12 @@ fn merge_request(payload: &Value) -> Result<Mapped, MapError> {
         base_branch: base_branch.to_string(),
         head_repo,
         from_fork: source_project != target_project,
+        author: opt_str(payload, "user.username")
+            .unwrap_or("unknown")
+            .to_string(),
+        // The hook does not say whether the author is a member: a fork's code waits for an
+        // approval whoever wrote it.
+        author_is_member: false,
     };
     let event = if action == "reopen" {
         ForgeEvent::PullRequestReopened(mr)
@@ -150,6 +156,8 @@ mod tests {
             base_branch: "master".into(),
             head_repo: "awesome_space/awesome_project".into(),
             from_fork: false,
+            author: "root".into(),
+            author_is_member: false,
         });
         assert_eq!(
             map("Merge Request Hook", &open).unwrap(),

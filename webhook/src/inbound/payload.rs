@@ -1,7 +1,7 @@
 //! What a forge payload means once mapped, and the small JSON accessors the mappers share.
 //! Fields are addressed by dotted paths so that an error names exactly what is missing.
 
-use deploylite_reconciler::events::{ForgeEvent, PullRequestEvent};
+use deploylite_reconciler::events::{ApprovalComment, ForgeEvent, PullRequestEvent};
 use serde_json::Value;
 
 /// A mapped delivery.
@@ -72,6 +72,19 @@ pub(crate) fn is_zero_sha(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b == b'0')
 }
 
+/// A time (RFC 3339) as epoch milliseconds.
+pub(crate) fn req_time_ms(payload: &Value, path: &str) -> Result<i64, MapError> {
+    opt_str(payload, path)
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.timestamp_millis())
+        .ok_or_else(|| MapError::missing(path, "a time"))
+}
+
+/// The approval command: a line of a comment that says exactly `/deploylite approve`.
+pub(crate) fn is_approve_command(body: &str) -> bool {
+    body.lines().any(|l| l.trim() == "/deploylite approve")
+}
+
 /// The event with `repo` set to DeployLite's name for the repository.
 pub(crate) fn for_repo(event: ForgeEvent, name: &str) -> ForgeEvent {
     let repo = name.to_string();
@@ -99,6 +112,7 @@ pub(crate) fn for_repo(event: ForgeEvent, name: &str) -> ForgeEvent {
             commit,
             pipeline,
         },
+        ForgeEvent::Approve(comment) => ForgeEvent::Approve(ApprovalComment { repo, ..comment }),
     }
 }
 

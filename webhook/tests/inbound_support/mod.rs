@@ -178,6 +178,7 @@ impl Harness {
             // Long: after the first scan, only webhooks make the watcher look.
             poll_interval: Duration::from_secs(3600),
             report: false,
+            untrusted: Default::default(),
         };
         let repos = Arc::new(Repos::new(
             vec![
@@ -220,6 +221,11 @@ impl Harness {
             scheduler,
             watcher: Some(watcher.clone()),
             forges: Arc::new(forges),
+            // Webhooks carry their own credentials; the API's rules are tested elsewhere.
+            auth: Arc::new(deploylite_webhook::AuthConfig {
+                anonymous_read: true,
+                hosts: Vec::new(),
+            }),
         };
         let shutdown = CancellationToken::new();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

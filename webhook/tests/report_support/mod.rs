@@ -132,6 +132,7 @@ pub fn gitlab(url: &str) -> Forges {
 /// A reporting run of pipeline `pipeline` at `commit` with `stages` (each needing the previous).
 pub fn new_run(pipeline: &str, commit: &str, stages: &[&str], pr: Option<i64>) -> NewRun {
     NewRun {
+        awaiting_approval: false,
         repo: "app".into(),
         pipeline: pipeline.into(),
         pipeline_file: format!(".deploylite/pipelines/{pipeline}.yaml"),

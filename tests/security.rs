@@ -1,0 +1,273 @@
+//! The trust boundaries, attacked as the security review attacked them, against the real
+//! binary: an API without identities, cross-site requests, DNS rebinding, fork pull requests.
+//! Each test replays one attack and checks that it fails the way the README promises.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use common::*;
+use serde_json::{json, Value};
+
+const LONG: &str = r#"name: long
+stages:
+  wait:
+    steps:
+      - run: echo waiting; sleep 30
+"#;
+
+/// A daemon with one run whose stage is running (and would run for 30 s).
+async fn daemon_with_a_running_run() -> (TestRepo, Daemon, i64) {
+    let repo = TestRepo::new();
+    repo.pipeline("long.yaml", LONG);
+    let commit = repo.commit("long");
+    let daemon = Daemon::start(&[&repo], "").await;
+    let run = daemon.wait_for_commit_run("long", &commit).await;
+    let rid = id(&run);
+    daemon.wait_stage(rid, "wait", "running").await;
+    (repo, daemon, rid)
+}
+
+async fn post(
+    daemon: &Daemon,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, Value) {
+    let mut request = daemon.http().post(format!("{}{path}", daemon.url));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    let code = response.status().as_u16();
+    (code, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn create_token(daemon: &Daemon, name: &str, role: &str) -> String {
+    let response = daemon
+        .http()
+        .post(format!("{}/api/v1/tokens", daemon.url))
+        .bearer_auth(daemon.admin_token())
+        .json(&json!({ "name": name, "role": role }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    let body: Value = response.json().await.unwrap();
+    body["token"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_changes_need_a_token_of_the_right_role() {
+    let (_repo, daemon, rid) = daemon_with_a_running_run().await;
+    let cancel = format!("/api/v1/runs/{rid}/cancel");
+
+    // The review's attack: anyone who reaches the port cancels runs and revokes runners.
+    let (code, body) = post(&daemon, &cancel, None, &[]).await;
+    assert_eq!(code, 401, "{body}");
+    let (code, _) = post(&daemon, "/api/v1/runners/some-runner/revoke", None, &[]).await;
+    assert_eq!(code, 401);
+    let (code, _) = post(&daemon, &cancel, Some("dlt_not-a-token"), &[]).await;
+    assert_eq!(code, 401, "an unknown token is refused");
+
+    let viewer = create_token(&daemon, "ci-dashboard", "viewer").await;
+    let operator = create_token(&daemon, "release-bot", "operator").await;
+    let (code, body) = post(&daemon, &cancel, Some(&viewer), &[]).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("operator"),
+        "{body}"
+    );
+    let (code, _) = post(&daemon, "/api/v1/runners/x/revoke", Some(&operator), &[]).await;
+    assert_eq!(code, 403, "revoking runners is for admins");
+    let (code, _) = post(
+        &daemon,
+        "/api/v1/tokens/ci-dashboard/revoke",
+        Some(&operator),
+        &[],
+    )
+    .await;
+    assert_eq!(code, 403, "tokens are for admins");
+    assert_eq!(
+        status(&daemon.run(rid).await),
+        "running",
+        "nothing refused changed the run"
+    );
+
+    let (code, body) = post(&daemon, &cancel, Some(&operator), &[]).await;
+    assert_eq!(code, 202, "{body}");
+    daemon.wait_run_final(rid).await;
+
+    // Revocation takes effect at once.
+    let (code, _) = post(
+        &daemon,
+        "/api/v1/tokens/release-bot/revoke",
+        Some(&daemon.admin_token()),
+        &[],
+    )
+    .await;
+    assert_eq!(code, 200);
+    let (code, _) = post(&daemon, &cancel, Some(&operator), &[]).await;
+    assert_eq!(code, 401, "a revoked token is refused");
+
+    // Every state-changing call, allowed or not, is in the audit log, readable by admins only.
+    let response = daemon
+        .http()
+        .get(format!("{}/api/v1/audit?limit=100", daemon.url))
+        .bearer_auth(daemon.admin_token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let entries: Vec<Value> = response.json().await.unwrap();
+    let has = |actor: &str, action: &str, result: i64| {
+        entries
+            .iter()
+            .any(|e| e["actor"] == actor && e["action"] == action && e["result"] == result)
+    };
+    assert!(
+        has("anonymous", "POST /api/v1/runs/{id}/cancel", 401),
+        "{entries:#?}"
+    );
+    assert!(
+        has("token:ci-dashboard", "POST /api/v1/runs/{id}/cancel", 403),
+        "{entries:#?}"
+    );
+    assert!(
+        has("token:release-bot", "POST /api/v1/runs/{id}/cancel", 202),
+        "{entries:#?}"
+    );
+    assert!(
+        has("token:admin", "POST /api/v1/tokens/{name}/revoke", 200),
+        "{entries:#?}"
+    );
+    assert!(
+        entries.iter().any(|e| e["target"] == cancel),
+        "{entries:#?}"
+    );
+    let response = daemon
+        .http()
+        .get(format!("{}/api/v1/audit", daemon.url))
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cross_site_post_or_a_rebound_host_is_refused_whatever_its_token() {
+    let (_repo, daemon, rid) = daemon_with_a_running_run().await;
+    let cancel = format!("/api/v1/runs/{rid}/cancel");
+    let admin = daemon.admin_token();
+    // A form on another site posting to the daemon (a "simple" request: no preflight).
+    let (code, body) = post(
+        &daemon,
+        &cancel,
+        Some(&admin),
+        &[
+            ("Origin", "http://evil.example"),
+            ("Content-Type", "text/plain"),
+        ],
+    )
+    .await;
+    assert_eq!(code, 403, "{body}");
+    // DNS rebinding: evil.example resolves to 127.0.0.1, so the browser calls it same-origin.
+    let rebound = format!("evil.example:{}", daemon.port);
+    let origin = format!("http://{rebound}");
+    let (code, body) = post(
+        &daemon,
+        &cancel,
+        Some(&admin),
+        &[("Host", rebound.as_str()), ("Origin", origin.as_str())],
+    )
+    .await;
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(status(&daemon.run(rid).await), "running");
+    // The daemon's own origin is fine.
+    let own = format!("http://localhost:{}", daemon.port);
+    let host = format!("localhost:{}", daemon.port);
+    let (code, body) = post(
+        &daemon,
+        &cancel,
+        Some(&admin),
+        &[("Host", host.as_str()), ("Origin", own.as_str())],
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_start_writes_an_admin_token_only_its_user_can_read() {
+    let repo = TestRepo::new();
+    repo.pipeline(
+        "ok.yaml",
+        "name: ok\nstages:\n  a:\n    steps: [{ run: 'true' }]\n",
+    );
+    repo.commit("ok");
+    let mut daemon = Daemon::start(&[&repo], "").await;
+    let path = daemon.admin_token_path();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{}", path.display());
+    let token = daemon.admin_token();
+    assert!(token.starts_with("dlt_") && token.len() == 68, "{token}");
+    // A restart keeps the token and writes no new one.
+    daemon.stop().await;
+    daemon.restart().await;
+    assert_eq!(daemon.admin_token(), token);
+
+    // The CLI creates, lists and revokes tokens; the token is printed once, on stdout.
+    let (code, out, err) =
+        daemon.cli(&["token", "create", "--role", "viewer", "--name", "grafana"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let viewer = out.trim().to_string();
+    assert!(viewer.starts_with("dlt_"), "{out}");
+    assert!(err.contains("shown only this once"), "{err}");
+    let (code, out, _) = daemon.cli(&["token", "list"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("grafana") && out.contains("viewer"), "{out}");
+    assert!(
+        !out.contains(&viewer),
+        "a listing never shows a token: {out}"
+    );
+    let (code, _, err) = daemon.cli(&["token", "create", "--role", "viewer", "--name", "grafana"]);
+    assert_eq!(code, 2, "a live name is not reused: {err}");
+    let (code, _, err) = daemon.cli(&["token", "create", "--role", "root", "--name", "x"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown role `root`"), "{err}");
+    let (code, out, err) = daemon.cli(&["token", "revoke", "grafana"]);
+    assert_eq!(code, 0, "{out}{err}");
+    // Without a token (run away from the data dir), the CLI says how to give one.
+    let (code, _, err) = daemon.cli_anonymous(&["token", "list"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--token-file"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_need_a_token_when_anonymous_read_is_off() {
+    let repo = TestRepo::new();
+    repo.pipeline(
+        "ok.yaml",
+        "name: ok\nstages:\n  a:\n    steps: [{ run: 'true' }]\n",
+    );
+    repo.commit("ok");
+    let daemon = Daemon::start(&[&repo], "auth:\n  anonymous_read: false\n").await;
+    let (code, _) = daemon.get("/api/v1/runs").await;
+    assert_eq!(code, 401);
+    let (code, _) = daemon.get("/healthz").await;
+    assert_eq!(code, 200, "health checks stay open");
+    let viewer = create_token(&daemon, "reader", "viewer").await;
+    let response = daemon
+        .http()
+        .get(format!("{}/api/v1/runs", daemon.url))
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let (code, out, err) = daemon.cli(&["status"]);
+    assert_eq!(code, 0, "the CLI sends its token: {out}{err}");
+}
