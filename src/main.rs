@@ -195,7 +195,7 @@ enum RunnersCommand {
 #[derive(Args)]
 pub struct RunnerArgs {
     #[command(flatten)]
-    server: ServerArg,
+    server: ServerUrl,
     /// Registration token, needed only for the first start. Prefer --token-file or
     /// DEPLOYLITE_RUNNER_TOKEN: command lines are visible to other users of the machine.
     #[arg(
@@ -238,6 +238,19 @@ enum ExecutorKind {
     Local,
     Docker,
     Kubernetes,
+}
+
+/// The daemon a runner works for (it authenticates with its own credential).
+#[derive(Args)]
+struct ServerUrl {
+    /// The daemon's URL.
+    #[arg(
+        long,
+        env = "DEPLOYLITE_SERVER",
+        default_value = "http://127.0.0.1:8080",
+        value_name = "URL"
+    )]
+    server: String,
 }
 
 #[derive(Args)]
@@ -439,4 +452,13 @@ async fn runner(args: RunnerArgs) -> anyhow::Result<ExitCode> {
         grace,
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        // Catches clashing flags (two `--token-file`s in one command) before a user does.
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
 }

@@ -271,3 +271,201 @@ async fn reads_need_a_token_when_anonymous_read_is_off() {
     let (code, out, err) = daemon.cli(&["status"]);
     assert_eq!(code, 0, "the CLI sends its token: {out}{err}");
 }
+
+const WEBHOOK_SECRET: &str = "a-webhook-secret-for-tests";
+
+/// GitHub's pull_request example (see webhook/tests/fixtures), turned into a pull request from
+/// a fork by an outside contributor: the published examples have none.
+fn fork_pull_request(number: i64, head: &str, base: &str) -> Vec<u8> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/webhook/tests/fixtures/github/webhooks/pull_request.opened.json"
+    );
+    let mut p: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    p["number"] = json!(number);
+    p["pull_request"]["number"] = json!(number);
+    p["pull_request"]["head"]["sha"] = json!(head);
+    p["pull_request"]["head"]["repo"]["full_name"] = json!("forker/Hello-World");
+    p["pull_request"]["base"]["sha"] = json!(base);
+    p["pull_request"]["base"]["ref"] = json!("main");
+    p["pull_request"]["author_association"] = json!("NONE");
+    p["pull_request"]["user"]["login"] = json!("forker");
+    serde_json::to_vec(&p).unwrap()
+}
+
+async fn send_github(daemon: &Daemon, event: &str, delivery: &str, body: Vec<u8>) -> u16 {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes()).unwrap();
+    mac.update(&body);
+    let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    daemon
+        .http()
+        .post(format!("{}/webhooks/github", daemon.url))
+        .header("X-GitHub-Event", event)
+        .header("X-GitHub-Delivery", delivery)
+        .header("X-Hub-Signature-256", signature)
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_pull_request_runs_nothing_until_approved_and_then_only_where_allowed() {
+    let marks = tempfile::tempdir().unwrap();
+    let repo = TestRepo::new();
+    repo.pipeline(
+        "ci.yaml",
+        &format!(
+            "name: ci\non:\n  pull_request:\nstages:\n  test:\n    steps:\n      - run: touch {}/ran\n",
+            marks.path().display()
+        ),
+    );
+    let base = repo.commit("ci");
+    repo.git(&["checkout", "--quiet", "-b", "contribution"]);
+    // The fork's head rewrites the pipeline; its YAML must never decide what runs.
+    repo.pipeline(
+        "ci.yaml",
+        &format!(
+            "name: ci\non:\n  pull_request:\nstages:\n  test:\n    steps:\n      - run: touch {}/fork-yaml-ran\n",
+            marks.path().display()
+        ),
+    );
+    let head = repo.commit("a contribution");
+    repo.checkout("main");
+    let config = format!(
+        "repos:\n  - name: app\n    url: {}\n    branches: [main]\n    poll_interval: 100ms\n    forge: github\n    slug: Codertocat/Hello-World\nforges:\n  github:\n    webhook_secret: {WEBHOOK_SECRET}\n",
+        repo.path().display()
+    );
+    let daemon = Daemon::start(&[&repo], &config).await;
+    assert_eq!(
+        send_github(
+            &daemon,
+            "pull_request",
+            "d-1",
+            fork_pull_request(3, &head, &base)
+        )
+        .await,
+        202
+    );
+    let run = daemon
+        .wait_for_run("the fork's run", |r| r["commit"] == head.as_str())
+        .await;
+    let rid = id(&run);
+    assert_eq!(status(&run), "queued");
+    assert_eq!(run["awaiting_approval"], true, "{run:#}");
+    assert!(
+        run["pending_reason"].as_str().unwrap().starts_with(
+            "approval required: pull request #3 from fork forker/Hello-World by forker"
+        ),
+        "{run:#}"
+    );
+    // A push to main recorded and run after the fork's run is the positive signal that the
+    // scheduler has ticked since.
+    repo.pipeline(
+        "main.yaml",
+        "name: main\non:\n  push:\nstages:\n  a:\n    steps: [{ run: 'true' }]\n",
+    );
+    let later = repo.commit("a later push");
+    let main_run = daemon
+        .wait_for_run("the later push's run", |r| {
+            r["commit"] == later.as_str() && r["pipeline"] == "main" && is_final(r)
+        })
+        .await;
+    assert_eq!(status(&main_run), "success", "{main_run:#}");
+    let still = daemon.run(rid).await;
+    assert_eq!(status(&still), "queued");
+    assert!(
+        !daemon
+            .data_dir
+            .join("workspaces")
+            .join(rid.to_string())
+            .exists(),
+        "no workspace is prepared for an unapproved run"
+    );
+
+    // An approval with too weak a role is refused; an operator's approval starts it, but no
+    // runner is allowed untrusted work by default, and the wait says so.
+    let viewer = create_token(&daemon, "viewer", "viewer").await;
+    let (code, _) = post(
+        &daemon,
+        &format!("/api/v1/runs/{rid}/approve"),
+        Some(&viewer),
+        &[],
+    )
+    .await;
+    assert_eq!(code, 403);
+    let (code, out, err) = daemon.cli(&["approve", &rid.to_string()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let waiting = daemon
+        .wait_run(rid, "the approved run waits for an allowed runner", |r| {
+            find_stage(r, "test")["pending_reason"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("no runner for untrusted work"))
+        })
+        .await;
+    assert_eq!(waiting["approved_by"], "token:admin");
+    let (code, _, err) = daemon.cli(&["approve", &rid.to_string()]);
+    assert_eq!(code, 1, "a second approval has nothing to approve: {err}");
+    assert!(!marks.path().join("ran").exists());
+    assert!(!marks.path().join("fork-yaml-ran").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_fork_run_runs_the_base_pipeline_on_an_allowed_runner() {
+    let marks = tempfile::tempdir().unwrap();
+    let repo = TestRepo::new();
+    repo.pipeline(
+        "ci.yaml",
+        &format!(
+            "name: ci\non:\n  pull_request:\nstages:\n  test:\n    steps:\n      - run: touch {}/ran\n",
+            marks.path().display()
+        ),
+    );
+    let base = repo.commit("ci");
+    repo.git(&["checkout", "--quiet", "-b", "contribution"]);
+    repo.pipeline(
+        "ci.yaml",
+        &format!(
+            "name: ci\non:\n  pull_request:\nstages:\n  test:\n    steps:\n      - run: touch {}/fork-yaml-ran\n",
+            marks.path().display()
+        ),
+    );
+    let head = repo.commit("a contribution");
+    repo.checkout("main");
+    let config = format!(
+        "repos:\n  - name: app\n    url: {}\n    branches: [main]\n    poll_interval: 100ms\n    forge: github\n    slug: Codertocat/Hello-World\nforges:\n  github:\n    webhook_secret: {WEBHOOK_SECRET}\nuntrusted:\n  labels: [local]\n",
+        repo.path().display()
+    );
+    let daemon = Daemon::start(&[&repo], &config).await;
+    assert_eq!(
+        send_github(
+            &daemon,
+            "pull_request",
+            "d-1",
+            fork_pull_request(4, &head, &base)
+        )
+        .await,
+        202
+    );
+    let run = daemon
+        .wait_for_run("the fork's run", |r| r["commit"] == head.as_str())
+        .await;
+    let rid = id(&run);
+    let (code, out, err) = daemon.cli(&["approve", &rid.to_string()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("#{rid}")), "{out}");
+    let done = daemon.wait_run_final(rid).await;
+    assert_eq!(status(&done), "success", "{done:#}");
+    assert!(
+        marks.path().join("ran").exists(),
+        "the base branch's pipeline ran"
+    );
+    assert!(
+        !marks.path().join("fork-yaml-ran").exists(),
+        "the fork's pipeline never runs"
+    );
+}

@@ -1409,3 +1409,124 @@ async fn the_server_keeps_serving_after_a_burst_of_bad_requests() {
         "nothing was enqueued"
     );
 }
+
+/// GitLab's members API as far as approvals use it: user 1 is a Maintainer of every project,
+/// user 3 a Reporter, anyone else no member. Requests without the token are refused.
+async fn fake_gitlab_members() -> String {
+    use axum::extract::Path;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::routing::get;
+    let app = axum::Router::new().route(
+        "/api/v4/projects/{project}/members/all/{user}",
+        get(
+            |Path((_project, user)): Path<(i64, i64)>, headers: HeaderMap| async move {
+                if headers.get("PRIVATE-TOKEN").and_then(|v| v.to_str().ok()) != Some("gl-token") {
+                    return (StatusCode::UNAUTHORIZED, axum::Json(json!({"message": "401 Unauthorized"})));
+                }
+                match user {
+                    1 => (StatusCode::OK, axum::Json(json!({"id": 1, "username": "root", "state": "active", "access_level": 40}))),
+                    3 => (StatusCode::OK, axum::Json(json!({"id": 3, "username": "reporter", "state": "active", "access_level": 20}))),
+                    _ => (StatusCode::NOT_FOUND, axum::Json(json!({"message": "404 Not found"}))),
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/api/v4", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+#[tokio::test]
+async fn a_gitlab_approval_comment_counts_only_from_a_developer_or_above() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let api = fake_gitlab_members().await;
+    let h = Harness::start(Options {
+        gitlab_api: Some((api, "gl-token".into())),
+        ..Options::default()
+    })
+    .await;
+    let fork_head = commit_on(&h.gl_repo, "fork-mr", "fork.txt");
+    let mut fork = fixture("gitlab/webhooks/merge_request.open");
+    fork["object_attributes"]["iid"] = json!(5);
+    fork["object_attributes"]["source_project_id"] = json!(99);
+    fork["object_attributes"]["source"]["path_with_namespace"] = json!("forker/gitlab-test");
+    fork["object_attributes"]["last_commit"]["id"] = json!(fork_head);
+    fork["object_attributes"]["target_branch"] = json!("main");
+    assert_eq!(
+        h.gitlab("Merge Request Hook", Some("ev-n-1"), &bytes(&fork))
+            .await
+            .0,
+        202
+    );
+    let run = h
+        .wait_for_run(GL_REPO, "the fork MR waiting", |r| {
+            r.commit == fork_head && r.awaiting_approval
+        })
+        .await;
+
+    // The documented note example, made a `/deploylite approve` on this MR's head.
+    let note = |user_id: i64, username: &str| {
+        let mut n = fixture("gitlab/webhooks/note.merge_request");
+        n["project"]["path_with_namespace"] = json!("gitlabhq/gitlab-test");
+        n["object_attributes"]["note"] = json!("/deploylite approve");
+        n["merge_request"]["iid"] = json!(5);
+        n["merge_request"]["last_commit"]["id"] = json!(fork_head);
+        n["user"]["id"] = json!(user_id);
+        n["user"]["username"] = json!(username);
+        bytes(&n)
+    };
+    for (i, (id, name)) in [(2, "stranger"), (3, "reporter")].into_iter().enumerate() {
+        let (status, body) = h
+            .gitlab("Note Hook", Some(&format!("ev-n-x{i}")), &note(id, name))
+            .await;
+        assert_eq!(
+            (status, body["status"].as_str()),
+            (202, Some("ignored")),
+            "{body}"
+        );
+        assert!(
+            body["reason"]
+                .as_str()
+                .unwrap()
+                .contains("less than Developer access"),
+            "{body}"
+        );
+    }
+    let (status, body) = h
+        .gitlab("Note Hook", Some("ev-n-2"), &note(1, "root"))
+        .await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (202, Some("accepted")),
+        "{body}"
+    );
+    let approved = h
+        .wait_for_run(GL_REPO, "the fork MR approved", |r| {
+            r.id == run.id && !r.awaiting_approval
+        })
+        .await;
+    assert_eq!(approved.approved_by.as_deref(), Some("gitlab:root"));
+}
+
+#[tokio::test]
+async fn a_gitlab_approval_comment_is_ignored_when_membership_cannot_be_checked() {
+    // No GitLab token configured: nobody can be shown to be a member.
+    let h = Harness::start(Options::default()).await;
+    let mut n = fixture("gitlab/webhooks/note.merge_request");
+    n["project"]["path_with_namespace"] = json!("gitlabhq/gitlab-test");
+    n["object_attributes"]["note"] = json!("/deploylite approve");
+    let (status, body) = h.gitlab("Note Hook", Some("ev-n-3"), &bytes(&n)).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (202, Some("ignored")),
+        "{body}"
+    );
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap()
+            .contains("forges.gitlab.token"),
+        "{body}"
+    );
+}

@@ -3,19 +3,59 @@
 //! - `Push Hook`, `Tag Push Hook` → push (a deletion when `after` is all zeros)
 //! - `Merge Request Hook`: `open` / `update` → run the head; `reopen` → run the head and re-run
 //!   its cancelled runs; `close` / `merge` → cancel
+//! - `Note Hook` on a merge request, `/deploylite approve` → approve the head's untrusted runs
+//!   if the commenter is a member (checked by the pipeline through the members API)
 //! - anything else is ignored.
 
-use deploylite_reconciler::events::{ForgeEvent, PullRequestEvent};
+use deploylite_reconciler::events::{ApprovalComment, ForgeEvent, PullRequestEvent};
 use serde_json::Value;
 
-use super::payload::{is_zero_sha, opt_str, req_i64, req_sha, req_str, MapError, Mapped};
+use super::payload::{
+    is_approve_command, is_zero_sha, opt_str, req_i64, req_sha, req_str, MapError, Mapped,
+};
 
 pub(crate) fn map(event: &str, payload: &Value) -> Result<Mapped, MapError> {
     match event {
         "Push Hook" | "Tag Push Hook" => push(payload),
         "Merge Request Hook" => merge_request(payload),
+        "Note Hook" => note(payload),
         other => Ok(Mapped::Ignored(format!("event `{other}` is not used"))),
     }
+}
+
+/// A comment `/deploylite approve` on a merge request approves its head commit's untrusted
+/// runs, once the members API says the commenter has at least Developer access.
+fn note(payload: &Value) -> Result<Mapped, MapError> {
+    if opt_str(payload, "object_attributes.noteable_type") != Some("MergeRequest") {
+        return Ok(Mapped::Ignored(
+            "a comment on something other than a merge request".into(),
+        ));
+    }
+    if !is_approve_command(opt_str(payload, "object_attributes.note").unwrap_or("")) {
+        return Ok(Mapped::Ignored(
+            "the comment holds no DeployLite command".into(),
+        ));
+    }
+    let slug = slug(payload)?;
+    let iid = req_i64(payload, "merge_request.iid")?;
+    let commit = req_sha(payload, "merge_request.last_commit.id")?;
+    let username = req_str(payload, "user.username")?;
+    let user_id =
+        req_i64(payload, "user.id").or_else(|_| req_i64(payload, "object_attributes.author_id"))?;
+    let project_id = req_i64(payload, "project_id").or_else(|_| req_i64(payload, "project.id"))?;
+    Ok(Mapped::IfMember {
+        event: ForgeEvent::Approve(ApprovalComment {
+            repo: slug.clone(),
+            git_ref: format!("refs/merge-requests/{iid}/head"),
+            by: format!("gitlab:{username}"),
+            // The hook names the head the commenter saw: only that commit is approved.
+            commit: Some(commit.to_string()),
+            written_at: 0,
+        }),
+        slug,
+        project_id,
+        user_id,
+    })
 }
 
 fn slug(payload: &Value) -> Result<String, MapError> {

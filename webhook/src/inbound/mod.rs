@@ -7,6 +7,7 @@
 
 mod github;
 mod gitlab;
+mod members;
 mod payload;
 mod pipeline;
 mod verify;

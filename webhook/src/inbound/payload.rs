@@ -14,6 +14,14 @@ pub(crate) enum Mapped {
     /// Something to do in the repository the forge calls `slug`. Until the pipeline looks the
     /// repository up, the event's `repo` fields hold the slug; see [`for_repo`].
     Event { slug: String, event: ForgeEvent },
+    /// An event to act on only if `user_id` is a member of GitLab project `project_id` with
+    /// at least Developer access (the note hook does not say; the members API does).
+    IfMember {
+        slug: String,
+        event: ForgeEvent,
+        project_id: i64,
+        user_id: i64,
+    },
 }
 
 /// A payload that lacks a field the event needs (or has it with the wrong type).

@@ -138,11 +138,18 @@ async fn process<R: Receiver>(
     let delivery = R::delivery_id(headers)?;
     let payload: Value = serde_json::from_slice(&body)
         .map_err(|e| Reject::BadRequest(format!("the body is not valid JSON: {e}")))?;
-    let (slug, forge_event) = match R::map(event, &payload).map_err(|e| Reject::BadRequest(e.0))? {
-        Mapped::Ping => return Ok(Ack::Pong),
-        Mapped::Ignored(reason) => return Ok(Ack::Ignored(reason)),
-        Mapped::Event { slug, event } => (slug, event),
-    };
+    let (slug, forge_event, member_check) =
+        match R::map(event, &payload).map_err(|e| Reject::BadRequest(e.0))? {
+            Mapped::Ping => return Ok(Ack::Pong),
+            Mapped::Ignored(reason) => return Ok(Ack::Ignored(reason)),
+            Mapped::Event { slug, event } => (slug, event, None),
+            Mapped::IfMember {
+                slug,
+                event,
+                project_id,
+                user_id,
+            } => (slug, event, Some((project_id, user_id))),
+        };
     let repo = state.forges.repo(R::FORGE, &slug).ok_or_else(|| {
         Reject::NotFound(format!("repository `{slug}` is not watched by this daemon"))
     })?;
@@ -167,6 +174,24 @@ async fn process<R: Receiver>(
         }
     }
     let forge_event = for_repo(forge_event, &repo.name);
+    if let Some((project_id, user_id)) = member_check {
+        // Asked before answering, so that the forge's delivery log says why nothing happened.
+        match super::members::gitlab_developer(&state.forges, project_id, user_id).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Ok(Ack::Ignored(format!(
+                    "user {user_id} has less than Developer access to project {project_id}: \
+                     only members may approve"
+                )))
+            }
+            Err(why) => {
+                tracing::warn!(project_id, user_id, %why, "cannot check a commenter's membership");
+                return Ok(Ack::Ignored(format!(
+                    "cannot check the commenter's membership: {why}"
+                )));
+            }
+        }
+    }
     spawn_apply(watcher, R::FORGE, delivery, forge_event);
     Ok(Ack::Accepted {
         repo: repo.name.clone(),

@@ -43,6 +43,8 @@ pub struct Options {
     pub github_secret: Option<&'static str>,
     pub gitlab_secret: Option<&'static str>,
     pub max_body_bytes: usize,
+    /// GitLab's API (base URL, token), for the members check of approval comments.
+    pub gitlab_api: Option<(String, String)>,
 }
 
 impl Default for Options {
@@ -51,6 +53,7 @@ impl Default for Options {
             github_secret: Some(GITHUB_SECRET),
             gitlab_secret: Some(GITLAB_SECRET),
             max_body_bytes: deploylite_webhook::forges::DEFAULT_MAX_BODY_BYTES,
+            gitlab_api: None,
         }
     }
 }
@@ -189,6 +192,7 @@ impl Harness {
         ));
         let scheduler = Arc::new(Notify::new());
         let watcher = Watcher::new(store.clone(), repos, scheduler.clone());
+        let gitlab_api = options.gitlab_api.clone();
         let forges = Forges::new(
             options.github_secret.map(|s| GithubConfig {
                 api_url: "https://api.github.com".into(),
@@ -196,8 +200,10 @@ impl Harness {
                 webhook_secret: Some(Secret::new(s)),
             }),
             options.gitlab_secret.map(|s| GitlabConfig {
-                api_url: "https://gitlab.com/api/v4".into(),
-                token: None,
+                api_url: gitlab_api
+                    .as_ref()
+                    .map_or("https://gitlab.com/api/v4".into(), |(u, _)| u.clone()),
+                token: gitlab_api.as_ref().map(|(_, t)| Secret::new(t.clone())),
                 webhook_secret: Some(Secret::new(s)),
             }),
             None,
