@@ -333,6 +333,7 @@ pub(crate) fn check_status(state: &RunState) -> (&'static str, Option<&'static s
 fn check_title(state: &RunState) -> String {
     let (_, conclusion) = check_status(state);
     match (state.run.status, conclusion) {
+        (RunStatus::Queued, _) if state.run.awaiting_approval => "Waiting for approval".into(),
         (RunStatus::Queued, _) => "Queued".into(),
         (RunStatus::Running, _) => {
             format!(
@@ -358,8 +359,19 @@ fn check_title(state: &RunState) -> String {
         },
         (RunStatus::Success, _) => "Succeeded".into(),
         (RunStatus::Cancelled, _) => "Cancelled".into(),
+        (RunStatus::Skipped, _) if untrusted_skip(state) => "Skipped: code from a fork".into(),
         (RunStatus::Skipped, _) => "Skipped by path filters".into(),
     }
+}
+
+/// A fork's run skipped by the repository's `untrusted: never`.
+fn untrusted_skip(state: &RunState) -> bool {
+    state.run.status == RunStatus::Skipped
+        && state
+            .run
+            .pending_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("(untrusted: never)"))
 }
 
 /// The markdown summary of a check run: where the run stands, its stages, and for a failure
@@ -556,6 +568,9 @@ pub(crate) fn gitlab_status(state: &RunState) -> (&'static str, String) {
 
 fn status_description(state: &RunState, max: usize) -> String {
     let text = match state.run.status {
+        RunStatus::Skipped if untrusted_skip(state) => {
+            "Skipped: this repository does not run code from forks".to_string()
+        }
         RunStatus::Skipped => {
             "Skipped by path filters: no changed file matches the pipeline's paths".to_string()
         }
