@@ -11,6 +11,8 @@ use std::process::Command;
 
 use gix::ObjectId;
 
+mod checkout;
+
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
     #[error("cannot open git repository {path}: {message}")]
@@ -21,6 +23,8 @@ pub enum GitError {
     Read { context: String, message: String },
     #[error("unknown revision `{0}`")]
     UnknownRevision(String),
+    #[error("refusing to check out `{path}`: {reason}")]
+    UnsafeTree { path: String, reason: String },
     #[error("cannot write the workspace {path}: {source}")]
     Workspace {
         path: String,
@@ -290,7 +294,7 @@ impl GitRepo {
             path: dir.display().to_string(),
             source,
         })?;
-        write_tree(&repo, tree, dir)
+        checkout::write_tree(&repo, tree, dir)
     }
 }
 
@@ -382,51 +386,6 @@ fn diff_trees(
         let is_file = |e: Option<&TreeEntry>| e.is_some_and(|e| !e.is_tree);
         if is_file(l) || is_file(r) {
             out.push(path);
-        }
-    }
-    Ok(())
-}
-
-fn write_tree(repo: &gix::Repository, tree: ObjectId, dir: &Path) -> Result<()> {
-    let tree = repo
-        .find_tree(tree)
-        .map_err(read_err(format!("reading tree {tree}")))?;
-    let decoded = tree.decode().map_err(|e| GitError::Read {
-        context: "decoding a tree".into(),
-        message: e.to_string(),
-    })?;
-    let io = |path: &Path| {
-        let path = path.display().to_string();
-        move |source| GitError::Workspace { path, source }
-    };
-    for e in &decoded.entries {
-        let name = e.filename.to_string();
-        // A crafted tree could name `..` or contain a slash; such an entry is never written.
-        if name.is_empty() || name == "." || name == ".." || name == ".git" || name.contains('/') {
-            continue;
-        }
-        let path = dir.join(&name);
-        if e.mode.is_tree() {
-            std::fs::create_dir_all(&path).map_err(io(&path))?;
-            write_tree(repo, e.oid.to_owned(), &path)?;
-        } else if e.mode.is_commit() {
-            // A submodule: leave an empty directory, as `git clone` without --recursive does.
-            std::fs::create_dir_all(&path).map_err(io(&path))?;
-        } else {
-            let blob = repo
-                .find_blob(e.oid.to_owned())
-                .map_err(read_err(format!("reading {}", path.display())))?;
-            if e.mode.is_link() {
-                let target = String::from_utf8_lossy(&blob.data).into_owned();
-                std::os::unix::fs::symlink(target, &path).map_err(io(&path))?;
-            } else {
-                std::fs::write(&path, &blob.data).map_err(io(&path))?;
-                if e.mode.is_executable() {
-                    use std::os::unix::fs::PermissionsExt;
-                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
-                        .map_err(io(&path))?;
-                }
-            }
         }
     }
     Ok(())
