@@ -48,6 +48,7 @@ pub const ENV_KEYS: &[&str] = &[
     "runners__registration_tokens",
     "runners__registration_tokens_file",
     "runners__lease_ttl",
+    "limits__log_bytes",
 ];
 
 #[derive(Debug, Default, Deserialize)]
@@ -66,6 +67,14 @@ pub struct ConfigLayer {
     pub webhook_max_body_bytes: Option<usize>,
     pub forges: Option<ForgesLayer>,
     pub runners: Option<RunnersLayer>,
+    pub limits: Option<LimitsLayer>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsLayer {
+    /// The most one stage attempt's log holds, in bytes.
+    pub log_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -164,6 +173,8 @@ pub struct Config {
     pub forges: deploylite_webhook::Forges,
     pub registration_tokens: Vec<Secret>,
     pub lease_ttl: Duration,
+    /// `limits.log_bytes`: past it an attempt's log keeps its head and tail.
+    pub log_bytes: u64,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -278,6 +289,12 @@ impl ConfigLayer {
             public_url,
             webhook_max_body_bytes
         );
+        if let Some(l) = other.limits {
+            let mine = self.limits.get_or_insert_with(Default::default);
+            if l.log_bytes.is_some() {
+                mine.log_bytes = l.log_bytes;
+            }
+        }
         if let Some(r) = other.runners {
             let mine = self.runners.get_or_insert_with(Default::default);
             if r.registration_tokens.is_some() {
@@ -395,6 +412,17 @@ impl ConfigLayer {
         if lease_ttl < Duration::from_secs(1) {
             bail!("runners.lease_ttl must be at least 1s");
         }
+        let log_bytes = self
+            .limits
+            .unwrap_or_default()
+            .log_bytes
+            .unwrap_or(deploylite_runner::DEFAULT_LOG_BYTES);
+        if log_bytes < deploylite_runner::MIN_LOG_BYTES {
+            bail!(
+                "limits.log_bytes must be at least {} (64 KiB)",
+                deploylite_runner::MIN_LOG_BYTES
+            );
+        }
         let forge_layer = self.forges.unwrap_or_default();
         let github = forge_layer.github.map(github_config).transpose()?;
         let gitlab = forge_layer.gitlab.map(gitlab_config).transpose()?;
@@ -469,6 +497,7 @@ impl ConfigLayer {
             ),
             registration_tokens,
             lease_ttl,
+            log_bytes,
         })
     }
 }

@@ -37,6 +37,8 @@ pub struct SchedulerConfig {
     pub runner_offline_after: Duration,
     /// Clone URLs by repository name, for executors that fetch the commit themselves.
     pub source_urls: HashMap<String, String>,
+    /// The most one attempt's log holds (`limits.log_bytes`), here and on remote runners.
+    pub log_bytes: u64,
 }
 
 impl SchedulerConfig {
@@ -51,6 +53,7 @@ impl SchedulerConfig {
             lease_ttl: Duration::from_secs(30),
             runner_offline_after: Duration::from_secs(60),
             source_urls: HashMap::new(),
+            log_bytes: deploylite_runner::DEFAULT_LOG_BYTES,
         }
     }
 }
