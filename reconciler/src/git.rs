@@ -3,12 +3,18 @@
 //!
 //! A repository is either a local path, read in place (polling it is a ref lookup on disk), or a
 //! URL, mirrored under the data dir with the `git` CLI (which knows every transport and the
-//! user's credential helpers) and then read like a local one.
+//! user's credential helpers) and then read like a local one. A credential in the URL
+//! (`https://user:token@host/x.git`) never reaches git in a URL: the mirror is cloned and
+//! fetched from the bare URL, and git gets the credential from a helper given in its
+//! environment (see [`deploylite_runner::source_url`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use deploylite_runner::source_url::{
+    credential_helper_config, origin, split_credentials, UrlCredential,
+};
 use gix::ObjectId;
 
 mod checkout;
@@ -59,7 +65,11 @@ pub struct PipelineFile {
 #[derive(Debug)]
 enum Source {
     Local,
-    Remote { url: String },
+    Remote {
+        /// Without its credential: what git, the mirror's config and error messages see.
+        url: String,
+        credential: Option<UrlCredential>,
+    },
 }
 
 #[derive(Debug)]
@@ -90,10 +100,9 @@ impl GitRepo {
 
     /// A remote repository mirrored at `mirror` (created by the first [`GitRepo::fetch`]).
     pub fn remote(url: &str, mirror: &Path) -> GitRepo {
+        let (url, credential) = split_credentials(url);
         GitRepo {
-            source: Source::Remote {
-                url: url.to_string(),
-            },
+            source: Source::Remote { url, credential },
             git_dir: mirror.to_path_buf(),
             repo: None,
         }
@@ -101,9 +110,10 @@ impl GitRepo {
 
     /// Brings a mirror up to date; a no-op for local repositories.
     pub fn fetch(&mut self) -> Result<()> {
-        let Source::Remote { url } = &self.source else {
+        let Source::Remote { url, credential } = &self.source else {
             return Ok(());
         };
+        let auth = credential.as_ref().map(|c| (url.as_str(), c));
         if !self.git_dir.join("HEAD").exists() {
             let parent = self.git_dir.parent().unwrap_or(Path::new("."));
             std::fs::create_dir_all(parent).map_err(|source| GitError::Workspace {
@@ -111,11 +121,20 @@ impl GitRepo {
                 source,
             })?;
             let dir = self.git_dir.display().to_string();
-            run_git(&["clone", "--mirror", "--quiet", "--", url, &dir], None)?;
+            run_git(&["clone", "--mirror", "--quiet", "--", url, &dir], None, auth)?;
         } else {
+            if self.repo.is_none() {
+                // A mirror cloned before credentials were split off keeps them in its config.
+                run_git(
+                    &["config", "remote.origin.url", url],
+                    Some(&self.git_dir),
+                    None,
+                )?;
+            }
             run_git(
                 &["fetch", "--prune", "--quiet", "origin"],
                 Some(&self.git_dir),
+                auth,
             )?;
         }
         if self.repo.is_none() {
@@ -302,12 +321,26 @@ fn parse_id(commit: &str) -> Result<ObjectId> {
     ObjectId::from_hex(commit.as_bytes()).map_err(|_| GitError::UnknownRevision(commit.to_string()))
 }
 
-fn run_git(args: &[&str], git_dir: Option<&Path>) -> Result<()> {
+/// Runs git; `auth` is the (bare) URL it talks to and the credential for it, handed over by the
+/// credential helper in git's environment.
+fn run_git(
+    args: &[&str],
+    git_dir: Option<&Path>,
+    auth: Option<(&str, &UrlCredential)>,
+) -> Result<()> {
     let mut command = Command::new("git");
     if let Some(dir) = git_dir {
         command.arg("--git-dir").arg(dir);
     }
     command.args(args).env("GIT_TERMINAL_PROMPT", "0");
+    if let Some((url, credential)) = auth {
+        if let Some(origin) = origin(url) {
+            command
+                .envs(credential_helper_config(&origin))
+                .env("DEPLOYLITE_GIT_USERNAME", &credential.username)
+                .env("DEPLOYLITE_GIT_PASSWORD", &credential.password);
+        }
+    }
     let output = command.output().map_err(|e| GitError::Command {
         args: args.join(" "),
         message: e.to_string(),

@@ -15,6 +15,7 @@ pub mod local;
 mod log;
 mod orphans;
 pub mod outcome;
+pub mod source_url;
 
 pub use docker::{DockerConfig, DockerExecutor, PullPolicy};
 pub use job::{BoxFuture, Executor, StageJob, StageOutcome};

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use deploylite_pipeline::Stage;
 use deploylite_runner::outcome::{describe, verdict, Verdict};
+use deploylite_runner::source_url::split_credentials;
 use deploylite_runner::StageOutcome;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, Notify};
@@ -156,7 +157,12 @@ impl Scheduler {
                 git_ref: run.git_ref,
                 trigger: run.trigger,
                 env,
-                source_url: self.config.source_urls.get(&info.repo).cloned(),
+                // Never the credential: executors that clone get theirs another way.
+                source_url: self
+                    .config
+                    .source_urls
+                    .get(&info.repo)
+                    .map(|url| split_credentials(url).0),
                 previous_attempt,
                 log_bytes: self.config.log_bytes,
             });
