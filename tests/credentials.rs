@@ -35,7 +35,10 @@ async fn fetch_errors_in_the_daemon_log_do_not_show_the_credential() {
     }
     let log = daemon.stderr();
     assert!(!log.contains(SECRET), "{log}");
-    assert!(log.contains("127.0.0.1:1/x.git"), "the error still says where: {log}");
+    assert!(
+        log.contains("127.0.0.1:1/x.git"),
+        "the error still says where: {log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

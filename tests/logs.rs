@@ -129,7 +129,11 @@ stages:
     assert_eq!(daemon.log(id(&run), "flood", None).await, text);
     let lines: Vec<&str> = text.lines().collect();
     for line in &lines {
-        assert!(line.len() <= 16 * 1024 + 64, "a line of {} bytes", line.len());
+        assert!(
+            line.len() <= 16 * 1024 + 64,
+            "a line of {} bytes",
+            line.len()
+        );
     }
     let marker = lines
         .iter()
@@ -223,6 +227,9 @@ async fn three_parallel_reads_of_a_large_log_are_streamed() {
     );
 }
 
+/// A log request and its expected answer: (Range header, query, status, Content-Range, body).
+type Case<'a> = (Option<&'a str>, &'a str, u16, Option<String>, &'a [u8]);
+
 /// GET with an optional Range header: (status, Content-Range, body).
 async fn get_range(
     daemon: &Daemon,
@@ -272,10 +279,23 @@ stages:
     let base = format!("/api/v1/runs/{}/stages/build/log", id(&run));
     let range = |start: usize, end: usize| format!("bytes {start}-{}/{len}", end - 1);
 
-    let cases: Vec<(Option<&str>, &str, u16, Option<String>, &[u8])> = vec![
+    // (Range header, query, status, Content-Range, body)
+    let cases: Vec<Case> = vec![
         (None, "", 200, None, &latest[..]),
-        (Some("bytes=0-9"), "", 206, Some(range(0, 10)), &latest[..10]),
-        (Some("bytes=10-"), "", 206, Some(range(10, len)), &latest[10..]),
+        (
+            Some("bytes=0-9"),
+            "",
+            206,
+            Some(range(0, 10)),
+            &latest[..10],
+        ),
+        (
+            Some("bytes=10-"),
+            "",
+            206,
+            Some(range(10, len)),
+            &latest[10..],
+        ),
         (
             Some("bytes=7-99999999"),
             "",
@@ -283,18 +303,29 @@ stages:
             Some(range(7, len)),
             &latest[7..],
         ),
-        (Some("bytes=-5"), "", 206, Some(range(len - 5, len)), &latest[len - 5..]),
+        (
+            Some("bytes=-5"),
+            "",
+            206,
+            Some(range(len - 5, len)),
+            &latest[len - 5..],
+        ),
         (None, "?offset=33", 200, None, &latest[33..]),
         (None, "?offset=0", 200, None, &latest[..]),
     ];
     for (header, query, code, content_range, expected) in cases {
-        let (got_code, got_range, body) = get_range(&daemon, &format!("{base}{query}"), header).await;
+        let (got_code, got_range, body) =
+            get_range(&daemon, &format!("{base}{query}"), header).await;
         assert_eq!(got_code, code, "{header:?} {query}");
         assert_eq!(got_range, content_range, "{header:?} {query}");
         assert!(body == expected, "{header:?} {query}: wrong bytes");
     }
     let (code, _, body) = get_range(&daemon, &format!("{base}?offset={len}"), None).await;
-    assert_eq!((code, body.len()), (200, 0), "an up-to-date follower gets nothing new");
+    assert_eq!(
+        (code, body.len()),
+        (200, 0),
+        "an up-to-date follower gets nothing new"
+    );
 
     let unsatisfiable = format!("bytes */{len}");
     for (header, query) in [
@@ -312,10 +343,7 @@ stages:
     let (code, content_range, body) =
         get_range(&daemon, &format!("{base}?attempt=1"), Some("bytes=0-4")).await;
     assert_eq!(code, 206);
-    assert_eq!(
-        content_range,
-        Some(format!("bytes 0-4/{}", first.len()))
-    );
+    assert_eq!(content_range, Some(format!("bytes 0-4/{}", first.len())));
     assert_eq!(body, &first[..5]);
     let (code, _, body) = get_range(&daemon, &format!("{base}?attempt=1&offset=3"), None).await;
     assert_eq!(code, 200);

@@ -121,7 +121,11 @@ impl GitRepo {
                 source,
             })?;
             let dir = self.git_dir.display().to_string();
-            run_git(&["clone", "--mirror", "--quiet", "--", url, &dir], None, auth)?;
+            run_git(
+                &["clone", "--mirror", "--quiet", "--", url, &dir],
+                None,
+                auth,
+            )?;
         } else {
             if self.repo.is_none() {
                 // A mirror cloned before credentials were split off keeps them in its config.

@@ -11,12 +11,7 @@ fn git(repo: &Path, args: &[&str], stdin: &str) -> String {
     let mut child = Command::new("git")
         .arg("-C")
         .arg(repo)
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@deploylite.invalid",
-        ])
+        .args(["-c", "user.name=t", "-c", "user.email=t@deploylite.invalid"])
         .args(args)
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("HOME", repo)

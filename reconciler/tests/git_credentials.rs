@@ -89,7 +89,10 @@ async fn handle(
             .to_string()
     };
     let root = server.root.clone();
-    let (path, query) = (uri.path().to_string(), uri.query().unwrap_or("").to_string());
+    let (path, query) = (
+        uri.path().to_string(),
+        uri.query().unwrap_or("").to_string(),
+    );
     let output = tokio::task::spawn_blocking(move || {
         let mut child = Command::new("git")
             .arg("http-backend")
@@ -117,13 +120,20 @@ async fn handle(
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .map(|at| (at, at + 4))
-        .or_else(|| output.windows(2).position(|w| w == b"\n\n").map(|at| (at, at + 2)))
+        .or_else(|| {
+            output
+                .windows(2)
+                .position(|w| w == b"\n\n")
+                .map(|at| (at, at + 2))
+        })
         .expect("CGI headers");
     let head = String::from_utf8_lossy(&output[..split.0]).into_owned();
     let mut response = Response::builder();
     let mut status = 200;
     for line in head.lines() {
-        let Some((name, value)) = line.split_once(':') else { continue };
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
         if name.eq_ignore_ascii_case("status") {
             status = value.trim()[..3].parse().unwrap();
         } else {
@@ -150,7 +160,13 @@ async fn serve_repo() -> (tempfile::TempDir, Server, u16, String) {
     std::fs::create_dir(&root).unwrap();
     git(
         dir.path(),
-        &["clone", "-q", "--bare", work.to_str().unwrap(), root.join("x.git").to_str().unwrap()],
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            work.to_str().unwrap(),
+            root.join("x.git").to_str().unwrap(),
+        ],
     );
     let server = Server {
         root,
@@ -219,9 +235,15 @@ async fn a_mirror_is_fetched_with_the_credential_and_stores_none_of_it() {
         "{config}"
     );
     assert_eq!(files_containing(&mirror, SECRET), Vec::<PathBuf>::new());
-    assert_eq!(files_containing(&mirror, &format!("{USER}:")), Vec::<PathBuf>::new());
+    assert_eq!(
+        files_containing(&mirror, &format!("{USER}:")),
+        Vec::<PathBuf>::new()
+    );
     let seen = server.seen.lock().unwrap().clone();
-    assert!(seen.iter().any(|(_, ok)| *ok), "no request carried the credential: {seen:?}");
+    assert!(
+        seen.iter().any(|(_, ok)| *ok),
+        "no request carried the credential: {seen:?}"
+    );
     assert!(
         seen.iter().all(|(request, _)| !request.contains(SECRET)),
         "{seen:?}"
@@ -239,7 +261,10 @@ async fn a_mirror_cloned_with_the_credential_in_its_url_loses_it_at_the_next_fet
         data.path(),
         &["clone", "-q", "--mirror", &url, mirror.to_str().unwrap()],
     );
-    assert!(!files_containing(&mirror, SECRET).is_empty(), "the setup is not what old code did");
+    assert!(
+        !files_containing(&mirror, SECRET).is_empty(),
+        "the setup is not what old code did"
+    );
 
     let m = mirror.clone();
     let repo = tokio::task::spawn_blocking(move || {
@@ -264,7 +289,10 @@ fn a_failing_fetch_does_not_name_the_credential() {
         let error = repo.fetch().expect_err("127.0.0.1:1 answered");
         let text = format!("{error} / {error:?} / {repo:?}");
         assert!(!text.contains(SECRET), "{text}");
-        assert!(text.contains("127.0.0.1:1/x.git"), "the error still says where: {text}");
+        assert!(
+            text.contains("127.0.0.1:1/x.git"),
+            "the error still says where: {text}"
+        );
     }
 }
 
@@ -299,12 +327,20 @@ async fn the_pod_clone_script_uses_the_secret_and_leaves_no_credential_in_the_wo
 
     let workspace = tempfile::tempdir().unwrap();
     let mut command = Command::new("sh");
-    command.arg("-c").arg(CLONE_SCRIPT).env("HOME", workspace.path());
+    command
+        .arg("-c")
+        .arg(CLONE_SCRIPT)
+        .env("HOME", workspace.path());
     for var in &env {
         let value = match (&var.value, &var.value_from) {
             (Some(value), _) => value.clone(),
             (None, Some(from)) => {
-                let key = from.secret_key_ref.as_ref().expect("a secret ref").key.as_str();
+                let key = from
+                    .secret_key_ref
+                    .as_ref()
+                    .expect("a secret ref")
+                    .key
+                    .as_str();
                 secret_values[key].to_string()
             }
             (None, None) => String::new(),
@@ -316,7 +352,11 @@ async fn the_pod_clone_script_uses_the_secret_and_leaves_no_credential_in_the_wo
     let out = tokio::task::spawn_blocking(move || command.output().unwrap())
         .await
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         std::fs::read_to_string(workspace.path().join("file")).unwrap(),
         "served\n"

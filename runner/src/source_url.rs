@@ -78,7 +78,9 @@ pub fn origin(url: &str) -> Option<String> {
     let start = url.find("://")? + 3;
     let rest = &url[start..];
     let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
     (!host.is_empty()).then(|| format!("{}{host}", &url[..start]))
 }
 
@@ -172,7 +174,10 @@ mod tests {
             redact_url("https://user:s3cret@host/x.git"),
             "https://***@host/x.git"
         );
-        assert_eq!(redact_url("https://tok@host/x.git"), "https://***@host/x.git");
+        assert_eq!(
+            redact_url("https://tok@host/x.git"),
+            "https://***@host/x.git"
+        );
         assert_eq!(redact_url("ssh://git:pw@host/x"), "ssh://***@host/x");
     }
 

@@ -315,7 +315,10 @@ pub(crate) async fn stage_log(
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(span.end - span.start));
+    headers.insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from(span.end - span.start),
+    );
     if status == StatusCode::PARTIAL_CONTENT {
         let content_range = format!("bytes {}-{}/{len}", span.start, span.end - 1);
         if let Ok(value) = HeaderValue::from_str(&content_range) {

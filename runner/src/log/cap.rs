@@ -122,7 +122,11 @@ mod tests {
         let record = format!("{}\n", "x".repeat(99));
         let mut head = 0u64;
         for i in 0..10_000 {
-            let record = if i == 9_999 { "last\n".to_string() } else { record.clone() };
+            let record = if i == 9_999 {
+                "last\n".to_string()
+            } else {
+                record.clone()
+            };
             if matches!(cap.place(&record), Placement::Head) {
                 head += record.len() as u64;
             }

@@ -121,7 +121,10 @@ mod tests {
         assert_eq!(select(100, None, Some("bytes=0-1,5-6")), whole);
         assert_eq!(
             select(100, Some(40), None),
-            Selection::Whole(Span { start: 40, end: 100 })
+            Selection::Whole(Span {
+                start: 40,
+                end: 100
+            })
         );
         assert_eq!(
             select(100, Some(100), None),
