@@ -337,7 +337,7 @@ impl Agent {
             cancel.clone(),
             lost,
         ));
-        let mut log = StageLog::channel(tx);
+        let mut log = StageLog::channel(tx).with_byte_limit(lease.log_bytes);
         log.system(&format!(
             "run #{} {}/{} stage `{}` attempt {} on runner `{}` ({} executor; {} {})",
             lease.run_id,
@@ -413,6 +413,8 @@ impl Agent {
                 outcome
             }
         };
+        // The tail of a log that reached its limit goes up now, then the uploader ends.
+        log.finish().await;
         drop(log);
         let _ = uploader.await;
         if let Err(e) = tokio::fs::remove_dir_all(&workspace).await {

@@ -51,6 +51,7 @@ pub const ENV_KEYS: &[&str] = &[
     "runners__lease_ttl",
     "auth__anonymous_read",
     "untrusted__labels",
+    "limits__log_bytes",
 ];
 
 #[derive(Debug, Default, Deserialize)]
@@ -71,6 +72,7 @@ pub struct ConfigLayer {
     pub runners: Option<RunnersLayer>,
     pub auth: Option<AuthLayer>,
     pub untrusted: Option<UntrustedLayer>,
+    pub limits: Option<LimitsLayer>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -85,6 +87,13 @@ pub struct AuthLayer {
 pub struct UntrustedLayer {
     /// Runners offering one of these labels may run pull requests from forks [default: none].
     pub labels: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsLayer {
+    /// The most one stage attempt's log holds, in bytes.
+    pub log_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -190,6 +199,8 @@ pub struct Config {
     /// Runner labels allowed to run untrusted (fork) code.
     pub untrusted_labels: Vec<String>,
     pub public_url: Option<String>,
+    /// `limits.log_bytes`: past it an attempt's log keeps its head and tail.
+    pub log_bytes: u64,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -316,6 +327,12 @@ impl ConfigLayer {
                 mine.labels = u.labels;
             }
         }
+        if let Some(l) = other.limits {
+            let mine = self.limits.get_or_insert_with(Default::default);
+            if l.log_bytes.is_some() {
+                mine.log_bytes = l.log_bytes;
+            }
+        }
         if let Some(r) = other.runners {
             let mine = self.runners.get_or_insert_with(Default::default);
             if r.registration_tokens.is_some() {
@@ -433,6 +450,17 @@ impl ConfigLayer {
         if lease_ttl < Duration::from_secs(1) {
             bail!("runners.lease_ttl must be at least 1s");
         }
+        let log_bytes = self
+            .limits
+            .unwrap_or_default()
+            .log_bytes
+            .unwrap_or(deploylite_runner::DEFAULT_LOG_BYTES);
+        if log_bytes < deploylite_runner::MIN_LOG_BYTES {
+            bail!(
+                "limits.log_bytes must be at least {} (64 KiB)",
+                deploylite_runner::MIN_LOG_BYTES
+            );
+        }
         let forge_layer = self.forges.unwrap_or_default();
         let github = forge_layer.github.map(github_config).transpose()?;
         let gitlab = forge_layer.gitlab.map(gitlab_config).transpose()?;
@@ -514,6 +542,7 @@ impl ConfigLayer {
             ),
             registration_tokens,
             lease_ttl,
+            log_bytes,
         })
     }
 }

@@ -59,6 +59,7 @@ pub async fn kubernetes() -> Result<Built> {
         kubeconfig: env("DEPLOYLITE_KUBECONFIG").map(Into::into),
         context: env("DEPLOYLITE_KUBE_CONTEXT"),
         service_account: env("DEPLOYLITE_KUBE_SERVICE_ACCOUNT"),
+        git_secret: env("DEPLOYLITE_KUBE_GIT_SECRET"),
         ..KubernetesConfig::default()
     };
     if let Some(image) = env("DEPLOYLITE_KUBE_GIT_IMAGE") {

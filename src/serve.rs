@@ -47,6 +47,7 @@ fn scheduler_config(config: &Config) -> SchedulerConfig {
     }
     scheduler.lease_ttl = config.lease_ttl;
     scheduler.untrusted_labels = config.untrusted_labels.clone();
+    scheduler.log_bytes = config.log_bytes;
     scheduler.runner_offline_after = config.lease_ttl.max(Duration::from_secs(30)) * 2;
     // Remote executors that fetch the commit themselves (Kubernetes) clone from here; a local
     // path only works for runners on this machine.

@@ -3,13 +3,21 @@
 //!
 //! A repository is either a local path, read in place (polling it is a ref lookup on disk), or a
 //! URL, mirrored under the data dir with the `git` CLI (which knows every transport and the
-//! user's credential helpers) and then read like a local one.
+//! user's credential helpers) and then read like a local one. A credential in the URL
+//! (`https://user:token@host/x.git`) never reaches git in a URL: the mirror is cloned and
+//! fetched from the bare URL, and git gets the credential from a helper given in its
+//! environment (see [`deploylite_runner::source_url`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use deploylite_runner::source_url::{
+    credential_helper_config, origin, split_credentials, UrlCredential,
+};
 use gix::ObjectId;
+
+mod checkout;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
@@ -21,6 +29,8 @@ pub enum GitError {
     Read { context: String, message: String },
     #[error("unknown revision `{0}`")]
     UnknownRevision(String),
+    #[error("refusing to check out `{path}`: {reason}")]
+    UnsafeTree { path: String, reason: String },
     #[error("cannot write the workspace {path}: {source}")]
     Workspace {
         path: String,
@@ -55,7 +65,11 @@ pub struct PipelineFile {
 #[derive(Debug)]
 enum Source {
     Local,
-    Remote { url: String },
+    Remote {
+        /// Without its credential: what git, the mirror's config and error messages see.
+        url: String,
+        credential: Option<UrlCredential>,
+    },
 }
 
 #[derive(Debug)]
@@ -86,10 +100,9 @@ impl GitRepo {
 
     /// A remote repository mirrored at `mirror` (created by the first [`GitRepo::fetch`]).
     pub fn remote(url: &str, mirror: &Path) -> GitRepo {
+        let (url, credential) = split_credentials(url);
         GitRepo {
-            source: Source::Remote {
-                url: url.to_string(),
-            },
+            source: Source::Remote { url, credential },
             git_dir: mirror.to_path_buf(),
             repo: None,
         }
@@ -97,9 +110,10 @@ impl GitRepo {
 
     /// Brings a mirror up to date; a no-op for local repositories.
     pub fn fetch(&mut self) -> Result<()> {
-        let Source::Remote { url } = &self.source else {
+        let Source::Remote { url, credential } = &self.source else {
             return Ok(());
         };
+        let auth = credential.as_ref().map(|c| (url.as_str(), c));
         if !self.git_dir.join("HEAD").exists() {
             let parent = self.git_dir.parent().unwrap_or(Path::new("."));
             std::fs::create_dir_all(parent).map_err(|source| GitError::Workspace {
@@ -107,11 +121,24 @@ impl GitRepo {
                 source,
             })?;
             let dir = self.git_dir.display().to_string();
-            run_git(&["clone", "--mirror", "--quiet", "--", url, &dir], None)?;
+            run_git(
+                &["clone", "--mirror", "--quiet", "--", url, &dir],
+                None,
+                auth,
+            )?;
         } else {
+            if self.repo.is_none() {
+                // A mirror cloned before credentials were split off keeps them in its config.
+                run_git(
+                    &["config", "remote.origin.url", url],
+                    Some(&self.git_dir),
+                    None,
+                )?;
+            }
             run_git(
                 &["fetch", "--prune", "--quiet", "origin"],
                 Some(&self.git_dir),
+                auth,
             )?;
         }
         if self.repo.is_none() {
@@ -290,7 +317,7 @@ impl GitRepo {
             path: dir.display().to_string(),
             source,
         })?;
-        write_tree(&repo, tree, dir)
+        checkout::write_tree(&repo, tree, dir)
     }
 }
 
@@ -298,12 +325,26 @@ fn parse_id(commit: &str) -> Result<ObjectId> {
     ObjectId::from_hex(commit.as_bytes()).map_err(|_| GitError::UnknownRevision(commit.to_string()))
 }
 
-fn run_git(args: &[&str], git_dir: Option<&Path>) -> Result<()> {
+/// Runs git; `auth` is the (bare) URL it talks to and the credential for it, handed over by the
+/// credential helper in git's environment.
+fn run_git(
+    args: &[&str],
+    git_dir: Option<&Path>,
+    auth: Option<(&str, &UrlCredential)>,
+) -> Result<()> {
     let mut command = Command::new("git");
     if let Some(dir) = git_dir {
         command.arg("--git-dir").arg(dir);
     }
     command.args(args).env("GIT_TERMINAL_PROMPT", "0");
+    if let Some((url, credential)) = auth {
+        if let Some(origin) = origin(url) {
+            command
+                .envs(credential_helper_config(&origin))
+                .env("DEPLOYLITE_GIT_USERNAME", &credential.username)
+                .env("DEPLOYLITE_GIT_PASSWORD", &credential.password);
+        }
+    }
     let output = command.output().map_err(|e| GitError::Command {
         args: args.join(" "),
         message: e.to_string(),
@@ -382,51 +423,6 @@ fn diff_trees(
         let is_file = |e: Option<&TreeEntry>| e.is_some_and(|e| !e.is_tree);
         if is_file(l) || is_file(r) {
             out.push(path);
-        }
-    }
-    Ok(())
-}
-
-fn write_tree(repo: &gix::Repository, tree: ObjectId, dir: &Path) -> Result<()> {
-    let tree = repo
-        .find_tree(tree)
-        .map_err(read_err(format!("reading tree {tree}")))?;
-    let decoded = tree.decode().map_err(|e| GitError::Read {
-        context: "decoding a tree".into(),
-        message: e.to_string(),
-    })?;
-    let io = |path: &Path| {
-        let path = path.display().to_string();
-        move |source| GitError::Workspace { path, source }
-    };
-    for e in &decoded.entries {
-        let name = e.filename.to_string();
-        // A crafted tree could name `..` or contain a slash; such an entry is never written.
-        if name.is_empty() || name == "." || name == ".." || name == ".git" || name.contains('/') {
-            continue;
-        }
-        let path = dir.join(&name);
-        if e.mode.is_tree() {
-            std::fs::create_dir_all(&path).map_err(io(&path))?;
-            write_tree(repo, e.oid.to_owned(), &path)?;
-        } else if e.mode.is_commit() {
-            // A submodule: leave an empty directory, as `git clone` without --recursive does.
-            std::fs::create_dir_all(&path).map_err(io(&path))?;
-        } else {
-            let blob = repo
-                .find_blob(e.oid.to_owned())
-                .map_err(read_err(format!("reading {}", path.display())))?;
-            if e.mode.is_link() {
-                let target = String::from_utf8_lossy(&blob.data).into_owned();
-                std::os::unix::fs::symlink(target, &path).map_err(io(&path))?;
-            } else {
-                std::fs::write(&path, &blob.data).map_err(io(&path))?;
-                if e.mode.is_executable() {
-                    use std::os::unix::fs::PermissionsExt;
-                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
-                        .map_err(io(&path))?;
-                }
-            }
         }
     }
     Ok(())

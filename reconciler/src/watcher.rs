@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deploylite_pipeline::{Event, GlobList};
+use deploylite_runner::source_url::redact_url;
 use deploylite_runner::{BoxFuture, CancellationToken};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -31,7 +32,7 @@ pub enum ReconcileError {
     Task(String),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RepoConfig {
     pub name: String,
     /// A local path or any URL `git` can fetch.
@@ -45,6 +46,20 @@ pub struct RepoConfig {
     pub report: bool,
     /// What pull requests from forks by non-members may do.
     pub untrusted: UntrustedPolicy,
+}
+
+/// By hand: the URL may carry a credential.
+impl std::fmt::Debug for RepoConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RepoConfig")
+            .field("name", &self.name)
+            .field("url", &redact_url(&self.url))
+            .field("branches", &self.branches)
+            .field("tags", &self.tags)
+            .field("poll_interval", &self.poll_interval)
+            .field("report", &self.report)
+            .finish()
+    }
 }
 
 pub struct RepoEntry {

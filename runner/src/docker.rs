@@ -67,7 +67,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::job::{step_label, BoxFuture, Executor, StageJob, StageOutcome};
-use crate::log::{LogStream, StageLog};
+use crate::log::{LogStream, StageLog, MAX_LINE};
 use crate::outcome::step_failed;
 
 pub use cleanup::Cleaned;
@@ -98,8 +98,6 @@ const KILL_GRACE: Duration = Duration::from_secs(2);
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 /// How long we wait for a stopped container to be reported as exited.
 const STOP_WAIT_LIMIT: Duration = Duration::from_secs(10);
-/// A line longer than this (without a newline) is logged in pieces.
-const MAX_LINE: usize = 64 * 1024;
 
 /// When the executor pulls a stage's image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

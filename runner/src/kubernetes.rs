@@ -84,6 +84,11 @@ pub struct KubernetesConfig {
     pub delete_grace_period: Duration,
     /// How long the API may be unreachable before a running attempt is an `Error`.
     pub api_retry_window: Duration,
+    /// A Secret in the Pods' namespace with the keys `username` and `password` (type
+    /// `kubernetes.io/basic-auth`): the credential the init container clones with. It reaches
+    /// git through a credential helper in the init container's environment; the Pod spec only
+    /// names the Secret, and the stage's container never sees it.
+    pub git_secret: Option<String>,
 }
 
 impl Default for KubernetesConfig {
@@ -100,6 +105,7 @@ impl Default for KubernetesConfig {
             image_pull_timeout: Duration::from_secs(120),
             delete_grace_period: Duration::from_secs(1),
             api_retry_window: Duration::from_secs(60),
+            git_secret: None,
         }
     }
 }
@@ -214,7 +220,19 @@ impl KubernetesExecutor {
             return error(log, message).await;
         }
         let source_url = match job.source_url.as_deref().map(str::trim) {
-            Some(url) if !url.is_empty() => url.to_string(),
+            Some(url) if !url.is_empty() => {
+                let (bare, credential) = crate::source_url::split_credentials(url);
+                if credential.is_some() || bare != url {
+                    // A Pod spec is readable by anyone who may list Pods, and the URL would
+                    // end up in the workspace's .git/config, readable by the stage.
+                    log.system(
+                        "the repository URL carries a credential: the Pod clones without it \
+                         (give the credential as a Secret: DEPLOYLITE_KUBE_GIT_SECRET)",
+                    )
+                    .await;
+                }
+                bare
+            }
             _ => {
                 return error(
                     log,
@@ -237,6 +255,7 @@ impl KubernetesExecutor {
             service_account: self.config.service_account.as_deref(),
             labels: &self.config.labels,
             deadline_slack_secs: 60,
+            git_secret: self.config.git_secret.as_deref(),
         };
         let pod = match spec::build_pod(&job, &settings, &name, &source_url, &nonce) {
             Ok(pod) => pod,

@@ -15,11 +15,15 @@ pub mod local;
 mod log;
 mod orphans;
 pub mod outcome;
+pub mod source_url;
 
 pub use docker::{DockerConfig, DockerExecutor, PullPolicy};
 pub use job::{BoxFuture, Executor, StageJob, StageOutcome};
 pub use kubernetes::{KubernetesConfig, KubernetesExecutor};
 pub use local::LocalExecutor;
-pub use log::{append_chunk, format_line, read_log, LogStream, StageLog};
+pub use log::{
+    append_chunk, format_line, read_line_bounded, read_log, LogStream, StageLog, DEFAULT_LOG_BYTES,
+    MAX_LINE, MIN_LOG_BYTES,
+};
 pub use orphans::{kill_orphans, kill_stages_under};
 pub use tokio_util::sync::CancellationToken;

@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::job::{services_unsupported, step_label, BoxFuture, Executor, StageJob, StageOutcome};
-use crate::log::{LogStream, StageLog};
+use crate::log::{read_line_bounded, LogStream, StageLog, MAX_LINE};
 use crate::outcome::step_failed;
 
 /// How long a step gets between SIGTERM and SIGKILL after a timeout or a cancellation.
@@ -224,10 +224,10 @@ async fn forward_lines<R: AsyncRead + Unpin>(
     tx: mpsc::Sender<(LogStream, String)>,
 ) {
     let mut reader = BufReader::new(reader);
-    let mut buf = Vec::new();
+    let mut buf = Vec::with_capacity(MAX_LINE);
     loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf).await {
+        // Bounded: a stage printing without newlines must not grow this buffer.
+        match read_line_bounded(&mut reader, &mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(_) => {
                 let text = String::from_utf8_lossy(&buf).into_owned();

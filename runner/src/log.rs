@@ -1,13 +1,22 @@
 //! Stage logs: one timestamped line per output line, `2026-11-26T23:58:28.869Z out text`.
 //! On the server a log is a file per stage attempt, flushed line by line so that the log API can
 //! serve it while the stage runs; on a remote runner the same lines go to a channel that uploads
-//! them to the server in chunks.
+//! them to the server in chunks. Every line is at most [`MAX_LINE`] bytes and every attempt's
+//! log at most its limit ([`cap`]): what a stage prints never decides how much memory or disk
+//! the daemon uses.
+
+mod cap;
+mod lines;
 
 use std::path::{Path, PathBuf};
 
 use tokio::fs::File;
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::sync::mpsc;
+
+use cap::{LogCap, Placement};
+pub use cap::{DEFAULT_LOG_BYTES, MIN_LOG_BYTES};
+pub use lines::{read_line_bounded, MAX_LINE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogStream {
@@ -41,21 +50,26 @@ pub struct StageLog {
     sink: Sink,
     /// Mirror every line to our stdout as `[stage] line` (used by `deploylite run`).
     echo_prefix: Option<String>,
+    cap: LogCap,
 }
 
 impl StageLog {
-    /// Creates (or appends to) the log at `path`, creating parent directories.
+    /// Creates (or appends to) the log at `path`, creating parent directories. The log holds
+    /// at most [`DEFAULT_LOG_BYTES`] (what it already holds counts) unless
+    /// [`StageLog::with_byte_limit`] says otherwise.
     pub async fn create(path: &Path) -> std::io::Result<StageLog> {
         let owned = path.to_path_buf();
-        // One trip to the blocking pool for both calls: this is on every stage's critical path.
-        let file = tokio::task::spawn_blocking(move || {
+        // One trip to the blocking pool for all calls: this is on every stage's critical path.
+        let (file, len) = tokio::task::spawn_blocking(move || {
             if let Some(parent) = owned.parent() {
                 std::fs::create_dir_all(parent)?;
             }
-            std::fs::OpenOptions::new()
+            let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(&owned)
+                .open(&owned)?;
+            let len = file.metadata()?.len();
+            Ok::<_, std::io::Error>((file, len))
         })
         .await
         .map_err(std::io::Error::other)??;
@@ -66,6 +80,7 @@ impl StageLog {
                 dirty: false,
             },
             echo_prefix: None,
+            cap: LogCap::new(DEFAULT_LOG_BYTES, len),
         })
     }
 
@@ -75,7 +90,15 @@ impl StageLog {
         StageLog {
             sink: Sink::Channel(tx),
             echo_prefix: None,
+            cap: LogCap::new(DEFAULT_LOG_BYTES, 0),
         }
+    }
+
+    /// Limits the log to `bytes` (at least [`MIN_LOG_BYTES`]) plus one marker line: past the
+    /// limit, the first bytes stay and the last ones are written by [`StageLog::finish`].
+    pub fn with_byte_limit(mut self, bytes: u64) -> StageLog {
+        self.cap = LogCap::new(bytes, self.cap.written());
+        self
     }
 
     pub fn echo_to_stdout(&mut self, prefix: String) {
@@ -98,13 +121,28 @@ impl StageLog {
     }
 
     /// Writes one line without making it readable yet: the next [`StageLog::line`] or
-    /// [`StageLog::flush`] does (one write for many lines). Channel logs send it at once.
+    /// [`StageLog::flush`] does (one write for many lines). Channel logs send it at once. A
+    /// line longer than [`MAX_LINE`] becomes several; past the log's limit, lines wait in the
+    /// tail for [`StageLog::finish`].
     pub async fn buffer(&mut self, stream: LogStream, text: &str) {
         let text = text.trim_end_matches(['\n', '\r']);
-        let record = format_line(stream, text);
-        if let Some(prefix) = &self.echo_prefix {
-            println!("[{prefix}] {text}");
+        for piece in lines::pieces(text) {
+            let record = format_line(stream, piece);
+            if let Placement::Head = self.cap.place(&record) {
+                self.echo(&record);
+                self.emit(record).await;
+            }
         }
+    }
+
+    fn echo(&self, record: &str) {
+        if let Some(prefix) = &self.echo_prefix {
+            let text = record.splitn(3, ' ').nth(2).unwrap_or_default();
+            println!("[{prefix}] {}", text.trim_end_matches('\n'));
+        }
+    }
+
+    async fn emit(&mut self, record: String) {
         match &mut self.sink {
             Sink::File { path, file, dirty } => {
                 *dirty = true;
@@ -118,6 +156,25 @@ impl StageLog {
                 }
             }
         }
+    }
+
+    /// Ends the attempt's log: when it reached its limit, writes the marker line saying how
+    /// much was dropped and then the tail; makes everything readable. Call it once the attempt
+    /// has written its last line (a log dropped without it loses its tail).
+    pub async fn finish(&mut self) {
+        if let Some((marker, records)) = self.cap.finish() {
+            if let Some(marker) = marker {
+                let record = format_line(LogStream::System, &marker);
+                self.echo(&record);
+                self.emit(record).await;
+            }
+            // Line by line: a remote runner's uploader batches lines into bounded chunks.
+            for record in records.split_inclusive('\n') {
+                self.echo(record);
+                self.emit(record.to_string()).await;
+            }
+        }
+        self.flush().await;
     }
 
     /// Makes every buffered line readable. Costs nothing when nothing is buffered.
@@ -149,8 +206,13 @@ pub fn format_line(stream: LogStream, text: &str) -> String {
     format!("{now} {} {text}\n", stream.tag())
 }
 
-/// Appends already formatted lines (a chunk uploaded by a remote runner) to a log file.
-pub async fn append_chunk(path: &Path, chunk: &[u8]) -> std::io::Result<()> {
+/// Room past a log's limit for what comes after the runner's own marker line.
+const CHUNK_SLACK: u64 = 64 * 1024;
+
+/// Appends already formatted lines (a chunk uploaded by a remote runner) to a log file. The
+/// runner keeps its log within `limit`; a chunk that would take the file further than that
+/// (and a little slack) is not written: false.
+pub async fn append_chunk(path: &Path, chunk: &[u8], limit: u64) -> std::io::Result<bool> {
     if let Some(parent) = path.parent() {
         tokio::fs::create_dir_all(parent).await?;
     }
@@ -159,8 +221,13 @@ pub async fn append_chunk(path: &Path, chunk: &[u8]) -> std::io::Result<()> {
         .append(true)
         .open(path)
         .await?;
+    let len = file.metadata().await?.len();
+    if len + chunk.len() as u64 > limit.max(MIN_LOG_BYTES) + CHUNK_SLACK {
+        return Ok(false);
+    }
     file.write_all(chunk).await?;
-    file.flush().await
+    file.flush().await?;
+    Ok(true)
 }
 
 /// Reads a whole log; a missing file is an empty log (the attempt has not written yet).

@@ -952,3 +952,75 @@ async fn services_fail_the_attempt_instead_of_being_ignored() {
     );
     fake.assert_all_pods_deleted().await;
 }
+
+#[tokio::test]
+async fn no_credential_of_the_repository_url_reaches_the_pod() {
+    let fake = FakeKube::start(runs(&[], 10, 0, None)).await;
+    let mut job = two_steps();
+    job.source_url = Some("https://deploy:s3cret-t0ken@git.example.com/acme/app.git".into());
+    let ran = run_config(
+        &fake,
+        job,
+        CancellationToken::new(),
+        KubernetesConfig {
+            git_secret: Some("acme-git".into()),
+            ..config()
+        },
+    )
+    .await;
+    assert_eq!(ran.outcome, StageOutcome::Succeeded, "{:?}", ran.log);
+    assert!(ran.has("---", "carries a credential"), "{:?}", ran.log);
+
+    let created = fake.created();
+    let everything_sent = serde_json::to_string(&created).unwrap()
+        + &fake
+            .requests()
+            .iter()
+            .map(|r| format!("{r:?}"))
+            .collect::<String>();
+    assert!(!everything_sent.contains("s3cret"), "{everything_sent}");
+    assert!(!everything_sent.contains("deploy:"), "{everything_sent}");
+
+    let spec = &created[0]["spec"];
+    let init = &spec["initContainers"][0];
+    let init_env = env_of(init);
+    assert_eq!(init_env["DEPLOYLITE_SOURCE_URL"], SOURCE);
+    assert_eq!(
+        init_env["GIT_CONFIG_KEY_1"],
+        "credential.https://git.example.com.helper"
+    );
+    let from_secret: Vec<(String, String, String)> = init["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| {
+            let r = &e["valueFrom"]["secretKeyRef"];
+            Some((
+                e["name"].as_str()?.to_string(),
+                r["name"].as_str()?.to_string(),
+                r["key"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    assert_eq!(
+        from_secret,
+        vec![
+            (
+                "DEPLOYLITE_GIT_USERNAME".into(),
+                "acme-git".into(),
+                "username".into()
+            ),
+            (
+                "DEPLOYLITE_GIT_PASSWORD".into(),
+                "acme-git".into(),
+                "password".into()
+            ),
+        ]
+    );
+    // The stage's own container knows nothing of the credential.
+    let main = serde_json::to_string(&spec["containers"]).unwrap();
+    assert!(
+        !main.contains("DEPLOYLITE_GIT_") && !main.contains("acme-git"),
+        "{main}"
+    );
+}

@@ -1,10 +1,15 @@
+mod log_range;
+
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use deploylite_reconciler::status::{RunStatus, StageStatus};
 use deploylite_reconciler::store::{RunFilter, RunRecord, StageRecord, StoreError};
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
 
 use crate::auth::Caller;
 use crate::AppState;
@@ -265,13 +270,25 @@ pub(crate) async fn approve_run(
 #[derive(Debug, Deserialize)]
 pub(crate) struct LogQuery {
     attempt: Option<i64>,
+    /// Bytes from the start to skip: a client following a log asks for what it has not seen.
+    offset: Option<u64>,
 }
 
+/// The log of one attempt, streamed from disk (a log may be large: it is never read whole).
+/// `?attempt=N` (default the latest), `?offset=N` or a single `Range: bytes=...` (206, or 416
+/// with `Content-Range: bytes */len` when no byte of the log is in it).
 pub(crate) async fn stage_log(
     State(state): State<AppState>,
     Path((id, stage)): Path<(i64, String)>,
     Query(q): Query<LogQuery>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let range = headers.get(header::RANGE).map(|v| v.to_str().unwrap_or(""));
+    if q.offset.is_some() && range.is_some() {
+        return Err(ApiError::BadRequest(
+            "give ?offset or a Range header, not both".into(),
+        ));
+    }
     let (_, stages) = state
         .store
         .get_run(id)
@@ -289,9 +306,67 @@ pub(crate) async fn stage_log(
         )));
     }
     let path = state.data.log_path(id, &stage, attempt);
-    let text = deploylite_runner::read_log(&path).await.map_err(|e| {
+    let unavailable = |e: std::io::Error| {
         tracing::error!(path = %path.display(), error = %e, "cannot read a log");
         ApiError::NotFound(format!("the log of attempt {attempt} is not available"))
-    })?;
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+    };
+    // A missing file is an empty log: the attempt has not written yet.
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(file) => Some(file),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(unavailable(e)),
+    };
+    // The length now: what the log gains while it is sent belongs to the next request.
+    let len = match &file {
+        Some(file) => file.metadata().await.map_err(unavailable)?.len(),
+        None => 0,
+    };
+    let (status, span) = match log_range::select(len, q.offset, range) {
+        log_range::Selection::Whole(span) => (StatusCode::OK, span),
+        log_range::Selection::Partial(span) => (StatusCode::PARTIAL_CONTENT, span),
+        log_range::Selection::Unsatisfiable => {
+            return Ok((
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                [(header::CONTENT_RANGE, format!("bytes */{len}"))],
+                Json(serde_json::json!({
+                    "error": format!("the log of attempt {attempt} has {len} bytes")
+                })),
+            )
+                .into_response());
+        }
+    };
+    let body = match file {
+        Some(mut file) if span.end > span.start => {
+            file.seek(std::io::SeekFrom::Start(span.start))
+                .await
+                .map_err(unavailable)?;
+            Body::from_stream(ReaderStream::with_capacity(
+                file.take(span.end - span.start),
+                LOG_READ_CHUNK,
+            ))
+        }
+        _ => Body::empty(),
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    headers.insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from(span.end - span.start),
+    );
+    if status == StatusCode::PARTIAL_CONTENT {
+        let content_range = format!("bytes {}-{}/{len}", span.start, span.end - 1);
+        if let Ok(value) = HeaderValue::from_str(&content_range) {
+            headers.insert(header::CONTENT_RANGE, value);
+        }
+    }
+    Ok(response)
 }
+
+/// How much of a log is read per body chunk.
+const LOG_READ_CHUNK: usize = 64 * 1024;

@@ -131,6 +131,8 @@ impl Forges {
 /// Derives the forge and slug from a repository URL where the host says which forge it is:
 /// `https://github.com/o/n(.git)`, `git@github.com:o/n.git`, and the same for gitlab.com.
 pub fn forge_from_url(url: &str) -> Option<(ForgeKind, String)> {
+    // `https://user:token@github.com/o/n.git` is still github.com.
+    let (url, _) = deploylite_runner::source_url::split_credentials(url);
     let rest = url
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"))
@@ -166,6 +168,10 @@ mod tests {
         assert_eq!(
             forge_from_url("https://gitlab.com/g/sub/p"),
             Some((ForgeKind::Gitlab, "g/sub/p".into()))
+        );
+        assert_eq!(
+            forge_from_url("https://x-access-token:s3cret@github.com/o/n.git"),
+            Some((ForgeKind::Github, "o/n".into()))
         );
         assert_eq!(forge_from_url("https://git.example.com/o/n.git"), None);
         assert_eq!(forge_from_url("/srv/git/app"), None);

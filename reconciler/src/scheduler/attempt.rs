@@ -86,7 +86,7 @@ impl Scheduler {
         };
         let log_path = self.data.log_path(d.run_id, &d.stage, d.attempt);
         let mut log = match StageLog::create(&log_path).await {
-            Ok(log) => log,
+            Ok(log) => log.with_byte_limit(self.config.log_bytes),
             Err(e) => {
                 let note = format!("cannot create the log {}: {e}", log_path.display());
                 return Some(self.result(
@@ -135,6 +135,7 @@ impl Scheduler {
                 "the daemon is shutting down: this attempt will run again after it restarts",
             )
             .await;
+            log.finish().await;
             return None;
         }
         if let deploylite_runner::StageOutcome::Error(message) = &outcome {
@@ -209,7 +210,7 @@ impl Scheduler {
                 )
             }
         };
-        log.flush().await;
+        log.finish().await;
         Some(result)
     }
 

@@ -39,6 +39,8 @@ pub struct SchedulerConfig {
     pub source_urls: HashMap<String, String>,
     /// Runs from forks go only to runners offering one of these labels (`untrusted.labels`).
     pub untrusted_labels: Vec<String>,
+    /// The most one attempt's log holds (`limits.log_bytes`), here and on remote runners.
+    pub log_bytes: u64,
 }
 
 impl SchedulerConfig {
@@ -54,6 +56,7 @@ impl SchedulerConfig {
             runner_offline_after: Duration::from_secs(60),
             source_urls: HashMap::new(),
             untrusted_labels: Vec::new(),
+            log_bytes: deploylite_runner::DEFAULT_LOG_BYTES,
         }
     }
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use deploylite_pipeline::Stage;
 use deploylite_runner::outcome::{describe, verdict, Verdict};
+use deploylite_runner::source_url::split_credentials;
 use deploylite_runner::StageOutcome;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, Notify};
@@ -53,6 +54,14 @@ pub struct LeaseJob {
     pub source_url: Option<String>,
     /// How the previous attempt ended, for the new attempt's log (`None` for attempt 1).
     pub previous_attempt: Option<String>,
+    /// The most the attempt's log may hold (the server's `limits.log_bytes`); the server
+    /// refuses to store more.
+    #[serde(default = "default_log_bytes")]
+    pub log_bytes: u64,
+}
+
+fn default_log_bytes() -> u64 {
+    deploylite_runner::DEFAULT_LOG_BYTES
 }
 
 /// How a remote attempt ended, as its runner reports it.
@@ -148,8 +157,14 @@ impl Scheduler {
                 git_ref: run.git_ref,
                 trigger: run.trigger,
                 env,
-                source_url: self.config.source_urls.get(&info.repo).cloned(),
+                // Never the credential: executors that clone get theirs another way.
+                source_url: self
+                    .config
+                    .source_urls
+                    .get(&info.repo)
+                    .map(|url| split_credentials(url).0),
                 previous_attempt,
+                log_bytes: self.config.log_bytes,
             });
         }
         Ok(jobs)
@@ -237,7 +252,8 @@ impl Scheduler {
                     .await
                     .map_err(|e| {
                         StoreError::Corrupt(format!("cannot open the log {}: {e}", path.display()))
-                    })?;
+                    })?
+                    .with_byte_limit(self.config.log_bytes);
                 let (at, reason) = super::attempt::retry_backoff(
                     stage,
                     attempt,
@@ -247,6 +263,7 @@ impl Scheduler {
                     &mut log,
                 )
                 .await;
+                log.finish().await;
                 AttemptResult {
                     stage_status: StageStatus::Queued,
                     not_before: Some(at),
@@ -283,8 +300,19 @@ impl Scheduler {
             return Ok(false);
         }
         let path = self.data.log_path(run_id, stage, attempt);
-        if let Err(e) = deploylite_runner::append_chunk(&path, chunk).await {
-            tracing::warn!(path = %path.display(), error = %e, "cannot append a remote log chunk");
+        match deploylite_runner::append_chunk(&path, chunk, self.config.log_bytes).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                runner,
+                run_id,
+                stage,
+                attempt,
+                limit = self.config.log_bytes,
+                "a remote runner sent more log than limits.log_bytes; the chunk was dropped"
+            ),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot append a remote log chunk")
+            }
         }
         Ok(true)
     }

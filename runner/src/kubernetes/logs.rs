@@ -12,9 +12,8 @@ use tokio::sync::mpsc;
 
 use super::spec::STAGE_CONTAINER;
 use super::status::{assess, PodState};
+use crate::log::MAX_LINE;
 
-/// Longer lines are cut into pieces of this size.
-const MAX_LINE: usize = 64 * 1024;
 const REOPEN_PAUSE: Duration = Duration::from_millis(500);
 /// How often the log may be reopened before the follower gives up.
 const MAX_REOPENS: u32 = 20;

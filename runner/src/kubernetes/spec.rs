@@ -4,13 +4,14 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Container, EmptyDirVolumeSource, EnvVar, Pod, PodSpec, ResourceRequirements, Volume,
-    VolumeMount,
+    Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, Pod, PodSpec, ResourceRequirements,
+    SecretKeySelector, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::job::StageJob;
+use crate::source_url::{credential_helper_config, origin};
 
 /// Where the workspace (an emptyDir) is mounted in both containers; the main container's
 /// working directory and its `DEPLOYLITE_WORKSPACE`.
@@ -42,6 +43,8 @@ pub struct PodSettings<'a> {
     /// Server-side safety net beyond the stage timeout (the kubelet kills the Pod even if the
     /// daemon is gone).
     pub deadline_slack_secs: i64,
+    /// The Secret (keys `username`, `password`) the init container clones with.
+    pub git_secret: Option<&'a str>,
 }
 
 /// FNV-1a, 64 bits: stable across Rust releases (unlike `DefaultHasher`), enough for a short
@@ -240,7 +243,9 @@ pub fn parse_termination(message: &str) -> Option<(usize, i32)> {
 
 /// The init container's script: fetch just the commit (shallow) when the server allows it,
 /// else the whole repository, and check it out detached. URL and commit come from the env so
-/// that nothing is interpolated into the script.
+/// that nothing is interpolated into the script. The URL never holds a credential: with a git
+/// Secret, git gets it from a credential helper configured in the init container's environment
+/// ([`clone_env`]), so neither the Pod spec nor the workspace's `.git/config` holds it.
 pub const CLONE_SCRIPT: &str = r#"set -eu
 cd "$DEPLOYLITE_WORKSPACE"
 git init -q .
@@ -259,6 +264,41 @@ fn env_var(name: &str, value: &str) -> EnvVar {
         value: Some(value.to_string()),
         ..Default::default()
     }
+}
+
+fn secret_var(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.to_string(),
+                key: key.to_string(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The init container's environment: where to clone from, and with a git Secret the
+/// credential helper (scoped to the URL's host) and the Secret's keys, by reference.
+pub fn clone_env(job: &StageJob, source_url: &str, git_secret: Option<&str>) -> Vec<EnvVar> {
+    let mut env = vec![
+        env_var("DEPLOYLITE_SOURCE_URL", source_url),
+        env_var("DEPLOYLITE_COMMIT", &job.commit),
+        env_var("DEPLOYLITE_WORKSPACE", WORKSPACE_DIR),
+    ];
+    if let (Some(secret), Some(origin)) = (git_secret, origin(source_url)) {
+        env.extend(
+            credential_helper_config(&origin)
+                .iter()
+                .map(|(name, value)| env_var(name, value)),
+        );
+        env.push(secret_var("DEPLOYLITE_GIT_USERNAME", secret, "username"));
+        env.push(secret_var("DEPLOYLITE_GIT_PASSWORD", secret, "password"));
+    }
+    env
 }
 
 /// The whole Pod of one stage attempt.
@@ -307,11 +347,7 @@ pub fn build_pod(
         name: CLONE_CONTAINER.into(),
         image: Some(settings.git_image.to_string()),
         command: Some(vec!["sh".into(), "-c".into(), CLONE_SCRIPT.into()]),
-        env: Some(vec![
-            env_var("DEPLOYLITE_SOURCE_URL", source_url),
-            env_var("DEPLOYLITE_COMMIT", &job.commit),
-            env_var("DEPLOYLITE_WORKSPACE", WORKSPACE_DIR),
-        ]),
+        env: Some(clone_env(job, source_url, settings.git_secret)),
         volume_mounts: Some(mount.clone()),
         working_dir: Some(WORKSPACE_DIR.into()),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
