@@ -741,7 +741,7 @@ async fn runners_register_authenticate_and_are_revoked(store: &Store, _url: &str
     let labels = vec!["linux".to_string(), "docker".to_string()];
     assert_eq!(
         store
-            .register_runner("r1", "hash-1", &labels, 2, "docker")
+            .register_runner("r1", "hash-1", &labels, 2, "docker", false)
             .await
             .unwrap(),
         Registration::New
@@ -761,9 +761,24 @@ async fn runners_register_authenticate_and_are_revoked(store: &Store, _url: &str
         ("r1", labels.clone(), 2, "docker")
     );
     assert!(store.authenticate_runner("wrong").await.unwrap().is_none());
+    // The name is taken: without takeover, a second registration changes nothing.
     assert_eq!(
         store
-            .register_runner("r1", "hash-2", &labels, 4, "local")
+            .register_runner("r1", "hash-x", &["prod".to_string()], 64, "local", false)
+            .await
+            .unwrap(),
+        Registration::Taken
+    );
+    let still = store
+        .authenticate_runner("hash-1")
+        .await
+        .unwrap()
+        .expect("the holder's credential still works");
+    assert_eq!((still.labels.clone(), still.capacity), (labels.clone(), 2));
+    assert!(store.authenticate_runner("hash-x").await.unwrap().is_none());
+    assert_eq!(
+        store
+            .register_runner("r1", "hash-2", &labels, 4, "local", true)
             .await
             .unwrap(),
         Registration::Replaced
@@ -772,10 +787,12 @@ async fn runners_register_authenticate_and_are_revoked(store: &Store, _url: &str
         store.authenticate_runner("hash-1").await.unwrap().is_none(),
         "the old credential stops working"
     );
-    store
-        .touch_runner("r1", &["arm64".to_string()], 8)
+    store.touch_runner("r1", 8).await.unwrap();
+    assert!(store
+        .set_runner_labels("r1", &["arm64".to_string()])
         .await
-        .unwrap();
+        .unwrap());
+    assert!(!store.set_runner_labels("nobody", &[]).await.unwrap());
     let listed = store.list_runners().await.unwrap();
     assert_eq!(
         (
@@ -809,7 +826,7 @@ async fn runners_register_authenticate_and_are_revoked(store: &Store, _url: &str
     );
     assert_eq!(
         store
-            .register_runner("r1", "hash-3", &labels, 1, "local")
+            .register_runner("r1", "hash-3", &labels, 1, "local", true)
             .await
             .unwrap(),
         Registration::Revoked
@@ -903,11 +920,11 @@ async fn an_expired_lease_requeues_the_stage_without_counting_a_failure(store: &
     let run_id = one_run(store, "c1").await;
     dispatch_remote(store, run_id, 1, "r1", 10_000).await;
     store
-        .register_runner("r1", "hash-r1", &["linux".into()], 2, "local")
+        .register_runner("r1", "hash-r1", &["linux".into()], 2, "local", false)
         .await
         .unwrap();
     store
-        .touch_runner("r1", &["linux".into()], 2)
+        .touch_runner("r1", 2)
         .await
         .unwrap();
     let seen = store.list_runners().await.unwrap()[0].last_seen.unwrap();
