@@ -526,6 +526,63 @@ async fn github_check_suite_rerequested_reruns_the_commit_and_replays_are_duplic
     assert_eq!(attempts, vec![2, 1], "exactly one re-run");
 }
 
+/// The attack: a captured, signed `rerequested` body sent again with fresh `X-GitHub-Delivery`
+/// ids (the signature covers the body only). Each replay must be recognised by the request's
+/// identity (check id and times), not by the delivery id.
+#[tokio::test]
+async fn github_rerequests_replayed_under_fresh_delivery_ids_rerun_once() {
+    let h = Harness::start(Options::default()).await;
+    let main = head(&h.gh_repo, "main");
+    let mut suite = fixture("github/webhooks/check_suite.rerequested");
+    suite["check_suite"]["head_sha"] = json!(main);
+    let captured = bytes(&suite);
+    let (status, answer) = h.github("check_suite", "cs-original", &captured).await;
+    assert_eq!((status, answer["status"].as_str()), (202, Some("accepted")));
+    h.wait_for_run(GH_REPO, "the re-run", |r| {
+        r.commit == main && r.run_attempt == 2
+    })
+    .await;
+    for replay in ["cs-replay-1", "cs-replay-2", "cs-replay-3"] {
+        let (status, answer) = h.github("check_suite", replay, &captured).await;
+        assert_eq!(
+            (status, answer.clone()),
+            (200, json!({"status": "duplicate"})),
+            "{replay}: {answer}"
+        );
+    }
+    assert_eq!(
+        h.attempts(GH_REPO, &main).await,
+        vec![("ci".to_string(), 1), ("ci".to_string(), 2)],
+        "exactly one new attempt"
+    );
+
+    // The same for one check run.
+    let mut run = fixture("github/webhooks/check_run.rerequested");
+    run["repository"]["full_name"] = json!(GITHUB_SLUG);
+    run["check_run"]["name"] = json!("deploylite/ci");
+    run["check_run"]["head_sha"] = json!(main);
+    let captured = bytes(&run);
+    assert_eq!(h.github("check_run", "cr-original", &captured).await.0, 202);
+    h.wait_for_run(GH_REPO, "the check run's re-run", |r| {
+        r.commit == main && r.run_attempt == 3
+    })
+    .await;
+    for replay in ["cr-replay-1", "cr-replay-2", "cr-replay-3"] {
+        let (status, answer) = h.github("check_run", replay, &captured).await;
+        assert_eq!((status, answer["status"].as_str()), (200, Some("duplicate")));
+    }
+
+    // A new click changes the check (GitHub moves `updated_at`): that is a new re-run.
+    suite["check_suite"]["updated_at"] = json!("2019-05-15T16:00:00Z");
+    let (status, _) = h.github("check_suite", "cs-new-click", &bytes(&suite)).await;
+    assert_eq!(status, 202);
+    h.wait_for_run(GH_REPO, "the second click's re-run", |r| {
+        r.commit == main && r.run_attempt == 4
+    })
+    .await;
+    assert_eq!(h.attempts(GH_REPO, &main).await.len(), 4);
+}
+
 #[tokio::test]
 async fn github_ping_and_unused_events() {
     let h = Harness::start(Options::default()).await;

@@ -32,6 +32,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../../migrations/sqlite/0003_runners.sql"),
         postgres: include_str!("../../../migrations/postgres/0003_runners.sql"),
     },
+    Migration {
+        version: 4,
+        name: "replay",
+        sqlite: include_str!("../../../migrations/sqlite/0004_replay.sql"),
+        postgres: include_str!("../../../migrations/postgres/0004_replay.sql"),
+    },
 ];
 
 pub(super) async fn run(store: &Store) -> Result<()> {

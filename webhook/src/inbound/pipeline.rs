@@ -166,6 +166,17 @@ async fn process<R: Receiver>(
             return Ok(Ack::Duplicate);
         }
     }
+    // A re-run already carried out (the same request under a new delivery id) is answered as
+    // a duplicate here; the store's re-run records the request atomically either way.
+    if let ForgeEvent::Rerun {
+        request: Some(key), ..
+    } = &forge_event
+    {
+        if state.store.rerun_requested(key).await? {
+            tracing::warn!(forge = R::FORGE.as_str(), request = %key, "replayed re-run request ignored");
+            return Ok(Ack::Duplicate);
+        }
+    }
     let forge_event = for_repo(forge_event, &repo.name);
     spawn_apply(watcher, R::FORGE, delivery, forge_event);
     Ok(Ack::Accepted {
