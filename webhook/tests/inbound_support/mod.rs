@@ -19,7 +19,9 @@ use deploylite_reconciler::store::{
 };
 use deploylite_reconciler::watcher::{RepoConfig, Repos, Watcher};
 use deploylite_runner::CancellationToken;
-use deploylite_webhook::forges::{ForgeKind, ForgeRepo, GithubConfig, GitlabConfig, Secret};
+use deploylite_webhook::forges::{
+    ForgeKind, ForgeRepo, GithubConfig, GitlabConfig, Secret, WebhookLimits,
+};
 use deploylite_webhook::{AppState, Forges};
 use hmac::{Hmac, Mac};
 use serde_json::Value;
@@ -43,6 +45,7 @@ pub struct Options {
     pub github_secret: Option<&'static str>,
     pub gitlab_secret: Option<&'static str>,
     pub max_body_bytes: usize,
+    pub webhook_limits: WebhookLimits,
 }
 
 impl Default for Options {
@@ -51,6 +54,7 @@ impl Default for Options {
             github_secret: Some(GITHUB_SECRET),
             gitlab_secret: Some(GITLAB_SECRET),
             max_body_bytes: deploylite_webhook::forges::DEFAULT_MAX_BODY_BYTES,
+            webhook_limits: WebhookLimits::default(),
         }
     }
 }
@@ -188,7 +192,7 @@ impl Harness {
         ));
         let scheduler = Arc::new(Notify::new());
         let watcher = Watcher::new(store.clone(), repos, scheduler.clone());
-        let forges = Forges::new(
+        let mut forges = Forges::new(
             options.github_secret.map(|s| GithubConfig {
                 api_url: "https://api.github.com".into(),
                 auth: None,
@@ -214,6 +218,7 @@ impl Harness {
                 },
             ],
         );
+        forges.webhook_limits = options.webhook_limits;
         let state = AppState {
             store: store.clone(),
             data,
