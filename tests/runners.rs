@@ -632,9 +632,7 @@ async fn a_poll_cannot_claim_other_labels_or_unbounded_capacity() {
     let credential = runner.credential("small");
     // Stopped, so that nothing but the attacker's polls writes what the runner offers.
     runner.kill9();
-    let poll = |labels: &[&str], capacity: i64| {
-        serde_json::json!({ "labels": labels, "capacity": capacity, "free": 0 })
-    };
+    let poll = |labels: &[&str], capacity: i64| serde_json::json!({ "labels": labels, "capacity": capacity, "free": 0 });
 
     let (code, body) = post_json(
         &daemon,
@@ -653,7 +651,10 @@ async fn a_poll_cannot_claim_other_labels_or_unbounded_capacity() {
     .await;
     assert_eq!(code, 400, "{body}");
     assert!(
-        body["error"].as_str().unwrap_or_default().contains("capacity"),
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("capacity"),
         "{body}"
     );
     let (code, body) = post_json(

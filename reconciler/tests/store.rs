@@ -706,7 +706,11 @@ async fn a_rerun_is_a_new_run_attempt_with_fresh_stages(store: &Store, _url: &st
         .unwrap()
         .unwrap();
     assert_eq!(third.run_attempt, 4);
-    assert!(store.rerun("app", "nope", None, None).await.unwrap().is_empty());
+    assert!(store
+        .rerun("app", "nope", None, None)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 async fn a_rerun_request_creates_one_attempt_across_restarts(store: &Store, url: &str) {
@@ -1011,10 +1015,7 @@ async fn an_expired_lease_requeues_the_stage_without_counting_a_failure(store: &
         .register_runner("r1", "hash-r1", &["linux".into()], 2, "local", false)
         .await
         .unwrap();
-    store
-        .touch_runner("r1", 2)
-        .await
-        .unwrap();
+    store.touch_runner("r1", 2).await.unwrap();
     let seen = store.list_runners().await.unwrap()[0].last_seen.unwrap();
     store
         .apply_tick(&TickWrites {

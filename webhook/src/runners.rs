@@ -193,7 +193,11 @@ fn check_offer(labels: &[String], capacity: i64) -> Result<(), RunnerError> {
 }
 
 fn same_labels(a: &[String], b: &[String]) -> bool {
-    let set = |l: &[String]| l.iter().cloned().collect::<std::collections::BTreeSet<String>>();
+    let set = |l: &[String]| {
+        l.iter()
+            .cloned()
+            .collect::<std::collections::BTreeSet<String>>()
+    };
     set(a) == set(b)
 }
 
@@ -350,9 +354,7 @@ async fn poll(
         .last_seen
         .is_some_and(|t| now_ms() - t < millis(TOUCH_INTERVAL));
     if changed || !seen_lately {
-        store
-            .touch_runner(&runner.name, request.capacity)
-            .await?;
+        store.touch_runner(&runner.name, request.capacity).await?;
     }
     if changed
         || runner
@@ -385,9 +387,7 @@ async fn poll(
             }));
         }
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            store
-                .touch_runner(&runner.name, request.capacity)
-                .await?;
+            store.touch_runner(&runner.name, request.capacity).await?;
             return Ok(Json(PollResponse {
                 leases: Vec::new(),
                 heartbeat_ms,
