@@ -398,6 +398,15 @@ async fn a_restarted_runner_kills_the_stage_processes_its_killed_predecessor_lef
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The runner logs the sweep just after the kill: wait for the line rather than race it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !runner
+        .stderr()
+        .contains("previous run of this runner left behind")
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let killed: usize = strip_ansi(&runner.stderr())
         .lines()
         .find(|l| l.contains("previous run of this runner left behind"))
