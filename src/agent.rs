@@ -124,6 +124,9 @@ pub async fn run(mut config: AgentConfig) -> Result<ExitCode> {
                 if failures == 1 || failures % 30 == 0 {
                     tracing::warn!(error = %format!("{error:#}"), "cannot poll the server; retrying");
                 }
+                if let Some(refused) = error.downcast_ref::<Refused>() {
+                    bail!("the server refused this runner's poll: {}", refused.0);
+                }
                 if error.downcast_ref::<Unauthorized>().is_some() {
                     bail!("the server refused this runner's credential (revoked?): {error:#}");
                 }
@@ -186,6 +189,19 @@ impl std::fmt::Display for Unauthorized {
 }
 
 impl std::error::Error for Unauthorized {}
+
+/// The server refused what a poll offered (400/409): the runner's setup disagrees with its
+/// registration.
+#[derive(Debug)]
+struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -283,8 +299,16 @@ impl Agent {
         if response.status() == reqwest::StatusCode::UNAUTHORIZED {
             return Err(Unauthorized("401 from the server".into()).into());
         }
-        if !response.status().is_success() {
-            bail!("poll answered {}", response.status());
+        let status = response.status();
+        if status == reqwest::StatusCode::CONFLICT || status == reqwest::StatusCode::BAD_REQUEST {
+            // What this runner offers is refused (e.g. labels other than the registered ones):
+            // asking again cannot help.
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            let reason = body.get("error").and_then(|e| e.as_str()).unwrap_or("");
+            return Err(Refused(format!("poll refused ({status}): {reason}")).into());
+        }
+        if !status.is_success() {
+            bail!("poll answered {status}");
         }
         response.json().await.context("unexpected poll answer")
     }

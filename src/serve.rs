@@ -258,7 +258,7 @@ pub async fn wait_for_signal() {
     }
 }
 
-/// Deletes workspaces and logs past their retention.
+/// Deletes workspaces, logs and webhook delivery records past their retention.
 async fn janitor(store: Store, data: DataDir, config: Config, shutdown: CancellationToken) {
     // Often enough that a short retention is honoured closely, never busier than once a second.
     let period = (config.workspace_retention.min(config.log_retention) / 4)
@@ -310,5 +310,16 @@ async fn janitor(store: Store, data: DataDir, config: Config, shutdown: Cancella
             }
             Err(error) => tracing::warn!(%error, "janitor cannot list old runs"),
         }
+        let deliveries_before =
+            now - i64::try_from(WEBHOOK_DELIVERY_RETENTION.as_millis()).unwrap_or(i64::MAX);
+        match store.prune_deliveries(deliveries_before).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::debug!(pruned, "janitor pruned old webhook delivery records"),
+            Err(error) => tracing::warn!(%error, "janitor cannot prune webhook deliveries"),
+        }
     }
 }
+
+/// How long a webhook delivery id is remembered. It only has to outlast a forge's redelivery
+/// of it (GitHub's and GitLab's retries come within hours; "Redeliver" by hand within days).
+const WEBHOOK_DELIVERY_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);

@@ -99,6 +99,30 @@ impl Runner {
         self.dir.path().join("work")
     }
 
+    /// The credential the agent stored when it registered as `name` (the server lists the
+    /// runner as soon as it registered, a moment before the agent has written the file).
+    fn credential(&self, name: &str) -> String {
+        let path = self
+            .dir
+            .path()
+            .join("state")
+            .join(format!("{name}.credential"));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if text.trim().len() == "dlr_".len() + 64 {
+                return text.trim().to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} was not written: {}",
+                path.display(),
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -374,6 +398,15 @@ async fn a_restarted_runner_kills_the_stage_processes_its_killed_predecessor_lef
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The runner logs the sweep just after the kill: wait for the line rather than race it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !runner
+        .stderr()
+        .contains("previous run of this runner left behind")
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let killed: usize = strip_ansi(&runner.stderr())
         .lines()
         .find(|l| l.contains("previous run of this runner left behind"))
@@ -493,4 +526,224 @@ async fn a_wrong_token_and_a_revoked_runner_are_rejected() {
     let (code, list, _) = daemon.cli(&["runners", "list"]);
     assert_eq!(code, 0);
     assert!(list.contains("good") && list.contains("revoked"), "{list}");
+}
+
+/// A raw call to the runner protocol, as an attacker (or a careless script) would make it:
+/// (status, JSON body).
+async fn post_json(
+    daemon: &Daemon,
+    path: &str,
+    credential: Option<&str>,
+    body: Value,
+) -> (u16, Value) {
+    let mut request = daemon
+        .http()
+        .post(format!("{}{path}", daemon.url))
+        .json(&body);
+    if let Some(credential) = credential {
+        request = request.bearer_auth(credential);
+    }
+    let response = request.send().await.expect("the daemon answers");
+    let code = response.status().as_u16();
+    (code, response.json().await.unwrap_or_default())
+}
+
+async fn register(
+    daemon: &Daemon,
+    name: &str,
+    labels: &[&str],
+    credential: Option<&str>,
+) -> (u16, Value) {
+    post_json(
+        daemon,
+        "/api/v1/runners/register",
+        credential,
+        serde_json::json!({
+            "token": TOKEN, "name": name, "labels": labels, "capacity": 1, "executor": "local"
+        }),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registering_under_a_live_runners_name_needs_its_credential_and_cannot_steal_its_lease() {
+    let repo = TestRepo::new();
+    repo.pipeline(
+        "held.yaml",
+        "name: held\nstages:\n  work:\n    runs-on: [shared]\n    steps: [{ run: 'echo started on $DEPLOYLITE_RUNNER; sleep 2; echo done' }]\n",
+    );
+    let daemon = Daemon::start(&[&repo], &server_config()).await;
+    let owner = Runner::start(&daemon, "owner", "shared", 1);
+    wait_until("owner online", &daemon, |r| online(r, &["owner"])).await;
+    repo.commit("held");
+    let run = daemon
+        .wait_for_runs("the run", |runs| !runs.is_empty())
+        .await;
+    let run_id = id(&run[0]);
+    daemon
+        .wait_log_contains(run_id, "work", "started on owner")
+        .await;
+
+    // The takeover: a valid registration token and the owner's name, but not its credential.
+    let (code, body) = register(&daemon, "owner", &["shared", "prod"], None).await;
+    assert_eq!(code, 409, "{body}");
+    let message = body["error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("`owner` is taken") && message.contains("current credential"),
+        "{message}"
+    );
+
+    // The owner keeps its lease: its heartbeats and its report still count.
+    let run = daemon.wait_run_final(run_id).await;
+    assert_eq!(status(&run), "success", "{}", daemon.dump().await);
+    assert_eq!(
+        find_stage(&run, "work")["attempt"],
+        1,
+        "the lease was never lost"
+    );
+    assert!(daemon
+        .log(run_id, "work", Some(1))
+        .await
+        .contains("out done"));
+    let runners = daemon.get_json("/api/v1/runners").await;
+    assert_eq!(runners[0]["labels"], serde_json::json!(["shared"]));
+
+    // Someone else's credential proves nothing.
+    let other = Runner::start(&daemon, "other", "shared", 1);
+    wait_until("other online", &daemon, |r| online(r, &["other"])).await;
+    let (code, body) = register(
+        &daemon,
+        "owner",
+        &["shared"],
+        Some(&other.credential("other")),
+    )
+    .await;
+    assert_eq!(code, 401, "{body}");
+
+    // The owner itself may register again (a new credential), presenting the current one.
+    let old = owner.credential("owner");
+    let (code, body) = register(&daemon, "owner", &["shared"], Some(&old)).await;
+    assert_eq!(code, 201, "{body}");
+    let new = body["credential"].as_str().expect("a new credential");
+    assert_ne!(new, old);
+    let poll = serde_json::json!({ "labels": ["shared"], "capacity": 1, "free": 0 });
+    let (code, _) = post_json(&daemon, "/api/v1/runner/poll", Some(&old), poll.clone()).await;
+    assert_eq!(code, 401, "the replaced credential stops working");
+    let (code, body) = post_json(&daemon, "/api/v1/runner/poll", Some(new), poll).await;
+    assert_eq!(code, 200, "{body}");
+
+    // An admin API token may hand the name to a new machine; a weaker token may not.
+    let viewer = create_api_token(&daemon, "runner-viewer", "viewer").await;
+    let (code, body) = register(&daemon, "owner", &["shared"], Some(&viewer)).await;
+    assert_eq!(code, 401, "{body}");
+    let (code, body) = register(&daemon, "owner", &["shared"], Some(&daemon.admin_token())).await;
+    assert_eq!(code, 201, "{body}");
+    let (code, _) = post_json(
+        &daemon,
+        "/api/v1/runner/poll",
+        Some(new),
+        serde_json::json!({ "labels": ["shared"], "capacity": 1, "free": 0 }),
+    )
+    .await;
+    assert_eq!(code, 401, "the admin's takeover replaced the credential");
+}
+
+async fn create_api_token(daemon: &Daemon, name: &str, role: &str) -> String {
+    let response = daemon
+        .http()
+        .post(format!("{}/api/v1/tokens", daemon.url))
+        .bearer_auth(daemon.admin_token())
+        .json(&serde_json::json!({ "name": name, "role": role }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    let body: Value = response.json().await.unwrap();
+    body["token"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_cannot_claim_other_labels_or_unbounded_capacity() {
+    let daemon = Daemon::start(&[], &server_config()).await;
+    let mut runner = Runner::start(&daemon, "small", "x", 1);
+    wait_until("small online", &daemon, |r| online(r, &["small"])).await;
+    let credential = runner.credential("small");
+    // Stopped, so that nothing but the attacker's polls writes what the runner offers.
+    runner.kill9();
+    let poll = |labels: &[&str], capacity: i64| serde_json::json!({ "labels": labels, "capacity": capacity, "free": 0 });
+
+    let (code, body) = post_json(
+        &daemon,
+        "/api/v1/runner/poll",
+        Some(&credential),
+        poll(&["x", "prod"], 1_000_000),
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = post_json(
+        &daemon,
+        "/api/v1/runner/poll",
+        Some(&credential),
+        poll(&["x"], 1_000_000),
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("capacity"),
+        "{body}"
+    );
+    let (code, body) = post_json(
+        &daemon,
+        "/api/v1/runner/poll",
+        Some(&credential),
+        poll(&["x", "prod"], 2),
+    )
+    .await;
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("fixed at registration"),
+        "{body}"
+    );
+    let runners = daemon.get_json("/api/v1/runners").await;
+    assert_eq!(
+        (runners[0]["labels"].clone(), runners[0]["capacity"].clone()),
+        (serde_json::json!(["x"]), serde_json::json!(1)),
+        "what the runner registered with"
+    );
+    // Within the bounds and with its own labels, a poll may change the capacity.
+    let (code, body) = post_json(
+        &daemon,
+        "/api/v1/runner/poll",
+        Some(&credential),
+        poll(&["x"], 3),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let runners = daemon.get_json("/api/v1/runners").await;
+    assert_eq!(runners[0]["capacity"], 3);
+
+    // The agent started again with other labels says why it cannot work, and stops.
+    let labels = runner
+        .args
+        .iter()
+        .position(|a| a == "--labels")
+        .expect("--labels")
+        + 1;
+    runner.args[labels] = "x,prod".into();
+    runner.spawn();
+    let exit = runner
+        .wait_exit(Duration::from_secs(15))
+        .expect("the runner stops");
+    assert!(!exit.success());
+    assert!(
+        runner.stderr().contains("labels are fixed at registration"),
+        "{}",
+        runner.stderr()
+    );
 }

@@ -26,10 +26,13 @@ pub enum ForgeEvent {
     /// A pull/merge request was closed or merged: cancel its queued runs.
     PullRequestClosed { repo: String, git_ref: String },
     /// Run a commit's pipelines again (a check re-requested); `pipeline: None` means all.
+    /// `request` identifies the forge's request (not the delivery): the same request applied
+    /// again, e.g. a captured delivery replayed under a fresh delivery id, creates no attempt.
     Rerun {
         repo: String,
         commit: String,
         pipeline: Option<String>,
+        request: Option<String>,
     },
     /// A member of the repository commented `/deploylite approve` on a pull/merge request: its
     /// untrusted head runs may start. The forge crate has checked the commenter's membership.
@@ -144,10 +147,11 @@ impl Watcher {
                 repo,
                 commit,
                 pipeline,
+                request,
             } => {
                 let created = self
                     .store()
-                    .rerun(&repo, &commit, pipeline.as_deref())
+                    .rerun(&repo, &commit, pipeline.as_deref(), request.as_deref())
                     .await?;
                 self.wake_scheduler();
                 Ok(Applied {

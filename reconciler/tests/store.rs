@@ -103,6 +103,8 @@ conformance!(
     a_failed_report_is_postponed_and_newer_changes_stay_pending,
     queued_runs_of_a_ref_can_be_cancelled,
     a_rerun_is_a_new_run_attempt_with_fresh_stages,
+    a_rerun_request_creates_one_attempt_across_restarts,
+    old_deliveries_are_pruned_and_recent_ones_kept,
     pull_request_runs_are_those_of_the_latest_head,
     runners_register_authenticate_and_are_revoked,
     a_remote_lease_is_collected_once_renewed_and_guarded,
@@ -672,7 +674,7 @@ async fn a_rerun_is_a_new_run_attempt_with_fresh_stages(store: &Store, _url: &st
         .finish_attempt(&result(created[0], 1, StageStatus::Failed))
         .await
         .unwrap());
-    let reruns = store.rerun("app", "c1", Some("ci")).await.unwrap();
+    let reruns = store.rerun("app", "c1", Some("ci"), None).await.unwrap();
     assert_eq!(reruns.len(), 1);
     let (rerun, stages) = store.get_run(reruns[0]).await.unwrap().unwrap();
     assert_eq!((rerun.run_attempt, rerun.status), (2, RunStatus::Queued));
@@ -688,14 +690,14 @@ async fn a_rerun_is_a_new_run_attempt_with_fresh_stages(store: &Store, _url: &st
         ]
     );
     assert_eq!(
-        store.rerun("app", "c1", None).await.unwrap().len(),
+        store.rerun("app", "c1", None, None).await.unwrap().len(),
         1,
         "re-runs the latest attempt"
     );
     let (third, _) = store
         .get_run(
             *store
-                .rerun("app", "c1", None)
+                .rerun("app", "c1", None, None)
                 .await
                 .unwrap()
                 .first()
@@ -705,7 +707,97 @@ async fn a_rerun_is_a_new_run_attempt_with_fresh_stages(store: &Store, _url: &st
         .unwrap()
         .unwrap();
     assert_eq!(third.run_attempt, 4);
-    assert!(store.rerun("app", "nope", None).await.unwrap().is_empty());
+    assert!(store
+        .rerun("app", "nope", None, None)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn a_rerun_request_creates_one_attempt_across_restarts(store: &Store, url: &str) {
+    one_run(store, "c1").await;
+    let key = "github/check_suite/7/2026-01-01T00:00:00Z";
+    let first = store.rerun("app", "c1", None, Some(key)).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert!(store.rerun_requested(key).await.unwrap());
+    assert!(
+        store
+            .rerun("app", "c1", None, Some(key))
+            .await
+            .unwrap()
+            .is_empty(),
+        "the same request again"
+    );
+    // After a restart, too.
+    let reopened = Store::connect(url, SqliteSync::Normal)
+        .await
+        .expect("reopen");
+    assert!(reopened
+        .rerun("app", "c1", None, Some(key))
+        .await
+        .unwrap()
+        .is_empty());
+    reopened.close().await;
+    // Another request (a later click) is another attempt.
+    let later = "github/check_suite/7/2026-01-01T00:05:00Z";
+    assert!(!store.rerun_requested(later).await.unwrap());
+    assert_eq!(
+        store
+            .rerun("app", "c1", None, Some(later))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let attempts: Vec<i64> = store
+        .list_runs(&RunFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.run_attempt)
+        .collect();
+    assert_eq!(attempts, vec![3, 2, 1]);
+}
+
+async fn old_deliveries_are_pruned_and_recent_ones_kept(store: &Store, url: &str) {
+    let now = deploylite_reconciler::store::now_ms();
+    let day = 86_400_000;
+    assert!(store
+        .record_delivery("github", "recent", "push")
+        .await
+        .unwrap());
+    // A delivery received eight days ago (the store only records "now").
+    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO webhook_deliveries (forge, delivery_id, event, received_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind("github")
+    .bind("old")
+    .bind("push")
+    .bind(now - 8 * day)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    assert_eq!(store.prune_deliveries(now - 7 * day).await.unwrap(), 1);
+    assert!(
+        store
+            .record_delivery("github", "old", "push")
+            .await
+            .unwrap(),
+        "pruned: no longer known"
+    );
+    assert!(
+        !store
+            .record_delivery("github", "recent", "push")
+            .await
+            .unwrap(),
+        "kept: still recognised"
+    );
+    assert_eq!(store.prune_deliveries(now - 7 * day).await.unwrap(), 0);
 }
 
 async fn pull_request_runs_are_those_of_the_latest_head(store: &Store, _url: &str) {
@@ -742,7 +834,7 @@ async fn runners_register_authenticate_and_are_revoked(store: &Store, _url: &str
     let labels = vec!["linux".to_string(), "docker".to_string()];
     assert_eq!(
         store
-            .register_runner("r1", "hash-1", &labels, 2, "docker")
+            .register_runner("r1", "hash-1", &labels, 2, "docker", false)
             .await
             .unwrap(),
         Registration::New
@@ -762,9 +854,24 @@ async fn runners_register_authenticate_and_are_revoked(store: &Store, _url: &str
         ("r1", labels.clone(), 2, "docker")
     );
     assert!(store.authenticate_runner("wrong").await.unwrap().is_none());
+    // The name is taken: without takeover, a second registration changes nothing.
     assert_eq!(
         store
-            .register_runner("r1", "hash-2", &labels, 4, "local")
+            .register_runner("r1", "hash-x", &["prod".to_string()], 64, "local", false)
+            .await
+            .unwrap(),
+        Registration::Taken
+    );
+    let still = store
+        .authenticate_runner("hash-1")
+        .await
+        .unwrap()
+        .expect("the holder's credential still works");
+    assert_eq!((still.labels.clone(), still.capacity), (labels.clone(), 2));
+    assert!(store.authenticate_runner("hash-x").await.unwrap().is_none());
+    assert_eq!(
+        store
+            .register_runner("r1", "hash-2", &labels, 4, "local", true)
             .await
             .unwrap(),
         Registration::Replaced
@@ -773,10 +880,12 @@ async fn runners_register_authenticate_and_are_revoked(store: &Store, _url: &str
         store.authenticate_runner("hash-1").await.unwrap().is_none(),
         "the old credential stops working"
     );
-    store
-        .touch_runner("r1", &["arm64".to_string()], 8)
+    store.touch_runner("r1", 8).await.unwrap();
+    assert!(store
+        .set_runner_labels("r1", &["arm64".to_string()])
         .await
-        .unwrap();
+        .unwrap());
+    assert!(!store.set_runner_labels("nobody", &[]).await.unwrap());
     let listed = store.list_runners().await.unwrap();
     assert_eq!(
         (
@@ -810,7 +919,7 @@ async fn runners_register_authenticate_and_are_revoked(store: &Store, _url: &str
     );
     assert_eq!(
         store
-            .register_runner("r1", "hash-3", &labels, 1, "local")
+            .register_runner("r1", "hash-3", &labels, 1, "local", true)
             .await
             .unwrap(),
         Registration::Revoked
@@ -904,13 +1013,10 @@ async fn an_expired_lease_requeues_the_stage_without_counting_a_failure(store: &
     let run_id = one_run(store, "c1").await;
     dispatch_remote(store, run_id, 1, "r1", 10_000).await;
     store
-        .register_runner("r1", "hash-r1", &["linux".into()], 2, "local")
+        .register_runner("r1", "hash-r1", &["linux".into()], 2, "local", false)
         .await
         .unwrap();
-    store
-        .touch_runner("r1", &["linux".into()], 2)
-        .await
-        .unwrap();
+    store.touch_runner("r1", 2).await.unwrap();
     let seen = store.list_runners().await.unwrap()[0].last_seen.unwrap();
     store
         .apply_tick(&TickWrites {

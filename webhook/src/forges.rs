@@ -85,10 +85,33 @@ pub struct Forges {
     pub public_url: Option<String>,
     /// Largest webhook body accepted (GitHub caps deliveries at 25 MB).
     pub max_body_bytes: usize,
+    /// How long a webhook body may take to arrive, and how many webhooks are served at once.
+    pub webhook_limits: WebhookLimits,
     by_slug: HashMap<(ForgeKind, String), ForgeRepo>,
 }
 
 pub const DEFAULT_MAX_BODY_BYTES: usize = 25 * 1024 * 1024;
+
+/// Bounds on what webhook senders can hold before they are authenticated: bodies are buffered
+/// whole (the signature covers all of it), so a slow or numerous sender holds memory and a
+/// connection until these cut it off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WebhookLimits {
+    /// Time to receive the whole body once the headers are in → 408. Forges send at once.
+    pub body_timeout: std::time::Duration,
+    /// Webhook requests served at once; one more is answered 503 with `Retry-After` rather than
+    /// queued. At most this many bodies of `max_body_bytes` are buffered at any time.
+    pub max_in_flight: usize,
+}
+
+impl Default for WebhookLimits {
+    fn default() -> Self {
+        WebhookLimits {
+            body_timeout: std::time::Duration::from_secs(10),
+            max_in_flight: 64,
+        }
+    }
+}
 
 impl Forges {
     pub fn new(
@@ -107,6 +130,7 @@ impl Forges {
             gitlab,
             public_url,
             max_body_bytes,
+            webhook_limits: WebhookLimits::default(),
             by_slug,
         }
     }

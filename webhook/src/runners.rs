@@ -20,7 +20,10 @@ use hmac::digest::Digest;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::Caller;
 use crate::forges::Secret;
+use axum::Extension;
+use deploylite_reconciler::store::Role;
 
 #[derive(Clone)]
 pub struct RunnerState {
@@ -101,17 +104,20 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
 async fn authenticate(
     state: &RunnerState,
     headers: &HeaderMap,
 ) -> Result<RunnerRecord, RunnerError> {
-    let credential = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(RunnerError::Unauthorized(
-            "missing `Authorization: Bearer <credential>`",
-        ))?;
+    let credential = bearer(headers).ok_or(RunnerError::Unauthorized(
+        "missing `Authorization: Bearer <credential>`",
+    ))?;
     state
         .scheduler
         .store()
@@ -147,8 +153,97 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
+/// Most stages one runner may run at once: what registration and every poll are held to.
+pub const MAX_CAPACITY: i64 = 1024;
+const MAX_LABELS: usize = 32;
+const MAX_LABEL_BYTES: usize = 64;
+const MAX_EXECUTOR_BYTES: usize = 32;
+
+fn check_capacity(capacity: i64) -> Result<(), RunnerError> {
+    if (1..=MAX_CAPACITY).contains(&capacity) {
+        Ok(())
+    } else {
+        Err(RunnerError::BadRequest(format!(
+            "capacity must be between 1 and {MAX_CAPACITY}"
+        )))
+    }
+}
+
+/// Labels as `runs-on` names them: printable, no spaces or commas (`--labels` splits on commas).
+fn check_labels(labels: &[String]) -> Result<(), RunnerError> {
+    if labels.len() > MAX_LABELS {
+        return Err(RunnerError::BadRequest(format!(
+            "a runner has at most {MAX_LABELS} labels"
+        )));
+    }
+    let valid = |l: &String| {
+        !l.is_empty()
+            && l.len() <= MAX_LABEL_BYTES
+            && l.chars().all(|c| c.is_ascii_graphic() && c != ',')
+    };
+    match labels.iter().find(|l| !valid(l)) {
+        None => Ok(()),
+        Some(_) => Err(RunnerError::BadRequest(format!(
+            "labels are 1-{MAX_LABEL_BYTES} printable ASCII characters without spaces or commas"
+        ))),
+    }
+}
+
+/// What a runner says it offers, held to the same rules at registration and at every poll.
+fn check_offer(labels: &[String], capacity: i64) -> Result<(), RunnerError> {
+    check_labels(labels)?;
+    check_capacity(capacity)
+}
+
+fn same_labels(a: &[String], b: &[String]) -> bool {
+    let set = |l: &[String]| {
+        l.iter()
+            .cloned()
+            .collect::<std::collections::BTreeSet<String>>()
+    };
+    set(a) == set(b)
+}
+
+/// Whether this registration may take over the name of an existing, unrevoked runner (a new
+/// credential for it, and with it the name's live leases). Today only the runner itself may:
+/// the request carries its current credential as `Authorization: Bearer <credential>`. A
+/// credential that is not that runner's is refused outright. This is the one place to admit
+/// other proofs: an admin API token (resolved by the authorization middleware) is one.
+async fn takeover_allowed(
+    state: &RunnerState,
+    headers: &HeaderMap,
+    caller: Option<&Caller>,
+    name: &str,
+) -> Result<bool, RunnerError> {
+    if caller.and_then(Caller::role) == Some(Role::Admin) {
+        return Ok(true);
+    }
+    let Some(credential) = bearer(headers) else {
+        return Ok(false);
+    };
+    match state
+        .scheduler
+        .store()
+        .authenticate_runner(&hash_credential(credential))
+        .await?
+    {
+        Some(holder) if holder.name == name => Ok(true),
+        _ => Err(RunnerError::Unauthorized(
+            "the credential presented is not this runner's current credential",
+        )),
+    }
+}
+
+/// Trades a registration token for a new runner credential.
+///
+/// Registering again under the name of a live runner (to get a new credential, e.g. after
+/// losing the old one's file) needs that runner's current credential in
+/// `Authorization: Bearer <credential>` (see [`takeover_allowed`]); without it the answer is
+/// 409 and the runner keeps its credential and leases. A revoked name never registers again.
 async fn register(
     State(state): State<RunnerState>,
+    caller: Option<Extension<Caller>>,
+    headers: HeaderMap,
     Json(request): Json<RegisterRequest>,
 ) -> Result<Response, RunnerError> {
     let known = state
@@ -163,11 +258,14 @@ async fn register(
             "runner names are 1-64 letters, digits, `-`, `_` or `.` (and not `local`)".into(),
         ));
     }
-    if !(1..=1024).contains(&request.capacity) {
-        return Err(RunnerError::BadRequest(
-            "capacity must be between 1 and 1024".into(),
-        ));
+    check_offer(&request.labels, request.capacity)?;
+    if request.executor.is_empty() || request.executor.len() > MAX_EXECUTOR_BYTES {
+        return Err(RunnerError::BadRequest(format!(
+            "executor names are 1-{MAX_EXECUTOR_BYTES} bytes"
+        )));
     }
+    let caller = caller.map(|Extension(c)| c);
+    let allow_takeover = takeover_allowed(&state, &headers, caller.as_ref(), &request.name).await?;
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     let credential = format!("dlr_{}", hex::encode(bytes));
@@ -180,13 +278,26 @@ async fn register(
             &request.labels,
             request.capacity,
             &request.executor,
+            allow_takeover,
         )
         .await?;
-    if outcome == Registration::Revoked {
-        return Err(RunnerError::Conflict(format!(
-            "runner `{}` was revoked; register under another name",
-            request.name
-        )));
+    match outcome {
+        Registration::Revoked => {
+            return Err(RunnerError::Conflict(format!(
+                "runner `{}` was revoked; register under another name",
+                request.name
+            )))
+        }
+        Registration::Taken => {
+            tracing::warn!(runner = %request.name, "registration refused: the name belongs to a live runner");
+            return Err(RunnerError::Conflict(format!(
+                "runner name `{}` is taken by a registered runner: to register it again, present \
+                 its current credential (`Authorization: Bearer <credential>`); otherwise have an \
+                 admin revoke it and register under another name",
+                request.name
+            )));
+        }
+        Registration::New | Registration::Replaced => {}
     }
     tracing::info!(runner = %request.name, labels = ?request.labels, capacity = request.capacity, executor = %request.executor,
         replaced = outcome == Registration::Replaced, "runner registered");
@@ -225,16 +336,34 @@ async fn poll(
     Json(request): Json<PollRequest>,
 ) -> Result<Json<PollResponse>, RunnerError> {
     let runner = authenticate(&state, &headers).await?;
+    check_offer(&request.labels, request.capacity)?;
+    if !(0..=request.capacity).contains(&request.free) {
+        return Err(RunnerError::BadRequest(
+            "free must be between 0 and the capacity".into(),
+        ));
+    }
+    // Labels decide which stages (and so which secrets and deploy targets) reach a runner, so a
+    // runner cannot widen its own: they are fixed at registration, changed only by an admin
+    // (`Store::set_runner_labels`). A mismatch is refused rather than ignored, so that a runner
+    // started with other labels says so at once instead of silently waiting for stages that
+    // never come.
+    if !same_labels(&runner.labels, &request.labels) {
+        tracing::warn!(runner = %runner.name, registered = ?runner.labels, claimed = ?request.labels,
+            "poll refused: labels differ from the registered ones");
+        return Err(RunnerError::Conflict(format!(
+            "runner `{}` is registered with labels {:?}, not {:?}: labels are fixed at \
+             registration; ask an admin to change them, or register a new runner",
+            runner.name, runner.labels, request.labels
+        )));
+    }
     let store = state.scheduler.store();
-    let changed = runner.labels != request.labels || runner.capacity != request.capacity;
+    let changed = runner.capacity != request.capacity;
     // A durable write per poll would be the poll's main cost; "seen" needs no finer grain.
     let seen_lately = runner
         .last_seen
         .is_some_and(|t| now_ms() - t < millis(TOUCH_INTERVAL));
     if changed || !seen_lately {
-        store
-            .touch_runner(&runner.name, &request.labels, request.capacity)
-            .await?;
+        store.touch_runner(&runner.name, request.capacity).await?;
     }
     if changed
         || runner
@@ -247,7 +376,7 @@ async fn poll(
     let heartbeat_ms = u64::try_from(state.scheduler.lease_ttl().as_millis() / 4)
         .unwrap_or(5_000)
         .max(100);
-    let max = usize::try_from(request.free.max(0)).unwrap_or(0);
+    let max = usize::try_from(request.free).unwrap_or(0);
     if max == 0 {
         return Ok(Json(PollResponse {
             leases: Vec::new(),
@@ -267,9 +396,7 @@ async fn poll(
             }));
         }
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            store
-                .touch_runner(&runner.name, &request.labels, request.capacity)
-                .await?;
+            store.touch_runner(&runner.name, request.capacity).await?;
             return Ok(Json(PollResponse {
                 leases: Vec::new(),
                 heartbeat_ms,
@@ -469,5 +596,22 @@ mod tests {
         assert!(!valid_name("a b"));
         assert!(!valid_name(""));
         assert_eq!(hash_credential("x").len(), 64);
+    }
+
+    #[test]
+    fn offers_are_bounded() {
+        let labels = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(check_offer(&labels(&["linux", "gpu:a100", "x86_64"]), 4).is_ok());
+        assert!(check_offer(&labels(&[]), MAX_CAPACITY).is_ok());
+        assert!(check_offer(&labels(&["linux"]), 0).is_err());
+        assert!(check_offer(&labels(&["linux"]), 1_000_000).is_err());
+        assert!(check_offer(&labels(&["a b"]), 1).is_err());
+        assert!(check_offer(&labels(&["a,b"]), 1).is_err());
+        assert!(check_offer(&labels(&[""]), 1).is_err());
+        assert!(check_offer(&[("x".repeat(65))], 1).is_err());
+        let many: Vec<String> = (0..33).map(|i| format!("l{i}")).collect();
+        assert!(check_offer(&many, 1).is_err());
+        assert!(same_labels(&labels(&["a", "b"]), &labels(&["b", "a", "a"])));
+        assert!(!same_labels(&labels(&["a"]), &labels(&["a", "prod"])));
     }
 }

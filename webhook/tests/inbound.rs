@@ -5,8 +5,11 @@
 
 mod inbound_support;
 
+use std::time::{Duration, Instant};
+
 use deploylite_reconciler::status::{RunStatus, StageStatus};
 use deploylite_reconciler::store::PullRequestInfo;
+use deploylite_webhook::forges::WebhookLimits;
 use inbound_support::*;
 use serde_json::{json, Value};
 
@@ -714,6 +717,68 @@ async fn github_check_suite_rerequested_reruns_the_commit_and_replays_are_duplic
     assert_eq!(attempts, vec![2, 1], "exactly one re-run");
 }
 
+/// The attack: a captured, signed `rerequested` body sent again with fresh `X-GitHub-Delivery`
+/// ids (the signature covers the body only). Each replay must be recognised by the request's
+/// identity (check id and times), not by the delivery id.
+#[tokio::test]
+async fn github_rerequests_replayed_under_fresh_delivery_ids_rerun_once() {
+    let h = Harness::start(Options::default()).await;
+    let main = head(&h.gh_repo, "main");
+    let mut suite = fixture("github/webhooks/check_suite.rerequested");
+    suite["check_suite"]["head_sha"] = json!(main);
+    let captured = bytes(&suite);
+    let (status, answer) = h.github("check_suite", "cs-original", &captured).await;
+    assert_eq!((status, answer["status"].as_str()), (202, Some("accepted")));
+    h.wait_for_run(GH_REPO, "the re-run", |r| {
+        r.commit == main && r.run_attempt == 2
+    })
+    .await;
+    for replay in ["cs-replay-1", "cs-replay-2", "cs-replay-3"] {
+        let (status, answer) = h.github("check_suite", replay, &captured).await;
+        assert_eq!(
+            (status, answer.clone()),
+            (200, json!({"status": "duplicate"})),
+            "{replay}: {answer}"
+        );
+    }
+    assert_eq!(
+        h.attempts(GH_REPO, &main).await,
+        vec![("ci".to_string(), 1), ("ci".to_string(), 2)],
+        "exactly one new attempt"
+    );
+
+    // The same for one check run.
+    let mut run = fixture("github/webhooks/check_run.rerequested");
+    run["repository"]["full_name"] = json!(GITHUB_SLUG);
+    run["check_run"]["name"] = json!("deploylite/ci");
+    run["check_run"]["head_sha"] = json!(main);
+    let captured = bytes(&run);
+    assert_eq!(h.github("check_run", "cr-original", &captured).await.0, 202);
+    h.wait_for_run(GH_REPO, "the check run's re-run", |r| {
+        r.commit == main && r.run_attempt == 3
+    })
+    .await;
+    for replay in ["cr-replay-1", "cr-replay-2", "cr-replay-3"] {
+        let (status, answer) = h.github("check_run", replay, &captured).await;
+        assert_eq!(
+            (status, answer["status"].as_str()),
+            (200, Some("duplicate"))
+        );
+    }
+
+    // A new click changes the check (GitHub moves `updated_at`): that is a new re-run.
+    suite["check_suite"]["updated_at"] = json!("2019-05-15T16:00:00Z");
+    let (status, _) = h
+        .github("check_suite", "cs-new-click", &bytes(&suite))
+        .await;
+    assert_eq!(status, 202);
+    h.wait_for_run(GH_REPO, "the second click's re-run", |r| {
+        r.commit == main && r.run_attempt == 4
+    })
+    .await;
+    assert_eq!(h.attempts(GH_REPO, &main).await.len(), 4);
+}
+
 #[tokio::test]
 async fn github_ping_and_unused_events() {
     let h = Harness::start(Options::default()).await;
@@ -1314,6 +1379,11 @@ async fn gitlab_bad_requests_and_unknown_projects() {
 async fn the_server_keeps_serving_after_a_burst_of_bad_requests() {
     let h = Harness::start(Options {
         max_body_bytes: 4096,
+        // Room for the whole burst: this test is about answers, not about the cap.
+        webhook_limits: WebhookLimits {
+            max_in_flight: 1024,
+            ..WebhookLimits::default()
+        },
         ..Options::default()
     })
     .await;
@@ -1529,4 +1599,165 @@ async fn a_gitlab_approval_comment_is_ignored_when_membership_cannot_be_checked(
             .contains("forges.gitlab.token"),
         "{body}"
     );
+}
+
+/// Sends `head` (request line and headers, blank line included), then `body` one byte every
+/// `pace`, while reading the answer; the raw answer and when it was complete (EOF), from the
+/// first byte sent. Gives up after `limit`.
+async fn trickle(
+    addr: &str,
+    head: String,
+    body: Vec<u8>,
+    pace: Duration,
+    limit: Duration,
+) -> (String, Option<Duration>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut reader, mut writer) = stream.into_split();
+    let started = Instant::now();
+    let writing = tokio::spawn(async move {
+        if writer.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        let mut tick = tokio::time::interval(pace);
+        for byte in body {
+            tick.tick().await;
+            if writer.write_all(&[byte]).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(limit, async {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    writing.abort();
+    (
+        String::from_utf8_lossy(&answer).into_owned(),
+        read.is_ok().then(|| started.elapsed()),
+    )
+}
+
+fn github_head(addr: &str, content_length: usize) -> String {
+    format!(
+        "POST /webhooks/github HTTP/1.1\r\nHost: {addr}\r\nX-GitHub-Event: ping\r\n\
+         X-GitHub-Delivery: slow-1\r\nContent-Type: application/json\r\n\
+         Content-Length: {content_length}\r\n\r\n"
+    )
+}
+
+/// The attack: headers at once, then the body at 5 bytes/s, holding a connection and a buffer
+/// for as long as the sender likes. The body timeout cuts it off with 408.
+#[tokio::test]
+async fn a_slow_sender_is_cut_off_with_408_within_the_body_timeout() {
+    let timeout = Duration::from_secs(1);
+    let h = Harness::start(Options {
+        webhook_limits: WebhookLimits {
+            body_timeout: timeout,
+            ..WebhookLimits::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let body = vec![b' '; 100]; // 20 s at this pace
+    let (answer, elapsed) = trickle(
+        h.addr(),
+        github_head(h.addr(), body.len()),
+        body,
+        Duration::from_millis(200),
+        Duration::from_secs(6),
+    )
+    .await;
+    let elapsed = elapsed.unwrap_or_else(|| panic!("still connected after 6 s: {answer:?}"));
+    let (status, json) = parse_response(answer.as_bytes());
+    assert_eq!(status, 408, "{answer}");
+    assert!(
+        json["error"].as_str().unwrap_or_default().contains("1 s"),
+        "{json}"
+    );
+    assert!(
+        elapsed >= timeout && elapsed < timeout + Duration::from_secs(2),
+        "cut off after {elapsed:?}"
+    );
+    // A sender at full speed is unaffected.
+    let ping = bytes(&json!({"zen": "Keep it logically awesome.", "hook_id": 1}));
+    assert_eq!(h.github("ping", "fast-1", &ping).await.0, 200);
+}
+
+/// The attack: more webhook requests at once than the cap (here 2, held open by senders that
+/// never send their body). One more is answered 503 with Retry-After at once, not queued; once
+/// the holders go, requests are served again.
+#[tokio::test]
+async fn webhook_requests_over_the_concurrency_cap_get_503_with_retry_after() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start(Options {
+        webhook_limits: WebhookLimits {
+            max_in_flight: 2,
+            ..WebhookLimits::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let mut holders = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(h.addr()).await.unwrap();
+        s.write_all(github_head(h.addr(), 10).as_bytes())
+            .await
+            .unwrap();
+        holders.push(s);
+    }
+    let ping = bytes(&json!({"zen": "Half measures are as bad as nothing at all.", "hook_id": 1}));
+    let request = |delivery: &str| {
+        let mut r = format!(
+            "POST /webhooks/github HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\
+             X-GitHub-Event: ping\r\nX-GitHub-Delivery: {delivery}\r\n\
+             X-Hub-Signature-256: {}\r\nContent-Length: {}\r\n\r\n",
+            h.addr(),
+            sign(GITHUB_SECRET, &ping),
+            ping.len()
+        )
+        .into_bytes();
+        r.extend_from_slice(&ping);
+        r
+    };
+    let exchange = |raw: Vec<u8>| {
+        let addr = h.addr().to_string();
+        async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let _ = s.write_all(&raw).await;
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
+            String::from_utf8_lossy(&answer).into_owned()
+        }
+    };
+    // The holders take their slots as soon as their headers are parsed.
+    let refused = eventually("a request over the cap refused", || {
+        let raw = request("over-cap");
+        async move {
+            let answer = exchange(raw).await;
+            answer.starts_with("HTTP/1.1 503").then_some(answer)
+        }
+    })
+    .await;
+    assert!(
+        refused.to_ascii_lowercase().contains("retry-after: 5"),
+        "{refused}"
+    );
+    assert!(refused.contains("too many webhook requests"), "{refused}");
+    drop(holders);
+    eventually("served again once the holders are gone", || {
+        let raw = request("after-holders");
+        async move {
+            let answer = exchange(raw).await;
+            answer.starts_with("HTTP/1.1 200").then_some(())
+        }
+    })
+    .await;
 }

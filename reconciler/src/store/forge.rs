@@ -37,6 +37,29 @@ impl Store {
         Ok(inserted.rows_affected() == 1)
     }
 
+    /// Whether a re-run request (see [`Store::rerun`]) was already carried out.
+    pub async fn rerun_requested(&self, request_key: &str) -> Result<bool> {
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM rerun_requests WHERE request_key = $1")
+                .bind(request_key)
+                .fetch_optional(self.pool())
+                .await
+                .ctx("looking up a re-run request")?;
+        Ok(found.is_some())
+    }
+
+    /// Deletes the records of deliveries received before `before` (epoch ms); how many. A
+    /// forge redelivers within hours, so a retention of days still recognises every redelivery.
+    /// Re-run requests are kept: one row per click, and a replay must stay a replay.
+    pub async fn prune_deliveries(&self, before: i64) -> Result<u64> {
+        let deleted = sqlx::query("DELETE FROM webhook_deliveries WHERE received_at < $1")
+            .bind(before)
+            .execute(self.pool())
+            .await
+            .ctx("pruning webhook deliveries")?;
+        Ok(deleted.rows_affected())
+    }
+
     /// Forgets a delivery whose event could not be applied, so that its redelivery is not a replay.
     pub async fn forget_delivery(&self, forge: &str, delivery_id: &str) -> Result<()> {
         sqlx::query("DELETE FROM webhook_deliveries WHERE forge = $1 AND delivery_id = $2")
@@ -213,14 +236,33 @@ impl Store {
     /// Runs a commit's pipelines again as new runs (`run_attempt` + 1), from the pipeline each
     /// latest run recorded. `pipeline: None` re-runs every pipeline of the commit. Runs that
     /// never validated (`error`) are not re-run: their pipeline is still invalid at that commit.
+    ///
+    /// `request` is the identity of the forge's re-run request: it is recorded in the same
+    /// transaction as the new runs, and a request already recorded re-runs nothing (a replay).
     pub async fn rerun(
         &self,
         repo: &str,
         commit: &str,
         pipeline: Option<&str>,
+        request: Option<&str>,
     ) -> Result<Vec<i64>> {
         let now = now_ms();
         let mut tx = self.pool().begin().await.ctx("starting a re-run")?;
+        if let Some(key) = request {
+            let recorded = sqlx::query(
+                "INSERT INTO rerun_requests (request_key, repo, received_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (request_key) DO NOTHING",
+            )
+            .bind(key)
+            .bind(repo)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .ctx("recording a re-run request")?;
+            if recorded.rows_affected() == 0 {
+                return Ok(Vec::new());
+            }
+        }
         let latest: Vec<i64> = sqlx::query_scalar(
             "SELECT r.id FROM runs r
              WHERE r.repo = $1 AND r.commit_sha = $2 AND ($3 IS NULL OR r.pipeline = $3) AND r.spec IS NOT NULL

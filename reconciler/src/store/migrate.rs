@@ -33,6 +33,12 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../../migrations/postgres/0003_runners.sql"),
     },
     Migration {
+        version: 4,
+        name: "replay",
+        sqlite: include_str!("../../../migrations/sqlite/0004_replay.sql"),
+        postgres: include_str!("../../../migrations/postgres/0004_replay.sql"),
+    },
+    Migration {
         version: 5,
         name: "auth",
         sqlite: include_str!("../../../migrations/sqlite/0005_auth.sql"),

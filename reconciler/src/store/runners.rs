@@ -38,10 +38,13 @@ pub struct Lease {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Registration {
     New,
-    /// A runner of that name re-registered (re-installed): it gets the new credential.
+    /// A runner of that name re-registered with takeover allowed: it gets the new credential
+    /// (the old one stops working) and keeps the name's leases.
     Replaced,
     /// The name was revoked; it cannot register again.
     Revoked,
+    /// The name belongs to a live runner and takeover was not allowed: nothing changed.
+    Taken,
 }
 
 const RUNNER_COLUMNS: &str =
@@ -66,6 +69,10 @@ fn labels_json(labels: &[String]) -> Result<String> {
 }
 
 impl Store {
+    /// Registers runner `name`. When a live runner holds the name, it is replaced only with
+    /// `allow_takeover` (the caller proved the right to it); otherwise nothing changes and the
+    /// answer is `Taken`. The check and the write are one statement, so two registrations racing
+    /// for a new name cannot both win.
     pub async fn register_runner(
         &self,
         name: &str,
@@ -73,6 +80,7 @@ impl Store {
         labels: &[String],
         capacity: i64,
         executor: &str,
+        allow_takeover: bool,
     ) -> Result<Registration> {
         let existed: Option<i64> =
             sqlx::query_scalar("SELECT revoked FROM runners WHERE name = $1")
@@ -83,22 +91,42 @@ impl Store {
         if existed == Some(1) {
             return Ok(Registration::Revoked);
         }
-        sqlx::query(
-            "INSERT INTO runners (name, credential_hash, labels, capacity, executor, registered_at, last_seen)
-             VALUES ($1, $2, $3, $4, $5, $6, $6)
-             ON CONFLICT (name) DO UPDATE SET credential_hash = excluded.credential_hash, labels = excluded.labels,
+        let on_conflict = if allow_takeover {
+            "ON CONFLICT (name) DO UPDATE SET credential_hash = excluded.credential_hash, labels = excluded.labels,
                  capacity = excluded.capacity, executor = excluded.executor, registered_at = excluded.registered_at,
-                 last_seen = excluded.last_seen",
-        )
-        .bind(name)
-        .bind(credential_hash)
-        .bind(labels_json(labels)?)
-        .bind(capacity)
-        .bind(executor)
-        .bind(now_ms())
-        .execute(self.pool())
-        .await
-        .ctx("registering a runner")?;
+                 last_seen = excluded.last_seen
+             WHERE runners.revoked = 0"
+        } else {
+            "ON CONFLICT (name) DO NOTHING"
+        };
+        let sql = format!(
+            "INSERT INTO runners (name, credential_hash, labels, capacity, executor, registered_at, last_seen)
+             VALUES ($1, $2, $3, $4, $5, $6, $6) {on_conflict}"
+        );
+        let written = sqlx::query(&sql)
+            .bind(name)
+            .bind(credential_hash)
+            .bind(labels_json(labels)?)
+            .bind(capacity)
+            .bind(executor)
+            .bind(now_ms())
+            .execute(self.pool())
+            .await
+            .ctx("registering a runner")?;
+        if written.rows_affected() == 0 {
+            // Someone else holds the name (or revoked it) since the look-up above.
+            let revoked: Option<i64> =
+                sqlx::query_scalar("SELECT revoked FROM runners WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(self.pool())
+                    .await
+                    .ctx("looking up a runner")?;
+            return Ok(if revoked == Some(1) {
+                Registration::Revoked
+            } else {
+                Registration::Taken
+            });
+        }
         Ok(if existed.is_some() {
             Registration::Replaced
         } else {
@@ -121,19 +149,29 @@ impl Store {
             .transpose()
     }
 
-    /// A runner said it is alive, with what it offers now.
-    pub async fn touch_runner(&self, name: &str, labels: &[String], capacity: i64) -> Result<()> {
-        sqlx::query(
-            "UPDATE runners SET last_seen = $2, labels = $3, capacity = $4 WHERE name = $1",
-        )
-        .bind(name)
-        .bind(now_ms())
-        .bind(labels_json(labels)?)
-        .bind(capacity)
-        .execute(self.pool())
-        .await
-        .ctx("recording a runner's heartbeat")?;
+    /// A runner said it is alive, with the capacity it offers now. Its labels are not the
+    /// runner's to change: they are fixed at registration (see [`Store::set_runner_labels`]).
+    pub async fn touch_runner(&self, name: &str, capacity: i64) -> Result<()> {
+        sqlx::query("UPDATE runners SET last_seen = $2, capacity = $3 WHERE name = $1")
+            .bind(name)
+            .bind(now_ms())
+            .bind(capacity)
+            .execute(self.pool())
+            .await
+            .ctx("recording a runner's heartbeat")?;
         Ok(())
+    }
+
+    /// Changes a runner's labels (an admin's decision: runners cannot change their own). False
+    /// when there is no such runner. The caller wakes the scheduler so that placement follows.
+    pub async fn set_runner_labels(&self, name: &str, labels: &[String]) -> Result<bool> {
+        let updated = sqlx::query("UPDATE runners SET labels = $2 WHERE name = $1")
+            .bind(name)
+            .bind(labels_json(labels)?)
+            .execute(self.pool())
+            .await
+            .ctx("changing a runner's labels")?;
+        Ok(updated.rows_affected() == 1)
     }
 
     pub async fn list_runners(&self) -> Result<Vec<RunnerRecord>> {

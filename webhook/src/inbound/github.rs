@@ -134,11 +134,17 @@ fn check_run(payload: &Value) -> Result<Mapped, MapError> {
     };
     let commit = req_sha(payload, "check_run.head_sha")?;
     let slug = slug(payload)?;
+    let request = rerun_request(
+        payload,
+        "check_run",
+        &["check_run.completed_at", "check_run.check_suite.updated_at"],
+    )?;
     Ok(Mapped::Event {
         event: ForgeEvent::Rerun {
             repo: slug.clone(),
             commit: commit.to_string(),
             pipeline: Some(pipeline.to_string()),
+            request: Some(request),
         },
         slug,
     })
@@ -183,6 +189,24 @@ fn issue_comment(payload: &Value) -> Result<Mapped, MapError> {
     })
 }
 
+/// The identity of a re-run request, as opposed to its delivery: the check's id and the
+/// times that move whenever the check changes (GitHub sends no request time). A captured,
+/// signed `rerequested` body replayed under a fresh `X-GitHub-Delivery` has the same identity
+/// and so re-runs nothing; a new click after the re-run reported has newer times.
+fn rerun_request(payload: &Value, object: &str, times: &[&str]) -> Result<String, MapError> {
+    let id = req_i64(payload, &format!("{object}.id"))?;
+    let mut key = format!("github/{object}/{id}");
+    for path in times {
+        let time = opt_str(payload, path).unwrap_or("-");
+        if time.len() > 40 {
+            return Err(MapError::missing(path, "a timestamp"));
+        }
+        key.push('/');
+        key.push_str(time);
+    }
+    Ok(key)
+}
+
 fn check_suite(payload: &Value) -> Result<Mapped, MapError> {
     let action = req_str(payload, "action")?;
     if action != "rerequested" {
@@ -191,11 +215,13 @@ fn check_suite(payload: &Value) -> Result<Mapped, MapError> {
     }
     let commit = req_sha(payload, "check_suite.head_sha")?;
     let slug = slug(payload)?;
+    let request = rerun_request(payload, "check_suite", &["check_suite.updated_at"])?;
     Ok(Mapped::Event {
         event: ForgeEvent::Rerun {
             repo: slug.clone(),
             commit: commit.to_string(),
             pipeline: None,
+            request: Some(request),
         },
         slug,
     })
@@ -361,7 +387,10 @@ mod tests {
                 event: ForgeEvent::Rerun {
                     repo: "github/hello-world".into(),
                     commit: "d6fde92930d4715a2b49857d24b940956b26d2d3".into(),
-                    pipeline: Some("ci".into())
+                    pipeline: Some("ci".into()),
+                    request: Some(
+                        "github/check_run/4/2018-05-04T01:14:52Z/2018-05-04T01:14:52Z".into()
+                    ),
                 }
             }
         );
@@ -375,9 +404,17 @@ mod tests {
             ForgeEvent::Rerun {
                 repo: SLUG.into(),
                 commit: "ec26c3e57ca3a959ca5aad62de7213c562f8c821".into(),
-                pipeline: None
+                pipeline: None,
+                request: Some("github/check_suite/118578147/2019-05-15T15:21:14Z".into()),
             }
         );
+        // A re-request whose check has no id cannot be told from its replays: refused.
+        let mut suite = fixture("check_suite.rerequested");
+        suite["check_suite"].as_object_mut().unwrap().remove("id");
+        assert!(map("check_suite", &suite)
+            .unwrap_err()
+            .0
+            .contains("check_suite.id"));
         assert!(matches!(
             map("check_suite", &fixture("check_suite.requested")).unwrap(),
             Mapped::Ignored(_)

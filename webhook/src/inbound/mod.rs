@@ -1,12 +1,13 @@
 //! Forge webhooks in: `POST /webhooks/github` and `POST /webhooks/gitlab`.
 //!
-//! `pipeline` is the request path both share (limit → auth → parse → map → lookup → dedupe →
-//! ack → apply); `verify` checks signatures and tokens; `github` and `gitlab` map payloads to
-//! [`ForgeEvent`](deploylite_reconciler::events::ForgeEvent)s. This file only says, per forge,
+//! `limits` caps how many webhooks are served at once; `pipeline` is the request path both
+//! share (limit → auth → parse → map → lookup → dedupe → ack → apply); `verify` checks
+//! signatures and tokens; `github` and `gitlab` map payloads to [`ForgeEvent`](deploylite_reconciler::events::ForgeEvent)s. This file only says, per forge,
 //! which header carries what.
 
 mod github;
 mod gitlab;
+mod limits;
 mod members;
 mod payload;
 mod pipeline;
@@ -23,10 +24,14 @@ use self::verify::AuthError;
 use crate::forges::{ForgeKind, Forges};
 use crate::AppState;
 
-pub(crate) fn routes(_state: &AppState) -> Router<AppState> {
+pub(crate) fn routes(state: &AppState) -> Router<AppState> {
     Router::new()
         .route("/webhooks/github", post(pipeline::handle::<GithubHooks>))
         .route("/webhooks/gitlab", post(pipeline::handle::<GitlabHooks>))
+        .route_layer(axum::middleware::from_fn_with_state(
+            limits::slots(state.forges.webhook_limits.max_in_flight),
+            limits::in_flight,
+        ))
 }
 
 struct GithubHooks;

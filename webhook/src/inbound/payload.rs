@@ -114,11 +114,15 @@ pub(crate) fn for_repo(event: ForgeEvent, name: &str) -> ForgeEvent {
             ForgeEvent::PullRequestClosed { repo, git_ref }
         }
         ForgeEvent::Rerun {
-            commit, pipeline, ..
+            commit,
+            pipeline,
+            request,
+            ..
         } => ForgeEvent::Rerun {
             repo,
             commit,
             pipeline,
+            request,
         },
         ForgeEvent::Approve(comment) => ForgeEvent::Approve(ApprovalComment { repo, ..comment }),
     }
@@ -152,13 +156,15 @@ mod tests {
             repo: "o/n".into(),
             commit: "c".into(),
             pipeline: None,
+            request: Some("r".into()),
         };
         assert_eq!(
             for_repo(e, "app"),
             ForgeEvent::Rerun {
                 repo: "app".into(),
                 commit: "c".into(),
-                pipeline: None
+                pipeline: None,
+                request: Some("r".into()),
             }
         );
     }

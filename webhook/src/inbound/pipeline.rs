@@ -1,12 +1,15 @@
 //! The request pipeline every forge shares, in this order:
 //!
-//! 1. limit: the body is read with a streaming cap (`forges.max_body_bytes`) → 413;
+//! 1. limit: the body is read with a streaming cap (`forges.max_body_bytes`) → 413, within
+//!    `forges.webhook_limits.body_timeout` → 408 (and at most `max_in_flight` requests are
+//!    here at once: see `limits`);
 //! 2. authenticate (signature or token) → 401;
 //! 3. headers (event, delivery id) → 400;
 //! 4. parse the JSON → 400;
 //! 5. map it to a [`ForgeEvent`] → 400 naming a missing field, 202 `ignored`, 200 for a ping;
 //! 6. look the repository up → 404;
-//! 7. de-duplicate by delivery id (this records the delivery) → 200 `duplicate`;
+//! 7. de-duplicate by delivery id (this records the delivery), and a re-run by its request's
+//!    identity → 200 `duplicate`;
 //! 8. answer 202 and apply the event afterwards, in a task of its own.
 //!
 //! Nothing is recorded or enqueued before every check that can answer 4xx has passed, and no
@@ -43,6 +46,8 @@ pub(crate) trait Receiver: 'static {
 #[derive(Debug)]
 pub(crate) enum Reject {
     TooLarge(usize),
+    /// The body did not arrive within this time.
+    TooSlow(std::time::Duration),
     Unauthorized(AuthError),
     BadRequest(String),
     NotFound(String),
@@ -86,6 +91,18 @@ impl Reject {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("the body is larger than the limit of {limit} bytes"),
             ),
+            Reject::TooSlow(limit) => {
+                tracing::warn!(forge, "webhook refused: the body was sent too slowly");
+                // Close the connection: the rest of the body is not worth reading.
+                return (
+                    StatusCode::REQUEST_TIMEOUT,
+                    [(header::CONNECTION, "close")],
+                    Json(json!({ "error": format!(
+                        "the body did not arrive within {} s", limit.as_secs_f64()
+                    ) })),
+                )
+                    .into_response();
+            }
             Reject::Unauthorized(e) => {
                 tracing::warn!(forge, reason = %e.message(), "webhook refused: not authenticated");
                 (StatusCode::UNAUTHORIZED, e.message())
@@ -131,7 +148,13 @@ async fn process<R: Receiver>(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Ack, Reject> {
-    let body = read_limited(body, headers, state.forges.max_body_bytes).await?;
+    let body_timeout = state.forges.webhook_limits.body_timeout;
+    let body = tokio::time::timeout(
+        body_timeout,
+        read_limited(body, headers, state.forges.max_body_bytes),
+    )
+    .await
+    .map_err(|_| Reject::TooSlow(body_timeout))??;
     R::authenticate(&state.forges, headers, &body).map_err(Reject::Unauthorized)?;
     let event = header_str(headers, R::EVENT_HEADER)?
         .ok_or_else(|| Reject::BadRequest(format!("missing `{}` header", R::EVENT_HEADER)))?;
@@ -170,6 +193,17 @@ async fn process<R: Receiver>(
             .await?
         {
             tracing::debug!(forge = R::FORGE.as_str(), delivery = %id, "replayed webhook delivery ignored");
+            return Ok(Ack::Duplicate);
+        }
+    }
+    // A re-run already carried out (the same request under a new delivery id) is answered as
+    // a duplicate here; the store's re-run records the request atomically either way.
+    if let ForgeEvent::Rerun {
+        request: Some(key), ..
+    } = &forge_event
+    {
+        if state.store.rerun_requested(key).await? {
+            tracing::warn!(forge = R::FORGE.as_str(), request = %key, "replayed re-run request ignored");
             return Ok(Ack::Duplicate);
         }
     }

@@ -19,7 +19,9 @@ use deploylite_reconciler::store::{
 };
 use deploylite_reconciler::watcher::{RepoConfig, Repos, Watcher};
 use deploylite_runner::CancellationToken;
-use deploylite_webhook::forges::{ForgeKind, ForgeRepo, GithubConfig, GitlabConfig, Secret};
+use deploylite_webhook::forges::{
+    ForgeKind, ForgeRepo, GithubConfig, GitlabConfig, Secret, WebhookLimits,
+};
 use deploylite_webhook::{AppState, Forges};
 use hmac::{Hmac, Mac};
 use serde_json::Value;
@@ -45,6 +47,7 @@ pub struct Options {
     pub max_body_bytes: usize,
     /// GitLab's API (base URL, token), for the members check of approval comments.
     pub gitlab_api: Option<(String, String)>,
+    pub webhook_limits: WebhookLimits,
 }
 
 impl Default for Options {
@@ -54,6 +57,7 @@ impl Default for Options {
             gitlab_secret: Some(GITLAB_SECRET),
             max_body_bytes: deploylite_webhook::forges::DEFAULT_MAX_BODY_BYTES,
             gitlab_api: None,
+            webhook_limits: WebhookLimits::default(),
         }
     }
 }
@@ -193,7 +197,7 @@ impl Harness {
         let scheduler = Arc::new(Notify::new());
         let watcher = Watcher::new(store.clone(), repos, scheduler.clone());
         let gitlab_api = options.gitlab_api.clone();
-        let forges = Forges::new(
+        let mut forges = Forges::new(
             options.github_secret.map(|s| GithubConfig {
                 api_url: "https://api.github.com".into(),
                 auth: None,
@@ -221,6 +225,7 @@ impl Harness {
                 },
             ],
         );
+        forges.webhook_limits = options.webhook_limits;
         let state = AppState {
             store: store.clone(),
             data,
