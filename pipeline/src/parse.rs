@@ -54,6 +54,8 @@ pub(crate) const ALL_KEY_LISTS: &[(&str, &[&str])] = &[
 ];
 
 const MAX_RETRIES: u64 = 100;
+/// Pipeline and stage names: a log file is `<stage>@<attempt>.log`, and file names stop at 255.
+const MAX_NAME: usize = 128;
 /// A DNS label's limit: a service name becomes a host name on the attempt's network.
 const MAX_SERVICE_NAME: usize = 63;
 
@@ -77,11 +79,34 @@ fn one_of(list: &[&str]) -> String {
     quoted.join(", ")
 }
 
-/// Names of pipelines and stages end up in URLs, log paths and metrics labels.
-pub(crate) fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
+/// Names of pipelines and stages end up in URLs, file names and metrics labels: this says why
+/// `s` cannot be one, if it cannot.
+pub(crate) fn name_problem(s: &str) -> Option<String> {
+    if s.is_empty()
+        || !s
+            .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    {
+        // No `/` (a path or URL separator), no spaces, no control characters.
+        return Some("use only letters, digits, `_`, `.` and `-`".into());
+    }
+    if s == "." || s == ".." {
+        // A URL or path segment `..` (or `.`) is resolved away: on a remote runner the stage's
+        // URLs would name another route, and the stage would be requeued forever.
+        return Some("`.` and `..` are path segments that URLs and file paths resolve away".into());
+    }
+    if s.len() > MAX_NAME {
+        return Some(format!(
+            "at most {MAX_NAME} characters: names become file names and URL segments"
+        ));
+    }
+    None
+}
+
+/// A name in a message: control characters escaped, so that a hostile name cannot rewrite
+/// the terminal or the log line it is shown in.
+fn shown(s: &str) -> String {
+    s.escape_debug().to_string()
 }
 
 /// RFC 1123 label: a service name is the host name steps reach the service by, so it must be
@@ -346,12 +371,10 @@ impl Cx<'_> {
         let f = self.map(root, PIPELINE_KEYS)?;
         let name = self.required(&f, "name").and_then(|e| {
             let n = self.string(&e.value)?;
-            if !valid_name(&n) {
+            if let Some(why) = name_problem(&n) {
                 self.err(
                     e.value.pos,
-                    format!(
-                        "invalid pipeline name `{n}`: use only letters, digits, `_`, `.` and `-`"
-                    ),
+                    format!("invalid pipeline name `{}`: {why}", shown(&n)),
                 );
             }
             Some((n, e.value.pos))
@@ -491,13 +514,10 @@ impl Cx<'_> {
         let mut out = Vec::with_capacity(entries.len());
         let mut ok = true;
         for e in entries {
-            if !valid_name(&e.key) {
+            if let Some(why) = name_problem(&e.key) {
                 self.err(
                     e.key_pos,
-                    format!(
-                        "invalid stage name `{}`: use only letters, digits, `_`, `.` and `-`",
-                        e.key
-                    ),
+                    format!("invalid stage name `{}`: {why}", shown(&e.key)),
                 );
             }
             match self.stage(e, refs) {
