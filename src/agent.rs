@@ -289,7 +289,6 @@ impl LeaseUrls {
 }
 
 impl Agent {
-
     async fn poll(&self, free: usize) -> Result<PollResponse> {
         let response = self
             .http

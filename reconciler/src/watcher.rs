@@ -158,7 +158,8 @@ impl WorkspaceSource for Repos {
 pub struct Watcher {
     store: Store,
     repos: Arc<Repos>,
-    cache: ParseCache,
+    /// Shared with the blocking task that parses a commit's pipelines.
+    cache: Arc<ParseCache>,
     scheduler: Arc<Notify>,
 }
 
@@ -167,7 +168,7 @@ impl Watcher {
         Arc::new(Watcher {
             store,
             repos,
-            cache: ParseCache::default(),
+            cache: Arc::new(ParseCache::default()),
             scheduler,
         })
     }
@@ -303,7 +304,12 @@ impl Watcher {
             report: entry.config.report,
             pull_request,
         };
-        let runs = desired_runs(&files, &event, &self.cache);
+        // Parsing and validating is CPU work proportional to the files (up to a MiB each):
+        // off the runtime, like the git reads.
+        let cache = self.cache.clone();
+        let runs = tokio::task::spawn_blocking(move || desired_runs(&files, &event, &cache))
+            .await
+            .map_err(|e| ReconcileError::Task(e.to_string()))?;
         let (created, cancelled) = self
             .store
             .record_commit(&RecordCommit {
