@@ -59,6 +59,9 @@ fn hint(best: Option<&str>) -> String {
 struct Scratch {
     word: Vec<char>,
     candidate: Vec<char>,
+    /// ASCII words are compared byte by byte: a quarter of the memory traffic of `char`s.
+    word_ascii: Vec<u8>,
+    candidate_ascii: Vec<u8>,
     rows: [Vec<usize>; 3],
 }
 
@@ -71,22 +74,46 @@ fn closest<'a>(
     let Scratch {
         word: w,
         candidate: c,
+        word_ascii: wa,
+        candidate_ascii: ca,
         rows,
     } = scratch;
-    lowercase_into(word, w);
+    let ascii_word = word.is_ascii();
+    // The `char` form of an ASCII word is made only if a non-ASCII candidate needs it.
+    let mut chars_ready = !ascii_word;
+    if ascii_word {
+        ascii_lowercase_into(word, wa);
+    } else {
+        lowercase_into(word, w);
+    }
     let mut best: Option<(usize, &'a str)> = None;
     for candidate in candidates {
-        // Only strictly closer candidates can replace the best so far.
-        let bound = best.map_or(limit, |(d, _)| d.saturating_sub(1));
         if best.is_some_and(|(d, _)| d == 0) {
             break;
         }
-        lowercase_into(candidate, c);
-        if let Some(d) = bounded_distance(w, c, bound, rows) {
+        // Only strictly closer candidates can replace the best so far.
+        let bound = best.map_or(limit, |(d, _)| d.saturating_sub(1));
+        let d = if ascii_word && candidate.is_ascii() {
+            ascii_lowercase_into(candidate, ca);
+            bounded_distance(wa, ca, bound, rows)
+        } else {
+            if !chars_ready {
+                lowercase_into(word, w);
+                chars_ready = true;
+            }
+            lowercase_into(candidate, c);
+            bounded_distance(w, c, bound, rows)
+        };
+        if let Some(d) = d {
             best = Some((d, candidate));
         }
     }
     best.map(|(_, c)| c)
+}
+
+fn ascii_lowercase_into(s: &str, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend(s.bytes().map(|b| b.to_ascii_lowercase()));
 }
 
 fn lowercase_into(s: &str, out: &mut Vec<char>) {
@@ -95,9 +122,9 @@ fn lowercase_into(s: &str, out: &mut Vec<char>) {
 }
 
 /// The optimal string alignment distance between `a` and `b` when it is at most `limit`.
-fn bounded_distance(
-    a: &[char],
-    b: &[char],
+fn bounded_distance<T: Copy + Eq>(
+    a: &[T],
+    b: &[T],
     limit: usize,
     rows: &mut [Vec<usize>; 3],
 ) -> Option<usize> {
@@ -207,6 +234,24 @@ mod tests {
         // Ties: the first candidate wins.
         assert_eq!(did_you_mean("ab", ["ac", "ad"]), "; did you mean `ac`?");
         assert_eq!(did_you_mean("ab", ["ax", "ab"]), "; did you mean `ab`?");
+    }
+
+    #[test]
+    fn ascii_and_unicode_words_and_candidates_mix() {
+        let mut suggester = Suggester::default();
+        assert_eq!(
+            suggester.did_you_mean("ÉTAPE", ["etape", "étape"]),
+            "; did you mean `étape`?"
+        );
+        // The scratch buffers of the previous lookup must not leak into this one.
+        assert_eq!(
+            suggester.did_you_mean("tset", ["étape", "test"]),
+            "; did you mean `test`?"
+        );
+        assert_eq!(
+            suggester.did_you_mean("etap", ["étape", "etape"]),
+            "; did you mean `etape`?"
+        );
     }
 
     #[test]
