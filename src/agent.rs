@@ -23,6 +23,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 
+mod url_path;
+
+use url_path::path_segment;
+
 pub struct AgentConfig {
     pub server: String,
     pub registration_token: Option<String>,
@@ -274,14 +278,33 @@ async fn write_private(path: &Path, content: &str) -> Result<()> {
     Ok(())
 }
 
-impl Agent {
-    fn url(&self, lease: &LeaseJob, what: &str) -> String {
-        format!(
-            "{}/api/v1/runner/leases/{}/{}/{}/{what}",
-            self.base, lease.run_id, lease.stage.name, lease.attempt
-        )
-    }
+/// The server's URLs for one lease, built once, every segment from the lease encoded.
+#[derive(Clone)]
+struct LeaseUrls {
+    log: String,
+    source_tar: String,
+    heartbeat: String,
+    complete: String,
+}
 
+impl LeaseUrls {
+    fn new(base: &str, lease: &LeaseJob) -> Result<LeaseUrls> {
+        let prefix = format!(
+            "{base}/api/v1/runner/leases/{}/{}/{}",
+            path_segment(&lease.run_id.to_string())?,
+            path_segment(&lease.stage.name)?,
+            path_segment(&lease.attempt.to_string())?
+        );
+        Ok(LeaseUrls {
+            log: format!("{prefix}/log"),
+            source_tar: format!("{prefix}/source.tar"),
+            heartbeat: format!("{prefix}/heartbeat"),
+            complete: format!("{prefix}/complete"),
+        })
+    }
+}
+
+impl Agent {
     async fn poll(&self, free: usize) -> Result<PollResponse> {
         let response = self
             .http
@@ -314,18 +337,32 @@ impl Agent {
     }
 
     async fn run_lease(self: Arc<Self>, lease: LeaseJob, heartbeat_ms: u64) {
+        match LeaseUrls::new(&self.base, &lease) {
+            Ok(urls) => self.clone().hold_lease(lease, urls, heartbeat_ms).await,
+            // Nothing can be reported on such a lease: it lapses on the server.
+            Err(error) => tracing::error!(run = lease.run_id, stage = %lease.stage.name,
+                error = %format!("{error:#}"), "cannot address this lease on the server; leaving it"),
+        }
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        self.slot_freed.notify_one();
+    }
+
+    async fn hold_lease(self: Arc<Self>, lease: LeaseJob, urls: LeaseUrls, heartbeat_ms: u64) {
         let key = (lease.run_id, lease.stage.name.clone(), lease.attempt);
         let cancel = CancellationToken::new();
         lock(&self.stages).insert(key.clone(), cancel.clone());
         let lost = Arc::new(AtomicBool::new(false));
         let heartbeat = tokio::spawn(self.clone().heartbeat(
             lease.clone(),
+            urls.heartbeat.clone(),
             heartbeat_ms,
             cancel.clone(),
             lost.clone(),
         ));
 
-        let outcome = self.execute(&lease, cancel.clone(), lost.clone()).await;
+        let outcome = self
+            .execute(&lease, &urls, cancel.clone(), lost.clone())
+            .await;
 
         heartbeat.abort();
         lock(&self.stages).remove(&key);
@@ -335,15 +372,14 @@ impl Agent {
             } else {
                 RemoteOutcome::from_outcome(&outcome)
             };
-            self.report(&lease, &reported).await;
+            self.report(&lease, &urls.complete, &reported).await;
         }
-        self.running.fetch_sub(1, Ordering::SeqCst);
-        self.slot_freed.notify_one();
     }
 
     async fn execute(
         &self,
         lease: &LeaseJob,
+        urls: &LeaseUrls,
         cancel: CancellationToken,
         lost: Arc<AtomicBool>,
     ) -> deploylite_runner::StageOutcome {
@@ -355,7 +391,7 @@ impl Agent {
         let (tx, rx) = mpsc::channel::<String>(4096);
         let uploader = tokio::spawn(upload_log(
             self.http.clone(),
-            self.url(lease, "log"),
+            urls.log.clone(),
             self.credential.clone(),
             rx,
             cancel.clone(),
@@ -378,7 +414,7 @@ impl Agent {
         if let Some(previous) = &lease.previous_attempt {
             log.system(previous).await;
         }
-        let outcome = match self.prepare(lease, &workspace).await {
+        let outcome = match self.prepare(&urls.source_tar, &workspace).await {
             Err(error) => {
                 let message = format!("cannot prepare the workspace: {error:#}");
                 log.system(&message).await;
@@ -450,7 +486,7 @@ impl Agent {
     }
 
     /// Fills the workspace with the commit, as a tar from the server.
-    async fn prepare(&self, lease: &LeaseJob, workspace: &Path) -> Result<()> {
+    async fn prepare(&self, source_tar: &str, workspace: &Path) -> Result<()> {
         if tokio::fs::try_exists(workspace).await.unwrap_or(false) {
             tokio::fs::remove_dir_all(workspace).await?;
         }
@@ -460,7 +496,7 @@ impl Agent {
         }
         let mut response = self
             .http
-            .get(self.url(lease, "source.tar"))
+            .get(source_tar)
             .bearer_auth(&self.credential)
             .timeout(Duration::from_secs(600))
             .send()
@@ -507,6 +543,7 @@ impl Agent {
     async fn heartbeat(
         self: Arc<Self>,
         lease: LeaseJob,
+        url: String,
         every_ms: u64,
         cancel: CancellationToken,
         lost: Arc<AtomicBool>,
@@ -517,7 +554,7 @@ impl Agent {
             interval.tick().await;
             let answer = self
                 .http
-                .post(self.url(&lease, "heartbeat"))
+                .post(&url)
                 .bearer_auth(&self.credential)
                 .timeout(Duration::from_millis(every_ms.max(1000)))
                 .send()
@@ -543,12 +580,12 @@ impl Agent {
 
     /// Reports the end; retried while the server is unreachable (the lease would expire and the
     /// stage run again elsewhere if we never get through).
-    async fn report(&self, lease: &LeaseJob, outcome: &RemoteOutcome) {
+    async fn report(&self, lease: &LeaseJob, url: &str, outcome: &RemoteOutcome) {
         for delay in [0u64, 200, 1000, 2000, 5000, 10_000] {
             tokio::time::sleep(Duration::from_millis(delay)).await;
             let answer = self
                 .http
-                .post(self.url(lease, "complete"))
+                .post(url)
                 .bearer_auth(&self.credential)
                 .timeout(Duration::from_secs(30))
                 .json(outcome)

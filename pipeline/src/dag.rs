@@ -26,6 +26,8 @@ pub fn dependencies(p: &Pipeline) -> Vec<Vec<usize>> {
         Some(index) => index.get(name).copied(),
         None => p.stages.iter().position(|s| s.name == name),
     };
+    // `added_by[j] == i`: stage i already has j (a long `needs` list stays linear).
+    let mut added_by = vec![usize::MAX; p.stages.len()];
     p.stages
         .iter()
         .enumerate()
@@ -33,7 +35,8 @@ pub fn dependencies(p: &Pipeline) -> Vec<Vec<usize>> {
             let mut deps: Vec<usize> = Vec::with_capacity(s.needs.len());
             for n in &s.needs {
                 if let Some(j) = find(n) {
-                    if j != i && !deps.contains(&j) {
+                    if j != i && added_by[j] != i {
+                        added_by[j] = i;
                         deps.push(j);
                     }
                 }
@@ -78,25 +81,29 @@ pub fn layers(p: &Pipeline) -> Vec<Vec<usize>> {
 /// Used to skip the rest of the graph when a stage fails. Out-of-range `idx` gives `[]`.
 pub fn dependents(p: &Pipeline, idx: usize) -> Vec<usize> {
     let deps = dependencies(p);
-    let mut hit = vec![false; deps.len()];
-    if idx >= deps.len() {
+    let n = deps.len();
+    if idx >= n {
         return Vec::new();
     }
-    hit[idx] = true;
-    // Fixed point over the edge list; bounded by n passes since each pass marks >= 1 stage.
-    loop {
-        let mut changed = false;
-        for (i, ds) in deps.iter().enumerate() {
-            if !hit[i] && ds.iter().any(|&d| hit[d]) {
-                hit[i] = true;
-                changed = true;
-            }
-        }
-        if !changed {
-            break;
+    let mut needed_by: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, ds) in deps.iter().enumerate() {
+        for &d in ds {
+            needed_by[d].push(i);
         }
     }
-    (0..deps.len()).filter(|&i| i != idx && hit[i]).collect()
+    // A walk along the reversed edges: each stage is visited at most once.
+    let mut hit = vec![false; n];
+    hit[idx] = true;
+    let mut todo = vec![idx];
+    while let Some(d) = todo.pop() {
+        for &i in &needed_by[d] {
+            if !hit[i] {
+                hit[i] = true;
+                todo.push(i);
+            }
+        }
+    }
+    (0..n).filter(|&i| i != idx && hit[i]).collect()
 }
 
 #[cfg(test)]

@@ -480,7 +480,7 @@ impl ExprParser<'_> {
         }
         if !is_call {
             let hint =
-                crate::parse::did_you_mean(name, IDENTIFIERS.iter().chain(FUNCTIONS).copied());
+                crate::suggest::did_you_mean(name, IDENTIFIERS.iter().chain(FUNCTIONS).copied());
             return Err((at, format!("unknown identifier `{name}`{hint}")));
         }
         let func = match name {
@@ -489,7 +489,7 @@ impl ExprParser<'_> {
             "contains" => Some(Func::Contains),
             "matches" => None,
             _ => {
-                let hint = crate::parse::did_you_mean(name, FUNCTIONS.iter().copied());
+                let hint = crate::suggest::did_you_mean(name, FUNCTIONS.iter().copied());
                 return Err((at, format!("unknown function `{name}`{hint}")));
             }
         };

@@ -100,6 +100,11 @@ impl Glob {
     pub fn is_match(&self, s: &str) -> bool {
         self.matcher().is_match(s)
     }
+
+    /// [`Glob::is_match`] on a candidate prepared once for several globs.
+    fn is_match_candidate(&self, c: &globset::Candidate<'_>) -> bool {
+        self.matcher().is_match_candidate(c)
+    }
 }
 
 impl fmt::Debug for Glob {
@@ -156,10 +161,17 @@ impl GlobList {
 
     /// Whether `s` is matched: the last pattern that matches decides (a `!` pattern un-matches).
     pub fn matches(&self, s: &str) -> bool {
+        self.matches_candidate(&globset::Candidate::new(s))
+    }
+
+    /// [`GlobList::matches`] on a candidate prepared once (finding a path's file name and
+    /// extension costs about as much as matching it): trigger matching tries every changed
+    /// path against several lists.
+    pub(crate) fn matches_candidate(&self, c: &globset::Candidate<'_>) -> bool {
         self.0
             .iter()
             .rev()
-            .find(|g| g.is_match(s))
+            .find(|g| g.is_match_candidate(c))
             .is_some_and(|g| !g.is_negated())
     }
 

@@ -7,13 +7,15 @@ pub mod dag;
 pub mod duration;
 pub mod expr;
 pub mod glob;
+pub mod limits;
 pub mod model;
 mod parse;
 pub mod schema;
+mod suggest;
+mod tree;
 pub mod trigger;
 mod validate;
 mod yaml;
-mod yaml_fast;
 
 pub use dag::layers;
 pub use expr::{Expr, ExprContext};
@@ -49,34 +51,4 @@ pub fn parse_pipeline(file: &str, src: &str) -> Result<Pipeline, Vec<Diagnostic>
 /// Problems that span several files of one repository (duplicate pipeline names).
 pub fn check_pipeline_set(pipelines: &[(String, Pipeline)]) -> Vec<Diagnostic> {
     validate::check_pipeline_set(pipelines)
-}
-
-/// Test hooks for the differential tests of the YAML fast path. Not a stable API.
-#[doc(hidden)]
-pub mod __private {
-    use crate::{Diagnostic, Pipeline};
-
-    /// The fast path's tree and diagnostics, rendered with `Debug`, or `None` when the input is
-    /// outside its subset.
-    pub fn fast_yaml_tree(src: &str) -> Option<String> {
-        let mut diags = Vec::new();
-        let node = crate::yaml_fast::parse(src, &mut diags)?;
-        Some(format!("{node:#?}\n{diags:?}"))
-    }
-
-    /// The saphyr path's tree (`None` when it fails) and diagnostics, rendered like
-    /// [`fast_yaml_tree`].
-    pub fn slow_yaml_tree(src: &str) -> String {
-        let mut diags = Vec::new();
-        let node = crate::yaml::load_with(src, &mut diags, false);
-        match node {
-            Some(node) => format!("{node:#?}\n{diags:?}"),
-            None => format!("None\n{diags:?}"),
-        }
-    }
-
-    /// [`crate::parse_pipeline`] without the fast path.
-    pub fn parse_pipeline_slow(file: &str, src: &str) -> Result<Pipeline, Vec<Diagnostic>> {
-        crate::parse::parse_pipeline_with(file, src, false)
-    }
 }

@@ -11,9 +11,12 @@ use saphyr_parser::ScalarStyle;
 use crate::duration::{format_duration, parse_duration};
 use crate::expr::Expr;
 use crate::glob::GlobList;
+use crate::limits::{MAX_DIAGNOSTICS, MAX_FILE_BYTES, MAX_STAGES};
 use crate::model::*;
-use crate::validate;
-use crate::yaml::{self, Entry, Node, NodeKind, ScalarKind};
+use crate::suggest::Suggester;
+use crate::tree::{Entry, Node, NodeKind, ScalarKind};
+use crate::validate::{self, StageRef};
+use crate::yaml;
 use crate::Diagnostic;
 
 pub(crate) const PIPELINE_KEYS: &[&str] = &["name", "on", "concurrency", "env", "stages"];
@@ -54,34 +57,44 @@ pub(crate) const ALL_KEY_LISTS: &[(&str, &[&str])] = &[
 ];
 
 const MAX_RETRIES: u64 = 100;
+/// Pipeline and stage names: a log file is `<stage>@<attempt>.log`, and file names stop at 255.
+const MAX_NAME: usize = 128;
 /// A DNS label's limit: a service name becomes a host name on the attempt's network.
 const MAX_SERVICE_NAME: usize = 63;
-
-/// `"; did you mean `x`?"` for the closest candidate, or `""` when none is close.
-/// "Close" = Damerau-Levenshtein distance (case-insensitive) at most a third of the word.
-pub(crate) fn did_you_mean<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> String {
-    let lower = word.to_lowercase();
-    let limit = (word.chars().count() / 3).max(1);
-    let best = candidates
-        .map(|c| (strsim::damerau_levenshtein(&lower, &c.to_lowercase()), c))
-        .filter(|&(d, _)| d <= limit)
-        .min_by_key(|&(d, _)| d);
-    match best {
-        Some((_, c)) => format!("; did you mean `{c}`?"),
-        None => String::new(),
-    }
-}
 
 fn one_of(list: &[&str]) -> String {
     let quoted: Vec<String> = list.iter().map(|k| format!("`{k}`")).collect();
     quoted.join(", ")
 }
 
-/// Names of pipelines and stages end up in URLs, log paths and metrics labels.
-pub(crate) fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
+/// Names of pipelines and stages end up in URLs, file names and metrics labels: this says why
+/// `s` cannot be one, if it cannot.
+pub(crate) fn name_problem(s: &str) -> Option<String> {
+    if s.is_empty()
+        || !s
+            .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    {
+        // No `/` (a path or URL separator), no spaces, no control characters.
+        return Some("use only letters, digits, `_`, `.` and `-`".into());
+    }
+    if s == "." || s == ".." {
+        // A URL or path segment `..` (or `.`) is resolved away: on a remote runner the stage's
+        // URLs would name another route, and the stage would be requeued forever.
+        return Some("`.` and `..` are path segments that URLs and file paths resolve away".into());
+    }
+    if s.len() > MAX_NAME {
+        return Some(format!(
+            "at most {MAX_NAME} characters: names become file names and URL segments"
+        ));
+    }
+    None
+}
+
+/// A name in a message: control characters escaped, so that a hostile name cannot rewrite
+/// the terminal or the log line it is shown in.
+fn shown(s: &str) -> String {
+    s.escape_debug().to_string()
 }
 
 /// RFC 1123 label: a service name is the host name steps reach the service by, so it must be
@@ -103,49 +116,41 @@ fn valid_env_name(s: &str) -> bool {
         && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
 }
 
-/// What graph validation needs about a stage, with the positions the model does not keep.
-/// Collected even for stages that have other errors, so that `needs` problems are reported
-/// together with everything else.
-pub(crate) struct StageRef<'n> {
-    pub name: &'n str,
-    pub name_pos: Pos,
-    pub needs: Vec<(&'n str, Pos)>,
-}
-
 pub(crate) fn parse_pipeline(file: &str, src: &str) -> Result<Pipeline, Vec<Diagnostic>> {
-    parse_pipeline_with(file, src, true)
-}
-
-/// [`parse_pipeline`], optionally without the YAML fast path (for the differential tests).
-pub(crate) fn parse_pipeline_with(
-    file: &str,
-    src: &str,
-    fast_yaml: bool,
-) -> Result<Pipeline, Vec<Diagnostic>> {
     let mut cx = Cx {
         file,
         diags: Vec::new(),
+        suggester: Suggester::default(),
     };
+    if src.len() > MAX_FILE_BYTES {
+        cx.err(
+            Pos { line: 1, col: 1 },
+            format!(
+                "file too large: {} bytes; a pipeline file may be at most {} MiB ({MAX_FILE_BYTES} bytes)",
+                src.len(),
+                MAX_FILE_BYTES >> 20
+            ),
+        );
+        return Err(cx.diags);
+    }
     let mut raw = Vec::new();
-    let root = yaml::load_with(src, &mut raw, fast_yaml);
+    let root = yaml::load(src, &mut raw);
     for (pos, msg) in raw {
         cx.err(pos, msg);
     }
     let pipeline = root.and_then(|root| cx.pipeline(&root));
     match pipeline {
         Some(p) if cx.diags.is_empty() => Ok(p),
-        _ => {
-            // Report in file order regardless of which pass found the problem.
-            cx.diags.sort_by_key(|d| (d.line, d.col));
-            Err(cx.diags)
-        }
+        _ => Err(cx.into_diagnostics()),
     }
 }
 
-/// The walker state: file name for diagnostics and everything found so far.
-pub(crate) struct Cx<'f> {
+/// The walker state: file name for diagnostics, everything found so far, and the file's
+/// suggestion budget.
+struct Cx<'f> {
     file: &'f str,
     diags: Vec<Diagnostic>,
+    suggester: Suggester,
 }
 
 /// The entries of a type-checked mapping whose unknown keys were already reported.
@@ -161,13 +166,29 @@ impl<'n> Fields<'n> {
 }
 
 impl Cx<'_> {
-    pub(crate) fn err(&mut self, pos: Pos, message: impl Into<String>) {
+    fn err(&mut self, pos: Pos, message: impl Into<String>) {
         self.diags.push(Diagnostic {
             file: self.file.to_string(),
             line: pos.line,
             col: pos.col,
             message: message.into(),
         });
+    }
+
+    /// The diagnostics in file order (whichever pass found them), at most [`MAX_DIAGNOSTICS`]
+    /// of them and then one saying how many more there were.
+    fn into_diagnostics(mut self) -> Vec<Diagnostic> {
+        self.diags.sort_by_key(|d| (d.line, d.col));
+        if self.diags.len() > MAX_DIAGNOSTICS {
+            let more = self.diags.len() - MAX_DIAGNOSTICS;
+            self.diags.truncate(MAX_DIAGNOSTICS + 1);
+            if let Some(last) = self.diags.last_mut() {
+                last.message = format!(
+                    "{more} more problems from here on are not shown (at most {MAX_DIAGNOSTICS} are reported per file)"
+                );
+            }
+        }
+        self.diags
     }
 
     fn expected(&mut self, node: &Node, what: &str) {
@@ -189,7 +210,7 @@ impl Cx<'_> {
         };
         for e in entries {
             if !keys.contains(&&*e.key) {
-                let hint = did_you_mean(&e.key, keys.iter().copied());
+                let hint = self.suggester.did_you_mean(&e.key, keys.iter().copied());
                 let msg = if hint.is_empty() {
                     format!("unknown key `{}`; expected one of {}", e.key, one_of(keys))
                 } else {
@@ -346,12 +367,10 @@ impl Cx<'_> {
         let f = self.map(root, PIPELINE_KEYS)?;
         let name = self.required(&f, "name").and_then(|e| {
             let n = self.string(&e.value)?;
-            if !valid_name(&n) {
+            if let Some(why) = name_problem(&n) {
                 self.err(
                     e.value.pos,
-                    format!(
-                        "invalid pipeline name `{n}`: use only letters, digits, `_`, `.` and `-`"
-                    ),
+                    format!("invalid pipeline name `{}`: {why}", shown(&n)),
                 );
             }
             Some((n, e.value.pos))
@@ -367,7 +386,9 @@ impl Cx<'_> {
         let stages = self
             .required(&f, "stages")
             .and_then(|e| self.stages(&e.value, &mut refs));
-        validate::check_stages(self, &refs);
+        for (pos, message) in validate::check_stages(&refs, &mut self.suggester) {
+            self.err(pos, message);
+        }
         let (name, name_pos) = name?;
         Some(Pipeline {
             name,
@@ -388,7 +409,9 @@ impl Cx<'_> {
             "queue" => Concurrency::Queue,
             "cancel-in-progress" => Concurrency::CancelInProgress,
             _ => {
-                let hint = did_you_mean(s, CONCURRENCY_VALUES.iter().copied());
+                let hint = self
+                    .suggester
+                    .did_you_mean(s, CONCURRENCY_VALUES.iter().copied());
                 let msg = if hint.is_empty() {
                     format!(
                         "invalid concurrency `{s}`; expected one of {}",
@@ -463,7 +486,7 @@ impl Cx<'_> {
     }
 
     fn unknown_event(&mut self, s: &str, pos: Pos) {
-        let hint = did_you_mean(s, ON_KEYS.iter().copied());
+        let hint = self.suggester.did_you_mean(s, ON_KEYS.iter().copied());
         let msg = if hint.is_empty() {
             format!("unknown event `{s}`; expected `push` or `pull_request`")
         } else {
@@ -488,16 +511,23 @@ impl Cx<'_> {
             self.err(node.pos, "`stages` must not be empty");
             return None;
         }
+        if entries.len() > MAX_STAGES {
+            self.err(
+                node.pos,
+                format!(
+                    "too many stages: {}; a pipeline may have at most {MAX_STAGES}",
+                    entries.len()
+                ),
+            );
+            return None;
+        }
         let mut out = Vec::with_capacity(entries.len());
         let mut ok = true;
         for e in entries {
-            if !valid_name(&e.key) {
+            if let Some(why) = name_problem(&e.key) {
                 self.err(
                     e.key_pos,
-                    format!(
-                        "invalid stage name `{}`: use only letters, digits, `_`, `.` and `-`",
-                        e.key
-                    ),
+                    format!("invalid stage name `{}`: {why}", shown(&e.key)),
                 );
             }
             match self.stage(e, refs) {

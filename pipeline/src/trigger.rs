@@ -79,10 +79,11 @@ fn paths_match(paths: &GlobList, ignore: &GlobList, changed: Option<&[String]>) 
     if paths.is_empty() && ignore.is_empty() {
         return TriggerMatch::Yes;
     }
-    let hit = changed
-        .iter()
-        .filter(|p| ignore.is_empty() || !ignore.matches(p))
-        .any(|p| paths.is_empty() || paths.matches(p));
+    let hit = changed.iter().any(|p| {
+        let p = globset::Candidate::new(p);
+        (ignore.is_empty() || !ignore.matches_candidate(&p))
+            && (paths.is_empty() || paths.matches_candidate(&p))
+    });
     if hit {
         TriggerMatch::Yes
     } else {

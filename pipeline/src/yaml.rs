@@ -1,4 +1,4 @@
-//! A small spanned YAML tree built from `saphyr-parser` events.
+//! The only YAML parser: `saphyr-parser` events → the spanned tree of [`crate::tree`].
 //!
 //! We do not use a YAML→serde bridge because every diagnostic must point at the exact
 //! `line:col` of the offending node, and because we want to report *all* problems. The tree
@@ -15,103 +15,13 @@
 //! Tags (`!!str`, `!foo`) are ignored: the pipeline grammar decides how a scalar is read.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 
+use crate::limits::MAX_DEPTH;
 use crate::model::Pos;
-
-/// Maximum nesting of sequences/mappings. The pipeline grammar needs about 6 levels.
-pub(crate) const MAX_DEPTH: usize = 64;
-
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Node<'a> {
-    pub pos: Pos,
-    pub kind: NodeKind<'a>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum NodeKind<'a> {
-    Scalar(Scalar<'a>),
-    Seq(Vec<Node<'a>>),
-    Map(Vec<Entry<'a>>),
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Scalar<'a> {
-    /// Borrowed from the source where possible: most scalars need no unescaping.
-    pub value: Cow<'a, str>,
-    pub style: ScalarStyle,
-    /// Whether the scalar's source text sits on one line and maps 1:1 (plus quotes) onto
-    /// `value`, so that a byte offset into `value` can be turned into a source column.
-    pub verbatim_single_line: bool,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Entry<'a> {
-    pub key: Cow<'a, str>,
-    pub key_pos: Pos,
-    pub value: Node<'a>,
-}
-
-/// Rough YAML 1.2 core-schema classification of a scalar, used only for "found a ..." texts
-/// and to decide what counts as null.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ScalarKind {
-    Null,
-    Bool,
-    Number,
-    String,
-}
-
-impl Scalar<'_> {
-    pub fn kind(&self) -> ScalarKind {
-        if self.style != ScalarStyle::Plain {
-            return ScalarKind::String;
-        }
-        match &*self.value {
-            "" | "~" | "null" | "Null" | "NULL" => ScalarKind::Null,
-            "true" | "True" | "TRUE" | "false" | "False" | "FALSE" => ScalarKind::Bool,
-            v if looks_numeric(v) => ScalarKind::Number,
-            _ => ScalarKind::String,
-        }
-    }
-}
-
-fn looks_numeric(v: &str) -> bool {
-    let t = v.strip_prefix(['+', '-']).unwrap_or(v);
-    if t.is_empty() {
-        return false;
-    }
-    if matches!(t, ".inf" | ".Inf" | ".INF" | ".nan" | ".NaN" | ".NAN") {
-        return true;
-    }
-    if let Some(h) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0o")) {
-        return !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit());
-    }
-    // Integers and floats: digits, at most one '.', optional exponent. The digit test comes
-    // first: it is cheap and rejects most strings before the float parser runs.
-    t.bytes().any(|b| b.is_ascii_digit()) && t.parse::<f64>().is_ok()
-}
-
-impl Node<'_> {
-    /// Human name of the node's type, as used in "expected X, found Y".
-    pub fn type_name(&self) -> &'static str {
-        match &self.kind {
-            NodeKind::Map(_) => "a mapping",
-            NodeKind::Seq(_) => "a sequence",
-            NodeKind::Scalar(s) => match s.kind() {
-                ScalarKind::Null => "null",
-                ScalarKind::Bool => "a boolean",
-                ScalarKind::Number => "a number",
-                ScalarKind::String => "a string",
-            },
-        }
-    }
-
-    pub fn is_null(&self) -> bool {
-        matches!(&self.kind, NodeKind::Scalar(s) if s.kind() == ScalarKind::Null)
-    }
-}
+use crate::tree::{Entry, Node, NodeKind, Scalar};
 
 /// A problem found while building the tree: position and message (the file is added later).
 pub(crate) type RawDiag = (Pos, String);
@@ -138,36 +48,85 @@ enum KeyState<'a> {
 
 enum Frame<'a> {
     Seq(Pos, Vec<Node<'a>>),
-    Map(Pos, Vec<Entry<'a>>, KeyState<'a>),
+    Map(MapBuilder<'a>),
+}
+
+/// Below this many keys a mapping's duplicate check scans its entries; from it on, an index
+/// does (a `stages:` of thousands would otherwise be quadratic).
+const INDEX_FROM: usize = 16;
+
+/// A mapping under construction.
+struct MapBuilder<'a> {
+    pos: Pos,
+    entries: Vec<Entry<'a>>,
+    /// Key → position in `entries`; empty until the mapping reaches [`INDEX_FROM`] keys.
+    index: HashMap<Cow<'a, str>, usize>,
+    key: KeyState<'a>,
+}
+
+impl<'a> MapBuilder<'a> {
+    fn new(pos: Pos) -> Self {
+        MapBuilder {
+            pos,
+            entries: Vec::new(),
+            index: HashMap::new(),
+            key: KeyState::Want,
+        }
+    }
+
+    fn find(&self, key: &str) -> Option<&Entry<'a>> {
+        if self.entries.len() < INDEX_FROM {
+            self.entries.iter().find(|e| e.key == key)
+        } else {
+            self.index.get(key).and_then(|&i| self.entries.get(i))
+        }
+    }
+
+    /// Adds `key: node`: an empty value takes its key's position, and a duplicate key is
+    /// reported and dropped (the first one wins).
+    fn push(
+        &mut self,
+        key: Cow<'a, str>,
+        key_pos: Pos,
+        mut node: Node<'a>,
+        diags: &mut Vec<RawDiag>,
+    ) {
+        // An empty value (`key:` and nothing else) has no text of its own: point
+        // diagnostics about it at its key.
+        if matches!(&node.kind, NodeKind::Scalar(s) if s.value.is_empty() && s.style == ScalarStyle::Plain)
+        {
+            node.pos = key_pos;
+        }
+        if let Some(first) = self.find(&key) {
+            diags.push((
+                key_pos,
+                format!(
+                    "duplicate key `{key}` (first defined at {}:{})",
+                    first.key_pos.line, first.key_pos.col
+                ),
+            ));
+            return;
+        }
+        if self.entries.len() + 1 == INDEX_FROM {
+            for (i, e) in self.entries.iter().enumerate() {
+                self.index.insert(e.key.clone(), i);
+            }
+        }
+        if self.entries.len() + 1 >= INDEX_FROM {
+            self.index.insert(key.clone(), self.entries.len());
+        }
+        self.entries.push(Entry {
+            key,
+            key_pos,
+            value: node,
+        });
+    }
 }
 
 /// Parse `src` into a spanned tree. Returns `None` when the file cannot be turned into a tree
 /// (syntax error, empty file, ...); every problem is pushed onto `diags`. Non-fatal problems
 /// (duplicate keys, non-scalar keys) are reported and the tree is still returned.
-#[cfg(test)]
 pub(crate) fn load<'a>(src: &'a str, diags: &mut Vec<RawDiag>) -> Option<Node<'a>> {
-    load_with(src, diags, true)
-}
-
-/// [`load`], optionally without the fast path (for the differential tests).
-pub(crate) fn load_with<'a>(
-    src: &'a str,
-    diags: &mut Vec<RawDiag>,
-    fast: bool,
-) -> Option<Node<'a>> {
-    // The fast path handles the common subset and returns `None` for anything else (including
-    // every syntax error), so that saphyr stays the authority on what is and is not YAML. It
-    // does not panic either; should it ever, the input simply takes the saphyr path.
-    if fast {
-        let mut local = Vec::new();
-        let fast = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            crate::yaml_fast::parse(src, &mut local)
-        }));
-        if let Ok(Some(node)) = fast {
-            diags.append(&mut local);
-            return Some(node);
-        }
-    }
     // saphyr-parser is well tested, but it is a third-party state machine with internal
     // `unwrap`s; a pipeline file from any repository must never take the daemon down, so a
     // panic inside it is turned into a diagnostic. Our own code below does not panic.
@@ -263,7 +222,7 @@ fn load_inner<'a>(src: &'a str, diags: &mut Vec<RawDiag>) -> Option<Node<'a>> {
                 if matches!(event, Event::SequenceStart(..)) {
                     stack.push(Frame::Seq(pos, Vec::new()));
                 } else {
-                    stack.push(Frame::Map(pos, Vec::new(), KeyState::Want));
+                    stack.push(Frame::Map(MapBuilder::new(pos)));
                 }
                 continue;
             }
@@ -279,9 +238,9 @@ fn load_inner<'a>(src: &'a str, diags: &mut Vec<RawDiag>) -> Option<Node<'a>> {
                 }
             },
             Event::MappingEnd => match stack.pop() {
-                Some(Frame::Map(p, entries, _)) => Node {
-                    pos: p,
-                    kind: NodeKind::Map(entries),
+                Some(Frame::Map(map)) => Node {
+                    pos: map.pos,
+                    kind: NodeKind::Map(map.entries),
                 },
                 _ => {
                     diags.push((pos, "yaml syntax error: unbalanced mapping".to_string()));
@@ -311,56 +270,20 @@ fn attach<'a>(
     match stack.last_mut() {
         None => *root = Some(node),
         Some(Frame::Seq(_, items)) => items.push(node),
-        Some(Frame::Map(_, entries, key)) => match std::mem::replace(key, KeyState::Want) {
+        Some(Frame::Map(map)) => match std::mem::replace(&mut map.key, KeyState::Want) {
             KeyState::Want => match node.kind {
-                NodeKind::Scalar(s) => *key = KeyState::Have(s.value, node.pos),
+                NodeKind::Scalar(s) => map.key = KeyState::Have(s.value, node.pos),
                 _ => {
                     diags.push((
                         node.pos,
                         format!("mapping keys must be strings, found {}", node.type_name()),
                     ));
-                    *key = KeyState::Invalid;
+                    map.key = KeyState::Invalid;
                 }
             },
             KeyState::Invalid => {}
-            KeyState::Have(k, key_pos) => push_entry(entries, 0, k, key_pos, node, diags),
+            KeyState::Have(k, key_pos) => map.push(k, key_pos, node, diags),
         },
-    }
-}
-
-/// Add `key: node` to a mapping under construction: an empty value takes its key's position,
-/// and a duplicate key is reported and dropped (the first one wins). Shared by the saphyr path
-/// and the fast path so that both report exactly the same. The mapping is `entries[from..]`.
-pub(crate) fn push_entry<'a>(
-    entries: &mut Vec<Entry<'a>>,
-    from: usize,
-    k: Cow<'a, str>,
-    key_pos: Pos,
-    mut node: Node<'a>,
-    diags: &mut Vec<RawDiag>,
-) {
-    // An empty value (`key:` and nothing else) has no text of its own: point
-    // diagnostics about it at its key.
-    if matches!(&node.kind, NodeKind::Scalar(s) if s.value.is_empty() && s.style == ScalarStyle::Plain)
-    {
-        node.pos = key_pos;
-    }
-    // Linear scan: pipeline mappings are small, and this avoids a hash set per map.
-    let this_map = entries.get(from..).unwrap_or_default();
-    if let Some(first) = this_map.iter().find(|e| e.key == k) {
-        diags.push((
-            key_pos,
-            format!(
-                "duplicate key `{k}` (first defined at {}:{})",
-                first.key_pos.line, first.key_pos.col
-            ),
-        ));
-    } else {
-        entries.push(Entry {
-            key: k,
-            key_pos,
-            value: node,
-        });
     }
 }
 
@@ -429,6 +352,43 @@ mod tests {
         let mut d = Vec::new();
         assert!(load(&src, &mut d).is_none());
         assert_eq!(d[0].1, "nesting too deep: more than 64 levels");
+    }
+
+    /// Large mappings look duplicates up through an index: same report as the scan.
+    #[test]
+    fn duplicate_keys_in_small_and_large_mappings() {
+        for n in [3, INDEX_FROM - 1, INDEX_FROM, INDEX_FROM + 1, 100] {
+            let mut src: String = (0..n).map(|i| format!("k{i}: {i}\n")).collect();
+            src.push_str("k1: again\n");
+            src.push_str(&format!("k{}: last\n", n - 1));
+            let mut d = Vec::new();
+            let node = load(&src, &mut d).unwrap();
+            let line = u32::try_from(n).unwrap();
+            assert_eq!(
+                d,
+                [
+                    (
+                        Pos {
+                            line: line + 1,
+                            col: 1
+                        },
+                        "duplicate key `k1` (first defined at 2:1)".to_string()
+                    ),
+                    (
+                        Pos {
+                            line: line + 2,
+                            col: 1
+                        },
+                        format!("duplicate key `k{}` (first defined at {line}:1)", n - 1)
+                    ),
+                ],
+                "{n} keys"
+            );
+            let NodeKind::Map(entries) = node.kind else {
+                panic!()
+            };
+            assert_eq!(entries.len(), n);
+        }
     }
 
     #[test]

@@ -325,6 +325,40 @@ fn expressions() {
     );
 }
 
+/// Security finding: a stage named `.` or `..` validated, and on a remote runner its URLs
+/// (`.../leases/<run>/../<attempt>/complete`) normalised into another route, so the stage was
+/// requeued forever.
+#[test]
+fn dot_names_are_rejected() {
+    check(
+        "name: ci\nstages:\n  ..: {steps: [x]}\n  .: {steps: [y]}\n  '...': {steps: [z]}\n",
+        "
+        p.yaml:3:3: invalid stage name `..`: `.` and `..` are path segments that URLs and file paths resolve away
+        p.yaml:4:3: invalid stage name `.`: `.` and `..` are path segments that URLs and file paths resolve away
+    ",
+    );
+    check(
+        "name: '..'\nstages:\n  s: {steps: [x]}\n",
+        "p.yaml:1:7: invalid pipeline name `..`: `.` and `..` are path segments that URLs and file paths resolve away",
+    );
+}
+
+#[test]
+fn hostile_names_are_rejected_and_shown_escaped() {
+    check(
+        "name: ci\nstages:\n  \"a\\e[2Jb\": {steps: [x]}\n  \"t\\tu\": {steps: [x]}\n",
+        "
+        p.yaml:3:3: invalid stage name `a\\u{1b}[2Jb`: use only letters, digits, `_`, `.` and `-`
+        p.yaml:4:3: invalid stage name `t\\tu`: use only letters, digits, `_`, `.` and `-`
+    ",
+    );
+    let long = "s".repeat(129);
+    check(
+        &format!("name: ci\nstages:\n  {long}: {{steps: [x]}}\n  {}: {{steps: [x]}}\n", &long[1..]),
+        &format!("p.yaml:3:3: invalid stage name `{long}`: at most 128 characters: names become file names and URL segments"),
+    );
+}
+
 #[test]
 fn names_and_env() {
     check(

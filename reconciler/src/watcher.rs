@@ -176,7 +176,8 @@ impl WorkspaceSource for Repos {
 pub struct Watcher {
     store: Store,
     repos: Arc<Repos>,
-    cache: ParseCache,
+    /// Shared with the blocking task that parses a commit's pipelines.
+    cache: Arc<ParseCache>,
     scheduler: Arc<Notify>,
 }
 
@@ -185,7 +186,7 @@ impl Watcher {
         Arc::new(Watcher {
             store,
             repos,
-            cache: ParseCache::default(),
+            cache: Arc::new(ParseCache::default()),
             scheduler,
         })
     }
@@ -330,7 +331,12 @@ impl Watcher {
             report: entry.config.report,
             pull_request,
         };
-        let mut runs = desired_runs(&files, &event, &self.cache);
+        // Parsing and validating is CPU work proportional to the files (up to a MiB each):
+        // off the runtime, like the git reads.
+        let cache = self.cache.clone();
+        let mut runs = tokio::task::spawn_blocking(move || desired_runs(&files, &event, &cache))
+            .await
+            .map_err(|e| ReconcileError::Task(e.to_string()))?;
         if let Some(untrusted) = &untrusted {
             crate::trust::apply(&mut runs, untrusted);
         }
