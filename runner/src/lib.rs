@@ -15,6 +15,7 @@ pub mod local;
 mod log;
 mod orphans;
 pub mod outcome;
+pub mod sandbox;
 
 pub use docker::{DockerConfig, DockerExecutor, PullPolicy};
 pub use job::{BoxFuture, Executor, StageJob, StageOutcome};
@@ -22,4 +23,5 @@ pub use kubernetes::{KubernetesConfig, KubernetesExecutor};
 pub use local::LocalExecutor;
 pub use log::{append_chunk, format_line, read_log, LogStream, StageLog};
 pub use orphans::{kill_orphans, kill_stages_under};
+pub use sandbox::{Sandbox, SandboxConfig, SandboxError};
 pub use tokio_util::sync::CancellationToken;

@@ -1,0 +1,176 @@
+//! Landlock for stages that share our uid: every stage process is spawned from one thread that
+//! has restricted itself with a ruleset that covers the whole file system except the protected
+//! paths (and lets the workspaces back in). A child inherits the Landlock domain of the thread
+//! that forked it, and the rest of the process stays unrestricted, so no `pre_exec` (and no
+//! unsafe code) is needed, and the ruleset is built once instead of for every step.
+//!
+//! Landlock only grants: to deny `/srv/ci/data`, every entry of `/`, `/srv` and `/srv/ci` other
+//! than the way down to it is granted, as it exists when the thread starts. The directories on
+//! the way (`/`, `/srv`, `/srv/ci`) can be passed through but not listed or written, and what
+//! appears in them later is out of reach (docs/local-isolation.md).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use landlock::{
+    Access, AccessFs, BitFlags, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreated,
+    RulesetCreatedAttr, RulesetStatus, Scope, ABI,
+};
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+
+use super::SandboxError;
+
+/// The newest ABI we ask for; older kernels enforce what they have (best effort).
+const TARGET_ABI: ABI = ABI::V6;
+
+struct Request {
+    command: Command,
+    reply: oneshot::Sender<std::io::Result<Child>>,
+}
+
+pub(super) struct Spawner {
+    requests: mpsc::Sender<Request>,
+    status: &'static str,
+}
+
+impl Spawner {
+    /// Starts the spawning thread; None when the kernel enforces no Landlock at all.
+    pub(super) async fn start(
+        protected: &[PathBuf],
+        workspaces: &Path,
+    ) -> Result<Option<Spawner>, SandboxError> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|e| SandboxError::Landlock(e.to_string()))?;
+        let protected: Vec<PathBuf> = protected
+            .iter()
+            .filter_map(|p| p.canonicalize().ok())
+            .collect();
+        let workspaces = workspaces
+            .canonicalize()
+            .map_err(|e| SandboxError::Landlock(format!("{}: {e}", workspaces.display())))?;
+        let (requests, incoming) = mpsc::channel::<Request>();
+        let (ready, restricted) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("stage-spawner".into())
+            .spawn(move || {
+                let status = ruleset(&protected, &workspaces).and_then(|r| {
+                    r.restrict_self()
+                        .map_err(|e| SandboxError::Landlock(e.to_string()))
+                });
+                let enforced = matches!(&status, Ok(s) if s.ruleset != RulesetStatus::NotEnforced);
+                let _ = ready.send(status.map(|s| s.ruleset));
+                if !enforced {
+                    return;
+                }
+                // tokio needs its runtime to register the child (its exit, its pipes).
+                let _entered = runtime.enter();
+                while let Ok(Request { mut command, reply }) = incoming.recv() {
+                    let _ = reply.send(command.spawn());
+                }
+            })
+            .map_err(|e| SandboxError::Landlock(format!("cannot start a thread: {e}")))?;
+        let status = restricted
+            .await
+            .map_err(|_| SandboxError::Landlock("the spawning thread died".into()))??;
+        Ok(match status {
+            RulesetStatus::NotEnforced => None,
+            RulesetStatus::FullyEnforced => Some(Spawner {
+                requests,
+                status: "fully enforced",
+            }),
+            _ => Some(Spawner {
+                requests,
+                status: "partially enforced: an older kernel",
+            }),
+        })
+    }
+
+    pub(super) fn status(&self) -> &'static str {
+        self.status
+    }
+
+    pub(super) async fn spawn(&self, command: Command) -> std::io::Result<Child> {
+        let gone = || std::io::Error::other("the Landlock spawning thread is gone");
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request { command, reply })
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+}
+
+/// Everything but `protected`, plus `workspaces`.
+fn ruleset(protected: &[PathBuf], workspaces: &Path) -> Result<RulesetCreated, SandboxError> {
+    let failed = |e: landlock::RulesetError| SandboxError::Landlock(e.to_string());
+    let all = AccessFs::from_all(TARGET_ABI);
+    let file = AccessFs::from_file(TARGET_ABI);
+    let mut ruleset = Ruleset::default()
+        .handle_access(all)
+        .map_err(failed)?
+        // Nor may a stage signal us (or anything else outside its sandbox).
+        .scope(Scope::Signal)
+        .map_err(failed)?
+        .create()
+        .map_err(failed)?;
+    let mut grants = Vec::new();
+    collect_grants(Path::new("/"), protected, &mut grants);
+    grants.push((workspaces.to_path_buf(), true));
+    for (path, is_dir) in grants {
+        // Gone since it was listed: nothing to grant.
+        let Ok(fd) = PathFd::new(&path) else { continue };
+        let access: BitFlags<AccessFs> = if is_dir { all } else { file };
+        (&mut ruleset)
+            .add_rule(PathBeneath::new(fd, access))
+            .map_err(failed)?;
+    }
+    Ok(ruleset)
+}
+
+/// The entries of `dir` to grant: all but the protected ones, descending into those that lead
+/// to a protected path. Symlinks are skipped: their targets are judged where they live.
+fn collect_grants(dir: &Path, protected: &[PathBuf], grants: &mut Vec<(PathBuf, bool)>) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_symlink() || protected.contains(&path) {
+            continue;
+        }
+        if kind.is_dir() && protected.iter().any(|p| p.starts_with(&path)) {
+            collect_grants(&path, protected, grants);
+        } else {
+            grants.push((path, kind.is_dir()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grants_everything_but_the_way_to_protected_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for d in ["data/workspaces", "data/logs", "etc/app", "other"] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        fs::write(root.join("etc/app/config.yaml"), "").unwrap();
+        fs::write(root.join("etc/hosts"), "").unwrap();
+        std::os::unix::fs::symlink(root.join("data"), root.join("link")).unwrap();
+        let protected = [root.join("data"), root.join("etc/app/config.yaml")];
+        let mut grants = Vec::new();
+        collect_grants(root, &protected, &mut grants);
+        grants.sort();
+        assert_eq!(
+            grants,
+            vec![(root.join("etc/hosts"), false), (root.join("other"), true)]
+        );
+    }
+}
