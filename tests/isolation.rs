@@ -1,7 +1,8 @@
 //! Local stages cannot reach the secrets of the process that runs them: the real daemon (and a
 //! real `deploylite runner`) run a stage that hunts for a known token in every process's
-//! environment and command line, in the config file and in the data dir, and tries to open the
-//! database and the runner's credential. The stage must find nothing.
+//! environment and command line, in the config file and in the data dir, tries to open the
+//! database and the runner's credential, and to signal its parent. The stage must find
+//! nothing.
 //!
 //! As root (here and in CI) the daemon drops stages to `nobody`; a second daemon runs as
 //! `nobody` itself, so that the non-root path (non-dumpable + Landlock) is exercised too. Not as
@@ -56,6 +57,7 @@ done
 for d in $DIRS; do
   if ls "$d" > /dev/null 2>&1; then found="$found listed:$d"; else echo "cannot list $d"; fi
 done
+if kill -0 "$PPID" 2>/dev/null; then found="$found signalled:$PPID"; fi
 echo "uid=$(id -u) gid=$(id -g) groups=$(id -G) home=$HOME"
 if [ -n "$found" ]; then echo "FOUND:$found"; exit 1; fi
 echo "found nothing"

@@ -145,10 +145,14 @@ impl Sandbox {
     /// before the first step, while no stage process can be in the workspace yet.
     pub async fn adopt_workspace(&self, dir: &Path) -> Result<(), SandboxError> {
         let owner = self.stage_user().map(|u| (u.uid, u.gid));
-        let dir = dir.to_path_buf();
-        tokio::task::spawn_blocking(move || user::adopt(&dir, owner))
+        let path = dir.to_path_buf();
+        let started = std::time::Instant::now();
+        let entries = tokio::task::spawn_blocking(move || user::adopt(&path, owner))
             .await
-            .map_err(|e| SandboxError::Interrupted(e.to_string()))?
+            .map_err(|e| SandboxError::Interrupted(e.to_string()))??;
+        tracing::debug!(workspace = %dir.display(), entries, elapsed = ?started.elapsed(),
+            "workspace handed to the stage user");
+        Ok(())
     }
 
     /// Sets who the step runs as and the variables that go with it. HOME becomes the workspace

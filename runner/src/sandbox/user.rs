@@ -109,12 +109,14 @@ impl StageUser {
 
 /// Gives `dir` and everything in it to `owner` (when stages run as another user) and closes
 /// `dir` to everyone else. Symlinks are changed themselves, never followed. The root goes
-/// last, so a workspace owned by the stage user is a complete one.
-pub(super) fn adopt(dir: &Path, owner: Option<(u32, u32)>) -> Result<(), SandboxError> {
+/// last, so a workspace owned by the stage user is a complete one. Returns how many entries
+/// changed owner.
+pub(super) fn adopt(dir: &Path, owner: Option<(u32, u32)>) -> Result<usize, SandboxError> {
     let failed = |path: &Path| {
         let path = path.to_path_buf();
         move |source| SandboxError::Adopt { path, source }
     };
+    let mut changed = 0;
     if let Some((uid, gid)) = owner {
         let mut pending = vec![dir.to_path_buf()];
         while let Some(current) = pending.pop() {
@@ -122,14 +124,17 @@ pub(super) fn adopt(dir: &Path, owner: Option<(u32, u32)>) -> Result<(), Sandbox
                 let entry = entry.map_err(failed(&current))?;
                 let path = entry.path();
                 lchown(&path, Some(uid), Some(gid)).map_err(failed(&path))?;
+                changed += 1;
                 if entry.file_type().map_err(failed(&path))?.is_dir() {
                     pending.push(path);
                 }
             }
         }
         lchown(dir, Some(uid), Some(gid)).map_err(failed(dir))?;
+        changed += 1;
     }
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(failed(dir))
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(failed(dir))?;
+    Ok(changed)
 }
 
 #[cfg(test)]
@@ -183,7 +188,7 @@ mod tests {
         fs::create_dir_all(dir.path().join("a/b")).unwrap();
         fs::write(dir.path().join("a/b/f"), "f").unwrap();
         std::os::unix::fs::symlink(&target, dir.path().join("a/link")).unwrap();
-        adopt(dir.path(), Some((4242, 4343))).unwrap();
+        assert_eq!(adopt(dir.path(), Some((4242, 4343))).unwrap(), 5);
         for p in ["", "a", "a/b", "a/b/f", "a/link"] {
             let meta = fs::symlink_metadata(dir.path().join(p)).unwrap();
             assert_eq!((meta.uid(), meta.gid()), (4242, 4343), "{p}");
