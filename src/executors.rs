@@ -33,7 +33,9 @@ pub async fn local(work_dir: &Path, state_dir: &Path, token_file: Option<&Path>)
         workspaces: work_dir.to_path_buf(),
     })
     .await
-    .context("cannot isolate local stages (DEPLOYLITE_LOCAL_RUNNER__USER; docs/local-isolation.md)")?;
+    .context(
+        "cannot isolate local stages (DEPLOYLITE_LOCAL_RUNNER__USER; docs/local-isolation.md)",
+    )?;
     tracing::info!(isolation = %sandbox.describe(), "local executor");
     Ok(("local", Arc::new(LocalExecutor::sandboxed(sandbox)), true))
 }

@@ -290,7 +290,10 @@ async fn a_stage_of_a_root_daemon_runs_as_nobody_and_finds_no_secret() {
         &run,
         &log,
         &stderr,
-        &[&data.join("deploylite.db"), &dir.path().join("deploylite.yaml")],
+        &[
+            &data.join("deploylite.db"),
+            &dir.path().join("deploylite.yaml"),
+        ],
     );
     let workspace = data.join("workspaces").join(id(&run).to_string());
     assert!(
@@ -341,7 +344,11 @@ async fn a_stage_of_a_daemon_not_run_as_root_finds_no_secret() {
             ("DIRS", data.display().to_string()),
             (
                 "FORBIDDEN",
-                format!("{} {}", data.join("deploylite.db").display(), config.display()),
+                format!(
+                    "{} {}",
+                    data.join("deploylite.db").display(),
+                    config.display()
+                ),
             ),
         ],
     );
@@ -379,7 +386,10 @@ async fn a_stage_of_a_daemon_not_run_as_root_finds_no_secret() {
         eprintln!("Landlock unavailable: only the non-dumpable process was tested");
         return;
     }
-    assert!(stderr.contains("isolation=Landlock (fully enforced)"), "{stderr}");
+    assert!(
+        stderr.contains("isolation=Landlock (fully enforced)"),
+        "{stderr}"
+    );
     assert_found_nothing(&run, &log, &stderr, &[&data.join("deploylite.db"), &config]);
 }
 
@@ -445,7 +455,10 @@ async fn a_stage_of_a_root_runner_runs_as_nobody_and_cannot_read_its_credential(
         log.contains(&format!("uid={NOBODY} gid={NOBODY} groups={NOBODY}")),
         "{log}"
     );
-    assert_eq!(fs::metadata(&state).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(
+        fs::metadata(&state).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
     assert_eq!(
         fs::metadata(&credential).unwrap().permissions().mode() & 0o777,
         0o600

@@ -36,12 +36,11 @@ impl StageUser {
             };
             let uid: u32 = uid.parse().map_err(|_| bad())?;
             let gid: Option<u32> = gid.map(|g| g.parse().map_err(|_| bad())).transpose()?;
-            let entry = nix::unistd::User::from_uid(uid.into()).map_err(|source| {
-                SandboxError::Lookup {
+            let entry =
+                nix::unistd::User::from_uid(uid.into()).map_err(|source| SandboxError::Lookup {
                     name: spec.to_string(),
                     source,
-                }
-            })?;
+                })?;
             return Ok(StageUser {
                 name: entry
                     .as_ref()
@@ -147,7 +146,11 @@ mod tests {
         assert_eq!((root.uid, root.gid, root.name.as_str()), (0, 0, "root"));
         let numeric = StageUser::resolve("4242:4343").unwrap();
         assert_eq!((numeric.uid, numeric.gid), (4242, 4343));
-        assert_eq!(StageUser::resolve("4241").unwrap().gid, 4241, "no passwd entry");
+        assert_eq!(
+            StageUser::resolve("4241").unwrap().gid,
+            4241,
+            "no passwd entry"
+        );
         assert_eq!(StageUser::resolve("root").unwrap().uid, 0);
         for bad in ["", "12x", "1:x", "a b", "../x", "x:1"] {
             assert!(
@@ -155,7 +158,9 @@ mod tests {
                 "{bad:?}"
             );
         }
-        let err = StageUser::resolve("no-such-user-d7").unwrap_err().to_string();
+        let err = StageUser::resolve("no-such-user-d7")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("there is no user `no-such-user-d7`"), "{err}");
     }
 
@@ -171,7 +176,10 @@ mod tests {
             gid: 4242,
         };
         let err = stranger.check_reaches(&inner).unwrap_err().to_string();
-        assert!(err.contains("mode 700") && err.contains("chmod o+x"), "{err}");
+        assert!(
+            err.contains("mode 700") && err.contains("chmod o+x"),
+            "{err}"
+        );
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o711)).unwrap();
         stranger.check_reaches(&inner).unwrap();
     }
@@ -193,7 +201,11 @@ mod tests {
             let meta = fs::symlink_metadata(dir.path().join(p)).unwrap();
             assert_eq!((meta.uid(), meta.gid()), (4242, 4343), "{p}");
         }
-        assert_eq!(fs::metadata(&target).unwrap().uid(), 0, "followed a symlink");
+        assert_eq!(
+            fs::metadata(&target).unwrap().uid(),
+            0,
+            "followed a symlink"
+        );
         assert_eq!(fs::metadata(dir.path()).unwrap().mode() & 0o777, 0o700);
     }
 }
