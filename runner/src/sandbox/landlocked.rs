@@ -43,13 +43,7 @@ impl Spawner {
     ) -> Result<Option<Spawner>, SandboxError> {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|e| SandboxError::Landlock(e.to_string()))?;
-        let protected: Vec<PathBuf> = protected
-            .iter()
-            .filter_map(|p| p.canonicalize().ok())
-            .collect();
-        let workspaces = workspaces
-            .canonicalize()
-            .map_err(|e| SandboxError::Landlock(format!("{}: {e}", workspaces.display())))?;
+        let (protected, workspaces) = (protected.to_vec(), workspaces.to_path_buf());
         let (requests, incoming) = mpsc::channel::<Request>();
         let (ready, restricted) = oneshot::channel();
         std::thread::Builder::new()
@@ -101,9 +95,18 @@ impl Spawner {
     }
 }
 
-/// Everything but `protected`, plus `workspaces`.
+/// Everything but `protected`, plus `workspaces`. Reads directories: not on the runtime.
 fn ruleset(protected: &[PathBuf], workspaces: &Path) -> Result<RulesetCreated, SandboxError> {
     let failed = |e: landlock::RulesetError| SandboxError::Landlock(e.to_string());
+    // The walk from `/` meets real paths only. A protected path that does not exist has
+    // nothing to protect.
+    let protected: Vec<PathBuf> = protected
+        .iter()
+        .filter_map(|p| p.canonicalize().ok())
+        .collect();
+    let workspaces = workspaces
+        .canonicalize()
+        .map_err(|e| SandboxError::Landlock(format!("{}: {e}", workspaces.display())))?;
     let all = AccessFs::from_all(TARGET_ABI);
     let file = AccessFs::from_file(TARGET_ABI);
     let mut ruleset = Ruleset::default()
@@ -115,8 +118,8 @@ fn ruleset(protected: &[PathBuf], workspaces: &Path) -> Result<RulesetCreated, S
         .create()
         .map_err(failed)?;
     let mut grants = Vec::new();
-    collect_grants(Path::new("/"), protected, &mut grants);
-    grants.push((workspaces.to_path_buf(), true));
+    collect_grants(Path::new("/"), &protected, &mut grants);
+    grants.push((workspaces, true));
     for (path, is_dir) in grants {
         // Gone since it was listed: nothing to grant.
         let Ok(fd) = PathFd::new(&path) else { continue };

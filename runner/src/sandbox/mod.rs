@@ -94,7 +94,17 @@ impl Sandbox {
     /// reach `config.workspaces`.
     pub async fn for_stages(config: &SandboxConfig) -> Result<Sandbox, SandboxError> {
         let mode = if nix::unistd::geteuid().is_root() {
-            let user = StageUser::resolve(&config.user)?;
+            // The user database may be NSS (LDAP...), and stat is a disk read: off the runtime.
+            let (spec, workspaces) = (config.user.clone(), config.workspaces.clone());
+            let user = tokio::task::spawn_blocking(move || {
+                let user = StageUser::resolve(&spec)?;
+                if user.uid != 0 {
+                    user.check_reaches(&workspaces)?;
+                }
+                Ok::<_, SandboxError>(user)
+            })
+            .await
+            .map_err(|e| SandboxError::Interrupted(e.to_string()))??;
             if user.uid == 0 {
                 tracing::warn!(
                     "local_runner.user is root: stages run as root and can read every secret of \
@@ -102,7 +112,6 @@ impl Sandbox {
                 );
                 Mode::Unconfined
             } else {
-                user.check_reaches(&config.workspaces)?;
                 Mode::User(user)
             }
         } else {
