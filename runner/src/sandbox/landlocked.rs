@@ -1,8 +1,6 @@
-//! Landlock for stages that share our uid: every stage process is spawned from one thread that
-//! has restricted itself with a ruleset that covers the whole file system except the protected
-//! paths (and lets the workspaces back in). A child inherits the Landlock domain of the thread
-//! that forked it, and the rest of the process stays unrestricted, so no `pre_exec` (and no
-//! unsafe code) is needed, and the ruleset is built once instead of for every step.
+//! Landlock for stages that share our uid: the stage-spawning thread (`spawner.rs`) restricts
+//! itself with a ruleset that covers the whole file system except the protected paths (and lets
+//! the workspaces back in), built once instead of for every step.
 //!
 //! Landlock only grants: to deny `/srv/ci/data`, every entry of `/`, `/srv` and `/srv/ci` other
 //! than the way down to it is granted, as it exists when the thread starts. The directories on
@@ -11,88 +9,30 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 
+use super::SandboxError;
 use landlock::{
     Access, AccessFs, BitFlags, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreated,
     RulesetCreatedAttr, RulesetStatus, Scope, ABI,
 };
-use tokio::process::{Child, Command};
-use tokio::sync::oneshot;
-
-use super::SandboxError;
 
 /// The newest ABI we ask for; older kernels enforce what they have (best effort).
 const TARGET_ABI: ABI = ABI::V6;
 
-struct Request {
-    command: Command,
-    reply: oneshot::Sender<std::io::Result<Child>>,
-}
-
-pub(super) struct Spawner {
-    requests: mpsc::Sender<Request>,
-    status: &'static str,
-}
-
-impl Spawner {
-    /// Starts the spawning thread; None when the kernel enforces no Landlock at all.
-    pub(super) async fn start(
-        protected: &[PathBuf],
-        workspaces: &Path,
-    ) -> Result<Option<Spawner>, SandboxError> {
-        let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|e| SandboxError::Landlock(e.to_string()))?;
-        let (protected, workspaces) = (protected.to_vec(), workspaces.to_path_buf());
-        let (requests, incoming) = mpsc::channel::<Request>();
-        let (ready, restricted) = oneshot::channel();
-        std::thread::Builder::new()
-            .name("stage-spawner".into())
-            .spawn(move || {
-                let status = ruleset(&protected, &workspaces).and_then(|r| {
-                    r.restrict_self()
-                        .map_err(|e| SandboxError::Landlock(e.to_string()))
-                });
-                let enforced = matches!(&status, Ok(s) if s.ruleset != RulesetStatus::NotEnforced);
-                let _ = ready.send(status.map(|s| s.ruleset));
-                if !enforced {
-                    return;
-                }
-                // tokio needs its runtime to register the child (its exit, its pipes).
-                let _entered = runtime.enter();
-                while let Ok(Request { mut command, reply }) = incoming.recv() {
-                    let _ = reply.send(command.spawn());
-                }
-            })
-            .map_err(|e| SandboxError::Landlock(format!("cannot start a thread: {e}")))?;
-        let status = restricted
-            .await
-            .map_err(|_| SandboxError::Landlock("the spawning thread died".into()))??;
-        Ok(match status {
-            RulesetStatus::NotEnforced => None,
-            RulesetStatus::FullyEnforced => Some(Spawner {
-                requests,
-                status: "fully enforced",
-            }),
-            _ => Some(Spawner {
-                requests,
-                status: "partially enforced: an older kernel",
-            }),
-        })
-    }
-
-    pub(super) fn status(&self) -> &'static str {
-        self.status
-    }
-
-    pub(super) async fn spawn(&self, command: Command) -> std::io::Result<Child> {
-        let gone = || std::io::Error::other("the Landlock spawning thread is gone");
-        let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(Request { command, reply })
-            .map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
-    }
+/// Restricts the calling thread to everything but `protected`, plus `workspaces`; its status,
+/// or None when the kernel enforces no Landlock at all.
+pub(super) fn confine(
+    protected: &[PathBuf],
+    workspaces: &Path,
+) -> Result<Option<String>, SandboxError> {
+    let status = ruleset(protected, workspaces)?
+        .restrict_self()
+        .map_err(|e| SandboxError::Landlock(e.to_string()))?;
+    Ok(match status.ruleset {
+        RulesetStatus::NotEnforced => None,
+        RulesetStatus::FullyEnforced => Some("Landlock (fully enforced)".into()),
+        _ => Some("Landlock (partially enforced: an older kernel)".into()),
+    })
 }
 
 /// Everything but `protected`, plus `workspaces`. Reads directories: not on the runtime.

@@ -4,14 +4,19 @@
 //! - **As root**, stages run as an unprivileged user ([`StageUser`], `local_runner.user`) who
 //!   owns only the workspaces handed to it ([`Sandbox::adopt_workspace`]); the rest is kept
 //!   away by file modes (`/proc/PID/environ` of a root process is 0400, the data dir 0711 with
-//!   private contents).
+//!   private contents). They are spawned from a thread that dropped to that user
+//!   (`thread_creds.rs`), not with `CommandExt::uid`, which makes std fork the whole daemon.
 //! - **Not as root**, stages share our uid: [`harden_process`] makes us non-dumpable (closing
-//!   `/proc/PID/environ` and `/proc/PID/mem` to same-uid processes) and stages are started from
+//!   `/proc/PID/environ` and `/proc/PID/mem` to same-uid processes) and stages are spawned from
 //!   a thread that Landlock denies the protected paths (`landlocked.rs`), when the kernel has it.
+//!
+//! Either way one thread spawns every stage process (`spawner.rs`).
 //!
 //! docs/local-isolation.md says what a stage can and cannot reach in each mode.
 
 mod landlocked;
+mod spawner;
+mod thread_creds;
 mod user;
 
 use std::path::{Path, PathBuf};
@@ -44,6 +49,8 @@ pub enum SandboxError {
     },
     #[error("cannot set up Landlock for stages: {0}")]
     Landlock(String),
+    #[error("cannot start the thread that spawns stages: {0}")]
+    Spawner(String),
     #[error("preparing the workspace stopped unexpectedly: {0}")]
     Interrupted(String),
 }
@@ -78,8 +85,8 @@ pub struct Sandbox {
 enum Mode {
     #[default]
     Unconfined,
-    User(StageUser),
-    Landlock(landlocked::Spawner),
+    User(StageUser, spawner::Spawner),
+    Landlock(spawner::Spawner),
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -112,10 +119,20 @@ impl Sandbox {
                 );
                 Mode::Unconfined
             } else {
-                Mode::User(user)
+                let (uid, gid) = (user.uid, user.gid);
+                let spawner = spawner::Spawner::start(move || {
+                    thread_creds::drop_to(uid, gid)
+                        .map(|()| Some(format!("uid {uid}, gid {gid}")))
+                        .map_err(|e| SandboxError::Spawner(format!("dropping to uid {uid}: {e}")))
+                })
+                .await?
+                .ok_or_else(|| SandboxError::Spawner("no spawning thread".into()))?;
+                Mode::User(user, spawner)
             }
         } else {
-            match landlocked::Spawner::start(&config.protected, &config.workspaces).await? {
+            let (protected, workspaces) = (config.protected.clone(), config.workspaces.clone());
+            let confine = move || landlocked::confine(&protected, &workspaces);
+            match spawner::Spawner::start(confine).await? {
                 Some(spawner) => Mode::Landlock(spawner),
                 None => {
                     tracing::warn!(
@@ -136,15 +153,15 @@ impl Sandbox {
     pub fn describe(&self) -> String {
         match &*self.mode {
             Mode::Unconfined => "none: stages run as this process's user".into(),
-            Mode::User(u) => format!("stages run as {u}"),
-            Mode::Landlock(s) => format!("Landlock ({})", s.status()),
+            Mode::User(u, _) => format!("stages run as {u}"),
+            Mode::Landlock(s) => s.status().to_string(),
         }
     }
 
     /// The user stages run as, when it is not ours.
     pub fn stage_user(&self) -> Option<&StageUser> {
         match &*self.mode {
-            Mode::User(u) => Some(u),
+            Mode::User(u, _) => Some(u),
             _ => None,
         }
     }
@@ -164,15 +181,13 @@ impl Sandbox {
         Ok(())
     }
 
-    /// Sets who the step runs as and the variables that go with it. HOME becomes the workspace
-    /// (ours, e.g. /root, is neither writable nor any of its business); the pipeline's `env`,
-    /// applied after, may still set another.
+    /// Sets the variables that go with the stage user. HOME becomes the workspace (ours, e.g.
+    /// /root, is neither writable nor any of its business); the pipeline's `env`, applied
+    /// after, may still set another. (Not `CommandExt::uid`: the spawning thread already is
+    /// that user, and a uid on the command would make std fork the whole daemon.)
     pub(crate) fn configure(&self, command: &mut Command, workspace: &Path) {
-        if let Mode::User(u) = &*self.mode {
-            // std drops the supplementary groups (setgroups(0)) when a root parent sets a uid.
+        if let Mode::User(u, _) = &*self.mode {
             command
-                .uid(u.uid)
-                .gid(u.gid)
                 .env("HOME", workspace)
                 .env("USER", &u.name)
                 .env("LOGNAME", &u.name);
@@ -181,8 +196,8 @@ impl Sandbox {
 
     pub(crate) async fn spawn(&self, command: Command) -> std::io::Result<Child> {
         match &*self.mode {
-            Mode::Landlock(spawner) => spawner.spawn(command).await,
-            _ => {
+            Mode::Landlock(spawner) | Mode::User(_, spawner) => spawner.spawn(command).await,
+            Mode::Unconfined => {
                 let mut command = command;
                 command.spawn()
             }
