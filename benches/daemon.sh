@@ -28,6 +28,8 @@ done
 # stage's log file. BENCH_TMP chooses another place; on a journal-less ext4, wait a few minutes
 # between runs.
 work=$(mktemp -d "${BENCH_TMP:-/var/tmp}/deploylite-bench.XXXXXX")
+# A daemon run as root runs stages as `nobody`, who must pass through to the workspaces.
+chmod 711 "$work"
 export TMPDIR=$work/tmp
 mkdir -p "$TMPDIR"
 pids=()

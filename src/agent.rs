@@ -62,6 +62,7 @@ struct Agent {
 }
 
 pub async fn run(mut config: AgentConfig) -> Result<ExitCode> {
+    crate::isolation::harden_process();
     let base = config.server.trim_end_matches('/').to_string();
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
@@ -218,6 +219,7 @@ fn credential_path(config: &AgentConfig) -> PathBuf {
 /// The credential kept from an earlier registration, or a new one from registering now.
 async fn credential(http: &reqwest::Client, base: &str, config: &AgentConfig) -> Result<String> {
     let path = credential_path(config);
+    crate::isolation::warn_if_readable_by_others(std::slice::from_ref(&path));
     if let Ok(text) = tokio::fs::read_to_string(&path).await {
         let text = text.trim().to_string();
         if !text.is_empty() {
@@ -273,6 +275,10 @@ async fn write_private(path: &Path, content: &str) -> Result<()> {
         .open(path)
         .await
         .with_context(|| format!("cannot write {}", path.display()))?;
+    // An existing file keeps its mode through `mode(0o600)` above.
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .await
+        .with_context(|| format!("cannot make {} private", path.display()))?;
     file.write_all(content.as_bytes()).await?;
     file.flush().await?;
     Ok(())
@@ -537,6 +543,12 @@ impl Agent {
                 String::from_utf8_lossy(&output.stderr).trim()
             );
         }
+        // Before the first step: the stage user gets the files (tar ran as us).
+        self.config
+            .executor
+            .adopt_workspace(workspace)
+            .await
+            .context("handing the workspace to the stage user")?;
         Ok(())
     }
 

@@ -31,6 +31,7 @@ pub const ENV_KEYS: &[&str] = &[
     "retention__logs",
     "local_runner__enabled",
     "local_runner__labels",
+    "local_runner__user",
     "repos",
     "public_url",
     "webhook_max_body_bytes",
@@ -150,6 +151,23 @@ pub struct RetentionLayer {
 pub struct LocalRunnerLayer {
     pub enabled: Option<bool>,
     pub labels: Option<Vec<String>>,
+    /// Who local stages run as when the daemon is root: a name or `uid[:gid]`.
+    #[serde(default, deserialize_with = "name_or_number")]
+    pub user: Option<String>,
+}
+
+/// `user: 65534` means the uid, as `user: "65534"` does.
+fn name_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NameOrNumber {
+        Name(String),
+        Number(u32),
+    }
+    Ok(Option::<NameOrNumber>::deserialize(d)?.map(|v| match v {
+        NameOrNumber::Name(name) => name,
+        NameOrNumber::Number(n) => n.to_string(),
+    }))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -190,6 +208,8 @@ pub struct Config {
     pub log_retention: Duration,
     pub local_runner_enabled: bool,
     pub local_runner_labels: Vec<String>,
+    /// `local_runner.user` (docs/local-isolation.md).
+    pub local_runner_user: String,
     pub repos: Vec<RepoConfig>,
     pub forges: deploylite_webhook::Forges,
     pub registration_tokens: Vec<Secret>,
@@ -248,7 +268,7 @@ impl ConfigLayer {
             // A string key such as listen stays a string even if it looks like a number.
             let stays_text = matches!(
                 key.as_str(),
-                "listen" | "data_dir" | "database_url" | "public_url"
+                "listen" | "data_dir" | "database_url" | "public_url" | "local_runner__user"
             ) || key.ends_with("token")
                 || key.ends_with("secret")
                 || key.ends_with("_url")
@@ -389,6 +409,9 @@ impl ConfigLayer {
             if l.labels.is_some() {
                 mine.labels = l.labels;
             }
+            if l.user.is_some() {
+                mine.user = l.user;
+            }
         }
         self
     }
@@ -522,6 +545,10 @@ impl ConfigLayer {
             workspace_retention,
             log_retention,
             local_runner_enabled: local.enabled.unwrap_or(true),
+            local_runner_user: local
+                .user
+                .clone()
+                .unwrap_or_else(|| deploylite_runner::sandbox::DEFAULT_STAGE_USER.to_string()),
             local_runner_labels: local
                 .labels
                 .unwrap_or_else(|| vec!["local".into(), std::env::consts::OS.into()]),
@@ -544,6 +571,29 @@ impl ConfigLayer {
             lease_ttl,
             log_bytes,
         })
+    }
+}
+
+impl ConfigLayer {
+    /// The files this layer reads secrets from (key, token and secret files): what local
+    /// stages must not reach, and what should be private to the daemon's user.
+    pub fn secret_files(&self) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        if let Some(r) = &self.runners {
+            files.extend(r.registration_tokens_file.clone());
+        }
+        if let Some(f) = &self.forges {
+            if let Some(g) = &f.github {
+                files.extend(g.private_key_path.clone());
+                files.extend(g.token_file.clone());
+                files.extend(g.webhook_secret_file.clone());
+            }
+            if let Some(g) = &f.gitlab {
+                files.extend(g.token_file.clone());
+                files.extend(g.webhook_secret_file.clone());
+            }
+        }
+        files
     }
 }
 
@@ -789,6 +839,21 @@ mod tests {
             !format!("{config:?}").contains("s3cret"),
             "secrets never print"
         );
+    }
+
+    #[test]
+    fn the_stage_user_is_a_name_or_a_number() {
+        assert_eq!(
+            ConfigLayer::default().finish().unwrap().local_runner_user,
+            "nobody"
+        );
+        let from_env = env(&[("DEPLOYLITE_LOCAL_RUNNER__USER", "65534")]);
+        assert_eq!(from_env.finish().unwrap().local_runner_user, "65534");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(&file, "local_runner: { user: 1001 }\n").unwrap();
+        let layer = ConfigLayer::from_file(&file).unwrap();
+        assert_eq!(layer.finish().unwrap().local_runner_user, "1001");
     }
 
     #[test]

@@ -1,11 +1,13 @@
-//! Building the Docker and Kubernetes executors for `deploylite runner`. Their settings come
-//! from the environment (documented in README.md), so the runner's flags stay few.
+//! Building the executors for `deploylite runner`. Their settings come from the environment
+//! (documented in README.md), so the runner's flags stay few.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use deploylite_runner::{
-    DockerConfig, DockerExecutor, Executor, KubernetesConfig, KubernetesExecutor,
+    DockerConfig, DockerExecutor, Executor, KubernetesConfig, KubernetesExecutor, LocalExecutor,
+    Sandbox, SandboxConfig,
 };
 
 /// The executor's name, the executor, and whether it needs the commit's files on this machine.
@@ -13,6 +15,56 @@ pub type Built = (&'static str, Arc<dyn Executor>, bool);
 
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// The local executor of a runner: stages run as `DEPLOYLITE_LOCAL_RUNNER__USER` (default
+/// `nobody`) when the runner is root, else under Landlock; either way they cannot reach the
+/// state dir (the runner's credential) or the token file. Creates the work dir (0711: stages
+/// enter their own workspace by name, never list the others) and the state dir (0700).
+pub async fn local(work_dir: &Path, state_dir: &Path, token_file: Option<&Path>) -> Result<Built> {
+    create_dir_with_mode(work_dir, 0o711).await?;
+    create_dir_with_mode(state_dir, 0o700).await?;
+    let mut protected: Vec<PathBuf> = vec![state_dir.to_path_buf()];
+    protected.extend(token_file.map(Path::to_path_buf));
+    let sandbox = Sandbox::for_stages(&SandboxConfig {
+        user: env("DEPLOYLITE_LOCAL_RUNNER__USER")
+            .unwrap_or_else(|| deploylite_runner::sandbox::DEFAULT_STAGE_USER.to_string()),
+        protected,
+        workspaces: work_dir.to_path_buf(),
+    })
+    .await
+    .context(
+        "cannot isolate local stages (DEPLOYLITE_LOCAL_RUNNER__USER; docs/local-isolation.md)",
+    )?;
+    tracing::info!(isolation = %sandbox.describe(), "local executor");
+    Ok(("local", Arc::new(LocalExecutor::sandboxed(sandbox)), true))
+}
+
+/// Creates `dir` with `mode`, or tightens an existing directory to it (saying so): it holds
+/// what stages must not read, or must not list.
+async fn create_dir_with_mode(dir: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let path = dir.to_path_buf();
+    let tightened = tokio::task::spawn_blocking(move || -> std::io::Result<Option<u32>> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(&path)?;
+        let was = std::fs::metadata(&path)?.permissions().mode() & 0o7777;
+        if was & !mode == 0 {
+            return Ok(None);
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+        Ok(Some(was))
+    })
+    .await
+    .context("creating a directory stopped")?
+    .with_context(|| format!("cannot create {} (mode {mode:o})", dir.display()))?;
+    if let Some(was) = tightened {
+        tracing::warn!(dir = %dir.display(), was = %format!("{was:o}"), now = %format!("{mode:o}"),
+            "tightened the permissions of a directory local stages must not read");
+    }
+    Ok(())
 }
 
 /// The Docker executor of runner `runner`. Its containers and networks are labelled with the

@@ -5,6 +5,7 @@ mod agent;
 mod client;
 mod config;
 mod executors;
+mod isolation;
 mod local_run;
 mod plan;
 mod serve;
@@ -400,6 +401,7 @@ async fn runner(args: RunnerArgs) -> anyhow::Result<ExitCode> {
             .filter(|h| !h.is_empty())
             .context("cannot tell the host name: give --name")?,
     };
+    let token_file = args.token_file.clone();
     let token = match (args.token, args.token_file) {
         (Some(t), _) => Some(t),
         (None, Some(path)) => Some(
@@ -430,11 +432,9 @@ async fn runner(args: RunnerArgs) -> anyhow::Result<ExitCode> {
         std::sync::Arc<dyn deploylite_runner::Executor>,
         bool,
     ) = match args.executor {
-        ExecutorKind::Local => (
-            "local",
-            std::sync::Arc::new(deploylite_runner::LocalExecutor::default()),
-            true,
-        ),
+        ExecutorKind::Local => {
+            executors::local(&work_dir, &state_dir, token_file.as_deref()).await?
+        }
         ExecutorKind::Docker => executors::docker(&name).await?,
         ExecutorKind::Kubernetes => executors::kubernetes().await?,
     };

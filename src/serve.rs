@@ -1,15 +1,16 @@
 //! `deploylite serve`: wires the store, the watcher, the scheduler, the HTTP API and the
 //! janitor together, and shuts them down in order on SIGINT/SIGTERM.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use deploylite_reconciler::paths::DataDir;
+use deploylite_reconciler::paths::{sqlite_file, DataDir};
 use deploylite_reconciler::scheduler::{Scheduler, SchedulerConfig};
 use deploylite_reconciler::store::{now_ms, redact, Store};
 use deploylite_reconciler::watcher::{Repos, Watcher};
-use deploylite_runner::{CancellationToken, LocalExecutor};
+use deploylite_runner::{CancellationToken, LocalExecutor, Sandbox, SandboxConfig};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, ConfigLayer, LogFormat};
@@ -17,11 +18,19 @@ use crate::ServeArgs;
 use deploylite_webhook::auth::{hash_token, new_token};
 use deploylite_webhook::AuthConfig;
 
-pub fn load_config(args: &ServeArgs) -> Result<Config> {
+/// The config, and the files it took secrets from: the config file itself when it holds any,
+/// and the `*_file` / `*_path` files it names.
+pub fn load_config_and_secret_files(args: &ServeArgs) -> Result<(Config, Vec<PathBuf>)> {
     let file = match &args.config {
         Some(path) => ConfigLayer::from_file(path)?,
         None => ConfigLayer::default(),
     };
+    let mut secret_files: Vec<PathBuf> = args
+        .config
+        .iter()
+        .filter(|_| holds_inline_secrets(&file))
+        .cloned()
+        .collect();
     let env = ConfigLayer::from_env(std::env::vars())?;
     let flags = ConfigLayer {
         listen: args.listen.clone(),
@@ -30,11 +39,54 @@ pub fn load_config(args: &ServeArgs) -> Result<Config> {
         max_parallel_stages: args.max_parallel_stages,
         ..Default::default()
     };
-    ConfigLayer::default()
-        .merge(file)
-        .merge(env)
-        .merge(flags)
-        .finish()
+    let merged = ConfigLayer::default().merge(file).merge(env).merge(flags);
+    secret_files.extend(merged.secret_files());
+    Ok((merged.finish()?, secret_files))
+}
+
+fn holds_inline_secrets(layer: &ConfigLayer) -> bool {
+    let forges = layer.forges.as_ref();
+    let github = forges.and_then(|f| f.github.as_ref());
+    let gitlab = forges.and_then(|f| f.gitlab.as_ref());
+    github.is_some_and(|g| g.token.is_some() || g.webhook_secret.is_some())
+        || gitlab.is_some_and(|g| g.token.is_some() || g.webhook_secret.is_some())
+        || layer
+            .runners
+            .as_ref()
+            .is_some_and(|r| r.registration_tokens.is_some())
+        // postgres://user:password@host/...
+        || layer
+            .database_url
+            .as_deref()
+            .and_then(|u| u.split_once("://"))
+            .and_then(|(_, rest)| rest.split_once('@'))
+            .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+}
+
+/// Local stages: in a sandbox that keeps them from the data dir (their workspaces aside), the
+/// config file and the secret files.
+async fn local_executor(
+    config: &Config,
+    data: &DataDir,
+    config_file: Option<&PathBuf>,
+    secret_files: &[PathBuf],
+) -> Result<LocalExecutor> {
+    if !config.local_runner_enabled {
+        return Ok(LocalExecutor::default());
+    }
+    let mut protected = vec![data.root().to_path_buf()];
+    protected.extend(config_file.cloned());
+    protected.extend(secret_files.iter().cloned());
+    protected.extend(sqlite_file(&config.database_url));
+    let sandbox = Sandbox::for_stages(&SandboxConfig {
+        user: config.local_runner_user.clone(),
+        protected,
+        workspaces: data.workspaces(),
+    })
+    .await
+    .context("cannot isolate local stages (local_runner.user; docs/local-isolation.md)")?;
+    tracing::info!(isolation = %sandbox.describe(), "local stages");
+    Ok(LocalExecutor::sandboxed(sandbox))
 }
 
 fn scheduler_config(config: &Config) -> SchedulerConfig {
@@ -75,12 +127,18 @@ pub fn init_tracing(format: LogFormat) {
 }
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
-    let config = load_config(&args)?;
+    let (config, secret_files) = load_config_and_secret_files(&args)?;
     init_tracing(config.log_format);
-    tokio::fs::create_dir_all(&config.data_dir)
-        .await
-        .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    crate::isolation::harden_process();
+    crate::isolation::warn_if_readable_by_others(&secret_files);
     let data = DataDir::new(&config.data_dir);
+    let layout = data.clone();
+    let database = sqlite_file(&config.database_url);
+    tokio::task::spawn_blocking(move || layout.create_private(database.as_deref()))
+        .await
+        .context("creating the data dir stopped")?
+        .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    let executor = local_executor(&config, &data, args.config.as_ref(), &secret_files).await?;
     let store = Store::connect(&config.database_url, config.sqlite_synchronous)
         .await
         .with_context(|| format!("cannot open the store at {}", redact(&config.database_url)))?;
@@ -94,7 +152,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         store.clone(),
         data.clone(),
         scheduler_config(&config),
-        Arc::new(LocalExecutor::default()),
+        Arc::new(executor),
         repos.clone(),
     );
     let recovered = scheduler

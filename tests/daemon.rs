@@ -23,6 +23,12 @@ fn read_time(file: &std::path::Path) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn diamond_dag_runs_the_middle_layer_in_parallel_and_the_join_after_both() {
     let marks = tempfile::tempdir().unwrap();
+    // Stages of a root daemon run as `nobody`: they may write here.
+    std::fs::set_permissions(
+        marks.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
     let m = marks.path().display();
     let repo = TestRepo::new();
     repo.pipeline(

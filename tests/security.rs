@@ -316,6 +316,8 @@ async fn send_github(daemon: &Daemon, event: &str, delivery: &str, body: Vec<u8>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fork_pull_request_runs_nothing_until_approved_and_then_only_where_allowed() {
     let marks = tempfile::tempdir().unwrap();
+    // Stages of a root daemon run as an unprivileged user: let them leave their marks.
+    std::fs::set_permissions(marks.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let repo = TestRepo::new();
     repo.pipeline(
         "ci.yaml",
@@ -417,6 +419,8 @@ async fn a_fork_pull_request_runs_nothing_until_approved_and_then_only_where_all
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approved_fork_run_runs_the_base_pipeline_on_an_allowed_runner() {
     let marks = tempfile::tempdir().unwrap();
+    // Stages of a root daemon run as an unprivileged user: let them leave their marks.
+    std::fs::set_permissions(marks.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let repo = TestRepo::new();
     repo.pipeline(
         "ci.yaml",

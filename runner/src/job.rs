@@ -1,6 +1,6 @@
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -73,6 +73,16 @@ pub trait Executor: Send + Sync + 'static {
         log: &'a mut StageLog,
         cancel: CancellationToken,
     ) -> BoxFuture<'a, StageOutcome>;
+
+    /// Makes a workspace just filled with the commit ready for this executor's stages (the
+    /// local executor gives it to the stage user). Called once per workspace, before its first
+    /// stage starts.
+    fn adopt_workspace<'a>(
+        &'a self,
+        _dir: &'a Path,
+    ) -> BoxFuture<'a, Result<(), crate::sandbox::SandboxError>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// The error of an executor that cannot run `services:`: failing the attempt is better than

@@ -15,6 +15,7 @@ pub mod local;
 mod log;
 mod orphans;
 pub mod outcome;
+pub mod sandbox;
 pub mod source_url;
 
 pub use docker::{DockerConfig, DockerExecutor, PullPolicy};
@@ -26,4 +27,5 @@ pub use log::{
     MAX_LINE, MIN_LOG_BYTES,
 };
 pub use orphans::{kill_orphans, kill_stages_under};
+pub use sandbox::{Sandbox, SandboxConfig, SandboxError};
 pub use tokio_util::sync::CancellationToken;

@@ -1,6 +1,7 @@
 //! The local executor: each step is `sh -e -c <run>` in the workspace, in a process group of its
 //! own so that a timeout or a cancellation kills the step and everything it started.
 
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::job::{services_unsupported, step_label, BoxFuture, Executor, StageJob, StageOutcome};
 use crate::log::{read_line_bounded, LogStream, StageLog, MAX_LINE};
 use crate::outcome::step_failed;
+use crate::sandbox::{Sandbox, SandboxError};
 
 /// How long a step gets between SIGTERM and SIGKILL after a timeout or a cancellation.
 const KILL_GRACE: Duration = Duration::from_secs(2);
@@ -28,6 +30,8 @@ pub struct LocalExecutor {
     /// (forge tokens, webhook secrets, the database URL, a runner's registration token). A
     /// stage inherits the rest of the environment (PATH, HOME, locale) but never these.
     withheld: Vec<std::ffi::OsString>,
+    /// Who the steps run as and what they are kept from (docs/local-isolation.md).
+    sandbox: Sandbox,
 }
 
 impl Default for LocalExecutor {
@@ -45,7 +49,11 @@ impl Default for LocalExecutor {
             .map(|(name, _)| name)
             .filter(|name| name.to_string_lossy().starts_with("DEPLOYLITE_"))
             .collect();
-        LocalExecutor { shell, withheld }
+        LocalExecutor {
+            shell,
+            withheld,
+            sandbox: Sandbox::default(),
+        }
     }
 }
 
@@ -56,6 +64,15 @@ enum StepEnd {
 }
 
 impl LocalExecutor {
+    /// Steps run inside `sandbox` (the daemon's and a runner's executors; `default()` keeps
+    /// nothing from them, for `deploylite run`).
+    pub fn sandboxed(sandbox: Sandbox) -> LocalExecutor {
+        LocalExecutor {
+            sandbox,
+            ..LocalExecutor::default()
+        }
+    }
+
     async fn run(
         &self,
         job: StageJob,
@@ -85,6 +102,7 @@ impl LocalExecutor {
             for name in &self.withheld {
                 command.env_remove(name);
             }
+            self.sandbox.configure(&mut command, &job.workspace);
             command
                 .envs(&job.env)
                 // A step may add to the environment, but DeployLite's own variables stay ours:
@@ -99,7 +117,7 @@ impl LocalExecutor {
                 .stderr(Stdio::piped())
                 .process_group(0)
                 .kill_on_drop(true);
-            let mut child = match command.spawn() {
+            let mut child = match self.sandbox.spawn(command).await {
                 Ok(child) => child,
                 Err(e) => {
                     return StageOutcome::Error(format!("cannot start `{}`: {e}", self.shell))
@@ -140,6 +158,10 @@ impl Executor for LocalExecutor {
         cancel: CancellationToken,
     ) -> BoxFuture<'a, StageOutcome> {
         Box::pin(self.run(job, log, cancel))
+    }
+
+    fn adopt_workspace<'a>(&'a self, dir: &'a Path) -> BoxFuture<'a, Result<(), SandboxError>> {
+        Box::pin(self.sandbox.adopt_workspace(dir))
     }
 }
 

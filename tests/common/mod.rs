@@ -383,6 +383,11 @@ impl Daemon {
             .prefix("deploylite-daemon-")
             .tempdir()
             .expect("tempdir");
+        // Stages of a root daemon run as `nobody`, who must pass through to its workspaces.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o711)).expect("chmod");
+        }
         let data_dir = dir.path().join("data");
         let mut daemon = Daemon {
             child: None,

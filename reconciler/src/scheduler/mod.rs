@@ -597,7 +597,12 @@ impl Scheduler {
                         .await
                         .map_err(|e| e.to_string())?;
                 }
-                this.workspaces.prepare(&repo, &commit, &dir).await
+                this.workspaces.prepare(&repo, &commit, &dir).await?;
+                // Before any stage can run in it: the stage user gets the checkout.
+                this.executor
+                    .adopt_workspace(&dir)
+                    .await
+                    .map_err(|e| e.to_string())
             }
             .await;
             let completion = match result {
