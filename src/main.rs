@@ -254,16 +254,11 @@ struct ServerUrl {
     server: String,
 }
 
+/// The daemon a client command talks to, and the API token it presents.
 #[derive(Args)]
 struct ServerArg {
-    /// The daemon's URL.
-    #[arg(
-        long,
-        env = "DEPLOYLITE_SERVER",
-        default_value = "http://127.0.0.1:8080",
-        value_name = "URL"
-    )]
-    server: String,
+    #[command(flatten)]
+    url: ServerUrl,
     /// A file holding the API token [default: DEPLOYLITE_TOKEN, else, for a daemon on this
     /// machine, the data dir's admin.token].
     #[arg(long, value_name = "FILE")]
@@ -272,8 +267,8 @@ struct ServerArg {
 
 impl ServerArg {
     fn client(&self) -> anyhow::Result<client::Client> {
-        let token = client::find_token(&self.server, self.token_file.as_deref())?;
-        client::Client::new(&self.server, token)
+        let token = client::find_token(&self.url.server, self.token_file.as_deref())?;
+        client::Client::new(&self.url.server, token)
     }
 }
 

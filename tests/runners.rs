@@ -633,7 +633,7 @@ async fn registering_under_a_live_runners_name_needs_its_credential_and_cannot_s
     assert_eq!(code, 200, "{body}");
 
     // An admin API token may hand the name to a new machine; a weaker token may not.
-    let viewer = create_api_token(&daemon, "runner-viewer", "viewer").await;
+    let viewer = daemon.create_token("runner-viewer", "viewer").await;
     let (code, body) = register(&daemon, "owner", &["shared"], Some(&viewer)).await;
     assert_eq!(code, 401, "{body}");
     let (code, body) = register(&daemon, "owner", &["shared"], Some(&daemon.admin_token())).await;
@@ -646,20 +646,6 @@ async fn registering_under_a_live_runners_name_needs_its_credential_and_cannot_s
     )
     .await;
     assert_eq!(code, 401, "the admin's takeover replaced the credential");
-}
-
-async fn create_api_token(daemon: &Daemon, name: &str, role: &str) -> String {
-    let response = daemon
-        .http()
-        .post(format!("{}/api/v1/tokens", daemon.url))
-        .bearer_auth(daemon.admin_token())
-        .json(&serde_json::json!({ "name": name, "role": role }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 201);
-    let body: Value = response.json().await.unwrap();
-    body["token"].as_str().unwrap().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -46,20 +46,6 @@ async fn post(
     (code, response.json().await.unwrap_or(Value::Null))
 }
 
-async fn create_token(daemon: &Daemon, name: &str, role: &str) -> String {
-    let response = daemon
-        .http()
-        .post(format!("{}/api/v1/tokens", daemon.url))
-        .bearer_auth(daemon.admin_token())
-        .json(&json!({ "name": name, "role": role }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 201);
-    let body: Value = response.json().await.unwrap();
-    body["token"].as_str().unwrap().to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_changes_need_a_token_of_the_right_role() {
     let (_repo, daemon, rid) = daemon_with_a_running_run().await;
@@ -73,8 +59,8 @@ async fn state_changes_need_a_token_of_the_right_role() {
     let (code, _) = post(&daemon, &cancel, Some("dlt_not-a-token"), &[]).await;
     assert_eq!(code, 401, "an unknown token is refused");
 
-    let viewer = create_token(&daemon, "ci-dashboard", "viewer").await;
-    let operator = create_token(&daemon, "release-bot", "operator").await;
+    let viewer = daemon.create_token("ci-dashboard", "viewer").await;
+    let operator = daemon.create_token("release-bot", "operator").await;
     let (code, body) = post(&daemon, &cancel, Some(&viewer), &[]).await;
     assert_eq!(code, 403, "{body}");
     assert!(
@@ -259,7 +245,7 @@ async fn reads_need_a_token_when_anonymous_read_is_off() {
     assert_eq!(code, 401);
     let (code, _) = daemon.get("/healthz").await;
     assert_eq!(code, 200, "health checks stay open");
-    let viewer = create_token(&daemon, "reader", "viewer").await;
+    let viewer = daemon.create_token("reader", "viewer").await;
     let response = daemon
         .http()
         .get(format!("{}/api/v1/runs", daemon.url))
@@ -313,8 +299,18 @@ async fn send_github(daemon: &Daemon, event: &str, delivery: &str, body: Vec<u8>
         .as_u16()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fork_pull_request_runs_nothing_until_approved_and_then_only_where_allowed() {
+/// A repository watched with GitHub webhooks whose main has a `ci` pipeline touching
+/// `marks/ran`, and a branch (standing in for a fork's head) whose `ci` would touch
+/// `marks/fork-yaml-ran` instead; a daemon on it with `extra_config`.
+struct ForkSetup {
+    marks: tempfile::TempDir,
+    repo: TestRepo,
+    daemon: Daemon,
+    base: String,
+    head: String,
+}
+
+async fn fork_setup(extra_config: &str) -> ForkSetup {
     let marks = tempfile::tempdir().unwrap();
     // Stages of a root daemon run as an unprivileged user: let them leave their marks.
     std::fs::set_permissions(marks.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
@@ -339,10 +335,28 @@ async fn a_fork_pull_request_runs_nothing_until_approved_and_then_only_where_all
     let head = repo.commit("a contribution");
     repo.checkout("main");
     let config = format!(
-        "repos:\n  - name: app\n    url: {}\n    branches: [main]\n    poll_interval: 100ms\n    forge: github\n    slug: Codertocat/Hello-World\nforges:\n  github:\n    webhook_secret: {WEBHOOK_SECRET}\n",
+        "repos:\n  - name: app\n    url: {}\n    branches: [main]\n    poll_interval: 100ms\n    forge: github\n    slug: Codertocat/Hello-World\nforges:\n  github:\n    webhook_secret: {WEBHOOK_SECRET}\n{extra_config}",
         repo.path().display()
     );
     let daemon = Daemon::start(&[&repo], &config).await;
+    ForkSetup {
+        marks,
+        repo,
+        daemon,
+        base,
+        head,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_pull_request_runs_nothing_until_approved_and_then_only_where_allowed() {
+    let ForkSetup {
+        marks,
+        repo,
+        daemon,
+        base,
+        head,
+    } = fork_setup("").await;
     assert_eq!(
         send_github(
             &daemon,
@@ -391,7 +405,7 @@ async fn a_fork_pull_request_runs_nothing_until_approved_and_then_only_where_all
 
     // An approval with too weak a role is refused; an operator's approval starts it, but no
     // runner is allowed untrusted work by default, and the wait says so.
-    let viewer = create_token(&daemon, "viewer", "viewer").await;
+    let viewer = daemon.create_token("viewer", "viewer").await;
     let (code, _) = post(
         &daemon,
         &format!("/api/v1/runs/{rid}/approve"),
@@ -418,33 +432,14 @@ async fn a_fork_pull_request_runs_nothing_until_approved_and_then_only_where_all
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approved_fork_run_runs_the_base_pipeline_on_an_allowed_runner() {
-    let marks = tempfile::tempdir().unwrap();
-    // Stages of a root daemon run as an unprivileged user: let them leave their marks.
-    std::fs::set_permissions(marks.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let repo = TestRepo::new();
-    repo.pipeline(
-        "ci.yaml",
-        &format!(
-            "name: ci\non:\n  pull_request:\nstages:\n  test:\n    steps:\n      - run: touch {}/ran\n",
-            marks.path().display()
-        ),
-    );
-    let base = repo.commit("ci");
-    repo.git(&["checkout", "--quiet", "-b", "contribution"]);
-    repo.pipeline(
-        "ci.yaml",
-        &format!(
-            "name: ci\non:\n  pull_request:\nstages:\n  test:\n    steps:\n      - run: touch {}/fork-yaml-ran\n",
-            marks.path().display()
-        ),
-    );
-    let head = repo.commit("a contribution");
-    repo.checkout("main");
-    let config = format!(
-        "repos:\n  - name: app\n    url: {}\n    branches: [main]\n    poll_interval: 100ms\n    forge: github\n    slug: Codertocat/Hello-World\nforges:\n  github:\n    webhook_secret: {WEBHOOK_SECRET}\nuntrusted:\n  labels: [local]\n",
-        repo.path().display()
-    );
-    let daemon = Daemon::start(&[&repo], &config).await;
+    // Every field bound: a dropped `repo` would delete the repository under the daemon.
+    let ForkSetup {
+        marks,
+        repo: _repo,
+        daemon,
+        base,
+        head,
+    } = fork_setup("untrusted:\n  labels: [local]\n").await;
     assert_eq!(
         send_github(
             &daemon,

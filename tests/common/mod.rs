@@ -807,6 +807,21 @@ impl Daemon {
             .to_string()
     }
 
+    /// A new API token of `role`, made with the admin token.
+    pub async fn create_token(&self, name: &str, role: &str) -> String {
+        let response = self
+            .http
+            .post(format!("{}/api/v1/tokens", self.url))
+            .bearer_auth(self.admin_token())
+            .json(&serde_json::json!({ "name": name, "role": role }))
+            .send()
+            .await
+            .expect("the daemon answers");
+        assert_eq!(response.status().as_u16(), 201, "creating token {name}");
+        let body: Value = response.json().await.expect("JSON");
+        body["token"].as_str().expect("a token").to_string()
+    }
+
     /// A POST to the API with the admin token.
     pub async fn post_as_admin(&self, path: &str) -> (u16, String) {
         let resp = self
