@@ -99,9 +99,12 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 25 * 1024 * 1024;
 pub struct WebhookLimits {
     /// Time to receive the whole body once the headers are in → 408. Forges send at once.
     pub body_timeout: std::time::Duration,
-    /// Webhook requests served at once; one more is answered 503 with `Retry-After` rather than
-    /// queued. At most this many bodies of `max_body_bytes` are buffered at any time.
+    /// Webhook requests served at once. At most this many bodies of `max_body_bytes` are
+    /// buffered at any time.
     pub max_in_flight: usize,
+    /// How long one more request waits (holding only its connection) for a slot before it is
+    /// answered 503 with `Retry-After`.
+    pub queue_wait: std::time::Duration,
 }
 
 impl Default for WebhookLimits {
@@ -109,6 +112,7 @@ impl Default for WebhookLimits {
         WebhookLimits {
             body_timeout: std::time::Duration::from_secs(10),
             max_in_flight: 64,
+            queue_wait: std::time::Duration::from_secs(5),
         }
     }
 }

@@ -1700,6 +1700,8 @@ async fn webhook_requests_over_the_concurrency_cap_get_503_with_retry_after() {
     let h = Harness::start(Options {
         webhook_limits: WebhookLimits {
             max_in_flight: 2,
+            // Short, so that the request over the cap gives up waiting within the test's reads.
+            queue_wait: Duration::from_millis(200),
             ..WebhookLimits::default()
         },
         ..Options::default()

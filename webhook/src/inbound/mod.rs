@@ -29,7 +29,7 @@ pub(crate) fn routes(state: &AppState) -> Router<AppState> {
         .route("/webhooks/github", post(pipeline::handle::<GithubHooks>))
         .route("/webhooks/gitlab", post(pipeline::handle::<GitlabHooks>))
         .route_layer(axum::middleware::from_fn_with_state(
-            limits::slots(state.forges.webhook_limits.max_in_flight),
+            limits::slots(&state.forges.webhook_limits),
             limits::in_flight,
         ))
 }
