@@ -299,6 +299,15 @@ async fn send_github(daemon: &Daemon, event: &str, delivery: &str, body: Vec<u8>
         .as_u16()
 }
 
+/// Delivers the fork's pull request `number` and waits for its run to be recorded.
+async fn open_fork_pull_request(daemon: &Daemon, number: i64, head: &str, base: &str) -> Value {
+    let body = fork_pull_request(number, head, base);
+    assert_eq!(send_github(daemon, "pull_request", "d-1", body).await, 202);
+    daemon
+        .wait_for_run("the fork's run", |r| r["commit"] == head)
+        .await
+}
+
 /// A repository watched with GitHub webhooks whose main has a `ci` pipeline touching
 /// `marks/ran`, and a branch (standing in for a fork's head) whose `ci` would touch
 /// `marks/fork-yaml-ran` instead; a daemon on it with `extra_config`.
@@ -357,19 +366,7 @@ async fn a_fork_pull_request_runs_nothing_until_approved_and_then_only_where_all
         base,
         head,
     } = fork_setup("").await;
-    assert_eq!(
-        send_github(
-            &daemon,
-            "pull_request",
-            "d-1",
-            fork_pull_request(3, &head, &base)
-        )
-        .await,
-        202
-    );
-    let run = daemon
-        .wait_for_run("the fork's run", |r| r["commit"] == head.as_str())
-        .await;
+    let run = open_fork_pull_request(&daemon, 3, &head, &base).await;
     let rid = id(&run);
     assert_eq!(status(&run), "queued");
     assert_eq!(run["awaiting_approval"], true, "{run:#}");
@@ -440,19 +437,7 @@ async fn an_approved_fork_run_runs_the_base_pipeline_on_an_allowed_runner() {
         base,
         head,
     } = fork_setup("untrusted:\n  labels: [local]\n").await;
-    assert_eq!(
-        send_github(
-            &daemon,
-            "pull_request",
-            "d-1",
-            fork_pull_request(4, &head, &base)
-        )
-        .await,
-        202
-    );
-    let run = daemon
-        .wait_for_run("the fork's run", |r| r["commit"] == head.as_str())
-        .await;
+    let run = open_fork_pull_request(&daemon, 4, &head, &base).await;
     let rid = id(&run);
     let (code, out, err) = daemon.cli(&["approve", &rid.to_string()]);
     assert_eq!(code, 0, "{out}{err}");

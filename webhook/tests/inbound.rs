@@ -1145,6 +1145,18 @@ async fn gitlab_push_and_tag_push() {
     assert_eq!(status, 202);
 }
 
+/// GitLab's merge request example, made MR `iid` from a fork (source project 99) at `head`,
+/// targeting `main`: a fork's pipelines are read from the target branch, which must exist here.
+fn gitlab_fork_mr(iid: i64, head: &str) -> Value {
+    let mut fork = fixture("gitlab/webhooks/merge_request.open");
+    fork["object_attributes"]["iid"] = json!(iid);
+    fork["object_attributes"]["source_project_id"] = json!(99);
+    fork["object_attributes"]["source"]["path_with_namespace"] = json!("forker/gitlab-test");
+    fork["object_attributes"]["last_commit"]["id"] = json!(head);
+    fork["object_attributes"]["target_branch"] = json!("main");
+    fork
+}
+
 #[tokio::test]
 async fn gitlab_merge_request_open_and_close() {
     let h = Harness::start(Options::default()).await;
@@ -1193,13 +1205,7 @@ async fn gitlab_merge_request_open_and_close() {
 
     // A fork MR (source project differs) is untrusted.
     let fork_head = commit_on(&h.gl_repo, "fork-mr", "fork.txt");
-    let mut fork = fixture("gitlab/webhooks/merge_request.open");
-    fork["object_attributes"]["iid"] = json!(5);
-    fork["object_attributes"]["source_project_id"] = json!(99);
-    fork["object_attributes"]["source"]["path_with_namespace"] = json!("forker/gitlab-test");
-    fork["object_attributes"]["last_commit"]["id"] = json!(fork_head);
-    // A fork's pipelines are read from the target branch, which must exist here.
-    fork["object_attributes"]["target_branch"] = json!("main");
+    let fork = gitlab_fork_mr(5, &fork_head);
     assert_eq!(
         h.gitlab("Merge Request Hook", Some("ev-mr-3"), &bytes(&fork))
             .await
@@ -1517,12 +1523,7 @@ async fn a_gitlab_approval_comment_counts_only_from_a_developer_or_above() {
     })
     .await;
     let fork_head = commit_on(&h.gl_repo, "fork-mr", "fork.txt");
-    let mut fork = fixture("gitlab/webhooks/merge_request.open");
-    fork["object_attributes"]["iid"] = json!(5);
-    fork["object_attributes"]["source_project_id"] = json!(99);
-    fork["object_attributes"]["source"]["path_with_namespace"] = json!("forker/gitlab-test");
-    fork["object_attributes"]["last_commit"]["id"] = json!(fork_head);
-    fork["object_attributes"]["target_branch"] = json!("main");
+    let fork = gitlab_fork_mr(5, &fork_head);
     assert_eq!(
         h.gitlab("Merge Request Hook", Some("ev-n-1"), &bytes(&fork))
             .await
