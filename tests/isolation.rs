@@ -246,7 +246,10 @@ fn assert_found_nothing(run: &Value, log: &str, stderr: &str, forbidden: &[&Path
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stage_of_a_root_daemon_runs_as_nobody_and_finds_no_secret() {
     if !is_root() {
-        eprintln!("skipped: needs root (the non-root path is tested below)");
+        deploylite_testkit::skip(
+            "a_stage_of_a_root_daemon_runs_as_nobody_and_finds_no_secret",
+            "needs root (the non-root path is tested below)",
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -396,7 +399,10 @@ async fn a_stage_of_a_daemon_not_run_as_root_finds_no_secret() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stage_of_a_root_runner_runs_as_nobody_and_cannot_read_its_credential() {
     if !is_root() {
-        eprintln!("skipped: needs root");
+        deploylite_testkit::skip(
+            "a_stage_of_a_root_runner_runs_as_nobody_and_cannot_read_its_credential",
+            "needs root",
+        );
         return;
     }
     // The registration token is the secret here: the runner has it in its environment.

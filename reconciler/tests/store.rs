@@ -33,11 +33,10 @@ async fn sqlite() -> Option<Db> {
 
 async fn postgres() -> Option<Db> {
     let Ok(url) = std::env::var("DEPLOYLITE_TEST_POSTGRES_URL") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run the PostgreSQL store tests: set DEPLOYLITE_TEST_POSTGRES_URL (see .ci/postgres.sh)"
+        deploylite_testkit::skip(
+            "the PostgreSQL half of the store suite",
+            "DEPLOYLITE_TEST_POSTGRES_URL is not set (./scripts/test starts a server when PostgreSQL is installed)",
         );
-        eprintln!("DEPLOYLITE_TEST_POSTGRES_URL is not set: skipping the PostgreSQL half");
         return None;
     };
     static COUNTER: AtomicU32 = AtomicU32::new(0);

@@ -1,8 +1,8 @@
 //! The Docker executor against a real engine, with the locally built image
 //! `deploylite-test/busybox:latest` (`.ci/images.sh` builds it; nothing is pulled).
 //!
-//! Without a Docker socket at all the tests are skipped with a printed reason; with an engine but
-//! without the image they fail, pointing at `.ci/images.sh`. Every test uses its own run id, so
+//! Without a Docker socket at all the tests are skipped, loudly (and fail under CI); with an
+//! engine but without the image they fail, pointing at `.ci/images.sh` (`./scripts/test` runs it). Every test uses its own run id, so
 //! they run in parallel, and checks that nothing labelled with it is left behind.
 
 use std::collections::{BTreeMap, HashMap};
@@ -30,8 +30,9 @@ async fn engine() -> Option<(DockerExecutor, Docker)> {
     if socket.starts_with('/') {
         let path = socket;
         if !Path::new(path).exists() {
-            eprintln!(
-                "skipped: no Docker socket at {path} (the Docker executor tests need an engine)"
+            deploylite_testkit::skip(
+                "the Docker executor tests",
+                &format!("no Docker socket at {path}"),
             );
             return None;
         }
