@@ -9,6 +9,7 @@ mod isolation;
 mod local_run;
 mod plan;
 mod serve;
+mod server_url;
 mod validate;
 
 use std::path::PathBuf;
@@ -274,12 +275,13 @@ enum ExecutorKind {
 /// The daemon a runner works for (it authenticates with its own credential).
 #[derive(Args)]
 struct ServerUrl {
-    /// The daemon's URL.
+    /// The daemon's URL; http:// is assumed without a scheme (localhost:8080).
     #[arg(
         long,
         env = "DEPLOYLITE_SERVER",
         default_value = "http://127.0.0.1:8080",
-        value_name = "URL"
+        value_name = "URL",
+        value_parser = server_url::parse_server_url
     )]
     server: String,
 }
@@ -307,7 +309,8 @@ pub struct ServeArgs {
     /// The YAML config file (also DEPLOYLITE_CONFIG).
     #[arg(long, short, env = "DEPLOYLITE_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Address of the HTTP API and health check [default: 127.0.0.1:8080].
+    /// Address of the HTTP API and health check: IP:PORT or HOST:PORT (a host name is resolved
+    /// and every address it resolves to is listened on) [default: 127.0.0.1:8080].
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
     /// Where the database, logs, workspaces and mirrors live [default: ./.deploylite-data].

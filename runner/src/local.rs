@@ -107,8 +107,8 @@ impl LocalExecutor {
                 return StageOutcome::Error(image_unsupported(&job.stage, image));
             }
             log.system(&format!(
-                "warning: local_runner.ignore_image is set: stage `{}` runs on this machine, \
-                 not in image `{image}`",
+                "warning: image `{image}` ignored (local_runner.ignore_image): stage `{}` runs \
+                 on this machine, not in a container",
                 job.stage
             ))
             .await;
