@@ -49,10 +49,6 @@ pub fn load_config_and_secret_files(
             warnings: Vec::new(),
         }
     });
-    if !problems.is_empty() {
-        // The merged layers' own checks would only repeat these problems' consequences.
-        return Err(ConfigProblems(problems).into());
-    }
     let flags = ConfigLayer {
         listen: args.listen.clone(),
         data_dir: args.data_dir.clone(),
@@ -62,7 +58,16 @@ pub fn load_config_and_secret_files(
     };
     let merged = ConfigLayer::default().merge(file).merge(env).merge(flags);
     secret_files.extend(merged.secret_files());
-    Ok((merged.finish()?, secret_files, warnings))
+    // The layers that had problems count as empty: what the rest says is checked too, so that
+    // one start reports everything.
+    match merged.finish() {
+        Ok(config) if problems.is_empty() => Ok((config, secret_files, warnings)),
+        Ok(_) => Err(ConfigProblems(problems).into()),
+        Err(more) => {
+            problems.extend(more.0);
+            Err(ConfigProblems(problems).into())
+        }
+    }
 }
 
 fn holds_inline_secrets(layer: &ConfigLayer) -> bool {
