@@ -241,8 +241,7 @@ impl ConfigLayer {
         if value.is_null() {
             return Ok(ConfigLayer::default());
         }
-        serde_json::from_value(value)
-            .map_err(|e| ConfigProblems(vec![format!("{source}: {e}")]))
+        serde_json::from_value(value).map_err(|e| ConfigProblems(vec![format!("{source}: {e}")]))
     }
 
     fn resolve_relative_to(&mut self, base: &Path) {
@@ -903,7 +902,10 @@ mod tests {
         let err = env(&[
             ("DEPLOYLITE_LISTEN", "nope"),
             ("DEPLOYLITE_RUNNERS__LEASE_TTL", "10ms"),
-            ("DEPLOYLITE_REPOS", "[{name: a, url: /a}, {name: a, url: /b}]"),
+            (
+                "DEPLOYLITE_REPOS",
+                "[{name: a, url: /a}, {name: a, url: /b}]",
+            ),
         ])
         .finish()
         .unwrap_err()

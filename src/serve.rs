@@ -191,14 +191,12 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let watcher = Watcher::new(store.clone(), repos.clone(), scheduler.waker());
     let forges = Arc::new(config.forges.clone());
 
-    let listening = crate::config::listen::bind(&config.listen, config.public_url.as_deref())
-        .await?;
+    let listening =
+        crate::config::listen::bind(&config.listen, config.public_url.as_deref()).await?;
     if listening.hosts.is_empty() {
         tracing::warn!(listen = %config.listen, "listening on every address without `public_url`: requests naming any Host are taken; set public_url to refuse DNS-rebound ones");
     }
-    let anonymous_read = config
-        .anonymous_read
-        .unwrap_or(listening.all_loopback());
+    let anonymous_read = config.anonymous_read.unwrap_or(listening.all_loopback());
     let auth = Arc::new(AuthConfig {
         anonymous_read,
         hosts: listening.hosts.clone(),

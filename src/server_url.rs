@@ -50,7 +50,10 @@ mod tests {
         let ok = |t: &str| parse_server_url(t).unwrap();
         assert_eq!(ok("localhost:8080"), "http://localhost:8080");
         assert_eq!(ok("http://127.0.0.1:8080/"), "http://127.0.0.1:8080");
-        assert_eq!(ok("https://ci.example.com/deploylite/"), "https://ci.example.com/deploylite");
+        assert_eq!(
+            ok("https://ci.example.com/deploylite/"),
+            "https://ci.example.com/deploylite"
+        );
         assert_eq!(ok("[::1]:8080"), "http://[::1]:8080");
         assert_eq!(ok(" ci.example.com "), "http://ci.example.com");
     }

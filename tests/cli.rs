@@ -652,7 +652,10 @@ fn serve_rejects_a_config_file_with_an_unknown_key_naming_file_line_col() {
     let (code, _, err) = run_cmd(cmd);
     assert_eq!(code, 2, "{err}");
     assert!(
-        err.contains(&format!("{}:2:1: unknown field `repoz`", file.display())),
+        err.contains(&format!(
+            "{}:2:1: unknown key `repoz`; did you mean `repos`?",
+            file.display()
+        )),
         "{err}"
     );
 
@@ -663,7 +666,7 @@ fn serve_rejects_a_config_file_with_an_unknown_key_naming_file_line_col() {
     let (code, _, err) = run_cmd(cmd);
     assert_eq!(code, 2, "{err}");
     assert!(
-        err.contains(&format!("{}:4:5: ", file.display())) && err.contains("unknown field `poll`"),
+        err.contains(&format!("{}:4:5: ", file.display())) && err.contains("unknown key `poll`"),
         "{err}"
     );
     assert!(

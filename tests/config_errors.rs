@@ -68,7 +68,10 @@ fn serve_names_the_variable_whose_value_is_wrong() {
     let (code, out, err) = deploylite_in(
         dir.path(),
         &["serve", "--listen", "nope"],
-        &[("DEPLOYLITE_REPOS", "[{name: app, url: /srv/app, branch: [main]}]")],
+        &[(
+            "DEPLOYLITE_REPOS",
+            "[{name: app, url: /srv/app, branch: [main]}]",
+        )],
     );
     assert_eq!(code, 2, "{out}{err}");
     assert_eq!(
@@ -208,7 +211,9 @@ fn serve_listens_on_a_host_name_and_clients_take_an_address_without_a_scheme() {
         "{running}"
     );
     assert!(
-        bound.iter().all(|a| a.ip().is_loopback() && a.port() == port),
+        bound
+            .iter()
+            .all(|a| a.ip().is_loopback() && a.port() == port),
         "{running}"
     );
     // localhost is a loopback address: reads need no token.

@@ -68,7 +68,10 @@ async fn the_daemon_runs_it_with_a_warning_when_told_to_ignore_images() {
     let (run, log) = run_image_stage(&daemon, &commit).await;
     assert_eq!(status(&run), "success", "{log}");
     let texts = texts(&log);
-    let at = texts.iter().position(|t| *t == WARNINGS[0]).unwrap_or_else(|| panic!("{log}"));
+    let at = texts
+        .iter()
+        .position(|t| *t == WARNINGS[0])
+        .unwrap_or_else(|| panic!("{log}"));
     assert_eq!(texts.get(at + 1), Some(&WARNINGS[1]), "{log}");
     assert!(texts.contains(&"ran on the host"), "{log}");
 }
@@ -110,7 +113,9 @@ impl Drop for Agent {
 
 /// The daemon runs nothing itself: every stage goes to a remote runner.
 fn remote_only() -> String {
-    format!("local_runner: {{ enabled: false }}\nrunners: {{ registration_tokens: [\"{TOKEN}\"] }}\n")
+    format!(
+        "local_runner: {{ enabled: false }}\nrunners: {{ registration_tokens: [\"{TOKEN}\"] }}\n"
+    )
 }
 
 #[tokio::test]

@@ -82,7 +82,10 @@ fn run_works_in_a_copy_and_leaves_the_checkout_as_it_was() {
         out.contains("[wreck] the copy holds the working tree\n"),
         "{out}"
     );
-    assert_eq!(repo.git(&["status", "--porcelain", "--ignored"]), status_before);
+    assert_eq!(
+        repo.git(&["status", "--porcelain", "--ignored"]),
+        status_before
+    );
     assert_eq!(files(repo.path()), files_before, "the checkout changed");
 
     // The copy is gone too.
@@ -164,7 +167,10 @@ fn run_fails_a_stage_with_an_image_unless_told_to_ignore_it() {
                     `build` runs without its limits (cpu: 1, memory: 512Mi)\n";
     for (args, env) in [
         (&["--ignore-image"][..], &[][..]),
-        (&[][..], &[("DEPLOYLITE_LOCAL_RUNNER__IGNORE_IMAGE", "true")][..]),
+        (
+            &[][..],
+            &[("DEPLOYLITE_LOCAL_RUNNER__IGNORE_IMAGE", "true")][..],
+        ),
     ] {
         let (code, out, err) = run_in(repo.path(), args, env);
         assert_eq!(code, 0, "{out}{err}");

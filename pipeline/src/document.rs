@@ -21,7 +21,10 @@ pub enum YamlValue {
     Null,
     /// A scalar as written (quotes removed); `kind` is how YAML 1.2's core schema reads it
     /// (a quoted scalar is always a string).
-    Scalar { text: String, kind: ScalarType },
+    Scalar {
+        text: String,
+        kind: ScalarType,
+    },
     Seq(Vec<YamlNode>),
     /// In file order.
     Map(Vec<YamlEntry>),

@@ -87,7 +87,10 @@ impl ListenAddr {
             }
         }
         if addrs.is_empty() {
-            bail!("listen: the host name `{}` resolves to no address", self.host);
+            bail!(
+                "listen: the host name `{}` resolves to no address",
+                self.host
+            );
         }
         Ok(addrs)
     }
@@ -109,9 +112,7 @@ pub async fn bind(listen: &ListenAddr, public_url: Option<&str>) -> Result<Liste
             Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => {
                 tracing::warn!(%listen, address = %addr, error = %e, "cannot listen on one of the addresses the name resolves to; skipping it");
             }
-            Err(e) => {
-                return Err(e).with_context(|| format!("cannot listen on {addr} ({listen})"))
-            }
+            Err(e) => return Err(e).with_context(|| format!("cannot listen on {addr} ({listen})")),
         }
     }
     if listeners.is_empty() {
@@ -144,7 +145,9 @@ pub async fn bind(listen: &ListenAddr, public_url: Option<&str>) -> Result<Liste
 impl Listening {
     /// Whether every address is a loopback address: `auth.anonymous_read`'s default.
     pub fn all_loopback(&self) -> bool {
-        self.listeners.iter().all(|(addr, _)| addr.ip().is_loopback())
+        self.listeners
+            .iter()
+            .all(|(addr, _)| addr.ip().is_loopback())
     }
 
     /// `127.0.0.1:8094, [::1]:8094`, for the startup log.
@@ -191,6 +194,8 @@ mod tests {
             .await
             .unwrap();
         assert!(!addrs.is_empty());
-        assert!(addrs.iter().all(|a| a.ip().is_loopback() && a.port() == 8094));
+        assert!(addrs
+            .iter()
+            .all(|a| a.ip().is_loopback() && a.port() == 8094));
     }
 }

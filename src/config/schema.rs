@@ -180,7 +180,9 @@ pub fn scalar(kind: Kind, text: &str) -> Result<Value, String> {
                 ))
             }
         }
-        Kind::TextList | Kind::Map(_) | Kind::MapList(_) => Err(format!("expected {}", kind_name(kind))),
+        Kind::TextList | Kind::Map(_) | Kind::MapList(_) => {
+            Err(format!("expected {}", kind_name(kind)))
+        }
     }
 }
 
@@ -240,11 +242,7 @@ impl Walker<'_> {
                     .collect(),
             ),
             (
-                Kind::Text
-                | Kind::WholeNumber
-                | Kind::Bool
-                | Kind::Duration
-                | Kind::OneOf(_),
+                Kind::Text | Kind::WholeNumber | Kind::Bool | Kind::Duration | Kind::OneOf(_),
                 YamlValue::Scalar { text, .. },
             ) => match scalar(kind, text) {
                 Ok(value) => value,

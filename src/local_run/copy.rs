@@ -108,7 +108,9 @@ fn walk(root: &Path) -> Result<Vec<PathBuf>> {
     let mut pending = vec![PathBuf::new()];
     while let Some(relative) = pending.pop() {
         let dir = root.join(&relative);
-        for entry in std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))?
+        {
             let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
             if entry.file_name() == ".git" {
                 continue;
