@@ -2,7 +2,6 @@
 //! environment variables < command-line flags. Each layer is a [`ConfigLayer`] of optional
 //! values; the merged result is validated once into a [`Config`].
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,43 +16,34 @@ use deploylite_webhook::forges::{
 };
 use serde::Deserialize;
 
-/// The environment variables read (besides `DEPLOYLITE_CONFIG`), with the key each sets.
-/// Nested keys use `__`: `DEPLOYLITE_RETENTION__LOGS=7d`. Values are YAML: `DEPLOYLITE_REPOS`
-/// takes a YAML/JSON list.
-pub const ENV_KEYS: &[&str] = &[
-    "listen",
-    "data_dir",
-    "database_url",
-    "sqlite_synchronous",
-    "max_parallel_stages",
-    "log_format",
-    "retention__workspaces",
-    "retention__logs",
-    "local_runner__enabled",
-    "local_runner__labels",
-    "local_runner__user",
-    "repos",
-    "public_url",
-    "webhook_max_body_bytes",
-    "forges__github__api_url",
-    "forges__github__app_id",
-    "forges__github__private_key_path",
-    "forges__github__token",
-    "forges__github__token_file",
-    "forges__github__webhook_secret",
-    "forges__github__webhook_secret_file",
-    "forges__gitlab__api_url",
-    "forges__gitlab__token",
-    "forges__gitlab__token_file",
-    "forges__gitlab__webhook_secret",
-    "forges__gitlab__webhook_secret_file",
-    "runners__registration_tokens",
-    "runners__registration_tokens_file",
-    "runners__lease_ttl",
-    "auth__anonymous_read",
-    "untrusted__labels",
-    "limits__log_bytes",
-];
+mod env;
+pub mod listen;
+mod schema;
+
+pub use env::EnvLayer;
+pub use listen::ListenAddr;
+
+/// Every problem found in the configuration, each on its own line (`file:line:col: message`
+/// for the config file, `DEPLOYLITE_X: message` for a variable), reported all at once.
+#[derive(Debug, Default)]
+pub struct ConfigProblems(pub Vec<String>);
+
+impl std::fmt::Display for ConfigProblems {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.as_slice() {
+            [one] => write!(f, "{one}"),
+            all => {
+                write!(f, "{} problems in the configuration:", all.len())?;
+                for problem in all {
+                    write!(f, "\n{problem}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigProblems {}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -151,23 +141,11 @@ pub struct RetentionLayer {
 pub struct LocalRunnerLayer {
     pub enabled: Option<bool>,
     pub labels: Option<Vec<String>>,
-    /// Who local stages run as when the daemon is root: a name or `uid[:gid]`.
-    #[serde(default, deserialize_with = "name_or_number")]
+    /// Who local stages run as when the daemon is root: a name or `uid[:gid]` (`user: 65534`
+    /// means the uid: the schema keeps every scalar of a text key as text).
     pub user: Option<String>,
-}
-
-/// `user: 65534` means the uid, as `user: "65534"` does.
-fn name_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum NameOrNumber {
-        Name(String),
-        Number(u32),
-    }
-    Ok(Option::<NameOrNumber>::deserialize(d)?.map(|v| match v {
-        NameOrNumber::Name(name) => name,
-        NameOrNumber::Number(n) => n.to_string(),
-    }))
+    /// Stages naming an `image:` run on the host anyway, with a warning in their log.
+    pub ignore_image: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -198,7 +176,8 @@ pub enum LogFormat {
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub listen: SocketAddr,
+    /// Resolved when the daemon starts (`listen.rs`).
+    pub listen: ListenAddr,
     pub data_dir: PathBuf,
     pub database_url: String,
     pub sqlite_synchronous: SqliteSync,
@@ -210,12 +189,16 @@ pub struct Config {
     pub local_runner_labels: Vec<String>,
     /// `local_runner.user` (docs/local-isolation.md).
     pub local_runner_user: String,
+    /// `local_runner.ignore_image`: stages naming an `image:` run on the host (with a warning
+    /// in their log) instead of failing.
+    pub local_runner_ignore_image: bool,
     pub repos: Vec<RepoConfig>,
     pub forges: deploylite_webhook::Forges,
     pub registration_tokens: Vec<Secret>,
     pub lease_ttl: Duration,
-    /// Reads without a token.
-    pub anonymous_read: bool,
+    /// Reads without a token; None: while every address listened on is a loopback address
+    /// (known once `listen` is resolved).
+    pub anonymous_read: Option<bool>,
     /// Runner labels allowed to run untrusted (fork) code.
     pub untrusted_labels: Vec<String>,
     pub public_url: Option<String>,
@@ -230,60 +213,35 @@ pub const DEFAULT_POLL_INTERVAL: &str = "30s";
 impl ConfigLayer {
     /// Reads a config file. Relative paths in it (data_dir, local repository urls) are taken
     /// relative to the file's directory, so the file means the same from any working directory.
-    pub fn from_file(path: &Path) -> Result<ConfigLayer> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config file {}", path.display()))?;
-        let mut layer: ConfigLayer = if text.trim().is_empty() {
-            ConfigLayer::default()
-        } else {
-            yaml_serde::from_str(&text).map_err(|e| {
-                let at = e
-                    .location()
-                    .map(|l| format!("{}:{}:{}", path.display(), l.line(), l.column()))
-                    .unwrap_or_else(|| path.display().to_string());
-                anyhow::anyhow!("{at}: {e}")
-            })?
-        };
+    pub fn from_file(path: &Path) -> Result<ConfigLayer, ConfigProblems> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigProblems(vec![format!(
+                "cannot read config file {}: {e}",
+                path.display()
+            )])
+        })?;
+        let name = path.display().to_string();
+        let (root, mut diagnostics) = deploylite_pipeline::document::parse_yaml(&name, &text);
+        let value = schema::check_map(&name, &root, schema::ROOT, &mut diagnostics);
+        if !diagnostics.is_empty() {
+            diagnostics.sort_by_key(|d| (d.line, d.col));
+            return Err(ConfigProblems(
+                diagnostics.iter().map(ToString::to_string).collect(),
+            ));
+        }
+        let mut layer = ConfigLayer::from_json(value, &name)?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         layer.resolve_relative_to(&base);
         Ok(layer)
     }
 
-    /// The `DEPLOYLITE_*` variables of `vars` (only the documented keys; stage variables such
-    /// as DEPLOYLITE_RUN_ID are not configuration).
-    pub fn from_env(vars: impl Iterator<Item = (String, String)>) -> Result<ConfigLayer> {
-        let mut root = serde_json::Map::new();
-        for (name, value) in vars {
-            let Some(key) = name
-                .strip_prefix("DEPLOYLITE_")
-                .map(str::to_ascii_lowercase)
-            else {
-                continue;
-            };
-            if !ENV_KEYS.contains(&key.as_str()) {
-                continue;
-            }
-            let parsed: serde_json::Value = yaml_serde::from_str(&value)
-                .unwrap_or_else(|_| serde_json::Value::String(value.clone()));
-            // A string key such as listen stays a string even if it looks like a number.
-            let stays_text = matches!(
-                key.as_str(),
-                "listen" | "data_dir" | "database_url" | "public_url" | "local_runner__user"
-            ) || key.ends_with("token")
-                || key.ends_with("secret")
-                || key.ends_with("_url")
-                || key.ends_with("_path")
-                || key.ends_with("_file");
-            let parsed = if stays_text && !parsed.is_string() {
-                serde_json::Value::String(value.clone())
-            } else {
-                parsed
-            };
-            let path: Vec<&str> = key.split("__").collect();
-            insert_path(&mut root, &path, parsed);
+    /// The layer from JSON the schema has checked (so a failure here is a schema that lets
+    /// through what the layer's types refuse: a bug, reported as a problem rather than a panic).
+    fn from_json(value: serde_json::Value, source: &str) -> Result<ConfigLayer, ConfigProblems> {
+        if value.is_null() {
+            return Ok(ConfigLayer::default());
         }
-        serde_json::from_value(serde_json::Value::Object(root))
-            .context("invalid DEPLOYLITE_* environment variable")
+        serde_json::from_value(value).map_err(|e| ConfigProblems(vec![format!("{source}: {e}")]))
     }
 
     fn resolve_relative_to(&mut self, base: &Path) {
@@ -412,15 +370,25 @@ impl ConfigLayer {
             if l.user.is_some() {
                 mine.user = l.user;
             }
+            if l.ignore_image.is_some() {
+                mine.ignore_image = l.ignore_image;
+            }
         }
         self
     }
 
-    pub fn finish(self) -> Result<Config> {
+    /// The merged layers as a [`Config`], or every problem found with them.
+    pub fn finish(self) -> Result<Config, ConfigProblems> {
+        let mut problems = Vec::new();
+        let mut report = |result: Result<(), String>| {
+            if let Err(problem) = result {
+                problems.push(problem);
+            }
+        };
         let listen_text = self.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string());
-        let listen: SocketAddr = listen_text.parse().with_context(|| {
-            format!("listen: `{listen_text}` is not an address like 127.0.0.1:8080")
-        })?;
+        let listen = ListenAddr::parse(&listen_text)
+            .map_err(|e| report(Err(format!("listen: {e}"))))
+            .ok();
         let data_dir = self
             .data_dir
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
@@ -435,15 +403,26 @@ impl ConfigLayer {
                 .max(2)
         });
         if max_parallel_stages == 0 {
-            bail!("max_parallel_stages must be at least 1");
+            report(Err("max_parallel_stages must be at least 1".into()));
         }
         let retention = self.retention.unwrap_or_default();
-        let duration = |key: &str, value: Option<String>, default: &str| -> Result<Duration> {
+        let mut duration = |key: &str, value: Option<String>, default: &str| -> Duration {
             let text = value.unwrap_or_else(|| default.to_string());
-            parse_duration(&text).map_err(|e| anyhow::anyhow!("{key}: {e}"))
+            parse_duration(&text).unwrap_or_else(|e| {
+                report(Err(format!("{key}: {e}")));
+                Duration::from_secs(1)
+            })
         };
-        let workspace_retention = duration("retention.workspaces", retention.workspaces, "1h")?;
-        let log_retention = duration("retention.logs", retention.logs, "30d")?;
+        let workspace_retention = duration("retention.workspaces", retention.workspaces, "1h");
+        let log_retention = duration("retention.logs", retention.logs, "30d");
+        let lease_ttl = {
+            let runners = self.runners.as_ref();
+            duration(
+                "runners.lease_ttl",
+                runners.and_then(|r| r.lease_ttl.clone()),
+                "30s",
+            )
+        };
         let local = self.local_runner.unwrap_or_default();
         let runners = self.runners.unwrap_or_default();
         let mut registration_tokens: Vec<Secret> = runners
@@ -453,25 +432,26 @@ impl ConfigLayer {
             .map(Secret::new)
             .collect();
         if let Some(path) = runners.registration_tokens_file {
-            let text = std::fs::read_to_string(&path).with_context(|| {
-                format!(
-                    "runners.registration_tokens_file: cannot read {}",
+            match std::fs::read_to_string(&path) {
+                Ok(text) => registration_tokens.extend(
+                    text.lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .map(Secret::new),
+                ),
+                Err(e) => report(Err(format!(
+                    "runners.registration_tokens_file: cannot read {}: {e}",
                     path.display()
-                )
-            })?;
-            registration_tokens.extend(
-                text.lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty())
-                    .map(Secret::new),
-            );
+                ))),
+            }
         }
         if registration_tokens.iter().any(|t| t.expose().len() < 16) {
-            bail!("runners.registration_tokens: every token must be at least 16 characters");
+            report(Err(
+                "runners.registration_tokens: every token must be at least 16 characters".into(),
+            ));
         }
-        let lease_ttl = duration("runners.lease_ttl", runners.lease_ttl, "30s")?;
         if lease_ttl < Duration::from_secs(1) {
-            bail!("runners.lease_ttl must be at least 1s");
+            report(Err("runners.lease_ttl must be at least 1s".into()));
         }
         let log_bytes = self
             .limits
@@ -479,62 +459,42 @@ impl ConfigLayer {
             .log_bytes
             .unwrap_or(deploylite_runner::DEFAULT_LOG_BYTES);
         if log_bytes < deploylite_runner::MIN_LOG_BYTES {
-            bail!(
+            report(Err(format!(
                 "limits.log_bytes must be at least {} (64 KiB)",
                 deploylite_runner::MIN_LOG_BYTES
-            );
+            )));
         }
         let forge_layer = self.forges.unwrap_or_default();
-        let github = forge_layer.github.map(github_config).transpose()?;
-        let gitlab = forge_layer.gitlab.map(gitlab_config).transpose()?;
+        let github = forge_layer
+            .github
+            .map(github_config)
+            .transpose()
+            .unwrap_or_else(|e| {
+                report(Err(format!("{e:#}")));
+                None
+            });
+        let gitlab = forge_layer
+            .gitlab
+            .map(gitlab_config)
+            .transpose()
+            .unwrap_or_else(|e| {
+                report(Err(format!("{e:#}")));
+                None
+            });
         let mut forge_repos = Vec::new();
         let mut repos = Vec::new();
         for (i, repo) in self.repos.unwrap_or_default().into_iter().enumerate() {
-            let at = format!("repos[{i}] ({})", repo.name);
-            if repo.name.is_empty()
-                || !repo
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
-            {
-                bail!("{at}: name must be letters, digits, `-`, `_`, `.` or `/`");
+            match repo_config(i, repo, &repos, github.as_ref(), gitlab.as_ref()) {
+                Ok((repo, forge)) => {
+                    forge_repos.extend(forge);
+                    repos.push(repo);
+                }
+                Err(repo_problems) => problems.extend(repo_problems),
             }
-            if repos.iter().any(|r: &RepoConfig| r.name == repo.name) {
-                bail!(
-                    "{at}: a repository named `{}` is already configured",
-                    repo.name
-                );
-            }
-            let forge = forge_of(&repo, &at)?;
-            let poll_interval = duration(
-                &format!("{at}.poll_interval"),
-                repo.poll_interval,
-                DEFAULT_POLL_INTERVAL,
-            )?;
-            if poll_interval < Duration::from_millis(100) {
-                bail!("{at}.poll_interval must be at least 100ms");
-            }
-            let report = match &forge {
-                Some(f) => match f.forge {
-                    ForgeKind::Github => github.as_ref().is_some_and(|g| g.auth.is_some()),
-                    ForgeKind::Gitlab => gitlab.as_ref().is_some_and(|g| g.token.is_some()),
-                },
-                None => false,
-            };
-            if let Some(f) = forge {
-                forge_repos.push(f);
-            }
-            repos.push(RepoConfig {
-                report,
-                branches: GlobList::new(&repo.branches)
-                    .map_err(|e| anyhow::anyhow!("{at}.branches: {e}"))?,
-                tags: GlobList::new(&repo.tags).map_err(|e| anyhow::anyhow!("{at}.tags: {e}"))?,
-                name: repo.name,
-                url: repo.url,
-                poll_interval,
-                untrusted: repo.untrusted.unwrap_or_default(),
-            });
         }
+        let (Some(listen), true) = (listen, problems.is_empty()) else {
+            return Err(ConfigProblems(problems));
+        };
         Ok(Config {
             listen,
             data_dir,
@@ -552,11 +512,9 @@ impl ConfigLayer {
             local_runner_labels: local
                 .labels
                 .unwrap_or_else(|| vec!["local".into(), std::env::consts::OS.into()]),
+            local_runner_ignore_image: local.ignore_image.unwrap_or(false),
             repos,
-            anonymous_read: self
-                .auth
-                .and_then(|a| a.anonymous_read)
-                .unwrap_or_else(|| listen.ip().is_loopback()),
+            anonymous_read: self.auth.and_then(|a| a.anonymous_read),
             untrusted_labels: self.untrusted.and_then(|u| u.labels).unwrap_or_default(),
             public_url: self.public_url.clone(),
             forges: deploylite_webhook::Forges::new(
@@ -572,6 +530,82 @@ impl ConfigLayer {
             log_bytes,
         })
     }
+}
+
+/// `repos[i]` checked: the repository and its forge, or every problem with it.
+fn repo_config(
+    i: usize,
+    repo: RepoLayer,
+    before: &[RepoConfig],
+    github: Option<&GithubConfig>,
+    gitlab: Option<&GitlabConfig>,
+) -> Result<(RepoConfig, Option<ForgeRepo>), Vec<String>> {
+    let at = format!("repos[{i}] ({})", repo.name);
+    let mut problems = Vec::new();
+    if repo.name.is_empty()
+        || !repo
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+    {
+        problems.push(format!(
+            "{at}: name must be letters, digits, `-`, `_`, `.` or `/`"
+        ));
+    }
+    if before.iter().any(|r| r.name == repo.name) {
+        problems.push(format!(
+            "{at}: a repository named `{}` is already configured",
+            repo.name
+        ));
+    }
+    let forge = forge_of(&repo, &at).unwrap_or_else(|e| {
+        problems.push(format!("{e:#}"));
+        None
+    });
+    let poll_text = repo
+        .poll_interval
+        .clone()
+        .unwrap_or_else(|| DEFAULT_POLL_INTERVAL.to_string());
+    let poll_interval = match parse_duration(&poll_text) {
+        Ok(d) if d < Duration::from_millis(100) => {
+            problems.push(format!("{at}.poll_interval must be at least 100ms"));
+            d
+        }
+        Ok(d) => d,
+        Err(e) => {
+            problems.push(format!("{at}.poll_interval: {e}"));
+            Duration::ZERO
+        }
+    };
+    let branches = GlobList::new(&repo.branches).map_err(|e| format!("{at}.branches: {e}"));
+    let tags = GlobList::new(&repo.tags).map_err(|e| format!("{at}.tags: {e}"));
+    let (branches, tags) = match (branches, tags) {
+        (Ok(b), Ok(t)) if problems.is_empty() => (b, t),
+        (b, t) => {
+            problems.extend(b.err());
+            problems.extend(t.err());
+            return Err(problems);
+        }
+    };
+    let report = match &forge {
+        Some(f) => match f.forge {
+            ForgeKind::Github => github.is_some_and(|g| g.auth.is_some()),
+            ForgeKind::Gitlab => gitlab.is_some_and(|g| g.token.is_some()),
+        },
+        None => false,
+    };
+    Ok((
+        RepoConfig {
+            report,
+            branches,
+            tags,
+            name: repo.name,
+            url: repo.url,
+            poll_interval,
+            untrusted: repo.untrusted.unwrap_or_default(),
+        },
+        forge,
+    ))
 }
 
 impl ConfigLayer {
@@ -594,28 +628,6 @@ impl ConfigLayer {
             }
         }
         files
-    }
-}
-
-/// Sets `root[a][b]...[leaf] = value`, creating the intermediate objects.
-fn insert_path(
-    root: &mut serde_json::Map<String, serde_json::Value>,
-    path: &[&str],
-    value: serde_json::Value,
-) {
-    match path {
-        [] => {}
-        [leaf] => {
-            root.insert(leaf.to_string(), value);
-        }
-        [first, rest @ ..] => {
-            let entry = root
-                .entry(first.to_string())
-                .or_insert_with(|| serde_json::Value::Object(Default::default()));
-            if let Some(map) = entry.as_object_mut() {
-                insert_path(map, rest, value);
-            }
-        }
     }
 }
 
@@ -728,7 +740,9 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> ConfigLayer {
-        ConfigLayer::from_env(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string()))).unwrap()
+        ConfigLayer::from_env(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+            .unwrap()
+            .layer
     }
 
     #[test]
@@ -857,22 +871,80 @@ mod tests {
     }
 
     #[test]
-    fn errors_name_the_place() {
+    fn every_problem_of_a_file_is_reported_at_its_place() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.yaml");
-        std::fs::write(&file, "listen: 127.0.0.1:1\nrepoz: []\n").unwrap();
+        std::fs::write(
+            &file,
+            "listen: 127.0.0.1:1\nrepoz: []\nmax_parallel_stages: abc\nretention:\n  logs: 5x\n  workspaces: [1h]\nsqlite_synchronous: ful\nlocal_runner:\n  enabled: yes\nrepos:\n  - {name: a, poll_interval: 1s}\n  - nope\n",
+        )
+        .unwrap();
         let err = ConfigLayer::from_file(&file).unwrap_err().to_string();
-        assert!(err.contains("c.yaml:2:1"), "{err}");
-        assert!(err.contains("unknown field `repoz`"), "{err}");
+        let at = file.display();
+        assert_eq!(
+            err,
+            format!(
+                "8 problems in the configuration:\n\
+                 {at}:2:1: unknown key `repoz`; did you mean `repos`?\n\
+                 {at}:3:22: max_parallel_stages: invalid value \"abc\": expected a whole number\n\
+                 {at}:5:9: retention.logs: invalid value \"5x\": expected a duration such as 500ms, 30s, 15m, 1h30m or 7d\n\
+                 {at}:6:15: retention.workspaces: expected a duration, found a sequence\n\
+                 {at}:7:21: sqlite_synchronous: invalid value \"ful\": expected `full` or `normal`; did you mean `full`?\n\
+                 {at}:9:12: local_runner.enabled: invalid value \"yes\": expected true or false\n\
+                 {at}:11:5: repos[0]: missing required key `url`\n\
+                 {at}:12:5: repos[1]: expected a mapping, found the string \"nope\""
+            )
+        );
+    }
 
-        let err = env(&[(
-            "DEPLOYLITE_REPOS",
-            "[{name: a, url: /a, poll_interval: 5x}]",
-        )])
+    #[test]
+    fn problems_of_the_merged_layers_are_reported_together() {
+        let err = env(&[
+            ("DEPLOYLITE_LISTEN", "nope"),
+            ("DEPLOYLITE_RUNNERS__LEASE_TTL", "10ms"),
+            (
+                "DEPLOYLITE_REPOS",
+                "[{name: a, url: /a}, {name: a, url: /b}]",
+            ),
+        ])
         .finish()
-        .unwrap_err();
-        assert!(err.to_string().contains("poll_interval"), "{err}");
-        let err = env(&[("DEPLOYLITE_LISTEN", "nope")]).finish().unwrap_err();
-        assert!(err.to_string().contains("listen"), "{err}");
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "3 problems in the configuration:\n\
+             listen: `nope` is not an address to listen on: write HOST:PORT, e.g. 127.0.0.1:8080, [::1]:8080, localhost:8080 or 0.0.0.0:8080 (every interface)\n\
+             runners.lease_ttl must be at least 1s\n\
+             repos[1] (a): a repository named `a` is already configured"
+        );
+    }
+
+    #[test]
+    fn every_schema_key_reaches_the_typed_layer() {
+        // A key in the schema but not in the layers would be refused by serde as a bug.
+        fn sample(kind: schema::Kind) -> serde_json::Value {
+            use schema::Kind;
+            match kind {
+                Kind::Text => "/x".into(),
+                Kind::WholeNumber => 70000.into(),
+                Kind::Bool => true.into(),
+                Kind::Duration => "1s".into(),
+                Kind::OneOf(words) => words[0].into(),
+                Kind::TextList => serde_json::json!(["x"]),
+                Kind::Map(fields) | Kind::MapList(fields) => {
+                    let map: serde_json::Map<_, _> = fields
+                        .iter()
+                        .map(|f| (f.key.to_string(), sample(f.kind)))
+                        .collect();
+                    if matches!(kind, Kind::MapList(_)) {
+                        serde_json::json!([map])
+                    } else {
+                        serde_json::Value::Object(map)
+                    }
+                }
+            }
+        }
+        let all = sample(schema::Kind::Map(schema::ROOT));
+        ConfigLayer::from_json(all, "sample").unwrap();
     }
 }

@@ -21,7 +21,13 @@ fn env(name: &str) -> Option<String> {
 /// `nobody`) when the runner is root, else under Landlock; either way they cannot reach the
 /// state dir (the runner's credential) or the token file. Creates the work dir (0711: stages
 /// enter their own workspace by name, never list the others) and the state dir (0700).
-pub async fn local(work_dir: &Path, state_dir: &Path, token_file: Option<&Path>) -> Result<Built> {
+/// `ignore_image`: stages naming an `image:` run here anyway (with a warning) instead of failing.
+pub async fn local(
+    work_dir: &Path,
+    state_dir: &Path,
+    token_file: Option<&Path>,
+    ignore_image: bool,
+) -> Result<Built> {
     create_dir_with_mode(work_dir, 0o711).await?;
     create_dir_with_mode(state_dir, 0o700).await?;
     let mut protected: Vec<PathBuf> = vec![state_dir.to_path_buf()];
@@ -36,8 +42,9 @@ pub async fn local(work_dir: &Path, state_dir: &Path, token_file: Option<&Path>)
     .context(
         "cannot isolate local stages (DEPLOYLITE_LOCAL_RUNNER__USER; docs/local-isolation.md)",
     )?;
-    tracing::info!(isolation = %sandbox.describe(), "local executor");
-    Ok(("local", Arc::new(LocalExecutor::sandboxed(sandbox)), true))
+    tracing::info!(isolation = %sandbox.describe(), ignore_image, "local executor");
+    let executor = LocalExecutor::sandboxed(sandbox).ignoring_image(ignore_image);
+    Ok(("local", Arc::new(executor), true))
 }
 
 /// Creates `dir` with `mode`, or tightens an existing directory to it (saying so): it holds

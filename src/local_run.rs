@@ -1,6 +1,9 @@
 //! `deploylite run`: one pipeline of a working copy, here and now, through the same scheduler
 //! and executor as the daemon (so retries, timeouts and the DAG behave identically), with a
-//! throwaway store.
+//! throwaway store. The steps work in a throwaway copy of the working tree (`copy.rs`) unless
+//! `--in-place` asks for the working copy itself.
+
+mod copy;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -20,20 +23,32 @@ use deploylite_runner::{BoxFuture, CancellationToken, LocalExecutor};
 use crate::plan::event_for_ref;
 use crate::validate::{load, pipeline_files};
 
-/// The working copy is the workspace: nothing is ever checked out.
-struct InPlace;
+/// The workspace is ready before the run is recorded: nothing is ever checked out.
+struct AlreadyThere;
 
-impl WorkspaceSource for InPlace {
+impl WorkspaceSource for AlreadyThere {
     fn prepare(&self, _: &str, _: &str, _: &Path) -> BoxFuture<'static, Result<(), String>> {
-        Box::pin(async { Err("`deploylite run` uses the working copy in place".to_string()) })
+        Box::pin(async { Err("`deploylite run` prepares its workspace itself".to_string()) })
     }
 }
 
-pub async fn run(
-    repo_dir: &Path,
-    pipeline: Option<&str>,
-    max_parallel: Option<usize>,
-) -> Result<ExitCode> {
+/// What `deploylite run` was asked to do.
+pub struct RunOptions<'a> {
+    pub pipeline: Option<&'a str>,
+    pub max_parallel: Option<usize>,
+    /// Steps run in the working copy itself, which they may change.
+    pub in_place: bool,
+    /// `image:` is ignored (with a warning in the stage log) instead of failing the stage.
+    pub ignore_image: bool,
+}
+
+pub async fn run(repo_dir: &Path, options: RunOptions<'_>) -> Result<ExitCode> {
+    let RunOptions {
+        pipeline,
+        max_parallel,
+        in_place,
+        ignore_image,
+    } = options;
     let repo_dir = repo_dir
         .canonicalize()
         .with_context(|| format!("cannot open {}", repo_dir.display()))?;
@@ -109,9 +124,24 @@ pub async fn run(
         blob_id: String::new(),
         content: Vec::new(),
     };
+    // Kept alive until the run ends; dropping it deletes the copy.
+    let copy = if in_place {
+        eprintln!("{}", in_place_warning(&repo_dir));
+        None
+    } else {
+        let source = repo_dir.clone();
+        Some(
+            tokio::task::spawn_blocking(move || copy::WorkingCopy::of(&source))
+                .await
+                .context("copying the working tree stopped")??,
+        )
+    };
+    let workspace = copy
+        .as_ref()
+        .map_or_else(|| repo_dir.clone(), |c| c.path().to_path_buf());
     let mut new_run = queued_run(&file, &event, &chosen);
     new_run.trigger = "manual".into();
-    new_run.workspace = Some(repo_dir.display().to_string());
+    new_run.workspace = Some(workspace.display().to_string());
     let (created, _) = store
         .record_commit(&RecordCommit {
             repo: repo_name,
@@ -134,17 +164,27 @@ pub async fn run(
         data,
         // Here, every stage runs on this machine whatever its `runs-on` says.
         SchedulerConfig::local(parallel, every_label(&chosen)),
-        Arc::new(LocalExecutor::default()),
-        Arc::new(InPlace),
+        Arc::new(LocalExecutor::default().ignoring_image(ignore_image)),
+        Arc::new(AlreadyThere),
     );
     let mut events = scheduler.subscribe();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(scheduler.clone().run(shutdown.clone()));
-    eprintln!(
-        "running pipeline `{}` ({path}) in {}",
-        chosen.name,
-        repo_dir.display()
-    );
+    match &copy {
+        Some(copy) => eprintln!(
+            "running pipeline `{}` ({path}) in a copy of {} ({} file{}, in {}; deleted afterwards)",
+            chosen.name,
+            repo_dir.display(),
+            copy.files,
+            if copy.files == 1 { "" } else { "s" },
+            copy.path().display()
+        ),
+        None => eprintln!(
+            "running pipeline `{}` ({path}) in {}",
+            chosen.name,
+            repo_dir.display()
+        ),
+    }
 
     let status = loop {
         tokio::select! {
@@ -166,11 +206,27 @@ pub async fn run(
     print_summary(&store, run_id).await?;
     eprintln!("run {status}");
     store.close().await;
+    if let Some(copy) = copy {
+        let at = copy.path().display().to_string();
+        match tokio::task::spawn_blocking(move || copy.delete()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("warning: cannot delete the working copy at {at}: {e}"),
+            Err(e) => eprintln!("warning: cannot delete the working copy at {at}: {e}"),
+        }
+    }
     Ok(if status == RunStatus::Success {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Printed on stderr before an `--in-place` run.
+fn in_place_warning(repo_dir: &Path) -> String {
+    format!(
+        "warning: --in-place: the steps run in {} itself; whatever they change or delete there stays changed or deleted",
+        repo_dir.display()
+    )
 }
 
 fn every_label(pipeline: &deploylite_pipeline::Pipeline) -> Vec<String> {

@@ -9,6 +9,7 @@ mod isolation;
 mod local_run;
 mod plan;
 mod serve;
+mod server_url;
 mod validate;
 
 use std::path::PathBuf;
@@ -66,8 +67,16 @@ enum Command {
     },
     /// Run one pipeline of a working copy once, here, with live logs.
     ///
-    /// Uses the files as they are on disk (committed or not) and runs the steps in the working
-    /// copy itself. Exits 0 if and only if the run succeeded.
+    /// The steps work in a temporary copy of the working tree, deleted afterwards, so that
+    /// nothing they do reaches your checkout. The copy holds what `git ls-files --cached
+    /// --others --exclude-standard` lists, as it is on disk: tracked files with their
+    /// uncommitted changes, and untracked files that are not ignored. It has no `.git`: a step
+    /// that needs git history or `git` commands needs --in-place. Outside a git work tree the
+    /// whole directory is copied. The copy lives in TMPDIR (on a file system with reflinks,
+    /// btrfs or XFS, put TMPDIR on the same one to make it almost free).
+    ///
+    /// Stages run on this machine whatever their `runs-on` says; a stage with `image:` fails
+    /// unless --ignore-image. Exits 0 if and only if the run succeeded.
     Run {
         #[arg(long, default_value = ".", value_name = "DIR")]
         repo: PathBuf,
@@ -77,6 +86,12 @@ enum Command {
         /// Stages running at once.
         #[arg(long, value_name = "N")]
         max_parallel_stages: Option<usize>,
+        /// Run the steps in the working copy itself, not in a copy: whatever they change or
+        /// delete there stays changed or deleted.
+        #[arg(long)]
+        in_place: bool,
+        #[command(flatten)]
+        image: IgnoreImage,
     },
     /// List recent runs of a running daemon, or show one run with its stages.
     Status {
@@ -232,6 +247,22 @@ pub struct RunnerArgs {
     /// After SIGTERM, how long running stages may take to finish before they are handed back.
     #[arg(long, default_value = "30s", value_name = "DURATION")]
     grace: String,
+    #[command(flatten)]
+    image: IgnoreImage,
+}
+
+/// What the local executor does with a stage's `image:`, which it cannot honour.
+#[derive(Args)]
+struct IgnoreImage {
+    /// Run stages that name an `image:` on this machine anyway, with a warning in their log,
+    /// instead of failing them (the local executor runs no containers).
+    #[arg(
+        long,
+        env = "DEPLOYLITE_LOCAL_RUNNER__IGNORE_IMAGE",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        action = clap::ArgAction::SetTrue
+    )]
+    ignore_image: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -244,12 +275,13 @@ enum ExecutorKind {
 /// The daemon a runner works for (it authenticates with its own credential).
 #[derive(Args)]
 struct ServerUrl {
-    /// The daemon's URL.
+    /// The daemon's URL; http:// is assumed without a scheme (localhost:8080).
     #[arg(
         long,
         env = "DEPLOYLITE_SERVER",
         default_value = "http://127.0.0.1:8080",
-        value_name = "URL"
+        value_name = "URL",
+        value_parser = server_url::parse_server_url
     )]
     server: String,
 }
@@ -277,7 +309,8 @@ pub struct ServeArgs {
     /// The YAML config file (also DEPLOYLITE_CONFIG).
     #[arg(long, short, env = "DEPLOYLITE_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Address of the HTTP API and health check [default: 127.0.0.1:8080].
+    /// Address of the HTTP API and health check: IP:PORT or HOST:PORT (a host name is resolved
+    /// and every address it resolves to is listened on) [default: 127.0.0.1:8080].
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
     /// Where the database, logs, workspaces and mirrors live [default: ./.deploylite-data].
@@ -316,7 +349,17 @@ fn main() -> ExitCode {
                 repo,
                 pipeline,
                 max_parallel_stages,
-            } => local_run::run(&repo, pipeline.as_deref(), max_parallel_stages).await,
+                in_place,
+                image,
+            } => {
+                let options = local_run::RunOptions {
+                    pipeline: pipeline.as_deref(),
+                    max_parallel: max_parallel_stages,
+                    in_place,
+                    ignore_image: image.ignore_image,
+                };
+                local_run::run(&repo, options).await
+            }
             Command::Status {
                 run,
                 server,
@@ -428,7 +471,13 @@ async fn runner(args: RunnerArgs) -> anyhow::Result<ExitCode> {
         bool,
     ) = match args.executor {
         ExecutorKind::Local => {
-            executors::local(&work_dir, &state_dir, token_file.as_deref()).await?
+            executors::local(
+                &work_dir,
+                &state_dir,
+                token_file.as_deref(),
+                args.image.ignore_image,
+            )
+            .await?
         }
         ExecutorKind::Docker => executors::docker(&name).await?,
         ExecutorKind::Kubernetes => executors::kubernetes().await?,

@@ -13,16 +13,24 @@ use deploylite_reconciler::watcher::{Repos, Watcher};
 use deploylite_runner::{CancellationToken, LocalExecutor, Sandbox, SandboxConfig};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{Config, ConfigLayer, LogFormat};
+use crate::config::{Config, ConfigLayer, ConfigProblems, EnvLayer, LogFormat};
 use crate::ServeArgs;
 use deploylite_webhook::auth::{hash_token, new_token};
 use deploylite_webhook::AuthConfig;
 
-/// The config, and the files it took secrets from: the config file itself when it holds any,
-/// and the `*_file` / `*_path` files it names.
-pub fn load_config_and_secret_files(args: &ServeArgs) -> Result<(Config, Vec<PathBuf>)> {
+/// The config, the files it took secrets from (the config file itself when it holds any, and
+/// the `*_file` / `*_path` files it names), and warnings for the log (unknown `DEPLOYLITE_*`
+/// variables). Every problem of the file, the variables and the merged result is reported at
+/// once.
+pub fn load_config_and_secret_files(
+    args: &ServeArgs,
+) -> Result<(Config, Vec<PathBuf>, Vec<String>)> {
+    let mut problems = Vec::new();
     let file = match &args.config {
-        Some(path) => ConfigLayer::from_file(path)?,
+        Some(path) => ConfigLayer::from_file(path).unwrap_or_else(|e| {
+            problems.extend(e.0);
+            ConfigLayer::default()
+        }),
         None => ConfigLayer::default(),
     };
     let mut secret_files: Vec<PathBuf> = args
@@ -31,7 +39,16 @@ pub fn load_config_and_secret_files(args: &ServeArgs) -> Result<(Config, Vec<Pat
         .filter(|_| holds_inline_secrets(&file))
         .cloned()
         .collect();
-    let env = ConfigLayer::from_env(std::env::vars())?;
+    let EnvLayer {
+        layer: env,
+        warnings,
+    } = ConfigLayer::from_env(std::env::vars()).unwrap_or_else(|e| {
+        problems.extend(e.0);
+        EnvLayer {
+            layer: ConfigLayer::default(),
+            warnings: Vec::new(),
+        }
+    });
     let flags = ConfigLayer {
         listen: args.listen.clone(),
         data_dir: args.data_dir.clone(),
@@ -41,7 +58,16 @@ pub fn load_config_and_secret_files(args: &ServeArgs) -> Result<(Config, Vec<Pat
     };
     let merged = ConfigLayer::default().merge(file).merge(env).merge(flags);
     secret_files.extend(merged.secret_files());
-    Ok((merged.finish()?, secret_files))
+    // The layers that had problems count as empty: what the rest says is checked too, so that
+    // one start reports everything.
+    match merged.finish() {
+        Ok(config) if problems.is_empty() => Ok((config, secret_files, warnings)),
+        Ok(_) => Err(ConfigProblems(problems).into()),
+        Err(more) => {
+            problems.extend(more.0);
+            Err(ConfigProblems(problems).into())
+        }
+    }
 }
 
 fn holds_inline_secrets(layer: &ConfigLayer) -> bool {
@@ -85,8 +111,8 @@ async fn local_executor(
     })
     .await
     .context("cannot isolate local stages (local_runner.user; docs/local-isolation.md)")?;
-    tracing::info!(isolation = %sandbox.describe(), "local stages");
-    Ok(LocalExecutor::sandboxed(sandbox))
+    tracing::info!(isolation = %sandbox.describe(), ignore_image = config.local_runner_ignore_image, "local stages");
+    Ok(LocalExecutor::sandboxed(sandbox).ignoring_image(config.local_runner_ignore_image))
 }
 
 fn scheduler_config(config: &Config) -> SchedulerConfig {
@@ -127,8 +153,11 @@ pub fn init_tracing(format: LogFormat) {
 }
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
-    let (config, secret_files) = load_config_and_secret_files(&args)?;
+    let (config, secret_files, warnings) = load_config_and_secret_files(&args)?;
     init_tracing(config.log_format);
+    for warning in &warnings {
+        tracing::warn!("{warning}");
+    }
     crate::isolation::harden_process();
     crate::isolation::warn_if_readable_by_others(&secret_files);
     let data = DataDir::new(&config.data_dir);
@@ -162,16 +191,15 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let watcher = Watcher::new(store.clone(), repos.clone(), scheduler.waker());
     let forges = Arc::new(config.forges.clone());
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let hosts = AuthConfig::hosts_for(config.listen, config.public_url.as_deref());
-    if hosts.is_empty() {
+    let listening =
+        crate::config::listen::bind(&config.listen, config.public_url.as_deref()).await?;
+    if listening.hosts.is_empty() {
         tracing::warn!(listen = %config.listen, "listening on every address without `public_url`: requests naming any Host are taken; set public_url to refuse DNS-rebound ones");
     }
+    let anonymous_read = config.anonymous_read.unwrap_or(listening.all_loopback());
     let auth = Arc::new(AuthConfig {
-        anonymous_read: config.anonymous_read,
-        hosts,
+        anonymous_read,
+        hosts: listening.hosts.clone(),
     });
     let app = deploylite_webhook::app(
         deploylite_webhook::AppState {
@@ -193,11 +221,12 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
 
     tracing::info!(
         listen = %config.listen,
+        bound = %listening.describe(),
         data_dir = %config.data_dir.display(),
         database = %redact(&config.database_url),
         repos = config.repos.len(),
         max_parallel_stages = config.max_parallel_stages,
-        anonymous_read = config.anonymous_read,
+        anonymous_read,
         recovered_attempts = recovered,
         "deploylite is running"
     );
@@ -214,14 +243,25 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     // Reports go out on their own task: a forge outage never slows the runs.
     let reporter = deploylite_webhook::Reporter::new(store.clone(), data.clone(), forges.clone());
     let reporter_task = tokio::spawn(reporter.run(shutdown.clone()));
-    let server_shutdown = shutdown.clone();
-    let server =
-        tokio::spawn(async move {
-            deploylite_webhook::serve_router(listener, app, async move {
-                server_shutdown.cancelled().await
-            })
-            .await
+    // One server per address listened on (`localhost`: 127.0.0.1 and ::1).
+    let mut servers = tokio::task::JoinSet::new();
+    for listener in listening.into_listeners() {
+        let (app, stop) = (app.clone(), shutdown.clone());
+        servers.spawn(async move {
+            deploylite_webhook::serve_router(listener, app, async move { stop.cancelled().await })
+                .await
         });
+    }
+    let server = tokio::spawn(async move {
+        let mut result = Ok(());
+        while let Some(ended) = servers.join_next().await {
+            let ended = ended.unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            if result.is_ok() {
+                result = ended;
+            }
+        }
+        result
+    });
 
     wait_for_signal().await;
     tracing::info!("shutting down: running stages are stopped and will run again after a restart");

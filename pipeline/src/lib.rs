@@ -4,6 +4,7 @@
 //! [`Diagnostic`] naming `file:line:col`.
 
 pub mod dag;
+pub mod document;
 pub mod duration;
 pub mod expr;
 pub mod glob;

@@ -22,9 +22,11 @@ pub struct StageJob {
     pub steps: Vec<Step>,
     /// Deadline for the whole attempt, all steps together.
     pub timeout: Option<Duration>,
-    /// For container executors; the local executor ignores it.
+    /// For container executors; the local executor fails a stage that names one unless told
+    /// to ignore it (`local_runner.ignore_image`).
     pub image: Option<String>,
-    /// CPU and memory limits for container executors, as the pipeline wrote them.
+    /// CPU and memory limits for container executors, as the pipeline wrote them (the local
+    /// executor warns in the log that it does not enforce them).
     pub resources: Resources,
     /// The stage's `services:`. Only the Docker executor runs them; the others fail the
     /// attempt rather than run steps that expect a service that is not there.

@@ -13,6 +13,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use deploylite_pipeline::Resources;
+
 use crate::job::{services_unsupported, step_label, BoxFuture, Executor, StageJob, StageOutcome};
 use crate::log::{read_line_bounded, LogStream, StageLog, MAX_LINE};
 use crate::outcome::step_failed;
@@ -32,6 +34,9 @@ pub struct LocalExecutor {
     withheld: Vec<std::ffi::OsString>,
     /// Who the steps run as and what they are kept from (docs/local-isolation.md).
     sandbox: Sandbox,
+    /// `local_runner.ignore_image`: a stage naming an `image:` runs here anyway, with a
+    /// warning in its log, instead of failing.
+    ignore_image: bool,
 }
 
 impl Default for LocalExecutor {
@@ -53,6 +58,7 @@ impl Default for LocalExecutor {
             shell,
             withheld,
             sandbox: Sandbox::default(),
+            ignore_image: false,
         }
     }
 }
@@ -73,6 +79,14 @@ impl LocalExecutor {
         }
     }
 
+    /// Whether stages naming an `image:` run here anyway (with a warning) or fail.
+    pub fn ignoring_image(self, ignore_image: bool) -> LocalExecutor {
+        LocalExecutor {
+            ignore_image,
+            ..self
+        }
+    }
+
     async fn run(
         &self,
         job: StageJob,
@@ -87,6 +101,25 @@ impl LocalExecutor {
         }
         if let Some(message) = services_unsupported("local", &job) {
             return StageOutcome::Error(message);
+        }
+        if let Some(image) = &job.image {
+            if !self.ignore_image {
+                return StageOutcome::Error(image_unsupported(&job.stage, image));
+            }
+            log.system(&format!(
+                "warning: image `{image}` ignored (local_runner.ignore_image): stage `{}` runs \
+                 on this machine, not in a container",
+                job.stage
+            ))
+            .await;
+        }
+        if let Some(limits) = resources_text(&job.resources) {
+            log.system(&format!(
+                "warning: the local executor does not enforce resources: stage `{}` runs \
+                 without its limits ({limits})",
+                job.stage
+            ))
+            .await;
         }
         let deadline = job.timeout.map(|t| Instant::now() + t);
         for (index, step) in job.steps.iter().enumerate() {
@@ -144,6 +177,27 @@ impl LocalExecutor {
         }
         StageOutcome::Succeeded
     }
+}
+
+/// Why a stage with an `image:` does not run here, and what to do about it: running its steps
+/// on the host instead would pass or fail for reasons unrelated to the image it asks for.
+fn image_unsupported(stage: &str, image: &str) -> String {
+    format!(
+        "image: the local executor cannot run stage `{stage}` in image `{image}`: it runs steps \
+         on this machine, not in containers; send the stage to a Docker or Kubernetes runner \
+         (`runs-on` one of its labels), or set `local_runner.ignore_image: true` \
+         (DEPLOYLITE_LOCAL_RUNNER__IGNORE_IMAGE=true, or --ignore-image) to run it here without \
+         the image"
+    )
+}
+
+/// `cpu: 1, memory: 512Mi`, or None when the stage sets no limit.
+fn resources_text(resources: &Resources) -> Option<String> {
+    let parts: Vec<String> = [("cpu", &resources.cpu), ("memory", &resources.memory)]
+        .into_iter()
+        .filter_map(|(name, value)| value.as_ref().map(|v| format!("{name}: {v}")))
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
 }
 
 impl Executor for LocalExecutor {
