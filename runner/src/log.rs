@@ -206,6 +206,21 @@ pub fn format_line(stream: LogStream, text: &str) -> String {
     format!("{now} {} {text}\n", stream.tag())
 }
 
+/// A stored log line's stream and text (`2026-11-26T23:58:28.869Z out hello` gives
+/// `(Stdout, "hello")`); None for a line not in that form. A trailing newline is ignored.
+pub fn parse_line(record: &str) -> Option<(LogStream, &str)> {
+    let record = record.trim_end_matches(['\n', '\r']);
+    let mut parts = record.splitn(3, ' ');
+    let _time = parts.next()?;
+    let stream = match parts.next()? {
+        "out" => LogStream::Stdout,
+        "err" => LogStream::Stderr,
+        "---" => LogStream::System,
+        _ => return None,
+    };
+    Some((stream, parts.next().unwrap_or("")))
+}
+
 /// Room past a log's limit for what comes after the runner's own marker line.
 const CHUNK_SLACK: u64 = 64 * 1024;
 
@@ -228,6 +243,29 @@ pub async fn append_chunk(path: &Path, chunk: &[u8], limit: u64) -> std::io::Res
     file.write_all(chunk).await?;
     file.flush().await?;
     Ok(true)
+}
+
+/// The last line of a log (without its newline); None for a missing or empty log. Reads only
+/// the end of the file.
+pub async fn last_line(path: &Path) -> std::io::Result<Option<String>> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut file = match File::open(path).await {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata().await?.len();
+    let start = len.saturating_sub(MAX_LINE as u64 + 64);
+    file.seek(std::io::SeekFrom::Start(start)).await?;
+    let mut end = Vec::new();
+    file.read_to_end(&mut end).await?;
+    let text = String::from_utf8_lossy(&end);
+    Ok(text
+        .trim_end_matches(['\n', '\r'])
+        .rsplit('\n')
+        .next()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string))
 }
 
 /// Reads a whole log; a missing file is an empty log (the attempt has not written yet).

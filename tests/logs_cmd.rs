@@ -1,0 +1,209 @@
+//! `deploylite logs`: a run's logs in the order its stages run, and following a live stage
+//! until its attempt's closing line, with the real binary against a running daemon.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::Instant;
+
+use common::*;
+
+/// The log without its timestamps: `out hello`, `--- attempt 1 ended: success`.
+fn untimed(log: &str) -> String {
+    log.lines()
+        .map(|l| match l.split_once(' ') {
+            Some((time, rest)) if time.ends_with('Z') => rest.to_string(),
+            _ => l.to_string(),
+        })
+        .map(|l| l + "\n")
+        .collect()
+}
+
+/// A directory a stage running as `nobody` can look into.
+fn shared_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    dir
+}
+
+/// `deploylite logs <args>` against `daemon`, running in the background, its stdout in `out`.
+fn spawn_logs(daemon: &Daemon, args: &[&str], out: &Path) -> Child {
+    let mut cmd = cli();
+    cmd.arg("logs")
+        .args(args)
+        .arg("--server")
+        .arg(&daemon.url)
+        .arg("--token-file")
+        .arg(daemon.admin_token_path())
+        .stdout(std::fs::File::create(out).expect("stdout file"))
+        .stderr(Stdio::piped());
+    cmd.spawn().expect("deploylite logs")
+}
+
+fn wait_for_file_to_contain(path: &Path, needle: &str, child: &mut Child) {
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("`deploylite logs` exited with {status} before printing {needle:?}:\n{text}");
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "`deploylite logs` did not print {needle:?}:\n{text}"
+        );
+        std::thread::sleep(POLL);
+    }
+}
+
+fn wait_exit(child: &mut Child) -> i32 {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status.code().unwrap_or(-1);
+        }
+        if started.elapsed() > DEADLINE {
+            let _ = child.kill();
+            panic!("`deploylite logs -f` did not exit after the attempt ended");
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_prints_a_running_stage_to_its_closing_line_and_exits_with_its_outcome() {
+    let marks = shared_dir();
+    let go = marks.path().join("go");
+    let repo = TestRepo::new();
+    repo.pipeline(
+        "ci.yaml",
+        &format!(
+            "name: ci\nstages:\n  wait:\n    steps:\n      - run: |\n          echo started\n          while [ ! -e {go} ]; do sleep 0.02; done\n          echo last line\n  fail:\n    needs: [wait]\n    steps: [\"echo failing; exit 4\"]\n",
+            go = go.display()
+        ),
+    );
+    let commit = repo.commit("ci");
+    let daemon = Daemon::start(&[&repo], "").await;
+    let rid = id(&daemon.wait_for_commit_run("ci", &commit).await);
+    daemon.wait_stage(rid, "wait", "running").await;
+
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let stage_out = out_dir.path().join("stage");
+    let run_out = out_dir.path().join("run");
+    let mut stage = spawn_logs(&daemon, &[&rid.to_string(), "wait", "-f"], &stage_out);
+    let mut run = spawn_logs(&daemon, &[&rid.to_string(), "--follow"], &run_out);
+    wait_for_file_to_contain(&stage_out, " out started\n", &mut stage);
+    wait_for_file_to_contain(&run_out, " out started\n", &mut run);
+    assert!(
+        stage.try_wait().expect("try_wait").is_none(),
+        "the follower waits while the stage runs"
+    );
+    std::fs::write(&go, "").expect("go");
+
+    assert_eq!(wait_exit(&mut stage), 0, "the stage succeeded");
+    let c = &commit[..12];
+    let wait_log = format!(
+        "--- run #{rid} app/ci stage `wait` attempt 1 on local (refs/heads/main {c})\n\
+         --- step 1: echo started\n\
+         out started\n\
+         out last line\n\
+         --- attempt 1 ended: success\n"
+    );
+    let printed = std::fs::read_to_string(&stage_out).expect("stdout");
+    assert_eq!(untimed(&printed), wait_log);
+
+    assert_eq!(wait_exit(&mut run), 1, "the run failed");
+    let fail_log = format!(
+        "--- run #{rid} app/ci stage `fail` attempt 1 on local (refs/heads/main {c})\n\
+         --- step 1: echo failing; exit 4\n\
+         out failing\n\
+         --- step 1 exited with 4\n\
+         --- attempt 1 ended: failed (step 1 exited with 4)\n"
+    );
+    let whole = format!(
+        "==> stage wait, attempt 1 <==\n{wait_log}\n==> stage fail, attempt 1 <==\n{fail_log}"
+    );
+    let printed = std::fs::read_to_string(&run_out).expect("stdout");
+    assert_eq!(untimed(&printed), whole);
+
+    // Without -f: the same, at once; one stage's log alone has no header.
+    let (code, out, err) = daemon.cli(&["logs", &rid.to_string()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(untimed(&out), whole);
+    let (code, out, err) = daemon.cli(&["logs", &rid.to_string(), "fail"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(untimed(&out), fail_log);
+    let (code, _, err) = daemon.cli(&["logs", &rid.to_string(), "nope"]);
+    assert_eq!(code, 2);
+    assert_eq!(
+        err,
+        format!("error: run #{rid} has no stage `nope`; its stages: wait, fail\n")
+    );
+    let (code, _, err) = daemon.cli(&["logs", &rid.to_string(), "--attempt", "1"]);
+    assert_eq!(code, 2);
+    assert_eq!(
+        err,
+        format!("error: --attempt needs a STAGE: run #{rid} has 2 stages (wait, fail)\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_attempt_ends_with_a_closing_line_retries_and_cancellations_too() {
+    let marks = shared_dir();
+    let go = marks.path().join("go");
+    let repo = TestRepo::new();
+    repo.pipeline(
+        "ci.yaml",
+        &format!(
+            "name: ci\nstages:\n  flaky:\n    retry: {{ max: 1, backoff: 10ms, exit_codes: [75] }}\n    steps:\n      - run: |\n          echo \"attempt $DEPLOYLITE_ATTEMPT\"\n          while [ ! -e {go} ]; do sleep 0.02; done\n          test \"$DEPLOYLITE_ATTEMPT\" = 2 || exit 75\n  hang:\n    needs: [flaky]\n    steps:\n      - run: echo hanging; while true; do sleep 0.02; done\n",
+            go = go.display()
+        ),
+    );
+    let commit = repo.commit("ci");
+    let daemon = Daemon::start(&[&repo], "").await;
+    let rid = id(&daemon.wait_for_commit_run("ci", &commit).await);
+
+    // Following a stage that will be retried goes on from attempt to attempt.
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let out = out_dir.path().join("flaky");
+    let mut follow = spawn_logs(&daemon, &[&rid.to_string(), "flaky", "-f"], &out);
+    wait_for_file_to_contain(&out, " out attempt 1\n", &mut follow);
+    std::fs::write(&go, "").expect("go");
+    assert_eq!(wait_exit(&mut follow), 0, "the stage succeeded at last");
+    let first = daemon.log(rid, "flaky", Some(1)).await;
+    let second = daemon.log(rid, "flaky", Some(2)).await;
+    let printed = std::fs::read_to_string(&out).expect("stdout");
+    assert_eq!(printed, format!("{first}{second}"));
+    let last = |log: &str| untimed(log).lines().last().unwrap_or_default().to_string();
+    assert!(
+        last(&first)
+            .starts_with("--- attempt 1 ended: failed (step 1 exited with 75); retry 1 of 1 in "),
+        "{first}"
+    );
+    assert_eq!(last(&second), "--- attempt 2 ended: success", "{second}");
+
+    // One attempt alone: its outcome is the exit code.
+    let (code, out, err) = daemon.cli(&["logs", &rid.to_string(), "flaky", "-f", "--attempt", "1"]);
+    assert_eq!((code, out), (1, first), "{err}");
+
+    daemon
+        .wait_log_contains(rid, "hang", " out hanging\n")
+        .await;
+    let (code, body) = daemon
+        .post_as_admin(&format!("/api/v1/runs/{rid}/cancel"))
+        .await;
+    assert_eq!(code, 202, "{body}");
+    let out = out_dir.path().join("hang");
+    let mut follow = spawn_logs(&daemon, &[&rid.to_string(), "hang", "-f"], &out);
+    assert_eq!(
+        wait_exit(&mut follow),
+        1,
+        "a cancelled stage did not succeed"
+    );
+    let hang = daemon.log(rid, "hang", None).await;
+    assert_eq!(last(&hang), "--- attempt 1 ended: cancelled", "{hang}");
+}
