@@ -9,10 +9,11 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use deploylite_reconciler::status::{RunStatus, StageStatus};
 use deploylite_runner::outcome::parse_closing_line;
+use deploylite_runner::strip_ansi;
 use deploylite_webhook::{RunView, StageView};
 
 use crate::client::Client;
-use crate::text::{count, stdout_colour, strip_ansi};
+use crate::text::{count, stdout_colour};
 
 pub struct LogsRequest {
     pub run: i64,

@@ -19,59 +19,14 @@ fn plural(noun: &str) -> String {
     }
 }
 
-/// Whether the daemon's (or a runner's) log on stderr may use ANSI colours: only on a
-/// terminal, and never when `NO_COLOR` is set to anything but the empty string
-/// (<https://no-color.org>).
+/// Whether the daemon's (or a runner's) log on stderr may use ANSI colours.
 pub fn stderr_colour() -> bool {
-    colour(std::io::stderr().is_terminal())
+    deploylite_runner::colour_allowed(std::io::stderr().is_terminal())
 }
 
 /// Whether what goes to stdout may keep ANSI colours (a stage's coloured output, say).
 pub fn stdout_colour() -> bool {
-    colour(std::io::stdout().is_terminal())
-}
-
-fn colour(terminal: bool) -> bool {
-    terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-}
-
-/// `text` without ANSI escape sequences (CSI `ESC [ ... final`, OSC `ESC ] ... BEL|ESC \`,
-/// and two-character escapes).
-pub fn strip_ansi(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.contains('\u{1b}') {
-        return std::borrow::Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c != '\u{1b}' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('[') => {
-                // Parameters and intermediates, up to a final byte in @..~.
-                for c in chars.by_ref() {
-                    if ('@'..='~').contains(&c) {
-                        break;
-                    }
-                }
-            }
-            Some(']') => {
-                while let Some(c) = chars.next() {
-                    if c == '\u{7}' {
-                        break;
-                    }
-                    if c == '\u{1b}' && chars.peek() == Some(&'\\') {
-                        chars.next();
-                        break;
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    std::borrow::Cow::Owned(out)
+    deploylite_runner::colour_allowed(std::io::stdout().is_terminal())
 }
 
 #[cfg(test)]
@@ -85,12 +40,5 @@ mod tests {
         assert_eq!(count(2, "stage"), "2 stages");
         assert_eq!(count(1, "problem"), "1 problem");
         assert_eq!(count(3, "match"), "3 matches");
-    }
-
-    #[test]
-    fn ansi_sequences_are_removed() {
-        assert_eq!(strip_ansi("\u{1b}[1;31merror\u{1b}[0m: x"), "error: x");
-        assert_eq!(strip_ansi("\u{1b}]0;title\u{7}text"), "text");
-        assert_eq!(strip_ansi("plain"), "plain");
     }
 }

@@ -207,3 +207,88 @@ async fn every_attempt_ends_with_a_closing_line_retries_and_cancellations_too() 
     let hang = daemon.log(rid, "hang", None).await;
     assert_eq!(last(&hang), "--- attempt 1 ended: cancelled", "{hang}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_attempts_log_ends_with_its_closing_line_after_the_runners_last_chunk() {
+    const TOKEN: &str = "a-registration-token-for-tests";
+    let repo = TestRepo::new();
+    repo.pipeline(
+        "ci.yaml",
+        "name: ci\nstages:\n  remote:\n    steps: [\"echo remote\"]\n",
+    );
+    let commit = repo.commit("ci");
+    let daemon = Daemon::start(
+        &[&repo],
+        &format!("local_runner: {{ enabled: false }}\nrunners: {{ registration_tokens: [\"{TOKEN}\"] }}\n"),
+    )
+    .await;
+    let rid = id(&daemon.wait_for_commit_run("ci", &commit).await);
+    let post = |path: String, credential: Option<String>, body: reqwest::Body| {
+        let mut request = daemon
+            .http()
+            .post(format!("{}{path}", daemon.url))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(c) = credential {
+            request = request.bearer_auth(c);
+        }
+        async move {
+            let response = request.send().await.expect("the daemon answers");
+            let code = response.status().as_u16();
+            (code, response.text().await.unwrap_or_default())
+        }
+    };
+    let (code, body) = post(
+        "/api/v1/runners/register".into(),
+        None,
+        serde_json::json!({
+            "token": TOKEN, "name": "far", "labels": ["linux"], "capacity": 1, "executor": "local"
+        })
+        .to_string()
+        .into(),
+    )
+    .await;
+    assert!(code < 300, "{code} {body}");
+    let credential = serde_json::from_str::<serde_json::Value>(&body).expect("JSON")["credential"]
+        .as_str()
+        .expect("a credential")
+        .to_string();
+    let started = Instant::now();
+    let lease = loop {
+        let (code, body) = post(
+            "/api/v1/runner/poll".into(),
+            Some(credential.clone()),
+            r#"{"labels": ["linux"], "capacity": 1, "free": 1}"#.into(),
+        )
+        .await;
+        assert_eq!(code, 200, "{body}");
+        let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        if let Some(lease) = answer["leases"].as_array().and_then(|l| l.first()) {
+            break lease.clone();
+        }
+        assert!(started.elapsed() < DEADLINE, "no lease came");
+    };
+    assert_eq!(lease["run_id"], rid);
+    let base = format!("/api/v1/runner/leases/{rid}/remote/1");
+    let chunk = "2026-12-07T10:00:00.000Z --- run on far\n2026-12-07T10:00:00.001Z out remote\n";
+    let (code, body) = post(
+        format!("{base}/log"),
+        Some(credential.clone()),
+        chunk.into(),
+    )
+    .await;
+    assert!(code < 300, "{code} {body}");
+    let (code, body) = post(
+        format!("{base}/complete"),
+        Some(credential.clone()),
+        r#"{"outcome": "success"}"#.into(),
+    )
+    .await;
+    assert!(code < 300, "{code} {body}");
+    daemon.wait_run_final(rid).await;
+    let log = daemon.log(rid, "remote", None).await;
+    assert_eq!(
+        untimed(&log),
+        "--- run on far\nout remote\n--- attempt 1 ended: success\n"
+    );
+}

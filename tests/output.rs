@@ -195,3 +195,68 @@ async fn runner_token_and_audit_tables_are_as_wide_as_their_longest_names() {
     );
     assert_eq!(out, expected, "{entries:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_ansi_colour_when_the_output_is_not_a_terminal() {
+    let repo = TestRepo::new();
+    repo.pipeline(
+        "ci.yaml",
+        "name: ci\nstages:\n  paint:\n    steps: [\"printf '\\\\033[1;31mred\\\\033[0m\\\\n'\"]\n",
+    );
+    let commit = repo.commit("ci");
+
+    // `deploylite run`'s live output, to a file.
+    let mut cmd = cli();
+    cmd.arg("run").current_dir(repo.path());
+    let (code, out, err) = run_cmd(cmd);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("[paint] red\n"), "{out}");
+    assert!(!out.contains('\u{1b}'), "{out:?}");
+
+    let daemon = Daemon::start(&[&repo], "").await;
+    let rid = id(&daemon.wait_for_commit_run("ci", &commit).await);
+    daemon.wait_run_final(rid).await;
+    let stored = daemon.log(rid, "paint", None).await;
+    assert!(
+        stored.contains(" out \u{1b}[1;31mred\u{1b}[0m\n"),
+        "the log keeps what the stage printed: {stored:?}"
+    );
+    let (code, out, err) = daemon.cli(&["logs", &rid.to_string()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(" out red\n"), "{out:?}");
+    assert!(!out.contains('\u{1b}'), "{out:?}");
+    // On a terminal (util-linux's `script` gives it one), colours stay unless NO_COLOR is set.
+    let on_a_terminal = |no_colour: Option<&str>| {
+        let mut cmd = std::process::Command::new("script");
+        cmd.args(["-qec"])
+            .arg(format!(
+                "{BIN} logs {rid} --server {} --token-file {}",
+                daemon.url,
+                daemon.admin_token_path().display()
+            ))
+            .arg("/dev/null")
+            .env_remove("NO_COLOR");
+        if let Some(value) = no_colour {
+            cmd.env("NO_COLOR", value);
+        }
+        run_cmd(cmd)
+    };
+    let (code, out, err) = on_a_terminal(None);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(" out \u{1b}[1;31mred\u{1b}[0m"), "{out:?}");
+    let (code, out, err) = on_a_terminal(Some(""));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains('\u{1b}'),
+        "an empty NO_COLOR is no NO_COLOR: {out:?}"
+    );
+    let (code, out, err) = on_a_terminal(Some("1"));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(" out red"), "{out:?}");
+    assert!(!out.contains('\u{1b}'), "{out:?}");
+
+    // The daemon's own log, to a file.
+    let log = daemon.stderr();
+    assert!(log.contains("INFO"), "the daemon has logged: {log}");
+    assert!(!log.contains('\u{1b}'), "{log:?}");
+}

@@ -5,6 +5,7 @@
 //! log at most its limit ([`cap`]): what a stage prints never decides how much memory or disk
 //! the daemon uses.
 
+mod ansi;
 mod cap;
 mod lines;
 
@@ -14,6 +15,7 @@ use tokio::fs::File;
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::sync::mpsc;
 
+pub use ansi::{colour_allowed, strip_ansi};
 use cap::{LogCap, Placement};
 pub use cap::{DEFAULT_LOG_BYTES, MIN_LOG_BYTES};
 pub use lines::{read_line_bounded, MAX_LINE};
@@ -50,6 +52,8 @@ pub struct StageLog {
     sink: Sink,
     /// Mirror every line to our stdout as `[stage] line` (used by `deploylite run`).
     echo_prefix: Option<String>,
+    /// Whether the mirrored lines keep their ANSI colours.
+    echo_colour: bool,
     cap: LogCap,
 }
 
@@ -80,6 +84,7 @@ impl StageLog {
                 dirty: false,
             },
             echo_prefix: None,
+            echo_colour: false,
             cap: LogCap::new(DEFAULT_LOG_BYTES, len),
         })
     }
@@ -90,6 +95,7 @@ impl StageLog {
         StageLog {
             sink: Sink::Channel(tx),
             echo_prefix: None,
+            echo_colour: false,
             cap: LogCap::new(DEFAULT_LOG_BYTES, 0),
         }
     }
@@ -101,8 +107,12 @@ impl StageLog {
         self
     }
 
+    /// Mirrors every line to stdout as `[prefix] text`, without colours unless stdout is a
+    /// terminal and `NO_COLOR` is not set (the log itself keeps them).
     pub fn echo_to_stdout(&mut self, prefix: String) {
+        use std::io::IsTerminal;
         self.echo_prefix = Some(prefix);
+        self.echo_colour = colour_allowed(std::io::stdout().is_terminal());
     }
 
     /// The file behind the log, when it is one.
@@ -138,7 +148,12 @@ impl StageLog {
     fn echo(&self, record: &str) {
         if let Some(prefix) = &self.echo_prefix {
             let text = record.splitn(3, ' ').nth(2).unwrap_or_default();
-            println!("[{prefix}] {}", text.trim_end_matches('\n'));
+            let text = text.trim_end_matches('\n');
+            if self.echo_colour {
+                println!("[{prefix}] {text}");
+            } else {
+                println!("[{prefix}] {}", strip_ansi(text));
+            }
         }
     }
 
