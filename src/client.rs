@@ -159,7 +159,7 @@ pub async fn status(
         if json {
             println!("{}", serde_json::to_string_pretty(&run)?);
         } else {
-            print!("{}", crate::run_view::render(&run));
+            crate::text::print_out(&crate::run_view::render(&run))?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -184,7 +184,7 @@ pub async fn status(
     if json {
         println!("{}", serde_json::to_string_pretty(&runs)?);
     } else {
-        print!("{}", crate::run_view::render_list(&runs));
+        crate::text::print_out(&crate::run_view::render_list(&runs))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -250,7 +250,7 @@ pub async fn runners(client: &Client, json: bool) -> Result<ExitCode> {
             r.labels.join(","),
         ]);
     }
-    table.print();
+    table.print()?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -388,7 +388,7 @@ pub async fn token_list(client: &Client, json: bool) -> Result<ExitCode> {
             text("created_by"),
         ]);
     }
-    table.print();
+    table.print()?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -427,6 +427,6 @@ pub async fn audit(client: &Client, limit: i64, json: bool) -> Result<ExitCode> 
             e.get("result").map(|v| v.to_string()).unwrap_or_default(),
         ]);
     }
-    table.print();
+    table.print()?;
     Ok(ExitCode::SUCCESS)
 }

@@ -2,7 +2,6 @@
 //! following a live one until its attempt ends (its closing line, or the stage's final status
 //! for an attempt that ended without one).
 
-use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use deploylite_runner::strip_ansi;
 use deploylite_webhook::{RunView, StageView};
 
 use crate::client::Client;
-use crate::text::{count, stdout_colour};
+use crate::text::{closed_pipe, count, stdout_colour, write_out};
 
 pub struct LogsRequest {
     pub run: i64,
@@ -27,6 +26,14 @@ const POLL_FIRST: Duration = Duration::from_millis(100);
 const POLL_MAX: Duration = Duration::from_secs(2);
 
 pub async fn logs(client: &Client, request: LogsRequest) -> Result<ExitCode> {
+    match print_logs(client, &request).await {
+        // `deploylite logs 3 | head`: the reader has what it wanted.
+        Err(error) if closed_pipe(&error) => Ok(ExitCode::SUCCESS),
+        other => other,
+    }
+}
+
+async fn print_logs(client: &Client, request: &LogsRequest) -> Result<ExitCode> {
     let run: RunView = client
         .get_json(&format!("/api/v1/runs/{}", request.run))
         .await?;
@@ -68,7 +75,7 @@ pub async fn logs(client: &Client, request: LogsRequest) -> Result<ExitCode> {
     if !request.follow {
         for stage in &selected {
             let attempt = request.attempt.unwrap_or(stage.attempt);
-            out.header(stage, attempt);
+            out.header(stage, attempt)?;
             if attempt > 0 {
                 let log = fetch(client, run.id, &stage.name, attempt, 0).await?;
                 out.write(&String::from_utf8_lossy(&log))?;
@@ -193,30 +200,29 @@ impl Printer {
 
     /// `==> stage build, attempt 2 <==` (as `tail` heads each file), or, for a stage that has
     /// not run, why.
-    fn header(&mut self, stage: &StageView, attempt: i64) {
+    fn header(&mut self, stage: &StageView, attempt: i64) -> Result<()> {
         if !self.headers {
-            return;
+            return Ok(());
         }
-        if self.sections > 0 {
-            println!();
-        }
+        let gap = if self.sections > 0 { "\n" } else { "" };
         self.sections += 1;
         if attempt > 0 {
-            println!("==> stage {}, attempt {attempt} <==", stage.name);
+            write_out(&format!(
+                "{gap}==> stage {}, attempt {attempt} <==\n",
+                stage.name
+            ))?;
         } else {
-            println!("==> {} <==", not_run(stage));
+            write_out(&format!("{gap}==> {} <==\n", not_run(stage)))?;
         }
+        Ok(())
     }
 
     fn write(&mut self, text: &str) -> Result<()> {
-        let text = if self.colour {
-            text.into()
+        if self.colour {
+            write_out(text)?;
         } else {
-            strip_ansi(text)
-        };
-        let mut stdout = std::io::stdout().lock();
-        stdout.write_all(text.as_bytes())?;
-        stdout.flush()?;
+            write_out(&strip_ansi(text))?;
+        }
         Ok(())
     }
 }
@@ -292,7 +298,7 @@ impl Follower<'_> {
             .wait_stage(name, |s| s.attempt > 0 || s.status.is_final())
             .await?;
         let mut attempt = only_attempt.unwrap_or(stage.attempt);
-        out.header(&stage, attempt);
+        out.header(&stage, attempt)?;
         if attempt == 0 {
             if !out.headers {
                 eprintln!("{}", not_run(&stage));

@@ -110,6 +110,7 @@ enum Command {
     /// `attempt N ended: ...` line. With -f, exits 0 when the stage (without STAGE: the run)
     /// succeeded and 1 otherwise, like `deploylite run`.
     Logs {
+        /// The run's id (see `deploylite status`).
         run: i64,
         /// One stage [default: every stage].
         stage: Option<String>,

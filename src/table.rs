@@ -75,8 +75,8 @@ impl Table {
         out
     }
 
-    pub fn print(&self) {
-        print!("{}", self.render());
+    pub fn print(&self) -> std::io::Result<()> {
+        crate::text::print_out(&self.render())
     }
 }
 

@@ -1,6 +1,6 @@
 //! Wording and colour shared by the commands' output.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 
 /// `1 run`, `2 runs`, `0 runs`.
 pub fn count(n: usize, noun: &str) -> String {
@@ -27,6 +27,30 @@ pub fn stderr_colour() -> bool {
 /// Whether what goes to stdout may keep ANSI colours (a stage's coloured output, say).
 pub fn stdout_colour() -> bool {
     deploylite_runner::colour_allowed(std::io::stdout().is_terminal())
+}
+
+/// Writes `text` to stdout. A reader that went away (`deploylite status | head -1`) is no
+/// error: what it did not read is not wanted.
+pub fn print_out(text: &str) -> std::io::Result<()> {
+    match write_out(text) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
+/// Writes `text` to stdout and flushes it (a followed log shows each line as it comes).
+pub fn write_out(text: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()
+}
+
+/// Whether `error` is stdout's reader having gone away.
+pub fn closed_pipe(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 #[cfg(test)]

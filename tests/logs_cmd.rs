@@ -137,6 +137,19 @@ async fn follow_prints_a_running_stage_to_its_closing_line_and_exits_with_its_ou
     let (code, out, err) = daemon.cli(&["logs", &rid.to_string(), "fail"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(untimed(&out), fail_log);
+    // A reader that goes away early (`| head`) ends the command quietly, not with a panic.
+    for command in ["logs", "status"] {
+        let mut cmd = std::process::Command::new("bash");
+        cmd.arg("-c")
+            .arg(format!(
+                "set -o pipefail; '{BIN}' {command} {rid} --server {} --token-file '{}' | true",
+                daemon.url,
+                daemon.admin_token_path().display()
+            ))
+            .env("RUST_BACKTRACE", "0");
+        let (code, out, err) = run_cmd(cmd);
+        assert_eq!((code, out.as_str(), err.as_str()), (0, "", ""), "{command}");
+    }
     let (code, _, err) = daemon.cli(&["logs", &rid.to_string(), "nope"]);
     assert_eq!(code, 2);
     assert_eq!(
