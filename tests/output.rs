@@ -260,3 +260,38 @@ async fn no_ansi_colour_when_the_output_is_not_a_terminal() {
     assert!(log.contains("INFO"), "the daemon has logged: {log}");
     assert!(!log.contains('\u{1b}'), "{log:?}");
 }
+
+#[test]
+fn run_summary_is_as_wide_as_its_longest_stage_name() {
+    let repo = TestRepo::new();
+    repo.pipeline(
+        "ci.yaml",
+        "name: ci\nstages:\n  a-stage-whose-name-is-longer-than-24:\n    steps: [\"true\"]\n  b:\n    needs: [a-stage-whose-name-is-longer-than-24]\n    steps: [\"true\"]\n",
+    );
+    let mut cmd = cli();
+    cmd.arg("run").current_dir(repo.path());
+    let (code, out, err) = run_cmd(cmd);
+    assert_eq!(code, 0, "{out}{err}");
+    let summary = &err[err.find("\nSTAGE").expect("a summary")..];
+    // Durations vary: take them from the output, and check all the rest.
+    let durations: Vec<&str> = summary
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .collect();
+    assert_eq!(durations.len(), 2, "{summary}");
+    assert!(
+        durations.iter().all(|d| d.ends_with('s') && d.len() <= 8),
+        "{summary}"
+    );
+    assert_eq!(
+        summary,
+        format!(
+            "\nSTAGE                                 STATUS   ATTEMPTS  DURATION\n\
+             a-stage-whose-name-is-longer-than-24  success         1  {:>8}\n\
+             b                                     success         1  {:>8}\n\
+             run success\n",
+            durations[0], durations[1]
+        )
+    );
+}
