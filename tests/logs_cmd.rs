@@ -305,3 +305,53 @@ async fn a_remote_attempts_log_ends_with_its_closing_line_after_the_runners_last
         "--- run on far\nout remote\n--- attempt 1 ended: success\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_a_restart_interrupts_is_closed_once_stopped_or_killed() {
+    let repo = TestRepo::new();
+    repo.pipeline(
+        "ci.yaml",
+        "name: ci\nstages:\n  hang:\n    steps:\n      - run: echo \"attempt $DEPLOYLITE_ATTEMPT\"; while true; do sleep 0.02; done\n",
+    );
+    let commit = repo.commit("ci");
+    let mut daemon = Daemon::start(&[&repo], "").await;
+    let rid = id(&daemon.wait_for_commit_run("ci", &commit).await);
+    let closings = |log: &str| -> Vec<String> {
+        untimed(log)
+            .lines()
+            .filter(|l| l.starts_with("--- attempt ") && l.contains(" ended: "))
+            .map(str::to_string)
+            .collect()
+    };
+
+    // Stopped: the daemon closes the attempt's log itself, and the restart adds nothing.
+    daemon
+        .wait_log_contains(rid, "hang", " out attempt 1\n")
+        .await;
+    daemon.stop().await;
+    daemon.restart().await;
+    daemon
+        .wait_log_contains(rid, "hang", " out attempt 2\n")
+        .await;
+    let first = daemon.log(rid, "hang", Some(1)).await;
+    assert_eq!(
+        closings(&first),
+        ["--- attempt 1 ended: interrupted (the daemon is shutting down; the stage runs again after it restarts)"],
+        "{first}"
+    );
+    assert!(untimed(&first).ends_with(" ended: interrupted (the daemon is shutting down; the stage runs again after it restarts)\n"));
+
+    // Killed: the next start closes it.
+    daemon.kill9();
+    daemon.restart().await;
+    daemon
+        .wait_log_contains(rid, "hang", " out attempt 3\n")
+        .await;
+    let second = daemon.log(rid, "hang", Some(2)).await;
+    assert_eq!(
+        untimed(&second).lines().last(),
+        Some("--- attempt 2 ended: interrupted (the daemon stopped while it ran; the stage runs again)"),
+        "{second}"
+    );
+    assert_eq!(closings(&second).len(), 1, "{second}");
+}
