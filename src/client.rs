@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use deploylite_webhook::RunView;
 
+use crate::table::{Align, Table};
+
 pub struct ListQuery {
     pub repo: Option<String>,
     pub pipeline: Option<String>,
@@ -99,6 +101,24 @@ impl Client {
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response> {
         request.send().await.map_err(unreachable(&self.server))
     }
+
+    /// GET `path` (with `query`), expecting a success; the raw answer.
+    pub async fn get(&self, path: &str, query: &[(&str, String)]) -> Result<reqwest::Response> {
+        check(
+            self.send(self.http.get(self.url(path)).query(query))
+                .await?,
+        )
+        .await
+    }
+
+    /// GET `path`, expecting a success with JSON.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.get(path, &[])
+            .await?
+            .json()
+            .await
+            .context("unexpected answer")
+    }
 }
 
 async fn check(response: reqwest::Response) -> Result<reqwest::Response> {
@@ -135,64 +155,11 @@ pub async fn status(
     json: bool,
 ) -> Result<ExitCode> {
     if let Some(id) = run {
-        let response = client
-            .send(client.http.get(client.url(&format!("/api/v1/runs/{id}"))))
-            .await?;
-        let run: RunView = check(response)
-            .await?
-            .json()
-            .await
-            .context("unexpected answer")?;
+        let run: RunView = client.get_json(&format!("/api/v1/runs/{id}")).await?;
         if json {
             println!("{}", serde_json::to_string_pretty(&run)?);
-            return Ok(ExitCode::SUCCESS);
-        }
-        println!(
-            "run #{} {}/{} {} {}",
-            run.id,
-            run.repo,
-            run.pipeline,
-            run.git_ref,
-            short(&run.commit)
-        );
-        println!(
-            "status: {}{}",
-            run.status,
-            run.pending_reason
-                .map(|r| format!(" ({r})"))
-                .unwrap_or_default()
-        );
-        if let Some(errors) = run.errors.as_ref().and_then(|e| e.as_array()) {
-            for e in errors {
-                let text = match (e.get("file"), e.get("line"), e.get("col"), e.get("message")) {
-                    (Some(f), Some(l), Some(c), Some(m)) => format!(
-                        "{}:{}:{}: {}",
-                        f.as_str().unwrap_or(""),
-                        l,
-                        c,
-                        m.as_str().unwrap_or("")
-                    ),
-                    (_, _, _, Some(m)) => m.as_str().unwrap_or("").to_string(),
-                    _ => e.to_string(),
-                };
-                println!("  {text}");
-            }
-        }
-        println!(
-            "\n{:<20} {:<10} {:>7} {:>5}  WAITING FOR",
-            "STAGE", "STATUS", "ATTEMPT", "EXIT"
-        );
-        for s in run.stages.unwrap_or_default() {
-            println!(
-                "{:<20} {:<10} {:>7} {:>5}  {}",
-                s.name,
-                s.status.as_str(),
-                s.attempt,
-                s.exit_code
-                    .map(|c| c.to_string())
-                    .unwrap_or_else(|| "-".into()),
-                s.pending_reason.unwrap_or_default()
-            );
+        } else {
+            crate::text::print_out(&crate::run_view::render(&run))?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -216,23 +183,8 @@ pub async fn status(
         .context("unexpected answer")?;
     if json {
         println!("{}", serde_json::to_string_pretty(&runs)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    println!(
-        "{:>6}  {:<18} {:<14} {:<10} {:<22} {:<12} CREATED",
-        "RUN", "REPO", "PIPELINE", "STATUS", "REF", "COMMIT"
-    );
-    for r in runs {
-        println!(
-            "{:>6}  {:<18} {:<14} {:<10} {:<22} {:<12} {}",
-            r.id,
-            r.repo,
-            r.pipeline,
-            r.status.as_str(),
-            r.git_ref.strip_prefix("refs/heads/").unwrap_or(&r.git_ref),
-            short(&r.commit),
-            r.created_at.unwrap_or_default()
-        );
+    } else {
+        crate::text::print_out(&crate::run_view::render_list(&runs))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -265,10 +217,6 @@ pub async fn cancel(client: &Client, run: i64) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn short(commit: &str) -> &str {
-    commit.get(..12).unwrap_or(commit)
-}
-
 pub async fn runners(client: &Client, json: bool) -> Result<ExitCode> {
     let response = client
         .send(client.http.get(client.url("/api/v1/runners")))
@@ -282,22 +230,27 @@ pub async fn runners(client: &Client, json: bool) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&runners)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "{:<20} {:<8} {:<11} {:>8} {:>8}  {:<24} LABELS",
-        "NAME", "STATUS", "EXECUTOR", "RUNNING", "CAPACITY", "LAST SEEN"
-    );
+    let mut table = Table::new(&[
+        ("NAME", Align::Left),
+        ("STATUS", Align::Left),
+        ("EXECUTOR", Align::Left),
+        ("RUNNING", Align::Right),
+        ("CAPACITY", Align::Right),
+        ("LAST SEEN", Align::Left),
+        ("LABELS", Align::Left),
+    ]);
     for r in runners {
-        println!(
-            "{:<20} {:<8} {:<11} {:>8} {:>8}  {:<24} {}",
+        table.row([
             r.name,
             r.status,
             r.executor,
-            r.running,
-            r.capacity,
+            r.running.to_string(),
+            r.capacity.to_string(),
             r.last_seen.unwrap_or_else(|| "-".into()),
-            r.labels.join(",")
-        );
+            r.labels.join(","),
+        ]);
     }
+    table.print()?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -339,7 +292,8 @@ pub async fn approve(client: &Client, run: i64) -> Result<ExitCode> {
         .and_then(|a| a.as_array())
         .map(|a| a.iter().map(|id| format!("#{id}")).collect())
         .unwrap_or_default();
-    println!("approved: run {} will start", approved.join(", run "));
+    let runs = if approved.len() == 1 { "run" } else { "runs" };
+    println!("approved: {runs} {} will start", approved.join(", "));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -411,26 +365,30 @@ pub async fn token_list(client: &Client, json: bool) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&tokens)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let rows: Vec<[String; 5]> = tokens
-        .iter()
-        .map(|t| {
-            let text = |k: &str| t.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
-            let ms = |k: &str| t.get(k).and_then(|v| v.as_i64());
-            let state = if ms("revoked_at").is_some() {
-                "revoked".to_string()
-            } else {
-                "live".to_string()
-            };
-            [
-                text("name"),
-                text("role"),
-                state,
-                time_text(ms("expires_at")),
-                text("created_by"),
-            ]
-        })
-        .collect();
-    print_table(&["NAME", "ROLE", "STATE", "EXPIRES", "CREATED BY"], &rows);
+    let mut table = Table::new(&[
+        ("NAME", Align::Left),
+        ("ROLE", Align::Left),
+        ("STATE", Align::Left),
+        ("EXPIRES", Align::Left),
+        ("CREATED BY", Align::Left),
+    ]);
+    for t in &tokens {
+        let text = |k: &str| t.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+        let ms = |k: &str| t.get(k).and_then(|v| v.as_i64());
+        let state = if ms("revoked_at").is_some() {
+            "revoked"
+        } else {
+            "live"
+        };
+        table.row([
+            text("name"),
+            text("role"),
+            state.to_string(),
+            time_text(ms("expires_at")),
+            text("created_by"),
+        ]);
+    }
+    table.print()?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -452,44 +410,23 @@ pub async fn audit(client: &Client, limit: i64, json: bool) -> Result<ExitCode> 
         println!("{}", serde_json::to_string_pretty(&entries)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let rows: Vec<[String; 5]> = entries
-        .iter()
-        .map(|e| {
-            let text = |k: &str| e.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
-            [
-                time_text(e.get("at").and_then(|v| v.as_i64())),
-                text("actor"),
-                text("action"),
-                text("target"),
-                e.get("result").map(|v| v.to_string()).unwrap_or_default(),
-            ]
-        })
-        .collect();
-    print_table(&["TIME", "ACTOR", "ACTION", "TARGET", "RESULT"], &rows);
+    let mut table = Table::new(&[
+        ("TIME", Align::Left),
+        ("ACTOR", Align::Left),
+        ("ACTION", Align::Left),
+        ("TARGET", Align::Left),
+        ("RESULT", Align::Left),
+    ]);
+    for e in &entries {
+        let text = |k: &str| e.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+        table.row([
+            time_text(e.get("at").and_then(|v| v.as_i64())),
+            text("actor"),
+            text("action"),
+            text("target"),
+            e.get("result").map(|v| v.to_string()).unwrap_or_default(),
+        ]);
+    }
+    table.print()?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Columns as wide as their widest cell.
-fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let mut out = String::new();
-        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
-            if i + 1 == cells.len() {
-                out.push_str(cell);
-            } else {
-                out.push_str(&format!("{cell:<w$}  "));
-            }
-        }
-        println!("{}", out.trim_end());
-    };
-    line(header.to_vec());
-    for row in rows {
-        line(row.iter().map(String::as_str).collect());
-    }
 }

@@ -21,6 +21,7 @@ use deploylite_reconciler::store::{RecordCommit, SqliteSync, Store};
 use deploylite_runner::{BoxFuture, CancellationToken, LocalExecutor};
 
 use crate::plan::event_for_ref;
+use crate::table::{Align, Table};
 use crate::validate::{load, pipeline_files};
 
 /// The workspace is ready before the run is recorded: nothing is ever checked out.
@@ -244,23 +245,24 @@ async fn print_summary(store: &Store, run_id: i64) -> Result<()> {
     let Some((_, stages)) = store.get_run(run_id).await? else {
         return Ok(());
     };
-    eprintln!();
-    eprintln!(
-        "{:<24} {:<10} {:>8} {:>10}",
-        "STAGE", "STATUS", "ATTEMPTS", "DURATION"
-    );
+    let mut table = Table::new(&[
+        ("STAGE", Align::Left),
+        ("STATUS", Align::Left),
+        ("ATTEMPTS", Align::Right),
+        ("DURATION", Align::Right),
+    ]);
     for s in stages {
         let duration = match (s.started_at, s.finished_at) {
             (Some(a), Some(b)) => format!("{:.2}s", (b - a) as f64 / 1000.0),
             _ => "-".into(),
         };
-        eprintln!(
-            "{:<24} {:<10} {:>8} {:>10}",
+        table.row([
             s.name,
-            s.status.as_str(),
-            s.attempt,
-            duration
-        );
+            s.status.as_str().to_string(),
+            s.attempt.to_string(),
+            duration,
+        ]);
     }
+    eprint!("\n{}", table.render());
     Ok(())
 }

@@ -7,9 +7,13 @@ mod config;
 mod executors;
 mod isolation;
 mod local_run;
+mod logs;
 mod plan;
+mod run_view;
 mod serve;
 mod server_url;
+mod table;
+mod text;
 mod validate;
 
 use std::path::PathBuf;
@@ -28,7 +32,8 @@ Quick start:
   deploylite plan                           show what would run for HEAD, without running it
   deploylite run --pipeline ci              run one pipeline of this working copy, here, now
   deploylite serve --config deploylite.yaml start the daemon
-  deploylite status                         list the daemon's recent runs";
+  deploylite status                         list the daemon's recent runs
+  deploylite logs RUN -f                    follow a run's stage logs until it ends";
 
 #[derive(Parser)]
 #[command(name = "deploylite", version, about = ABOUT, long_about = LONG_ABOUT, propagate_version = true)]
@@ -111,6 +116,28 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Print a run's stage logs, or follow a live one (-f) until its attempt ends.
+    ///
+    /// Without STAGE: every stage's latest attempt, in the order the stages run, each under a
+    /// `==> stage NAME, attempt N <==` header (no header when the run has one stage). Log lines
+    /// are as stored: `<time> out|err|--- <text>`; every attempt's log ends with DeployLite's
+    /// `attempt N ended: ...` line. With -f, exits 0 when the stage (without STAGE: the run)
+    /// succeeded and 1 otherwise, like `deploylite run`.
+    Logs {
+        /// The run's id (see `deploylite status`).
+        run: i64,
+        /// One stage [default: every stage].
+        stage: Option<String>,
+        /// Follow the log while it grows, until the attempt ends; a retried stage's next
+        /// attempts are followed too.
+        #[arg(short, long)]
+        follow: bool,
+        /// This attempt instead of the latest (needs STAGE when the run has several stages).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(1..))]
+        attempt: Option<i64>,
+        #[command(flatten)]
+        server: ServerArg,
     },
     /// Cancel a run: running stages are stopped, the rest skipped. Needs an operator token.
     Cancel {
@@ -376,6 +403,21 @@ fn main() -> ExitCode {
                     limit,
                 };
                 client::status(&server.client()?, run, query, json).await
+            }
+            Command::Logs {
+                run,
+                stage,
+                follow,
+                attempt,
+                server,
+            } => {
+                let request = logs::LogsRequest {
+                    run,
+                    stage,
+                    follow,
+                    attempt,
+                };
+                logs::logs(&server.client()?, request).await
             }
             Command::Cancel { run, server } => client::cancel(&server.client()?, run).await,
             Command::Approve { run, server } => client::approve(&server.client()?, run).await,

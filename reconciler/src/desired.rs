@@ -162,8 +162,8 @@ fn error_run(file: &PipelineFile, event: &CommitEvent, diagnostics: &[Diagnostic
         .map(|f| f.trim_end_matches(".yaml").trim_end_matches(".yml"))
         .unwrap_or("pipeline");
     let mut run = base_run(file, event, name, RunStatus::Error);
+    // The problems live in `errors` only: `pending_reason` says why a run waits.
     run.errors = serde_json::to_string(diagnostics).ok();
-    run.pending_reason = diagnostics.first().map(|d| d.to_string());
     run
 }
 

@@ -5,6 +5,7 @@
 //! log at most its limit ([`cap`]): what a stage prints never decides how much memory or disk
 //! the daemon uses.
 
+mod ansi;
 mod cap;
 mod lines;
 
@@ -14,6 +15,7 @@ use tokio::fs::File;
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::sync::mpsc;
 
+pub use ansi::{colour_allowed, strip_ansi};
 use cap::{LogCap, Placement};
 pub use cap::{DEFAULT_LOG_BYTES, MIN_LOG_BYTES};
 pub use lines::{read_line_bounded, MAX_LINE};
@@ -50,6 +52,8 @@ pub struct StageLog {
     sink: Sink,
     /// Mirror every line to our stdout as `[stage] line` (used by `deploylite run`).
     echo_prefix: Option<String>,
+    /// Whether the mirrored lines keep their ANSI colours.
+    echo_colour: bool,
     cap: LogCap,
 }
 
@@ -80,6 +84,7 @@ impl StageLog {
                 dirty: false,
             },
             echo_prefix: None,
+            echo_colour: false,
             cap: LogCap::new(DEFAULT_LOG_BYTES, len),
         })
     }
@@ -90,6 +95,7 @@ impl StageLog {
         StageLog {
             sink: Sink::Channel(tx),
             echo_prefix: None,
+            echo_colour: false,
             cap: LogCap::new(DEFAULT_LOG_BYTES, 0),
         }
     }
@@ -101,8 +107,12 @@ impl StageLog {
         self
     }
 
+    /// Mirrors every line to stdout as `[prefix] text`, without colours unless stdout is a
+    /// terminal and `NO_COLOR` is not set (the log itself keeps them).
     pub fn echo_to_stdout(&mut self, prefix: String) {
+        use std::io::IsTerminal;
         self.echo_prefix = Some(prefix);
+        self.echo_colour = colour_allowed(std::io::stdout().is_terminal());
     }
 
     /// The file behind the log, when it is one.
@@ -138,7 +148,12 @@ impl StageLog {
     fn echo(&self, record: &str) {
         if let Some(prefix) = &self.echo_prefix {
             let text = record.splitn(3, ' ').nth(2).unwrap_or_default();
-            println!("[{prefix}] {}", text.trim_end_matches('\n'));
+            let text = text.trim_end_matches('\n');
+            if self.echo_colour {
+                println!("[{prefix}] {text}");
+            } else {
+                println!("[{prefix}] {}", strip_ansi(text));
+            }
         }
     }
 
@@ -206,6 +221,21 @@ pub fn format_line(stream: LogStream, text: &str) -> String {
     format!("{now} {} {text}\n", stream.tag())
 }
 
+/// A stored log line's stream and text (`2026-11-26T23:58:28.869Z out hello` gives
+/// `(Stdout, "hello")`); None for a line not in that form. A trailing newline is ignored.
+pub fn parse_line(record: &str) -> Option<(LogStream, &str)> {
+    let record = record.trim_end_matches(['\n', '\r']);
+    let mut parts = record.splitn(3, ' ');
+    let _time = parts.next()?;
+    let stream = match parts.next()? {
+        "out" => LogStream::Stdout,
+        "err" => LogStream::Stderr,
+        "---" => LogStream::System,
+        _ => return None,
+    };
+    Some((stream, parts.next().unwrap_or("")))
+}
+
 /// Room past a log's limit for what comes after the runner's own marker line.
 const CHUNK_SLACK: u64 = 64 * 1024;
 
@@ -228,6 +258,29 @@ pub async fn append_chunk(path: &Path, chunk: &[u8], limit: u64) -> std::io::Res
     file.write_all(chunk).await?;
     file.flush().await?;
     Ok(true)
+}
+
+/// The last line of a log (without its newline); None for a missing or empty log. Reads only
+/// the end of the file.
+pub async fn last_line(path: &Path) -> std::io::Result<Option<String>> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut file = match File::open(path).await {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata().await?.len();
+    let start = len.saturating_sub(MAX_LINE as u64 + 64);
+    file.seek(std::io::SeekFrom::Start(start)).await?;
+    let mut end = Vec::new();
+    file.read_to_end(&mut end).await?;
+    let text = String::from_utf8_lossy(&end);
+    Ok(text
+        .trim_end_matches(['\n', '\r'])
+        .rsplit('\n')
+        .next()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string))
 }
 
 /// Reads a whole log; a missing file is an empty log (the attempt has not written yet).

@@ -78,6 +78,35 @@ pub fn describe(stage: &Stage, outcome: &StageOutcome) -> Option<String> {
     }
 }
 
+/// How an attempt ended, as its closing line says it: `success`, `cancelled`, or
+/// `failed (<what [`describe`] says>)`.
+pub fn ending(stage: &Stage, outcome: &StageOutcome) -> String {
+    match describe(stage, outcome) {
+        None => "success".into(),
+        Some(note) if matches!(outcome, StageOutcome::Cancelled) => note,
+        Some(note) => format!("failed ({note})"),
+    }
+}
+
+/// The last line of every attempt's log, whatever the outcome (`attempt 2 ended: success`,
+/// `attempt 1 ended: failed (step 1 exited with 75); retry 1 of 2 in 1s`): someone reading the
+/// log while it grows knows from it that the attempt is over.
+pub fn closing_line(attempt: i64, ending: &str) -> String {
+    format!("attempt {attempt} ended: {ending}")
+}
+
+/// The attempt a log line closes and how it ended (`success`, `failed (...)`...), when the line
+/// (as stored: `<time> --- attempt N ended: ...`) is a closing line. Only DeployLite's own lines
+/// count: a stage that prints the same words does not end its attempt.
+pub fn parse_closing_line(record: &str) -> Option<(i64, &str)> {
+    let (stream, text) = crate::log::parse_line(record)?;
+    if stream != crate::log::LogStream::System {
+        return None;
+    }
+    let (attempt, ending) = text.strip_prefix("attempt ")?.split_once(" ended: ")?;
+    Some((attempt.parse().ok()?, ending))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,5 +186,36 @@ mod tests {
             Some("step 2 exited with 3")
         );
         assert_eq!(describe(&s, &StageOutcome::Succeeded), None);
+    }
+
+    #[test]
+    fn closing_lines() {
+        let s = stage("0");
+        let failed = StageOutcome::Failed {
+            step: 0,
+            exit_code: Some(4),
+        };
+        assert_eq!(ending(&s, &StageOutcome::Succeeded), "success");
+        assert_eq!(ending(&s, &StageOutcome::Cancelled), "cancelled");
+        assert_eq!(ending(&s, &failed), "failed (step 1 exited with 4)");
+        assert_eq!(
+            ending(&s, &StageOutcome::TimedOut),
+            "failed (timed out after 5s)"
+        );
+        let line = crate::log::format_line(
+            crate::log::LogStream::System,
+            &closing_line(3, "failed (step 1 exited with 4)"),
+        );
+        assert_eq!(
+            parse_closing_line(line.trim_end()),
+            Some((3, "failed (step 1 exited with 4)"))
+        );
+        let printed =
+            crate::log::format_line(crate::log::LogStream::Stdout, &closing_line(1, "success"));
+        assert_eq!(parse_closing_line(&printed), None, "a stage's own output");
+        assert_eq!(
+            parse_closing_line("2026-11-26T23:58:28.869Z --- step 1 exited with 4"),
+            None
+        );
     }
 }

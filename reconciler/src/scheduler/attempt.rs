@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deploylite_pipeline::{Pipeline, Stage};
-use deploylite_runner::outcome::{describe, verdict, Verdict};
+use deploylite_runner::outcome::{
+    closing_line, describe, ending, parse_closing_line, verdict, Verdict,
+};
 use deploylite_runner::{CancellationToken, StageJob, StageLog};
 use rand::Rng;
 
@@ -131,9 +133,10 @@ impl Scheduler {
             .execute(job.clone(), &mut log, ctx.cancel.clone())
             .await;
         if ctx.shutdown.is_cancelled() {
-            log.system(
-                "the daemon is shutting down: this attempt will run again after it restarts",
-            )
+            log.system(&closing_line(
+                d.attempt,
+                "interrupted (the daemon is shutting down; the stage runs again after it restarts)",
+            ))
             .await;
             log.finish().await;
             return None;
@@ -146,7 +149,10 @@ impl Scheduler {
         let exit_code = outcome.exit_code().map(i64::from);
         let note = describe(stage, &outcome);
         let failures = u32::try_from(ctx.failures).unwrap_or(u32::MAX);
-        let result = match verdict(stage, failures, &outcome, ctx.cancel.is_cancelled()) {
+        let verdict = verdict(stage, failures, &outcome, ctx.cancel.is_cancelled());
+        // A retried attempt's closing line also says when the next one starts.
+        let retried = matches!(verdict, Verdict::Retry { .. });
+        let result = match verdict {
             Verdict::Succeeded => self.result(
                 ctx,
                 StageStatus::Success,
@@ -210,6 +216,10 @@ impl Scheduler {
                 )
             }
         };
+        if !retried {
+            log.system(&closing_line(d.attempt, &ending(stage, &outcome)))
+                .await;
+        }
         log.finish().await;
         Some(result)
     }
@@ -262,6 +272,34 @@ impl Scheduler {
         }
     }
 
+    /// Ends the log of an attempt that someone else ran (a remote runner) or that stopped
+    /// without saying so (interrupted by a restart, a lost lease) with its closing line.
+    pub(super) async fn close_attempt_log(
+        &self,
+        run_id: i64,
+        stage: &str,
+        attempt: i64,
+        ending: &str,
+    ) {
+        let path = self.data.log_path(run_id, stage, attempt);
+        // A daemon that was stopped (not killed) closed its attempts' logs itself.
+        if let Ok(Some(last)) = deploylite_runner::last_line(&path).await {
+            if parse_closing_line(&last).is_some_and(|(closed, _)| closed == attempt) {
+                return;
+            }
+        }
+        match StageLog::create(&path).await {
+            Ok(log) => {
+                let mut log = log.with_byte_limit(self.config.log_bytes);
+                log.system(&closing_line(attempt, ending)).await;
+                log.finish().await;
+            }
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "cannot end an attempt's log")
+            }
+        }
+    }
+
     /// How the attempt before `attempt` ended, as the new attempt's log says it (None for the
     /// first attempt).
     pub(super) async fn previous_attempt(
@@ -302,10 +340,13 @@ pub(crate) async fn retry_backoff(
     let delay = with_jitter(delay, stage.retry.max_backoff);
     let at = now_ms() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
     let why = note.unwrap_or("failed");
-    log.system(&format!(
-        "attempt {attempt} failed ({why}); retry {failures} of {} in {}",
-        stage.retry.max,
-        deploylite_pipeline::duration::format_duration(delay)
+    log.system(&closing_line(
+        attempt,
+        &format!(
+            "failed ({why}); retry {failures} of {} in {}",
+            stage.retry.max,
+            deploylite_pipeline::duration::format_duration(delay)
+        ),
     ))
     .await;
     let when = chrono::DateTime::from_timestamp_millis(at)

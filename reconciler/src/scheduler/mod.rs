@@ -268,6 +268,13 @@ impl Scheduler {
             .unwrap_or(0);
             tracing::warn!(run_id, stage = %i.stage, attempt, orphans_killed = killed,
                 "stage attempt was interrupted by a daemon restart; it will run again");
+            self.close_attempt_log(
+                run_id,
+                &i.stage,
+                attempt,
+                "interrupted (the daemon stopped while it ran; the stage runs again)",
+            )
+            .await;
         }
         Ok(interrupted.len())
     }
@@ -446,6 +453,16 @@ impl Scheduler {
         for expired in &writes.expire {
             tracing::warn!(run_id = expired.run_id, stage = %expired.stage, attempt = expired.attempt, runner = %expired.runner,
                 "lease expired: the stage goes back to the queue");
+            self.close_attempt_log(
+                expired.run_id,
+                &expired.stage,
+                expired.attempt,
+                &format!(
+                    "interrupted (lease expired: runner `{}` stopped renewing it; the stage runs again)",
+                    expired.runner
+                ),
+            )
+            .await;
         }
         for (run_id, stage) in &effects.cancel_running {
             if let Some(token) = lock(&self.running).get(&(*run_id, stage.clone())) {

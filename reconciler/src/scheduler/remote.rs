@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use deploylite_pipeline::Stage;
-use deploylite_runner::outcome::{describe, verdict, Verdict};
+use deploylite_runner::outcome::{describe, ending, verdict, Verdict};
 use deploylite_runner::source_url::split_credentials;
 use deploylite_runner::StageOutcome;
 use serde::{Deserialize, Serialize};
@@ -206,6 +206,13 @@ impl Scheduler {
             let note =
                 format!("interrupted: handed back by runner `{runner}`, which is shutting down");
             let reason = format!("restart: attempt {attempt} was handed back by runner `{runner}`");
+            self.close_attempt_log(
+                run_id,
+                stage_name,
+                attempt,
+                &format!("interrupted (handed back by runner `{runner}`, which is shutting down)"),
+            )
+            .await;
             let done = self
                 .store
                 .requeue_attempt(run_id, stage_name, attempt, &note, &reason)
@@ -232,7 +239,14 @@ impl Scheduler {
             not_before: None,
             pending_reason: None,
         };
-        let result = match verdict(stage, failures_u32, &outcome, cancelling) {
+        let verdict = verdict(stage, failures_u32, &outcome, cancelling);
+        if !matches!(verdict, Verdict::Retry { .. }) {
+            // The runner's last chunk is in: the closing line goes after it. (A retry's closing
+            // line, with the retry's delay, is written below.)
+            self.close_attempt_log(run_id, stage_name, attempt, &ending(stage, &outcome))
+                .await;
+        }
+        let result = match verdict {
             Verdict::Succeeded => AttemptResult {
                 attempt_status: StageStatus::Success,
                 stage_status: StageStatus::Success,

@@ -44,6 +44,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../../migrations/sqlite/0005_auth.sql"),
         postgres: include_str!("../../../migrations/postgres/0005_auth.sql"),
     },
+    Migration {
+        version: 7,
+        name: "run_errors",
+        sqlite: include_str!("../../../migrations/sqlite/0007_run_errors.sql"),
+        postgres: include_str!("../../../migrations/postgres/0007_run_errors.sql"),
+    },
 ];
 
 pub(super) async fn run(store: &Store) -> Result<()> {
