@@ -232,6 +232,10 @@ pub struct RunnerArgs {
     /// After SIGTERM, how long running stages may take to finish before they are handed back.
     #[arg(long, default_value = "30s", value_name = "DURATION")]
     grace: String,
+    /// Register again with the registration token, replacing the stored credential (e.g. after
+    /// the server's data was reset and it refuses the old one).
+    #[arg(long)]
+    reregister: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -445,6 +449,7 @@ async fn runner(args: RunnerArgs) -> anyhow::Result<ExitCode> {
         work_dir,
         state_dir,
         grace,
+        reregister: args.reregister,
     })
     .await
 }
