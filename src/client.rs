@@ -1,6 +1,8 @@
 //! The client commands (`status`, `cancel`, `approve`, `runners`, `token`, `audit`): thin
 //! clients of a running daemon's API, authenticated with an API token when one is found.
 
+mod repo_health;
+
 use std::process::ExitCode;
 
 use std::path::{Path, PathBuf};
@@ -218,6 +220,7 @@ pub async fn status(
         println!("{}", serde_json::to_string_pretty(&runs)?);
         return Ok(ExitCode::SUCCESS);
     }
+    repo_health::print_section(client).await;
     println!(
         "{:>6}  {:<18} {:<14} {:<10} {:<22} {:<12} CREATED",
         "RUN", "REPO", "PIPELINE", "STATUS", "REF", "COMMIT"

@@ -11,7 +11,7 @@ use deploylite_pipeline::duration::parse_duration;
 use deploylite_pipeline::GlobList;
 use deploylite_reconciler::store::SqliteSync;
 use deploylite_reconciler::trust::UntrustedPolicy;
-use deploylite_reconciler::watcher::RepoConfig;
+use deploylite_reconciler::watcher::{RepoConfig, TagFilter};
 use deploylite_webhook::forges::{
     forge_from_url, ForgeKind, ForgeRepo, GithubAuth, GithubConfig, GitlabConfig, Secret,
 };
@@ -177,8 +177,8 @@ pub struct RepoLayer {
     pub url: String,
     #[serde(default)]
     pub branches: Vec<String>,
-    #[serde(default)]
-    pub tags: Vec<String>,
+    /// Absent: the tags the pipelines ask for.
+    pub tags: Option<Vec<String>>,
     pub poll_interval: Option<String>,
     /// `github` or `gitlab`; derived from github.com / gitlab.com URLs.
     pub forge: Option<String>,
@@ -528,7 +528,12 @@ impl ConfigLayer {
                 report,
                 branches: GlobList::new(&repo.branches)
                     .map_err(|e| anyhow::anyhow!("{at}.branches: {e}"))?,
-                tags: GlobList::new(&repo.tags).map_err(|e| anyhow::anyhow!("{at}.tags: {e}"))?,
+                tags: match &repo.tags {
+                    None => TagFilter::FromPipelines,
+                    Some(tags) => GlobList::new(tags)
+                        .map_err(|e| anyhow::anyhow!("{at}.tags: {e}"))?
+                        .into(),
+                },
                 name: repo.name,
                 url: repo.url,
                 poll_interval,

@@ -44,6 +44,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../../migrations/sqlite/0005_auth.sql"),
         postgres: include_str!("../../../migrations/postgres/0005_auth.sql"),
     },
+    Migration {
+        version: 6,
+        name: "tag_baselines",
+        sqlite: include_str!("../../../migrations/sqlite/0006_tag_baselines.sql"),
+        postgres: include_str!("../../../migrations/postgres/0006_tag_baselines.sql"),
+    },
 ];
 
 pub(super) async fn run(store: &Store) -> Result<()> {

@@ -13,6 +13,7 @@ mod migrate;
 mod runners;
 mod runs;
 mod schedule;
+mod tags;
 
 use std::path::Path;
 use std::str::FromStr;
