@@ -40,6 +40,9 @@ pub struct AgentConfig {
     pub work_dir: PathBuf,
     pub state_dir: PathBuf,
     pub grace: Duration,
+    /// Register again with the registration token, replacing the stored credential (which the
+    /// server no longer knows after its data was reset).
+    pub reregister: bool,
 }
 
 /// How long to wait before polling again after the server could not be reached.
@@ -132,8 +135,15 @@ pub async fn run(mut config: AgentConfig) -> Result<ExitCode> {
                 if let Some(refused) = error.downcast_ref::<Refused>() {
                     bail!("the server refused this runner's poll: {}", refused.0);
                 }
-                if error.downcast_ref::<Unauthorized>().is_some() {
-                    bail!("the server refused this runner's credential (revoked?): {error:#}");
+                if let Some(refused) = error.downcast_ref::<Unauthorized>() {
+                    bail!(
+                        "{}",
+                        stale_credential_message(
+                            &agent.base,
+                            &credential_path(&agent.config),
+                            &refused.0
+                        )
+                    );
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(RECONNECT_DELAY) => {}
@@ -216,25 +226,48 @@ fn credential_path(config: &AgentConfig) -> PathBuf {
     config.state_dir.join(format!("{}.credential", config.name))
 }
 
-/// The credential kept from an earlier registration, or a new one from registering now.
+/// What to do when the server refuses the stored credential: most often its data was reset
+/// (a new database knows no runner), sometimes an admin revoked the runner.
+fn stale_credential_message(base: &str, path: &Path, reason: &str) -> String {
+    format!(
+        "the server at {base} refused this runner's credential ({reason}), read from {}. If the \
+         server's data was reset, register again: start the runner with --reregister and a \
+         registration token (--token-file FILE or DEPLOYLITE_RUNNER_TOKEN); that file is \
+         replaced. A revoked runner cannot register again under its name: use another --name",
+        path.display()
+    )
+}
+
+/// The credential kept from an earlier registration, or a new one from registering now (always
+/// with `reregister`).
 async fn credential(http: &reqwest::Client, base: &str, config: &AgentConfig) -> Result<String> {
     let path = credential_path(config);
     crate::isolation::warn_if_readable_by_others(std::slice::from_ref(&path));
-    if let Ok(text) = tokio::fs::read_to_string(&path).await {
-        let text = text.trim().to_string();
-        if !text.is_empty() {
-            return Ok(text);
-        }
+    let stored = tokio::fs::read_to_string(&path)
+        .await
+        .map(|text| text.trim().to_string())
+        .ok()
+        .filter(|text| !text.is_empty());
+    if let (Some(stored), false) = (&stored, config.reregister) {
+        return Ok(stored.clone());
     }
     let Some(token) = &config.registration_token else {
+        if config.reregister {
+            bail!("--reregister needs a registration token: give it with --token-file or DEPLOYLITE_RUNNER_TOKEN");
+        }
         bail!(
             "runner `{}` is not registered yet ({} does not exist): give a registration token with --token-file or DEPLOYLITE_RUNNER_TOKEN",
             config.name,
             path.display()
         );
     };
-    let response = http
-        .post(format!("{base}/api/v1/runners/register"))
+    let mut request = http.post(format!("{base}/api/v1/runners/register"));
+    // A server that still knows this runner lets it replace its own credential; one whose data
+    // was reset ignores a credential it does not know.
+    if let Some(stored) = &stored {
+        request = request.bearer_auth(stored);
+    }
+    let response = request
         .json(&RegisterRequest {
             token: token.clone(),
             name: config.name.clone(),
@@ -258,7 +291,8 @@ async fn credential(http: &reqwest::Client, base: &str, config: &AgentConfig) ->
         .await
         .context("unexpected registration answer")?;
     write_private(&path, &registered.credential).await?;
-    tracing::info!(runner = %config.name, credential_file = %path.display(), "registered with the server");
+    tracing::info!(runner = %config.name, credential_file = %path.display(),
+        replaced = stored.is_some(), "registered with the server");
     Ok(registered.credential)
 }
 
@@ -326,7 +360,9 @@ impl Agent {
             .await
             .context("poll")?;
         if response.status() == reqwest::StatusCode::UNAUTHORIZED {
-            return Err(Unauthorized("401 from the server".into()).into());
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            let reason = body.get("error").and_then(|e| e.as_str()).unwrap_or("");
+            return Err(Unauthorized(format!("401 {reason}").trim_end().to_string()).into());
         }
         let status = response.status();
         if status == reqwest::StatusCode::CONFLICT || status == reqwest::StatusCode::BAD_REQUEST {

@@ -1,6 +1,8 @@
 //! The client commands (`status`, `cancel`, `approve`, `runners`, `token`, `audit`): thin
 //! clients of a running daemon's API, authenticated with an API token when one is found.
 
+mod repo_health;
+
 use std::process::ExitCode;
 
 use std::path::{Path, PathBuf};
@@ -184,6 +186,7 @@ pub async fn status(
     if json {
         println!("{}", serde_json::to_string_pretty(&runs)?);
     } else {
+        repo_health::print_section(client).await;
         crate::text::print_out(&crate::run_view::render_list(&runs))?;
     }
     Ok(ExitCode::SUCCESS)

@@ -10,7 +10,7 @@ use deploylite_pipeline::duration::parse_duration;
 use deploylite_pipeline::GlobList;
 use deploylite_reconciler::store::SqliteSync;
 use deploylite_reconciler::trust::UntrustedPolicy;
-use deploylite_reconciler::watcher::RepoConfig;
+use deploylite_reconciler::watcher::{RepoConfig, TagFilter};
 use deploylite_webhook::forges::{
     forge_from_url, ForgeKind, ForgeRepo, GithubAuth, GithubConfig, GitlabConfig, Secret,
 };
@@ -155,8 +155,8 @@ pub struct RepoLayer {
     pub url: String,
     #[serde(default)]
     pub branches: Vec<String>,
-    #[serde(default)]
-    pub tags: Vec<String>,
+    /// Absent: the tags the pipelines ask for.
+    pub tags: Option<Vec<String>>,
     pub poll_interval: Option<String>,
     /// `github` or `gitlab`; derived from github.com / gitlab.com URLs.
     pub forge: Option<String>,
@@ -578,7 +578,12 @@ fn repo_config(
         }
     };
     let branches = GlobList::new(&repo.branches).map_err(|e| format!("{at}.branches: {e}"));
-    let tags = GlobList::new(&repo.tags).map_err(|e| format!("{at}.tags: {e}"));
+    let tags = match &repo.tags {
+        None => Ok(TagFilter::FromPipelines),
+        Some(tags) => GlobList::new(tags)
+            .map(TagFilter::from)
+            .map_err(|e| format!("{at}.tags: {e}")),
+    };
     let (branches, tags) = match (branches, tags) {
         (Ok(b), Ok(t)) if problems.is_empty() => (b, t),
         (b, t) => {

@@ -274,6 +274,10 @@ pub struct RunnerArgs {
     /// After SIGTERM, how long running stages may take to finish before they are handed back.
     #[arg(long, default_value = "30s", value_name = "DURATION")]
     grace: String,
+    /// Register again with the registration token, replacing the stored credential (e.g. after
+    /// the server's data was reset and it refuses the old one).
+    #[arg(long)]
+    reregister: bool,
     #[command(flatten)]
     image: IgnoreImage,
 }
@@ -536,6 +540,7 @@ async fn runner(args: RunnerArgs) -> anyhow::Result<ExitCode> {
         work_dir,
         state_dir,
         grace,
+        reregister: args.reregister,
     })
     .await
 }

@@ -1,6 +1,8 @@
 //! `deploylite serve`: wires the store, the watcher, the scheduler, the HTTP API and the
 //! janitor together, and shuts them down in order on SIGINT/SIGTERM.
 
+mod data_dir_lock;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use deploylite_reconciler::paths::{sqlite_file, DataDir};
 use deploylite_reconciler::scheduler::{Scheduler, SchedulerConfig};
-use deploylite_reconciler::store::{now_ms, redact, Store};
+use deploylite_reconciler::store::{now_ms, redact, DatabaseLock, Store, StoreError};
 use deploylite_reconciler::watcher::{Repos, Watcher};
 use deploylite_runner::{CancellationToken, LocalExecutor, Sandbox, SandboxConfig};
 use tracing_subscriber::EnvFilter;
@@ -162,6 +164,17 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     crate::isolation::harden_process();
     crate::isolation::warn_if_readable_by_others(&secret_files);
     let data = DataDir::new(&config.data_dir);
+    // Before anything reads or writes the data dir or the database: one daemon each.
+    let root = data.root().to_path_buf();
+    let data_dir_lock = tokio::task::spawn_blocking(move || data_dir_lock::acquire(&root))
+        .await
+        .context("locking the data dir stopped")??;
+    let database_lock = DatabaseLock::acquire(&config.database_url, &session_name().await)
+        .await
+        .map_err(|e| match e {
+            StoreError::DatabaseLocked { .. } => anyhow::Error::from(e),
+            other => anyhow::Error::from(other).context("cannot lock the database"),
+        })?;
     let layout = data.clone();
     let database = sqlite_file(&config.database_url);
     tokio::task::spawn_blocking(move || layout.create_private(database.as_deref()))
@@ -229,6 +242,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         max_parallel_stages = config.max_parallel_stages,
         anonymous_read,
         recovered_attempts = recovered,
+        lock = %data_dir_lock.path().display(),
         "deploylite is running"
     );
 
@@ -264,7 +278,15 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         result
     });
 
-    wait_for_signal().await;
+    let database_lock = watch_database_lock(database_lock);
+    tokio::pin!(database_lock);
+    let lock_lost = tokio::select! {
+        _ = wait_for_signal() => None,
+        lost = &mut database_lock => Some(lost),
+    };
+    if let Some(error) = &lock_lost {
+        tracing::error!(error = %format!("{error:#}"), "stopping: another daemon may be running the stages now");
+    }
     tracing::info!("shutting down: running stages are stopped and will run again after a restart");
     shutdown.cancel();
     let _ = watcher_task.await;
@@ -277,7 +299,50 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
     }
     store.close().await;
-    Ok(())
+    drop(data_dir_lock);
+    match lock_lost {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+/// How this daemon's database session names itself, for a second daemon that finds the
+/// database locked (pg_stat_activity's application_name: at most 63 bytes).
+async fn session_name() -> String {
+    let host = tokio::fs::read_to_string("/proc/sys/kernel/hostname")
+        .await
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let mut name = format!("deploylite serve pid {} on {host}", std::process::id());
+    while name.len() > 63 {
+        name.pop();
+    }
+    name.trim_end().to_string()
+}
+
+/// How often the database lock's session is checked.
+const DATABASE_LOCK_CHECK: Duration = Duration::from_secs(10);
+
+/// Keeps the database lock's session alive; completes only if the lock was lost to another
+/// daemon (after a lost connection), which must stop this one.
+async fn watch_database_lock(lock: Option<DatabaseLock>) -> anyhow::Error {
+    let Some(mut lock) = lock else {
+        return std::future::pending().await;
+    };
+    let mut interval = tokio::time::interval(DATABASE_LOCK_CHECK);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        match lock.check().await {
+            Ok(()) => {}
+            Err(error @ StoreError::DatabaseLocked { .. }) => {
+                return anyhow::Error::from(error).context("the database lock was lost");
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot check the database lock; trying again");
+            }
+        }
+    }
 }
 
 /// Where the initial admin token is written, as Argo CD writes its initial admin secret.

@@ -39,6 +39,14 @@ async fn fetch_errors_in_the_daemon_log_do_not_show_the_credential() {
         log.contains("127.0.0.1:1/x.git"),
         "the error still says where: {log}"
     );
+    // Nor does the API that shows the failing repository.
+    let (_, repos) = daemon.get("/api/v1/repos").await;
+    let (_, ready) = daemon.get("/readyz").await;
+    for body in [&repos, &ready] {
+        assert!(!body.contains(SECRET), "{body}");
+    }
+    let repos: Value = serde_json::from_str(&repos).expect("JSON");
+    assert_eq!(repos[0]["url"], "https://***@127.0.0.1:1/x.git");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -733,3 +733,64 @@ async fn a_poll_cannot_claim_other_labels_or_unbounded_capacity() {
         runner.stderr()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_whose_credential_the_server_forgot_says_so_and_registers_again_when_asked() {
+    let mut daemon = Daemon::start(&[], &server_config()).await;
+    let mut runner = Runner::start(&daemon, "forgotten", "x", 1);
+    wait_until("forgotten online", &daemon, |r| online(r, &["forgotten"])).await;
+    let old = runner.credential("forgotten");
+    runner.kill9();
+
+    // The server's data is reset: a new database knows no runner.
+    daemon.stop().await;
+    std::fs::remove_dir_all(&daemon.data_dir).expect("reset the data dir");
+    daemon.restart().await;
+
+    runner.spawn();
+    let exit = runner
+        .wait_exit(Duration::from_secs(15))
+        .expect("the runner stops");
+    assert_eq!(exit.code(), Some(2), "{}", runner.stderr());
+    let credential_file = runner.dir.path().join("state/forgotten.credential");
+    let last_line = runner
+        .stderr()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(
+        last_line,
+        format!(
+            "error: the server at {} refused this runner's credential (401 unknown or revoked \
+             runner credential), read from {}. If the server's data was reset, register again: \
+             start the runner with --reregister and a registration token (--token-file FILE or \
+             DEPLOYLITE_RUNNER_TOKEN); that file is replaced. A revoked runner cannot register \
+             again under its name: use another --name",
+            daemon.url,
+            credential_file.display()
+        )
+    );
+
+    runner.args.push("--reregister".into());
+    runner.spawn();
+    wait_until("forgotten registered again", &daemon, |r| {
+        online(r, &["forgotten"])
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::fs::read_to_string(&credential_file)
+        .unwrap_or_default()
+        .trim()
+        == old
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{} still holds the old credential\n{}",
+            credential_file.display(),
+            runner.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(runner.credential("forgotten").len(), old.len());
+}

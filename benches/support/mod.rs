@@ -53,7 +53,7 @@ pub fn local_daemon_reporting(
             name: REPO.into(),
             url: repo.display().to_string(),
             branches: GlobList::default(),
-            tags: GlobList::default(),
+            tags: GlobList::default().into(),
             poll_interval: Duration::from_secs(3600),
             report,
             untrusted: Default::default(),

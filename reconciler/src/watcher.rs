@@ -1,9 +1,17 @@
 //! The reconciler loop: for every watched repository, compare each ref's head with the commit
 //! recorded for it, and turn the difference into runs. Polls on an interval; a webhook (later)
-//! only pokes a repository to poll now. Run identity makes double work harmless.
+//! only pokes a repository to poll now. Run identity makes double work harmless. Each
+//! repository's polling is recorded in its [`RepoHealth`]; failing polls back off.
+
+mod health;
+mod tags;
+
+pub use health::{poll_delay, RepoHealth, MAX_BACKOFF_FACTOR};
+pub use tags::{tag_warnings, TagFilter};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,7 +25,7 @@ use crate::desired::{desired_runs, CommitEvent, ParseCache};
 use crate::git::{is_local, GitError, GitRepo};
 use crate::paths::DataDir;
 use crate::scheduler::WorkspaceSource;
-use crate::store::{RecordCommit, Store, StoreError};
+use crate::store::{now_ms, RecordCommit, Store, StoreError};
 use crate::trust::{Untrusted, UntrustedPolicy};
 
 #[derive(Debug, thiserror::Error)]
@@ -39,8 +47,8 @@ pub struct RepoConfig {
     pub url: String,
     /// Branch globs to watch; empty = every branch.
     pub branches: GlobList,
-    /// Tag globs to watch; empty = no tags.
-    pub tags: GlobList,
+    /// Which tags to watch: by default those the pipelines ask for.
+    pub tags: TagFilter,
     pub poll_interval: Duration,
     /// Whether runs of this repository are reported to a forge.
     pub report: bool,
@@ -67,6 +75,24 @@ pub struct RepoEntry {
     git: Mutex<Option<GitRepo>>,
     poke: Notify,
     mirror: PathBuf,
+    health: Mutex<RepoHealth>,
+    /// Whether the tags present when tags were first watched are known to be recorded (a
+    /// cache of the store's answer).
+    tags_baselined: AtomicBool,
+    /// The commit whose pipelines the tag warnings were computed from.
+    tag_warnings_of: Mutex<Option<String>>,
+}
+
+/// A repository as the API shows it: never its URL's credential.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RepoStatus {
+    pub name: String,
+    pub url: String,
+    pub health: RepoHealth,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl RepoEntry {
@@ -117,6 +143,9 @@ impl Repos {
                     config,
                     git: Mutex::new(None),
                     poke: Notify::new(),
+                    health: Mutex::new(RepoHealth::default()),
+                    tags_baselined: AtomicBool::new(false),
+                    tag_warnings_of: Mutex::new(None),
                 };
                 (entry.config.name.clone(), Arc::new(entry))
             })
@@ -139,6 +168,21 @@ impl Repos {
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.entries.keys().map(String::as_str)
+    }
+
+    /// Every repository with its polling health, by name.
+    pub fn statuses(&self) -> Vec<RepoStatus> {
+        let mut list: Vec<RepoStatus> = self
+            .entries
+            .values()
+            .map(|entry| RepoStatus {
+                name: entry.config.name.clone(),
+                url: redact_url(&entry.config.url),
+                health: lock(&entry.health).clone(),
+            })
+            .collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list
     }
 
     /// Makes the watcher poll `repo` now (e.g. on a webhook). False for an unknown repository.
@@ -201,31 +245,49 @@ impl Watcher {
 
     async fn watch(self: Arc<Self>, entry: Arc<RepoEntry>, shutdown: CancellationToken) {
         let name = entry.config.name.clone();
+        let interval = entry.config.poll_interval;
         let mut recorded: Option<HashMap<String, String>> = None;
-        let mut interval = tokio::time::interval(entry.config.poll_interval);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut delay = Duration::ZERO;
         loop {
             tokio::select! {
-                _ = interval.tick() => {}
+                _ = tokio::time::sleep(delay) => {}
                 _ = entry.poke.notified() => {}
                 _ = shutdown.cancelled() => return,
             }
-            if recorded.is_none() {
-                match self.store.watched_refs(&name).await {
-                    Ok(refs) => recorded = Some(refs.into_iter().collect()),
-                    Err(error) => {
-                        tracing::error!(repo = %name, %error, "cannot read recorded refs");
-                        continue;
-                    }
+            let error = self.poll_recorded(&entry, &mut recorded).await.err();
+            let failures_before = lock(&entry.health).consecutive_failures;
+            let message = error.as_ref().map(ToString::to_string);
+            delay = lock(&entry.health).record_poll(now_ms(), message, interval);
+            match error {
+                Some(error) => {
+                    tracing::warn!(repo = %name, %error, consecutive_failures = failures_before + 1,
+                        retry_in = ?delay, "poll failed; backing off")
                 }
-            }
-            let Some(known) = recorded.as_mut() else {
-                continue;
-            };
-            if let Err(error) = self.poll(&entry, known).await {
-                tracing::warn!(repo = %name, %error, "poll failed; will try again");
+                None if failures_before > 0 => {
+                    tracing::info!(repo = %name, after_failures = failures_before, "poll succeeded again")
+                }
+                None => {}
             }
         }
+    }
+
+    /// One poll, first reading the refs recorded for the repository if not done yet.
+    async fn poll_recorded(
+        &self,
+        entry: &Arc<RepoEntry>,
+        recorded: &mut Option<HashMap<String, String>>,
+    ) -> Result<usize, ReconcileError> {
+        let known = match recorded {
+            Some(known) => known,
+            None => recorded.insert(
+                self.store
+                    .watched_refs(&entry.config.name)
+                    .await?
+                    .into_iter()
+                    .collect(),
+            ),
+        };
+        self.poll(entry, known).await
     }
 
     /// One poll of one repository: every watched ref whose head differs from the recorded commit
@@ -235,16 +297,22 @@ impl Watcher {
         entry: &Arc<RepoEntry>,
         known: &mut HashMap<String, String>,
     ) -> Result<usize, ReconcileError> {
-        let watch_tags = !entry.config.tags.is_empty();
-        let heads = entry
+        let watch_tags = entry.config.tags.watches_any();
+        let (heads, default_head) = entry
             .with_git(true, move |git| {
                 let mut heads = git.branch_heads()?;
                 if watch_tags {
                     heads.extend(git.tag_heads()?);
                 }
-                Ok(heads)
+                Ok((heads, git.resolve("HEAD").ok()))
             })
             .await?;
+        if let Some(commit) = default_head {
+            self.check_tag_triggers(entry, commit).await?;
+        }
+        if watch_tags && !entry.tags_baselined.load(Ordering::SeqCst) {
+            self.baseline_tags(entry, &heads, known).await?;
+        }
         let mut created = 0;
         // A watched ref that is gone was deleted: its queued runs are cancelled and it is
         // forgotten, so that re-creating it (even at the same commit) counts as new.
@@ -284,6 +352,88 @@ impl Watcher {
             known.insert(git_ref, commit);
         }
         Ok(created)
+    }
+
+    /// The first time a repository's tags are watched, the tags it already has are recorded
+    /// without runs: a newly watched repository does not run every historical release, while
+    /// a tag pushed afterwards runs (even one pushed while the daemon was down).
+    async fn baseline_tags(
+        &self,
+        entry: &Arc<RepoEntry>,
+        heads: &[(String, String)],
+        known: &mut HashMap<String, String>,
+    ) -> Result<(), ReconcileError> {
+        let repo = &entry.config.name;
+        if !self.store.tags_baselined(repo).await? {
+            // Tags recorded already: they were watched before there were baselines.
+            let tags: Vec<(String, String)> = if known.keys().any(|r| r.starts_with("refs/tags/")) {
+                Vec::new()
+            } else {
+                heads
+                    .iter()
+                    .filter(|(r, _)| {
+                        r.strip_prefix("refs/tags/")
+                            .is_some_and(|tag| entry.config.tags.matches(tag))
+                    })
+                    .cloned()
+                    .collect()
+            };
+            self.store.baseline_tags(repo, &tags).await?;
+            if !tags.is_empty() {
+                tracing::info!(repo = %repo, tags = tags.len(),
+                    "existing tags recorded without runs: tags pushed from now on start runs");
+            }
+            for (git_ref, commit) in tags {
+                known.entry(git_ref).or_insert(commit);
+            }
+        }
+        entry.tags_baselined.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// With `tags:` in the repository's config, warns (log, API, `status`) about the pipelines
+    /// at the default branch's head whose tag triggers it excludes; again when that head moves.
+    async fn check_tag_triggers(
+        &self,
+        entry: &Arc<RepoEntry>,
+        commit: String,
+    ) -> Result<(), ReconcileError> {
+        if !matches!(entry.config.tags, TagFilter::Globs(_))
+            || lock(&entry.tag_warnings_of).as_deref() == Some(commit.as_str())
+        {
+            return Ok(());
+        }
+        let at = commit.clone();
+        let files = entry
+            .with_git(false, move |git| git.pipeline_files(&at))
+            .await?;
+        let (cache, filter) = (self.cache.clone(), entry.config.tags.clone());
+        let warnings = tokio::task::spawn_blocking(move || {
+            let parsed: Vec<_> = files
+                .iter()
+                .map(|f| (f.path.as_str(), cache.parse(f)))
+                .collect();
+            let pipelines: Vec<_> = parsed
+                .iter()
+                .filter_map(|(path, p)| p.as_ref().as_ref().ok().map(|p| (*path, p)))
+                .collect();
+            tag_warnings(&filter, &pipelines)
+        })
+        .await
+        .map_err(|e| ReconcileError::Task(e.to_string()))?;
+        let changed = {
+            let mut health = lock(&entry.health);
+            let changed = health.tag_warnings != warnings;
+            health.tag_warnings = warnings.clone();
+            changed
+        };
+        if changed {
+            for warning in &warnings {
+                tracing::warn!(repo = %entry.config.name, "{warning}");
+            }
+        }
+        *lock(&entry.tag_warnings_of) = Some(commit);
+        Ok(())
     }
 
     /// Records the runs one commit on one ref asks for, and the ref's new commit, atomically.
@@ -397,7 +547,7 @@ fn event_for(config: &RepoConfig, git_ref: &str) -> Option<Event> {
             branch: branch.to_string(),
         })
     } else if let Some(tag) = git_ref.strip_prefix("refs/tags/") {
-        (!config.tags.is_empty() && config.tags.matches(tag)).then(|| Event::Tag {
+        config.tags.matches(tag).then(|| Event::Tag {
             tag: tag.to_string(),
         })
     } else {

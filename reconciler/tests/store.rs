@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use deploylite_pipeline::Concurrency;
 use deploylite_reconciler::status::{RunStatus, StageStatus};
 use deploylite_reconciler::store::{
-    AttemptResult, Dispatch, ExpiredLease, NewRun, NewStage, PullRequestInfo, RecordCommit,
-    Registration, RunFilter, RunFinish, SqliteSync, StageSkip, Store, TickWrites,
+    AttemptResult, DatabaseLock, Dialect, Dispatch, ExpiredLease, NewRun, NewStage,
+    PullRequestInfo, RecordCommit, Registration, RunFilter, RunFinish, SqliteSync, StageSkip,
+    Store, StoreError, TickWrites,
 };
 use sqlx::Connection;
 
@@ -110,6 +111,8 @@ conformance!(
     an_expired_lease_requeues_the_stage_without_counting_a_failure,
     recovery_leaves_remote_leases_alone,
     the_schedulers_copy_matches_the_store_after_every_write,
+    existing_tags_are_baselined_once_without_runs,
+    one_daemon_holds_a_database,
 );
 
 fn new_run(commit: &str, concurrency: Concurrency) -> NewRun {
@@ -508,6 +511,75 @@ async fn watched_refs_round_trip(store: &Store, _url: &str) {
     );
     store.forget_ref("app", "refs/heads/main").await.unwrap();
     assert!(store.watched_refs("app").await.unwrap().is_empty());
+}
+
+async fn existing_tags_are_baselined_once_without_runs(store: &Store, _url: &str) {
+    one_run(store, "c1").await;
+    assert!(!store.tags_baselined("app").await.unwrap());
+    let tags = vec![
+        ("refs/tags/v1".to_string(), "t1".to_string()),
+        ("refs/heads/main".to_string(), "other".to_string()),
+    ];
+    store.baseline_tags("app", &tags).await.unwrap();
+    assert!(store.tags_baselined("app").await.unwrap());
+    assert!(!store.tags_baselined("other-repo").await.unwrap());
+    let mut refs = store.watched_refs("app").await.unwrap();
+    refs.sort();
+    assert_eq!(
+        refs,
+        vec![
+            ("refs/heads/main".to_string(), "c1".to_string()),
+            ("refs/tags/v1".to_string(), "t1".to_string()),
+        ],
+        "recorded refs keep their commit"
+    );
+    assert_eq!(
+        store
+            .list_runs(&RunFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "no run for a baselined tag"
+    );
+    // Taken again (another daemon start): nothing changes, nothing fails.
+    store
+        .baseline_tags("app", &[("refs/tags/v2".to_string(), "t2".to_string())])
+        .await
+        .unwrap();
+    assert!(store.tags_baselined("app").await.unwrap());
+}
+
+async fn one_daemon_holds_a_database(store: &Store, url: &str) {
+    let first = DatabaseLock::acquire(url, "deploylite serve pid 1 on first")
+        .await
+        .unwrap();
+    let second = DatabaseLock::acquire(url, "deploylite serve pid 2 on second").await;
+    match store.dialect() {
+        // SQLite's file lives in the data dir, which the binary locks.
+        Dialect::Sqlite => assert!(first.is_none() && matches!(second, Ok(None))),
+        Dialect::Postgres => {
+            let error = second.unwrap_err();
+            assert!(
+                matches!(error, StoreError::DatabaseLocked { .. }),
+                "{error}"
+            );
+            let message = error.to_string();
+            assert!(
+                message.contains("(deploylite serve pid 1 on first, connected from ")
+                    && message.contains(", backend PID "),
+                "{message}"
+            );
+            let mut first = first.expect("the lock on PostgreSQL");
+            first.check().await.unwrap();
+            first.release().await;
+            let again = DatabaseLock::acquire(url, "deploylite serve pid 2 on second").await;
+            assert!(matches!(again, Ok(Some(_))), "free once released");
+        }
+    }
 }
 
 async fn a_run_whose_workspace_fails_is_failed_with_its_message(store: &Store, _url: &str) {

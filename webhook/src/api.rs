@@ -1,4 +1,8 @@
 mod log_range;
+mod repos;
+
+pub use repos::RepoView;
+pub(crate) use repos::{list_repos, readyz};
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -134,24 +138,29 @@ impl RunView {
     }
 }
 
+/// Alive: the store answers, not just the socket. Failing repositories are for `/readyz`.
 pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
-    // Healthy means the store answers, not just that the socket accepts.
-    match state
-        .store
-        .list_runs(&RunFilter {
-            limit: 1,
-            ..Default::default()
-        })
-        .await
-    {
-        Ok(_) => (StatusCode::OK, Json(serde_json::json!({ "status": "ok" }))).into_response(),
+    match store_answers(&state).await {
+        Ok(()) => (StatusCode::OK, Json(serde_json::json!({ "status": "ok" }))).into_response(),
+        Err(unavailable) => unavailable,
+    }
+}
+
+/// Ok when the store answers a query; else the 503 to answer.
+async fn store_answers(state: &AppState) -> Result<(), Response> {
+    let probe = RunFilter {
+        limit: 1,
+        ..Default::default()
+    };
+    match state.store.list_runs(&probe).await {
+        Ok(_) => Ok(()),
         Err(error) => {
             tracing::error!(%error, "health check: the store does not answer");
-            (
+            Err((
                 StatusCode::SERVICE_UNAVAILABLE,
                 Json(serde_json::json!({ "status": "store unavailable" })),
             )
-                .into_response()
+                .into_response())
         }
     }
 }

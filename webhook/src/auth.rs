@@ -97,6 +97,7 @@ pub fn access(method: &Method, route: &str) -> Access {
         return Access::OwnCredentials;
     }
     let read = matches!(*method, Method::GET | Method::HEAD);
+    // Reads (runs, logs, runners, repositories and their health) need a viewer.
     match route {
         "/api/v1/tokens" | "/api/v1/tokens/{name}/revoke" | "/api/v1/audit" => {
             Access::Role(Role::Admin)
@@ -350,8 +351,13 @@ mod tests {
     #[test]
     fn every_state_change_needs_a_role_and_unknown_ones_need_admin() {
         assert_eq!(access(&Method::GET, "/healthz"), Access::Public);
+        assert_eq!(access(&Method::GET, "/readyz"), Access::Public);
         assert_eq!(
             access(&Method::GET, "/api/v1/runs"),
+            Access::Role(Role::Viewer)
+        );
+        assert_eq!(
+            access(&Method::GET, "/api/v1/repos"),
             Access::Role(Role::Viewer)
         );
         assert_eq!(

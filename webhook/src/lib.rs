@@ -23,7 +23,7 @@ use deploylite_reconciler::watcher::Watcher;
 use tokio::sync::Notify;
 
 pub use admin::{valid_token_name, CreatedToken};
-pub use api::{RunView, StageView};
+pub use api::{RepoView, RunView, StageView};
 pub use auth::{AuthConfig, Caller};
 pub use forges::Forges;
 pub use report::{Reporter, ReporterConfig};
@@ -55,6 +55,8 @@ pub fn app(state: AppState, extra: Router) -> Router {
     };
     Router::new()
         .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .route("/api/v1/repos", get(api::list_repos))
         .route("/api/v1/runs", get(api::list_runs))
         .route("/api/v1/runs/{id}", get(api::get_run))
         .route("/api/v1/runs/{id}/cancel", post(api::cancel_run))

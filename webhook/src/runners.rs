@@ -206,9 +206,12 @@ fn same_labels(a: &[String], b: &[String]) -> bool {
 
 /// Whether this registration may take over the name of an existing, unrevoked runner (a new
 /// credential for it, and with it the name's live leases). Today only the runner itself may:
-/// the request carries its current credential as `Authorization: Bearer <credential>`. A
-/// credential that is not that runner's is refused outright. This is the one place to admit
-/// other proofs: an admin API token (resolved by the authorization middleware) is one.
+/// the request carries its current credential as `Authorization: Bearer <credential>`. Another
+/// runner's credential (or a non-admin API token) is refused outright; one no runner holds (a
+/// runner re-registering after the server's data was reset presents its old one) proves
+/// nothing, like no credential. This
+/// is the one place to admit other proofs: an admin API token (resolved by the authorization
+/// middleware) is one.
 async fn takeover_allowed(
     state: &RunnerState,
     headers: &HeaderMap,
@@ -228,6 +231,8 @@ async fn takeover_allowed(
         .await?
     {
         Some(holder) if holder.name == name => Ok(true),
+        // An API token that is not an admin's is no proof either, and is said to be none.
+        None if !matches!(caller, Some(Caller::Token(_))) => Ok(false),
         _ => Err(RunnerError::Unauthorized(
             "the credential presented is not this runner's current credential",
         )),

@@ -45,6 +45,12 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../../migrations/postgres/0005_auth.sql"),
     },
     Migration {
+        version: 6,
+        name: "tag_baselines",
+        sqlite: include_str!("../../../migrations/sqlite/0006_tag_baselines.sql"),
+        postgres: include_str!("../../../migrations/postgres/0006_tag_baselines.sql"),
+    },
+    Migration {
         version: 7,
         name: "run_errors",
         sqlite: include_str!("../../../migrations/sqlite/0007_run_errors.sql"),

@@ -7,11 +7,13 @@
 
 mod approvals;
 mod auth;
+mod daemon_lock;
 mod forge;
 mod migrate;
 mod runners;
 mod runs;
 mod schedule;
+mod tags;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -21,6 +23,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions, Executor};
 
 pub use auth::{AuditEntry, AuditRecord, Role, TokenIdentity, TokenRecord};
+pub use daemon_lock::DatabaseLock;
 pub use forge::DueReport;
 pub use runners::{Lease, Registration, RunnerRecord, LOCAL_RUNNER};
 pub use runs::{
@@ -57,6 +60,11 @@ pub enum StoreError {
     Stopping,
     #[error("the database holds a value this version cannot read ({0})")]
     Corrupt(String),
+    #[error(
+        "another deploylite serve holds the database {url} ({holder}); one daemon per database \
+         until replicas are supported: stop it first"
+    )]
+    DatabaseLocked { url: String, holder: String },
     #[error("unsupported database URL `{0}`: expected sqlite://PATH or postgres://...")]
     UnsupportedUrl(String),
 }
