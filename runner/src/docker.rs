@@ -62,9 +62,9 @@ use crate::outcome::step_failed;
 
 pub use cleanup::Cleaned;
 use cleanup::Leftovers;
-pub use image::PullPolicy;
+pub use image::{InvalidPullPolicy, PullPolicy};
 use interrupt::{interrupt_message, interruptible, settle};
-pub use limits::{parse_cpu, parse_memory};
+pub use limits::{parse_cpu, parse_memory, LimitError};
 use plan::Plan;
 use steps::StepEnd;
 
@@ -132,8 +132,19 @@ impl Default for DockerConfig {
 pub enum DockerError {
     #[error("invalid Docker executor configuration: {0}")]
     Config(String),
-    #[error("cannot connect to the Docker engine at {host}: {message}")]
-    Connect { host: String, message: String },
+    #[error("cannot connect to the Docker engine at {host}: {}", engine_message(.source))]
+    Connect {
+        host: String,
+        #[source]
+        source: BollardError,
+    },
+    #[error("Docker engine error: cannot list {what}: {}", engine_message(.source))]
+    List {
+        what: &'static str,
+        #[source]
+        source: BollardError,
+    },
+    /// What a cleanup could not remove, each problem's message joined with `; `.
     #[error("Docker engine error: {0}")]
     Engine(String),
 }
@@ -161,9 +172,9 @@ impl DockerExecutor {
             return Err(DockerError::Config("instance must not be empty".into()));
         }
         let host = config.host.trim();
-        let connect_error = |e: BollardError| DockerError::Connect {
+        let connect_error = |source: BollardError| DockerError::Connect {
             host: host.to_string(),
-            message: e.to_string(),
+            source,
         };
         let docker = if host.starts_with("tcp://") || host.starts_with("http://") {
             Docker::connect_with_http(host, 120, bollard::API_DEFAULT_VERSION)
@@ -234,10 +245,10 @@ impl DockerExecutor {
         format!("{LABEL_INSTANCE}={}", self.config.instance)
     }
 
-    fn connect_error(&self, e: BollardError) -> DockerError {
+    fn connect_error(&self, source: BollardError) -> DockerError {
         DockerError::Connect {
             host: self.config.host.clone(),
-            message: engine_message(&e),
+            source,
         }
     }
 
@@ -265,7 +276,8 @@ impl DockerExecutor {
     ) -> StageOutcome {
         let plan = match Plan::new(&self.config, &job) {
             Ok(plan) => plan,
-            Err(message) => {
+            Err(e) => {
+                let message = e.to_string();
                 log.system(&message).await;
                 return StageOutcome::Error(message);
             }
@@ -426,8 +438,8 @@ impl DockerExecutor {
                     .await;
                     return end.outcome();
                 }
-                StepEnd::Error(message) => {
-                    let message = format!("step {}: {message}", index + 1);
+                StepEnd::Error(e) => {
+                    let message = format!("step {}: {e}", index + 1);
                     log.system(&message).await;
                     return StageOutcome::Error(message);
                 }

@@ -24,17 +24,20 @@ pub enum PullPolicy {
     Never,
 }
 
+/// A pull policy that is none of the known ones.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid pull policy `{0}`: expected if-not-present, always or never")]
+pub struct InvalidPullPolicy(pub String);
+
 impl FromStr for PullPolicy {
-    type Err = String;
+    type Err = InvalidPullPolicy;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "if-not-present" | "missing" => Ok(PullPolicy::IfNotPresent),
             "always" => Ok(PullPolicy::Always),
             "never" => Ok(PullPolicy::Never),
-            other => Err(format!(
-                "invalid pull policy `{other}`: expected if-not-present, always or never"
-            )),
+            other => Err(InvalidPullPolicy(other.to_string())),
         }
     }
 }
@@ -50,31 +53,31 @@ impl fmt::Display for PullPolicy {
 }
 
 impl DockerExecutor {
-    /// Makes sure the engine has `image`, pulling it per the pull policy. Err is the message.
+    /// Makes sure the engine has `image`, pulling it per the pull policy.
     pub(super) async fn ensure_image(
         &self,
         docker: &Docker,
         image: &str,
         log: &mut StageLog,
-    ) -> Result<(), String> {
+    ) -> Result<(), ImageError> {
         let present = match docker.inspect_image(image).await {
             Ok(_) => true,
             Err(BollardError::DockerResponseServerError {
                 status_code: 404, ..
             }) => false,
-            Err(e) => {
-                return Err(format!(
-                    "cannot inspect image `{image}`: {}",
-                    engine_message(&e)
-                ))
+            Err(source) => {
+                return Err(ImageError::Inspect {
+                    image: image.to_string(),
+                    source,
+                })
             }
         };
         match (self.config.pull, present) {
             (PullPolicy::IfNotPresent, true) | (PullPolicy::Never, true) => return Ok(()),
             (PullPolicy::Never, false) => {
-                return Err(format!(
-                    "image `{image}` is not present on the Docker engine and the pull policy is `never`"
-                ))
+                return Err(ImageError::Absent {
+                    image: image.to_string(),
+                })
             }
             _ => {}
         }
@@ -90,7 +93,10 @@ impl DockerExecutor {
             match item {
                 Ok(info) => {
                     if let Some(detail) = info.error_detail.and_then(|d| d.message) {
-                        return Err(format!("cannot pull image `{image}`: {detail}"));
+                        return Err(ImageError::PullRefused {
+                            image: image.to_string(),
+                            detail,
+                        });
                     }
                     // Per-layer progress carries an id; the overall status lines do not.
                     if let (None, Some(status)) = (info.id, info.status) {
@@ -100,22 +106,50 @@ impl DockerExecutor {
                         }
                     }
                 }
-                Err(e) => {
-                    return Err(format!(
-                        "cannot pull image `{image}`: {}",
-                        engine_message(&e)
-                    ))
+                Err(source) => {
+                    return Err(ImageError::Pull {
+                        image: image.to_string(),
+                        source,
+                    })
                 }
             }
         }
         match docker.inspect_image(image).await {
             Ok(_) => Ok(()),
-            Err(e) => Err(format!(
-                "image `{image}` is still missing after the pull: {}",
-                engine_message(&e)
-            )),
+            Err(source) => Err(ImageError::StillMissing {
+                image: image.to_string(),
+                source,
+            }),
         }
     }
+}
+
+/// Why an image cannot be had; the message is the stage's error as users see it.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ImageError {
+    #[error("cannot inspect image `{image}`: {}", engine_message(.source))]
+    Inspect {
+        image: String,
+        #[source]
+        source: BollardError,
+    },
+    #[error("image `{image}` is not present on the Docker engine and the pull policy is `never`")]
+    Absent { image: String },
+    /// The engine answered the pull with an error in its progress stream.
+    #[error("cannot pull image `{image}`: {detail}")]
+    PullRefused { image: String, detail: String },
+    #[error("cannot pull image `{image}`: {}", engine_message(.source))]
+    Pull {
+        image: String,
+        #[source]
+        source: BollardError,
+    },
+    #[error("image `{image}` is still missing after the pull: {}", engine_message(.source))]
+    StillMissing {
+        image: String,
+        #[source]
+        source: BollardError,
+    },
 }
 
 /// `fromImage` and `tag` for a pull. A reference without a tag or digest means `latest` (the

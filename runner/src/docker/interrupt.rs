@@ -36,7 +36,7 @@ pub(super) fn interrupt_message(end: Interrupt, job: &StageJob, what: &str) -> S
 /// attempt's outcome once the log says why. `context` prefixes an error, `doing` follows
 /// "timed out after …" or "cancelled".
 pub(super) async fn settle(
-    result: Result<Result<(), String>, Interrupt>,
+    result: Result<Result<(), impl std::fmt::Display>, Interrupt>,
     log: &mut StageLog,
     job: &StageJob,
     context: &str,

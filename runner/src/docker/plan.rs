@@ -4,12 +4,32 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use super::limits::{parse_cpu, parse_memory};
+use super::limits::{parse_cpu, parse_memory, LimitError};
 use super::{
     DockerConfig, LABEL_ATTEMPT, LABEL_COMMIT, LABEL_INSTANCE, LABEL_KEY, LABEL_MANAGED,
     LABEL_PIPELINE, LABEL_REPO, LABEL_RUN_ID, LABEL_STAGE,
 };
 use crate::job::StageJob;
+
+/// Why a stage cannot run here, found before anything is created.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum PlanError {
+    #[error("workspace {} does not exist", .0.display())]
+    NoWorkspace(PathBuf),
+    #[error("workspace {}: {source}", path.display())]
+    Workspace {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "stage `{0}` names no `image` and the Docker executor has no default image: \
+         set `image:` on the stage or configure a default image"
+    )]
+    NoImage(String),
+    #[error(transparent)]
+    Limit(#[from] LimitError),
+}
 
 /// What an attempt will do, computed before touching the engine.
 pub(super) struct Plan {
@@ -24,15 +44,15 @@ pub(super) struct Plan {
 }
 
 impl Plan {
-    pub(super) fn new(config: &DockerConfig, job: &StageJob) -> Result<Plan, String> {
+    pub(super) fn new(config: &DockerConfig, job: &StageJob) -> Result<Plan, PlanError> {
         if !job.workspace.is_dir() {
-            return Err(format!(
-                "workspace {} does not exist",
-                job.workspace.display()
-            ));
+            return Err(PlanError::NoWorkspace(job.workspace.clone()));
         }
-        let workspace = std::fs::canonicalize(&job.workspace)
-            .map_err(|e| format!("workspace {}: {e}", job.workspace.display()))?;
+        let workspace =
+            std::fs::canonicalize(&job.workspace).map_err(|source| PlanError::Workspace {
+                path: job.workspace.clone(),
+                source,
+            })?;
         let image = job
             .image
             .as_deref()
@@ -40,13 +60,7 @@ impl Plan {
             .filter(|i| !i.is_empty())
             .map(str::to_string)
             .or_else(|| config.default_image.clone())
-            .ok_or_else(|| {
-                format!(
-                    "stage `{}` names no `image` and the Docker executor has no default image: \
-                     set `image:` on the stage or configure a default image",
-                    job.stage
-                )
-            })?;
+            .ok_or_else(|| PlanError::NoImage(job.stage.clone()))?;
         let nano_cpus = job.resources.cpu.as_deref().map(parse_cpu).transpose()?;
         let memory = job
             .resources

@@ -10,17 +10,18 @@ use deploylite_pipeline::Service;
 
 use super::cleanup::Leftovers;
 use super::plan::Plan;
-use super::{engine_message, DockerExecutor, LABEL_SERVICE};
+use super::steps::ContainerError;
+use super::{DockerExecutor, LABEL_SERVICE};
 
 impl DockerExecutor {
-    /// Creates and starts one service container on the attempt's network. Err is the message.
+    /// Creates and starts one service container on the attempt's network.
     pub(super) async fn start_service(
         &self,
         docker: &Docker,
         plan: &Plan,
         service: &Service,
         leftovers: &mut Leftovers,
-    ) -> Result<(), String> {
+    ) -> Result<(), ContainerError> {
         let name = format!("{}-svc-{}", plan.network, service.name);
         let mut labels = plan.labels.clone();
         labels.insert(LABEL_SERVICE.into(), service.name.clone());
@@ -60,12 +61,12 @@ impl DockerExecutor {
         let id = docker
             .create_container(Some(options), body)
             .await
-            .map_err(|e| format!("cannot create container: {}", engine_message(&e)))?
+            .map_err(ContainerError::Create)?
             .id;
         leftovers.container(id.clone());
         docker
             .start_container(&id, None)
             .await
-            .map_err(|e| format!("cannot start the container: {}", engine_message(&e)))
+            .map_err(ContainerError::Start)
     }
 }

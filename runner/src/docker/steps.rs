@@ -35,7 +35,23 @@ pub(super) enum StepEnd {
     Exited(Option<i32>),
     OutOfMemory,
     Interrupted(Interrupt),
-    Error(String),
+    Error(ContainerError),
+}
+
+/// What went wrong with a step's or a service's container; the message is what users see after
+/// `step N: ` or `service `name`: `.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ContainerError {
+    #[error("cannot create container: {}", engine_message(.0))]
+    Create(#[source] BollardError),
+    #[error("cannot attach to the container: {}", engine_message(.0))]
+    Attach(#[source] BollardError),
+    #[error("cannot start the container: {}", engine_message(.0))]
+    Start(#[source] BollardError),
+    #[error("cannot read the container's exit status: {}", engine_message(.0))]
+    ExitStatus(#[source] BollardError),
+    #[error("the engine reported no exit status")]
+    NoExitStatus,
 }
 
 impl DockerExecutor {
@@ -102,9 +118,7 @@ impl DockerExecutor {
         let options = CreateContainerOptionsBuilder::new().name(&name).build();
         let id = match docker.create_container(Some(options), body).await {
             Ok(created) => created.id,
-            Err(e) => {
-                return StepEnd::Error(format!("cannot create container: {}", engine_message(&e)))
-            }
+            Err(e) => return StepEnd::Error(ContainerError::Create(e)),
         };
         leftovers.container(id.clone());
         let end = supervise(docker, &id, log, deadline, cancel).await;
@@ -135,21 +149,13 @@ async fn supervise(
         .build();
     let mut output = match docker.attach_container(id, Some(attach)).await {
         Ok(attached) => attached.output,
-        Err(e) => {
-            return StepEnd::Error(format!(
-                "cannot attach to the container: {}",
-                engine_message(&e)
-            ))
-        }
+        Err(e) => return StepEnd::Error(ContainerError::Attach(e)),
     };
     if cancel.is_cancelled() {
         return StepEnd::Interrupted(Interrupt::Cancelled);
     }
     if let Err(e) = docker.start_container(id, None).await {
-        return StepEnd::Error(format!(
-            "cannot start the container: {}",
-            engine_message(&e)
-        ));
+        return StepEnd::Error(ContainerError::Start(e));
     }
     let wait_options = WaitContainerOptionsBuilder::new()
         .condition("not-running")
@@ -219,12 +225,7 @@ async fn exit_status(
     };
     let state = match docker.inspect_container(id, None).await {
         Ok(inspect) => inspect.state,
-        Err(e) if code.is_none() => {
-            return StepEnd::Error(format!(
-                "cannot read the container's exit status: {}",
-                engine_message(&e)
-            ))
-        }
+        Err(e) if code.is_none() => return StepEnd::Error(ContainerError::ExitStatus(e)),
         Err(_) => None,
     };
     let code = code.or_else(|| state.as_ref().and_then(|s| s.exit_code));
@@ -233,6 +234,6 @@ async fn exit_status(
     }
     match code {
         Some(code) => StepEnd::Exited(Some(i32::try_from(code).unwrap_or(i32::MAX))),
-        None => StepEnd::Error("the engine reported no exit status".into()),
+        None => StepEnd::Error(ContainerError::NoExitStatus),
     }
 }
