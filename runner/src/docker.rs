@@ -50,23 +50,22 @@ mod plan;
 mod services;
 mod steps;
 
+use std::ops::ControlFlow;
+
 use bollard::errors::Error as BollardError;
 use bollard::models::NetworkCreateRequest;
 use bollard::Docker;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::job::{step_label, BoxFuture, Executor, StageJob, StageOutcome};
+use crate::job::{BoxFuture, Executor, StageJob, StageOutcome};
 use crate::log::StageLog;
-use crate::outcome::step_failed;
 
 pub use cleanup::Cleaned;
 use cleanup::Leftovers;
 pub use image::{InvalidPullPolicy, PullPolicy};
-use interrupt::{interrupt_message, interruptible, settle};
 pub use limits::{parse_cpu, parse_memory, LimitError};
 use plan::Plan;
-use steps::StepEnd;
 
 /// Present (`true`) on every container and network the Docker executor creates.
 pub const LABEL_MANAGED: &str = "deploylite.managed";
@@ -295,9 +294,17 @@ impl DockerExecutor {
         };
         let deadline = job.timeout.map(|t| Instant::now() + t);
         let mut leftovers = Leftovers::new(docker.clone(), plan.key.clone());
-        let outcome = self
-            .run_attempt(&docker, &job, &plan, log, deadline, &cancel, &mut leftovers)
-            .await;
+        let attempt = Attempt {
+            docker: &docker,
+            job: &job,
+            plan: &plan,
+            deadline,
+            cancel: &cancel,
+        };
+        let outcome = match self.run_attempt(&attempt, log, &mut leftovers).await {
+            ControlFlow::Break(outcome) => outcome,
+            ControlFlow::Continue(()) => StageOutcome::Succeeded,
+        };
         let problems = leftovers.release().await;
         for problem in problems {
             tracing::warn!(
@@ -312,140 +319,61 @@ impl DockerExecutor {
         outcome
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Images, network, services, steps: each phase either lets the attempt go on or ends it
+    /// with the outcome the log has explained.
     async fn run_attempt(
         &self,
-        docker: &Docker,
-        job: &StageJob,
-        plan: &Plan,
+        attempt: &Attempt<'_>,
         log: &mut StageLog,
-        deadline: Option<Instant>,
-        cancel: &CancellationToken,
         leftovers: &mut Leftovers,
-    ) -> StageOutcome {
-        let pulled = interruptible(
-            self.ensure_image(docker, &plan.image, log),
-            deadline,
-            cancel,
-        )
-        .await;
-        let doing = format!(" while preparing image `{}`", plan.image);
-        if let Some(end) = settle(pulled, log, job, "", &doing).await {
-            return end;
-        }
-        // Before the network: a service image that cannot be had fails the attempt before
-        // anything is created, like the stage's own image.
-        for service in &job.services {
-            let pulled = interruptible(
-                self.ensure_image(docker, &service.image, log),
-                deadline,
-                cancel,
-            )
-            .await;
-            let context = format!("service `{}`: ", service.name);
-            let doing = format!(
-                " while preparing image `{}` of service `{}`",
-                service.image, service.name
-            );
-            if let Some(end) = settle(pulled, log, job, &context, &doing).await {
-                return end;
-            }
-        }
+    ) -> ControlFlow<StageOutcome> {
+        self.prepare_images(attempt, log).await?;
+        create_network(attempt, log, leftovers).await?;
+        self.start_services(attempt, log, leftovers).await?;
+        self.run_steps(attempt, log, leftovers).await
+    }
+}
 
-        let network = NetworkCreateRequest {
-            name: plan.network.clone(),
-            driver: Some("bridge".into()),
-            labels: Some(plan.labels.clone()),
-            ..Default::default()
-        };
-        match docker.create_network(network).await {
-            Ok(created) => leftovers.network(if created.id.is_empty() {
+/// What every phase of one attempt works with, besides the log and the leftovers it adds to.
+struct Attempt<'a> {
+    docker: &'a Docker,
+    job: &'a StageJob,
+    plan: &'a Plan,
+    deadline: Option<Instant>,
+    cancel: &'a CancellationToken,
+}
+
+/// The attempt's bridge network, which its services and steps join.
+async fn create_network(
+    attempt: &Attempt<'_>,
+    log: &mut StageLog,
+    leftovers: &mut Leftovers,
+) -> ControlFlow<StageOutcome> {
+    let plan = attempt.plan;
+    let network = NetworkCreateRequest {
+        name: plan.network.clone(),
+        driver: Some("bridge".into()),
+        labels: Some(plan.labels.clone()),
+        ..Default::default()
+    };
+    match attempt.docker.create_network(network).await {
+        Ok(created) => {
+            leftovers.network(if created.id.is_empty() {
                 plan.network.clone()
             } else {
                 created.id
-            }),
-            Err(e) => {
-                let message = format!(
-                    "cannot create network `{}`: {}",
-                    plan.network,
-                    engine_message(&e)
-                );
-                log.system(&message).await;
-                return StageOutcome::Error(message);
-            }
+            });
+            ControlFlow::Continue(())
         }
-
-        for service in &job.services {
-            if cancel.is_cancelled() {
-                log.system(&format!(
-                    "cancelled while starting service `{}`",
-                    service.name
-                ))
-                .await;
-                return StageOutcome::Cancelled;
-            }
-            // Registered in `leftovers` as soon as created, so the final cleanup removes the
-            // services whatever happens next.
-            let started = interruptible(
-                self.start_service(docker, plan, service, leftovers),
-                deadline,
-                cancel,
-            )
-            .await;
-            let context = format!("service `{}`: ", service.name);
-            let doing = format!(" while starting service `{}`", service.name);
-            if let Some(end) = settle(started, log, job, &context, &doing).await {
-                return end;
-            }
-            log.system(&format!(
-                "service {}: started from image {} (not waited for)",
-                service.name, service.image
-            ))
-            .await;
+        Err(e) => {
+            let message = format!(
+                "cannot create network `{}`: {}",
+                plan.network,
+                engine_message(&e)
+            );
+            log.system(&message).await;
+            ControlFlow::Break(StageOutcome::Error(message))
         }
-
-        for (index, step) in job.steps.iter().enumerate() {
-            let label = step_label(step);
-            log.system(&format!("step {}: {label}", index + 1)).await;
-            let end = self
-                .run_step(docker, job, plan, index, log, deadline, cancel, leftovers)
-                .await;
-            match end {
-                StepEnd::Exited(Some(0)) => {}
-                StepEnd::Exited(code) => return step_failed(log, index, code).await,
-                StepEnd::OutOfMemory => {
-                    let limit = job
-                        .resources
-                        .memory
-                        .as_deref()
-                        .unwrap_or("the host's memory");
-                    log.system(&format!(
-                        "step {} was killed by a signal: out of memory (limit {limit})",
-                        index + 1
-                    ))
-                    .await;
-                    return StageOutcome::Failed {
-                        step: index,
-                        exit_code: None,
-                    };
-                }
-                StepEnd::Interrupted(end) => {
-                    log.system(&interrupt_message(
-                        end,
-                        job,
-                        ": stopped the step's container",
-                    ))
-                    .await;
-                    return end.outcome();
-                }
-                StepEnd::Error(e) => {
-                    let message = format!("step {}: {e}", index + 1);
-                    log.system(&message).await;
-                    return StageOutcome::Error(message);
-                }
-            }
-        }
-        StageOutcome::Succeeded
     }
 }
 

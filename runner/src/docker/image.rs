@@ -2,6 +2,7 @@
 //! on the engine per the [`PullPolicy`].
 
 use std::fmt;
+use std::ops::ControlFlow;
 use std::str::FromStr;
 
 use bollard::errors::Error as BollardError;
@@ -9,7 +10,9 @@ use bollard::query_parameters::CreateImageOptionsBuilder;
 use bollard::Docker;
 use futures_util::StreamExt;
 
-use super::{engine_message, DockerExecutor};
+use super::interrupt::{interruptible, settle};
+use super::{engine_message, Attempt, DockerExecutor};
+use crate::job::StageOutcome;
 use crate::log::StageLog;
 
 /// When the executor pulls a stage's image.
@@ -53,8 +56,52 @@ impl fmt::Display for PullPolicy {
 }
 
 impl DockerExecutor {
+    /// The stage's image, then its services' images. Before the network: an image that cannot
+    /// be had fails the attempt before anything is created.
+    pub(super) async fn prepare_images(
+        &self,
+        attempt: &Attempt<'_>,
+        log: &mut StageLog,
+    ) -> ControlFlow<StageOutcome> {
+        let image = &attempt.plan.image;
+        let doing = format!(" while preparing image `{image}`");
+        self.prepare_image(attempt, image, log, "", &doing).await?;
+        for service in &attempt.job.services {
+            let context = format!("service `{}`: ", service.name);
+            let doing = format!(
+                " while preparing image `{}` of service `{}`",
+                service.image, service.name
+            );
+            self.prepare_image(attempt, &service.image, log, &context, &doing)
+                .await?;
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// One image, unless the deadline passes or the stage is cancelled first; `context` and
+    /// `doing` are for [`settle`].
+    async fn prepare_image(
+        &self,
+        attempt: &Attempt<'_>,
+        image: &str,
+        log: &mut StageLog,
+        context: &str,
+        doing: &str,
+    ) -> ControlFlow<StageOutcome> {
+        let pulled = interruptible(
+            self.ensure_image(attempt.docker, image, log),
+            attempt.deadline,
+            attempt.cancel,
+        )
+        .await;
+        match settle(pulled, log, attempt.job, context, doing).await {
+            Some(end) => ControlFlow::Break(end),
+            None => ControlFlow::Continue(()),
+        }
+    }
+
     /// Makes sure the engine has `image`, pulling it per the pull policy.
-    pub(super) async fn ensure_image(
+    async fn ensure_image(
         &self,
         docker: &Docker,
         image: &str,

@@ -2,6 +2,7 @@
 //! service's name.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 
 use bollard::models::{ContainerCreateBody, EndpointSettings, HostConfig, NetworkingConfig};
 use bollard::query_parameters::CreateContainerOptionsBuilder;
@@ -9,13 +10,54 @@ use bollard::Docker;
 use deploylite_pipeline::Service;
 
 use super::cleanup::Leftovers;
+use super::interrupt::{interruptible, settle};
 use super::plan::Plan;
 use super::steps::ContainerError;
-use super::{DockerExecutor, LABEL_SERVICE};
+use super::{Attempt, DockerExecutor, LABEL_SERVICE};
+use crate::job::StageOutcome;
+use crate::log::StageLog;
 
 impl DockerExecutor {
+    /// Starts the services in file order; they are not waited for.
+    pub(super) async fn start_services(
+        &self,
+        attempt: &Attempt<'_>,
+        log: &mut StageLog,
+        leftovers: &mut Leftovers,
+    ) -> ControlFlow<StageOutcome> {
+        for service in &attempt.job.services {
+            if attempt.cancel.is_cancelled() {
+                log.system(&format!(
+                    "cancelled while starting service `{}`",
+                    service.name
+                ))
+                .await;
+                return ControlFlow::Break(StageOutcome::Cancelled);
+            }
+            // Registered in `leftovers` as soon as created, so the final cleanup removes the
+            // services whatever happens next.
+            let started = interruptible(
+                self.start_service(attempt.docker, attempt.plan, service, leftovers),
+                attempt.deadline,
+                attempt.cancel,
+            )
+            .await;
+            let context = format!("service `{}`: ", service.name);
+            let doing = format!(" while starting service `{}`", service.name);
+            if let Some(end) = settle(started, log, attempt.job, &context, &doing).await {
+                return ControlFlow::Break(end);
+            }
+            log.system(&format!(
+                "service {}: started from image {} (not waited for)",
+                service.name, service.image
+            ))
+            .await;
+        }
+        ControlFlow::Continue(())
+    }
+
     /// Creates and starts one service container on the attempt's network.
-    pub(super) async fn start_service(
+    async fn start_service(
         &self,
         docker: &Docker,
         plan: &Plan,

@@ -2,6 +2,7 @@
 //! deadline passes, or the stage is cancelled), and removed.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use bollard::errors::Error as BollardError;
@@ -16,12 +17,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::cleanup::Leftovers;
-use super::interrupt::{sleep_until, Interrupt};
+use super::interrupt::{interrupt_message, sleep_until, Interrupt};
 use super::logs::Lines;
-use super::plan::Plan;
-use super::{engine_message, DockerExecutor, LABEL_STEP};
-use crate::job::StageJob;
+use super::{engine_message, Attempt, DockerExecutor, LABEL_STEP};
+use crate::job::{step_label, StageOutcome};
 use crate::log::StageLog;
+use crate::outcome::step_failed;
 
 /// How long a step's container gets between SIGTERM and SIGKILL after a timeout or a
 /// cancellation (the local executor's grace period).
@@ -31,7 +32,7 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 /// How long we wait for a stopped container to be reported as exited.
 const STOP_WAIT_LIMIT: Duration = Duration::from_secs(10);
 
-pub(super) enum StepEnd {
+enum StepEnd {
     Exited(Option<i32>),
     OutOfMemory,
     Interrupted(Interrupt),
@@ -55,18 +56,72 @@ pub(super) enum ContainerError {
 }
 
 impl DockerExecutor {
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn run_step(
+    /// The steps in order, each with its `step N: label` header; the first that does not
+    /// succeed ends the attempt.
+    pub(super) async fn run_steps(
         &self,
-        docker: &Docker,
-        job: &StageJob,
-        plan: &Plan,
+        attempt: &Attempt<'_>,
+        log: &mut StageLog,
+        leftovers: &mut Leftovers,
+    ) -> ControlFlow<StageOutcome> {
+        let job = attempt.job;
+        for (index, step) in job.steps.iter().enumerate() {
+            let label = step_label(step);
+            log.system(&format!("step {}: {label}", index + 1)).await;
+            let outcome = match self.run_step(attempt, index, log, leftovers).await {
+                StepEnd::Exited(Some(0)) => continue,
+                StepEnd::Exited(code) => step_failed(log, index, code).await,
+                StepEnd::OutOfMemory => {
+                    let limit = job
+                        .resources
+                        .memory
+                        .as_deref()
+                        .unwrap_or("the host's memory");
+                    log.system(&format!(
+                        "step {} was killed by a signal: out of memory (limit {limit})",
+                        index + 1
+                    ))
+                    .await;
+                    StageOutcome::Failed {
+                        step: index,
+                        exit_code: None,
+                    }
+                }
+                StepEnd::Interrupted(end) => {
+                    log.system(&interrupt_message(
+                        end,
+                        job,
+                        ": stopped the step's container",
+                    ))
+                    .await;
+                    end.outcome()
+                }
+                StepEnd::Error(e) => {
+                    let message = format!("step {}: {e}", index + 1);
+                    log.system(&message).await;
+                    StageOutcome::Error(message)
+                }
+            };
+            return ControlFlow::Break(outcome);
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Step `index + 1` in its own container, removed once it has ended.
+    async fn run_step(
+        &self,
+        attempt: &Attempt<'_>,
         index: usize,
         log: &mut StageLog,
-        deadline: Option<Instant>,
-        cancel: &CancellationToken,
         leftovers: &mut Leftovers,
     ) -> StepEnd {
+        let Attempt {
+            docker,
+            job,
+            plan,
+            deadline,
+            cancel,
+        } = *attempt;
         let step = &job.steps[index];
         let name = format!("{}-s{}", plan.network, index + 1);
         let mut env: BTreeMap<String, String> = job.env.clone();
