@@ -218,6 +218,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn image_errors_read_as_before_and_keep_the_engine_error() {
+        let refused = BollardError::DockerResponseServerError {
+            status_code: 500,
+            message: " pull access denied for nope \n".into(),
+        };
+        let error = ImageError::Pull {
+            image: "nope".into(),
+            source: refused,
+        };
+        assert_eq!(
+            error.to_string(),
+            "cannot pull image `nope`: pull access denied for nope"
+        );
+        assert!(std::error::Error::source(&error).is_some());
+        assert_eq!(
+            ImageError::Absent {
+                image: "app:1".into()
+            }
+            .to_string(),
+            "image `app:1` is not present on the Docker engine and the pull policy is `never`"
+        );
+        assert_eq!(
+            "sometimes".parse::<PullPolicy>().unwrap_err().to_string(),
+            "invalid pull policy `sometimes`: expected if-not-present, always or never"
+        );
+    }
+
+    #[test]
     fn pull_references() {
         assert_eq!(
             pull_reference("alpine"),

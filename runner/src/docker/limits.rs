@@ -92,6 +92,23 @@ mod tests {
     }
 
     #[test]
+    fn limit_messages() {
+        assert_eq!(
+            parse_cpu("lots").unwrap_err().to_string(),
+            "invalid cpu limit `lots`: expected a positive number of CPUs, e.g. 0.5, 2 or 500m"
+        );
+        assert_eq!(
+            parse_memory("12XB").unwrap_err().to_string(),
+            "invalid memory limit `12XB`: expected bytes or a number with a Ki, Mi, Gi, Ti, K, M, \
+             G or T suffix, e.g. 512Mi or 1G"
+        );
+        assert_eq!(
+            parse_memory("0Mi").unwrap_err().to_string(),
+            "invalid memory limit `0Mi`: must be more than 0 bytes"
+        );
+    }
+
+    #[test]
     fn memory_limits() {
         assert_eq!(parse_memory("512Mi"), Ok(512 * 1024 * 1024));
         assert_eq!(parse_memory("1G"), Ok(1_000_000_000));

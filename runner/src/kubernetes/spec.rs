@@ -590,6 +590,16 @@ mod tests {
     }
 
     #[test]
+    fn a_resource_that_is_not_a_quantity_is_named() {
+        let mut stage = job(vec![step("true", &[])]);
+        stage.resources.memory = Some(" 1 GB ".into());
+        assert_eq!(
+            resources(&stage).unwrap_err().to_string(),
+            "resources.memory `1 GB` is not a Kubernetes quantity (e.g. 512Mi or 1Gi)"
+        );
+    }
+
+    #[test]
     fn label_values_are_valid() {
         assert_eq!(label_value("build"), "build");
         assert_eq!(label_value("Deploy to EU!"), "Deploy-to-EU");
