@@ -51,6 +51,8 @@ const WATCH_TIMEOUT_SECS: u32 = 240;
 /// A watch that ends sooner than this is followed by a pause (poll-like fallback).
 const MIN_WATCH_SESSION: Duration = Duration::from_secs(1);
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// How many times a Pod deletion is tried before giving up on it.
+const DELETE_ROUNDS: u32 = 3;
 /// How long a deleted Pod may take to disappear beyond its grace period.
 const GONE_SLACK: Duration = Duration::from_secs(30);
 /// How long failing reads may go on while waiting for a deleted Pod to disappear.
@@ -259,7 +261,7 @@ impl KubernetesExecutor {
         };
         let pod = match spec::build_pod(&job, &settings, &name, &source_url, &nonce) {
             Ok(pod) => pod,
-            Err(message) => return error(log, message).await,
+            Err(e) => return error(log, e.to_string()).await,
         };
         if cancel.is_cancelled() {
             log.system("cancelled before the pod was created").await;
@@ -364,9 +366,9 @@ impl KubernetesExecutor {
     ) -> Finished {
         let created = match self.create(ctx, pod).await {
             Ok(created) => created,
-            Err(message) => {
+            Err(e) => {
                 return Finished {
-                    outcome: StageOutcome::Error(message),
+                    outcome: StageOutcome::Error(e.to_string()),
                     may_run: false,
                 }
             }
@@ -385,19 +387,15 @@ impl KubernetesExecutor {
         self.supervise(ctx, created, log).await
     }
 
-    async fn create(&self, ctx: &Attempt<'_>, pod: &Pod) -> Result<Pod, String> {
+    async fn create(&self, ctx: &Attempt<'_>, pod: &Pod) -> Result<Pod, CreateError> {
+        let api_error = |source| CreateError::Api {
+            namespace: ctx.namespace.to_string(),
+            name: ctx.name.to_string(),
+            source,
+        };
         let first = match ctx.api.create(&PostParams::default(), pod).await {
             Err(kube::Error::Api(status)) if status.code == 409 => status,
-            other => {
-                return other.map_err(|e| {
-                    format!(
-                        "cannot create pod {}/{}: {}",
-                        ctx.namespace,
-                        ctx.name,
-                        error_text(&e)
-                    )
-                })
-            }
+            other => return other.map_err(api_error),
         };
         // A Pod of the same attempt is left over (a rollback after the stage's own Pod, or a
         // daemon that stopped mid-attempt): replace it if it is ours.
@@ -409,31 +407,25 @@ impl KubernetesExecutor {
                 && labels.get(LABEL_ATTEMPT) == Some(&ctx.job.attempt.to_string())
         });
         if existing.is_some() && !ours {
-            return Err(format!(
-                "cannot create pod {}/{}: a pod of that name exists and is not this attempt's ({})",
-                ctx.namespace, ctx.name, first.message
-            ));
+            return Err(CreateError::NotOurs {
+                namespace: ctx.namespace.to_string(),
+                name: ctx.name.to_string(),
+                message: first.message,
+            });
         }
         if existing.is_some() {
             delete_pod(ctx.api, ctx.name, 0).await?;
             if !matches!(wait_gone(ctx.api, ctx.name, GONE_SLACK).await, Gone::Yes) {
-                return Err(format!(
-                    "cannot create pod {}/{}: an earlier pod of the same name is still terminating",
-                    ctx.namespace, ctx.name
-                ));
+                return Err(CreateError::StillTerminating {
+                    namespace: ctx.namespace.to_string(),
+                    name: ctx.name.to_string(),
+                });
             }
         }
         ctx.api
             .create(&PostParams::default(), pod)
             .await
-            .map_err(|e| {
-                format!(
-                    "cannot create pod {}/{}: {}",
-                    ctx.namespace,
-                    ctx.name,
-                    error_text(&e)
-                )
-            })
+            .map_err(api_error)
     }
 
     /// Follows the Pod until its main container has terminated and its log is read.
@@ -817,25 +809,56 @@ fn error_text(error: &kube::Error) -> String {
 }
 
 /// Ok(true) when a deletion was accepted, Ok(false) when there was no such Pod.
-async fn delete_pod(api: &Api<Pod>, name: &str, grace: u32) -> Result<bool, String> {
+async fn delete_pod(api: &Api<Pod>, name: &str, grace: u32) -> Result<bool, DeleteError> {
     let params = DeleteParams {
         grace_period_seconds: Some(grace),
         propagation_policy: Some(PropagationPolicy::Background),
         ..Default::default()
     };
-    let mut last = String::new();
-    for round in 0..3 {
-        if round > 0 {
-            tokio::time::sleep(RETRY_PAUSE).await;
-        }
+    let mut round = 1;
+    loop {
         match api.delete(name, &params).await {
             Ok(_) => return Ok(true),
             Err(kube::Error::Api(status)) if status.code == 404 => return Ok(false),
-            Err(e) => last = error_text(&e),
+            Err(e) if round >= DELETE_ROUNDS => return Err(DeleteError(e)),
+            Err(_) => {}
         }
+        round += 1;
+        tokio::time::sleep(RETRY_PAUSE).await;
     }
-    Err(last)
 }
+
+/// Why a stage's Pod could not be created; the message is the stage's error as users see it.
+#[derive(Debug, thiserror::Error)]
+enum CreateError {
+    #[error("cannot create pod {namespace}/{name}: {}", error_text(.source))]
+    Api {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(
+        "cannot create pod {namespace}/{name}: a pod of that name exists and is not this attempt's ({message})"
+    )]
+    NotOurs {
+        namespace: String,
+        name: String,
+        message: String,
+    },
+    #[error(
+        "cannot create pod {namespace}/{name}: an earlier pod of the same name is still terminating"
+    )]
+    StillTerminating { namespace: String, name: String },
+    /// The left-over Pod of the same name could not be deleted.
+    #[error(transparent)]
+    Delete(#[from] DeleteError),
+}
+
+/// The API refused to delete a Pod, [`DELETE_ROUNDS`] times in a row.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", error_text(.0))]
+struct DeleteError(#[source] kube::Error);
 
 enum Gone {
     Yes,

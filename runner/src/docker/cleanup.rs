@@ -52,7 +52,7 @@ impl Leftovers {
         self.network = Some(id);
     }
 
-    pub(super) async fn remove_container(&self, id: &str) -> Result<(), String> {
+    pub(super) async fn remove_container(&self, id: &str) -> Result<(), RemoveError> {
         remove_container(&self.docker, id).await
     }
 
@@ -103,12 +103,12 @@ async fn release(
     let mut problems = Vec::new();
     for id in &containers {
         if let Err(e) = remove_container(&docker, id).await {
-            problems.push(e);
+            problems.push(e.to_string());
         }
     }
     if let Some(network) = &network {
         if let Err(e) = remove_network(&docker, network).await {
-            problems.push(e);
+            problems.push(e.to_string());
         }
     }
     // Whatever carries this attempt's key but was not recorded (a create whose response was
@@ -122,9 +122,6 @@ async fn release(
 /// Removes (by force: running ones are killed) every container, then every network, whose
 /// labels match all of `labels` (`key=value`).
 pub(super) async fn sweep(docker: &Docker, labels: Vec<String>) -> Result<Cleaned, DockerError> {
-    let engine = |what: &str, e: BollardError| {
-        DockerError::Engine(format!("{what}: {}", engine_message(&e)))
-    };
     let mut filters = HashMap::new();
     filters.insert("label".to_string(), labels);
     let mut cleaned = Cleaned::default();
@@ -137,12 +134,15 @@ pub(super) async fn sweep(docker: &Docker, labels: Vec<String>) -> Result<Cleane
     let containers = docker
         .list_containers(Some(options))
         .await
-        .map_err(|e| engine("cannot list containers", e))?;
+        .map_err(|source| DockerError::List {
+            what: "containers",
+            source,
+        })?;
     for container in containers {
         let Some(id) = container.id else { continue };
         match remove_container(docker, &id).await {
             Ok(()) => cleaned.containers += 1,
-            Err(e) => problems.push(e),
+            Err(e) => problems.push(e.to_string()),
         }
     }
 
@@ -150,14 +150,17 @@ pub(super) async fn sweep(docker: &Docker, labels: Vec<String>) -> Result<Cleane
     let networks = docker
         .list_networks(Some(options))
         .await
-        .map_err(|e| engine("cannot list networks", e))?;
+        .map_err(|source| DockerError::List {
+            what: "networks",
+            source,
+        })?;
     for network in networks {
         let Some(id) = network.id.or(network.name) else {
             continue;
         };
         match remove_network(docker, &id).await {
             Ok(()) => cleaned.networks += 1,
-            Err(e) => problems.push(e),
+            Err(e) => problems.push(e.to_string()),
         }
     }
     if problems.is_empty() {
@@ -167,7 +170,24 @@ pub(super) async fn sweep(docker: &Docker, labels: Vec<String>) -> Result<Cleane
     }
 }
 
-async fn remove_container(docker: &Docker, id: &str) -> Result<(), String> {
+/// A container or network that is still there after a removal.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum RemoveError {
+    #[error("cannot remove container {id}: {}", engine_message(.source))]
+    Container {
+        id: String,
+        #[source]
+        source: BollardError,
+    },
+    #[error("cannot remove network {id}: {}", engine_message(.source))]
+    Network {
+        id: String,
+        #[source]
+        source: BollardError,
+    },
+}
+
+async fn remove_container(docker: &Docker, id: &str) -> Result<(), RemoveError> {
     let options = RemoveContainerOptionsBuilder::new()
         .force(true)
         .v(true)
@@ -182,22 +202,22 @@ async fn remove_container(docker: &Docker, id: &str) -> Result<(), String> {
             status_code: 409,
             message,
         }) if message.contains("already in progress") => Ok(()),
-        Err(e) => Err(format!(
-            "cannot remove container {id}: {}",
-            engine_message(&e)
-        )),
+        Err(source) => Err(RemoveError::Container {
+            id: id.to_string(),
+            source,
+        }),
     }
 }
 
-async fn remove_network(docker: &Docker, id: &str) -> Result<(), String> {
+async fn remove_network(docker: &Docker, id: &str) -> Result<(), RemoveError> {
     match docker.remove_network(id).await {
         Ok(()) => Ok(()),
         Err(BollardError::DockerResponseServerError {
             status_code: 404, ..
         }) => Ok(()),
-        Err(e) => Err(format!(
-            "cannot remove network {id}: {}",
-            engine_message(&e)
-        )),
+        Err(source) => Err(RemoveError::Network {
+            id: id.to_string(),
+            source,
+        }),
     }
 }

@@ -1,12 +1,23 @@
 //! CPU and memory limits as the pipeline writes them, turned into what the engine takes.
 
+/// A `resources:` value the engine cannot take; the message names the value and the forms
+/// that are accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitError {
+    #[error("invalid cpu limit `{0}`: expected a positive number of CPUs, e.g. 0.5, 2 or 500m")]
+    Cpu(String),
+    #[error(
+        "invalid memory limit `{0}`: expected bytes or a number with a Ki, Mi, Gi, Ti, K, M, G \
+         or T suffix, e.g. 512Mi or 1G"
+    )]
+    Memory(String),
+    #[error("invalid memory limit `{0}`: must be more than 0 bytes")]
+    NoMemory(String),
+}
+
 /// `cpu` (e.g. `0.5`, `2`, or Kubernetes millicores `500m`) → nano CPUs (`HostConfig.NanoCpus`).
-pub fn parse_cpu(value: &str) -> Result<i64, String> {
-    let bad = || {
-        format!(
-            "invalid cpu limit `{value}`: expected a positive number of CPUs, e.g. 0.5, 2 or 500m"
-        )
-    };
+pub fn parse_cpu(value: &str) -> Result<i64, LimitError> {
+    let bad = || LimitError::Cpu(value.to_string());
     let s = value.trim();
     let cpus = match s.strip_suffix('m') {
         Some(millis) => millis.parse::<f64>().map(|m| m / 1000.0),
@@ -25,13 +36,8 @@ pub fn parse_cpu(value: &str) -> Result<i64, String> {
 
 /// `memory` → bytes (`HostConfig.Memory`). Accepts plain bytes and a number (decimals allowed)
 /// with a binary (`Ki`, `Mi`, `Gi`, `Ti`) or decimal (`K`/`k`, `M`, `G`, `T`) suffix.
-pub fn parse_memory(value: &str) -> Result<i64, String> {
-    let bad = || {
-        format!(
-            "invalid memory limit `{value}`: expected bytes or a number with a Ki, Mi, Gi, Ti, K, M, G \
-             or T suffix, e.g. 512Mi or 1G"
-        )
-    };
+pub fn parse_memory(value: &str) -> Result<i64, LimitError> {
+    let bad = || LimitError::Memory(value.to_string());
     let s = value.trim();
     let number_len = s
         .bytes()
@@ -64,9 +70,7 @@ pub fn parse_memory(value: &str) -> Result<i64, String> {
         .map(|b| b / scale)
         .ok_or_else(bad)?;
     if bytes == 0 {
-        return Err(format!(
-            "invalid memory limit `{value}`: must be more than 0 bytes"
-        ));
+        return Err(LimitError::NoMemory(value.to_string()));
     }
     i64::try_from(bytes).map_err(|_| bad())
 }
@@ -82,9 +86,26 @@ mod tests {
         assert_eq!(parse_cpu("1.25"), Ok(1_250_000_000));
         assert_eq!(parse_cpu("250m"), Ok(250_000_000));
         for bad in ["", "0", "-1", "abc", "1x", "inf", "NaN", "0m"] {
-            let err = parse_cpu(bad).unwrap_err();
+            let err = parse_cpu(bad).unwrap_err().to_string();
             assert!(err.contains("invalid cpu limit"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn limit_messages() {
+        assert_eq!(
+            parse_cpu("lots").unwrap_err().to_string(),
+            "invalid cpu limit `lots`: expected a positive number of CPUs, e.g. 0.5, 2 or 500m"
+        );
+        assert_eq!(
+            parse_memory("12XB").unwrap_err().to_string(),
+            "invalid memory limit `12XB`: expected bytes or a number with a Ki, Mi, Gi, Ti, K, M, \
+             G or T suffix, e.g. 512Mi or 1G"
+        );
+        assert_eq!(
+            parse_memory("0Mi").unwrap_err().to_string(),
+            "invalid memory limit `0Mi`: must be more than 0 bytes"
+        );
     }
 
     #[test]
@@ -110,7 +131,7 @@ mod tests {
             "1 Gi",
             "99999999999999999999Ti",
         ] {
-            let err = parse_memory(bad).unwrap_err();
+            let err = parse_memory(bad).unwrap_err().to_string();
             assert!(err.contains("invalid memory limit"), "{bad}: {err}");
         }
     }

@@ -90,11 +90,11 @@ async fn read_stream(
     mut stream: impl AsyncBufRead + Unpin,
     position: &mut Position,
     tx: &mpsc::Sender<LogMsg>,
-) -> Result<(), String> {
+) -> std::io::Result<()> {
     let mut buf: Vec<u8> = Vec::new();
     loop {
         let (consumed, done) = {
-            let chunk = stream.fill_buf().await.map_err(|e| e.to_string())?;
+            let chunk = stream.fill_buf().await?;
             if chunk.is_empty() {
                 (0, true)
             } else {

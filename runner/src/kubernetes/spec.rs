@@ -148,8 +148,17 @@ pub fn is_quantity(text: &str) -> bool {
     }
 }
 
+/// A stage's `resources:` value that the API server would refuse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("resources.{key} `{value}` is not a Kubernetes quantity (e.g. {example})")]
+pub struct QuantityError {
+    pub key: &'static str,
+    pub value: String,
+    pub example: &'static str,
+}
+
 /// The stage's resources as requests = limits; an error names the value that is not a quantity.
-pub fn resources(job: &StageJob) -> Result<Option<ResourceRequirements>, String> {
+pub fn resources(job: &StageJob) -> Result<Option<ResourceRequirements>, QuantityError> {
     let mut amounts = BTreeMap::new();
     for (key, value, example) in [
         ("cpu", &job.resources.cpu, "0.5, 500m or 2"),
@@ -158,9 +167,11 @@ pub fn resources(job: &StageJob) -> Result<Option<ResourceRequirements>, String>
         if let Some(value) = value {
             let value = value.trim();
             if !is_quantity(value) {
-                return Err(format!(
-                    "resources.{key} `{value}` is not a Kubernetes quantity (e.g. {example})"
-                ));
+                return Err(QuantityError {
+                    key,
+                    value: value.to_string(),
+                    example,
+                });
             }
             amounts.insert(key.to_string(), Quantity(value.to_string()));
         }
@@ -308,7 +319,7 @@ pub fn build_pod(
     name: &str,
     source_url: &str,
     nonce: &str,
-) -> Result<Pod, String> {
+) -> Result<Pod, QuantityError> {
     let resources = resources(job)?;
     let image = job
         .image
@@ -576,6 +587,16 @@ mod tests {
         for bad in ["", "512MB", "1 Gi", "m", "1..2", "abc", "1e", "1Gib", "."] {
             assert!(!is_quantity(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_resource_that_is_not_a_quantity_is_named() {
+        let mut stage = job(vec![step("true", &[])]);
+        stage.resources.memory = Some(" 1 GB ".into());
+        assert_eq!(
+            resources(&stage).unwrap_err().to_string(),
+            "resources.memory `1 GB` is not a Kubernetes quantity (e.g. 512Mi or 1Gi)"
+        );
     }
 
     #[test]
