@@ -71,7 +71,7 @@ pub struct RepoEntry {
 
 impl RepoEntry {
     /// Runs `f` on the (opened, and for remotes fetched-at-least-once) repository, off the runtime.
-    async fn with_git<T: Send + 'static>(
+    pub(crate) async fn with_git<T: Send + 'static>(
         self: &Arc<Self>,
         fetch: bool,
         f: impl FnOnce(&GitRepo) -> Result<T, GitError> + Send + 'static,
@@ -179,6 +179,9 @@ pub struct Watcher {
     /// Shared with the blocking task that parses a commit's pipelines.
     cache: Arc<ParseCache>,
     scheduler: Arc<Notify>,
+    /// Open pull requests as watched state (`pulls.rs`) and the delivery queues (`inbox.rs`).
+    pub(crate) pulls: crate::pulls::PullWatch,
+    pub(crate) inbox: crate::inbox::Inbox,
 }
 
 impl Watcher {
@@ -188,6 +191,8 @@ impl Watcher {
             repos,
             cache: Arc::new(ParseCache::default()),
             scheduler,
+            pulls: Default::default(),
+            inbox: Default::default(),
         })
     }
 
@@ -225,6 +230,7 @@ impl Watcher {
             if let Err(error) = self.poll(&entry, known).await {
                 tracing::warn!(repo = %name, %error, "poll failed; will try again");
             }
+            self.poll_pull_requests(&entry).await;
         }
     }
 

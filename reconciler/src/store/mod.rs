@@ -9,6 +9,7 @@ mod approvals;
 mod auth;
 mod forge;
 mod migrate;
+mod pulls;
 mod runners;
 mod runs;
 mod schedule;
