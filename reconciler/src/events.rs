@@ -116,7 +116,7 @@ impl Watcher {
         };
         let applied = self.apply_event(event).await;
         if let Some(repo) = poke {
-            self.repos().poke(&repo);
+            self.poke_pull_requests(&repo);
         }
         applied
     }

@@ -12,7 +12,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use deploylite_runner::BoxFuture;
+use deploylite_runner::{BoxFuture, CancellationToken};
+use tokio::sync::Notify;
 
 use crate::events::PullRequestEvent;
 use crate::store::now_ms;
@@ -55,8 +56,16 @@ pub const DEFAULT_CLOSE_GRACE: Duration = Duration::from_secs(60);
 pub struct PullWatch {
     source: Mutex<Option<(Arc<dyn PullRequestSource>, Duration)>>,
     settled: Mutex<HashSet<String>>,
-    /// Listings reconciled so far, for tests and logs: (repo → count).
-    passes: Mutex<HashMap<String, u64>>,
+    /// Wakes a repository's pull request loop now (a pull request webhook).
+    pokes: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Reconciles started and completed so far, by repository: tests wait on them.
+    passes: Mutex<HashMap<String, (u64, u64)>>,
+}
+
+impl PullWatch {
+    fn poke(&self, repo: &str) -> Arc<Notify> {
+        lock(&self.pokes).entry(repo.to_string()).or_default().clone()
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -79,16 +88,44 @@ impl Watcher {
         *lock(&self.pulls.source) = Some((source, close_grace));
     }
 
-    /// How many pull request reconciles of `repo` have completed (whatever their outcome):
-    /// tests wait on it to know a poll happened.
-    pub fn pull_request_passes(&self, repo: &str) -> u64 {
-        lock(&self.pulls.passes).get(repo).copied().unwrap_or(0)
+    /// Makes `repo`'s pull requests be listed and reconciled now (a pull request webhook arrived).
+    pub fn poke_pull_requests(&self, repo: &str) {
+        self.pulls.poke(repo).notify_one();
     }
 
-    /// One pull request reconcile of one repository, after its ref poll. Errors are logged:
-    /// the next poll tries again.
+    /// A repository's pull request loop: a reconcile at every poll interval, and at once when
+    /// poked. Beside the ref poll rather than in it, so that a pull request webhook does not make
+    /// the refs be polled too.
+    pub(crate) async fn watch_pull_requests_of(
+        self: Arc<Self>,
+        entry: Arc<RepoEntry>,
+        shutdown: CancellationToken,
+    ) {
+        let poke = self.pulls.poke(&entry.config.name);
+        let mut interval = tokio::time::interval(entry.config.poll_interval);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = poke.notified() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            self.poll_pull_requests(&entry).await;
+        }
+    }
+
+    /// How many pull request reconciles of `repo` have started and completed (whatever their
+    /// outcome): a test that pokes waits for `completed` to pass what `started` was, which
+    /// proves a whole reconcile ran after the poke.
+    pub fn pull_request_passes(&self, repo: &str) -> (u64, u64) {
+        lock(&self.pulls.passes).get(repo).copied().unwrap_or((0, 0))
+    }
+
+    /// One pull request reconcile of one repository. Errors are logged: the next poll tries
+    /// again.
     pub(crate) async fn poll_pull_requests(&self, entry: &Arc<RepoEntry>) {
         let name = entry.config.name.clone();
+        lock(&self.pulls.passes).entry(name.clone()).or_default().0 += 1;
         match self.reconcile_pull_requests(entry).await {
             Ok(Some(done)) if !done.created.is_empty() || !done.cancelled.is_empty() => {
                 tracing::info!(repo = %name, created = ?done.created, cancelled = ?done.cancelled, "pull requests reconciled");
@@ -98,7 +135,7 @@ impl Watcher {
                 tracing::warn!(repo = %name, %error, "pull request reconcile failed; will try again")
             }
         }
-        *lock(&self.pulls.passes).entry(name).or_insert(0) += 1;
+        lock(&self.pulls.passes).entry(name).or_default().1 += 1;
     }
 
     /// Lists `entry`'s open pull requests and closes the gap with what is recorded. `Ok(None)`

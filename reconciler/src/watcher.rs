@@ -200,6 +200,7 @@ impl Watcher {
         let mut tasks = JoinSet::new();
         for entry in self.repos.entries.values() {
             tasks.spawn(self.clone().watch(entry.clone(), shutdown.clone()));
+            tasks.spawn(self.clone().watch_pull_requests_of(entry.clone(), shutdown.clone()));
         }
         while tasks.join_next().await.is_some() {}
     }
@@ -230,7 +231,6 @@ impl Watcher {
             if let Err(error) = self.poll(&entry, known).await {
                 tracing::warn!(repo = %name, %error, "poll failed; will try again");
             }
-            self.poll_pull_requests(&entry).await;
         }
     }
 
@@ -353,7 +353,7 @@ impl Watcher {
                 git_ref: git_ref.to_string(),
                 commit: commit.to_string(),
                 runs,
-                // Pull request heads are not watched refs: nothing to remember for polling.
+                // Pull request heads are watched through listings (`pulls.rs`), not as refs.
                 update_ref: matches!(event_kind, EventKind::Ref),
             })
             .await?;
