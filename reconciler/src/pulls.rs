@@ -88,8 +88,11 @@ impl Watcher {
         *lock(&self.pulls.source) = Some((source, close_grace));
     }
 
-    /// Makes `repo`'s pull requests be listed and reconciled now (a pull request webhook arrived).
+    /// Makes `repo`'s pull requests be listed and reconciled now (a pull request webhook arrived),
+    /// compared with the store even if the listing is unchanged: the webhook may have recorded
+    /// runs for a pull request the listing no longer shows (a late delivery after a close).
     pub fn poke_pull_requests(&self, repo: &str) {
+        lock(&self.pulls.settled).remove(repo);
         self.pulls.poke(repo).notify_one();
     }
 

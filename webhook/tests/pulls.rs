@@ -309,6 +309,41 @@ async fn a_closed_pull_requests_queued_runs_are_cancelled_by_the_poll() {
 }
 
 #[tokio::test]
+async fn a_late_webhook_for_a_closed_pull_request_has_its_runs_cancelled_by_the_poll_it_makes() {
+    let forge = FakeForge::github().await;
+    let h = Harness::start(with_github(&forge, Duration::ZERO)).await;
+    // No pull request is open, and the listing says so (then 304s).
+    h.poll(GH_REPO).await;
+    h.poll(GH_REPO).await;
+    assert_eq!(forge.listings().last().map(|l| l.2), Some(304));
+
+    // An `opened` delivery comes late (redelivered after the pull request was closed): it
+    // records the head, and its poke compares even an unchanged listing with the store.
+    let base = head(&h.gh_repo, "main");
+    let head_sha = pull_request_head(&h.gh_repo, "changes", "refs/pull/2/head");
+    let (status, body) = h
+        .github(
+            "pull_request",
+            "d-late-1",
+            &bytes(&pull_request_hook("opened", &head_sha, &base)),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let run = h
+        .wait_for_run(GH_REPO, "the late webhook's run", |r| r.commit == head_sha)
+        .await;
+    let cancelled = h
+        .wait_for_run(GH_REPO, "the run cancelled", |r| {
+            r.id == run.id && r.cancel_requested
+        })
+        .await;
+    assert_eq!(
+        cancelled.pending_reason.as_deref(),
+        Some("cancelled: the pull request was closed")
+    );
+}
+
+#[tokio::test]
 async fn a_listing_that_lags_an_opened_webhook_does_not_cancel_its_runs() {
     let forge = FakeForge::github().await;
     // The daemon's default grace: the runs are far younger.
