@@ -62,7 +62,9 @@ async fn apply_in_order(watcher: Weak<Watcher>, mut deliveries: mpsc::Receiver<D
             return;
         };
         match watcher.apply(event.clone()).await {
-            Ok(applied) => tracing::debug!(forge, delivery = ?id, ?event, ?applied, "webhook applied"),
+            Ok(applied) => {
+                tracing::debug!(forge, delivery = ?id, ?event, ?applied, "webhook applied")
+            }
             Err(error) => {
                 tracing::error!(forge, delivery = ?id, ?event, %error, "applying a webhook failed; a redelivery will be applied");
                 if let Some(id) = &id {

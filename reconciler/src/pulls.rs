@@ -64,7 +64,10 @@ pub struct PullWatch {
 
 impl PullWatch {
     fn poke(&self, repo: &str) -> Arc<Notify> {
-        lock(&self.pokes).entry(repo.to_string()).or_default().clone()
+        lock(&self.pokes)
+            .entry(repo.to_string())
+            .or_default()
+            .clone()
     }
 }
 
@@ -121,7 +124,10 @@ impl Watcher {
     /// outcome): a test that pokes waits for `completed` to pass what `started` was, which
     /// proves a whole reconcile ran after the poke.
     pub fn pull_request_passes(&self, repo: &str) -> (u64, u64) {
-        lock(&self.pulls.passes).get(repo).copied().unwrap_or((0, 0))
+        lock(&self.pulls.passes)
+            .get(repo)
+            .copied()
+            .unwrap_or((0, 0))
     }
 
     /// One pull request reconcile of one repository. Errors are logged: the next poll tries

@@ -200,7 +200,10 @@ impl Watcher {
         let mut tasks = JoinSet::new();
         for entry in self.repos.entries.values() {
             tasks.spawn(self.clone().watch(entry.clone(), shutdown.clone()));
-            tasks.spawn(self.clone().watch_pull_requests_of(entry.clone(), shutdown.clone()));
+            tasks.spawn(
+                self.clone()
+                    .watch_pull_requests_of(entry.clone(), shutdown.clone()),
+            );
         }
         while tasks.join_next().await.is_some() {}
     }

@@ -860,7 +860,10 @@ async fn pull_request_heads_and_the_runs_a_close_would_cancel(store: &Store, _ur
     };
     assert!(recorded("refs/pull/7/head", "a").await);
     assert!(!recorded("refs/pull/7/head", "b").await, "another head");
-    assert!(!recorded("refs/heads/main", "c").await, "a push, not a pull request");
+    assert!(
+        !recorded("refs/heads/main", "c").await,
+        "a push, not a pull request"
+    );
 
     let refs = |store: &Store| {
         let store = store.clone();
@@ -886,7 +889,11 @@ async fn pull_request_heads_and_the_runs_a_close_would_cancel(store: &Store, _ur
         seven
     );
     assert!(refs(store).await.is_empty());
-    assert!(store.cancellable_pull_request_refs("other").await.unwrap().is_empty());
+    assert!(store
+        .cancellable_pull_request_refs("other")
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 async fn runners_register_authenticate_and_are_revoked(store: &Store, _url: &str) {

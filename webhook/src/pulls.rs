@@ -47,6 +47,8 @@ pub struct ForgePullRequests {
     gitlab: Option<gitlab::Gitlab>,
     /// By DeployLite's repository name.
     pages: Mutex<HashMap<String, Vec<CachedPage>>>,
+    /// No listing from a forge before this time (epoch ms): its rate limit is exhausted.
+    blocked_until: Mutex<HashMap<ForgeKind, i64>>,
 }
 
 impl ForgePullRequests {
@@ -62,7 +64,51 @@ impl ForgePullRequests {
                 .and_then(|c| gitlab::Gitlab::new(c, request_timeout)),
             forges,
             pages: Mutex::new(HashMap::new()),
+            blocked_until: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Lists `name`'s open pull requests, unless its forge asked to wait; a rate-limit answer
+    /// makes every repository of that forge wait until the reset (or `Retry-After`).
+    async fn list_politely(&self, name: &str) -> Result<Option<OpenPullRequests>, DeliveryError> {
+        let forge = self.forges.repo_by_name(name).map(|r| r.forge);
+        let now = chrono::Utc::now().timestamp_millis();
+        if let Some(until) = forge.and_then(|f| lock(&self.blocked_until).get(&f).copied()) {
+            if until > now {
+                return Err(DeliveryError::Unexpected(format!(
+                    "waiting {} s for the rate limit to reset",
+                    (until - now) / 1000 + 1
+                )));
+            }
+        }
+        let result = self.list(name).await;
+        if let (
+            Some(forge),
+            Err(DeliveryError::Http {
+                status,
+                retry_after,
+                remaining,
+                reset,
+                ..
+            }),
+        ) = (forge, &result)
+        {
+            let limited = *status == 429
+                || (*status == 403 && (*remaining == Some(0) || retry_after.is_some()));
+            let until = match (retry_after, reset) {
+                (Some(secs), _) => {
+                    Some(now.saturating_add(i64::try_from(*secs).unwrap_or(3600).min(3600) * 1000))
+                }
+                (None, Some(reset)) if *remaining == Some(0) => {
+                    Some(reset.saturating_mul(1000).min(now + 3_600_000))
+                }
+                _ => None,
+            };
+            if let (true, Some(until)) = (limited, until) {
+                lock(&self.blocked_until).insert(forge, until);
+            }
+        }
+        result
     }
 
     async fn list(&self, name: &str) -> Result<Option<OpenPullRequests>, DeliveryError> {
@@ -99,21 +145,16 @@ impl ForgePullRequests {
                 )
             }
         };
-        let cached = self
-            .pages
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .cloned()
-            .unwrap_or_default();
+        let cached = lock(&self.pages).get(name).cloned().unwrap_or_default();
         let (pages, unchanged) = read_pages(&crab, &base, &cached, &repo).await?;
         let open = pages.iter().flat_map(|p| p.open.iter().cloned()).collect();
-        self.pages
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name.to_string(), pages);
+        lock(&self.pages).insert(name.to_string(), pages);
         Ok(Some(OpenPullRequests { open, unchanged }))
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl PullRequestSource for ForgePullRequests {
@@ -121,7 +162,11 @@ impl PullRequestSource for ForgePullRequests {
         &'a self,
         repo: &'a str,
     ) -> BoxFuture<'a, Result<Option<OpenPullRequests>, ListError>> {
-        Box::pin(async move { self.list(repo).await.map_err(|e| ListError(e.to_string())) })
+        Box::pin(async move {
+            self.list_politely(repo)
+                .await
+                .map_err(|e| ListError(e.to_string()))
+        })
     }
 }
 

@@ -22,7 +22,13 @@ use serde_json::{json, Value};
 /// GitHub's pull request example (`pulls/get` in the OpenAPI subset; the listing's items carry
 /// the same fields), made pull request `number` of the watched repository at `head_sha`, from
 /// `head_repo`, by an author with `association`, targeting `main` at `base_sha`.
-fn github_pull(number: i64, head_sha: &str, base_sha: &str, head_repo: &str, association: &str) -> Value {
+fn github_pull(
+    number: i64,
+    head_sha: &str,
+    base_sha: &str,
+    head_repo: &str,
+    association: &str,
+) -> Value {
     let spec = OpenApi::load(
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/github/openapi-subset.json"),
@@ -94,7 +100,13 @@ async fn a_pull_request_opened_while_the_daemon_was_stopped_runs_once_after_the_
     let stopped = Harness::prepare(with_github(&forge, Duration::ZERO));
     let base = head(&stopped.gh_repo, "main");
     let head_sha = pull_request_head(&stopped.gh_repo, "changes", "refs/pull/5/head");
-    forge.set_pull_requests(vec![github_pull(5, &head_sha, &base, GITHUB_SLUG, "CONTRIBUTOR")]);
+    forge.set_pull_requests(vec![github_pull(
+        5,
+        &head_sha,
+        &base,
+        GITHUB_SLUG,
+        "CONTRIBUTOR",
+    )]);
 
     // The daemon starts: its first poll lists the pull request no webhook announced.
     let h = stopped.start().await;
@@ -102,7 +114,11 @@ async fn a_pull_request_opened_while_the_daemon_was_stopped_runs_once_after_the_
         .wait_for_run(GH_REPO, "the pull request's run", |r| r.commit == head_sha)
         .await;
     assert_eq!(
-        (run.trigger.as_str(), run.git_ref.as_str(), run.awaiting_approval),
+        (
+            run.trigger.as_str(),
+            run.git_ref.as_str(),
+            run.awaiting_approval
+        ),
         ("pull_request", "refs/pull/5/head", false)
     );
     assert_eq!(
@@ -116,7 +132,10 @@ async fn a_pull_request_opened_while_the_daemon_was_stopped_runs_once_after_the_
     // Later polls find it recorded: once.
     h.poll(GH_REPO).await;
     h.poll(GH_REPO).await;
-    assert_eq!(h.attempts(GH_REPO, &head_sha).await, vec![("ci".to_string(), 1)]);
+    assert_eq!(
+        h.attempts(GH_REPO, &head_sha).await,
+        vec![("ci".to_string(), 1)]
+    );
     assert_eq!(forge.violations(), Vec::<String>::new());
 }
 
@@ -161,7 +180,11 @@ async fn a_merge_request_whose_webhook_was_never_delivered_runs_after_the_next_p
         .wait_for_run(GL_REPO, "!5's run", |r| r.commit == fork)
         .await;
     assert_eq!(
-        (forked.git_ref.as_str(), forked.awaiting_approval, forked.pull_request),
+        (
+            forked.git_ref.as_str(),
+            forked.awaiting_approval,
+            forked.pull_request
+        ),
         (
             "refs/merge-requests/5/head",
             true,
@@ -196,7 +219,10 @@ async fn poll_and_webhook_for_the_same_head_give_one_run() {
     h.wait_for_run(GH_REPO, "the head's run", |r| r.commit == head_sha)
         .await;
     h.poll(GH_REPO).await;
-    assert_eq!(h.attempts(GH_REPO, &head_sha).await, vec![("ci".to_string(), 1)]);
+    assert_eq!(
+        h.attempts(GH_REPO, &head_sha).await,
+        vec![("ci".to_string(), 1)]
+    );
     assert_eq!(forge.violations(), Vec::<String>::new());
 }
 
@@ -206,7 +232,13 @@ async fn an_unchanged_pull_request_list_costs_one_conditional_request_per_poll()
     let h = Harness::start(with_github(&forge, Duration::ZERO)).await;
     let base = head(&h.gh_repo, "main");
     let head_sha = pull_request_head(&h.gh_repo, "changes", "refs/pull/3/head");
-    forge.set_pull_requests(vec![github_pull(3, &head_sha, &base, GITHUB_SLUG, "MEMBER")]);
+    forge.set_pull_requests(vec![github_pull(
+        3,
+        &head_sha,
+        &base,
+        GITHUB_SLUG,
+        "MEMBER",
+    )]);
     h.poll(GH_REPO).await;
     h.wait_for_run(GH_REPO, "the head's run", |r| r.commit == head_sha)
         .await;
@@ -219,7 +251,12 @@ async fn an_unchanged_pull_request_list_costs_one_conditional_request_per_poll()
     assert_eq!(listings.len(), 3, "one request per poll: {listings:?}");
     for (query, if_none_match, status) in &listings {
         assert_eq!(query, "state=open&per_page=100");
-        assert!(if_none_match.as_deref().is_some_and(|e| e.starts_with("W/\"")), "{listings:?}");
+        assert!(
+            if_none_match
+                .as_deref()
+                .is_some_and(|e| e.starts_with("W/\"")),
+            "{listings:?}"
+        );
         assert_eq!(*status, 304, "{listings:?}");
     }
 
@@ -263,7 +300,10 @@ async fn a_listing_longer_than_a_page_is_read_page_by_page_each_conditionally() 
         .await;
     let first: Vec<_> = forge.listings().split_off(before);
     assert_eq!(
-        first.iter().map(|l| (l.0.as_str(), l.2)).collect::<Vec<_>>(),
+        first
+            .iter()
+            .map(|l| (l.0.as_str(), l.2))
+            .collect::<Vec<_>>(),
         vec![
             ("state=open&per_page=100", 200),
             ("state=open&per_page=100&page=2", 200)
@@ -273,7 +313,10 @@ async fn a_listing_longer_than_a_page_is_read_page_by_page_each_conditionally() 
     h.poll(GH_REPO).await;
     let again: Vec<_> = forge.listings().split_off(before);
     assert_eq!(
-        again.iter().map(|l| (l.0.as_str(), l.2)).collect::<Vec<_>>(),
+        again
+            .iter()
+            .map(|l| (l.0.as_str(), l.2))
+            .collect::<Vec<_>>(),
         vec![
             ("state=open&per_page=100", 304),
             ("state=open&per_page=100&page=2", 304)
@@ -387,7 +430,10 @@ async fn a_close_and_a_reopen_back_to_back_are_applied_in_that_order() {
     let closed = bytes(&pull_request_hook("closed", &head_sha, &base));
     let reopened = bytes(&pull_request_hook("reopened", &head_sha, &base));
     assert_eq!(h.github("pull_request", "d-order-2", &closed).await.0, 202);
-    assert_eq!(h.github("pull_request", "d-order-3", &reopened).await.0, 202);
+    assert_eq!(
+        h.github("pull_request", "d-order-3", &reopened).await.0,
+        202
+    );
 
     // Close first: the run is cancelled; then the reopen runs it again as attempt 2. (The other
     // order would leave attempt 1 cancelled and no attempt 2.)
@@ -397,6 +443,55 @@ async fn a_close_and_a_reopen_back_to_back_are_applied_in_that_order() {
         })
         .await;
     assert!(!rerun.cancel_requested, "{rerun:?}");
-    let first = h.runs(GH_REPO).await.into_iter().find(|r| r.id == run.id).unwrap();
+    let first = h
+        .runs(GH_REPO)
+        .await
+        .into_iter()
+        .find(|r| r.id == run.id)
+        .unwrap();
     assert!(first.cancel_requested, "{first:?}");
+}
+
+#[tokio::test]
+async fn an_open_and_a_close_back_to_back_leave_the_runs_cancelled() {
+    let h = Harness::start(Options::default()).await;
+    let base = head(&h.gh_repo, "main");
+    let head_sha = commit_on(&h.gh_repo, "changes", "pr.txt");
+    // Recording the head (git reads, parsing) takes longer than cancelling: applied out of
+    // order, the close would find nothing to cancel and the runs of a closed pull request
+    // would stay queued.
+    let opened = bytes(&pull_request_hook("opened", &head_sha, &base));
+    let closed = bytes(&pull_request_hook("closed", &head_sha, &base));
+    assert_eq!(h.github("pull_request", "d-oc-1", &opened).await.0, 202);
+    assert_eq!(h.github("pull_request", "d-oc-2", &closed).await.0, 202);
+    let run = h
+        .wait_for_run(GH_REPO, "the run, cancelled", |r| {
+            r.commit == head_sha && r.cancel_requested
+        })
+        .await;
+    assert_eq!(
+        run.pending_reason.as_deref(),
+        Some("cancelled: the pull request was closed")
+    );
+}
+
+#[tokio::test]
+async fn a_rate_limited_listing_waits_for_the_reset() {
+    let forge = FakeForge::github().await;
+    let h = Harness::start(with_github(&forge, Duration::ZERO)).await;
+    let reset = chrono::Utc::now().timestamp() + 3600;
+    forge.script(
+        "GET",
+        "/pulls",
+        vec![fake::Reply::status(403)
+            .header("x-ratelimit-remaining", 0)
+            .header("x-ratelimit-reset", reset)],
+    );
+    h.poll(GH_REPO).await;
+    let before = forge.listings();
+    assert_eq!(before.last().map(|l| l.2), Some(403), "{before:?}");
+    // Until the reset, polls ask nothing.
+    h.poll(GH_REPO).await;
+    h.poll(GH_REPO).await;
+    assert_eq!(forge.listings().len(), before.len());
 }

@@ -322,7 +322,6 @@ impl Prepared {
 }
 
 impl Harness {
-
     /// Makes the watcher list `repo`'s pull requests now and waits until a pull request reconcile that started
     /// after this call has completed.
     pub async fn poll(&self, repo: &str) {

@@ -256,8 +256,17 @@ impl FakeForge {
     pub fn listings(&self) -> Vec<(String, Option<String>, u16)> {
         self.requests()
             .into_iter()
-            .filter(|r| r.method == "GET" && (r.path.ends_with("/pulls") || r.path.ends_with("/merge_requests")))
-            .map(|r| (r.query.clone(), r.headers.get("if-none-match").cloned(), r.status))
+            .filter(|r| {
+                r.method == "GET"
+                    && (r.path.ends_with("/pulls") || r.path.ends_with("/merge_requests"))
+            })
+            .map(|r| {
+                (
+                    r.query.clone(),
+                    r.headers.get("if-none-match").cloned(),
+                    r.status,
+                )
+            })
             .collect()
     }
 
@@ -686,13 +695,19 @@ fn github(
         ("GET", ["repos", _, _, "pulls"]) => {
             let served = listing(inner, query, headers, Kind::Github);
             if let (Some(openapi), (200, _, Value::Array(items))) = (&inner.openapi, &served) {
-                let schema = openapi.schema("pull-request").cloned().unwrap_or(Value::Null);
+                let schema = openapi
+                    .schema("pull-request")
+                    .cloned()
+                    .unwrap_or(Value::Null);
                 let mut problems = Vec::new();
                 for item in items {
                     openapi.validate(&schema, item, "$", &mut problems);
                 }
-                lock(&inner.violations)
-                    .extend(problems.into_iter().map(|p| format!("served pull request: {p}")));
+                lock(&inner.violations).extend(
+                    problems
+                        .into_iter()
+                        .map(|p| format!("served pull request: {p}")),
+                );
             }
             served
         }

@@ -25,7 +25,8 @@ impl OpenApi {
 
     /// An example of `components/examples`.
     pub fn example(&self, name: &str) -> Option<&Value> {
-        self.doc.pointer(&format!("/components/examples/{name}/value"))
+        self.doc
+            .pointer(&format!("/components/examples/{name}/value"))
     }
 
     /// The `paths` template and operation matching `method path` (path without query).
