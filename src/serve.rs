@@ -204,6 +204,11 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .context("cannot recover interrupted stages")?;
     let watcher = Watcher::new(store.clone(), repos.clone(), scheduler.waker());
     let forges = Arc::new(config.forges.clone());
+    // Open pull requests are watched state: every poll lists them from the forge.
+    watcher.watch_pull_requests(
+        deploylite_webhook::pulls::ForgePullRequests::new(forges.clone(), Duration::from_secs(30)),
+        deploylite_reconciler::pulls::DEFAULT_CLOSE_GRACE,
+    );
 
     let listening =
         crate::config::listen::bind(&config.listen, config.public_url.as_deref()).await?;

@@ -73,6 +73,19 @@ pub struct PullRequestEvent {
     pub author_is_member: bool,
 }
 
+impl ForgeEvent {
+    /// The repository the event is about (DeployLite's name once the receiver looked it up).
+    pub fn repo(&self) -> &str {
+        match self {
+            ForgeEvent::Push { repo, .. }
+            | ForgeEvent::PullRequestClosed { repo, .. }
+            | ForgeEvent::Rerun { repo, .. } => repo,
+            ForgeEvent::PullRequestOpened(pr) | ForgeEvent::PullRequestReopened(pr) => &pr.repo,
+            ForgeEvent::Approve(comment) => &comment.repo,
+        }
+    }
+}
+
 impl PullRequestEvent {
     /// Code from a fork whose author is not a member of the repository.
     pub fn untrusted(&self) -> bool {
@@ -91,6 +104,24 @@ pub struct Applied {
 
 impl Watcher {
     pub async fn apply(&self, event: ForgeEvent) -> Result<Applied, ReconcileError> {
+        // A pull request event is also a poke: the repository's open pull requests are listed
+        // now, so whatever this delivery does not say (an earlier delivery that was lost) is
+        // caught up at once rather than at the next poll.
+        let poke = match &event {
+            ForgeEvent::PullRequestOpened(pr) | ForgeEvent::PullRequestReopened(pr) => {
+                Some(pr.repo.clone())
+            }
+            ForgeEvent::PullRequestClosed { repo, .. } => Some(repo.clone()),
+            _ => None,
+        };
+        let applied = self.apply_event(event).await;
+        if let Some(repo) = poke {
+            self.poke_pull_requests(&repo);
+        }
+        applied
+    }
+
+    async fn apply_event(&self, event: ForgeEvent) -> Result<Applied, ReconcileError> {
         match event {
             ForgeEvent::Push {
                 repo,
@@ -113,11 +144,11 @@ impl Watcher {
                 Ok(applied)
             }
             ForgeEvent::PullRequestOpened(pr) => Ok(Applied {
-                created: self.record_pull_request_head(&pr).await?,
+                created: self.record_pull_request_head(&pr, true).await?,
                 ..Default::default()
             }),
             ForgeEvent::PullRequestReopened(pr) => {
-                let mut created = self.record_pull_request_head(&pr).await?;
+                let mut created = self.record_pull_request_head(&pr, true).await?;
                 let reruns = self
                     .store()
                     .rerun_cancelled(&pr.repo, &pr.git_ref, &pr.head_sha)
@@ -197,10 +228,13 @@ impl Watcher {
         Ok(approved)
     }
 
-    /// Records the runs of a pull request's head (none when they exist already).
-    async fn record_pull_request_head(
+    /// Records the runs of a pull request's head (none when they exist already), as its
+    /// webhook or a listing of open pull requests names it. `fetch` first brings a mirror up
+    /// to date (a webhook may name a commit not fetched yet).
+    pub(crate) async fn record_pull_request_head(
         &self,
         pr: &PullRequestEvent,
+        fetch: bool,
     ) -> Result<Vec<i64>, ReconcileError> {
         let entry = self
             .repos()
@@ -231,7 +265,7 @@ impl Watcher {
                 target_branch: pr.base_branch.clone(),
             },
             Some(info),
-            true,
+            fetch,
             trust,
         )
         .await

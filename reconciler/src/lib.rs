@@ -5,7 +5,9 @@
 pub mod desired;
 pub mod events;
 pub mod git;
+pub mod inbox;
 pub mod paths;
+pub mod pulls;
 pub mod scheduler;
 pub mod status;
 pub mod store;

@@ -97,7 +97,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl RepoEntry {
     /// Runs `f` on the (opened, and for remotes fetched-at-least-once) repository, off the runtime.
-    async fn with_git<T: Send + 'static>(
+    pub(crate) async fn with_git<T: Send + 'static>(
         self: &Arc<Self>,
         fetch: bool,
         f: impl FnOnce(&GitRepo) -> Result<T, GitError> + Send + 'static,
@@ -223,6 +223,9 @@ pub struct Watcher {
     /// Shared with the blocking task that parses a commit's pipelines.
     cache: Arc<ParseCache>,
     scheduler: Arc<Notify>,
+    /// Open pull requests as watched state (`pulls.rs`) and the delivery queues (`inbox.rs`).
+    pub(crate) pulls: crate::pulls::PullWatch,
+    pub(crate) inbox: crate::inbox::Inbox,
 }
 
 impl Watcher {
@@ -232,6 +235,8 @@ impl Watcher {
             repos,
             cache: Arc::new(ParseCache::default()),
             scheduler,
+            pulls: Default::default(),
+            inbox: Default::default(),
         })
     }
 
@@ -239,6 +244,10 @@ impl Watcher {
         let mut tasks = JoinSet::new();
         for entry in self.repos.entries.values() {
             tasks.spawn(self.clone().watch(entry.clone(), shutdown.clone()));
+            tasks.spawn(
+                self.clone()
+                    .watch_pull_requests_of(entry.clone(), shutdown.clone()),
+            );
         }
         while tasks.join_next().await.is_some() {}
     }
@@ -497,7 +506,7 @@ impl Watcher {
                 git_ref: git_ref.to_string(),
                 commit: commit.to_string(),
                 runs,
-                // Pull request heads are not watched refs: nothing to remember for polling.
+                // Pull request heads are watched through listings (`pulls.rs`), not as refs.
                 update_ref: matches!(event_kind, EventKind::Ref),
             })
             .await?;

@@ -106,6 +106,7 @@ conformance!(
     a_rerun_request_creates_one_attempt_across_restarts,
     old_deliveries_are_pruned_and_recent_ones_kept,
     pull_request_runs_are_those_of_the_latest_head,
+    pull_request_heads_and_the_runs_a_close_would_cancel,
     runners_register_authenticate_and_are_revoked,
     a_remote_lease_is_collected_once_renewed_and_guarded,
     an_expired_lease_requeues_the_stage_without_counting_a_failure,
@@ -899,6 +900,72 @@ async fn pull_request_runs_are_those_of_the_latest_head(store: &Store, _url: &st
         (7, "fork/app", true)
     );
     assert!(store.pull_request_runs("app", 8).await.unwrap().is_empty());
+}
+
+async fn pull_request_heads_and_the_runs_a_close_would_cancel(store: &Store, _url: &str) {
+    let pr = |number: i64, commit: &str| {
+        let mut run = new_run(commit, Concurrency::Parallel);
+        run.trigger = "pull_request".into();
+        run.git_ref = format!("refs/pull/{number}/head");
+        run.pull_request = Some(PullRequestInfo {
+            number,
+            head_repo: "app".into(),
+            untrusted: false,
+        });
+        run
+    };
+    let before = deploylite_reconciler::store::now_ms();
+    let (seven, _) = store
+        .record_commit(&record("a", vec![pr(7, "a")]))
+        .await
+        .unwrap();
+    let (eight, _) = store
+        .record_commit(&record("b", vec![pr(8, "b")]))
+        .await
+        .unwrap();
+    one_run(store, "c").await;
+    let recorded = |git_ref: &'static str, commit: &'static str| async move {
+        store
+            .pull_request_head_recorded("app", git_ref, commit)
+            .await
+            .unwrap()
+    };
+    assert!(recorded("refs/pull/7/head", "a").await);
+    assert!(!recorded("refs/pull/7/head", "b").await, "another head");
+    assert!(
+        !recorded("refs/heads/main", "c").await,
+        "a push, not a pull request"
+    );
+
+    let refs = |store: &Store| {
+        let store = store.clone();
+        async move {
+            let mut refs = store.cancellable_pull_request_refs("app").await.unwrap();
+            refs.sort();
+            refs
+        }
+    };
+    let found = refs(store).await;
+    assert_eq!(
+        found.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(),
+        vec!["refs/pull/7/head", "refs/pull/8/head"]
+    );
+    assert!(found.iter().all(|(_, at)| *at >= before), "{found:?}");
+    // A run whose stage has started is not cancelled by a close, nor one already cancelled.
+    dispatch_build(store, eight[0], 1).await;
+    assert_eq!(
+        store
+            .cancel_queued_runs("app", "refs/pull/7/head", "closed")
+            .await
+            .unwrap(),
+        seven
+    );
+    assert!(refs(store).await.is_empty());
+    assert!(store
+        .cancellable_pull_request_refs("other")
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 async fn runners_register_authenticate_and_are_revoked(store: &Store, _url: &str) {

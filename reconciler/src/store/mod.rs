@@ -10,6 +10,7 @@ mod auth;
 mod daemon_lock;
 mod forge;
 mod migrate;
+mod pulls;
 mod runners;
 mod runs;
 mod schedule;

@@ -81,44 +81,56 @@ fn pull_request(payload: &Value) -> Result<Mapped, MapError> {
             slug,
         });
     }
-    let head_sha = req_sha(payload, "pull_request.head.sha")?;
-    let base_branch = req_str(payload, "pull_request.base.ref")?;
-    let base_repo = opt_str(payload, "pull_request.base.repo.full_name").unwrap_or(&slug);
-    let (head_repo, from_fork) = match opt_str(payload, "pull_request.head.repo.full_name") {
-        Some(head) => (head.to_string(), !head.eq_ignore_ascii_case(base_repo)),
-        // `head.repo` is null when the fork was deleted. The head commit is still reachable as
-        // refs/pull/N/head, but nothing shows it came from the base repository: treat it as a
-        // fork (untrusted), named after the head's owner (`label` is `owner:branch`).
-        None => {
-            let owner = opt_str(payload, "pull_request.head.label")
-                .and_then(|l| l.split_once(':').map(|(owner, _)| owner))
-                .or_else(|| opt_str(payload, "pull_request.head.user.login"))
-                .unwrap_or("unknown");
-            (format!("{owner}/(deleted fork)"), true)
-        }
-    };
-    let pr = PullRequestEvent {
-        repo: slug.clone(),
-        number,
-        git_ref,
-        head_sha: head_sha.to_string(),
-        base_sha: opt_str(payload, "pull_request.base.sha")
-            .filter(|s| is_sha(s))
-            .map(str::to_string),
-        base_branch: base_branch.to_string(),
-        head_repo,
-        from_fork,
-        author: opt_str(payload, "pull_request.user.login")
-            .unwrap_or("unknown")
-            .to_string(),
-        author_is_member: is_member(opt_str(payload, "pull_request.author_association")),
-    };
+    let pr = pull_request_event(&slug, number, payload, "pull_request.")?;
     let event = if action == "reopened" {
         ForgeEvent::PullRequestReopened(pr)
     } else {
         ForgeEvent::PullRequestOpened(pr)
     };
     Ok(Mapped::Event { event, slug })
+}
+
+/// A pull request object (`pull_request` in a webhook, an item of `GET /repos/{owner}/{repo}/pulls`,
+/// which share these fields) found at `prefix` in `payload`, as the event its head asks for.
+pub(crate) fn pull_request_event(
+    slug: &str,
+    number: i64,
+    payload: &Value,
+    prefix: &str,
+) -> Result<PullRequestEvent, MapError> {
+    let field = |name: &str| format!("{prefix}{name}");
+    let head_sha = req_sha(payload, &field("head.sha"))?;
+    let base_branch = req_str(payload, &field("base.ref"))?;
+    let base_repo = opt_str(payload, &field("base.repo.full_name")).unwrap_or(slug);
+    let (head_repo, from_fork) = match opt_str(payload, &field("head.repo.full_name")) {
+        Some(head) => (head.to_string(), !head.eq_ignore_ascii_case(base_repo)),
+        // `head.repo` is null when the fork was deleted. The head commit is still reachable as
+        // refs/pull/N/head, but nothing shows it came from the base repository: treat it as a
+        // fork (untrusted), named after the head's owner (`label` is `owner:branch`).
+        None => {
+            let owner = opt_str(payload, &field("head.label"))
+                .and_then(|l| l.split_once(':').map(|(owner, _)| owner))
+                .or_else(|| opt_str(payload, &field("head.user.login")))
+                .unwrap_or("unknown");
+            (format!("{owner}/(deleted fork)"), true)
+        }
+    };
+    Ok(PullRequestEvent {
+        repo: slug.to_string(),
+        number,
+        git_ref: format!("refs/pull/{number}/head"),
+        head_sha: head_sha.to_string(),
+        base_sha: opt_str(payload, &field("base.sha"))
+            .filter(|s| is_sha(s))
+            .map(str::to_string),
+        base_branch: base_branch.to_string(),
+        head_repo,
+        from_fork,
+        author: opt_str(payload, &field("user.login"))
+            .unwrap_or("unknown")
+            .to_string(),
+        author_is_member: is_member(opt_str(payload, &field("author_association"))),
+    })
 }
 
 fn check_run(payload: &Value) -> Result<Mapped, MapError> {

@@ -5,11 +5,11 @@
 //! signatures and tokens; `github` and `gitlab` map payloads to [`ForgeEvent`](deploylite_reconciler::events::ForgeEvent)s. This file only says, per forge,
 //! which header carries what.
 
-mod github;
+pub(crate) mod github;
 mod gitlab;
 mod limits;
 mod members;
-mod payload;
+pub(crate) mod payload;
 mod pipeline;
 mod verify;
 

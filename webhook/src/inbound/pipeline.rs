@@ -10,7 +10,8 @@
 //! 6. look the repository up → 404;
 //! 7. de-duplicate by delivery id (this records the delivery), and a re-run by its request's
 //!    identity → 200 `duplicate`;
-//! 8. answer 202 and apply the event afterwards, in a task of its own.
+//! 8. queue the event behind the repository's earlier deliveries (503 when its queue is full),
+//!    answer 202, and apply it afterwards, in arrival order (`deploylite_reconciler::inbox`).
 //!
 //! Nothing is recorded or enqueued before every check that can answer 4xx has passed, and no
 //! input can take the server down: every failure is an answer.
@@ -23,6 +24,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use deploylite_reconciler::events::ForgeEvent;
+use deploylite_reconciler::inbox::Delivery;
 use deploylite_reconciler::store::StoreError;
 use serde_json::{json, Value};
 
@@ -53,6 +55,8 @@ pub(crate) enum Reject {
     NotFound(String),
     /// The daemon watches no repositories (an API-only server).
     Unavailable(String),
+    /// The repository's delivery queue is full: the forge retries later.
+    Busy(String),
     Internal(StoreError),
 }
 
@@ -110,6 +114,15 @@ impl Reject {
             Reject::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             Reject::NotFound(m) => (StatusCode::NOT_FOUND, m),
             Reject::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
+            Reject::Busy(m) => {
+                tracing::warn!(forge, reason = %m, "webhook refused: the repository's queue is full");
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [(header::RETRY_AFTER, "10")],
+                    Json(json!({ "error": m })),
+                )
+                    .into_response();
+            }
             Reject::Internal(error) => {
                 tracing::error!(forge, %error, "webhook failed");
                 (
@@ -226,36 +239,22 @@ async fn process<R: Receiver>(
             }
         }
     }
-    spawn_apply(watcher, R::FORGE, delivery, forge_event);
+    let forge = R::FORGE.as_str();
+    let queued = watcher.enqueue(Delivery {
+        event: forge_event,
+        forge,
+        id: delivery.clone(),
+    });
+    if let Err(error) = queued {
+        // Not applied: the forge's retry of this delivery must not be taken for a replay.
+        if let Some(id) = &delivery {
+            state.store.forget_delivery(forge, id).await?;
+        }
+        return Err(Reject::Busy(error.to_string()));
+    }
     Ok(Ack::Accepted {
         repo: repo.name.clone(),
     })
-}
-
-/// Applies the event after the answer has gone out: the forge waits for nothing but the
-/// recording of the delivery. A failure is logged and the delivery forgotten, so that the
-/// forge's redelivery of it is applied rather than dropped as a replay; the watcher's polling
-/// catches up with pushes in any case.
-fn spawn_apply(
-    watcher: std::sync::Arc<deploylite_reconciler::watcher::Watcher>,
-    forge: ForgeKind,
-    delivery: Option<String>,
-    event: ForgeEvent,
-) {
-    tokio::spawn(async move {
-        let forge = forge.as_str();
-        match watcher.apply(event.clone()).await {
-            Ok(applied) => tracing::debug!(forge, ?delivery, ?event, ?applied, "webhook applied"),
-            Err(error) => {
-                tracing::error!(forge, ?delivery, ?event, %error, "applying a webhook failed; a redelivery will be applied");
-                if let Some(id) = &delivery {
-                    if let Err(error) = watcher.store().forget_delivery(forge, id).await {
-                        tracing::error!(forge, delivery = %id, %error, "cannot forget a failed delivery");
-                    }
-                }
-            }
-        }
-    });
 }
 
 /// A header as text; `Ok(None)` when absent or blank, 400 when not visible ASCII.

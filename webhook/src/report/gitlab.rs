@@ -55,7 +55,7 @@ impl Gitlab {
     }
 }
 
-fn project_path(slug: &str) -> String {
+pub(crate) fn project_path(slug: &str) -> String {
     format!("/projects/{}", encode_segment(slug))
 }
 

@@ -139,6 +139,78 @@ pub(crate) async fn call(
     })
 }
 
+/// One page of a listing, fetched with a conditional request.
+#[derive(Debug)]
+pub(crate) enum Page {
+    /// 304: the page is as it was when it had the ETag sent.
+    NotModified,
+    Fresh {
+        body: Value,
+        /// The page's `ETag`, to send as `If-None-Match` next time.
+        etag: Option<String>,
+        /// Another page follows: GitHub's `Link: <…>; rel="next"`, GitLab's `x-next-page` (GitLab
+        /// sends both; https://docs.gitlab.com/api/rest/#pagination).
+        next: bool,
+    },
+}
+
+/// GETs one page of a listing, sending `If-None-Match: etag` when there is one. A 304 costs no
+/// rate limit on GitHub (https://docs.github.com/en/rest/using-the-rest-api/best-practices-for-using-the-rest-api#use-conditional-requests-if-appropriate).
+pub(crate) async fn get_page(
+    crab: &Octocrab,
+    path: &str,
+    etag: Option<&str>,
+) -> Result<Page, DeliveryError> {
+    let mut headers = axum::http::header::HeaderMap::new();
+    if let Some(etag) = etag {
+        let value = axum::http::header::HeaderValue::from_str(etag)
+            .map_err(|_| DeliveryError::Unexpected("the forge sent an unusable ETag".into()))?;
+        headers.insert(axum::http::header::IF_NONE_MATCH, value);
+    }
+    let response = crab
+        ._get_with_headers(path, Some(headers))
+        .await
+        .map_err(from_octocrab)?;
+    let status = response.status().as_u16();
+    if status == 304 {
+        return Ok(Page::NotModified);
+    }
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_string())
+    };
+    let page_etag = header("etag").filter(|e| !e.is_empty());
+    let next = header("link").is_some_and(|l| l.contains("rel=\"next\""))
+        || header("x-next-page").is_some_and(|n| !n.is_empty());
+    let retry_after = header("retry-after").and_then(|v| v.parse().ok());
+    let remaining = header("x-ratelimit-remaining")
+        .or_else(|| header("ratelimit-remaining"))
+        .and_then(|v| v.parse().ok());
+    let reset = header("x-ratelimit-reset")
+        .or_else(|| header("ratelimit-reset"))
+        .and_then(|v| v.parse().ok());
+    let text = crab.body_to_string(response).await.map_err(from_octocrab)?;
+    if !(200..300).contains(&status) {
+        return Err(DeliveryError::Http {
+            status,
+            message: error_message(&text),
+            retry_after,
+            remaining,
+            reset,
+        });
+    }
+    let body = serde_json::from_str(&text)
+        .map_err(|e| DeliveryError::Unexpected(format!("the listing is not JSON: {e}")))?;
+    Ok(Page::Fresh {
+        body,
+        etag: page_etag,
+        next,
+    })
+}
+
 /// The forge's own words (`message` on GitHub, `message`/`error` on GitLab), kept short.
 fn error_message(text: &str) -> String {
     let message = match serde_json::from_str::<Value>(text) {

@@ -25,9 +25,9 @@
 //!   head commit.
 
 mod comments;
-mod github;
-mod gitlab;
-mod http;
+pub(crate) mod github;
+pub(crate) mod gitlab;
+pub(crate) mod http;
 mod render;
 
 use std::collections::{HashMap, HashSet};

@@ -20,8 +20,9 @@ use deploylite_reconciler::store::{
 use deploylite_reconciler::watcher::{RepoConfig, Repos, Watcher};
 use deploylite_runner::CancellationToken;
 use deploylite_webhook::forges::{
-    ForgeKind, ForgeRepo, GithubConfig, GitlabConfig, Secret, WebhookLimits,
+    ForgeKind, ForgeRepo, GithubAuth, GithubConfig, GitlabConfig, Secret, WebhookLimits,
 };
+use deploylite_webhook::pulls::ForgePullRequests;
 use deploylite_webhook::{AppState, Forges};
 use hmac::{Hmac, Mac};
 use serde_json::Value;
@@ -47,6 +48,10 @@ pub struct Options {
     pub max_body_bytes: usize,
     /// GitLab's API (base URL, token), for the members check of approval comments.
     pub gitlab_api: Option<(String, String)>,
+    /// GitHub's API (base URL, token), for listing open pull requests.
+    pub github_api: Option<(String, String)>,
+    /// Watch open pull requests with this close grace (`reconciler::pulls`).
+    pub pull_requests: Option<Duration>,
     pub webhook_limits: WebhookLimits,
 }
 
@@ -57,6 +62,8 @@ impl Default for Options {
             gitlab_secret: Some(GITLAB_SECRET),
             max_body_bytes: deploylite_webhook::forges::DEFAULT_MAX_BODY_BYTES,
             gitlab_api: None,
+            github_api: None,
+            pull_requests: None,
             webhook_limits: WebhookLimits::default(),
         }
     }
@@ -68,7 +75,17 @@ pub struct Harness {
     pub gl_repo: PathBuf,
     pub store: Store,
     pub base: String,
+    pub watcher: Arc<Watcher>,
     shutdown: CancellationToken,
+}
+
+/// The repositories and the store of a harness not started yet: what a daemon finds when it
+/// starts (e.g. a pull request opened while it was stopped).
+pub struct Prepared {
+    pub tmp: tempfile::TempDir,
+    pub gh_repo: PathBuf,
+    pub gl_repo: PathBuf,
+    options: Options,
 }
 
 impl Drop for Harness {
@@ -165,11 +182,32 @@ pub fn head(repo: &Path, rev: &str) -> String {
 
 impl Harness {
     pub async fn start(options: Options) -> Harness {
+        Harness::prepare(options).start().await
+    }
+
+    pub fn prepare(options: Options) -> Prepared {
         let tmp = tempfile::tempdir().unwrap();
         let gh_repo = tmp.path().join("gh");
         let gl_repo = tmp.path().join("gl");
         make_repo(&gh_repo);
         make_repo(&gl_repo);
+        Prepared {
+            tmp,
+            gh_repo,
+            gl_repo,
+            options,
+        }
+    }
+}
+
+impl Prepared {
+    pub async fn start(self) -> Harness {
+        let Prepared {
+            tmp,
+            gh_repo,
+            gl_repo,
+            options,
+        } = self;
         let data = DataDir::new(tmp.path().join("data"));
         let db = tmp.path().join("deploylite.db");
         let store = Store::connect(&format!("sqlite://{}", db.display()), SqliteSync::Normal)
@@ -199,8 +237,14 @@ impl Harness {
         let gitlab_api = options.gitlab_api.clone();
         let mut forges = Forges::new(
             options.github_secret.map(|s| GithubConfig {
-                api_url: "https://api.github.com".into(),
-                auth: None,
+                api_url: options
+                    .github_api
+                    .as_ref()
+                    .map_or("https://api.github.com".into(), |(u, _)| u.clone()),
+                auth: options
+                    .github_api
+                    .as_ref()
+                    .map(|(_, t)| GithubAuth::Token(Secret::new(t.clone()))),
                 webhook_secret: Some(Secret::new(s)),
             }),
             options.gitlab_secret.map(|s| GitlabConfig {
@@ -226,12 +270,19 @@ impl Harness {
             ],
         );
         forges.webhook_limits = options.webhook_limits;
+        let forges = Arc::new(forges);
+        if let Some(grace) = options.pull_requests {
+            watcher.watch_pull_requests(
+                ForgePullRequests::new(forges.clone(), Duration::from_secs(10)),
+                grace,
+            );
+        }
         let state = AppState {
             store: store.clone(),
             data,
             scheduler,
             watcher: Some(watcher.clone()),
-            forges: Arc::new(forges),
+            forges,
             // Webhooks carry their own credentials; the API's rules are tested elsewhere.
             auth: Arc::new(deploylite_webhook::AuthConfig {
                 anonymous_read: true,
@@ -247,13 +298,14 @@ impl Harness {
                 .await
                 .unwrap();
         });
-        tokio::spawn(watcher.run(shutdown.clone()));
+        tokio::spawn(watcher.clone().run(shutdown.clone()));
         let harness = Harness {
             tmp,
             gh_repo,
             gl_repo,
             store,
             base,
+            watcher,
             shutdown,
         };
         // The watcher's first scan records main's run in both repositories; wait for it so that
@@ -266,6 +318,19 @@ impl Harness {
                 .await;
         }
         harness
+    }
+}
+
+impl Harness {
+    /// Makes the watcher list `repo`'s pull requests now and waits until a pull request reconcile that started
+    /// after this call has completed.
+    pub async fn poll(&self, repo: &str) {
+        let (started, _) = self.watcher.pull_request_passes(repo);
+        self.watcher.poke_pull_requests(repo);
+        eventually("a pull request reconcile after the poke", || async {
+            (self.watcher.pull_request_passes(repo).1 > started).then_some(())
+        })
+        .await;
     }
 
     pub fn addr(&self) -> &str {

@@ -102,6 +102,9 @@ struct Inner {
     active: Mutex<Vec<String>>,
     /// Per class of resource (`/check-runs`, `/comments`, ...), the most requests answered at once.
     peaks: Mutex<HashMap<&'static str, usize>>,
+    /// The open pull requests (GitHub) or merge requests (GitLab) the listing serves, as the
+    /// forge's own objects.
+    pulls: Mutex<Vec<Value>>,
 }
 
 pub struct FakeForge {
@@ -152,6 +155,7 @@ impl FakeForge {
             gitlab_states: Mutex::new(HashMap::new()),
             active: Mutex::new(Vec::new()),
             peaks: Mutex::new(HashMap::new()),
+            pulls: Mutex::new(Vec::new()),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -243,6 +247,29 @@ impl FakeForge {
         self.inner.arrivals.load(Ordering::SeqCst)
     }
 
+    /// What the open pull/merge request listing serves from now on.
+    pub fn set_pull_requests(&self, items: Vec<Value>) {
+        *lock(&self.inner.pulls) = items;
+    }
+
+    /// The listing requests answered so far, as (query, If-None-Match sent, status).
+    pub fn listings(&self) -> Vec<(String, Option<String>, u16)> {
+        self.requests()
+            .into_iter()
+            .filter(|r| {
+                r.method == "GET"
+                    && (r.path.ends_with("/pulls") || r.path.ends_with("/merge_requests"))
+            })
+            .map(|r| {
+                (
+                    r.query.clone(),
+                    r.headers.get("if-none-match").cloned(),
+                    r.status,
+                )
+            })
+            .collect()
+    }
+
     /// Requests being answered right now.
     pub fn in_progress(&self) -> usize {
         lock(&self.inner.active).len()
@@ -285,7 +312,7 @@ async fn handle(
     // Validate the request's shape.
     let problems = match inner.kind {
         Kind::Github => validate_github(&inner, &method_s, &path, &query, &json_body),
-        Kind::Gitlab => validate_gitlab(&method_s, &path, &json_body, &headers),
+        Kind::Gitlab => validate_gitlab(&method_s, &path, &query, &json_body, &headers),
     };
     lock(&inner.violations).extend(problems);
 
@@ -322,11 +349,15 @@ async fn handle(
         status,
     });
 
-    let mut response = (
-        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        axum::Json(reply),
-    )
-        .into_response();
+    let mut response = if status == 304 {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            axum::Json(reply),
+        )
+            .into_response()
+    };
     for (name, value) in reply_headers {
         if let (Ok(n), Ok(v)) = (
             axum::http::HeaderName::from_bytes(name.as_bytes()),
@@ -359,6 +390,22 @@ fn validate_github(
         {
             return Vec::new()
         }
+        // The subset has `pulls/get` but not `pulls/list`: checked by shape and parameters
+        // (https://docs.github.com/en/rest/pulls/pulls#list-pull-requests); the items served are
+        // validated against the subset's `pull-request` schema where they are made.
+        ("GET", ["repos", owner, repo, "pulls"]) if !owner.is_empty() && !repo.is_empty() => {
+            let mut problems = Vec::new();
+            if query_param(query, "state") != Some("open") {
+                problems.push(format!("{method} {path}?{query}: state=open expected"));
+            }
+            if !query_param(query, "per_page")
+                .and_then(|n| n.parse::<u32>().ok())
+                .is_some_and(|n| (1..=100).contains(&n))
+            {
+                problems.push(format!("{method} {path}?{query}: per_page must be 1..=100"));
+            }
+            return problems;
+        }
         ("POST", ["app", "installations", id, "access_tokens"]) => {
             return if id.parse::<u64>().is_ok() {
                 Vec::new()
@@ -383,9 +430,16 @@ fn validate_github(
     )
 }
 
+fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+}
+
 fn validate_gitlab(
     method: &str,
     path: &str,
+    query: &str,
     body: &Value,
     headers: &HashMap<String, String>,
 ) -> Vec<String> {
@@ -414,6 +468,18 @@ fn validate_gitlab(
         }
         ("GET", ["api", "v4", "projects", project, "merge_requests", iid, "notes"])
             if project_ok(project) && iid.parse::<u64>().is_ok() => {}
+        // https://docs.gitlab.com/api/merge_requests/#list-project-merge-requests
+        ("GET", ["api", "v4", "projects", project, "merge_requests"]) if project_ok(project) => {
+            if query_param(query, "state") != Some("opened") {
+                problems.push(format!("{here}?{query}: state=opened expected"));
+            }
+            if !query_param(query, "per_page")
+                .and_then(|n| n.parse::<u32>().ok())
+                .is_some_and(|n| (1..=100).contains(&n))
+            {
+                problems.push(format!("{here}?{query}: per_page must be 1..=100"));
+            }
+        }
         ("POST", ["api", "v4", "projects", project, "merge_requests", iid, "notes"])
         | ("PUT", ["api", "v4", "projects", project, "merge_requests", iid, "notes", _])
             if project_ok(project) && iid.parse::<u64>().is_ok() =>
@@ -517,6 +583,50 @@ fn page_of(items: Vec<Value>, query: &str) -> Value {
     )
 }
 
+/// A page of the open pull/merge requests with its ETag (a hash of the page), answered 304 to an
+/// `If-None-Match` that names it; the next page is announced the forge's way.
+fn listing(
+    inner: &Inner,
+    query: &str,
+    headers: &HashMap<String, String>,
+    kind: Kind,
+) -> (u16, Vec<(String, String)>, Value) {
+    use std::hash::{Hash, Hasher};
+    let items = lock(&inner.pulls).clone();
+    let per_page = query_param(query, "per_page")
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(20)
+        .max(1);
+    let page_no = query_param(query, "page")
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1);
+    let more = items.len() > page_no * per_page;
+    let page = page_of(items, query);
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    page.to_string().hash(&mut hasher);
+    let etag = format!("W/\"{:016x}\"", hasher.finish());
+    let mut reply_headers = vec![("etag".to_string(), etag.clone())];
+    if more {
+        match kind {
+            Kind::Github => reply_headers.push((
+                "link".into(),
+                format!(
+                    "<https://api.github.com/repositories/1/pulls?state=open&per_page={per_page}&page={}>; rel=\"next\"",
+                    page_no + 1
+                ),
+            )),
+            Kind::Gitlab => reply_headers.push(("x-next-page".into(), (page_no + 1).to_string())),
+        }
+    } else if kind == Kind::Gitlab {
+        reply_headers.push(("x-next-page".into(), String::new()));
+    }
+    if headers.get("if-none-match") == Some(&etag) {
+        return (304, reply_headers, Value::Null);
+    }
+    (200, reply_headers, page)
+}
+
 fn github(
     inner: &Inner,
     method: &str,
@@ -581,6 +691,25 @@ fn github(
             let mut answer = body.clone();
             answer["id"] = json!(id());
             reply(201, answer)
+        }
+        ("GET", ["repos", _, _, "pulls"]) => {
+            let served = listing(inner, query, headers, Kind::Github);
+            if let (Some(openapi), (200, _, Value::Array(items))) = (&inner.openapi, &served) {
+                let schema = openapi
+                    .schema("pull-request")
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                let mut problems = Vec::new();
+                for item in items {
+                    openapi.validate(&schema, item, "$", &mut problems);
+                }
+                lock(&inner.violations).extend(
+                    problems
+                        .into_iter()
+                        .map(|p| format!("served pull request: {p}")),
+                );
+            }
+            served
         }
         ("GET", ["repos", _, _, "issues", number, "comments"]) => {
             let number = number.parse::<u64>().unwrap_or(0);
@@ -666,6 +795,9 @@ fn gitlab(
                 201,
                 json!({ "id": id(), "sha": sha, "status": state, "name": name }),
             )
+        }
+        ("GET", ["api", "v4", "projects", _, "merge_requests"]) => {
+            listing(inner, query, headers, Kind::Gitlab)
         }
         ("GET", ["api", "v4", "projects", _, "merge_requests", iid, "notes"]) => {
             let iid = iid.parse::<u64>().unwrap_or(0);

@@ -18,6 +18,17 @@ impl OpenApi {
         }
     }
 
+    /// A schema of `components/schemas`, to validate what a fake answers.
+    pub fn schema(&self, name: &str) -> Option<&Value> {
+        self.doc.pointer(&format!("/components/schemas/{name}"))
+    }
+
+    /// An example of `components/examples`.
+    pub fn example(&self, name: &str) -> Option<&Value> {
+        self.doc
+            .pointer(&format!("/components/examples/{name}/value"))
+    }
+
     /// The `paths` template and operation matching `method path` (path without query).
     pub fn operation(&self, method: &str, path: &str) -> Option<(String, &Value)> {
         let method = method.to_ascii_lowercase();
