@@ -279,7 +279,7 @@ mod tests {
 
     #[test]
     fn gitlab_listing_items() {
-        // GitLab's documented example: MR !1 from project 2 into project 3, a fork.
+        // A listing in GitLab's documented shape: MR !1 from project 2 into project 3, a fork.
         let listing = fixture("gitlab/api.project-merge-requests.list.response");
         let open = map_page(&listing, &repo(ForgeKind::Gitlab, "my-group/my-project")).unwrap();
         assert_eq!(

@@ -49,7 +49,7 @@ fn github_pull(
     pr
 }
 
-/// GitLab's documented listing item (a merged MR from project 2 into project 3), made the open
+/// A listing item in GitLab's documented shape (a merged MR from project 2 into project 3), made the open
 /// merge request `iid` at `sha` from project `source_project` into project 3, targeting `main`.
 fn gitlab_mr(iid: i64, sha: &str, source_project: i64) -> Value {
     let mut mr = fixture("gitlab/api.project-merge-requests.list.response")[0].clone();
