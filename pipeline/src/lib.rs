@@ -8,6 +8,7 @@ pub mod duration;
 pub mod expr;
 pub mod glob;
 pub mod keys;
+pub mod labels;
 pub mod limits;
 pub mod model;
 mod parse;
