@@ -148,7 +148,7 @@ enum Command {
     ///
     /// The first start registers the runner with a registration token (one of the server's
     /// `runners.registration_tokens`) and keeps the credential it receives in --state-dir;
-    /// later starts reuse it. Stages whose `runs-on` labels are all among --labels come here.
+    /// later starts reuse it. Stages whose `runs_on` labels are all among --labels come here.
     /// SIGTERM: no new work; running stages get --grace to finish, the rest is handed back.
     Runner(RunnerArgs),
     /// Manage the runners of a running daemon.
@@ -225,7 +225,7 @@ pub struct RunnerArgs {
     /// This runner's name (unique per server) [default: the host name].
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
-    /// Labels offered to stages' `runs-on`, comma-separated.
+    /// Labels offered to stages' `runs_on`, comma-separated.
     #[arg(long, value_delimiter = ',', value_name = "A,B")]
     labels: Vec<String>,
     /// Stages run at once.

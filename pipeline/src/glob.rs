@@ -724,4 +724,27 @@ mod tests {
             }
         }
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 3000, ..Default::default() })]
+
+        /// Patterns and subjects from a small alphabet of special and plain characters: no
+        /// panic, and whichever matcher a pattern gets answers as the NFA does.
+        #[test]
+        fn any_pattern_any_subject(p in "[ab/*?+\\[\\]0-9!.\\\\-]{0,12}", s in "[ab/0-9.+*-]{0,12}") {
+            if let Ok(g) = Glob::new(&p) {
+                let body = p.strip_prefix('!').unwrap_or(&p);
+                if let Ok(pieces) = parse(body) {
+                    proptest::prop_assert_eq!(g.is_match(&s), Nfa::new(&pieces).is_match(&s));
+                }
+            }
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics(p in "\\PC{0,40}", s in "\\PC{0,40}") {
+            if let Ok(g) = Glob::new(&p) {
+                let _ = g.is_match(&s);
+            }
+        }
+    }
 }
