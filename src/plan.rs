@@ -154,7 +154,9 @@ fn repo_name(repo: &GitRepo, given: &Path) -> String {
         .or_else(|| given.file_name())
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    name.strip_suffix(".git").map(str::to_string).unwrap_or(name)
+    name.strip_suffix(".git")
+        .map(str::to_string)
+        .unwrap_or(name)
 }
 
 pub fn event_for_ref(git_ref: &str) -> Event {

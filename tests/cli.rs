@@ -144,11 +144,20 @@ fn validate_of_a_directory_checks_its_deploylite_pipelines() {
     // The `.deploylite` directory itself, named or from inside it: its pipelines.
     repo.pipeline("d-more.yaml", "name: more\nstages:\n  s:\n    steps: [x]\n");
     let (code, out, err) = in_dir(repo.path(), &["validate", ".deploylite"]);
-    assert_eq!((code, out.as_str(), err.as_str()), (0, "", "2 pipeline files valid\n"));
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (0, "", "2 pipeline files valid\n")
+    );
     let (code, out, err) = in_dir(&repo.path().join(".deploylite"), &["validate", "."]);
-    assert_eq!((code, out.as_str(), err.as_str()), (0, "", "2 pipeline files valid\n"));
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (0, "", "2 pipeline files valid\n")
+    );
     let (code, out, err) = in_dir(&repo.path().join(".deploylite"), &["validate"]);
-    assert_eq!((code, out.as_str(), err.as_str()), (0, "", "2 pipeline files valid\n"));
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (0, "", "2 pipeline files valid\n")
+    );
 }
 
 #[test]
@@ -206,7 +215,10 @@ fn validate_prints_warnings_and_keeps_exit_0() {
     let (code, out, err) = in_dir(repo.path(), &["validate"]);
     assert_eq!(code, 1, "{out}{err}");
     assert_eq!(lines(&out).len(), 5, "{out}");
-    assert!(lines(&out)[0].starts_with(".deploylite/pipelines/bad.yaml:2:1: unknown key"), "{out}");
+    assert!(
+        lines(&out)[0].starts_with(".deploylite/pipelines/bad.yaml:2:1: unknown key"),
+        "{out}"
+    );
     assert_eq!(err, "2 problems in 1 file, 3 warnings\n");
     assert!(!out.contains('\x1b') && !err.contains('\x1b'));
 }
@@ -245,7 +257,10 @@ async fn validate_and_plan_warn_about_labels_no_runner_offers() {
     // Without a server to ask, no warning and no wait.
     let started = std::time::Instant::now();
     let (code, out, err) = in_dir(repo.path(), &["validate"]);
-    assert_eq!((code, out.as_str(), err.as_str()), (0, "", "1 pipeline file valid\n"));
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (0, "", "1 pipeline file valid\n")
+    );
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
@@ -838,7 +853,12 @@ fn plan_of_a_tag_names_the_pipelines_it_does_not_trigger() {
     repo.pipeline("ci.yaml", "name: ci\nstages:\n  test:\n    steps: [x]\n");
     let commit = repo.commit("release");
     repo.git(&["tag", "2.4.0"]);
-    let name = repo.path().file_name().unwrap().to_string_lossy().into_owned();
+    let name = repo
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
     let (code, out, err) = in_dir(repo.path(), &["plan", "--ref", "2.4.0"]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(
@@ -866,12 +886,20 @@ fn plan_finds_the_repository_and_takes_any_revision() {
     repo.git(&["tag", "v1.0"]);
     repo.write("src/lib/a.txt", "2\n");
     let second = repo.commit("second");
-    let name = repo.path().file_name().unwrap().to_string_lossy().into_owned();
+    let name = repo
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
 
     let sub = repo.path().join("src/lib");
     let (code, out, err) = in_dir(&sub, &["plan"]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.starts_with(&format!("{name} @ refs/heads/main {second}\n")), "{out}");
+    assert!(
+        out.starts_with(&format!("{name} @ refs/heads/main {second}\n")),
+        "{out}"
+    );
 
     let short = &first[..7];
     for (rev, git_ref) in [

@@ -511,7 +511,8 @@ impl ExprParser<'_> {
                     ));
                 };
                 self.i += 1;
-                let glob = GlobList::new([pattern.as_str()]).map_err(|e| (glob_at, e.to_string()))?;
+                let glob =
+                    GlobList::new([pattern.as_str()]).map_err(|e| (glob_at, e.to_string()))?;
                 Ast::Matches(Box::new(a), glob)
             }
         };

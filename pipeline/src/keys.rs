@@ -31,9 +31,7 @@ fn same_but_dashes(canonical: &str, alt: &str) -> bool {
 /// The deprecated spelling of a canonical key (`runs_on` → `runs-on`), or `None` when it has
 /// no `_`; the JSON schema lists these.
 pub fn alternate_spelling(canonical: &str) -> Option<String> {
-    canonical
-        .contains('_')
-        .then(|| canonical.replace('_', "-"))
+    canonical.contains('_').then(|| canonical.replace('_', "-"))
 }
 
 #[cfg(test)]
@@ -45,12 +43,18 @@ mod tests {
         let known = ["runs_on", "paths_ignore", "if", "max_backoff"];
         assert_eq!(canonical_key("runs_on", &known), Some(("runs_on", false)));
         assert_eq!(canonical_key("runs-on", &known), Some(("runs_on", true)));
-        assert_eq!(canonical_key("max-backoff", &known), Some(("max_backoff", true)));
+        assert_eq!(
+            canonical_key("max-backoff", &known),
+            Some(("max_backoff", true))
+        );
         assert_eq!(canonical_key("if", &known), Some(("if", false)));
         assert_eq!(canonical_key("runs-_on", &known), None);
         assert_eq!(canonical_key("runs-off", &known), None);
         assert_eq!(canonical_key("Runs-on", &known), None, "case matters");
-        assert_eq!(alternate_spelling("paths_ignore").as_deref(), Some("paths-ignore"));
+        assert_eq!(
+            alternate_spelling("paths_ignore").as_deref(),
+            Some("paths-ignore")
+        );
         assert_eq!(alternate_spelling("image"), None);
     }
 }

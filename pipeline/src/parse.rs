@@ -231,7 +231,10 @@ struct Fields<'n> {
 
 impl<'n> Fields<'n> {
     fn get(&self, key: &str) -> Option<&'n Entry<'n>> {
-        self.entries.iter().find(|(k, _)| *k == key).map(|(_, e)| *e)
+        self.entries
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, e)| *e)
     }
 }
 
@@ -550,7 +553,9 @@ impl Cx<'_> {
                         if deprecated {
                             self.warn(
                                 n.pos,
-                                format!("`{s}` is spelled `{event}`; the other spelling is deprecated"),
+                                format!(
+                                    "`{s}` is spelled `{event}`; the other spelling is deprecated"
+                                ),
                             );
                         }
                         if event == "push" {
@@ -596,9 +601,7 @@ impl Cx<'_> {
     }
 
     fn filter(&mut self, f: &Fields<'_>, key: &str) -> GlobList {
-        f.get(key)
-            .map(|e| self.globs(&e.value))
-            .unwrap_or_default()
+        f.get(key).map(|e| self.globs(&e.value)).unwrap_or_default()
     }
 
     /// As in GitHub Actions: a name list and its ignore list exclude each other (a `!`

@@ -37,7 +37,8 @@ mod tests {
             let props = properties(&s["definitions"][*def]);
             let mut in_schema: Vec<&str> = props.keys().map(String::as_str).collect();
             // Every canonical key, and the deprecated other spelling of those that have one.
-            let alternates: Vec<String> = keys.iter().filter_map(|k| alternate_spelling(k)).collect();
+            let alternates: Vec<String> =
+                keys.iter().filter_map(|k| alternate_spelling(k)).collect();
             let mut expected: Vec<&str> = keys.to_vec();
             expected.extend(alternates.iter().map(String::as_str));
             in_schema.sort_unstable();

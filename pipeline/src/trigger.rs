@@ -72,7 +72,10 @@ pub enum Reason<'a> {
     /// `on.push` has no tag filter: tag pushes do not trigger it.
     NoTags,
     /// The name matches no pattern of the list `key`.
-    Unmatched { key: &'static str, list: &'a GlobList },
+    Unmatched {
+        key: &'static str,
+        list: &'a GlobList,
+    },
     /// The last pattern of `key` that matches the name is a `!` negation.
     Excluded {
         key: &'static str,
@@ -91,7 +94,10 @@ impl fmt::Display for NotTriggered<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ev = self.event;
         match &self.reason {
-            Reason::NoOn => write!(f, "{ev}: a pipeline without `on:` runs on branch pushes only"),
+            Reason::NoOn => write!(
+                f,
+                "{ev}: a pipeline without `on:` runs on branch pushes only"
+            ),
             Reason::NoTrigger(key) => write!(f, "{ev}: the pipeline has no {key}"),
             Reason::TagsOnly => write!(
                 f,
@@ -107,11 +113,9 @@ impl fmt::Display for NotTriggered<'_> {
                 "{ev} is excluded by `{}`, the last matching pattern of {key} {list}",
                 by.pattern()
             ),
-            Reason::Ignored { key, list, by } => write!(
-                f,
-                "{ev} matches `{}` of {key} {list}",
-                by.pattern()
-            ),
+            Reason::Ignored { key, list, by } => {
+                write!(f, "{ev} matches `{}` of {key} {list}", by.pattern())
+            }
         }
     }
 }
