@@ -520,7 +520,7 @@ fn run_of_a_stage_with_runs_on_local_finishes() {
     let repo = TestRepo::new();
     repo.pipeline(
         "ci.yaml",
-        "name: ci\nstages:\n  build:\n    runs-on: [local]\n    steps: [\"echo on-local\"]\n",
+        "name: ci\nstages:\n  build:\n    runs_on: [local]\n    steps: [\"echo on-local\"]\n",
     );
     let mut cmd = deploylite(&["run"]);
     cmd.current_dir(repo.path());
