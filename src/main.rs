@@ -6,6 +6,7 @@ mod client;
 mod config;
 mod executors;
 mod isolation;
+mod known_runners;
 mod local_run;
 mod logs;
 mod plan;
@@ -52,23 +53,35 @@ enum Command {
     /// DEPLOYLITE_REPOS='[{name: app, url: /srv/git/app}]'), then these flags.
     /// See README.md for every key.
     Serve(ServeArgs),
-    /// Check pipeline files; print one `file:line:col: message` line per problem.
+    /// Check pipeline files; print one `file:line:col: message` line per problem, and
+    /// `file:line:col: warning: message` per warning.
     ///
-    /// PATHs may be files or directories; a directory means its `.deploylite/pipelines/`
-    /// (or the directory itself when it holds the YAML files). Default: the current directory.
-    /// Exits 0 when everything is valid, 1 otherwise.
+    /// PATHs may be files or directories: a repository means its `.deploylite/pipelines/`, a
+    /// `.deploylite` directory its `pipelines/`, any other directory the YAML files in it
+    /// (environments are not validated: there are none yet). Default: the current directory.
+    /// When the server answers (within a short timeout; else the check is skipped), stages
+    /// whose `runs_on` labels no runner offers are warned about. Exits 0 when everything is
+    /// valid (warnings or not), 1 when there are problems, 2 when no pipeline file was found.
     Validate {
         #[arg(value_name = "PATH")]
         paths: Vec<PathBuf>,
+        #[command(flatten)]
+        server: ServerArg,
     },
     /// Show what would run for a commit, stage by stage in DAG layers, without running anything.
+    ///
+    /// Names every pipeline the commit does not trigger, and why. Warns like `validate`.
     Plan {
-        /// The git repository (working copy or bare).
+        /// The git repository (working copy or bare), or any directory inside it.
         #[arg(long, default_value = ".", value_name = "DIR")]
         repo: PathBuf,
-        /// A branch, tag, full ref or commit id.
+        /// Any revision git accepts: a branch, tag, full ref, commit id (also abbreviated),
+        /// `HEAD~1`, `main^`... The event is a push to that branch or tag; for other
+        /// revisions, to the branch checked out.
         #[arg(long = "ref", default_value = "HEAD", value_name = "REF")]
         git_ref: String,
+        #[command(flatten)]
+        server: ServerArg,
     },
     /// Run one pipeline of a working copy once, here, with live logs.
     ///
@@ -177,7 +190,7 @@ enum Command {
     ///
     /// The first start registers the runner with a registration token (one of the server's
     /// `runners.registration_tokens`) and keeps the credential it receives in --state-dir;
-    /// later starts reuse it. Stages whose `runs-on` labels are all among --labels come here.
+    /// later starts reuse it. Stages whose `runs_on` labels are all among --labels come here.
     /// SIGTERM: no new work; running stages get --grace to finish, the rest is handed back.
     Runner(RunnerArgs),
     /// Manage the runners of a running daemon.
@@ -254,7 +267,7 @@ pub struct RunnerArgs {
     /// This runner's name (unique per server) [default: the host name].
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
-    /// Labels offered to stages' `runs-on`, comma-separated.
+    /// Labels offered to stages' `runs_on`, comma-separated.
     #[arg(long, value_delimiter = ',', value_name = "A,B")]
     labels: Vec<String>,
     /// Stages run at once.
@@ -329,6 +342,14 @@ struct ServerArg {
 }
 
 impl ServerArg {
+    /// The server `validate` and `plan` may ask about runners.
+    fn for_warnings(&self) -> validate::Server<'_> {
+        validate::Server {
+            url: &self.url.server,
+            token_file: self.token_file.as_deref(),
+        }
+    }
+
     fn client(&self) -> anyhow::Result<client::Client> {
         let token = client::find_token(&self.url.server, self.token_file.as_deref())?;
         client::Client::new(&self.url.server, token)
@@ -374,8 +395,14 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve::serve(args).await.map(|()| ExitCode::SUCCESS),
-            Command::Validate { paths } => validate::validate(&paths),
-            Command::Plan { repo, git_ref } => plan::plan(&repo, &git_ref).await,
+            Command::Validate { paths, server } => {
+                validate::validate(paths, server.for_warnings()).await
+            }
+            Command::Plan {
+                repo,
+                git_ref,
+                server,
+            } => plan::plan(&repo, &git_ref, server.for_warnings()).await,
             Command::Run {
                 repo,
                 pipeline,

@@ -10,6 +10,9 @@ use serde_json::Value;
 
 fn deploylite(args: &[&str]) -> std::process::Command {
     let mut cmd = cli();
+    // `validate` and `plan` ask the default server about runners: not a daemon that happens
+    // to run on this machine.
+    cmd.env("DEPLOYLITE_SERVER", "http://127.0.0.1:9");
     cmd.args(args);
     cmd
 }
@@ -44,7 +47,7 @@ fn validate_accepts_a_good_file_with_exit_0_and_no_output() {
     let (code, out, err) = run_cmd(deploylite(&["validate", file.to_str().unwrap()]));
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(out, "");
-    assert_eq!(err.trim(), "1 pipeline file(s) valid");
+    assert_eq!(err, "1 pipeline file valid\n");
 }
 
 #[test]
@@ -57,7 +60,7 @@ fn validate_prints_one_file_line_col_message_per_problem_and_exits_1() {
     assert_eq!(code, 1, "{out}{err}");
     let expected: Vec<String> = BAD_LINES.iter().map(|l| format!("{path}:{l}")).collect();
     assert_eq!(lines(&out), expected);
-    assert_eq!(err.trim(), "2 problem(s) in 1 file(s)");
+    assert_eq!(err, "2 problems in 1 file\n");
 
     // More shapes of problems, each at its exact place.
     let cases: &[(&str, &[&str])] = &[
@@ -118,7 +121,8 @@ fn validate_of_a_directory_checks_its_deploylite_pipelines() {
                 .to_string(),
         ]
     );
-    assert_eq!(err.trim(), "3 problem(s) in 3 file(s)");
+    // Two of the three files have problems (it once said `3 problem(s) in 3 file(s)`).
+    assert_eq!(err, "3 problems in 2 files\n");
 
     // A directory argument: the same, with the directory in front.
     let root = repo.path().display().to_string();
@@ -135,15 +139,45 @@ fn validate_of_a_directory_checks_its_deploylite_pipelines() {
     std::fs::remove_file(pipelines.join("c-dup.yml")).unwrap();
     let (code, out, err) = run_cmd(deploylite(&["validate", pipelines.to_str().unwrap()]));
     assert_eq!(code, 0, "{out}{err}");
-    assert_eq!(err.trim(), "1 pipeline file(s) valid");
+    assert_eq!(err, "1 pipeline file valid\n");
+
+    // The `.deploylite` directory itself, named or from inside it: its pipelines.
+    repo.pipeline("d-more.yaml", "name: more\nstages:\n  s:\n    steps: [x]\n");
+    let (code, out, err) = in_dir(repo.path(), &["validate", ".deploylite"]);
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (0, "", "2 pipeline files valid\n")
+    );
+    let (code, out, err) = in_dir(&repo.path().join(".deploylite"), &["validate", "."]);
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (0, "", "2 pipeline files valid\n")
+    );
+    let (code, out, err) = in_dir(&repo.path().join(".deploylite"), &["validate"]);
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (0, "", "2 pipeline files valid\n")
+    );
 }
 
 #[test]
 fn validate_without_pipelines_or_with_a_missing_path_fails() {
+    // Nothing to check is not an invalid pipeline: exit 2, saying where it looked.
     let empty = tempfile::tempdir().unwrap();
     let (code, out, err) = in_dir(empty.path(), &["validate"]);
-    assert_eq!(code, 1, "{out}{err}");
-    assert!(err.contains("no pipeline files found"), "{err}");
+    assert_eq!(code, 2, "{out}{err}");
+    assert_eq!(out, "");
+    assert_eq!(
+        err,
+        "no pipeline files found: no *.yaml or *.yml in . (pipelines live in .deploylite/pipelines/)\n"
+    );
+    std::fs::create_dir(empty.path().join(".deploylite")).unwrap();
+    let (code, _, err) = in_dir(empty.path(), &["validate", ".deploylite"]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(
+        err,
+        "no pipeline files found: no *.yaml or *.yml in .deploylite/pipelines (pipelines live in .deploylite/pipelines/)\n"
+    );
 
     let missing = empty.path().join("missing.yaml");
     let (code, _, err) = run_cmd(deploylite(&["validate", missing.to_str().unwrap()]));
@@ -152,6 +186,82 @@ fn validate_without_pipelines_or_with_a_missing_path_fails() {
         err.contains(&format!("{}: no such file or directory", missing.display())),
         "{err}"
     );
+}
+
+/// Warnings (deprecated spellings, GitHub-hosted labels) do not change the exit code; counts
+/// are written with proper plurals; the output has no colour codes (exact text).
+#[test]
+fn validate_prints_warnings_and_keeps_exit_0() {
+    let repo = TestRepo::new();
+    repo.pipeline(
+        "ci.yaml",
+        "name: ci\non:\n  push:\n    paths-ignore: [docs/**]\nstages:\n  build:\n    runs-on: ubuntu-latest\n    steps: [make]\n",
+    );
+    let mut cmd = deploylite(&["validate"]);
+    cmd.current_dir(repo.path()).env("NO_COLOR", "1");
+    let (code, out, err) = run_cmd(cmd);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out,
+        ".deploylite/pipelines/ci.yaml:4:5: warning: `paths-ignore` is spelled `paths_ignore`; the other spelling is deprecated\n\
+         .deploylite/pipelines/ci.yaml:7:5: warning: `runs-on` is spelled `runs_on`; the other spelling is deprecated\n\
+         .deploylite/pipelines/ci.yaml:7:14: warning: `ubuntu-latest` is a GitHub-hosted runner label: no DeployLite runner offers it unless registered with it. \
+         The daemon's local runner offers `local` and its OS name (`linux`); remote runners offer the --labels they registered with\n"
+    );
+    assert_eq!(err, "1 pipeline file valid, 3 warnings\n");
+
+    // With problems too: one file with problems, one with a warning only.
+    repo.pipeline("bad.yaml", BAD);
+    let (code, out, err) = in_dir(repo.path(), &["validate"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(lines(&out).len(), 5, "{out}");
+    assert!(
+        lines(&out)[0].starts_with(".deploylite/pipelines/bad.yaml:2:1: unknown key"),
+        "{out}"
+    );
+    assert_eq!(err, "2 problems in 1 file, 3 warnings\n");
+    assert!(!out.contains('\x1b') && !err.contains('\x1b'));
+}
+
+/// With a server to ask, a stage whose `runs_on` labels no runner offers is warned about; a
+/// stage the local runner takes is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_and_plan_warn_about_labels_no_runner_offers() {
+    let repo = TestRepo::new();
+    repo.pipeline(
+        "ci.yaml",
+        "name: ci\nstages:\n  build:\n    runs_on: [local]\n    steps: [make]\n  cuda:\n    runs_on: [linux, gpu]\n    steps: [make]\n",
+    );
+    repo.commit("ci");
+    let daemon = Daemon::start(&[], "").await;
+    let token = daemon.admin_token_path().display().to_string();
+    let in_repo = |command: &str| {
+        let mut cmd = cli();
+        cmd.args([command, "--server", &daemon.url, "--token-file", &token])
+            .current_dir(repo.path());
+        run_cmd(cmd)
+    };
+    let (code, out, err) = in_repo("validate");
+    assert_eq!(code, 0, "{out}{err}");
+    let warning = format!(
+        ".deploylite/pipelines/ci.yaml:7:14: warning: stage `cuda`: no runner known to {} offers runs_on [linux, gpu]\n",
+        daemon.url
+    );
+    assert_eq!(out, warning);
+    assert_eq!(err, "1 pipeline file valid, 1 warning\n");
+
+    let (code, out, err) = in_repo("plan");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.ends_with(&format!("\n\n{warning}")), "{out}");
+
+    // Without a server to ask, no warning and no wait.
+    let started = std::time::Instant::now();
+    let (code, out, err) = in_dir(repo.path(), &["validate"]);
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (0, "", "1 pipeline file valid\n")
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -203,7 +313,7 @@ fn plan_prints_the_dag_layers_and_if_skipped_stages() {
              \x20 layer 2: b, c (skipped: `if: branch == 'release'` is false)\n\
              \x20 layer 3: d\n\
              \n\
-             1 other pipeline(s) are not triggered by refs/heads/main\n"
+             pipeline release (.deploylite/pipelines/tags.yaml): not triggered: push to branch main: on.push filters only tags, so branch pushes do not trigger it\n"
         )
     );
 
@@ -403,7 +513,7 @@ fn run_of_a_stage_with_runs_on_local_finishes() {
     let repo = TestRepo::new();
     repo.pipeline(
         "ci.yaml",
-        "name: ci\nstages:\n  build:\n    runs-on: [local]\n    steps: [\"echo on-local\"]\n",
+        "name: ci\nstages:\n  build:\n    runs_on: [local]\n    steps: [\"echo on-local\"]\n",
     );
     let mut cmd = deploylite(&["run"]);
     cmd.current_dir(repo.path());
@@ -721,4 +831,90 @@ fn serve_rejects_bad_values_from_every_layer() {
         err.contains("max_parallel_stages must be at least 1"),
         "{err}"
     );
+}
+
+/// GitHub Actions' `+`: a semver tag filter matches `2.4.0`; the pipeline a tag does not
+/// trigger is named, with the reason.
+#[test]
+fn plan_of_a_tag_names_the_pipelines_it_does_not_trigger() {
+    let repo = TestRepo::new();
+    repo.pipeline(
+        "publish.yaml",
+        "name: publish\non:\n  push:\n    tags: ['[0-9]+.[0-9]+.[0-9]+*']\nstages:\n  upload:\n    steps: [x]\n",
+    );
+    repo.pipeline(
+        "release.yaml",
+        "name: release\non:\n  push:\n    tags: [v*]\nstages:\n  s:\n    steps: [x]\n",
+    );
+    repo.pipeline("ci.yaml", "name: ci\nstages:\n  test:\n    steps: [x]\n");
+    let commit = repo.commit("release");
+    repo.git(&["tag", "2.4.0"]);
+    let name = repo
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let (code, out, err) = in_dir(repo.path(), &["plan", "--ref", "2.4.0"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out,
+        format!(
+            "{name} @ refs/tags/2.4.0 {commit}\n\
+             \n\
+             pipeline ci (.deploylite/pipelines/ci.yaml): not triggered: push to tag 2.4.0: a pipeline without `on:` runs on branch pushes only\n\
+             \n\
+             pipeline publish (.deploylite/pipelines/publish.yaml): would run\n\
+             \x20 layer 1: upload\n\
+             \n\
+             pipeline release (.deploylite/pipelines/release.yaml): not triggered: push to tag 2.4.0 matches none of on.push.tags [v*]\n"
+        )
+    );
+}
+
+/// `plan` finds the repository from a subdirectory, and takes any revision git accepts.
+#[test]
+fn plan_finds_the_repository_and_takes_any_revision() {
+    let repo = TestRepo::new();
+    repo.pipeline("ci.yaml", "name: ci\nstages:\n  test:\n    steps: [x]\n");
+    repo.write("src/lib/a.txt", "1\n");
+    let first = repo.commit("first");
+    repo.git(&["tag", "v1.0"]);
+    repo.write("src/lib/a.txt", "2\n");
+    let second = repo.commit("second");
+    let name = repo
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+
+    let sub = repo.path().join("src/lib");
+    let (code, out, err) = in_dir(&sub, &["plan"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.starts_with(&format!("{name} @ refs/heads/main {second}\n")),
+        "{out}"
+    );
+
+    let short = &first[..7];
+    for (rev, git_ref) in [
+        ("HEAD~1", "refs/heads/main"),
+        ("main^", "refs/heads/main"),
+        ("main~1", "refs/heads/main"),
+        (short, "refs/heads/main"),
+        ("v1.0", "refs/tags/v1.0"),
+    ] {
+        let (code, out, err) = in_dir(&sub, &["plan", "--ref", rev]);
+        assert_eq!(code, 0, "{rev}: {out}{err}");
+        assert!(
+            out.starts_with(&format!("{name} @ {git_ref} {first}\n")),
+            "{rev}: {out}"
+        );
+    }
+    let (code, _, err) = in_dir(&sub, &["plan", "--ref", "HEAD~5"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown revision `HEAD~5`"), "{err}");
+    let (code, _, err) = in_dir(&sub, &["plan", "--ref", "--output=x"]);
+    assert_eq!(code, 2, "{err}");
 }

@@ -124,6 +124,7 @@ mod tests {
                     name: name.to_string(),
                     needs: needs.iter().map(|s| s.to_string()).collect(),
                     runs_on: vec![],
+                    runs_on_pos: Default::default(),
                     image: None,
                     timeout: None,
                     retry: Default::default(),
@@ -139,6 +140,7 @@ mod tests {
                     services: vec![],
                 })
                 .collect(),
+            warnings: vec![],
         }
     }
 

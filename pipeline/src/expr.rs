@@ -511,7 +511,8 @@ impl ExprParser<'_> {
                     ));
                 };
                 self.i += 1;
-                let glob = GlobList::new([pattern.as_str()]).map_err(|e| (glob_at, e))?;
+                let glob =
+                    GlobList::new([pattern.as_str()]).map_err(|e| (glob_at, e.to_string()))?;
                 Ast::Matches(Box::new(a), glob)
             }
         };
@@ -608,7 +609,7 @@ mod tests {
             (
                 "matches(branch, '[a')",
                 16,
-                "invalid glob `[a`: unclosed character class; missing ']'",
+                "invalid glob `[a`: unclosed `[`; missing `]`",
             ),
             ("branch & tag", 7, "expected `&&`"),
             ("branch == 'a' #", 14, "unexpected character `#`"),

@@ -8,6 +8,8 @@ pub mod document;
 pub mod duration;
 pub mod expr;
 pub mod glob;
+pub mod keys;
+pub mod labels;
 pub mod limits;
 pub mod model;
 mod parse;
@@ -20,9 +22,10 @@ mod yaml;
 
 pub use dag::layers;
 pub use expr::{Expr, ExprContext};
-pub use glob::{Glob, GlobList};
+pub use glob::{Glob, GlobList, InvalidGlob};
+pub use keys::canonical_key;
 pub use model::*;
-pub use trigger::{Event, TriggerMatch};
+pub use trigger::{Event, NotTriggered, TriggerMatch};
 
 /// One problem in one file, shown to users as `file:line:col: message`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -43,9 +46,33 @@ impl std::fmt::Display for Diagnostic {
     }
 }
 
+impl Diagnostic {
+    /// The diagnostic shown as a warning: `file:line:col: warning: message`.
+    pub fn as_warning(&self) -> impl std::fmt::Display + '_ {
+        struct Warning<'a>(&'a Diagnostic);
+        impl std::fmt::Display for Warning<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let d = self.0;
+                write!(f, "{}:{}:{}: warning: {}", d.file, d.line, d.col, d.message)
+            }
+        }
+        Warning(self)
+    }
+}
+
 /// Parse and validate one pipeline file. `file` is only used in diagnostics.
-/// On failure, returns every problem found (not just the first).
+/// On failure, returns every problem found (not just the first). A valid pipeline carries its
+/// warnings in [`Pipeline::warnings`].
 pub fn parse_pipeline(file: &str, src: &str) -> Result<Pipeline, Vec<Diagnostic>> {
+    parse::parse_pipeline(file, src).0
+}
+
+/// [`parse_pipeline`], with the file's warnings (deprecated spellings, GitHub Actions habits)
+/// also when it has errors.
+pub fn parse_pipeline_with_warnings(
+    file: &str,
+    src: &str,
+) -> (Result<Pipeline, Vec<Diagnostic>>, Vec<Diagnostic>) {
     parse::parse_pipeline(file, src)
 }
 

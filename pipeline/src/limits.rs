@@ -17,3 +17,7 @@ pub const MAX_DIAGNOSTICS: usize = 100;
 pub const MAX_SUGGESTIONS: usize = 20;
 /// Dependency cycles named per file: one is enough to know the file is wrong.
 pub const MAX_CYCLES: usize = 10;
+/// Bytes of one branch, tag or path pattern: matching costs up to (input × pattern) steps.
+pub const MAX_PATTERN_BYTES: usize = 1024;
+/// Patterns in one filter list: every changed path of a commit is tried against each.
+pub const MAX_PATTERNS: usize = 256;

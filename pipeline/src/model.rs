@@ -16,6 +16,13 @@ pub struct Pos {
     pub col: u32,
 }
 
+impl Pos {
+    /// Line 0: no position (a value that was not written, or a spec from before positions).
+    pub fn is_unknown(&self) -> bool {
+        self.line == 0
+    }
+}
+
 /// One pipeline: the content of one `.deploylite/pipelines/*.yaml` file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pipeline {
@@ -30,6 +37,11 @@ pub struct Pipeline {
     pub env: BTreeMap<String, String>,
     /// In file order. Validated: names unique, `needs` known, no cycle.
     pub stages: Vec<Stage>,
+    /// What `deploylite validate` warns about (deprecated key spellings, GitHub Actions
+    /// habits), in file order; kept in the run's spec so that a run shows what its file was
+    /// warned about.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<crate::Diagnostic>,
 }
 
 /// When a pipeline runs. An absent `on:` means "every push to a watched branch".
@@ -39,12 +51,21 @@ pub struct Triggers {
     pub pull_request: Option<PullRequestTrigger>,
 }
 
+/// The `*_ignore` lists are skipped when empty so that older stored specs and newer ones
+/// read the same.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct PushTrigger {
-    /// Branch globs; empty = every branch, unless only `tags` is given (then no branch push).
+    /// Branch globs; empty = every branch, unless only tag filters are given (then no branch
+    /// push).
     pub branches: GlobList,
-    /// Tag globs; empty = no tag pushes.
+    /// Branches that do not trigger (never together with `branches`).
+    #[serde(default, skip_serializing_if = "GlobList::is_empty")]
+    pub branches_ignore: GlobList,
+    /// Tag globs; empty (and no `tags_ignore`) = no tag pushes.
     pub tags: GlobList,
+    /// Tags that do not trigger (never together with `tags`).
+    #[serde(default, skip_serializing_if = "GlobList::is_empty")]
+    pub tags_ignore: GlobList,
     /// Path globs; empty = every path.
     pub paths: GlobList,
     /// A push whose changed paths all match these does not trigger.
@@ -55,6 +76,9 @@ pub struct PushTrigger {
 pub struct PullRequestTrigger {
     /// Target-branch globs; empty = every target branch.
     pub branches: GlobList,
+    /// Target branches that do not trigger (never together with `branches`).
+    #[serde(default, skip_serializing_if = "GlobList::is_empty")]
+    pub branches_ignore: GlobList,
     pub paths: GlobList,
     pub paths_ignore: GlobList,
 }
@@ -79,6 +103,9 @@ pub struct Stage {
     pub needs: Vec<String>,
     #[serde(default)]
     pub runs_on: Vec<String>,
+    /// Where `runs_on` was written, for warnings about labels no runner offers.
+    #[serde(default, skip_serializing_if = "Pos::is_unknown")]
+    pub runs_on_pos: Pos,
     #[serde(default)]
     pub image: Option<String>,
     #[serde(default, with = "opt_duration_ms")]

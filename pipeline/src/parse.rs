@@ -11,7 +11,8 @@ use saphyr_parser::ScalarStyle;
 use crate::duration::{format_duration, parse_duration};
 use crate::expr::Expr;
 use crate::glob::GlobList;
-use crate::limits::{MAX_DIAGNOSTICS, MAX_FILE_BYTES, MAX_STAGES};
+use crate::keys::canonical_key;
+use crate::limits::{MAX_DIAGNOSTICS, MAX_FILE_BYTES, MAX_PATTERNS, MAX_STAGES};
 use crate::model::*;
 use crate::suggest::Suggester;
 use crate::tree::{Entry, Node, NodeKind, ScalarKind};
@@ -21,11 +22,19 @@ use crate::Diagnostic;
 
 pub(crate) const PIPELINE_KEYS: &[&str] = &["name", "on", "concurrency", "env", "stages"];
 pub(crate) const ON_KEYS: &[&str] = &["push", "pull_request"];
-pub(crate) const PUSH_KEYS: &[&str] = &["branches", "tags", "paths", "paths_ignore"];
-pub(crate) const PULL_REQUEST_KEYS: &[&str] = &["branches", "paths", "paths_ignore"];
+pub(crate) const PUSH_KEYS: &[&str] = &[
+    "branches",
+    "branches_ignore",
+    "tags",
+    "tags_ignore",
+    "paths",
+    "paths_ignore",
+];
+pub(crate) const PULL_REQUEST_KEYS: &[&str] =
+    &["branches", "branches_ignore", "paths", "paths_ignore"];
 pub(crate) const STAGE_KEYS: &[&str] = &[
     "needs",
-    "runs-on",
+    "runs_on",
     "image",
     "timeout",
     "retry",
@@ -61,6 +70,40 @@ const MAX_RETRIES: u64 = 100;
 const MAX_NAME: usize = 128;
 /// A DNS label's limit: a service name becomes a host name on the attempt's network.
 const MAX_SERVICE_NAME: usize = 63;
+
+/// Keys of GitHub Actions workflows that users paste, with what to write instead.
+const GITHUB_ACTIONS_KEYS: &[(&str, &str)] = &[
+    ("jobs", "GitHub Actions' `jobs` are `stages` here"),
+    (
+        "timeout_minutes",
+        "GitHub Actions' `timeout-minutes: 10` is written `timeout: 10m` here",
+    ),
+    (
+        "continue_on_error",
+        "`continue-on-error` is not supported yet; a step that may fail without failing the stage can end with `|| true`",
+    ),
+    (
+        "uses",
+        "actions (`uses:`) are not supported; write what the action does as `run:` commands",
+    ),
+    ("with", "actions' `with:` inputs are not supported; pass values through `env:`"),
+    (
+        "working_directory",
+        "`working-directory` is not supported; start the command with `cd DIR &&`",
+    ),
+    (
+        "strategy",
+        "matrix builds (`strategy:`) are not supported; write one stage per combination",
+    ),
+];
+
+/// Runner labels of GitHub-hosted runners, which no DeployLite runner offers unless registered
+/// with them.
+fn github_hosted_label(label: &str) -> bool {
+    ["ubuntu-", "windows-", "macos-"]
+        .iter()
+        .any(|p| label.starts_with(p))
+}
 
 fn one_of(list: &[&str]) -> String {
     let quoted: Vec<String> = list.iter().map(|k| format!("`{k}`")).collect();
@@ -116,10 +159,15 @@ fn valid_env_name(s: &str) -> bool {
         && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
 }
 
-pub(crate) fn parse_pipeline(file: &str, src: &str) -> Result<Pipeline, Vec<Diagnostic>> {
+/// The pipeline or its errors, and the file's warnings.
+pub(crate) fn parse_pipeline(
+    file: &str,
+    src: &str,
+) -> (Result<Pipeline, Vec<Diagnostic>>, Vec<Diagnostic>) {
     let mut cx = Cx {
         file,
         diags: Vec::new(),
+        warnings: Vec::new(),
         suggester: Suggester::default(),
     };
     if src.len() > MAX_FILE_BYTES {
@@ -131,7 +179,7 @@ pub(crate) fn parse_pipeline(file: &str, src: &str) -> Result<Pipeline, Vec<Diag
                 MAX_FILE_BYTES >> 20
             ),
         );
-        return Err(cx.diags);
+        return (Err(cx.diags), Vec::new());
     }
     let mut raw = Vec::new();
     let root = yaml::load(src, &mut raw);
@@ -139,10 +187,30 @@ pub(crate) fn parse_pipeline(file: &str, src: &str) -> Result<Pipeline, Vec<Diag
         cx.err(pos, msg);
     }
     let pipeline = root.and_then(|root| cx.pipeline(&root));
+    let warnings = capped(std::mem::take(&mut cx.warnings), "warnings");
     match pipeline {
-        Some(p) if cx.diags.is_empty() => Ok(p),
-        _ => Err(cx.into_diagnostics()),
+        Some(mut p) if cx.diags.is_empty() => {
+            p.warnings.clone_from(&warnings);
+            (Ok(p), warnings)
+        }
+        _ => (Err(capped(cx.diags, "problems")), warnings),
     }
+}
+
+/// Diagnostics in file order (whichever pass found them), at most [`MAX_DIAGNOSTICS`] of them
+/// and then one saying how many more there were.
+fn capped(mut diags: Vec<Diagnostic>, what: &str) -> Vec<Diagnostic> {
+    diags.sort_by_key(|d| (d.line, d.col));
+    if diags.len() > MAX_DIAGNOSTICS {
+        let more = diags.len() - MAX_DIAGNOSTICS;
+        diags.truncate(MAX_DIAGNOSTICS + 1);
+        if let Some(last) = diags.last_mut() {
+            last.message = format!(
+                "{more} more {what} from here on are not shown (at most {MAX_DIAGNOSTICS} are reported per file)"
+            );
+        }
+    }
+    diags
 }
 
 /// The walker state: file name for diagnostics, everything found so far, and the file's
@@ -150,18 +218,23 @@ pub(crate) fn parse_pipeline(file: &str, src: &str) -> Result<Pipeline, Vec<Diag
 struct Cx<'f> {
     file: &'f str,
     diags: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
     suggester: Suggester,
 }
 
-/// The entries of a type-checked mapping whose unknown keys were already reported.
+/// The entries of a type-checked mapping, by canonical key; unknown keys and deprecated
+/// spellings were already reported.
 struct Fields<'n> {
     pos: Pos,
-    entries: &'n [Entry<'n>],
+    entries: Vec<(&'static str, &'n Entry<'n>)>,
 }
 
 impl<'n> Fields<'n> {
     fn get(&self, key: &str) -> Option<&'n Entry<'n>> {
-        self.entries.iter().find(|e| e.key == key)
+        self.entries
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, e)| *e)
     }
 }
 
@@ -175,20 +248,13 @@ impl Cx<'_> {
         });
     }
 
-    /// The diagnostics in file order (whichever pass found them), at most [`MAX_DIAGNOSTICS`]
-    /// of them and then one saying how many more there were.
-    fn into_diagnostics(mut self) -> Vec<Diagnostic> {
-        self.diags.sort_by_key(|d| (d.line, d.col));
-        if self.diags.len() > MAX_DIAGNOSTICS {
-            let more = self.diags.len() - MAX_DIAGNOSTICS;
-            self.diags.truncate(MAX_DIAGNOSTICS + 1);
-            if let Some(last) = self.diags.last_mut() {
-                last.message = format!(
-                    "{more} more problems from here on are not shown (at most {MAX_DIAGNOSTICS} are reported per file)"
-                );
-            }
-        }
-        self.diags
+    fn warn(&mut self, pos: Pos, message: impl Into<String>) {
+        self.warnings.push(Diagnostic {
+            file: self.file.to_string(),
+            line: pos.line,
+            col: pos.col,
+            message: message.into(),
+        });
     }
 
     fn expected(&mut self, node: &Node, what: &str) {
@@ -198,8 +264,9 @@ impl Cx<'_> {
         );
     }
 
-    /// Type-check a mapping (null counts as empty) and report unknown keys.
-    fn map<'n>(&mut self, node: &'n Node<'n>, keys: &[&str]) -> Option<Fields<'n>> {
+    /// Type-check a mapping (null counts as empty), resolve each key's spelling
+    /// ([`canonical_key`]) and report unknown keys and keys written in both spellings.
+    fn map<'n>(&mut self, node: &'n Node<'n>, keys: &[&'static str]) -> Option<Fields<'n>> {
         let entries: &[Entry<'_>] = match &node.kind {
             NodeKind::Map(e) => e,
             _ if node.is_null() => &[],
@@ -208,21 +275,54 @@ impl Cx<'_> {
                 return None;
             }
         };
+        let mut fields: Vec<(&'static str, &'n Entry<'n>)> = Vec::with_capacity(entries.len());
         for e in entries {
-            if !keys.contains(&&*e.key) {
-                let hint = self.suggester.did_you_mean(&e.key, keys.iter().copied());
-                let msg = if hint.is_empty() {
-                    format!("unknown key `{}`; expected one of {}", e.key, one_of(keys))
-                } else {
-                    format!("unknown key `{}`{hint}", e.key)
-                };
-                self.err(e.key_pos, msg);
+            let Some((key, deprecated)) = canonical_key(&e.key, keys) else {
+                self.unknown_key(&e.key, e.key_pos, keys);
+                continue;
+            };
+            if let Some((_, first)) = fields.iter().find(|(k, _)| *k == key) {
+                self.err(
+                    e.key_pos,
+                    format!(
+                        "`{}` and `{}` (at {}:{}) are the same key; keep only `{key}`",
+                        e.key, first.key, first.key_pos.line, first.key_pos.col
+                    ),
+                );
+                continue;
             }
+            if deprecated {
+                self.warn(
+                    e.key_pos,
+                    format!(
+                        "`{}` is spelled `{key}`; the other spelling is deprecated",
+                        e.key
+                    ),
+                );
+            }
+            fields.push((key, e));
         }
         Some(Fields {
             pos: node.pos,
-            entries,
+            entries: fields,
         })
+    }
+
+    fn unknown_key(&mut self, key: &str, pos: Pos, keys: &[&str]) {
+        // Compared in the canonical spelling, so that `timeout-minutes` and `run-on` are
+        // recognised as well as their snake_case forms.
+        let snake = key.replace('-', "_");
+        if let Some((_, hint)) = GITHUB_ACTIONS_KEYS.iter().find(|(k, _)| *k == snake) {
+            self.err(pos, format!("unknown key `{key}`: {hint}"));
+            return;
+        }
+        let hint = self.suggester.did_you_mean(&snake, keys.iter().copied());
+        let msg = if hint.is_empty() {
+            format!("unknown key `{key}`; expected one of {}", one_of(keys))
+        } else {
+            format!("unknown key `{key}`{hint}")
+        };
+        self.err(pos, msg);
     }
 
     fn required<'n>(&mut self, f: &Fields<'n>, key: &str) -> Option<&'n Entry<'n>> {
@@ -291,15 +391,24 @@ impl Cx<'_> {
         if !ok {
             return GlobList::default();
         }
+        if items.len() > MAX_PATTERNS {
+            self.err(
+                node.pos,
+                format!(
+                    "too many patterns: {}; a filter may have at most {MAX_PATTERNS}",
+                    items.len()
+                ),
+            );
+            return GlobList::default();
+        }
         let mut globs = Vec::with_capacity(items.len());
         for item in items {
             let (NodeKind::Scalar(s), pos) = (&item.kind, item.pos) else {
                 continue;
             };
-            let pattern: &str = &s.value;
-            match crate::glob::Glob::new(pattern) {
+            match crate::glob::Glob::new(&s.value) {
                 Ok(g) => globs.push(g),
-                Err(e) => self.err(pos, format!("invalid glob `{pattern}`: {e}")),
+                Err(e) => self.err(pos, e.to_string()),
             }
         }
         let list = GlobList(globs);
@@ -397,6 +506,7 @@ impl Cx<'_> {
             concurrency,
             env,
             stages: stages?,
+            warnings: Vec::new(),
         })
     }
 
@@ -438,10 +548,23 @@ impl Cx<'_> {
         if !names.is_empty() || matches!(node.kind, NodeKind::Seq(_)) {
             for n in names {
                 let Some(s) = self.str_of(n) else { continue };
-                match s {
-                    "push" => t.push = Some(PushTrigger::default()),
-                    "pull_request" => t.pull_request = Some(PullRequestTrigger::default()),
-                    _ => self.unknown_event(s, n.pos),
+                match canonical_key(s, ON_KEYS) {
+                    Some((event, deprecated)) => {
+                        if deprecated {
+                            self.warn(
+                                n.pos,
+                                format!(
+                                    "`{s}` is spelled `{event}`; the other spelling is deprecated"
+                                ),
+                            );
+                        }
+                        if event == "push" {
+                            t.push = Some(PushTrigger::default());
+                        } else {
+                            t.pull_request = Some(PullRequestTrigger::default());
+                        }
+                    }
+                    None => self.unknown_event(s, n.pos),
                 }
             }
             return t;
@@ -451,38 +574,45 @@ impl Cx<'_> {
         };
         if let Some(e) = f.get("push") {
             if let Some(pf) = self.map(&e.value, PUSH_KEYS) {
-                let mut p = PushTrigger::default();
-                if let Some(e) = pf.get("branches") {
-                    p.branches = self.globs(&e.value);
-                }
-                if let Some(e) = pf.get("tags") {
-                    p.tags = self.globs(&e.value);
-                }
-                if let Some(e) = pf.get("paths") {
-                    p.paths = self.globs(&e.value);
-                }
-                if let Some(e) = pf.get("paths_ignore") {
-                    p.paths_ignore = self.globs(&e.value);
-                }
-                t.push = Some(p);
+                t.push = Some(PushTrigger {
+                    branches: self.filter(&pf, "branches"),
+                    branches_ignore: self.filter(&pf, "branches_ignore"),
+                    tags: self.filter(&pf, "tags"),
+                    tags_ignore: self.filter(&pf, "tags_ignore"),
+                    paths: self.filter(&pf, "paths"),
+                    paths_ignore: self.filter(&pf, "paths_ignore"),
+                });
+                self.not_both(&pf, "branches", "branches_ignore");
+                self.not_both(&pf, "tags", "tags_ignore");
             }
         }
         if let Some(e) = f.get("pull_request") {
             if let Some(pf) = self.map(&e.value, PULL_REQUEST_KEYS) {
-                let mut p = PullRequestTrigger::default();
-                if let Some(e) = pf.get("branches") {
-                    p.branches = self.globs(&e.value);
-                }
-                if let Some(e) = pf.get("paths") {
-                    p.paths = self.globs(&e.value);
-                }
-                if let Some(e) = pf.get("paths_ignore") {
-                    p.paths_ignore = self.globs(&e.value);
-                }
-                t.pull_request = Some(p);
+                t.pull_request = Some(PullRequestTrigger {
+                    branches: self.filter(&pf, "branches"),
+                    branches_ignore: self.filter(&pf, "branches_ignore"),
+                    paths: self.filter(&pf, "paths"),
+                    paths_ignore: self.filter(&pf, "paths_ignore"),
+                });
+                self.not_both(&pf, "branches", "branches_ignore");
             }
         }
         t
+    }
+
+    fn filter(&mut self, f: &Fields<'_>, key: &str) -> GlobList {
+        f.get(key).map(|e| self.globs(&e.value)).unwrap_or_default()
+    }
+
+    /// As in GitHub Actions: a name list and its ignore list exclude each other (a `!`
+    /// pattern in the list does what the ignore list would).
+    fn not_both(&mut self, f: &Fields<'_>, list: &str, ignore: &str) {
+        if let (Some(_), Some(e)) = (f.get(list), f.get(ignore)) {
+            self.err(
+                e.key_pos,
+                format!("use either `{list}` or `{ignore}`, not both; exclude names with `!` patterns in `{list}`"),
+            );
+        }
     }
 
     fn unknown_event(&mut self, s: &str, pos: Pos) {
@@ -552,11 +682,28 @@ impl Cx<'_> {
             needs: needs_with_pos,
         });
         let f = f?;
-        let runs_on = f
-            .get("runs-on")
+        let runs_on_entry = f.get("runs_on");
+        let runs_on: Vec<String> = runs_on_entry
             .and_then(|e| self.string_list(&e.value))
-            .map(|v| v.into_iter().map(|(s, _)| s.to_string()).collect())
+            .map(|labels| {
+                labels
+                    .into_iter()
+                    .map(|(label, pos)| {
+                        if github_hosted_label(label) {
+                            self.warn(
+                                pos,
+                                format!(
+                                    "`{label}` is a GitHub-hosted runner label: no DeployLite runner offers it unless registered with it. \
+                                     The daemon's local runner offers `local` and its OS name (`linux`); remote runners offer the --labels they registered with"
+                                ),
+                            );
+                        }
+                        label.to_string()
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
+        let runs_on_pos = runs_on_entry.map(|e| e.value.pos).unwrap_or_default();
         let image = f.get("image").and_then(|e| self.string(&e.value));
         let timeout = f.get("timeout").and_then(|e| {
             let d = self.duration(&e.value)?;
@@ -594,6 +741,7 @@ impl Cx<'_> {
             name: entry.key.to_string(),
             needs,
             runs_on,
+            runs_on_pos,
             image,
             timeout,
             retry,

@@ -7,6 +7,7 @@ pub const PIPELINE_SCHEMA: &str = include_str!("../schema/pipeline.schema.json")
 #[cfg(test)]
 mod tests {
     use super::PIPELINE_SCHEMA;
+    use crate::keys::alternate_spelling;
     use crate::parse::{ALL_KEY_LISTS, CONCURRENCY_VALUES, ON_KEYS};
     use serde_json::Value;
 
@@ -35,16 +36,26 @@ mod tests {
         for (def, keys) in ALL_KEY_LISTS {
             let props = properties(&s["definitions"][*def]);
             let mut in_schema: Vec<&str> = props.keys().map(String::as_str).collect();
-            let mut in_parser: Vec<&str> = keys.to_vec();
+            // Every canonical key, and the deprecated other spelling of those that have one.
+            let alternates: Vec<String> =
+                keys.iter().filter_map(|k| alternate_spelling(k)).collect();
+            let mut expected: Vec<&str> = keys.to_vec();
+            expected.extend(alternates.iter().map(String::as_str));
             in_schema.sort_unstable();
-            in_parser.sort_unstable();
+            expected.sort_unstable();
             assert_eq!(
-                in_schema, in_parser,
+                in_schema, expected,
                 "keys of `{def}` differ between schema and parser"
             );
             for (k, v) in props {
                 let described = v.get("description").is_some() || v.get("$ref").is_some();
                 assert!(described, "`{def}.{k}` has no description");
+                let deprecated = v.get("deprecated") == Some(&Value::Bool(true));
+                assert_eq!(
+                    deprecated,
+                    alternates.iter().any(|a| a == k),
+                    "`{def}.{k}`: only the other spellings are deprecated"
+                );
             }
         }
         let conc: Vec<&str> = s["definitions"]["pipeline"]["properties"]["concurrency"]["enum"]

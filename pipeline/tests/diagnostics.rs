@@ -1,6 +1,6 @@
 //! Data-driven diagnostics tests: each case is a pipeline file and the exact text users see.
 
-use deploylite_pipeline::{check_pipeline_set, parse_pipeline};
+use deploylite_pipeline::{check_pipeline_set, parse_pipeline, parse_pipeline_with_warnings};
 
 /// Parse `input` as `p.yaml` and compare every diagnostic, one per line.
 #[track_caller]
@@ -9,6 +9,28 @@ fn check(input: &str, expected: &str) {
         Ok(_) => String::new(),
         Err(diags) => diags.iter().map(|d| format!("{d}\n")).collect(),
     };
+    let expected: String = expected
+        .lines()
+        .map(|l| format!("{}\n", l.trim()))
+        .filter(|l| l != "\n")
+        .collect();
+    assert_eq!(
+        got, expected,
+        "\n--- input ---\n{input}\n--- got ---\n{got}"
+    );
+}
+
+/// As [`check`], with the warnings too (errors first, then warnings, each in file order).
+#[track_caller]
+fn check_with_warnings(input: &str, expected: &str) {
+    let (parsed, warnings) = parse_pipeline_with_warnings("p.yaml", input);
+    let mut got: String = parsed
+        .err()
+        .unwrap_or_default()
+        .iter()
+        .map(|d| format!("{d}\n"))
+        .collect();
+    got.extend(warnings.iter().map(|w| format!("{}\n", w.as_warning())));
     let expected: String = expected
         .lines()
         .map(|l| format!("{}\n", l.trim()))
@@ -140,17 +162,17 @@ fn unknown_keys() {
         "p.yaml:5:5: unknown key `nedds`; did you mean `needs`?",
     );
     check(
-        &with_stage("    steps: [x]\n    runs_on: linux\n"),
-        "p.yaml:5:5: unknown key `runs_on`; did you mean `runs-on`?",
+        &with_stage("    steps: [x]\n    run-on: linux\n"),
+        "p.yaml:5:5: unknown key `run-on`; did you mean `runs_on`?",
     );
     check(
         "name: ci\nfoo: 1\nstages:\n  s: {steps: [x]}\n",
         "p.yaml:2:1: unknown key `foo`; expected one of `name`, `on`, `concurrency`, `env`, `stages`",
     );
     check(
-        "name: ci\non:\n  push:\n    paths-ignore: [docs]\n  pull_requests: {}\nstages:\n  s: {steps: [x]}\n",
+        "name: ci\non:\n  push:\n    paths-ignores: [docs]\n  pull_requests: {}\nstages:\n  s: {steps: [x]}\n",
         "
-        p.yaml:4:5: unknown key `paths-ignore`; did you mean `paths_ignore`?
+        p.yaml:4:5: unknown key `paths-ignores`; did you mean `paths_ignore`?
         p.yaml:5:3: unknown key `pull_requests`; did you mean `pull_request`?
     ",
     );
@@ -291,10 +313,18 @@ fn durations_and_limits() {
 fn globs() {
     check(
         "name: ci\non:\n  push:\n    branches: [main, '[abc']\n    paths: '{a,b'\nstages:\n  s: {steps: [x]}\n",
+        "p.yaml:4:22: invalid glob `[abc`: unclosed `[`; missing `]`",
+    );
+    check(
+        "name: ci\non:\n  push:\n    tags: ['[0-9]+.[0-9]+*', 'v[!0]', 'a*+']\nstages:\n  s: {steps: [x]}\n",
         "
-        p.yaml:4:22: invalid glob `[abc`: unclosed character class; missing ']'
-        p.yaml:5:12: invalid glob `{a,b`: unclosed alternate group; missing '}' (maybe escape '{' with '[{]'?)
+        p.yaml:4:30: invalid glob `v[!0]`: `!` in brackets: only letters, digits and the ranges a-z, A-Z, 0-9 can be listed (escape a literal `[` as `\\[`)
+        p.yaml:4:39: invalid glob `a*+`: `+` cannot follow `*`; to match a literal `+`, write `\\+`
     ",
+    );
+    check(
+        "name: ci\non:\n  push:\n    branches: [main]\n    branches_ignore: [wip]\nstages:\n  s: {steps: [x]}\n",
+        "p.yaml:5:5: use either `branches` or `branches_ignore`, not both; exclude names with `!` patterns in `branches`",
     );
     check(
         "name: ci\non:\n  pull_request:\n    paths: ['!docs/**']\nstages:\n  s: {steps: [x]}\n",
@@ -474,5 +504,49 @@ fn services() {
     check(
         &with_stage("    services: [db]\n    steps: [x]\n"),
         "p.yaml:4:15: expected a mapping of service names to services, found a sequence",
+    );
+}
+
+/// One spelling convention: snake_case keys, kebab-case accepted with a warning, both at once
+/// rejected; keys pasted from GitHub Actions get a specific hint.
+#[test]
+fn key_spellings_and_github_actions_habits() {
+    check_with_warnings(
+        "name: ci\non:\n  push:\n    paths-ignore: [docs]\n  pull-request:\n    branches-ignore: [old]\nstages:\n  s:\n    runs-on: linux\n    retry: {max: 1, max-backoff: 1m}\n    steps: [x]\n",
+        "
+        p.yaml:4:5: warning: `paths-ignore` is spelled `paths_ignore`; the other spelling is deprecated
+        p.yaml:5:3: warning: `pull-request` is spelled `pull_request`; the other spelling is deprecated
+        p.yaml:6:5: warning: `branches-ignore` is spelled `branches_ignore`; the other spelling is deprecated
+        p.yaml:9:5: warning: `runs-on` is spelled `runs_on`; the other spelling is deprecated
+        p.yaml:10:21: warning: `max-backoff` is spelled `max_backoff`; the other spelling is deprecated
+    ",
+    );
+    check_with_warnings(
+        &with_stage("    runs_on: [linux]\n    runs-on: [local]\n    steps: [x]\n"),
+        "
+        p.yaml:5:5: `runs-on` and `runs_on` (at 4:5) are the same key; keep only `runs_on`
+    ",
+    );
+    check_with_warnings(
+        "name: ci\non: [push, pull-request]\nstages:\n  s: {steps: [x]}\n",
+        "p.yaml:2:12: warning: `pull-request` is spelled `pull_request`; the other spelling is deprecated",
+    );
+    check_with_warnings(
+        &with_stage("    runs-on: ubuntu-latest\n    timeout-minutes: 10\n    continue-on-error: true\n    steps:\n      - uses: actions/checkout@v4\n"),
+        "
+        p.yaml:5:5: unknown key `timeout-minutes`: GitHub Actions' `timeout-minutes: 10` is written `timeout: 10m` here
+        p.yaml:6:5: unknown key `continue-on-error`: `continue-on-error` is not supported yet; a step that may fail without failing the stage can end with `|| true`
+        p.yaml:8:9: unknown key `uses`: actions (`uses:`) are not supported; write what the action does as `run:` commands
+        p.yaml:8:9: missing required key `run`
+        p.yaml:4:5: warning: `runs-on` is spelled `runs_on`; the other spelling is deprecated
+        p.yaml:4:14: warning: `ubuntu-latest` is a GitHub-hosted runner label: no DeployLite runner offers it unless registered with it. The daemon's local runner offers `local` and its OS name (`linux`); remote runners offer the --labels they registered with
+    ",
+    );
+    check(
+        "name: ci\njobs:\n  s: {steps: [x]}\n",
+        "
+        p.yaml:1:1: missing required key `stages`
+        p.yaml:2:1: unknown key `jobs`: GitHub Actions' `jobs` are `stages` here
+    ",
     );
 }

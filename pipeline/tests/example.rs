@@ -16,7 +16,7 @@ stages:
     steps: [cargo clippy]
   test:
     needs: [lint]
-    runs-on: [linux]
+    runs_on: [linux]
     image: rust:1.83
     timeout: 15m
     retry: { max: 2, backoff: 2s, max_backoff: 1m, exit_codes: [75] }
@@ -34,7 +34,7 @@ stages:
     rollback: [ { run: ./scripts/undo.sh } ]
   deploy:
     needs: test
-    runs-on: linux
+    runs_on: linux
     retry: 3
     steps:
       - ./deploy.sh
@@ -66,11 +66,13 @@ fn full_example() {
                 tags: gl(&["v*"]),
                 paths: gl(&["src/**", "Cargo.*"]),
                 paths_ignore: gl(&["docs/**"]),
+                ..PushTrigger::default()
             }),
             pull_request: Some(PullRequestTrigger {
                 branches: gl(&["main"]),
                 paths: gl(&["src/**"]),
                 paths_ignore: gl(&["docs/**"]),
+                ..PullRequestTrigger::default()
             }),
         },
         concurrency: Concurrency::CancelInProgress,
@@ -80,6 +82,7 @@ fn full_example() {
                 name: "lint".into(),
                 needs: vec![],
                 runs_on: vec![],
+                runs_on_pos: Pos::default(),
                 image: None,
                 timeout: None,
                 retry: RetryPolicy::default(),
@@ -98,6 +101,7 @@ fn full_example() {
                 name: "test".into(),
                 needs: vec!["lint".into()],
                 runs_on: vec!["linux".into()],
+                runs_on_pos: Pos { line: 12, col: 14 },
                 image: Some("rust:1.83".into()),
                 timeout: Some(Duration::from_secs(15 * 60)),
                 retry: RetryPolicy {
@@ -141,6 +145,7 @@ fn full_example() {
                 name: "deploy".into(),
                 needs: vec!["test".into()],
                 runs_on: vec!["linux".into()],
+                runs_on_pos: Pos { line: 30, col: 14 },
                 image: None,
                 timeout: None,
                 retry: RetryPolicy {
@@ -166,6 +171,7 @@ fn full_example() {
                 services: vec![],
             },
         ],
+        warnings: vec![],
     };
     assert_eq!(p, expected);
     assert_eq!(layers(&p), vec![vec![0], vec![1], vec![2]]);
@@ -247,8 +253,9 @@ fn docs_examples_parse() {
         let body = block.split("```").next().unwrap_or("");
         if body.starts_with("name:") {
             found += 1;
-            if let Err(d) = parse_pipeline("docs.yaml", body) {
-                panic!("docs example does not parse: {d:#?}\n{body}");
+            match parse_pipeline("docs.yaml", body) {
+                Err(d) => panic!("docs example does not parse: {d:#?}\n{body}"),
+                Ok(p) => assert_eq!(p.warnings, [], "docs examples use the canonical spelling"),
             }
         }
     }

@@ -98,6 +98,27 @@ impl GitRepo {
         })
     }
 
+    /// The repository that `path` is in, found as git finds it: `path` itself or the nearest
+    /// directory above it that is a repository (so `plan` works from a subdirectory).
+    pub fn discover(path: &Path) -> Result<GitRepo> {
+        let repo = gix::discover(path).map_err(|e| GitError::Open {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(GitRepo {
+            source: Source::Local,
+            git_dir: repo.git_dir().to_path_buf(),
+            repo: Some(repo.into_sync()),
+        })
+    }
+
+    /// The working tree of a local repository (None when bare).
+    pub fn work_dir(&self) -> Option<PathBuf> {
+        self.repo()
+            .ok()
+            .and_then(|r| r.workdir().map(Path::to_path_buf))
+    }
+
     /// A remote repository mirrored at `mirror` (created by the first [`GitRepo::fetch`]).
     pub fn remote(url: &str, mirror: &Path) -> GitRepo {
         let (url, credential) = split_credentials(url);
@@ -223,6 +244,35 @@ impl GitRepo {
             }
         }
         Err(GitError::UnknownRevision(rev.to_string()))
+    }
+
+    /// Resolves any revision git accepts (`HEAD~1`, `main^`, `v1.0`, a short commit id,
+    /// `@{-1}`...) to a commit. Names [`GitRepo::resolve`] knows are looked up directly; the
+    /// rest of git's revision grammar is left to `git rev-parse`, which defines it.
+    pub fn rev_parse(&self, rev: &str) -> Result<String> {
+        if let Ok(id) = self.resolve(rev) {
+            return Ok(id);
+        }
+        // A leading `-` would be read as an option.
+        if rev.is_empty() || rev.starts_with('-') {
+            return Err(GitError::UnknownRevision(rev.to_string()));
+        }
+        let spec = format!("{rev}^{{commit}}");
+        let output = Command::new("git")
+            .arg("--git-dir")
+            .arg(&self.git_dir)
+            .args(["rev-parse", "--verify", "--quiet", &spec])
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .output()
+            .map_err(|e| GitError::Command {
+                args: format!("rev-parse --verify {spec}"),
+                message: e.to_string(),
+            })?;
+        let id = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        if !output.status.success() || ObjectId::from_hex(id.as_bytes()).is_err() {
+            return Err(GitError::UnknownRevision(rev.to_string()));
+        }
+        Ok(id)
     }
 
     /// The full ref a short name refers to (`main` -> `refs/heads/main`), if any.
