@@ -318,12 +318,12 @@ lease_repo() { # dir name n label serial|independent
   {
     echo "name: $2"
     echo "stages:"
-    echo "  s1: { runs-on: [$4], steps: [ { run: 'true' } ] }"
+    echo "  s1: { runs_on: [$4], steps: [ { run: 'true' } ] }"
     for s in $(seq 2 "$3"); do
       if [ "$5" = serial ]; then
-        echo "  s$s: { runs-on: [$4], needs: [s$((s-1))], steps: [ { run: 'true' } ] }"
+        echo "  s$s: { runs_on: [$4], needs: [s$((s-1))], steps: [ { run: 'true' } ] }"
       else
-        echo "  s$s: { runs-on: [$4], steps: [ { run: 'true' } ] }"
+        echo "  s$s: { runs_on: [$4], steps: [ { run: 'true' } ] }"
       fi
     done
   } > "$dir/.deploylite/pipelines/$2.yaml"

@@ -163,7 +163,7 @@ pub async fn run(repo_dir: &Path, options: RunOptions<'_>) -> Result<ExitCode> {
     let scheduler = Scheduler::echoing_logs(
         store.clone(),
         data,
-        // Here, every stage runs on this machine whatever its `runs-on` says.
+        // Here, every stage runs on this machine whatever its `runs_on` says.
         SchedulerConfig::local(parallel, every_label(&chosen)),
         Arc::new(LocalExecutor::default().ignoring_image(ignore_image)),
         Arc::new(AlreadyThere),

@@ -93,7 +93,7 @@ enum Command {
     /// whole directory is copied. The copy lives in TMPDIR (on a file system with reflinks,
     /// btrfs or XFS, put TMPDIR on the same one to make it almost free).
     ///
-    /// Stages run on this machine whatever their `runs-on` says; a stage with `image:` fails
+    /// Stages run on this machine whatever their `runs_on` says; a stage with `image:` fails
     /// unless --ignore-image. Exits 0 if and only if the run succeeded.
     Run {
         #[arg(long, default_value = ".", value_name = "DIR")]

@@ -54,7 +54,7 @@ async fn leases_carry_the_repository_url_without_its_credential() {
     let repo = TestRepo::new();
     repo.pipeline(
         "ci.yaml",
-        "name: ci\nstages:\n  build:\n    runs-on: [remote]\n    steps:\n      - run: echo hi\n",
+        "name: ci\nstages:\n  build:\n    runs_on: [remote]\n    steps:\n      - run: echo hi\n",
     );
     let commit = repo.commit("ci");
     let bare = format!("file://{}", repo.path().display());

@@ -66,7 +66,7 @@ echo "found nothing"
 /// Commits a pipeline running [`PROBE`] with `env` (names of files and directories: no
 /// secrets) on runners labelled `runs_on`.
 fn probe_pipeline(repo: &TestRepo, runs_on: &str, env: &[(&str, String)]) -> String {
-    let mut yaml = format!("name: probe\nstages:\n  probe:\n    runs-on: [{runs_on}]\n    env:\n");
+    let mut yaml = format!("name: probe\nstages:\n  probe:\n    runs_on: [{runs_on}]\n    env:\n");
     yaml += &format!("      HEAD: {TOKEN_HEAD:?}\n      TAIL: {TOKEN_TAIL:?}\n");
     for (k, v) in env {
         yaml += &format!("      {k}: {v:?}\n");

@@ -11,7 +11,7 @@ use common::{cli, find_stage, id, status, Daemon, TestRepo};
 const WITH_IMAGE: &str = r#"name: ci
 stages:
   build:
-    runs-on: [local]
+    runs_on: [local]
     image: alpine:3.20
     resources: { cpu: 1, memory: 512Mi }
     steps:
@@ -20,7 +20,7 @@ stages:
 
 const REFUSED: &str = "the executor could not run the stage: image: the local executor cannot \
     run stage `build` in image `alpine:3.20`: it runs steps on this machine, not in \
-    containers; send the stage to a Docker or Kubernetes runner (`runs-on` one of its labels), \
+    containers; send the stage to a Docker or Kubernetes runner (`runs_on` one of its labels), \
     or set `local_runner.ignore_image: true` (DEPLOYLITE_LOCAL_RUNNER__IGNORE_IMAGE=true, or \
     --ignore-image) to run it here without the image";
 

@@ -151,7 +151,7 @@ fn run_fails_a_stage_with_an_image_unless_told_to_ignore_it() {
         out.contains(
             "[build] the executor could not run the stage: image: the local executor cannot run \
              stage `build` in image `alpine:3.20`: it runs steps on this machine, not in \
-             containers; send the stage to a Docker or Kubernetes runner (`runs-on` one of its \
+             containers; send the stage to a Docker or Kubernetes runner (`runs_on` one of its \
              labels), or set `local_runner.ignore_image: true` \
              (DEPLOYLITE_LOCAL_RUNNER__IGNORE_IMAGE=true, or --ignore-image) to run it here \
              without the image\n"

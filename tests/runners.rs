@@ -201,8 +201,8 @@ async fn stages_go_to_runners_by_label_within_each_runners_capacity() {
     let repo = TestRepo::new();
     let mut yaml = String::from("name: routed\nstages:\n");
     for i in 0..3 {
-        yaml += &format!("  x{i}:\n    runs-on: [x]\n    steps: [{{ run: 'echo ran on $DEPLOYLITE_RUNNER; sleep 0.4' }}]\n");
-        yaml += &format!("  y{i}:\n    runs-on: [y]\n    steps: [{{ run: 'echo ran on $DEPLOYLITE_RUNNER; sleep 0.4' }}]\n");
+        yaml += &format!("  x{i}:\n    runs_on: [x]\n    steps: [{{ run: 'echo ran on $DEPLOYLITE_RUNNER; sleep 0.4' }}]\n");
+        yaml += &format!("  y{i}:\n    runs_on: [y]\n    steps: [{{ run: 'echo ran on $DEPLOYLITE_RUNNER; sleep 0.4' }}]\n");
     }
     repo.pipeline("routed.yaml", &yaml);
     let daemon = Daemon::start(&[], &server_config()).await;
@@ -266,7 +266,7 @@ async fn a_runner_killed_mid_stage_loses_its_lease_and_the_stage_completes_on_th
     let repo = TestRepo::new();
     repo.pipeline(
         "slow.yaml",
-        "name: slow\nstages:\n  work:\n    runs-on: [shared]\n    steps: [{ run: 'echo attempt $DEPLOYLITE_ATTEMPT on $DEPLOYLITE_RUNNER; sleep 2; echo done' }]\n",
+        "name: slow\nstages:\n  work:\n    runs_on: [shared]\n    steps: [{ run: 'echo attempt $DEPLOYLITE_ATTEMPT on $DEPLOYLITE_RUNNER; sleep 2; echo done' }]\n",
     );
     let daemon = Daemon::start(&[], &server_config()).await;
     let mut one = Runner::start(&daemon, "runner-1", "shared", 1);
@@ -355,7 +355,7 @@ async fn a_restarted_runner_kills_the_stage_processes_its_killed_predecessor_lef
     let repo = TestRepo::new();
     repo.pipeline(
         "hold.yaml",
-        "name: hold\nstages:\n  hold:\n    runs-on: [sweep]\n    steps: [{ run: 'echo attempt $DEPLOYLITE_ATTEMPT started; sleep 300' }]\n",
+        "name: hold\nstages:\n  hold:\n    runs_on: [sweep]\n    steps: [{ run: 'echo attempt $DEPLOYLITE_ATTEMPT started; sleep 300' }]\n",
     );
     repo.commit("hold");
     let daemon = Daemon::start(&[&repo], &server_config()).await;
@@ -436,7 +436,7 @@ async fn cancelling_a_run_stops_its_stage_on_the_runner() {
     let repo = TestRepo::new();
     repo.pipeline(
         "long.yaml",
-        "name: long\nstages:\n  wait:\n    runs-on: [r]\n    steps: [{ run: 'echo started; sleep 30' }]\n  after:\n    needs: [wait]\n    runs-on: [r]\n    steps: [{ run: 'true' }]\n",
+        "name: long\nstages:\n  wait:\n    runs_on: [r]\n    steps: [{ run: 'echo started; sleep 30' }]\n  after:\n    needs: [wait]\n    runs_on: [r]\n    steps: [{ run: 'true' }]\n",
     );
     repo.commit("long");
     let daemon = Daemon::start(&[&repo], &server_config()).await;
@@ -570,7 +570,7 @@ async fn registering_under_a_live_runners_name_needs_its_credential_and_cannot_s
     let repo = TestRepo::new();
     repo.pipeline(
         "held.yaml",
-        "name: held\nstages:\n  work:\n    runs-on: [shared]\n    steps: [{ run: 'echo started on $DEPLOYLITE_RUNNER; sleep 2; echo done' }]\n",
+        "name: held\nstages:\n  work:\n    runs_on: [shared]\n    steps: [{ run: 'echo started on $DEPLOYLITE_RUNNER; sleep 2; echo done' }]\n",
     );
     let daemon = Daemon::start(&[&repo], &server_config()).await;
     let owner = Runner::start(&daemon, "owner", "shared", 1);

@@ -185,7 +185,7 @@ fn image_unsupported(stage: &str, image: &str) -> String {
     format!(
         "image: the local executor cannot run stage `{stage}` in image `{image}`: it runs steps \
          on this machine, not in containers; send the stage to a Docker or Kubernetes runner \
-         (`runs-on` one of its labels), or set `local_runner.ignore_image: true` \
+         (`runs_on` one of its labels), or set `local_runner.ignore_image: true` \
          (DEPLOYLITE_LOCAL_RUNNER__IGNORE_IMAGE=true, or --ignore-image) to run it here without \
          the image"
     )

@@ -169,7 +169,7 @@ fn check_capacity(capacity: i64) -> Result<(), RunnerError> {
     }
 }
 
-/// Labels as `runs-on` names them: printable, no spaces or commas (`--labels` splits on commas).
+/// Labels as `runs_on` names them: printable, no spaces or commas (`--labels` splits on commas).
 fn check_labels(labels: &[String]) -> Result<(), RunnerError> {
     if labels.len() > MAX_LABELS {
         return Err(RunnerError::BadRequest(format!(

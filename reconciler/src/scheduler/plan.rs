@@ -15,7 +15,7 @@ use crate::store::{
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunnerSlot {
     pub name: String,
-    /// A stage's `runs-on` must be a subset of these.
+    /// A stage's `runs_on` must be a subset of these.
     pub labels: Vec<String>,
     /// Stages it runs at once.
     pub capacity: usize,
@@ -159,7 +159,7 @@ impl<'a> Slots<'a> {
             } else {
                 format!(
                     "no runner for untrusted work: runs from forks go only to runners labelled \
-                     [{}] (untrusted.labels) that also offer runs-on [{}]",
+                     [{}] (untrusted.labels) that also offer runs_on [{}]",
                     labels.join(", "),
                     runs_on.join(", ")
                 )
@@ -172,7 +172,7 @@ impl<'a> Slots<'a> {
                 "no matching runner".to_string()
             } else {
                 format!(
-                    "no matching runner: runs-on [{}] is not offered by any runner",
+                    "no matching runner: runs_on [{}] is not offered by any runner",
                     runs_on.join(", ")
                 )
             });
@@ -449,7 +449,7 @@ mod tests {
 
     fn spec_with_runs_on(stage: &str, labels: &[&str]) -> HashMap<i64, Arc<Pipeline>> {
         let yaml = format!(
-            "name: ci\nstages:\n  {stage}:\n    runs-on: [{}]\n    steps: [{{ run: 'true' }}]\n",
+            "name: ci\nstages:\n  {stage}:\n    runs_on: [{}]\n    steps: [{{ run: 'true' }}]\n",
             labels.join(", ")
         );
         let pipeline =
@@ -637,7 +637,7 @@ mod tests {
         assert!(w.dispatch.is_empty());
         assert_eq!(
             pending(&w, "gpu"),
-            Some("no matching runner: runs-on [linux, gpu] is not offered by any runner")
+            Some("no matching runner: runs_on [linux, gpu] is not offered by any runner")
         );
         let r = run(
             1,
@@ -839,7 +839,7 @@ mod runner_tests {
             lease_ttl_ms: 10_000,
             untrusted_labels: Vec::new(),
         };
-        let specs = specs("  g:\n    runs-on: [gpu]\n    steps: [{ run: x }]\n  l1:\n    runs-on: [linux]\n    steps: [{ run: x }]\n  l2:\n    runs-on: [linux]\n    steps: [{ run: x }]\n  any:\n    steps: [{ run: x }]\n");
+        let specs = specs("  g:\n    runs_on: [gpu]\n    steps: [{ run: x }]\n  l1:\n    runs_on: [linux]\n    steps: [{ run: x }]\n  l2:\n    runs_on: [linux]\n    steps: [{ run: x }]\n  any:\n    steps: [{ run: x }]\n");
         let r = run(vec![queued("g"), queued("l1"), queued("l2"), queued("any")]);
         let (w, _) = plan_tick(&[r], &specs, &config, 1_000);
         let placed: Vec<(&str, &str, Option<i64>)> = w
@@ -917,7 +917,7 @@ mod runner_tests {
             lease_ttl_ms: 10_000,
             untrusted_labels: Vec::new(),
         };
-        let specs = specs("  busy:\n    runs-on: [linux]\n    steps: [{ run: x }]\n  arm:\n    runs-on: [arm64]\n    steps: [{ run: x }]\n");
+        let specs = specs("  busy:\n    runs_on: [linux]\n    steps: [{ run: x }]\n  arm:\n    runs_on: [arm64]\n    steps: [{ run: x }]\n");
         let r = run(vec![
             running_on("x", "a", Some(5_000)),
             running_on("y", "b", Some(5_000)),
@@ -934,7 +934,7 @@ mod runner_tests {
             reasons,
             vec![
                 "capacity: every matching runner is busy (a, b)",
-                "no matching runner: runs-on [arm64] is not offered by any runner"
+                "no matching runner: runs_on [arm64] is not offered by any runner"
             ]
         );
         let (w, _) = plan_tick(
