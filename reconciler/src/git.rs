@@ -87,21 +87,20 @@ pub fn is_local(url: &str) -> bool {
 impl GitRepo {
     /// A repository at a local path, read in place.
     pub fn local(path: &Path) -> Result<GitRepo> {
-        let repo = gix::open(path).map_err(|e| GitError::Open {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        Ok(GitRepo {
-            source: Source::Local,
-            git_dir: repo.git_dir().to_path_buf(),
-            repo: Some(repo.into_sync()),
-        })
+        Self::opened_in_place(path, gix::open(path))
     }
 
     /// The repository that `path` is in, found as git finds it: `path` itself or the nearest
     /// directory above it that is a repository (so `plan` works from a subdirectory).
     pub fn discover(path: &Path) -> Result<GitRepo> {
-        let repo = gix::discover(path).map_err(|e| GitError::Open {
+        Self::opened_in_place(path, gix::discover(path))
+    }
+
+    fn opened_in_place<E: std::fmt::Display>(
+        path: &Path,
+        opened: std::result::Result<gix::Repository, E>,
+    ) -> Result<GitRepo> {
+        let repo = opened.map_err(|e| GitError::Open {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;

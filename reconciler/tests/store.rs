@@ -2,8 +2,6 @@
 //! SQLite and against PostgreSQL (DEPLOYLITE_TEST_POSTGRES_URL, e.g. from .ci/postgres.sh; each
 //! test gets a fresh database). Under CI the PostgreSQL half is mandatory.
 
-use std::sync::atomic::{AtomicU32, Ordering};
-
 use deploylite_pipeline::Concurrency;
 use deploylite_reconciler::status::{RunStatus, StageStatus};
 use deploylite_reconciler::store::{
@@ -33,37 +31,8 @@ async fn sqlite() -> Option<Db> {
 }
 
 async fn postgres() -> Option<Db> {
-    let Ok(url) = std::env::var("DEPLOYLITE_TEST_POSTGRES_URL") else {
-        deploylite_testkit::skip(
-            "the PostgreSQL half of the store suite",
-            "DEPLOYLITE_TEST_POSTGRES_URL is not set (./scripts/test starts a server when PostgreSQL is installed)",
-        );
-        return None;
-    };
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let name = format!(
-        "dl_test_{}_{}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0)
-    );
-    sqlx::any::install_default_drivers();
-    let mut admin = sqlx::AnyConnection::connect(&url)
-        .await
-        .expect("connect to PostgreSQL");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .expect("create test database");
-    admin.close().await.ok();
-    let base = url
-        .rsplit_once('/')
-        .map(|(b, _)| b)
-        .expect("URL with a database");
-    let url = format!("{base}/{name}");
+    let url =
+        deploylite_testkit::postgres_database("the PostgreSQL half of the store suite").await?;
     let store = Store::connect(&url, SqliteSync::Normal)
         .await
         .expect("postgres store");

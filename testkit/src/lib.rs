@@ -26,3 +26,41 @@ pub fn skip(what: &str, why: &str) {
         }
     }
 }
+
+/// The URL of a fresh, empty database on the PostgreSQL server named by
+/// `DEPLOYLITE_TEST_POSTGRES_URL` (`./scripts/test` starts one), so that tests never share
+/// state. Without that variable, `what` is [`skip`]ped (a failure under CI) and this is `None`.
+pub async fn postgres_database(what: &str) -> Option<String> {
+    use sqlx::Connection;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let Ok(url) = std::env::var("DEPLOYLITE_TEST_POSTGRES_URL") else {
+        skip(
+            what,
+            "DEPLOYLITE_TEST_POSTGRES_URL is not set (./scripts/test starts a server when PostgreSQL is installed)",
+        );
+        return None;
+    };
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "dl_test_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+    );
+    sqlx::any::install_default_drivers();
+    let mut admin = sqlx::AnyConnection::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to PostgreSQL at {url}: {e}"));
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap_or_else(|e| panic!("cannot create the test database {name}: {e}"));
+    admin.close().await.ok();
+    let (base, _) = url
+        .rsplit_once('/')
+        .unwrap_or_else(|| panic!("DEPLOYLITE_TEST_POSTGRES_URL names no database: {url}"));
+    Some(format!("{base}/{name}"))
+}

@@ -859,40 +859,10 @@ impl Drop for Daemon {
 // ---------------------------------------------------------------------------------------------
 // PostgreSQL
 
-/// A fresh database on the server of `DEPLOYLITE_TEST_POSTGRES_URL` (e.g. from .ci/postgres.sh),
-/// as the store suite makes them. Unset: None, said loudly; under CI (`CI` set) that is a
-/// failure.
+/// A fresh database on the server of `DEPLOYLITE_TEST_POSTGRES_URL` (`./scripts/test` starts
+/// one): None, said loudly (a failure under CI), without it.
 pub async fn postgres_database() -> Option<String> {
-    use sqlx::Connection;
-    let Ok(url) = std::env::var("DEPLOYLITE_TEST_POSTGRES_URL") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run the PostgreSQL tests: set DEPLOYLITE_TEST_POSTGRES_URL (see .ci/postgres.sh)"
-        );
-        eprintln!("DEPLOYLITE_TEST_POSTGRES_URL is not set: SKIPPING this PostgreSQL test");
-        return None;
-    };
-    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let name = format!(
-        "dl_e2e_{}_{}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0)
-    );
-    sqlx::any::install_default_drivers();
-    let mut admin = sqlx::AnyConnection::connect(&url)
-        .await
-        .expect("connect to PostgreSQL");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .expect("create a test database");
-    admin.close().await.ok();
-    let (base, _) = url.rsplit_once('/').expect("a URL with a database");
-    Some(format!("{base}/{name}"))
+    deploylite_testkit::postgres_database("the end-to-end PostgreSQL tests").await
 }
 
 // ---------------------------------------------------------------------------------------------
