@@ -622,6 +622,9 @@ async fn status_lists_runs_and_shows_one_run_as_a_table_or_json() {
     // DEPLOYLITE_SERVER stands in for --server.
     let mut cmd = deploylite(&["status", "--json"]);
     cmd.env("DEPLOYLITE_SERVER", &daemon.url);
+    // The token fallback reads ./.deploylite-data/admin.token: in a clone where the README's
+    // first command ran, that is the example daemon's token, which this daemon refuses.
+    cmd.env("DEPLOYLITE_DATA_DIR", &daemon.data_dir);
     let (code, out, err) = run_cmd(cmd);
     assert_eq!(code, 0, "{err}");
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()[0]["id"], rid);
