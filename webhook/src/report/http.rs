@@ -111,21 +111,7 @@ pub(crate) async fn call(
     }
     .map_err(from_octocrab)?;
     let status = response.status().as_u16();
-    let headers = response.headers();
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.trim().to_string())
-    };
-    let retry_after = header("retry-after").and_then(|v| v.parse().ok());
-    // GitHub sends `x-ratelimit-*`; GitLab sends `ratelimit-*` (and `Retry-After` on a 429).
-    let remaining = header("x-ratelimit-remaining")
-        .or_else(|| header("ratelimit-remaining"))
-        .and_then(|v| v.parse().ok());
-    let reset = header("x-ratelimit-reset")
-        .or_else(|| header("ratelimit-reset"))
-        .and_then(|v| v.parse().ok());
+    let (retry_after, remaining, reset) = rate_limit(response.headers());
     let text = crab.body_to_string(response).await.map_err(from_octocrab)?;
     if (200..300).contains(&status) {
         return Ok(serde_json::from_str(&text).unwrap_or(Value::Null));
@@ -137,6 +123,26 @@ pub(crate) async fn call(
         remaining,
         reset,
     })
+}
+
+fn header(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_string())
+}
+
+/// `Retry-After`, the requests remaining and the reset time of an answer. GitHub sends
+/// `x-ratelimit-*`; GitLab sends `ratelimit-*` (and `Retry-After` on a 429).
+fn rate_limit(headers: &axum::http::HeaderMap) -> (Option<u64>, Option<u64>, Option<i64>) {
+    let retry_after = header(headers, "retry-after").and_then(|v| v.parse().ok());
+    let remaining = header(headers, "x-ratelimit-remaining")
+        .or_else(|| header(headers, "ratelimit-remaining"))
+        .and_then(|v| v.parse().ok());
+    let reset = header(headers, "x-ratelimit-reset")
+        .or_else(|| header(headers, "ratelimit-reset"))
+        .and_then(|v| v.parse().ok());
+    (retry_after, remaining, reset)
 }
 
 /// One page of a listing, fetched with a conditional request.
@@ -175,23 +181,11 @@ pub(crate) async fn get_page(
     if status == 304 {
         return Ok(Page::NotModified);
     }
-    let header = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.trim().to_string())
-    };
-    let page_etag = header("etag").filter(|e| !e.is_empty());
-    let next = header("link").is_some_and(|l| l.contains("rel=\"next\""))
-        || header("x-next-page").is_some_and(|n| !n.is_empty());
-    let retry_after = header("retry-after").and_then(|v| v.parse().ok());
-    let remaining = header("x-ratelimit-remaining")
-        .or_else(|| header("ratelimit-remaining"))
-        .and_then(|v| v.parse().ok());
-    let reset = header("x-ratelimit-reset")
-        .or_else(|| header("ratelimit-reset"))
-        .and_then(|v| v.parse().ok());
+    let headers = response.headers();
+    let page_etag = header(headers, "etag").filter(|e| !e.is_empty());
+    let next = header(headers, "link").is_some_and(|l| l.contains("rel=\"next\""))
+        || header(headers, "x-next-page").is_some_and(|n| !n.is_empty());
+    let (retry_after, remaining, reset) = rate_limit(headers);
     let text = crab.body_to_string(response).await.map_err(from_octocrab)?;
     if !(200..300).contains(&status) {
         return Err(DeliveryError::Http {
