@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use deploylite_webhook::RunView;
+use deploylite_server::RunView;
 
 use crate::table::{Align, Table};
 
@@ -224,7 +224,7 @@ pub async fn runners(client: &Client, json: bool) -> Result<ExitCode> {
     let response = client
         .send(client.http.get(client.url("/api/v1/runners")))
         .await?;
-    let runners: Vec<deploylite_webhook::runners::RunnerView> = check(response)
+    let runners: Vec<deploylite_server::runners::RunnerView> = check(response)
         .await?
         .json()
         .await
@@ -313,7 +313,7 @@ pub async fn token_create(
     let response = client
         .send(client.http.post(client.url("/api/v1/tokens")).json(&body))
         .await?;
-    let created: deploylite_webhook::CreatedToken = check(response)
+    let created: deploylite_server::CreatedToken = check(response)
         .await?
         .json()
         .await

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use deploylite_webhook::runners::RunnerView;
+use deploylite_server::runners::RunnerView;
 
 /// A daemon that is not running refuses at once; one on an unreachable host gets this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
