@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use deploylite_pipeline::Concurrency;
-use deploylite_reconciler::scheduler::{plan_tick, PlanConfig, RunnerSlot};
+use deploylite_reconciler::scheduler::{plan_tick, Placement, PlanConfig};
 use deploylite_reconciler::status::{RunStatus, StageStatus};
 use deploylite_reconciler::store::{NewRun, NewStage, RecordCommit, SqliteSync, Store, TickWrites};
 
@@ -96,7 +96,7 @@ fn dispatch(c: &mut Criterion) {
     let template = tempfile::tempdir().expect("tmp");
     rt.block_on(build_template(template.path()));
     let config = PlanConfig {
-        runners: vec![RunnerSlot {
+        runners: vec![Placement {
             name: "local".into(),
             labels: vec![],
             capacity: RUNS * STAGES_PER_RUN,

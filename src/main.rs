@@ -1,7 +1,6 @@
 //! `deploylite`: the daemon and its command-line tools. A thin layer over the library crates;
 //! errors become exit codes here and nowhere else.
 
-mod agent;
 mod client;
 mod config;
 mod executors;
@@ -503,6 +502,7 @@ async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
 
 async fn runner(args: RunnerArgs) -> anyhow::Result<ExitCode> {
     use anyhow::Context;
+    use deploylite_runner::agent;
     serve::init_tracing(config::LogFormat::Text);
     let name = match args.name {
         Some(name) => name,
@@ -555,7 +555,17 @@ async fn runner(args: RunnerArgs) -> anyhow::Result<ExitCode> {
         ExecutorKind::Docker => executors::docker(&name).await?,
         ExecutorKind::Kubernetes => executors::kubernetes().await?,
     };
-    agent::run(agent::AgentConfig {
+    isolation::harden_process();
+    isolation::warn_if_readable_by_others(&[agent::credential_path(&state_dir, &name)]);
+    let shutdown = deploylite_runner::CancellationToken::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            serve::wait_for_signal().await;
+            shutdown.cancel();
+        }
+    });
+    let config = agent::AgentConfig {
         server: args.server.server,
         registration_token: token,
         name,
@@ -568,8 +578,9 @@ async fn runner(args: RunnerArgs) -> anyhow::Result<ExitCode> {
         state_dir,
         grace,
         reregister: args.reregister,
-    })
-    .await
+    };
+    agent::run(config, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

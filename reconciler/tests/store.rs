@@ -1239,7 +1239,7 @@ fn diamond_run(commit: &str) -> NewRun {
 /// reasons (capacity 1), dispatch, a retry with backoff, a failure that skips its dependents,
 /// success, the run's finish — and compare the copy with a fresh read after each one.
 async fn the_schedulers_copy_matches_the_store_after_every_write(store: &Store, _url: &str) {
-    use deploylite_reconciler::scheduler::{active, plan_tick, PlanConfig, RunnerSlot};
+    use deploylite_reconciler::scheduler::{active, plan_tick, Placement, PlanConfig};
     use deploylite_reconciler::store::now_ms;
     use std::collections::HashMap;
     use std::sync::Arc;
@@ -1252,7 +1252,7 @@ async fn the_schedulers_copy_matches_the_store_after_every_write(store: &Store, 
     let spec = Arc::new(store.run_spec(run_id).await.unwrap());
     let specs = HashMap::from([(run_id, spec)]);
     let config = PlanConfig {
-        runners: vec![RunnerSlot {
+        runners: vec![Placement {
             name: "local".into(),
             labels: vec![],
             capacity: 1,

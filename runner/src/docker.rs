@@ -5,7 +5,7 @@
 //! 1. Everything that can be checked without the engine is checked first (the workspace exists,
 //!    there is an image, the CPU and memory limits parse), so a bad stage creates nothing.
 //! 2. The image is pulled when absent (or always / never, per [`PullPolicy`]). A failed pull is
-//!    a [`StageOutcome::Error`] naming the image and carrying the engine's message.
+//!    a [`AttemptOutcome::Error`] naming the image and carrying the engine's message.
 //!    The images of the stage's `services:` are made present the same way (an error names the
 //!    service).
 //! 3. A bridge network is created for the attempt (`deploylite-<run>-<stage>-<attempt>-<key>`).
@@ -58,7 +58,7 @@ use bollard::Docker;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::job::{BoxFuture, Executor, StageJob, StageOutcome};
+use crate::job::{AttemptOutcome, BoxFuture, Executor, StageJob};
 use crate::log::StageLog;
 
 pub use cleanup::Cleaned;
@@ -272,24 +272,24 @@ impl DockerExecutor {
         job: StageJob,
         log: &mut StageLog,
         cancel: CancellationToken,
-    ) -> StageOutcome {
+    ) -> AttemptOutcome {
         let plan = match Plan::new(&self.config, &job) {
             Ok(plan) => plan,
             Err(e) => {
                 let message = e.to_string();
                 log.system(&message).await;
-                return StageOutcome::Error(message);
+                return AttemptOutcome::Error(message);
             }
         };
         if job.steps.is_empty() {
-            return StageOutcome::Succeeded;
+            return AttemptOutcome::Succeeded;
         }
         let docker = match self.client().await {
             Ok(docker) => docker,
             Err(e) => {
                 let message = e.to_string();
                 log.system(&message).await;
-                return StageOutcome::Error(message);
+                return AttemptOutcome::Error(message);
             }
         };
         let deadline = job.timeout.map(|t| Instant::now() + t);
@@ -303,7 +303,7 @@ impl DockerExecutor {
         };
         let outcome = match self.run_attempt(&attempt, log, &mut leftovers).await {
             ControlFlow::Break(outcome) => outcome,
-            ControlFlow::Continue(()) => StageOutcome::Succeeded,
+            ControlFlow::Continue(()) => AttemptOutcome::Succeeded,
         };
         let problems = leftovers.release().await;
         for problem in problems {
@@ -326,7 +326,7 @@ impl DockerExecutor {
         attempt: &Attempt<'_>,
         log: &mut StageLog,
         leftovers: &mut Leftovers,
-    ) -> ControlFlow<StageOutcome> {
+    ) -> ControlFlow<AttemptOutcome> {
         self.prepare_images(attempt, log).await?;
         create_network(attempt, log, leftovers).await?;
         self.start_services(attempt, log, leftovers).await?;
@@ -348,7 +348,7 @@ async fn create_network(
     attempt: &Attempt<'_>,
     log: &mut StageLog,
     leftovers: &mut Leftovers,
-) -> ControlFlow<StageOutcome> {
+) -> ControlFlow<AttemptOutcome> {
     let plan = attempt.plan;
     let network = NetworkCreateRequest {
         name: plan.network.clone(),
@@ -372,7 +372,7 @@ async fn create_network(
                 engine_message(&e)
             );
             log.system(&message).await;
-            ControlFlow::Break(StageOutcome::Error(message))
+            ControlFlow::Break(AttemptOutcome::Error(message))
         }
     }
 }
@@ -387,7 +387,7 @@ impl Executor for DockerExecutor {
         job: StageJob,
         log: &'a mut StageLog,
         cancel: CancellationToken,
-    ) -> BoxFuture<'a, StageOutcome> {
+    ) -> BoxFuture<'a, AttemptOutcome> {
         Box::pin(self.run(job, log, cancel))
     }
 }

@@ -5,6 +5,8 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use deploylite_pipeline::{Resources, Service, Step};
+/// How an attempt ended: one type from the executor to the runner protocol to the store.
+pub use deploylite_protocol::AttemptOutcome;
 use tokio_util::sync::CancellationToken;
 
 use crate::log::StageLog;
@@ -39,30 +41,6 @@ pub struct StageJob {
     pub commit: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StageOutcome {
-    Succeeded,
-    /// A step exited non-zero (`exit_code` is None when it died from a signal).
-    Failed {
-        step: usize,
-        exit_code: Option<i32>,
-    },
-    TimedOut,
-    Cancelled,
-    /// The executor itself could not run the stage (spawn failure, missing workspace...).
-    Error(String),
-}
-
-impl StageOutcome {
-    pub fn exit_code(&self) -> Option<i32> {
-        match self {
-            StageOutcome::Succeeded => Some(0),
-            StageOutcome::Failed { exit_code, .. } => *exit_code,
-            _ => None,
-        }
-    }
-}
-
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A place that runs stages: [`crate::LocalExecutor`], [`crate::DockerExecutor`],
@@ -74,7 +52,7 @@ pub trait Executor: Send + Sync + 'static {
         job: StageJob,
         log: &'a mut StageLog,
         cancel: CancellationToken,
-    ) -> BoxFuture<'a, StageOutcome>;
+    ) -> BoxFuture<'a, AttemptOutcome>;
 
     /// Makes a workspace just filled with the commit ready for this executor's stages (the
     /// local executor gives it to the stage user). Called once per workspace, before its first
@@ -161,7 +139,7 @@ mod tests {
             .await;
         assert_eq!(
             outcome,
-            StageOutcome::Error(
+            AttemptOutcome::Error(
                 "services: needs the docker executor; the local executor cannot start the \
                  services of stage `test` (db)"
                     .into()

@@ -12,7 +12,7 @@
 //!
 //! The executor watches the Pod (a `watch` on its name, with a `get` whenever the watch ends or
 //! fails), follows the main container's log into the [`StageLog`] as it is produced, and maps
-//! the end to a [`StageOutcome`]: the container's exit code, a failed clone or an image that
+//! the end to a [`AttemptOutcome`]: the container's exit code, a failed clone or an image that
 //! cannot be pulled (after [`KubernetesConfig::image_pull_timeout`]) are `Error`s. A timeout or
 //! a cancellation deletes the Pod (grace period [`KubernetesConfig::delete_grace_period`]) and
 //! waits for it to be gone; the Pod is deleted at the end of every attempt, whatever happened.
@@ -38,7 +38,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::job::{services_unsupported, step_label, BoxFuture, Executor, StageJob, StageOutcome};
+use crate::job::{services_unsupported, step_label, AttemptOutcome, BoxFuture, Executor, StageJob};
 use crate::log::{LogStream, StageLog};
 use logs::LogMsg;
 use spec::{PodSettings, LABEL_ATTEMPT, LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY};
@@ -215,7 +215,7 @@ impl KubernetesExecutor {
         job: StageJob,
         log: &mut StageLog,
         cancel: CancellationToken,
-    ) -> StageOutcome {
+    ) -> AttemptOutcome {
         // Before anything else: sidecars in the Pod are not built, and steps without the
         // services they expect would fail obscurely.
         if let Some(message) = services_unsupported("kubernetes", &job) {
@@ -246,7 +246,7 @@ impl KubernetesExecutor {
             }
         };
         if job.steps.is_empty() {
-            return StageOutcome::Succeeded;
+            return AttemptOutcome::Succeeded;
         }
         let name = self.pod_name(job.run_id, &job.stage, job.attempt);
         let nonce = spec::short_hash(&format!("{name}/{}/{}", job.commit, job.repo));
@@ -265,7 +265,7 @@ impl KubernetesExecutor {
         };
         if cancel.is_cancelled() {
             log.system("cancelled before the pod was created").await;
-            return StageOutcome::Cancelled;
+            return AttemptOutcome::Cancelled;
         }
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
         let mut guard = DeleteOnDrop {
@@ -292,7 +292,7 @@ impl KubernetesExecutor {
         };
         let outcome = match end {
             End::Finished(Finished { outcome, may_run }) => {
-                if let StageOutcome::Error(message) = &outcome {
+                if let AttemptOutcome::Error(message) = &outcome {
                     system_lines(log, message).await;
                 }
                 self.remove(&ctx, log, may_run).await;
@@ -306,7 +306,7 @@ impl KubernetesExecutor {
                 ))
                 .await;
                 self.remove(&ctx, log, true).await;
-                StageOutcome::TimedOut
+                AttemptOutcome::TimedOut
             }
             End::Cancelled => {
                 log.system(&format!(
@@ -315,7 +315,7 @@ impl KubernetesExecutor {
                 ))
                 .await;
                 self.remove(&ctx, log, true).await;
-                StageOutcome::Cancelled
+                AttemptOutcome::Cancelled
             }
         };
         guard.api = None;
@@ -368,7 +368,7 @@ impl KubernetesExecutor {
             Ok(created) => created,
             Err(e) => {
                 return Finished {
-                    outcome: StageOutcome::Error(e.to_string()),
+                    outcome: AttemptOutcome::Error(e.to_string()),
                     may_run: false,
                 }
             }
@@ -479,7 +479,7 @@ impl KubernetesExecutor {
                 if since.elapsed() >= self.config.image_pull_timeout {
                     let message = tracker.stuck_error.clone().unwrap_or_default();
                     return Finished {
-                        outcome: StageOutcome::Error(message),
+                        outcome: AttemptOutcome::Error(message),
                         may_run: true,
                     };
                 }
@@ -491,7 +491,7 @@ impl KubernetesExecutor {
                     Some(PodEvent::Pod(pod)) => next_pod = Some(*pod),
                     Some(PodEvent::Gone) => {
                         return Finished {
-                            outcome: StageOutcome::Error(format!(
+                            outcome: AttemptOutcome::Error(format!(
                                 "pod {}/{} was deleted before the stage finished",
                                 ctx.namespace, ctx.name
                             )),
@@ -499,11 +499,11 @@ impl KubernetesExecutor {
                         }
                     }
                     Some(PodEvent::Lost(message)) => {
-                        return Finished { outcome: StageOutcome::Error(message), may_run: true }
+                        return Finished { outcome: AttemptOutcome::Error(message), may_run: true }
                     }
                     None => {
                         return Finished {
-                            outcome: StageOutcome::Error("stopped watching the pod".into()),
+                            outcome: AttemptOutcome::Error("stopped watching the pod".into()),
                             may_run: true,
                         }
                     }
@@ -541,7 +541,7 @@ impl KubernetesExecutor {
         state: PodState,
         tracker: &mut Tracker,
         log: &mut StageLog,
-    ) -> Option<StageOutcome> {
+    ) -> Option<AttemptOutcome> {
         let stuck = matches!(
             state,
             PodState::PullFailing { .. } | PodState::ContainerBroken { fatal: false, .. }
@@ -558,7 +558,7 @@ impl KubernetesExecutor {
                 }
                 None
             }
-            PodState::CloneFailed { exit_code, message } => Some(StageOutcome::Error(format!(
+            PodState::CloneFailed { exit_code, message } => Some(AttemptOutcome::Error(format!(
                 "cloning {} at {} failed (exit code {exit_code}): {message}",
                 ctx.source_url, ctx.job.commit
             ))),
@@ -590,7 +590,7 @@ impl KubernetesExecutor {
             } => {
                 let error = format!("the {container} container cannot start ({reason}): {message}");
                 if fatal {
-                    return Some(StageOutcome::Error(error));
+                    return Some(AttemptOutcome::Error(error));
                 }
                 if tracker.stuck_since.is_none() {
                     tracker.stuck_since = Some(Instant::now());
@@ -615,7 +615,7 @@ impl KubernetesExecutor {
                 tracker.terminated = Some((exit_code, reason, message));
                 None
             }
-            PodState::PodFailed { reason, message } => Some(StageOutcome::Error(format!(
+            PodState::PodFailed { reason, message } => Some(AttemptOutcome::Error(format!(
                 "pod {}/{} failed ({reason}): {message}",
                 ctx.namespace, ctx.name
             ))),
@@ -629,19 +629,19 @@ impl KubernetesExecutor {
             may_run: false,
         };
         let Some((exit_code, reason, message)) = tracker.terminated.clone() else {
-            return done(StageOutcome::Error(
+            return done(AttemptOutcome::Error(
                 "the stage container ended without a status".into(),
             ));
         };
         if exit_code == 0 {
-            return done(StageOutcome::Succeeded);
+            return done(AttemptOutcome::Succeeded);
         }
         let reason = reason.unwrap_or_default();
         let message = message.unwrap_or_default();
         let reported = spec::parse_termination(&message);
         if reported.is_none() && tracker.step.is_none() {
             // The script never ran: the image has no `sh`, or the runtime refused the container.
-            return done(StageOutcome::Error(format!(
+            return done(AttemptOutcome::Error(format!(
                 "the stage container could not run its script (exit code {exit_code}, {reason}): {}",
                 message.trim()
             )));
@@ -661,7 +661,7 @@ impl KubernetesExecutor {
         }
         log.system(&format!("step {} exited with {exit_code}", step + 1))
             .await;
-        done(StageOutcome::Failed {
+        done(AttemptOutcome::Failed {
             step,
             exit_code: Some(exit_code),
         })
@@ -678,7 +678,7 @@ impl Executor for KubernetesExecutor {
         job: StageJob,
         log: &'a mut StageLog,
         cancel: CancellationToken,
-    ) -> BoxFuture<'a, StageOutcome> {
+    ) -> BoxFuture<'a, AttemptOutcome> {
         Box::pin(self.run(job, log, cancel))
     }
 }
@@ -693,7 +693,7 @@ struct Attempt<'a> {
 }
 
 struct Finished {
-    outcome: StageOutcome,
+    outcome: AttemptOutcome,
     /// Whether the Pod may still be running (so its deletion must be waited for).
     may_run: bool,
 }
@@ -767,9 +767,9 @@ impl Drop for DeleteOnDrop {
     }
 }
 
-async fn error(log: &mut StageLog, message: String) -> StageOutcome {
+async fn error(log: &mut StageLog, message: String) -> AttemptOutcome {
     system_lines(log, &message).await;
-    StageOutcome::Error(message)
+    AttemptOutcome::Error(message)
 }
 
 /// A message (a clone's output, an API message) as system lines, one per line: the log's

@@ -1,5 +1,7 @@
-//! DeployLite executors: where a stage's steps actually run (local processes, Docker
-//! containers, Kubernetes Pods).
+//! Everything that runs on a runner: the executors, where a stage's steps actually run (local
+//! processes, Docker containers, Kubernetes Pods), for the daemon's own runner and for remote
+//! ones, and the remote runner's agent (`agent`: register, poll for leases, run them, stream
+//! their logs, report their ends).
 //!
 //! Lifecycle contract (the same for every executor): the scheduler hands over a [`StageJob`]
 //! whose workspace already holds the commit, a [`StageLog`] for its output, and a
@@ -8,6 +10,7 @@
 //! killed daemon or runner left running is found again by [`kill_orphans`] and
 //! [`kill_stages_under`].
 
+pub mod agent;
 pub mod docker;
 mod job;
 pub mod kubernetes;
@@ -19,7 +22,7 @@ pub mod sandbox;
 pub mod source_url;
 
 pub use docker::{DockerConfig, DockerExecutor, PullPolicy};
-pub use job::{BoxFuture, Executor, StageJob, StageOutcome};
+pub use job::{AttemptOutcome, BoxFuture, Executor, StageJob};
 pub use kubernetes::{KubernetesConfig, KubernetesExecutor};
 pub use local::LocalExecutor;
 pub use log::{

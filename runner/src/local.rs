@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use deploylite_pipeline::Resources;
 
-use crate::job::{services_unsupported, step_label, BoxFuture, Executor, StageJob, StageOutcome};
+use crate::job::{services_unsupported, step_label, AttemptOutcome, BoxFuture, Executor, StageJob};
 use crate::log::{read_line_bounded, LogStream, StageLog, MAX_LINE};
 use crate::outcome::step_failed;
 use crate::sandbox::{Sandbox, SandboxError};
@@ -92,19 +92,19 @@ impl LocalExecutor {
         job: StageJob,
         log: &mut StageLog,
         cancel: CancellationToken,
-    ) -> StageOutcome {
+    ) -> AttemptOutcome {
         if !job.workspace.is_dir() {
-            return StageOutcome::Error(format!(
+            return AttemptOutcome::Error(format!(
                 "workspace {} does not exist",
                 job.workspace.display()
             ));
         }
         if let Some(message) = services_unsupported("local", &job) {
-            return StageOutcome::Error(message);
+            return AttemptOutcome::Error(message);
         }
         if let Some(image) = &job.image {
             if !self.ignore_image {
-                return StageOutcome::Error(image_unsupported(&job.stage, image));
+                return AttemptOutcome::Error(image_unsupported(&job.stage, image));
             }
             log.system(&format!(
                 "warning: image `{image}` ignored (local_runner.ignore_image): stage `{}` runs \
@@ -153,7 +153,7 @@ impl LocalExecutor {
             let mut child = match self.sandbox.spawn(command).await {
                 Ok(child) => child,
                 Err(e) => {
-                    return StageOutcome::Error(format!("cannot start `{}`: {e}", self.shell))
+                    return AttemptOutcome::Error(format!("cannot start `{}`: {e}", self.shell))
                 }
             };
             let end = supervise(&mut child, log, deadline, &cancel).await;
@@ -166,16 +166,16 @@ impl LocalExecutor {
                         "timed out after {limit}: killed the step's process group"
                     ))
                     .await;
-                    return StageOutcome::TimedOut;
+                    return AttemptOutcome::TimedOut;
                 }
                 StepEnd::Cancelled => {
                     log.system("cancelled: killed the step's process group")
                         .await;
-                    return StageOutcome::Cancelled;
+                    return AttemptOutcome::Cancelled;
                 }
             }
         }
-        StageOutcome::Succeeded
+        AttemptOutcome::Succeeded
     }
 }
 
@@ -210,7 +210,7 @@ impl Executor for LocalExecutor {
         job: StageJob,
         log: &'a mut StageLog,
         cancel: CancellationToken,
-    ) -> BoxFuture<'a, StageOutcome> {
+    ) -> BoxFuture<'a, AttemptOutcome> {
         Box::pin(self.run(job, log, cancel))
     }
 

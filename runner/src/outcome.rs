@@ -7,8 +7,8 @@ use std::time::Duration;
 use deploylite_pipeline::duration::format_duration;
 use deploylite_pipeline::Stage;
 
-use crate::job::StageOutcome;
 use crate::log::StageLog;
+use crate::AttemptOutcome;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -27,13 +27,15 @@ pub enum Verdict {
 pub fn verdict(
     stage: &Stage,
     failures_before: u32,
-    outcome: &StageOutcome,
+    outcome: &AttemptOutcome,
     cancelled: bool,
 ) -> Verdict {
     match outcome {
-        StageOutcome::Succeeded => Verdict::Succeeded,
-        StageOutcome::Cancelled => Verdict::Cancelled,
-        StageOutcome::Failed { .. } | StageOutcome::TimedOut | StageOutcome::Error(_) => {
+        AttemptOutcome::Succeeded => Verdict::Succeeded,
+        // A handed-back attempt was stopped, not failed: neither retried nor rolled back here
+        // (the scheduler runs the stage again as a new attempt).
+        AttemptOutcome::Cancelled | AttemptOutcome::HandedBack => Verdict::Cancelled,
+        AttemptOutcome::Failed { .. } | AttemptOutcome::TimedOut | AttemptOutcome::Error(_) => {
             let failures = failures_before.saturating_add(1);
             if !cancelled && stage.retry.should_retry(failures, outcome.exit_code()) {
                 Verdict::Retry {
@@ -59,31 +61,35 @@ pub(crate) async fn step_failed(
     log: &mut StageLog,
     step: usize,
     exit_code: Option<i32>,
-) -> StageOutcome {
+) -> AttemptOutcome {
     log.system(&failed_step(step, exit_code)).await;
-    StageOutcome::Failed { step, exit_code }
+    AttemptOutcome::Failed { step, exit_code }
 }
 
 /// A short human note on how an attempt ended (None for a success).
-pub fn describe(stage: &Stage, outcome: &StageOutcome) -> Option<String> {
+pub fn describe(stage: &Stage, outcome: &AttemptOutcome) -> Option<String> {
     match outcome {
-        StageOutcome::Succeeded => None,
-        StageOutcome::Failed { step, exit_code } => Some(failed_step(*step, *exit_code)),
-        StageOutcome::TimedOut => Some(format!(
+        AttemptOutcome::Succeeded => None,
+        AttemptOutcome::Failed { step, exit_code } => Some(failed_step(*step, *exit_code)),
+        AttemptOutcome::TimedOut => Some(format!(
             "timed out after {}",
             stage.timeout.map(format_duration).unwrap_or_default()
         )),
-        StageOutcome::Cancelled => Some("cancelled".into()),
-        StageOutcome::Error(message) => Some(message.clone()),
+        AttemptOutcome::Cancelled => Some("cancelled".into()),
+        AttemptOutcome::Error(message) => Some(message.clone()),
+        AttemptOutcome::HandedBack => Some("handed back by its runner".into()),
     }
 }
 
-/// How an attempt ended, as its closing line says it: `success`, `cancelled`, or
-/// `failed (<what [`describe`] says>)`.
-pub fn ending(stage: &Stage, outcome: &StageOutcome) -> String {
+/// How an attempt ended, as its closing line says it: `success`, `cancelled`,
+/// `interrupted (…)` for an attempt handed back, or `failed (<what [`describe`] says>)`.
+pub fn ending(stage: &Stage, outcome: &AttemptOutcome) -> String {
     match describe(stage, outcome) {
         None => "success".into(),
-        Some(note) if matches!(outcome, StageOutcome::Cancelled) => note,
+        Some(note) if matches!(outcome, AttemptOutcome::Cancelled) => note,
+        Some(note) if matches!(outcome, AttemptOutcome::HandedBack) => {
+            format!("interrupted ({note})")
+        }
         Some(note) => format!("failed ({note})"),
     }
 }
@@ -120,7 +126,7 @@ mod tests {
     #[test]
     fn retries_follow_the_policy() {
         let s = stage("{ max: 2, backoff: 1s, exit_codes: [75] }");
-        let failed = |c| StageOutcome::Failed {
+        let failed = |c| AttemptOutcome::Failed {
             step: 0,
             exit_code: Some(c),
         };
@@ -147,7 +153,7 @@ mod tests {
             "exit code not listed"
         );
         assert_eq!(
-            verdict(&s, 0, &StageOutcome::TimedOut, false),
+            verdict(&s, 0, &AttemptOutcome::TimedOut, false),
             Verdict::Failed,
             "no exit code under a filter"
         );
@@ -157,12 +163,12 @@ mod tests {
             "never retried while cancelling"
         );
         assert_eq!(
-            verdict(&s, 0, &StageOutcome::Succeeded, false),
+            verdict(&s, 0, &AttemptOutcome::Succeeded, false),
             Verdict::Succeeded
         );
         let any = stage("2");
         assert!(matches!(
-            verdict(&any, 0, &StageOutcome::TimedOut, false),
+            verdict(&any, 0, &AttemptOutcome::TimedOut, false),
             Verdict::Retry { .. }
         ));
     }
@@ -171,13 +177,13 @@ mod tests {
     fn notes() {
         let s = stage("0");
         assert_eq!(
-            describe(&s, &StageOutcome::TimedOut).as_deref(),
+            describe(&s, &AttemptOutcome::TimedOut).as_deref(),
             Some("timed out after 5s")
         );
         assert_eq!(
             describe(
                 &s,
-                &StageOutcome::Failed {
+                &AttemptOutcome::Failed {
                     step: 1,
                     exit_code: Some(3)
                 }
@@ -185,21 +191,25 @@ mod tests {
             .as_deref(),
             Some("step 2 exited with 3")
         );
-        assert_eq!(describe(&s, &StageOutcome::Succeeded), None);
+        assert_eq!(describe(&s, &AttemptOutcome::Succeeded), None);
     }
 
     #[test]
     fn closing_lines() {
         let s = stage("0");
-        let failed = StageOutcome::Failed {
+        let failed = AttemptOutcome::Failed {
             step: 0,
             exit_code: Some(4),
         };
-        assert_eq!(ending(&s, &StageOutcome::Succeeded), "success");
-        assert_eq!(ending(&s, &StageOutcome::Cancelled), "cancelled");
+        assert_eq!(ending(&s, &AttemptOutcome::Succeeded), "success");
+        assert_eq!(ending(&s, &AttemptOutcome::Cancelled), "cancelled");
+        assert_eq!(
+            ending(&s, &AttemptOutcome::HandedBack),
+            "interrupted (handed back by its runner)"
+        );
         assert_eq!(ending(&s, &failed), "failed (step 1 exited with 4)");
         assert_eq!(
-            ending(&s, &StageOutcome::TimedOut),
+            ending(&s, &AttemptOutcome::TimedOut),
             "failed (timed out after 5s)"
         );
         let line = crate::log::format_line(

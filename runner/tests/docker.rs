@@ -19,7 +19,9 @@ use deploylite_runner::docker::{
     DockerConfig, DockerExecutor, PullPolicy, DEFAULT_DOCKER_HOST, LABEL_ATTEMPT, LABEL_INSTANCE,
     LABEL_MANAGED, LABEL_RUN_ID, LABEL_STAGE,
 };
-use deploylite_runner::{read_log, CancellationToken, Executor, StageJob, StageLog, StageOutcome};
+use deploylite_runner::{
+    read_log, AttemptOutcome, CancellationToken, Executor, StageJob, StageLog,
+};
 
 const IMAGE: &str = "deploylite-test/busybox:latest";
 
@@ -106,7 +108,7 @@ fn job(run_id: i64, workspace: &Path, steps: Vec<Step>) -> StageJob {
 }
 
 struct Run {
-    outcome: StageOutcome,
+    outcome: AttemptOutcome,
     log: String,
     elapsed: Duration,
 }
@@ -222,7 +224,7 @@ async fn image_env_workspace_and_working_dir() {
         .insert("GREETING".into(), "hello from the job".into());
     let run = run(&executor, job, CancellationToken::new()).await;
 
-    assert_eq!(run.outcome, StageOutcome::Succeeded, "{}", run.log);
+    assert_eq!(run.outcome, AttemptOutcome::Succeeded, "{}", run.log);
     for expected in [
         "--- step 1: env",
         "out greeting=hello from the job step=just-here",
@@ -284,7 +286,7 @@ async fn cpu_and_memory_limits_reach_the_engine() {
     let (run, (memory, nano_cpus, network)) =
         tokio::join!(run(&executor, job, CancellationToken::new()), inspect);
 
-    assert_eq!(run.outcome, StageOutcome::Succeeded, "{}", run.log);
+    assert_eq!(run.outcome, AttemptOutcome::Succeeded, "{}", run.log);
     assert_eq!(memory, Some(64 * 1024 * 1024));
     assert_eq!(nano_cpus, Some(500_000_000));
     let network = network.unwrap();
@@ -317,7 +319,7 @@ async fn a_failing_step_reports_its_exit_code_and_stops_the_stage() {
 
     assert_eq!(
         run.outcome,
-        StageOutcome::Failed {
+        AttemptOutcome::Failed {
             step: 1,
             exit_code: Some(3)
         }
@@ -330,7 +332,7 @@ async fn a_failing_step_reports_its_exit_code_and_stops_the_stage() {
     let run = self::run(&executor, job2, CancellationToken::new()).await;
     assert_eq!(
         run.outcome,
-        StageOutcome::Failed {
+        AttemptOutcome::Failed {
             step: 0,
             exit_code: Some(1)
         }
@@ -350,7 +352,7 @@ async fn timeout_stops_the_container_promptly() {
     job.timeout = Some(Duration::from_secs(1));
     let run = run(&executor, job, CancellationToken::new()).await;
 
-    assert_eq!(run.outcome, StageOutcome::TimedOut, "{}", run.log);
+    assert_eq!(run.outcome, AttemptOutcome::TimedOut, "{}", run.log);
     assert!(
         run.elapsed < Duration::from_secs(8),
         "took {:?}",
@@ -383,7 +385,7 @@ async fn cancellation_stops_the_container_promptly() {
     };
     let (run, cancelled_at) = tokio::join!(run(&executor, job, cancel.clone()), canceller);
 
-    assert_eq!(run.outcome, StageOutcome::Cancelled, "{}", run.log);
+    assert_eq!(run.outcome, AttemptOutcome::Cancelled, "{}", run.log);
     let after_cancel = cancelled_at.elapsed();
     assert!(
         after_cancel < Duration::from_secs(6),
@@ -411,7 +413,7 @@ async fn an_image_that_cannot_be_pulled_is_a_clear_error() {
     job.image = Some(image.clone());
     let run = run(&executor, job, CancellationToken::new()).await;
 
-    let StageOutcome::Error(message) = &run.outcome else {
+    let AttemptOutcome::Error(message) = &run.outcome else {
         panic!("expected an error, got {:?}\n{}", run.outcome, run.log);
     };
     assert!(
@@ -441,7 +443,7 @@ async fn an_image_that_cannot_be_pulled_is_a_clear_error() {
     let run = self::run(&never, job, CancellationToken::new()).await;
     assert_eq!(
         run.outcome,
-        StageOutcome::Error(format!(
+        AttemptOutcome::Error(format!(
             "image `{image}` is not present on the Docker engine and the pull policy is `never`"
         ))
     );
@@ -459,7 +461,7 @@ async fn bad_stages_fail_before_anything_is_created() {
     let mut no_image = job(run_id, &ws, vec![step("echo never")]);
     no_image.image = None;
     let run = run(&executor, no_image.clone(), CancellationToken::new()).await;
-    let StageOutcome::Error(message) = &run.outcome else {
+    let AttemptOutcome::Error(message) = &run.outcome else {
         panic!("expected an error, got {:?}", run.outcome);
     };
     assert!(message.contains("names no `image`"), "{message}");
@@ -467,12 +469,12 @@ async fn bad_stages_fail_before_anything_is_created() {
     // ... unless the executor has a default image.
     let with_default = executor_with_default_image();
     let run = self::run(&with_default, no_image, CancellationToken::new()).await;
-    assert_eq!(run.outcome, StageOutcome::Succeeded, "{}", run.log);
+    assert_eq!(run.outcome, AttemptOutcome::Succeeded, "{}", run.log);
 
     let mut bad_memory = job(run_id, &ws, vec![step("echo never")]);
     bad_memory.resources.memory = Some("12XB".into());
     let run = self::run(&executor, bad_memory, CancellationToken::new()).await;
-    let StageOutcome::Error(message) = &run.outcome else {
+    let AttemptOutcome::Error(message) = &run.outcome else {
         panic!("expected an error, got {:?}", run.outcome);
     };
     assert!(message.contains("invalid memory limit `12XB`"), "{message}");
@@ -480,7 +482,7 @@ async fn bad_stages_fail_before_anything_is_created() {
     let mut bad_cpu = job(run_id, &ws, vec![step("echo never")]);
     bad_cpu.resources.cpu = Some("lots".into());
     let run = self::run(&executor, bad_cpu, CancellationToken::new()).await;
-    let StageOutcome::Error(message) = &run.outcome else {
+    let AttemptOutcome::Error(message) = &run.outcome else {
         panic!("expected an error, got {:?}", run.outcome);
     };
     assert!(message.contains("invalid cpu limit `lots`"), "{message}");
@@ -488,7 +490,7 @@ async fn bad_stages_fail_before_anything_is_created() {
     let gone = job(run_id, &ws.join("missing"), vec![step("echo never")]);
     let run = self::run(&executor, gone, CancellationToken::new()).await;
     assert!(
-        matches!(&run.outcome, StageOutcome::Error(m) if m.contains("does not exist")),
+        matches!(&run.outcome, AttemptOutcome::Error(m) if m.contains("does not exist")),
         "{:?}",
         run.outcome
     );
@@ -519,7 +521,7 @@ async fn user_is_configurable() {
         vec![step("echo \"uid=$(id -u) gid=$(id -g)\"; touch by-nobody")],
     );
     let run = run(&executor, job, CancellationToken::new()).await;
-    assert_eq!(run.outcome, StageOutcome::Succeeded, "{}", run.log);
+    assert_eq!(run.outcome, AttemptOutcome::Succeeded, "{}", run.log);
     assert!(run.log.contains("out uid=65534 gid=65534"), "{}", run.log);
     assert!(ws.join("by-nobody").exists());
     assert_no_leftovers(&docker, run_id).await;
@@ -639,7 +641,7 @@ async fn running_out_of_memory_is_reported_as_such() {
     let run = run(&executor, job, CancellationToken::new()).await;
     assert_eq!(
         run.outcome,
-        StageOutcome::Failed {
+        AttemptOutcome::Failed {
             step: 0,
             exit_code: None
         },
@@ -688,7 +690,7 @@ async fn a_service_is_reachable_by_name_and_removed_afterwards() {
     job.services = vec![web_service()];
     let run = run(&executor, job, CancellationToken::new()).await;
 
-    assert_eq!(run.outcome, StageOutcome::Succeeded, "{}", run.log);
+    assert_eq!(run.outcome, AttemptOutcome::Succeeded, "{}", run.log);
     assert!(run.log.contains("out hello from web"), "{}", run.log);
     assert!(
         run.log.contains(&format!(
@@ -713,7 +715,7 @@ async fn services_are_removed_after_a_failure_a_timeout_and_a_cancellation() {
     let run = run(&executor, failing, CancellationToken::new()).await;
     assert_eq!(
         run.outcome,
-        StageOutcome::Failed {
+        AttemptOutcome::Failed {
             step: 1,
             exit_code: Some(3)
         },
@@ -726,7 +728,7 @@ async fn services_are_removed_after_a_failure_a_timeout_and_a_cancellation() {
     slow.services = vec![web_service()];
     slow.timeout = Some(Duration::from_secs(2));
     let run = self::run(&executor, slow, CancellationToken::new()).await;
-    assert_eq!(run.outcome, StageOutcome::TimedOut, "{}", run.log);
+    assert_eq!(run.outcome, AttemptOutcome::TimedOut, "{}", run.log);
     assert!(run.elapsed < Duration::from_secs(15), "{:?}", run.elapsed);
     assert_no_leftovers(&docker, run_id).await;
 
@@ -739,7 +741,7 @@ async fn services_are_removed_after_a_failure_a_timeout_and_a_cancellation() {
         later.cancel();
     });
     let run = self::run(&executor, cancelled, cancel).await;
-    assert_eq!(run.outcome, StageOutcome::Cancelled, "{}", run.log);
+    assert_eq!(run.outcome, AttemptOutcome::Cancelled, "{}", run.log);
     assert_no_leftovers(&docker, run_id).await;
 }
 
@@ -760,7 +762,7 @@ async fn a_service_image_that_cannot_be_pulled_is_a_clear_error() {
     }];
     let run = run(&executor, job, CancellationToken::new()).await;
 
-    let StageOutcome::Error(message) = &run.outcome else {
+    let AttemptOutcome::Error(message) = &run.outcome else {
         panic!("expected an error, got {:?}\n{}", run.outcome, run.log);
     };
     let prefix = format!("service `db`: cannot pull image `{image}`: ");

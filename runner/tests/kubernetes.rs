@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use deploylite_pipeline::{Resources, Service, Step};
 use deploylite_runner::kubernetes::{KubernetesConfig, KubernetesExecutor};
-use deploylite_runner::{CancellationToken, Executor, StageJob, StageLog, StageOutcome};
+use deploylite_runner::{AttemptOutcome, CancellationToken, Executor, StageJob, StageLog};
 use fake_kube::{never_finishes, runs, Act, FakeKube};
 use serde_json::{json, Value};
 
@@ -94,7 +94,7 @@ fn parse_log(text: &str) -> Vec<(String, String)> {
 }
 
 struct Ran {
-    outcome: StageOutcome,
+    outcome: AttemptOutcome,
     log: Vec<(String, String)>,
     elapsed: Duration,
     _dir: tempfile::TempDir,
@@ -182,7 +182,7 @@ async fn a_stage_runs_in_a_pod_with_its_spec_logs_and_is_deleted() {
     ]);
     let fake = FakeKube::start(acts).await;
     let ran = run(&fake, two_steps()).await;
-    assert_eq!(ran.outcome, StageOutcome::Succeeded, "{:?}", ran.log);
+    assert_eq!(ran.outcome, AttemptOutcome::Succeeded, "{:?}", ran.log);
 
     let name = executor(&fake).pod_name(7, "build", 1);
     assert_eq!(name, "deploylite-7-build-1");
@@ -353,7 +353,7 @@ async fn logs_reach_the_stage_log_while_the_pod_runs() {
     }
     let (outcome, log) = tokio::time::timeout(LIMIT, task).await.unwrap().unwrap();
     drop(log);
-    assert_eq!(outcome, StageOutcome::Succeeded);
+    assert_eq!(outcome, AttemptOutcome::Succeeded);
     assert!(seen_first_while_running, "the first line was not streamed");
     assert!(
         seen_second_while_running,
@@ -389,7 +389,7 @@ async fn a_failing_step_maps_to_failed_with_its_number_and_exit_code() {
     let ran = run(&fake, two_steps()).await;
     assert_eq!(
         ran.outcome,
-        StageOutcome::Failed {
+        AttemptOutcome::Failed {
             step: 1,
             exit_code: Some(3)
         }
@@ -415,7 +415,7 @@ async fn an_oom_kill_fails_the_running_step_and_says_so() {
     let ran = run(&fake, two_steps()).await;
     assert_eq!(
         ran.outcome,
-        StageOutcome::Failed {
+        AttemptOutcome::Failed {
             step: 0,
             exit_code: Some(137)
         }
@@ -439,7 +439,7 @@ async fn a_container_that_cannot_run_its_script_is_an_error() {
     });
     let fake = FakeKube::start(acts).await;
     let ran = run(&fake, two_steps()).await;
-    let StageOutcome::Error(message) = &ran.outcome else {
+    let AttemptOutcome::Error(message) = &ran.outcome else {
         panic!("{:?}", ran.outcome)
     };
     assert!(message.contains("executable file not found"), "{message}");
@@ -460,7 +460,7 @@ async fn a_failed_clone_is_an_error_with_its_message() {
     ])
     .await;
     let ran = run(&fake, two_steps()).await;
-    let StageOutcome::Error(message) = &ran.outcome else {
+    let AttemptOutcome::Error(message) = &ran.outcome else {
         panic!("{:?}", ran.outcome)
     };
     assert!(
@@ -496,7 +496,7 @@ async fn an_image_that_cannot_be_pulled_is_an_error_after_a_bounded_wait() {
     ])
     .await;
     let ran = run(&fake, two_steps()).await;
-    let StageOutcome::Error(message) = &ran.outcome else {
+    let AttemptOutcome::Error(message) = &ran.outcome else {
         panic!("{:?}", ran.outcome)
     };
     assert!(message.contains("cannot pull image rust:1.80"), "{message}");
@@ -520,7 +520,7 @@ async fn a_git_image_that_cannot_be_pulled_is_named() {
     ])
     .await;
     let ran = run(&fake, two_steps()).await;
-    let StageOutcome::Error(message) = &ran.outcome else {
+    let AttemptOutcome::Error(message) = &ran.outcome else {
         panic!("{:?}", ran.outcome)
     };
     assert!(message.contains("alpine/git:latest"), "{message}");
@@ -545,7 +545,7 @@ async fn an_invalid_image_name_fails_at_once() {
     };
     let ran = run_config(&fake, two_steps(), CancellationToken::new(), patient).await;
     assert!(
-        matches!(&ran.outcome, StageOutcome::Error(m) if m.contains("InvalidImageName")),
+        matches!(&ran.outcome, AttemptOutcome::Error(m) if m.contains("InvalidImageName")),
         "{:?}",
         ran.outcome
     );
@@ -559,7 +559,7 @@ async fn a_timeout_deletes_the_pod_promptly() {
     let mut job = two_steps();
     job.timeout = Some(Duration::from_millis(700));
     let ran = run(&fake, job).await;
-    assert_eq!(ran.outcome, StageOutcome::TimedOut);
+    assert_eq!(ran.outcome, AttemptOutcome::TimedOut);
     assert!(ran.elapsed < Duration::from_secs(5), "{:?}", ran.elapsed);
     assert!(ran.has("out", "working"));
     assert!(ran.has(
@@ -590,7 +590,7 @@ async fn a_timeout_while_pending_deletes_the_pod_too() {
     let mut job = two_steps();
     job.timeout = Some(Duration::from_millis(500));
     let ran = run(&fake, job).await;
-    assert_eq!(ran.outcome, StageOutcome::TimedOut);
+    assert_eq!(ran.outcome, AttemptOutcome::TimedOut);
     assert!(ran.has("---", "waiting for a node: 0/3 nodes are available"));
     fake.assert_all_pods_deleted().await;
 }
@@ -617,7 +617,7 @@ async fn a_cancellation_deletes_the_pod_and_returns_cancelled() {
         }
     });
     let ran = run_with(&fake, two_steps(), cancel).await;
-    assert_eq!(ran.outcome, StageOutcome::Cancelled);
+    assert_eq!(ran.outcome, AttemptOutcome::Cancelled);
     assert!(ran.has("out", "working"));
     assert!(ran.has("---", "cancelled: deleting pod ci/deploylite-7-build-1"));
     assert_eq!(fake.requests_of("DELETE").len(), 1);
@@ -630,7 +630,7 @@ async fn a_cancelled_job_creates_no_pod() {
     let cancel = CancellationToken::new();
     cancel.cancel();
     let ran = run_with(&fake, two_steps(), cancel).await;
-    assert_eq!(ran.outcome, StageOutcome::Cancelled);
+    assert_eq!(ran.outcome, AttemptOutcome::Cancelled);
     assert!(fake.requests().is_empty());
 }
 
@@ -640,7 +640,7 @@ async fn without_a_source_url_nothing_is_sent() {
     let mut job = two_steps();
     job.source_url = None;
     let ran = run(&fake, job).await;
-    let StageOutcome::Error(message) = &ran.outcome else {
+    let AttemptOutcome::Error(message) = &ran.outcome else {
         panic!("{:?}", ran.outcome)
     };
     assert!(message.contains("source_url"), "{message}");
@@ -653,7 +653,7 @@ async fn resources_that_are_not_quantities_are_an_error_before_any_request() {
     let mut job = two_steps();
     job.resources.memory = Some("512MB".into());
     let ran = run(&fake, job).await;
-    let StageOutcome::Error(message) = &ran.outcome else {
+    let AttemptOutcome::Error(message) = &ran.outcome else {
         panic!("{:?}", ran.outcome)
     };
     assert!(message.contains("resources.memory `512MB`"), "{message}");
@@ -669,7 +669,7 @@ async fn a_refused_create_is_an_error_with_the_api_message() {
         "pods is forbidden: User \"system:serviceaccount:ci:deploylite\" cannot create resource \"pods\"",
     );
     let ran = run(&fake, two_steps()).await;
-    let StageOutcome::Error(message) = &ran.outcome else {
+    let AttemptOutcome::Error(message) = &ran.outcome else {
         panic!("{:?}", ran.outcome)
     };
     assert!(
@@ -685,7 +685,7 @@ async fn an_unreadable_create_answer_is_an_error_and_the_pod_is_still_deleted() 
     fake.garbage_create();
     let ran = run(&fake, two_steps()).await;
     assert!(
-        matches!(ran.outcome, StageOutcome::Error(_)),
+        matches!(ran.outcome, AttemptOutcome::Error(_)),
         "{:?}",
         ran.outcome
     );
@@ -700,7 +700,7 @@ async fn garbage_from_the_api_while_running_ends_in_an_error_not_a_panic() {
     acts.push(Act::Garbage);
     let fake = FakeKube::start(acts).await;
     let ran = run(&fake, two_steps()).await;
-    let StageOutcome::Error(message) = &ran.outcome else {
+    let AttemptOutcome::Error(message) = &ran.outcome else {
         panic!("{:?}", ran.outcome)
     };
     assert!(
@@ -731,7 +731,7 @@ async fn an_expired_watch_and_a_broken_log_stream_are_recovered() {
     let fake = FakeKube::start(acts).await;
     fake.watch_gone_once();
     let ran = run(&fake, two_steps()).await;
-    assert_eq!(ran.outcome, StageOutcome::Succeeded, "{:?}", ran.log);
+    assert_eq!(ran.outcome, AttemptOutcome::Succeeded, "{:?}", ran.log);
     let outs: Vec<&str> = ran
         .log
         .iter()
@@ -762,7 +762,7 @@ async fn a_pod_deleted_by_someone_else_is_an_error() {
     let fake = FakeKube::start(acts).await;
     let ran = run(&fake, two_steps()).await;
     assert!(
-        matches!(&ran.outcome, StageOutcome::Error(m) if m.contains("was deleted before the stage finished")),
+        matches!(&ran.outcome, AttemptOutcome::Error(m) if m.contains("was deleted before the stage finished")),
         "{:?}",
         ran.outcome
     );
@@ -780,7 +780,7 @@ async fn an_evicted_pod_is_an_error() {
     let fake = FakeKube::start(acts).await;
     let ran = run(&fake, two_steps()).await;
     assert!(
-        matches!(&ran.outcome, StageOutcome::Error(m) if m.contains("failed (Evicted): The node was low")),
+        matches!(&ran.outcome, AttemptOutcome::Error(m) if m.contains("failed (Evicted): The node was low")),
         "{:?}",
         ran.outcome
     );
@@ -807,7 +807,7 @@ async fn a_leftover_pod_of_the_same_attempt_is_replaced() {
         "spec": {"containers": [{"name": "stage", "image": "alpine:3"}]}
     }));
     let ran = run(&fake, two_steps()).await;
-    assert_eq!(ran.outcome, StageOutcome::Succeeded, "{:?}", ran.log);
+    assert_eq!(ran.outcome, AttemptOutcome::Succeeded, "{:?}", ran.log);
     assert!(ran.has("out", "again"));
     assert_eq!(fake.requests_of("POST").len(), 2);
     let deletes = fake.requests_of("DELETE");
@@ -827,7 +827,7 @@ async fn a_foreign_pod_with_the_same_name_is_left_alone() {
     }));
     let ran = run(&fake, two_steps()).await;
     assert!(
-        matches!(&ran.outcome, StageOutcome::Error(m) if m.contains("not this attempt's")),
+        matches!(&ran.outcome, AttemptOutcome::Error(m) if m.contains("not this attempt's")),
         "{:?}",
         ran.outcome
     );
@@ -863,7 +863,7 @@ async fn service_account_and_default_image_are_applied() {
         tokio::time::timeout(LIMIT, exec.execute(job, &mut log, CancellationToken::new()))
             .await
             .unwrap();
-    assert_eq!(outcome, StageOutcome::Succeeded);
+    assert_eq!(outcome, AttemptOutcome::Succeeded);
     let pod = &fake.created()[0];
     assert_eq!(pod["metadata"]["namespace"], "default");
     assert_eq!(
@@ -939,7 +939,7 @@ async fn services_fail_the_attempt_instead_of_being_ignored() {
     let ran = run(&fake, job).await;
     assert_eq!(
         ran.outcome,
-        StageOutcome::Error(
+        AttemptOutcome::Error(
             "services: needs the docker executor; the kubernetes executor cannot start the \
              services of stage `build` (db)"
                 .into()
@@ -968,7 +968,7 @@ async fn no_credential_of_the_repository_url_reaches_the_pod() {
         },
     )
     .await;
-    assert_eq!(ran.outcome, StageOutcome::Succeeded, "{:?}", ran.log);
+    assert_eq!(ran.outcome, AttemptOutcome::Succeeded, "{:?}", ran.log);
     assert!(ran.has("---", "carries a credential"), "{:?}", ran.log);
 
     let created = fake.created();

@@ -13,7 +13,10 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use deploylite_reconciler::scheduler::{LeaseJob, RemoteOutcome, Scheduler};
+use deploylite_protocol::{
+    AttemptOutcome, HeartbeatResponse, PollRequest, PollResponse, RegisterRequest, RegisterResponse,
+};
+use deploylite_reconciler::scheduler::Scheduler;
 use deploylite_reconciler::store::{now_ms, Registration, RunnerRecord, StoreError};
 use deploylite_reconciler::watcher::Repos;
 use hmac::digest::Digest;
@@ -126,22 +129,6 @@ async fn authenticate(
         .ok_or(RunnerError::Unauthorized(
             "unknown or revoked runner credential",
         ))
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct RegisterRequest {
-    pub token: String,
-    pub name: String,
-    pub labels: Vec<String>,
-    pub capacity: i64,
-    pub executor: String,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct RegisterResponse {
-    pub name: String,
-    /// The runner's own credential: shown once, stored hashed.
-    pub credential: String,
 }
 
 fn valid_name(name: &str) -> bool {
@@ -320,21 +307,6 @@ async fn register(
 /// How stale a polling runner's `last_seen` may get before a poll records it again.
 const TOUCH_INTERVAL: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Serialize, Deserialize)]
-pub struct PollRequest {
-    pub labels: Vec<String>,
-    pub capacity: i64,
-    /// Leases it can take now.
-    pub free: i64,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct PollResponse {
-    pub leases: Vec<LeaseJob>,
-    /// How often to renew a lease.
-    pub heartbeat_ms: u64,
-}
-
 async fn poll(
     State(state): State<RunnerState>,
     headers: HeaderMap,
@@ -414,12 +386,6 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-pub struct HeartbeatResponse {
-    /// The run is being cancelled: stop the stage and report `cancelled`.
-    pub cancel: bool,
-}
-
 type LeaseKey = (i64, String, i64);
 
 fn lost() -> RunnerError {
@@ -472,7 +438,7 @@ async fn complete(
     State(state): State<RunnerState>,
     headers: HeaderMap,
     Path((run, stage, attempt)): Path<LeaseKey>,
-    Json(outcome): Json<RemoteOutcome>,
+    Json(outcome): Json<AttemptOutcome>,
 ) -> Result<StatusCode, RunnerError> {
     let runner = authenticate(&state, &headers).await?;
     if state

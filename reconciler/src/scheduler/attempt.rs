@@ -141,7 +141,7 @@ impl Scheduler {
             log.finish().await;
             return None;
         }
-        if let deploylite_runner::StageOutcome::Error(message) = &outcome {
+        if let deploylite_runner::AttemptOutcome::Error(message) = &outcome {
             // Otherwise only the attempt record would say why the stage never ran.
             log.system(&format!("the executor could not run the stage: {message}"))
                 .await;

@@ -23,14 +23,14 @@ use tokio::task::JoinSet;
 use crate::paths::DataDir;
 use crate::status::{RunStatus, StageStatus};
 use crate::store::{now_ms, ActiveRun, AttemptResult, Store, StoreError, TickTx, LOCAL_RUNNER};
-pub use plan::{plan_tick, PlanConfig, RunnerSlot, TickEffects};
-pub use remote::{LeaseJob, RemoteOutcome, RunnerHub};
+pub use plan::{plan_tick, Placement, PlanConfig, TickEffects};
+pub use remote::RunnerHub;
 
 /// How the scheduler places stages.
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
     /// The daemon's own runner (`local`), if enabled: stages it runs at once, and its labels.
-    pub local: Option<RunnerSlot>,
+    pub local: Option<Placement>,
     /// How long a remote runner's lease holds without a heartbeat.
     pub lease_ttl: Duration,
     /// A remote runner not heard from for this long is offline: it gets no new stages.
@@ -47,7 +47,7 @@ impl SchedulerConfig {
     /// Only the local runner, with `capacity` slots and `labels`.
     pub fn local(capacity: usize, labels: Vec<String>) -> SchedulerConfig {
         SchedulerConfig {
-            local: Some(RunnerSlot {
+            local: Some(Placement {
                 name: LOCAL_RUNNER.to_string(),
                 labels,
                 capacity,
@@ -234,9 +234,9 @@ impl Scheduler {
     async fn runner_slots(&self, now: i64) -> Result<PlanConfig, StoreError> {
         let offline_before = now
             - i64::try_from(self.config.runner_offline_after.as_millis()).unwrap_or(i64::MAX / 2);
-        let mut runners: Vec<RunnerSlot> = self.config.local.iter().cloned().collect();
+        let mut runners: Vec<Placement> = self.config.local.iter().cloned().collect();
         for (name, labels, capacity) in self.store.online_runners(offline_before).await? {
-            runners.push(RunnerSlot {
+            runners.push(Placement {
                 name,
                 labels,
                 capacity: usize::try_from(capacity).unwrap_or(0),

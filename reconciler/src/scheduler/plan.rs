@@ -11,9 +11,10 @@ use crate::store::{
     ActiveRun, Dispatch, ExpiredLease, RunFinish, StageSkip, TickWrites, LOCAL_RUNNER,
 };
 
-/// A runner that can take stages now: the daemon's own (`local`) or a remote one that is online.
+/// Where the scheduler may place stages now, as placement sees it (name, labels, capacity): the
+/// daemon's own runner (`local`) or a remote runner that is online.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RunnerSlot {
+pub struct Placement {
     pub name: String,
     /// A stage's `runs_on` must be a subset of these.
     pub labels: Vec<String>,
@@ -23,7 +24,7 @@ pub struct RunnerSlot {
 
 #[derive(Debug, Clone)]
 pub struct PlanConfig {
-    pub runners: Vec<RunnerSlot>,
+    pub runners: Vec<Placement>,
     /// How long a remote runner's lease holds without a heartbeat.
     pub lease_ttl_ms: i64,
     /// Untrusted (fork) runs go only to runners offering one of these labels; none: nowhere.
@@ -109,7 +110,7 @@ pub fn plan_tick(
 
 /// Free capacity per runner, as this tick hands it out.
 struct Slots<'a> {
-    runners: &'a [RunnerSlot],
+    runners: &'a [Placement],
     free: Vec<usize>,
 }
 
@@ -143,8 +144,8 @@ impl<'a> Slots<'a> {
         &mut self,
         runs_on: &[String],
         untrusted: Option<&Vec<String>>,
-    ) -> Result<&'a RunnerSlot, String> {
-        let allowed = |slot: &RunnerSlot| {
+    ) -> Result<&'a Placement, String> {
+        let allowed = |slot: &Placement| {
             untrusted.is_none_or(|labels| slot.labels.iter().any(|l| labels.contains(l)))
         };
         let matching: Vec<usize> = (0..self.runners.len())
@@ -402,7 +403,7 @@ mod tests {
 
     fn config(max: usize) -> PlanConfig {
         PlanConfig {
-            runners: vec![RunnerSlot {
+            runners: vec![Placement {
                 name: LOCAL_RUNNER.into(),
                 labels: vec!["local".into(), "linux".into()],
                 capacity: max,
@@ -767,8 +768,8 @@ mod runner_tests {
     use super::*;
     use crate::store::ActiveStage;
 
-    fn slot(name: &str, labels: &[&str], capacity: usize) -> RunnerSlot {
-        RunnerSlot {
+    fn slot(name: &str, labels: &[&str], capacity: usize) -> Placement {
+        Placement {
             name: name.into(),
             labels: labels.iter().map(|s| s.to_string()).collect(),
             capacity,

@@ -1,15 +1,13 @@
 //! The server's side of remote runners: where they wait for assigned leases, what a lease
-//! carries, and how their reports become attempt results. The HTTP layer (webhook crate) only
-//! authenticates and translates.
+//! carries (the wire types are `deploylite-protocol`'s), and how their reports become attempt
+//! results. The HTTP layer (server crate) only authenticates and translates.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use deploylite_pipeline::Stage;
+use deploylite_protocol::{AttemptOutcome, LeaseJob};
 use deploylite_runner::outcome::{describe, ending, verdict, Verdict};
 use deploylite_runner::source_url::split_credentials;
-use deploylite_runner::StageOutcome;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, Notify};
 
 use super::{lock, Scheduler, SchedulerEvent};
@@ -32,84 +30,6 @@ impl RunnerHub {
             .entry(runner.to_string())
             .or_default()
             .clone()
-    }
-}
-
-/// A lease as a remote runner receives it: everything needed to run the attempt and to decide
-/// (with [`deploylite_runner::outcome::verdict`]) whether a failure is final and rolls back.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct LeaseJob {
-    pub run_id: i64,
-    pub stage: Stage,
-    pub attempt: i64,
-    pub failures: i64,
-    pub repo: String,
-    pub pipeline: String,
-    pub commit: String,
-    pub git_ref: String,
-    pub trigger: String,
-    /// The stage's environment, `DEPLOYLITE_*` included (the workspace path is the runner's).
-    pub env: BTreeMap<String, String>,
-    /// Where the commit can be cloned from, for executors that fetch it themselves.
-    pub source_url: Option<String>,
-    /// How the previous attempt ended, for the new attempt's log (`None` for attempt 1).
-    pub previous_attempt: Option<String>,
-    /// The most the attempt's log may hold (the server's `limits.log_bytes`); the server
-    /// refuses to store more.
-    #[serde(default = "default_log_bytes")]
-    pub log_bytes: u64,
-}
-
-fn default_log_bytes() -> u64 {
-    deploylite_runner::DEFAULT_LOG_BYTES
-}
-
-/// How a remote attempt ended, as its runner reports it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
-pub enum RemoteOutcome {
-    Success,
-    Failed {
-        step: usize,
-        exit_code: Option<i32>,
-    },
-    TimedOut,
-    Cancelled,
-    Error {
-        message: String,
-    },
-    /// The runner is shutting down and gives the stage back: a new attempt elsewhere.
-    HandedBack,
-}
-
-impl RemoteOutcome {
-    pub fn from_outcome(outcome: &StageOutcome) -> RemoteOutcome {
-        match outcome {
-            StageOutcome::Succeeded => RemoteOutcome::Success,
-            StageOutcome::Failed { step, exit_code } => RemoteOutcome::Failed {
-                step: *step,
-                exit_code: *exit_code,
-            },
-            StageOutcome::TimedOut => RemoteOutcome::TimedOut,
-            StageOutcome::Cancelled => RemoteOutcome::Cancelled,
-            StageOutcome::Error(message) => RemoteOutcome::Error {
-                message: message.clone(),
-            },
-        }
-    }
-
-    fn to_outcome(&self) -> Option<StageOutcome> {
-        Some(match self {
-            RemoteOutcome::Success => StageOutcome::Succeeded,
-            RemoteOutcome::Failed { step, exit_code } => StageOutcome::Failed {
-                step: *step,
-                exit_code: *exit_code,
-            },
-            RemoteOutcome::TimedOut => StageOutcome::TimedOut,
-            RemoteOutcome::Cancelled => StageOutcome::Cancelled,
-            RemoteOutcome::Error { message } => StageOutcome::Error(message.clone()),
-            RemoteOutcome::HandedBack => return None,
-        })
     }
 }
 
@@ -193,7 +113,7 @@ impl Scheduler {
         run_id: i64,
         stage_name: &str,
         attempt: i64,
-        reported: &RemoteOutcome,
+        reported: &AttemptOutcome,
     ) -> Result<bool, StoreError> {
         let Some((failures, cancelling)) = self
             .store
@@ -202,7 +122,7 @@ impl Scheduler {
         else {
             return Ok(false);
         };
-        let Some(outcome) = reported.to_outcome() else {
+        if *reported == AttemptOutcome::HandedBack {
             let note =
                 format!("interrupted: handed back by runner `{runner}`, which is shutting down");
             let reason = format!("restart: attempt {attempt} was handed back by runner `{runner}`");
@@ -219,12 +139,13 @@ impl Scheduler {
                 .await?;
             self.after_remote_end(run_id, stage_name, attempt, StageStatus::Failed);
             return Ok(done);
-        };
+        }
+        let outcome = reported;
         let spec = self.spec_of(run_id).await?;
         let Some(stage) = spec.stages.iter().find(|s| s.name == stage_name) else {
             return Ok(false);
         };
-        let note = describe(stage, &outcome);
+        let note = describe(stage, outcome);
         let exit_code = outcome.exit_code().map(i64::from);
         let failures_u32 = u32::try_from(failures).unwrap_or(u32::MAX);
         let base = AttemptResult {
@@ -239,11 +160,11 @@ impl Scheduler {
             not_before: None,
             pending_reason: None,
         };
-        let verdict = verdict(stage, failures_u32, &outcome, cancelling);
+        let verdict = verdict(stage, failures_u32, outcome, cancelling);
         if !matches!(verdict, Verdict::Retry { .. }) {
             // The runner's last chunk is in: the closing line goes after it. (A retry's closing
             // line, with the retry's delay, is written below.)
-            self.close_attempt_log(run_id, stage_name, attempt, &ending(stage, &outcome))
+            self.close_attempt_log(run_id, stage_name, attempt, &ending(stage, outcome))
                 .await;
         }
         let result = match verdict {

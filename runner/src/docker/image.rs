@@ -12,8 +12,8 @@ use futures_util::StreamExt;
 
 use super::interrupt::{interruptible, settle};
 use super::{engine_message, Attempt, DockerExecutor};
-use crate::job::StageOutcome;
 use crate::log::StageLog;
+use crate::AttemptOutcome;
 
 /// When the executor pulls a stage's image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -62,7 +62,7 @@ impl DockerExecutor {
         &self,
         attempt: &Attempt<'_>,
         log: &mut StageLog,
-    ) -> ControlFlow<StageOutcome> {
+    ) -> ControlFlow<AttemptOutcome> {
         let image = &attempt.plan.image;
         let doing = format!(" while preparing image `{image}`");
         self.prepare_image(attempt, image, log, "", &doing).await?;
@@ -87,7 +87,7 @@ impl DockerExecutor {
         log: &mut StageLog,
         context: &str,
         doing: &str,
-    ) -> ControlFlow<StageOutcome> {
+    ) -> ControlFlow<AttemptOutcome> {
         let pulled = interruptible(
             self.ensure_image(attempt.docker, image, log),
             attempt.deadline,

@@ -3,7 +3,7 @@
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::job::{StageJob, StageOutcome};
+use crate::job::{AttemptOutcome, StageJob};
 use crate::log::StageLog;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,10 +13,10 @@ pub(super) enum Interrupt {
 }
 
 impl Interrupt {
-    pub(super) fn outcome(self) -> StageOutcome {
+    pub(super) fn outcome(self) -> AttemptOutcome {
         match self {
-            Interrupt::TimedOut => StageOutcome::TimedOut,
-            Interrupt::Cancelled => StageOutcome::Cancelled,
+            Interrupt::TimedOut => AttemptOutcome::TimedOut,
+            Interrupt::Cancelled => AttemptOutcome::Cancelled,
         }
     }
 }
@@ -41,13 +41,13 @@ pub(super) async fn settle(
     job: &StageJob,
     context: &str,
     doing: &str,
-) -> Option<StageOutcome> {
+) -> Option<AttemptOutcome> {
     match result {
         Ok(Ok(())) => None,
         Ok(Err(message)) => {
             let message = format!("{context}{message}");
             log.system(&message).await;
-            Some(StageOutcome::Error(message))
+            Some(AttemptOutcome::Error(message))
         }
         Err(end) => {
             log.system(&interrupt_message(end, job, doing)).await;

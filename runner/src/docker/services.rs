@@ -14,8 +14,8 @@ use super::interrupt::{interruptible, settle};
 use super::plan::Plan;
 use super::steps::ContainerError;
 use super::{Attempt, DockerExecutor, LABEL_SERVICE};
-use crate::job::StageOutcome;
 use crate::log::StageLog;
+use crate::AttemptOutcome;
 
 impl DockerExecutor {
     /// Starts the services in file order; they are not waited for.
@@ -24,7 +24,7 @@ impl DockerExecutor {
         attempt: &Attempt<'_>,
         log: &mut StageLog,
         leftovers: &mut Leftovers,
-    ) -> ControlFlow<StageOutcome> {
+    ) -> ControlFlow<AttemptOutcome> {
         for service in &attempt.job.services {
             if attempt.cancel.is_cancelled() {
                 log.system(&format!(
@@ -32,7 +32,7 @@ impl DockerExecutor {
                     service.name
                 ))
                 .await;
-                return ControlFlow::Break(StageOutcome::Cancelled);
+                return ControlFlow::Break(AttemptOutcome::Cancelled);
             }
             // Registered in `leftovers` as soon as created, so the final cleanup removes the
             // services whatever happens next.

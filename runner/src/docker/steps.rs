@@ -20,7 +20,7 @@ use super::cleanup::Leftovers;
 use super::interrupt::{interrupt_message, sleep_until, Interrupt};
 use super::logs::Lines;
 use super::{engine_message, Attempt, DockerExecutor, LABEL_STEP};
-use crate::job::{step_label, StageOutcome};
+use crate::job::{step_label, AttemptOutcome};
 use crate::log::StageLog;
 use crate::outcome::step_failed;
 
@@ -63,7 +63,7 @@ impl DockerExecutor {
         attempt: &Attempt<'_>,
         log: &mut StageLog,
         leftovers: &mut Leftovers,
-    ) -> ControlFlow<StageOutcome> {
+    ) -> ControlFlow<AttemptOutcome> {
         let job = attempt.job;
         for (index, step) in job.steps.iter().enumerate() {
             let label = step_label(step);
@@ -82,7 +82,7 @@ impl DockerExecutor {
                         index + 1
                     ))
                     .await;
-                    StageOutcome::Failed {
+                    AttemptOutcome::Failed {
                         step: index,
                         exit_code: None,
                     }
@@ -99,7 +99,7 @@ impl DockerExecutor {
                 StepEnd::Error(e) => {
                     let message = format!("step {}: {e}", index + 1);
                     log.system(&message).await;
-                    StageOutcome::Error(message)
+                    AttemptOutcome::Error(message)
                 }
             };
             return ControlFlow::Break(outcome);

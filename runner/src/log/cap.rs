@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 
 /// What the log keeps when nothing says otherwise (`limits.log_bytes`).
-pub const DEFAULT_LOG_BYTES: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_LOG_BYTES: u64 = deploylite_protocol::DEFAULT_LOG_BYTES;
 /// The smallest limit accepted: room for a head, a tail and the marker line.
 pub const MIN_LOG_BYTES: u64 = 64 * 1024;
 /// The most of the tail held in memory until the attempt ends: a daemon runs many attempts

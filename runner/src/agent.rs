@@ -1,31 +1,33 @@
-//! `deploylite runner`: the runner agent. It registers once (trading a registration token for
+//! The runner agent (`deploylite runner`). It registers once (trading a registration token for
 //! its own credential, kept in the state directory), then long-polls the server for leases,
 //! runs each on its executor, streams the log in chunks, renews the lease with heartbeats (which
 //! also deliver cancellations), and reports the end. On SIGTERM it takes no new work, lets
 //! running stages finish within the grace period, and hands back the rest. On start it kills
 //! the stage processes a previous incarnation with the same work directory left running.
 
+mod credential;
+mod error;
+mod log_upload;
+mod url_path;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use deploylite_reconciler::scheduler::{LeaseJob, RemoteOutcome};
-use deploylite_runner::outcome::{verdict, Verdict};
-use deploylite_runner::{CancellationToken, Executor, StageJob, StageLog};
-use deploylite_server::runners::{
-    HeartbeatResponse, PollRequest, PollResponse, RegisterRequest, RegisterResponse,
-};
+use deploylite_protocol::{AttemptOutcome, HeartbeatResponse, LeaseJob, PollRequest, PollResponse};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
-mod url_path;
-
-use url_path::path_segment;
+pub use self::credential::credential_path;
+pub use self::error::AgentError;
+use self::error::{PollError, PrepareError, SegmentError};
+use self::url_path::path_segment;
+use crate::outcome::{verdict, Verdict};
+use crate::{Executor, StageJob, StageLog};
 
 pub struct AgentConfig {
     pub server: String,
@@ -47,9 +49,6 @@ pub struct AgentConfig {
 
 /// How long to wait before polling again after the server could not be reached.
 const RECONNECT_DELAY: Duration = Duration::from_secs(2);
-/// Log lines are uploaded at least this often while a stage runs.
-const LOG_FLUSH: Duration = Duration::from_millis(200);
-const LOG_CHUNK_BYTES: usize = 256 * 1024;
 
 struct Agent {
     config: AgentConfig,
@@ -64,22 +63,27 @@ struct Agent {
     stages: Mutex<HashMap<(i64, String, i64), CancellationToken>>,
 }
 
-pub async fn run(mut config: AgentConfig) -> Result<ExitCode> {
-    crate::isolation::harden_process();
+/// Runs the agent until `shutdown` is cancelled (the binary cancels it on SIGTERM or SIGINT),
+/// then drains: running stages get `config.grace` to finish and the rest are handed back.
+pub async fn run(mut config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     let base = config.server.trim_end_matches('/').to_string();
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .build()
-        .context("cannot build the HTTP client")?;
+        .map_err(AgentError::Client)?;
+    let io = |what, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| AgentError::Io { what, path, source }
+    };
     tokio::fs::create_dir_all(&config.work_dir)
         .await
-        .with_context(|| format!("cannot create the work dir {}", config.work_dir.display()))?;
+        .map_err(io("create the work dir", &config.work_dir))?;
     // Workspaces (and so every stage's DEPLOYLITE_WORKSPACE) are absolute paths, so that the
     // next start finds this incarnation's stages whatever directory it is started from.
     config.work_dir = std::path::absolute(&config.work_dir)
-        .with_context(|| format!("cannot resolve the work dir {}", config.work_dir.display()))?;
+        .map_err(io("resolve the work dir", &config.work_dir))?;
     kill_leftover_stages(&config.work_dir).await?;
-    let credential = credential(&http, &base, &config).await?;
+    let credential = credential::obtain(&http, &base, &config).await?;
     let agent = Arc::new(Agent {
         config,
         http,
@@ -93,14 +97,6 @@ pub async fn run(mut config: AgentConfig) -> Result<ExitCode> {
     tracing::info!(runner = %agent.config.name, server = %agent.base, labels = ?agent.config.labels,
         capacity = agent.config.capacity, executor = %agent.config.executor_name, "runner started");
 
-    let shutdown = CancellationToken::new();
-    tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            crate::serve::wait_for_signal().await;
-            shutdown.cancel();
-        }
-    });
     let mut tasks = JoinSet::new();
     let mut failures = 0u32;
     while !shutdown.is_cancelled() {
@@ -130,20 +126,20 @@ pub async fn run(mut config: AgentConfig) -> Result<ExitCode> {
             Err(error) => {
                 failures += 1;
                 if failures == 1 || failures % 30 == 0 {
-                    tracing::warn!(error = %format!("{error:#}"), "cannot poll the server; retrying");
+                    tracing::warn!(error = %chain(&error), "cannot poll the server; retrying");
                 }
-                if let Some(refused) = error.downcast_ref::<Refused>() {
-                    bail!("the server refused this runner's poll: {}", refused.0);
-                }
-                if let Some(refused) = error.downcast_ref::<Unauthorized>() {
-                    bail!(
-                        "{}",
-                        stale_credential_message(
-                            &agent.base,
-                            &credential_path(&agent.config),
-                            &refused.0
-                        )
-                    );
+                match error {
+                    PollError::Refused { .. } => {
+                        return Err(AgentError::PollRefused(error.to_string()))
+                    }
+                    PollError::Unauthorized(reason) => {
+                        return Err(AgentError::StaleCredential {
+                            base: agent.base.clone(),
+                            path: credential_path(&agent.config.state_dir, &agent.config.name),
+                            reason,
+                        })
+                    }
+                    _ => {}
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(RECONNECT_DELAY) => {}
@@ -172,19 +168,19 @@ pub async fn run(mut config: AgentConfig) -> Result<ExitCode> {
         }
         while tasks.join_next().await.is_some() {}
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// Kills what a previous incarnation of this runner (same work directory) left running: after a
 /// `kill -9` its stage processes, in process groups of their own, outlive it. Their leases are
 /// lost (the server requeues the stages when the leases lapse), so nothing will ever collect
 /// their results. Done before taking work, so no stage of ours can be among them.
-async fn kill_leftover_stages(work_dir: &Path) -> Result<()> {
+async fn kill_leftover_stages(work_dir: &Path) -> Result<(), AgentError> {
     let dir = work_dir.to_path_buf();
     // A scan of /proc: blocking file reads, off the runtime.
-    let killed = tokio::task::spawn_blocking(move || deploylite_runner::kill_stages_under(&dir))
+    let killed = tokio::task::spawn_blocking(move || crate::kill_stages_under(&dir))
         .await
-        .context("the sweep for leftover stage processes failed")?;
+        .map_err(AgentError::Sweep)?;
     if killed > 0 {
         tracing::warn!(killed, work_dir = %work_dir.display(),
             "killed stage processes a previous run of this runner left behind");
@@ -194,128 +190,8 @@ async fn kill_leftover_stages(work_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-#[derive(Debug)]
-struct Unauthorized(String);
-
-impl std::fmt::Display for Unauthorized {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Unauthorized {}
-
-/// The server refused what a poll offered (400/409): the runner's setup disagrees with its
-/// registration.
-#[derive(Debug)]
-struct Refused(String);
-
-impl std::fmt::Display for Refused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Refused {}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn credential_path(config: &AgentConfig) -> PathBuf {
-    config.state_dir.join(format!("{}.credential", config.name))
-}
-
-/// What to do when the server refuses the stored credential: most often its data was reset
-/// (a new database knows no runner), sometimes an admin revoked the runner.
-fn stale_credential_message(base: &str, path: &Path, reason: &str) -> String {
-    format!(
-        "the server at {base} refused this runner's credential ({reason}), read from {}. If the \
-         server's data was reset, register again: start the runner with --reregister and a \
-         registration token (--token-file FILE or DEPLOYLITE_RUNNER_TOKEN); that file is \
-         replaced. A revoked runner cannot register again under its name: use another --name",
-        path.display()
-    )
-}
-
-/// The credential kept from an earlier registration, or a new one from registering now (always
-/// with `reregister`).
-async fn credential(http: &reqwest::Client, base: &str, config: &AgentConfig) -> Result<String> {
-    let path = credential_path(config);
-    crate::isolation::warn_if_readable_by_others(std::slice::from_ref(&path));
-    let stored = tokio::fs::read_to_string(&path)
-        .await
-        .map(|text| text.trim().to_string())
-        .ok()
-        .filter(|text| !text.is_empty());
-    if let (Some(stored), false) = (&stored, config.reregister) {
-        return Ok(stored.clone());
-    }
-    let Some(token) = &config.registration_token else {
-        if config.reregister {
-            bail!("--reregister needs a registration token: give it with --token-file or DEPLOYLITE_RUNNER_TOKEN");
-        }
-        bail!(
-            "runner `{}` is not registered yet ({} does not exist): give a registration token with --token-file or DEPLOYLITE_RUNNER_TOKEN",
-            config.name,
-            path.display()
-        );
-    };
-    let mut request = http.post(format!("{base}/api/v1/runners/register"));
-    // A server that still knows this runner lets it replace its own credential; one whose data
-    // was reset ignores a credential it does not know.
-    if let Some(stored) = &stored {
-        request = request.bearer_auth(stored);
-    }
-    let response = request
-        .json(&RegisterRequest {
-            token: token.clone(),
-            name: config.name.clone(),
-            labels: config.labels.clone(),
-            capacity: i64::try_from(config.capacity).unwrap_or(i64::MAX),
-            executor: config.executor_name.clone(),
-        })
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the server at {base}"))?;
-    let status = response.status();
-    if !status.is_success() {
-        let body: serde_json::Value = response.json().await.unwrap_or_default();
-        bail!(
-            "registration refused ({status}): {}",
-            body.get("error").and_then(|e| e.as_str()).unwrap_or("")
-        );
-    }
-    let registered: RegisterResponse = response
-        .json()
-        .await
-        .context("unexpected registration answer")?;
-    write_private(&path, &registered.credential).await?;
-    tracing::info!(runner = %config.name, credential_file = %path.display(),
-        replaced = stored.is_some(), "registered with the server");
-    Ok(registered.credential)
-}
-
-/// Writes a secret readable by this user only.
-async fn write_private(path: &Path, content: &str) -> Result<()> {
-    if let Some(parent) = path.parent() {
-        tokio::fs::create_dir_all(parent)
-            .await
-            .with_context(|| format!("cannot create {}", parent.display()))?;
-    }
-    let mut options = tokio::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true).mode(0o600);
-    let mut file = options
-        .open(path)
-        .await
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    // An existing file keeps its mode through `mode(0o600)` above.
-    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .await
-        .with_context(|| format!("cannot make {} private", path.display()))?;
-    file.write_all(content.as_bytes()).await?;
-    file.flush().await?;
-    Ok(())
 }
 
 /// The server's URLs for one lease, built once, every segment from the lease encoded.
@@ -328,7 +204,7 @@ struct LeaseUrls {
 }
 
 impl LeaseUrls {
-    fn new(base: &str, lease: &LeaseJob) -> Result<LeaseUrls> {
+    fn new(base: &str, lease: &LeaseJob) -> Result<LeaseUrls, SegmentError> {
         let prefix = format!(
             "{base}/api/v1/runner/leases/{}/{}/{}",
             path_segment(&lease.run_id.to_string())?,
@@ -345,7 +221,7 @@ impl LeaseUrls {
 }
 
 impl Agent {
-    async fn poll(&self, free: usize) -> Result<PollResponse> {
+    async fn poll(&self, free: usize) -> Result<PollResponse, PollError> {
         let response = self
             .http
             .post(format!("{}/api/v1/runner/poll", self.base))
@@ -358,24 +234,24 @@ impl Agent {
             })
             .send()
             .await
-            .context("poll")?;
-        if response.status() == reqwest::StatusCode::UNAUTHORIZED {
-            let body: serde_json::Value = response.json().await.unwrap_or_default();
-            let reason = body.get("error").and_then(|e| e.as_str()).unwrap_or("");
-            return Err(Unauthorized(format!("401 {reason}").trim_end().to_string()).into());
-        }
+            .map_err(PollError::Send)?;
         let status = response.status();
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            let reason = error_text(response).await;
+            return Err(PollError::Unauthorized(
+                format!("401 {reason}").trim_end().to_string(),
+            ));
+        }
         if status == reqwest::StatusCode::CONFLICT || status == reqwest::StatusCode::BAD_REQUEST {
             // What this runner offers is refused (e.g. labels other than the registered ones):
             // asking again cannot help.
-            let body: serde_json::Value = response.json().await.unwrap_or_default();
-            let reason = body.get("error").and_then(|e| e.as_str()).unwrap_or("");
-            return Err(Refused(format!("poll refused ({status}): {reason}")).into());
+            let reason = error_text(response).await;
+            return Err(PollError::Refused { status, reason });
         }
         if !status.is_success() {
-            bail!("poll answered {status}");
+            return Err(PollError::Status(status));
         }
-        response.json().await.context("unexpected poll answer")
+        response.json().await.map_err(PollError::Answer)
     }
 
     async fn run_lease(self: Arc<Self>, lease: LeaseJob, heartbeat_ms: u64) {
@@ -383,7 +259,7 @@ impl Agent {
             Ok(urls) => self.clone().hold_lease(lease, urls, heartbeat_ms).await,
             // Nothing can be reported on such a lease: it lapses on the server.
             Err(error) => tracing::error!(run = lease.run_id, stage = %lease.stage.name,
-                error = %format!("{error:#}"), "cannot address this lease on the server; leaving it"),
+                %error, "cannot address this lease on the server; leaving it"),
         }
         self.running.fetch_sub(1, Ordering::SeqCst);
         self.slot_freed.notify_one();
@@ -410,9 +286,9 @@ impl Agent {
         lock(&self.stages).remove(&key);
         if !lost.load(Ordering::SeqCst) {
             let reported = if self.handing_back.load(Ordering::SeqCst) && cancel.is_cancelled() {
-                RemoteOutcome::HandedBack
+                AttemptOutcome::HandedBack
             } else {
-                RemoteOutcome::from_outcome(&outcome)
+                outcome
             };
             self.report(&lease, &urls.complete, &reported).await;
         }
@@ -424,14 +300,13 @@ impl Agent {
         urls: &LeaseUrls,
         cancel: CancellationToken,
         lost: Arc<AtomicBool>,
-    ) -> deploylite_runner::StageOutcome {
-        use deploylite_runner::StageOutcome;
+    ) -> AttemptOutcome {
         let workspace = self.config.work_dir.join(format!(
             "{}-{}-{}",
             lease.run_id, lease.stage.name, lease.attempt
         ));
         let (tx, rx) = mpsc::channel::<String>(4096);
-        let uploader = tokio::spawn(upload_log(
+        let uploader = tokio::spawn(log_upload::upload(
             self.http.clone(),
             urls.log.clone(),
             self.credential.clone(),
@@ -458,9 +333,9 @@ impl Agent {
         }
         let outcome = match self.prepare(&urls.source_tar, &workspace).await {
             Err(error) => {
-                let message = format!("cannot prepare the workspace: {error:#}");
+                let message = format!("cannot prepare the workspace: {}", chain(&error));
                 log.system(&message).await;
-                StageOutcome::Error(message)
+                AttemptOutcome::Error(message)
             }
             Ok(()) => {
                 let mut env = lease.env.clone();
@@ -490,7 +365,7 @@ impl Agent {
                     .executor
                     .execute(job.clone(), &mut log, cancel.clone())
                     .await;
-                if let StageOutcome::Error(message) = &outcome {
+                if let AttemptOutcome::Error(message) = &outcome {
                     log.system(&format!("the executor could not run the stage: {message}"))
                         .await;
                 }
@@ -528,11 +403,15 @@ impl Agent {
     }
 
     /// Fills the workspace with the commit, as a tar from the server.
-    async fn prepare(&self, source_tar: &str, workspace: &Path) -> Result<()> {
+    async fn prepare(&self, source_tar: &str, workspace: &Path) -> Result<(), PrepareError> {
         if tokio::fs::try_exists(workspace).await.unwrap_or(false) {
-            tokio::fs::remove_dir_all(workspace).await?;
+            tokio::fs::remove_dir_all(workspace)
+                .await
+                .map_err(PrepareError::Workspace)?;
         }
-        tokio::fs::create_dir_all(workspace).await?;
+        tokio::fs::create_dir_all(workspace)
+            .await
+            .map_err(PrepareError::Workspace)?;
         if !self.config.needs_workspace {
             return Ok(());
         }
@@ -543,12 +422,9 @@ impl Agent {
             .timeout(Duration::from_secs(600))
             .send()
             .await
-            .context("downloading the commit")?;
+            .map_err(PrepareError::Download)?;
         if !response.status().is_success() {
-            bail!(
-                "the server answered {} for the commit's archive",
-                response.status()
-            );
+            return Err(PrepareError::Status(response.status()));
         }
         let mut tar = tokio::process::Command::new("tar")
             .arg("-x")
@@ -560,31 +436,29 @@ impl Agent {
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .context("cannot run tar")?;
-        let mut stdin = tar.stdin.take().context("tar has no stdin")?;
-        while let Some(chunk) = response.chunk().await.context("downloading the commit")? {
+            .map_err(PrepareError::Spawn)?;
+        let Some(mut stdin) = tar.stdin.take() else {
+            return Err(PrepareError::Tar("tar has no stdin".into()));
+        };
+        while let Some(chunk) = response.chunk().await.map_err(PrepareError::Download)? {
             stdin
                 .write_all(&chunk)
                 .await
-                .context("unpacking the commit")?;
+                .map_err(PrepareError::Unpack)?;
         }
         drop(stdin);
-        let output = tar
-            .wait_with_output()
-            .await
-            .context("unpacking the commit")?;
+        let output = tar.wait_with_output().await.map_err(PrepareError::Unpack)?;
         if !output.status.success() {
-            bail!(
-                "tar failed: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
+            return Err(PrepareError::Tar(
+                String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            ));
         }
         // Before the first step: the stage user gets the files (tar ran as us).
         self.config
             .executor
             .adopt_workspace(workspace)
             .await
-            .context("handing the workspace to the stage user")?;
+            .map_err(PrepareError::Adopt)?;
         Ok(())
     }
 
@@ -628,7 +502,7 @@ impl Agent {
 
     /// Reports the end; retried while the server is unreachable (the lease would expire and the
     /// stage run again elsewhere if we never get through).
-    async fn report(&self, lease: &LeaseJob, url: &str, outcome: &RemoteOutcome) {
+    async fn report(&self, lease: &LeaseJob, url: &str, outcome: &AttemptOutcome) {
         for delay in [0u64, 200, 1000, 2000, 5000, 10_000] {
             tokio::time::sleep(Duration::from_millis(delay)).await;
             let answer = self
@@ -653,55 +527,23 @@ impl Agent {
     }
 }
 
-/// Batches log lines into chunks, uploaded every LOG_FLUSH or LOG_CHUNK_BYTES.
-async fn upload_log(
-    http: reqwest::Client,
-    url: String,
-    credential: String,
-    mut rx: mpsc::Receiver<String>,
-    cancel: CancellationToken,
-    lost: Arc<AtomicBool>,
-) {
-    let mut buffer = String::new();
-    let mut open = true;
-    while open {
-        let deadline = tokio::time::sleep(LOG_FLUSH);
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                line = rx.recv() => match line {
-                    Some(line) => {
-                        buffer.push_str(&line);
-                        if buffer.len() >= LOG_CHUNK_BYTES { break; }
-                    }
-                    None => { open = false; break; }
-                },
-                _ = &mut deadline => break,
-            }
-        }
-        if buffer.is_empty() {
-            continue;
-        }
-        let chunk = std::mem::take(&mut buffer);
-        for delay in [0u64, 200, 1000, 3000] {
-            tokio::time::sleep(Duration::from_millis(delay)).await;
-            match http
-                .post(&url)
-                .bearer_auth(&credential)
-                .timeout(Duration::from_secs(30))
-                .body(chunk.clone())
-                .send()
-                .await
-            {
-                Ok(r) if r.status().is_success() => break,
-                Ok(r) if r.status() == reqwest::StatusCode::CONFLICT => {
-                    lost.store(true, Ordering::SeqCst);
-                    cancel.cancel();
-                    return;
-                }
-                Ok(r) => tracing::warn!(status = %r.status(), "log upload refused; retrying"),
-                Err(e) => tracing::warn!(error = %e, "log upload failed; retrying"),
-            }
-        }
+/// The `error` text of a refusal's JSON body (empty when there is none).
+async fn error_text(response: reqwest::Response) -> String {
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    body.get("error")
+        .and_then(|e| e.as_str())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// An error and its causes, `: `-separated, for a log line.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(source) = cause {
+        text.push_str(": ");
+        text.push_str(&source.to_string());
+        cause = source.source();
     }
+    text
 }

@@ -9,13 +9,21 @@
 
 use std::fmt::Write;
 
-use anyhow::{bail, Result};
+use super::error::SegmentError;
 
 /// `s` as one path segment, percent-encoded.
-pub fn path_segment(s: &str) -> Result<String> {
+pub(super) fn path_segment(s: &str) -> Result<String, SegmentError> {
     match s {
-        "" => bail!("an empty name cannot be a URL path segment"),
-        "." | ".." => bail!("`{s}` cannot be a URL path segment: URLs resolve `.` and `..` away"),
+        "" => {
+            return Err(SegmentError(
+                "an empty name cannot be a URL path segment".into(),
+            ))
+        }
+        "." | ".." => {
+            return Err(SegmentError(format!(
+                "`{s}` cannot be a URL path segment: URLs resolve `.` and `..` away"
+            )))
+        }
         _ => {}
     }
     let mut out = String::with_capacity(s.len());
