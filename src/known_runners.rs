@@ -23,7 +23,7 @@ pub async fn label_sets(server: &str, token_file: Option<&Path>) -> Option<Vec<V
         .ok()?;
     let mut request = http.get(format!("{}/api/v1/runners", server.trim_end_matches('/')));
     if let Some(token) = token {
-        request = request.bearer_auth(token);
+        request = request.bearer_auth(token.value);
     }
     let response = request.send().await.ok()?;
     if !response.status().is_success() {
