@@ -86,6 +86,25 @@ impl Policies {
         &self.operator
     }
 
+    /// Whether evaluating `gate` can say anything: an operator bundle takes part in it, or
+    /// the repository has policies of its own. When not, callers record no decision.
+    pub fn applies(&self, gate: Gate, repository: &PolicySources) -> bool {
+        self.operator.covers(gate) || !repository.is_empty()
+    }
+
+    /// A decision that denies because the policies could not be read or evaluated at all.
+    pub fn failed(&self, error: &PolicyError, repository_revision: &str) -> Decision {
+        Decision {
+            deny: vec![format!("policy error: {error}")],
+            warn: Vec::new(),
+            revision_sha256: combined_revision(
+                self.operator.revision_sha256(),
+                repository_revision,
+            ),
+            eval_time: Duration::ZERO,
+        }
+    }
+
     /// Evaluates `gate` for `input` against the operator's bundles and the repository's
     /// policies (`repository`, as read at the commit). Errors: a repository policy that does
     /// not compile, an evaluation that fails or exceeds the time limit.
@@ -136,13 +155,8 @@ impl Policies {
         let started = Instant::now();
         self.evaluate(gate, repository, input)
             .unwrap_or_else(|error| Decision {
-                deny: vec![format!("policy error: {error}")],
-                warn: Vec::new(),
-                revision_sha256: combined_revision(
-                    self.operator.revision_sha256(),
-                    &repository.revision_sha256(),
-                ),
                 eval_time: started.elapsed(),
+                ..self.failed(&error, &repository.revision_sha256())
             })
     }
 
