@@ -835,6 +835,45 @@ mod tests {
     }
 
     #[test]
+    fn policy_bundles_layer_and_resolve_relative_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(
+            &file,
+            "policy:\n  bundles: [bundles/registries, /etc/p]\n  eval_timeout: 250ms\n",
+        )
+        .unwrap();
+        let config = ConfigLayer::default()
+            .merge(ConfigLayer::from_file(&file).unwrap())
+            .finish()
+            .unwrap();
+        assert_eq!(
+            config.policy_bundles,
+            [
+                dir.path().join("bundles/registries"),
+                PathBuf::from("/etc/p")
+            ]
+        );
+        assert_eq!(config.policy_eval_timeout, Duration::from_millis(250));
+        // The environment replaces the list and keeps the file's timeout.
+        let config = ConfigLayer::default()
+            .merge(ConfigLayer::from_file(&file).unwrap())
+            .merge(env(&[("DEPLOYLITE_POLICY__BUNDLES", "[/srv/policy]")]))
+            .finish()
+            .unwrap();
+        assert_eq!(config.policy_bundles, [PathBuf::from("/srv/policy")]);
+        assert_eq!(config.policy_eval_timeout, Duration::from_millis(250));
+        // None configured: nothing to load, the default time limit.
+        let config = ConfigLayer::default().finish().unwrap();
+        assert!(config.policy_bundles.is_empty());
+        assert_eq!(config.policy_eval_timeout, Duration::from_millis(100));
+        let err = env(&[("DEPLOYLITE_POLICY__EVAL_TIMEOUT", "0s")])
+            .finish()
+            .unwrap_err();
+        assert!(err.to_string().contains("policy.eval_timeout"), "{err}");
+    }
+
+    #[test]
     fn nested_env_keys_and_lists() {
         let layer = env(&[
             ("DEPLOYLITE_RETENTION__LOGS", "7d"),

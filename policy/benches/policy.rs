@@ -13,7 +13,7 @@ use deploylite_policy::{Gate, Policies, PolicySources};
 use serde_json::{json, Value};
 
 fn policies() -> Policies {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policy-bundles");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policy-bundles");
     Policies::from_bundles(&[root], Duration::from_millis(100)).expect("the bundles compile")
 }
 
