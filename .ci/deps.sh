@@ -14,12 +14,13 @@ cd "$(dirname "$0")/.."
 # crate -> the workspace crates it may depend on ("*": any of them).
 declare -A allowed=(
   [deploylite-pipeline]=""
+  [deploylite-policy]="deploylite-pipeline"
   [deploylite-protocol]="deploylite-pipeline"
   [deploylite-runner]="deploylite-pipeline deploylite-protocol"
-  [deploylite-reconciler]="deploylite-pipeline deploylite-protocol deploylite-runner"
-  [deploylite-forge]="deploylite-reconciler deploylite-runner"
+  [deploylite-reconciler]="deploylite-pipeline deploylite-policy deploylite-protocol deploylite-runner"
+  [deploylite-forge]="deploylite-policy deploylite-reconciler deploylite-runner"
   [deploylite-webhook]="deploylite-forge deploylite-reconciler"
-  [deploylite-server]="deploylite-forge deploylite-protocol deploylite-reconciler deploylite-webhook"
+  [deploylite-server]="deploylite-forge deploylite-policy deploylite-protocol deploylite-reconciler deploylite-webhook"
   [deploylite-testkit]=""
   [deploylite]="*"
 )

@@ -58,6 +58,7 @@ async fn build_template(dir: &Path) {
             report: false,
             pull_request: None,
             awaiting_approval: false,
+            policy: None,
             stages: pipeline
                 .stages
                 .iter()

@@ -64,6 +64,7 @@ pub struct ConfigLayer {
     pub auth: Option<AuthLayer>,
     pub untrusted: Option<UntrustedLayer>,
     pub limits: Option<LimitsLayer>,
+    pub policy: Option<PolicyLayer>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -85,6 +86,16 @@ pub struct UntrustedLayer {
 pub struct LimitsLayer {
     /// The most one stage attempt's log holds, in bytes.
     pub log_bytes: Option<u64>,
+}
+
+/// Rego policy gates (docs/policy.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyLayer {
+    /// The operator's bundle directories [default: none: the operator denies nothing].
+    pub bundles: Option<Vec<PathBuf>>,
+    /// The time limit of one evaluation [default: 100ms].
+    pub eval_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -204,6 +215,10 @@ pub struct Config {
     pub public_url: Option<String>,
     /// `limits.log_bytes`: past it an attempt's log keeps its head and tail.
     pub log_bytes: u64,
+    /// `policy.bundles`: the operator's Rego bundle directories.
+    pub policy_bundles: Vec<PathBuf>,
+    /// `policy.eval_timeout`: the time limit of one policy evaluation.
+    pub policy_eval_timeout: Duration,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -264,6 +279,15 @@ impl ConfigLayer {
         if let Some(runners) = self.runners.as_mut() {
             rebase(&mut runners.registration_tokens_file);
         }
+        for bundle in self
+            .policy
+            .iter_mut()
+            .flat_map(|p| p.bundles.iter_mut().flatten())
+        {
+            if bundle.is_relative() {
+                *bundle = base.join(&*bundle);
+            }
+        }
         if let Some(forges) = self.forges.as_mut() {
             if let Some(g) = forges.github.as_mut() {
                 rebase(&mut g.private_key_path);
@@ -309,6 +333,15 @@ impl ConfigLayer {
             let mine = self.limits.get_or_insert_with(Default::default);
             if l.log_bytes.is_some() {
                 mine.log_bytes = l.log_bytes;
+            }
+        }
+        if let Some(p) = other.policy {
+            let mine = self.policy.get_or_insert_with(Default::default);
+            if p.bundles.is_some() {
+                mine.bundles = p.bundles;
+            }
+            if p.eval_timeout.is_some() {
+                mine.eval_timeout = p.eval_timeout;
             }
         }
         if let Some(r) = other.runners {
@@ -423,6 +456,8 @@ impl ConfigLayer {
                 "30s",
             )
         };
+        let policy = self.policy.unwrap_or_default();
+        let policy_eval_timeout = duration("policy.eval_timeout", policy.eval_timeout, "100ms");
         let local = self.local_runner.unwrap_or_default();
         let runners = self.runners.unwrap_or_default();
         let mut registration_tokens: Vec<Secret> = runners
@@ -463,6 +498,9 @@ impl ConfigLayer {
                 "limits.log_bytes must be at least {} (64 KiB)",
                 deploylite_runner::MIN_LOG_BYTES
             )));
+        }
+        if policy_eval_timeout.is_zero() {
+            report(Err("policy.eval_timeout must be more than 0".into()));
         }
         let forge_layer = self.forges.unwrap_or_default();
         let github = forge_layer
@@ -528,6 +566,8 @@ impl ConfigLayer {
             registration_tokens,
             lease_ttl,
             log_bytes,
+            policy_bundles: policy.bundles.unwrap_or_default(),
+            policy_eval_timeout,
         })
     }
 }
@@ -792,6 +832,45 @@ mod tests {
         );
         assert_eq!(config.repos[0].poll_interval, Duration::from_secs(5));
         assert!(config.database_url.starts_with("sqlite://"));
+    }
+
+    #[test]
+    fn policy_bundles_layer_and_resolve_relative_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(
+            &file,
+            "policy:\n  bundles: [bundles/registries, /etc/p]\n  eval_timeout: 250ms\n",
+        )
+        .unwrap();
+        let config = ConfigLayer::default()
+            .merge(ConfigLayer::from_file(&file).unwrap())
+            .finish()
+            .unwrap();
+        assert_eq!(
+            config.policy_bundles,
+            [
+                dir.path().join("bundles/registries"),
+                PathBuf::from("/etc/p")
+            ]
+        );
+        assert_eq!(config.policy_eval_timeout, Duration::from_millis(250));
+        // The environment replaces the list and keeps the file's timeout.
+        let config = ConfigLayer::default()
+            .merge(ConfigLayer::from_file(&file).unwrap())
+            .merge(env(&[("DEPLOYLITE_POLICY__BUNDLES", "[/srv/policy]")]))
+            .finish()
+            .unwrap();
+        assert_eq!(config.policy_bundles, [PathBuf::from("/srv/policy")]);
+        assert_eq!(config.policy_eval_timeout, Duration::from_millis(250));
+        // None configured: nothing to load, the default time limit.
+        let config = ConfigLayer::default().finish().unwrap();
+        assert!(config.policy_bundles.is_empty());
+        assert_eq!(config.policy_eval_timeout, Duration::from_millis(100));
+        let err = env(&[("DEPLOYLITE_POLICY__EVAL_TIMEOUT", "0s")])
+            .finish()
+            .unwrap_err();
+        assert!(err.to_string().contains("policy.eval_timeout"), "{err}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod known_runners;
 mod local_run;
 mod logs;
 mod plan;
+mod policy_cli;
 mod run_view;
 mod serve;
 mod server_url;
@@ -197,6 +198,11 @@ enum Command {
         #[command(subcommand)]
         command: RunnersCommand,
     },
+    /// Rego policy gates: run policy unit tests, or evaluate a gate for an input document.
+    Policy {
+        #[command(subcommand)]
+        command: policy_cli::PolicyCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -374,6 +380,9 @@ pub struct ServeArgs {
     /// Stages running at once over all runs [default: number of CPUs].
     #[arg(long, value_name = "N")]
     max_parallel_stages: Option<usize>,
+    /// A Rego policy bundle directory (repeat for more); replaces `policy.bundles`.
+    #[arg(long = "policy-bundle", value_name = "DIR")]
+    policy_bundles: Vec<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -464,6 +473,7 @@ fn main() -> ExitCode {
             Command::Runners {
                 command: RunnersCommand::Revoke { name, server },
             } => client::revoke(&server.client()?, &name).await,
+            Command::Policy { command } => policy_cli::run(command).await,
         }
     });
     match result {

@@ -53,6 +53,10 @@ pub fn render(run: &RunView) -> String {
     let problems = problems(run);
     let why = match run.status {
         // Its problems follow, each on its own line.
+        RunStatus::Error if run.policy.as_ref().is_some_and(|p| p.denied()) => Some(format!(
+            "denied by policy: {}",
+            count(problems.len(), "message")
+        )),
         RunStatus::Error => Some(format!(
             "the pipeline is invalid: {}",
             count(problems.len(), "problem")
@@ -72,6 +76,9 @@ pub fn render(run: &RunView) -> String {
     );
     for problem in &problems {
         out += &format!("  {problem}\n");
+    }
+    for warning in run.policy.iter().flat_map(|p| &p.warn) {
+        out += &format!("  policy warning: {warning}\n");
     }
     let stages = run.stages.as_deref().unwrap_or_default();
     if stages.is_empty() {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use deploylite_policy::Policies;
 use deploylite_reconciler::paths::{sqlite_file, DataDir};
 use deploylite_reconciler::scheduler::{Scheduler, SchedulerConfig};
 use deploylite_reconciler::store::{now_ms, redact, DatabaseLock, Store, StoreError};
@@ -56,6 +57,10 @@ pub fn load_config_and_secret_files(
         data_dir: args.data_dir.clone(),
         database_url: args.database_url.clone(),
         max_parallel_stages: args.max_parallel_stages,
+        policy: (!args.policy_bundles.is_empty()).then(|| crate::config::PolicyLayer {
+            bundles: Some(args.policy_bundles.clone()),
+            eval_timeout: None,
+        }),
         ..Default::default()
     };
     let merged = ConfigLayer::default().merge(file).merge(env).merge(flags);
@@ -155,6 +160,24 @@ pub fn init_tracing(format: LogFormat) {
     };
 }
 
+/// The operator's policy bundles, compiled once (off the runtime). A bundle that does not
+/// load stops the start: running without the gates the operator asked for would be worse.
+async fn load_policies(config: &Config) -> Result<Arc<Policies>> {
+    let (bundles, limit) = (config.policy_bundles.clone(), config.policy_eval_timeout);
+    let policies = tokio::task::spawn_blocking(move || Policies::from_bundles(&bundles, limit))
+        .await
+        .context("loading the policy bundles stopped")?
+        .context("cannot load policy.bundles")?;
+    if !config.policy_bundles.is_empty() {
+        tracing::info!(
+            bundles = ?config.policy_bundles,
+            revision = %policies.operator().revision_sha256(),
+            "policy bundles loaded"
+        );
+    }
+    Ok(Arc::new(policies))
+}
+
 pub async fn serve(args: ServeArgs) -> Result<()> {
     let (config, secret_files, warnings) = load_config_and_secret_files(&args)?;
     init_tracing(config.log_format);
@@ -163,6 +186,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     }
     crate::isolation::harden_process();
     crate::isolation::warn_if_readable_by_others(&secret_files);
+    let policies = load_policies(&config).await?;
     let data = DataDir::new(&config.data_dir);
     // Before anything reads or writes the data dir or the database: one daemon each.
     let root = data.root().to_path_buf();
@@ -202,7 +226,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .recover()
         .await
         .context("cannot recover interrupted stages")?;
-    let watcher = Watcher::new(store.clone(), repos.clone(), scheduler.waker());
+    let watcher = Watcher::with_policies(store.clone(), repos.clone(), scheduler.waker(), policies);
     let forges = Arc::new(config.forges.clone());
     // Open pull requests are watched state: every poll lists them from the forge.
     watcher.watch_pull_requests(

@@ -498,6 +498,100 @@ async fn an_invalid_pipeline_fails_with_annotations_fifty_per_request() {
     assert_valid(&forge);
 }
 
+/// A run the `deploylite.run` gate denied (a real repository policy, evaluated by the gate the
+/// watcher uses) fails its check run with every deny message in the summary, and the warnings
+/// of an allowed run annotate its summary.
+#[tokio::test]
+async fn a_run_denied_by_policy_fails_its_check_listing_the_messages() {
+    use deploylite_policy::{Now, Policies, Repository};
+    use deploylite_reconciler::desired::ParseCache;
+    use deploylite_reconciler::git::PipelineFile;
+    use deploylite_reconciler::run_gate::{self, RunGateFacts};
+
+    let forge = FakeForge::github().await;
+    let env = env().await;
+    let reporter = reporter(&env, github_app(&forge.url));
+    let file = |path: &str, text: &str| PipelineFile {
+        path: path.into(),
+        blob_id: format!("{path}{}", text.len()),
+        content: text.as_bytes().to_vec(),
+    };
+    let pipeline = file(
+        ".deploylite/pipelines/ci.yaml",
+        "name: ci\nstages:\n  build:\n    image: quay.io/miner/xmr\n    steps: [{run: make}]\n",
+    );
+    let policy = file(
+        ".deploylite/policy/gate.rego",
+        "package deploylite.run\nimport rego.v1\n\
+         deny contains sprintf(\"image %s is not allowed\", [i]) if { some i in input.plan.images; startswith(i, \"quay.io/\") }\n\
+         deny contains \"pipeline ci is frozen | today\" if input.plan.pipeline == \"ci\"\n\
+         warn contains \"builds on main are slow\" if input.commit.branch == \"main\"\n",
+    );
+    let mut denied = new_run("ci", "deadbeef", &["build"], None);
+    denied.spec = None;
+    let mut runs = vec![denied];
+    let facts = RunGateFacts {
+        repository: Repository {
+            name: "app".into(),
+            default_branch: Some("main".into()),
+        },
+        author: None,
+        now: Now::from_unix_ms(0),
+    };
+    let files = [pipeline];
+    run_gate::apply(
+        &mut runs,
+        &files,
+        &ParseCache::default(),
+        &Policies::none(),
+        &run_gate::repository_policies(&[policy]),
+        &facts,
+    );
+    assert_eq!(runs[0].status, RunStatus::Error);
+    let run_id = record(&env.store, runs.remove(0)).await;
+    assert_eq!(reporter.send_due().await, 1);
+
+    let checks = check_run_requests(&forge);
+    assert_eq!(checks.len(), 1);
+    let body = &checks[0].body;
+    assert_eq!(
+        (body["status"].as_str(), body["conclusion"].as_str()),
+        (Some("completed"), Some("failure"))
+    );
+    assert_eq!(body["output"]["title"], "Denied by policy: 2 messages");
+    let summary = body["output"]["summary"].as_str().unwrap_or_default();
+    assert!(summary.contains("### Denied by policy"), "{summary}");
+    assert!(
+        summary.contains("- image quay.io/miner/xmr is not allowed"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("- pipeline ci is frozen \\| today"),
+        "a table-safe cell: {summary}"
+    );
+    assert!(summary.contains("### Policy warnings"), "{summary}");
+    assert!(summary.contains("- builds on main are slow"), "{summary}");
+    assert!(
+        !summary.contains("### Problems"),
+        "the denials are not listed twice: {summary}"
+    );
+    assert!(body["output"]["annotations"]
+        .as_array()
+        .is_none_or(|a| a.is_empty()));
+    let (stored, stages) = env
+        .store
+        .get_run(run_id)
+        .await
+        .expect("read")
+        .expect("the run");
+    let decision = stored.policy.expect("the decision is recorded");
+    assert_eq!(decision.deny.len(), 2);
+    assert_eq!(decision.warn, ["builds on main are slow"]);
+    assert_eq!(decision.revision_sha256.len(), 64);
+    assert!(stages.iter().all(|s| s.status == StageStatus::Skipped));
+    assert_valid(&forge);
+}
+
 #[tokio::test]
 async fn a_skipped_run_is_reported_skipped() {
     let forge = FakeForge::github().await;

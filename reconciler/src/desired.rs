@@ -144,6 +144,7 @@ fn base_run(file: &PipelineFile, event: &CommitEvent, pipeline: &str, status: Ru
         report: event.report,
         pull_request: event.pull_request.clone(),
         awaiting_approval: false,
+        policy: None,
     }
 }
 

@@ -51,6 +51,8 @@ fn read_err(context: impl Into<String>) -> impl FnOnce(gix::Error) -> GitError {
 
 /// Where the pipelines of a repository live.
 pub const PIPELINES_DIR: &str = ".deploylite/pipelines";
+/// Where a repository's own Rego policies live.
+pub const POLICY_DIR: &str = deploylite_policy::REPOSITORY_POLICY_DIR;
 
 /// A pipeline file as stored at one commit.
 #[derive(Debug, Clone)]
@@ -291,6 +293,23 @@ impl GitRepo {
 
     /// The pipeline files of a commit, read from its tree without a checkout.
     pub fn pipeline_files(&self, commit: &str) -> Result<Vec<PipelineFile>> {
+        self.files_in(commit, PIPELINES_DIR, |name| {
+            name.ends_with(".yaml") || name.ends_with(".yml")
+        })
+    }
+
+    /// The repository's own Rego policies at a commit (`.deploylite/policy/*.rego`).
+    pub fn policy_files(&self, commit: &str) -> Result<Vec<PipelineFile>> {
+        self.files_in(commit, POLICY_DIR, |name| name.ends_with(".rego"))
+    }
+
+    /// The blobs directly in `dir` at `commit` whose names `keep` accepts, by path.
+    fn files_in(
+        &self,
+        commit: &str,
+        dir_path: &str,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<Vec<PipelineFile>> {
         let repo = self.repo()?;
         let id = parse_id(commit)?;
         let tree = repo
@@ -299,8 +318,8 @@ impl GitRepo {
             .tree()
             .map_err(read_err(format!("reading the tree of {commit}")))?;
         let Some(entry) = tree
-            .lookup_entry_by_path(PIPELINES_DIR)
-            .map_err(read_err(format!("looking up {PIPELINES_DIR}")))?
+            .lookup_entry_by_path(dir_path)
+            .map_err(read_err(format!("looking up {dir_path}")))?
         else {
             return Ok(Vec::new());
         };
@@ -309,28 +328,48 @@ impl GitRepo {
         }
         let dir = repo
             .find_tree(entry.object_id())
-            .map_err(read_err(format!("reading {PIPELINES_DIR}")))?;
+            .map_err(read_err(format!("reading {dir_path}")))?;
         let decoded = dir.decode().map_err(|e| GitError::Read {
-            context: format!("decoding {PIPELINES_DIR}"),
+            context: format!("decoding {dir_path}"),
             message: e.to_string(),
         })?;
         let mut files = Vec::new();
         for e in &decoded.entries {
             let name = e.filename.to_string();
-            if !e.mode.is_blob() || !(name.ends_with(".yaml") || name.ends_with(".yml")) {
+            if !e.mode.is_blob() || !keep(&name) {
                 continue;
             }
             let blob = repo
                 .find_blob(e.oid.to_owned())
-                .map_err(read_err(format!("reading {PIPELINES_DIR}/{name}")))?;
+                .map_err(read_err(format!("reading {dir_path}/{name}")))?;
             files.push(PipelineFile {
-                path: format!("{PIPELINES_DIR}/{name}"),
+                path: format!("{dir_path}/{name}"),
                 blob_id: e.oid.to_string(),
                 content: blob.data.clone(),
             });
         }
         files.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(files)
+    }
+
+    /// A commit's author: (name, email).
+    pub fn commit_author(&self, commit: &str) -> Result<(String, String)> {
+        let repo = self.repo()?;
+        let c = repo
+            .find_commit(parse_id(commit)?)
+            .map_err(read_err(format!("reading commit {commit}")))?;
+        let author = c.author().map_err(|e| GitError::Read {
+            context: format!("reading the author of {commit}"),
+            message: e.to_string(),
+        })?;
+        Ok((author.name.to_string(), author.email.to_string()))
+    }
+
+    /// The branch HEAD names (the default branch of a mirror or a bare repository), if any.
+    pub fn default_branch(&self) -> Option<String> {
+        self.full_ref_name("HEAD")?
+            .strip_prefix("refs/heads/")
+            .map(str::to_string)
     }
 
     /// Paths whose content differs between two commits (added, removed or modified files).

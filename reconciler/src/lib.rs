@@ -8,6 +8,7 @@ pub mod git;
 pub mod inbox;
 pub mod paths;
 pub mod pulls;
+pub mod run_gate;
 pub mod scheduler;
 pub mod status;
 pub mod store;

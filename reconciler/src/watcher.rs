@@ -24,6 +24,7 @@ use tokio::task::JoinSet;
 use crate::desired::{desired_runs, CommitEvent, ParseCache};
 use crate::git::{is_local, GitError, GitRepo};
 use crate::paths::DataDir;
+use crate::run_gate::{self, RunGateFacts};
 use crate::scheduler::WorkspaceSource;
 use crate::store::{now_ms, RecordCommit, Store, StoreError};
 use crate::trust::{Untrusted, UntrustedPolicy};
@@ -223,6 +224,8 @@ pub struct Watcher {
     /// Shared with the blocking task that parses a commit's pipelines.
     cache: Arc<ParseCache>,
     scheduler: Arc<Notify>,
+    /// The `deploylite.run` gate's operator bundles (repository policies are read per commit).
+    policies: Arc<deploylite_policy::Policies>,
     /// Open pull requests as watched state (`pulls.rs`) and the delivery queues (`inbox.rs`).
     pub(crate) pulls: crate::pulls::PullWatch,
     pub(crate) inbox: crate::inbox::Inbox,
@@ -230,11 +233,22 @@ pub struct Watcher {
 
 impl Watcher {
     pub fn new(store: Store, repos: Arc<Repos>, scheduler: Arc<Notify>) -> Arc<Watcher> {
+        Watcher::with_policies(store, repos, scheduler, Arc::default())
+    }
+
+    /// A watcher whose runs pass the operator's policy bundles (`policy.bundles`).
+    pub fn with_policies(
+        store: Store,
+        repos: Arc<Repos>,
+        scheduler: Arc<Notify>,
+        policies: Arc<deploylite_policy::Policies>,
+    ) -> Arc<Watcher> {
         Arc::new(Watcher {
             store,
             repos,
             cache: Arc::new(ParseCache::default()),
             scheduler,
+            policies,
             pulls: Default::default(),
             inbox: Default::default(),
         })
@@ -464,16 +478,19 @@ impl Watcher {
         let base = untrusted
             .as_ref()
             .map(|u| (u.base_branch.clone(), u.base_sha.clone()));
-        let (files, changed) = entry
+        let (files, changed, policy_files, author, default_branch) = entry
             .with_git(fetch, move |git| {
                 let definitions = match base {
                     Some((branch, sha)) => definitions_commit(git, &branch, sha)?,
                     None => commit_owned.clone(),
                 };
                 let files = git.pipeline_files(&definitions)?;
+                // Policies come from where the pipelines do: a fork cannot bring its own.
+                let policy_files = git.policy_files(&definitions)?;
                 // An unknown previous commit (force-push, gc) makes the change unknown: no filter.
                 let changed = prev.and_then(|p| git.changed_paths(&p, &commit_owned).ok());
-                Ok((files, changed))
+                let author = git.commit_author(&commit_owned).ok();
+                Ok((files, changed, policy_files, author, git.default_branch()))
             })
             .await?;
         let event_kind = if matches!(event, Event::PullRequest { .. }) {
@@ -490,15 +507,29 @@ impl Watcher {
             report: entry.config.report,
             pull_request,
         };
-        // Parsing and validating is CPU work proportional to the files (up to a MiB each):
-        // off the runtime, like the git reads.
-        let cache = self.cache.clone();
-        let mut runs = tokio::task::spawn_blocking(move || desired_runs(&files, &event, &cache))
-            .await
-            .map_err(|e| ReconcileError::Task(e.to_string()))?;
-        if let Some(untrusted) = &untrusted {
-            crate::trust::apply(&mut runs, untrusted);
-        }
+        let facts = RunGateFacts {
+            repository: deploylite_policy::Repository {
+                name: entry.config.name.clone(),
+                default_branch,
+            },
+            author: author.map(|(name, email)| deploylite_policy::Author { name, email }),
+            now: deploylite_policy::Now::at(chrono::Utc::now()),
+        };
+        // Parsing, validating and the policy gate are CPU work proportional to the files (up
+        // to a MiB each): off the runtime, like the git reads. The gate decides before the
+        // runs are recorded, so a denied run is never dispatched.
+        let (cache, policies) = (self.cache.clone(), self.policies.clone());
+        let runs = tokio::task::spawn_blocking(move || {
+            let mut runs = desired_runs(&files, &event, &cache);
+            if let Some(untrusted) = &untrusted {
+                crate::trust::apply(&mut runs, untrusted);
+            }
+            let repository = run_gate::repository_policies(&policy_files);
+            run_gate::apply(&mut runs, &files, &cache, &policies, &repository, &facts);
+            runs
+        })
+        .await
+        .map_err(|e| ReconcileError::Task(e.to_string()))?;
         let (created, cancelled) = self
             .store
             .record_commit(&RecordCommit {

@@ -108,6 +108,7 @@ fn new_run(commit: &str, concurrency: Concurrency) -> NewRun {
         report: false,
         pull_request: None,
         awaiting_approval: false,
+        policy: None,
         stages: vec![
             NewStage {
                 name: "build".into(),
@@ -1227,6 +1228,7 @@ fn diamond_run(commit: &str) -> NewRun {
         .collect();
     NewRun {
         awaiting_approval: false,
+        policy: None,
         spec: Some(serde_json::to_string(&pipeline).expect("spec json")),
         stages,
         report: true,

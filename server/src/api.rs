@@ -80,6 +80,9 @@ pub struct RunView {
     pub approved_by: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub errors: Option<serde_json::Value>,
+    /// The `deploylite.run` policy gate's decision; null when no policy applied.
+    #[serde(default)]
+    pub policy: Option<deploylite_policy::Decision>,
     pub created_at: Option<String>,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
@@ -117,6 +120,7 @@ impl RunView {
             awaiting_approval: r.awaiting_approval,
             approved_by: r.approved_by,
             errors: r.errors,
+            policy: r.policy,
             created_at: time(Some(r.created_at)),
             started_at: time(r.started_at),
             finished_at: time(r.finished_at),

@@ -69,6 +69,7 @@ pub const ROOT: &[Field] = &[
     field("auth", Kind::Map(AUTH)),
     field("untrusted", Kind::Map(UNTRUSTED)),
     field("limits", Kind::Map(LIMITS)),
+    field("policy", Kind::Map(POLICY)),
 ];
 
 const RETENTION: &[Field] = &[
@@ -129,6 +130,10 @@ const RUNNERS: &[Field] = &[
 const AUTH: &[Field] = &[field("anonymous_read", Kind::Bool)];
 const UNTRUSTED: &[Field] = &[field("labels", Kind::TextList)];
 const LIMITS: &[Field] = &[field("log_bytes", Kind::WholeNumber)];
+const POLICY: &[Field] = &[
+    field("bundles", Kind::TextList),
+    field("eval_timeout", Kind::Duration),
+];
 
 /// Checks `node` against `fields` and returns it as JSON; every problem goes to `problems`
 /// (`file` names the source in them).

@@ -65,6 +65,18 @@ impl std::fmt::Display for Problem {
     }
 }
 
+/// The policy decision's deny messages, when a policy gate denied the run.
+fn policy_denials(run: &RunRecord) -> Option<&[String]> {
+    run.policy
+        .as_ref()
+        .filter(|p| p.denied() && run.status == RunStatus::Error)
+        .map(|p| p.deny.as_slice())
+}
+
+fn policy_warnings(run: &RunRecord) -> &[String] {
+    run.policy.as_ref().map_or(&[], |p| p.warn.as_slice())
+}
+
 /// The check run / status name of a pipeline.
 pub(crate) fn context_name(pipeline: &str) -> String {
     format!("deploylite/{pipeline}")
@@ -299,6 +311,16 @@ fn headline(state: &RunState) -> String {
             _ => "Cancelled".into(),
         },
         RunStatus::Skipped => "Skipped: no changed file matches the pipeline's path filters".into(),
+        RunStatus::Error if policy_denials(run).is_some() => {
+            let denials = policy_denials(run).unwrap_or_default();
+            match denials.first() {
+                Some(first) if denials.len() > 1 => {
+                    format!("Denied by policy ({} messages): {first}", denials.len())
+                }
+                Some(first) => format!("Denied by policy: {first}"),
+                None => "Denied by policy".into(),
+            }
+        }
         RunStatus::Error => {
             let problems = problems(run);
             match problems.first() {
@@ -340,6 +362,13 @@ fn check_title(state: &RunState) -> String {
                 "Running: {} of {} stages done",
                 stages_done(&state.stages),
                 state.stages.len()
+            )
+        }
+        (RunStatus::Error, _) if policy_denials(&state.run).is_some() => {
+            let n = policy_denials(&state.run).map_or(0, <[String]>::len);
+            format!(
+                "Denied by policy: {n} message{}",
+                if n == 1 { "" } else { "s" }
             )
         }
         (RunStatus::Error, _) => {
@@ -397,7 +426,13 @@ pub(crate) fn check_summary(state: &RunState) -> String {
         out.push_str(&stage_table(state));
         out.push('\n');
     }
-    let problems = problems(run);
+    out.push_str(&policy_section(run));
+    // A policy's denials are listed above; `errors` repeats them.
+    let problems = if policy_denials(run).is_some() {
+        Vec::new()
+    } else {
+        problems(run)
+    };
     if !problems.is_empty() {
         out.push_str(if run.status == RunStatus::Error {
             "### Problems\n\n"
@@ -426,6 +461,27 @@ pub(crate) fn check_summary(state: &RunState) -> String {
     if out.chars().count() > SUMMARY_LIMIT {
         out = truncate_chars(&out, SUMMARY_LIMIT);
     }
+    out
+}
+
+/// What the policy gate said: the messages that denied the run, and the warnings.
+fn policy_section(run: &RunRecord) -> String {
+    let mut out = String::new();
+    let mut list = |heading: &str, messages: &[String]| {
+        if messages.is_empty() {
+            return;
+        }
+        out.push_str(&format!("### {heading}\n\n"));
+        for m in messages.iter().take(100) {
+            out.push_str(&format!("- {}\n", cell(m)));
+        }
+        if messages.len() > 100 {
+            out.push_str(&format!("- … and {} more\n", messages.len() - 100));
+        }
+        out.push('\n');
+    };
+    list("Denied by policy", policy_denials(run).unwrap_or_default());
+    list("Policy warnings", policy_warnings(run));
     out
 }
 
@@ -634,6 +690,9 @@ pub(crate) fn pr_comment(number: i64, runs: &[RunState]) -> String {
 
 fn stages_summary(state: &RunState) -> String {
     match state.run.status {
+        RunStatus::Error if policy_denials(&state.run).is_some() => {
+            return "denied by policy".into();
+        }
         RunStatus::Error => {
             let n = problems(&state.run).len();
             return format!(

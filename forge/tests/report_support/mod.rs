@@ -133,6 +133,7 @@ pub fn gitlab(url: &str) -> Forges {
 pub fn new_run(pipeline: &str, commit: &str, stages: &[&str], pr: Option<i64>) -> NewRun {
     NewRun {
         awaiting_approval: false,
+        policy: None,
         repo: "app".into(),
         pipeline: pipeline.into(),
         pipeline_file: format!(".deploylite/pipelines/{pipeline}.yaml"),

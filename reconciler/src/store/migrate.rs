@@ -56,6 +56,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../../migrations/sqlite/0007_run_errors.sql"),
         postgres: include_str!("../../../migrations/postgres/0007_run_errors.sql"),
     },
+    Migration {
+        version: 8,
+        name: "run_policy",
+        sqlite: include_str!("../../../migrations/sqlite/0008_run_policy.sql"),
+        postgres: include_str!("../../../migrations/postgres/0008_run_policy.sql"),
+    },
 ];
 
 pub(super) async fn run(store: &Store) -> Result<()> {

@@ -33,6 +33,8 @@ pub struct NewRun {
     pub pull_request: Option<PullRequestInfo>,
     /// Untrusted code: the run is recorded queued but starts only once approved.
     pub awaiting_approval: bool,
+    /// The `deploylite.run` gate's decision, when a policy applied.
+    pub policy: Option<deploylite_policy::Decision>,
 }
 
 /// The pull/merge request a run belongs to.
@@ -96,6 +98,8 @@ pub struct RunRecord {
     pub awaiting_approval: bool,
     /// Who approved it (`token:<name>`, `github:<login>`), if it needed an approval.
     pub approved_by: Option<String>,
+    /// The `deploylite.run` gate's decision; null when no policy applied.
+    pub policy: Option<deploylite_policy::Decision>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -124,7 +128,7 @@ pub struct StageAttemptRecord {
 
 const RUN_COLUMNS: &str = "id, repo, pipeline, pipeline_file, commit_sha, git_ref, trigger, run_attempt, status, \
      pending_reason, errors, cancel_requested, created_at, started_at, finished_at, pr_number, head_repo, untrusted, \
-     awaiting_approval, approved_by";
+     awaiting_approval, approved_by, policy_deny, policy_warn, policy_revision, policy_eval_us";
 
 impl Store {
     /// Records a reconciled commit. Returns the ids of the runs actually created (runs that
@@ -140,11 +144,14 @@ impl Store {
         let mut cancelled = Vec::new();
         for run in &record.runs {
             let finished_at = run.status.is_final().then_some(now);
+            let policy = run.policy.as_ref().map(PolicyColumns::of).transpose()?;
             let id: Option<i64> = sqlx::query_scalar(
                 "INSERT INTO runs (repo, pipeline, pipeline_file, commit_sha, git_ref, trigger, run_attempt, \
                      status, concurrency, spec, errors, workspace, workspace_ready, created_at, finished_at, pending_reason,
-                     report, pr_number, head_repo, untrusted, awaiting_approval)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)
+                     report, pr_number, head_repo, untrusted, awaiting_approval,
+                     policy_deny, policy_warn, policy_revision, policy_eval_us)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21,
+                     $22, $23, $24, $25)
                  ON CONFLICT (repo, pipeline, commit_sha, trigger, run_attempt) DO NOTHING
                  RETURNING id",
             )
@@ -169,6 +176,10 @@ impl Store {
             .bind(run.pull_request.as_ref().map(|p| p.head_repo.as_str()))
             .bind(i64::from(run.pull_request.as_ref().is_some_and(|p| p.untrusted)))
             .bind(i64::from(run.awaiting_approval))
+            .bind(policy.as_ref().map(|p| p.deny.as_str()))
+            .bind(policy.as_ref().map(|p| p.warn.as_str()))
+            .bind(run.policy.as_ref().map(|d| d.revision_sha256.as_str()))
+            .bind(policy.as_ref().map(|p| p.eval_us))
             .fetch_optional(&mut *tx)
             .await
             .ctx("inserting a run")?;
@@ -399,6 +410,48 @@ pub(super) fn parse_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T> {
     serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("JSON column: {e}")))
 }
 
+/// A decision as its columns: the message lists as JSON text.
+struct PolicyColumns {
+    deny: String,
+    warn: String,
+    eval_us: i64,
+}
+
+impl PolicyColumns {
+    fn of(decision: &deploylite_policy::Decision) -> Result<PolicyColumns> {
+        let json = |list: &Vec<String>| {
+            serde_json::to_string(list).map_err(|e| StoreError::Corrupt(e.to_string()))
+        };
+        Ok(PolicyColumns {
+            deny: json(&decision.deny)?,
+            warn: json(&decision.warn)?,
+            eval_us: i64::try_from(decision.eval_time.as_micros()).unwrap_or(i64::MAX),
+        })
+    }
+}
+
+fn policy_from_row(r: &AnyRow) -> Result<Option<deploylite_policy::Decision>> {
+    let Some(revision) = r
+        .try_get::<Option<String>, _>("policy_revision")
+        .ctx("reading a run's policy")?
+    else {
+        return Ok(None);
+    };
+    let list = |column: &str| -> Result<Vec<String>> {
+        let text: Option<String> = r.try_get(column).ctx("reading a run's policy")?;
+        text.as_deref().map(parse_json).unwrap_or(Ok(Vec::new()))
+    };
+    let eval_us: Option<i64> = r.try_get("policy_eval_us").ctx("reading a run's policy")?;
+    Ok(Some(deploylite_policy::Decision {
+        deny: list("policy_deny")?,
+        warn: list("policy_warn")?,
+        revision_sha256: revision,
+        eval_time: std::time::Duration::from_micros(
+            eval_us.and_then(|us| u64::try_from(us).ok()).unwrap_or(0),
+        ),
+    }))
+}
+
 fn run_from_row(r: &AnyRow) -> Result<RunRecord> {
     let errors: Option<String> = r.try_get("errors").ctx("reading a run")?;
     Ok(RunRecord {
@@ -439,6 +492,7 @@ fn run_from_row(r: &AnyRow) -> Result<RunRecord> {
             .ctx("reading a run")?
             != 0,
         approved_by: r.try_get("approved_by").ctx("reading a run")?,
+        policy: policy_from_row(r)?,
     })
 }
 
