@@ -9,6 +9,7 @@ use deploylite_pipeline::Stage;
 use deploylite_runner::outcome::{describe, ending, verdict, Verdict};
 use deploylite_runner::source_url::split_credentials;
 use deploylite_runner::StageOutcome;
+use deploylite_telemetry::spans;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, Notify};
 
@@ -58,6 +59,10 @@ pub struct LeaseJob {
     /// refuses to store more.
     #[serde(default = "default_log_bytes")]
     pub log_bytes: u64,
+    /// The W3C trace context of the daemon's span of this attempt, when spans are exported
+    /// (`tracing.otlp_endpoint`): the runner's span of the stage becomes its child.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 fn default_log_bytes() -> u64 {
@@ -142,6 +147,11 @@ impl Scheduler {
                 trigger: run.trigger.clone(),
                 workspace: None,
             };
+            let run_span = spans::run_span(run.id, &run.repo, &run.pipeline);
+            let span =
+                spans::remote_attempt_span(&run_span, run.id, &lease.stage, lease.attempt, runner);
+            span.in_scope(|| tracing::info!("stage attempt leased"));
+            let traceparent = deploylite_telemetry::trace::traceparent(&span);
             let env = super::attempt::stage_env(&info, &spec, &stage, lease.attempt, "");
             let previous_attempt = self
                 .previous_attempt(run.id, &lease.stage, lease.attempt)
@@ -165,6 +175,7 @@ impl Scheduler {
                     .map(|url| split_credentials(url).0),
                 previous_attempt,
                 log_bytes: self.config.log_bytes,
+                traceparent,
             });
         }
         Ok(jobs)
@@ -202,6 +213,9 @@ impl Scheduler {
         else {
             return Ok(false);
         };
+        if let Some(span) = spans::open_attempt(run_id, stage_name, attempt) {
+            span.in_scope(|| tracing::info!(outcome = ?reported, "stage attempt reported"));
+        }
         let Some(outcome) = reported.to_outcome() else {
             let note =
                 format!("interrupted: handed back by runner `{runner}`, which is shutting down");
