@@ -8,6 +8,7 @@ mod api;
 pub mod auth;
 pub mod forges;
 mod inbound;
+pub mod metrics;
 pub mod pulls;
 pub mod report;
 pub mod runners;
