@@ -64,6 +64,23 @@ pub struct ConfigLayer {
     pub auth: Option<AuthLayer>,
     pub untrusted: Option<UntrustedLayer>,
     pub limits: Option<LimitsLayer>,
+    pub metrics: Option<MetricsLayer>,
+    pub tracing: Option<TracingLayer>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsLayer {
+    /// Serve `GET /metrics` here too, without the API's authentication [default: only on the
+    /// API listener].
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingLayer {
+    /// Export spans to this OTLP/HTTP collector (`http://collector:4318`) [default: none].
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -204,6 +221,10 @@ pub struct Config {
     pub public_url: Option<String>,
     /// `limits.log_bytes`: past it an attempt's log keeps its head and tail.
     pub log_bytes: u64,
+    /// `metrics.listen`: a listener of its own for `GET /metrics`.
+    pub metrics_listen: Option<ListenAddr>,
+    /// `tracing.otlp_endpoint`: where spans are exported.
+    pub otlp_endpoint: Option<String>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -309,6 +330,18 @@ impl ConfigLayer {
             let mine = self.limits.get_or_insert_with(Default::default);
             if l.log_bytes.is_some() {
                 mine.log_bytes = l.log_bytes;
+            }
+        }
+        if let Some(m) = other.metrics {
+            let mine = self.metrics.get_or_insert_with(Default::default);
+            if m.listen.is_some() {
+                mine.listen = m.listen;
+            }
+        }
+        if let Some(t) = other.tracing {
+            let mine = self.tracing.get_or_insert_with(Default::default);
+            if t.otlp_endpoint.is_some() {
+                mine.otlp_endpoint = t.otlp_endpoint;
             }
         }
         if let Some(r) = other.runners {
@@ -464,6 +497,19 @@ impl ConfigLayer {
                 deploylite_runner::MIN_LOG_BYTES
             )));
         }
+        let metrics_listen = self.metrics.and_then(|m| m.listen).and_then(|text| {
+            ListenAddr::parse(&text)
+                .map_err(|e| report(Err(format!("metrics.listen: {e}"))))
+                .ok()
+        });
+        let otlp_endpoint = self.tracing.and_then(|t| t.otlp_endpoint);
+        if let Some(endpoint) = &otlp_endpoint {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                report(Err(format!(
+                    "tracing.otlp_endpoint: `{endpoint}` is not an http:// or https:// URL"
+                )));
+            }
+        }
         let forge_layer = self.forges.unwrap_or_default();
         let github = forge_layer
             .github
@@ -528,6 +574,8 @@ impl ConfigLayer {
             registration_tokens,
             lease_ttl,
             log_bytes,
+            metrics_listen,
+            otlp_endpoint,
         })
     }
 }

@@ -293,6 +293,10 @@ pub struct RunnerArgs {
     reregister: bool,
     #[command(flatten)]
     image: IgnoreImage,
+    /// Export stage spans to this OTLP/HTTP collector, as children of the daemon's spans
+    /// (the daemon's tracing.otlp_endpoint).
+    #[arg(long, env = "DEPLOYLITE_TRACING__OTLP_ENDPOINT", value_name = "URL")]
+    otlp_endpoint: Option<String>,
 }
 
 /// What the local executor does with a stage's `image:`, which it cannot honour.
@@ -375,6 +379,10 @@ pub struct ServeArgs {
     /// Stages running at once over all runs [default: number of CPUs].
     #[arg(long, value_name = "N")]
     max_parallel_stages: Option<usize>,
+    /// Also serve GET /metrics on this address, without the API's authentication
+    /// (metrics.listen) [default: only on the API listener].
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -503,7 +511,11 @@ async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
 
 async fn runner(args: RunnerArgs) -> anyhow::Result<ExitCode> {
     use anyhow::Context;
-    serve::init_tracing(config::LogFormat::Text);
+    let trace_guard = serve::init_tracing(
+        config::LogFormat::Text,
+        args.otlp_endpoint.as_deref(),
+        "deploylite-runner",
+    )?;
     let name = match args.name {
         Some(name) => name,
         None => std::fs::read_to_string("/etc/hostname")
@@ -555,7 +567,7 @@ async fn runner(args: RunnerArgs) -> anyhow::Result<ExitCode> {
         ExecutorKind::Docker => executors::docker(&name).await?,
         ExecutorKind::Kubernetes => executors::kubernetes().await?,
     };
-    agent::run(agent::AgentConfig {
+    let result = agent::run(agent::AgentConfig {
         server: args.server.server,
         registration_token: token,
         name,
@@ -569,7 +581,10 @@ async fn runner(args: RunnerArgs) -> anyhow::Result<ExitCode> {
         grace,
         reregister: args.reregister,
     })
-    .await
+    .await;
+    // Sends the stage spans still buffered (blocking: off the runtime's threads).
+    let _ = tokio::task::spawn_blocking(move || trace_guard.shutdown()).await;
+    result
 }
 
 #[cfg(test)]

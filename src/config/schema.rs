@@ -69,6 +69,8 @@ pub const ROOT: &[Field] = &[
     field("auth", Kind::Map(AUTH)),
     field("untrusted", Kind::Map(UNTRUSTED)),
     field("limits", Kind::Map(LIMITS)),
+    field("metrics", Kind::Map(METRICS)),
+    field("tracing", Kind::Map(TRACING)),
 ];
 
 const RETENTION: &[Field] = &[
@@ -129,6 +131,8 @@ const RUNNERS: &[Field] = &[
 const AUTH: &[Field] = &[field("anonymous_read", Kind::Bool)];
 const UNTRUSTED: &[Field] = &[field("labels", Kind::TextList)];
 const LIMITS: &[Field] = &[field("log_bytes", Kind::WholeNumber)];
+const METRICS: &[Field] = &[field("listen", Kind::Text)];
+const TRACING: &[Field] = &[field("otlp_endpoint", Kind::Text)];
 
 /// Checks `node` against `fields` and returns it as JSON; every problem goes to `problems`
 /// (`file` names the source in them).
