@@ -314,23 +314,10 @@ async fn prometheus_scrapes_the_numbers_of_a_known_run() {
 
 /// Metric names a query text mentions.
 fn names_in(text: &str) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        let starts = text[i..].starts_with("deploylite_") || text[i..].starts_with("process_");
-        let boundary = i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
-        if starts && boundary {
-            let end = text[i..]
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .map_or(text.len(), |n| i + n);
-            names.insert(text[i..end].to_string());
-            i = end;
-        } else {
-            i += 1;
-        }
-    }
-    names
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("deploylite_") || word.starts_with("process_"))
+        .map(str::to_string)
+        .collect()
 }
 
 /// Every sample name a scrape (Prometheus text format) can show: each family's samples, and
@@ -398,15 +385,65 @@ async fn the_dashboard_and_the_alerts_name_only_exported_metrics() {
     assert!(named.len() >= 15, "{named:?}");
     named.extend(names_in(&expressions.join("\n")));
 
+    // A scenario in which every metric has a sample: runs of the daemon's own runner, a
+    // remote runner heard from, a signed webhook that causes a run, and reports to a forge
+    // (which fails them).
+    const SECRET: &str = "a-webhook-secret-for-metrics";
+    const TOKEN: &str = "test-registration-token-metrics";
+    let (forge_url, _) = common::failing_forge();
     let repo = known_repo();
-    let daemon = Daemon::start(&[&repo], "").await;
-    both_runs_final(&daemon).await;
-    let exported = exported_names(&scrape_after_runs(&daemon).await);
-    let missing: Vec<&String> = named.difference(&exported).collect();
-    assert!(
-        missing.is_empty(),
-        "the dashboard or the rules name metrics the daemon does not export: {missing:?}\nexported: {exported:?}"
+    let config = format!(
+        "repos:\n  - name: app\n    url: {}\n    branches: [main]\n    poll_interval: 100ms\n    forge: github\n    slug: Codertocat/Hello-World\nforges:\n  github:\n    api_url: {forge_url}\n    token: not-a-real-token\n    webhook_secret: {SECRET}\nrunners: {{ registration_tokens: [\"{TOKEN}\"] }}\n",
+        repo.path().display()
     );
+    let daemon = Daemon::start(&[&repo], &config).await;
+    let runner_dir = tempfile::tempdir().unwrap();
+    let mut runner = Command::new(env!("CARGO_BIN_EXE_deploylite"))
+        .args([
+            "runner",
+            "--server",
+            &daemon.url,
+            "--name",
+            "far",
+            "--labels",
+            "far-only",
+        ])
+        .arg("--state-dir")
+        .arg(runner_dir.path().join("state"))
+        .arg("--work-dir")
+        .arg(runner_dir.path().join("work"))
+        .env("DEPLOYLITE_RUNNER_TOKEN", TOKEN)
+        .env_remove("DEPLOYLITE_SERVER")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the runner");
+    both_runs_final(&daemon).await;
+    // The webhook comes first; the commit it names is recorded by the poll it pokes.
+    assert_eq!(
+        common::send_github_push(&daemon, SECRET, "metrics-1", "0".repeat(40).as_str()).await,
+        202
+    );
+    repo.write("more", "x\n");
+    repo.commit("after the webhook");
+
+    let started = Instant::now();
+    loop {
+        let exported = exported_names(&scrape(&daemon, None).await.1);
+        let missing: Vec<&String> = named.difference(&exported).collect();
+        if missing.is_empty() {
+            break;
+        }
+        if started.elapsed() > DEADLINE {
+            let _ = runner.kill();
+            panic!(
+                "the dashboard or the rules name metrics the daemon does not export: {missing:?}\nexported: {exported:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = runner.kill();
+    let _ = runner.wait();
 }
 
 #[test]

@@ -6,68 +6,14 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{id, status, Daemon, TestRepo, DEADLINE};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 const WEBHOOK_SECRET: &str = "a-webhook-secret-for-telemetry";
 const DELIVERY: &str = "delivery-7f3a";
-
-/// A forge that answers every request with 500: reports fail and are retried.
-fn failing_forge() -> (String, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let requests = Arc::new(AtomicUsize::new(0));
-    let counted = requests.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            counted.fetch_add(1, Ordering::SeqCst);
-            let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
-            let mut buf = [0u8; 16384];
-            let _ = stream.read(&mut buf);
-            let _ = stream.write_all(
-                b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
-            );
-        }
-    });
-    (url, requests)
-}
-
-async fn send_push(daemon: &Daemon, head: &str) -> u16 {
-    use hmac::Mac;
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/webhook/tests/fixtures/github/webhooks/push.branch-created.json"
-    );
-    let mut payload: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    payload["ref"] = json!("refs/heads/main");
-    payload["after"] = json!(head);
-    let body = serde_json::to_vec(&payload).unwrap();
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes()).unwrap();
-    mac.update(&body);
-    daemon
-        .http()
-        .post(format!("{}/webhooks/github", daemon.url))
-        .header("X-GitHub-Event", "push")
-        .header("X-GitHub-Delivery", DELIVERY)
-        .header(
-            "X-Hub-Signature-256",
-            format!("sha256={}", hex::encode(mac.finalize().into_bytes())),
-        )
-        .header("Content-Type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
 
 /// The daemon's JSON log lines (other lines, e.g. the test kit's headers, are skipped).
 fn json_lines(stderr: &str) -> Vec<Value> {
@@ -130,7 +76,7 @@ async fn wait_for_metric(daemon: &Daemon, line_start: &str, accept: impl Fn(f64)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_carry_the_ids_of_webhooks_runs_attempts_and_reports() {
-    let (forge_url, forge_requests) = failing_forge();
+    let (forge_url, forge_requests) = common::failing_forge();
     let repo = TestRepo::new();
     repo.write("README", "no pipelines yet\n");
     repo.commit("start");
@@ -145,7 +91,10 @@ async fn json_logs_carry_the_ids_of_webhooks_runs_attempts_and_reports() {
         "name: ci\non:\n  push:\nstages:\n  build:\n    steps:\n      - run: echo built\n  test:\n    needs: [build]\n    steps:\n      - run: echo tested\n",
     );
     let head = repo.commit("a pipeline");
-    assert_eq!(send_push(&daemon, &head).await, 202);
+    assert_eq!(
+        common::send_github_push(&daemon, WEBHOOK_SECRET, DELIVERY, &head).await,
+        202
+    );
     let run = daemon.wait_for_commit_run("ci", &head).await;
     let run = daemon.wait_run_final(id(&run)).await;
     assert_eq!(status(&run), "success", "{run:#}");
