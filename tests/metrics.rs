@@ -456,7 +456,7 @@ fn the_alert_rules_pass_promtool_and_their_unit_tests() {
         ["test", "rules", "prometheus-rules.test.yaml"],
     ] {
         let out = Command::new(&promtool)
-            .args(&args)
+            .args(args)
             .current_dir(CHARTS)
             .output()
             .unwrap();
