@@ -12,8 +12,8 @@ use deploylite_reconciler::status::{RunStatus, StageStatus};
 use deploylite_reconciler::store::{
     Dispatch, NewRun, NewStage, RecordCommit, SqliteSync, Store, TickWrites,
 };
+use deploylite_server::metrics::{render, MetricsSource};
 use deploylite_telemetry::exposition::Format;
-use deploylite_webhook::metrics::{render, MetricsSource};
 
 const PIPELINES: usize = 1_000;
 

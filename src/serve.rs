@@ -18,8 +18,8 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, ConfigLayer, ConfigProblems, EnvLayer, LogFormat};
 use crate::ServeArgs;
-use deploylite_webhook::auth::{hash_token, new_token};
-use deploylite_webhook::AuthConfig;
+use deploylite_server::auth::{hash_token, new_token};
+use deploylite_server::AuthConfig;
 
 /// The config, the files it took secrets from (the config file itself when it holds any, and
 /// the `*_file` / `*_path` files it names), and warnings for the log (unknown `DEPLOYLITE_*`
@@ -234,11 +234,11 @@ async fn serve_configured(
     let forges = Arc::new(config.forges.clone());
     // Open pull requests are watched state: every poll lists them from the forge.
     watcher.watch_pull_requests(
-        deploylite_webhook::pulls::ForgePullRequests::new(forges.clone(), Duration::from_secs(30)),
+        deploylite_forge::pulls::ForgePullRequests::new(forges.clone(), Duration::from_secs(30)),
         deploylite_reconciler::pulls::DEFAULT_CLOSE_GRACE,
     );
 
-    let metrics = deploylite_webhook::metrics::MetricsSource {
+    let metrics = deploylite_server::metrics::MetricsSource {
         store: store.clone(),
         data_dir: data.root().to_path_buf(),
         local_capacity: config
@@ -264,8 +264,8 @@ async fn serve_configured(
         anonymous_read,
         hosts: listening.hosts.clone(),
     });
-    let app = deploylite_webhook::app(
-        deploylite_webhook::AppState {
+    let app = deploylite_server::app(
+        deploylite_server::AppState {
             store: store.clone(),
             data: data.clone(),
             scheduler: scheduler.waker(),
@@ -273,14 +273,14 @@ async fn serve_configured(
             forges: forges.clone(),
             auth,
         },
-        deploylite_webhook::runners::routes(deploylite_webhook::runners::RunnerState {
+        deploylite_server::runners::routes(deploylite_server::runners::RunnerState {
             scheduler: scheduler.clone(),
             repos: repos.clone(),
             registration_tokens: Arc::new(config.registration_tokens.clone()),
             poll_wait: Duration::from_secs(20),
             offline_after: config.lease_ttl.max(Duration::from_secs(30)) * 2,
         })
-        .merge(deploylite_webhook::metrics::routes(metrics.clone())),
+        .merge(deploylite_server::metrics::routes(metrics.clone())),
     );
 
     tracing::info!(
@@ -313,7 +313,7 @@ async fn serve_configured(
         shutdown.clone(),
     ));
     // Reports go out on their own task: a forge outage never slows the runs.
-    let reporter = deploylite_webhook::Reporter::new(store.clone(), data.clone(), forges.clone());
+    let reporter = deploylite_forge::Reporter::new(store.clone(), data.clone(), forges.clone());
     let reporter_task = tokio::spawn(reporter.run(shutdown.clone()));
     // One server per address listened on (`localhost`: 127.0.0.1 and ::1).
     let mut servers = tokio::task::JoinSet::new();
@@ -323,18 +323,18 @@ async fn serve_configured(
         .unwrap_or_default()
     {
         let (app, stop) = (
-            deploylite_webhook::metrics::routes(metrics.clone()),
+            deploylite_server::metrics::routes(metrics.clone()),
             shutdown.clone(),
         );
         servers.spawn(async move {
-            deploylite_webhook::serve_router(listener, app, async move { stop.cancelled().await })
+            deploylite_server::serve_router(listener, app, async move { stop.cancelled().await })
                 .await
         });
     }
     for listener in listening.into_listeners() {
         let (app, stop) = (app.clone(), shutdown.clone());
         servers.spawn(async move {
-            deploylite_webhook::serve_router(listener, app, async move { stop.cancelled().await })
+            deploylite_server::serve_router(listener, app, async move { stop.cancelled().await })
                 .await
         });
     }
