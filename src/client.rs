@@ -52,7 +52,9 @@ impl std::fmt::Display for TokenOrigin {
         match self {
             TokenOrigin::Flag(path) => write!(f, "--token-file {}", path.display()),
             TokenOrigin::Environment => f.write_str("DEPLOYLITE_TOKEN"),
-            TokenOrigin::DataDir(path) => write!(f, "{} (found in a local data dir)", path.display()),
+            TokenOrigin::DataDir(path) => {
+                write!(f, "{} (found in a local data dir)", path.display())
+            }
         }
     }
 }
@@ -124,7 +126,12 @@ impl Client {
         if let Some(token) = token {
             let mut value =
                 reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.value))
-                    .with_context(|| format!("the API token from {} is not valid header text", token.origin))?;
+                    .with_context(|| {
+                        format!(
+                            "the API token from {} is not valid header text",
+                            token.origin
+                        )
+                    })?;
             value.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }

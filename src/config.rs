@@ -65,6 +65,23 @@ pub struct ConfigLayer {
     pub untrusted: Option<UntrustedLayer>,
     pub limits: Option<LimitsLayer>,
     pub policy: Option<PolicyLayer>,
+    pub metrics: Option<MetricsLayer>,
+    pub tracing: Option<TracingLayer>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsLayer {
+    /// Serve `GET /metrics` here too, without the API's authentication [default: only on the
+    /// API listener].
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingLayer {
+    /// Export spans to this OTLP/HTTP collector (`http://collector:4318`) [default: none].
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -219,6 +236,10 @@ pub struct Config {
     pub policy_bundles: Vec<PathBuf>,
     /// `policy.eval_timeout`: the time limit of one policy evaluation.
     pub policy_eval_timeout: Duration,
+    /// `metrics.listen`: a listener of its own for `GET /metrics`.
+    pub metrics_listen: Option<ListenAddr>,
+    /// `tracing.otlp_endpoint`: where spans are exported.
+    pub otlp_endpoint: Option<String>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -342,6 +363,18 @@ impl ConfigLayer {
             }
             if p.eval_timeout.is_some() {
                 mine.eval_timeout = p.eval_timeout;
+            }
+        }
+        if let Some(m) = other.metrics {
+            let mine = self.metrics.get_or_insert_with(Default::default);
+            if m.listen.is_some() {
+                mine.listen = m.listen;
+            }
+        }
+        if let Some(t) = other.tracing {
+            let mine = self.tracing.get_or_insert_with(Default::default);
+            if t.otlp_endpoint.is_some() {
+                mine.otlp_endpoint = t.otlp_endpoint;
             }
         }
         if let Some(r) = other.runners {
@@ -502,6 +535,19 @@ impl ConfigLayer {
         if policy_eval_timeout.is_zero() {
             report(Err("policy.eval_timeout must be more than 0".into()));
         }
+        let metrics_listen = self.metrics.and_then(|m| m.listen).and_then(|text| {
+            ListenAddr::parse(&text)
+                .map_err(|e| report(Err(format!("metrics.listen: {e}"))))
+                .ok()
+        });
+        let otlp_endpoint = self.tracing.and_then(|t| t.otlp_endpoint);
+        if let Some(endpoint) = &otlp_endpoint {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                report(Err(format!(
+                    "tracing.otlp_endpoint: `{endpoint}` is not an http:// or https:// URL"
+                )));
+            }
+        }
         let forge_layer = self.forges.unwrap_or_default();
         let github = forge_layer
             .github
@@ -568,6 +614,8 @@ impl ConfigLayer {
             log_bytes,
             policy_bundles: policy.bundles.unwrap_or_default(),
             policy_eval_timeout,
+            metrics_listen,
+            otlp_endpoint,
         })
     }
 }

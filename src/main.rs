@@ -298,6 +298,10 @@ pub struct RunnerArgs {
     reregister: bool,
     #[command(flatten)]
     image: IgnoreImage,
+    /// Export stage spans to this OTLP/HTTP collector, as children of the daemon's spans
+    /// (the daemon's tracing.otlp_endpoint).
+    #[arg(long, env = "DEPLOYLITE_TRACING__OTLP_ENDPOINT", value_name = "URL")]
+    otlp_endpoint: Option<String>,
 }
 
 /// What the local executor does with a stage's `image:`, which it cannot honour.
@@ -383,6 +387,10 @@ pub struct ServeArgs {
     /// A Rego policy bundle directory (repeat for more); replaces `policy.bundles`.
     #[arg(long = "policy-bundle", value_name = "DIR")]
     policy_bundles: Vec<PathBuf>,
+    /// Also serve GET /metrics on this address, without the API's authentication
+    /// (metrics.listen) [default: only on the API listener].
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -513,7 +521,11 @@ async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
 async fn runner(args: RunnerArgs) -> anyhow::Result<ExitCode> {
     use anyhow::Context;
     use deploylite_runner::agent;
-    serve::init_tracing(config::LogFormat::Text);
+    let trace_guard = serve::init_tracing(
+        config::LogFormat::Text,
+        args.otlp_endpoint.as_deref(),
+        "deploylite-runner",
+    )?;
     let name = match args.name {
         Some(name) => name,
         None => std::fs::read_to_string("/etc/hostname")
@@ -589,7 +601,10 @@ async fn runner(args: RunnerArgs) -> anyhow::Result<ExitCode> {
         grace,
         reregister: args.reregister,
     };
-    agent::run(config, shutdown).await?;
+    let result = agent::run(config, shutdown).await;
+    // Sends the stage spans still buffered (blocking: off the runtime's threads).
+    let _ = tokio::task::spawn_blocking(move || trace_guard.shutdown()).await;
+    result?;
     Ok(ExitCode::SUCCESS)
 }
 

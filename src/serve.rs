@@ -14,6 +14,7 @@ use deploylite_reconciler::scheduler::{Scheduler, SchedulerConfig};
 use deploylite_reconciler::store::{now_ms, redact, DatabaseLock, Store, StoreError};
 use deploylite_reconciler::watcher::{Repos, Watcher};
 use deploylite_runner::{CancellationToken, LocalExecutor, Sandbox, SandboxConfig};
+use deploylite_telemetry::trace::{TraceConfig, TraceGuard};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, ConfigLayer, ConfigProblems, EnvLayer, LogFormat};
@@ -61,6 +62,12 @@ pub fn load_config_and_secret_files(
             bundles: Some(args.policy_bundles.clone()),
             eval_timeout: None,
         }),
+        metrics: args
+            .metrics_listen
+            .clone()
+            .map(|listen| crate::config::MetricsLayer {
+                listen: Some(listen),
+            }),
         ..Default::default()
     };
     let merged = ConfigLayer::default().merge(file).merge(env).merge(flags);
@@ -144,20 +151,25 @@ fn scheduler_config(config: &Config) -> SchedulerConfig {
     scheduler
 }
 
-pub fn init_tracing(format: LogFormat) {
+/// Logs on stderr (text or JSON), and spans to `otlp_endpoint` when given; the guard flushes
+/// them at the end.
+pub fn init_tracing(
+    format: LogFormat,
+    otlp_endpoint: Option<&str>,
+    service_name: &'static str,
+) -> Result<TraceGuard> {
     let filter = EnvFilter::try_from_env("DEPLOYLITE_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         // octocrab logs every non-2xx answer at error level, expected ones included; the
         // reporter logs what matters itself.
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,octocrab=off"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(crate::text::stderr_colour())
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
+    Ok(deploylite_telemetry::trace::init(TraceConfig {
+        json: format == LogFormat::Json,
+        ansi: crate::text::stderr_colour(),
+        filter,
+        otlp_endpoint: otlp_endpoint.map(str::to_string),
+        service_name,
+    })?)
 }
 
 /// The operator's policy bundles, compiled once (off the runtime). A bundle that does not
@@ -180,7 +192,23 @@ async fn load_policies(config: &Config) -> Result<Arc<Policies>> {
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
     let (config, secret_files, warnings) = load_config_and_secret_files(&args)?;
-    init_tracing(config.log_format);
+    let trace_guard = init_tracing(
+        config.log_format,
+        config.otlp_endpoint.as_deref(),
+        "deploylite",
+    )?;
+    let result = serve_configured(args, config, secret_files, warnings).await;
+    // Sends the spans still buffered (blocking: off the runtime's threads).
+    let _ = tokio::task::spawn_blocking(move || trace_guard.shutdown()).await;
+    result
+}
+
+async fn serve_configured(
+    args: ServeArgs,
+    config: Config,
+    secret_files: Vec<PathBuf>,
+    warnings: Vec<String>,
+) -> Result<()> {
     for warning in &warnings {
         tracing::warn!("{warning}");
     }
@@ -234,6 +262,22 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         deploylite_reconciler::pulls::DEFAULT_CLOSE_GRACE,
     );
 
+    let metrics = deploylite_server::metrics::MetricsSource {
+        store: store.clone(),
+        data_dir: data.root().to_path_buf(),
+        local_capacity: config
+            .local_runner_enabled
+            .then_some(config.max_parallel_stages),
+        runner_offline_after: scheduler_config(&config).runner_offline_after,
+    };
+    let metrics_listening = match &config.metrics_listen {
+        Some(addr) => Some(
+            crate::config::listen::bind(addr, None)
+                .await
+                .context("metrics.listen")?,
+        ),
+        None => None,
+    };
     let listening =
         crate::config::listen::bind(&config.listen, config.public_url.as_deref()).await?;
     if listening.hosts.is_empty() {
@@ -259,7 +303,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             registration_tokens: Arc::new(config.registration_tokens.clone()),
             poll_wait: Duration::from_secs(20),
             offline_after: config.lease_ttl.max(Duration::from_secs(30)) * 2,
-        }),
+        })
+        .merge(deploylite_server::metrics::routes(metrics.clone())),
     );
 
     tracing::info!(
@@ -272,10 +317,17 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         anonymous_read,
         recovered_attempts = recovered,
         lock = %data_dir_lock.path().display(),
+        metrics_listen = config.metrics_listen.as_ref().map(|m| m.to_string()),
+        otlp_endpoint = config.otlp_endpoint.as_deref(),
         "deploylite is running"
     );
 
     let shutdown = CancellationToken::new();
+    let recorder_task = tokio::spawn(deploylite_reconciler::observe::record_events(
+        store.clone(),
+        scheduler.subscribe(),
+        shutdown.clone(),
+    ));
     let scheduler_task = tokio::spawn(scheduler.clone().run(shutdown.clone()));
     let watcher_task = tokio::spawn(watcher.run(shutdown.clone()));
     let janitor_task = tokio::spawn(janitor(
@@ -289,6 +341,20 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let reporter_task = tokio::spawn(reporter.run(shutdown.clone()));
     // One server per address listened on (`localhost`: 127.0.0.1 and ::1).
     let mut servers = tokio::task::JoinSet::new();
+    // `metrics.listen`: /metrics alone, for a scraper on a private network.
+    for listener in metrics_listening
+        .map(|l| l.into_listeners())
+        .unwrap_or_default()
+    {
+        let (app, stop) = (
+            deploylite_server::metrics::routes(metrics.clone()),
+            shutdown.clone(),
+        );
+        servers.spawn(async move {
+            deploylite_server::serve_router(listener, app, async move { stop.cancelled().await })
+                .await
+        });
+    }
     for listener in listening.into_listeners() {
         let (app, stop) = (app.clone(), shutdown.clone());
         servers.spawn(async move {
@@ -322,6 +388,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let _ = scheduler_task.await;
     let _ = janitor_task.await;
     let _ = reporter_task.await;
+    let _ = recorder_task.await;
     match server.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!(error = %e, "HTTP server error"),

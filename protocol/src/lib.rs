@@ -49,6 +49,10 @@ pub struct LeaseJob {
     /// refuses to store more.
     #[serde(default = "default_log_bytes")]
     pub log_bytes: u64,
+    /// The W3C trace context of the daemon's span of this attempt, when spans are exported
+    /// (`tracing.otlp_endpoint`): the runner's span of the stage becomes its child.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 fn default_log_bytes() -> u64 {
@@ -119,6 +123,7 @@ mod tests {
             source_url: None,
             previous_attempt: None,
             log_bytes: 1024,
+            traceparent: None,
         };
         let mut wire = serde_json::to_value(&lease).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(wire["log_bytes"], 1024);

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use crate::events::ForgeEvent;
 use crate::watcher::Watcher;
@@ -61,16 +62,25 @@ async fn apply_in_order(watcher: Weak<Watcher>, mut deliveries: mpsc::Receiver<D
         let Some(watcher) = watcher.upgrade() else {
             return;
         };
-        match watcher.apply(event.clone()).await {
-            Ok(applied) => {
-                tracing::debug!(forge, delivery = ?id, ?event, ?applied, "webhook applied")
-            }
-            Err(error) => {
-                tracing::error!(forge, delivery = ?id, ?event, %error, "applying a webhook failed; a redelivery will be applied");
-                if let Some(id) = &id {
-                    if let Err(error) = watcher.store().forget_delivery(forge, id).await {
-                        tracing::error!(forge, delivery = %id, %error, "cannot forget a failed delivery");
-                    }
+        let span = tracing::info_span!(
+            "webhook_apply",
+            forge,
+            delivery = id.as_deref().unwrap_or("")
+        );
+        apply_one(&watcher, event, forge, id).instrument(span).await;
+    }
+}
+
+async fn apply_one(watcher: &Watcher, event: ForgeEvent, forge: &'static str, id: Option<String>) {
+    match watcher.apply(event.clone()).await {
+        Ok(applied) => {
+            tracing::debug!(forge, delivery = ?id, ?event, ?applied, "webhook applied")
+        }
+        Err(error) => {
+            tracing::error!(forge, delivery = ?id, ?event, %error, "applying a webhook failed; a redelivery will be applied");
+            if let Some(id) = &id {
+                if let Err(error) = watcher.store().forget_delivery(forge, id).await {
+                    tracing::error!(forge, delivery = %id, %error, "cannot forget a failed delivery");
                 }
             }
         }

@@ -6,6 +6,7 @@ pub mod desired;
 pub mod events;
 pub mod git;
 pub mod inbox;
+pub mod observe;
 pub mod paths;
 pub mod pulls;
 pub mod run_gate;

@@ -83,6 +83,8 @@ conformance!(
     the_schedulers_copy_matches_the_store_after_every_write,
     existing_tags_are_baselined_once_without_runs,
     one_daemon_holds_a_database,
+    scrape_gauges_classify_waits_and_count_runners,
+    attempt_timings_start_when_a_stage_could_run,
 );
 
 fn new_run(commit: &str, concurrency: Concurrency) -> NewRun {
@@ -1341,4 +1343,158 @@ async fn the_schedulers_copy_matches_the_store_after_every_write(store: &Store, 
         kinds_seen.into_iter().collect::<Vec<_>>(),
         ["dispatch", "finish", "pending", "retry", "skip", "start"]
     );
+}
+
+async fn scrape_gauges_classify_waits_and_count_runners(store: &Store, _url: &str) {
+    // Running: build runs, test waits on it.
+    let running = one_run(store, "c1").await;
+    dispatch_build(store, running, 1).await;
+    // Started, but build waits for capacity; test on needs.
+    let crowded = one_run(store, "c2").await;
+    store
+        .apply_tick(&TickWrites {
+            start_runs: vec![crowded],
+            stage_pending: vec![
+                (running, "test".into(), Some("needs: build".into())),
+                (
+                    crowded,
+                    "build".into(),
+                    Some("capacity: 4 of 4 stages running".into()),
+                ),
+                (crowded, "test".into(), Some("needs: build".into())),
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // Not started: both its stages wait for the run to start.
+    let (created, _) = store
+        .record_commit(&record("c3", vec![reporting_run("c3")]))
+        .await
+        .unwrap();
+    store
+        .report_failed(created[0], i64::MAX, "the forge is down")
+        .await
+        .unwrap();
+    store
+        .register_runner(
+            "far",
+            "hash-far",
+            &["linux".to_string()],
+            3,
+            "docker",
+            false,
+        )
+        .await
+        .unwrap();
+
+    let gauges = store.scheduling_gauges().await.unwrap();
+    let mut waiting = gauges.waiting.clone();
+    waiting.sort();
+    assert_eq!(
+        waiting,
+        vec![
+            ("capacity".to_string(), 1),
+            ("needs".to_string(), 2),
+            ("run_start".to_string(), 2),
+        ]
+    );
+    assert_eq!(gauges.running_by_runner, vec![("local".to_string(), 1)]);
+    assert_eq!(gauges.remote_runners.len(), 1);
+    assert_eq!(
+        (
+            gauges.remote_runners[0].name.as_str(),
+            gauges.remote_runners[0].capacity
+        ),
+        ("far", 3)
+    );
+    assert_eq!((gauges.outbox_pending, gauges.outbox_retrying), (1, 1));
+}
+
+async fn attempt_timings_start_when_a_stage_could_run(store: &Store, _url: &str) {
+    let run_id = one_run(store, "c1").await;
+    dispatch_build(store, run_id, 1).await;
+    let build = store
+        .attempt_timing(run_id, "build", 1)
+        .await
+        .unwrap()
+        .unwrap();
+    let run = store.run_timing(run_id).await.unwrap().unwrap();
+    assert!(build.first_of_run);
+    assert_eq!(
+        build.runnable_at, run.started_at,
+        "a first stage can run when its run starts"
+    );
+    assert!(build.runnable_at.unwrap() <= build.started_at);
+    assert_eq!(build.finished_at, None);
+
+    assert!(store
+        .finish_attempt(&result(run_id, 1, StageStatus::Success))
+        .await
+        .unwrap());
+    store
+        .apply_tick(&TickWrites {
+            dispatch: vec![Dispatch {
+                run_id,
+                stage: "test".into(),
+                attempt: 1,
+                runner: "local".into(),
+                lease_deadline: None,
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let build = store
+        .attempt_timing(run_id, "build", 1)
+        .await
+        .unwrap()
+        .unwrap();
+    let test = store
+        .attempt_timing(run_id, "test", 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!test.first_of_run);
+    assert_eq!(
+        test.runnable_at, build.finished_at,
+        "a stage can run when its needs ended"
+    );
+    assert!(build.finished_at.unwrap() >= build.started_at);
+    assert_eq!((test.repo.as_str(), test.pipeline.as_str()), ("app", "ci"));
+
+    // A retry after a failure waited out a backoff the store no longer knows: not measured.
+    let mut failed = result(run_id, 1, StageStatus::Failed);
+    failed.stage = "test".into();
+    failed.stage_status = StageStatus::Queued;
+    assert!(store.finish_attempt(&failed).await.unwrap());
+    store
+        .apply_tick(&TickWrites {
+            dispatch: vec![Dispatch {
+                run_id,
+                stage: "test".into(),
+                attempt: 2,
+                runner: "local".into(),
+                lease_deadline: None,
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let retry = store
+        .attempt_timing(run_id, "test", 2)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(retry.runnable_at, None);
+    assert!(store
+        .attempt_timing(run_id, "test", 3)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .attempt_timing(run_id + 1000, "test", 1)
+        .await
+        .unwrap()
+        .is_none());
 }

@@ -21,6 +21,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 pub use self::credential::credential_path;
 pub use self::error::AgentError;
@@ -255,8 +256,25 @@ impl Agent {
     }
 
     async fn run_lease(self: Arc<Self>, lease: LeaseJob, heartbeat_ms: u64) {
+        // The daemon's span of this attempt is the parent, when both export spans.
+        let span = tracing::info_span!(
+            "stage_attempt",
+            run_id = lease.run_id,
+            stage = %lease.stage.name,
+            attempt = lease.attempt,
+            runner = %self.config.name
+        );
+        if let Some(parent) = &lease.traceparent {
+            deploylite_telemetry::trace::set_remote_parent(&span, parent);
+        }
+        span.in_scope(|| tracing::info!("stage attempt started"));
         match LeaseUrls::new(&self.base, &lease) {
-            Ok(urls) => self.clone().hold_lease(lease, urls, heartbeat_ms).await,
+            Ok(urls) => {
+                self.clone()
+                    .hold_lease(lease, urls, heartbeat_ms)
+                    .instrument(span)
+                    .await
+            }
             // Nothing can be reported on such a lease: it lapses on the server.
             Err(error) => tracing::error!(run = lease.run_id, stage = %lease.stage.name,
                 %error, "cannot address this lease on the server; leaving it"),
@@ -290,6 +308,7 @@ impl Agent {
             } else {
                 outcome
             };
+            tracing::info!(outcome = ?reported, "stage attempt ended");
             self.report(&lease, &urls.complete, &reported).await;
         }
     }

@@ -7,6 +7,7 @@
 mod admin;
 mod api;
 pub mod auth;
+pub mod metrics;
 pub mod runners;
 
 use std::sync::Arc;

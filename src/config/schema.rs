@@ -70,6 +70,8 @@ pub const ROOT: &[Field] = &[
     field("untrusted", Kind::Map(UNTRUSTED)),
     field("limits", Kind::Map(LIMITS)),
     field("policy", Kind::Map(POLICY)),
+    field("metrics", Kind::Map(METRICS)),
+    field("tracing", Kind::Map(TRACING)),
 ];
 
 const RETENTION: &[Field] = &[
@@ -134,6 +136,8 @@ const POLICY: &[Field] = &[
     field("bundles", Kind::TextList),
     field("eval_timeout", Kind::Duration),
 ];
+const METRICS: &[Field] = &[field("listen", Kind::Text)];
+const TRACING: &[Field] = &[field("otlp_endpoint", Kind::Text)];
 
 /// Checks `node` against `fields` and returns it as JSON; every problem goes to `problems`
 /// (`file` names the source in them).

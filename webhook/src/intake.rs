@@ -26,7 +26,11 @@ use axum::Json;
 use deploylite_reconciler::events::ForgeEvent;
 use deploylite_reconciler::inbox::Delivery;
 use deploylite_reconciler::store::StoreError;
+use deploylite_telemetry::metrics;
+use deploylite_telemetry::metrics::bounded_event;
+use deploylite_telemetry::webhook_clock::webhook_clock;
 use serde_json::{json, Value};
+use tracing::Instrument;
 
 use deploylite_forge::forges::{ForgeKind, Forges};
 use deploylite_forge::members;
@@ -72,6 +76,18 @@ pub(crate) enum Ack {
     Accepted { repo: String },
 }
 
+impl Ack {
+    /// How `deploylite_webhook_deliveries_total` counts it.
+    fn result(&self) -> &'static str {
+        match self {
+            Ack::Pong => "pong",
+            Ack::Ignored(_) => "ignored",
+            Ack::Duplicate => "duplicate",
+            Ack::Accepted { .. } => "accepted",
+        }
+    }
+}
+
 impl IntoResponse for Ack {
     fn into_response(self) -> Response {
         let (status, body) = match self {
@@ -91,6 +107,20 @@ impl IntoResponse for Ack {
 }
 
 impl Reject {
+    /// How `deploylite_webhook_deliveries_total` counts it.
+    fn result(&self) -> &'static str {
+        match self {
+            Reject::TooLarge(_) => "too_large",
+            Reject::TooSlow(_) => "too_slow",
+            Reject::Unauthorized(_) => "unauthorized",
+            Reject::BadRequest(_) => "bad_request",
+            Reject::NotFound(_) => "not_found",
+            Reject::Unavailable(_) => "unavailable",
+            Reject::Busy(_) => "busy",
+            Reject::Internal(_) => "error",
+        }
+    }
+
     fn into_response_for(self, forge: ForgeKind) -> Response {
         let forge = forge.as_str();
         let (status, message) = match self {
@@ -153,10 +183,30 @@ pub(crate) async fn handle<R: Receiver>(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match process::<R>(&state, &headers, body).await {
-        Ok(ack) => ack.into_response(),
-        Err(reject) => reject.into_response_for(R::FORGE),
+    let forge = R::FORGE.as_str();
+    // Both bounded: the event to the known names, the delivery id to 200 visible characters.
+    let event = header_str(&headers, R::EVENT_HEADER)
+        .ok()
+        .flatten()
+        .map_or("none", bounded_event);
+    let delivery = R::delivery_id(&headers).ok().flatten();
+    let span = tracing::info_span!(
+        "webhook_delivery",
+        forge,
+        event,
+        delivery = delivery.as_deref().unwrap_or("")
+    );
+    async move {
+        let (result, response) = match process::<R>(&state, &headers, body).await {
+            Ok(ack) => (ack.result(), ack.into_response()),
+            Err(reject) => (reject.result(), reject.into_response_for(R::FORGE)),
+        };
+        metrics().webhook_delivery(forge, event, result);
+        tracing::info!(result, "webhook delivery answered");
+        response
     }
+    .instrument(span)
+    .await
 }
 
 async fn process<R: Receiver>(
@@ -255,6 +305,7 @@ async fn process<R: Receiver>(
         }
         return Err(Reject::Busy(error.to_string()));
     }
+    webhook_clock().received(&repo.name, forge, deploylite_reconciler::store::now_ms());
     Ok(Ack::Accepted {
         repo: repo.name.clone(),
     })

@@ -40,6 +40,7 @@ use deploylite_reconciler::status::{RunStatus, StageStatus};
 use deploylite_reconciler::store::{DueReport, RunRecord, StageRecord, Store, StoreError};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use self::http::DeliveryError;
 use self::render::{Failure, RunState};
@@ -260,6 +261,16 @@ impl Reporter {
     /// Sends one run's report and records the result. True when the rows are done with.
     async fn process(&self, claim: &Claim) -> bool {
         let due = &claim.due;
+        let span = tracing::info_span!(
+            "forge_report",
+            run_id = due.run_id,
+            attempt = due.attempts + 1,
+            forge = tracing::field::Empty
+        );
+        self.process_in_span(due).instrument(span).await
+    }
+
+    async fn process_in_span(&self, due: &DueReport) -> bool {
         let outcome =
             match tokio::time::timeout(self.config.delivery_timeout, self.deliver(due)).await {
                 Ok(outcome) => outcome,
@@ -270,7 +281,7 @@ impl Reporter {
             };
         let result = match &outcome {
             Outcome::Delivered => {
-                tracing::debug!(run_id = due.run_id, "report delivered");
+                tracing::info!(run_id = due.run_id, "report delivered");
                 self.store.report_sent(due.run_id, due.up_to_id).await
             }
             Outcome::NothingToDo(why) => {
@@ -336,14 +347,27 @@ impl Reporter {
             Ok(state) => state,
             Err(e) => return self.failed(None, due.attempts, DeliveryError::Store(e)),
         };
+        tracing::Span::current().record("forge", repo.forge.as_str());
+        let sending = std::time::Instant::now();
         let result = match repo.forge {
             ForgeKind::Github => self.deliver_github(&repo, &state).await,
             ForgeKind::Gitlab => self.deliver_gitlab(&repo, &state).await,
         };
-        match result {
+        let outcome = match result {
             Ok(()) => Outcome::Delivered,
             Err(e) => self.failed(Some(repo.forge), due.attempts, e),
-        }
+        };
+        let result = match &outcome {
+            Outcome::Retry { .. } => "error",
+            Outcome::GiveUp(_) => "rejected",
+            Outcome::Delivered | Outcome::NothingToDo(_) => "ok",
+        };
+        deploylite_telemetry::metrics().forge_delivery(
+            repo.forge.as_str(),
+            result,
+            sending.elapsed(),
+        );
+        outcome
     }
 
     async fn deliver_github(

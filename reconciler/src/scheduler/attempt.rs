@@ -9,7 +9,9 @@ use deploylite_runner::outcome::{
     closing_line, describe, ending, parse_closing_line, verdict, Verdict,
 };
 use deploylite_runner::{CancellationToken, StageJob, StageLog};
+use deploylite_telemetry::spans;
 use rand::Rng;
+use tracing::Instrument;
 
 use super::{lock, Scheduler};
 use crate::status::StageStatus;
@@ -52,12 +54,21 @@ pub(super) struct AttemptContext {
 impl Scheduler {
     pub(super) async fn run_attempt(self: Arc<Self>, ctx: AttemptContext) {
         let d = &ctx.dispatch;
+        let run_span = spans::run_span(d.run_id, &ctx.run.repo, &ctx.run.pipeline);
+        let span = spans::attempt_span(&run_span, d.run_id, &d.stage, d.attempt, &d.runner);
+        self.run_attempt_in_span(&ctx).instrument(span).await
+    }
+
+    async fn run_attempt_in_span(self: Arc<Self>, ctx: &AttemptContext) {
+        let d = &ctx.dispatch;
+        tracing::info!("stage attempt started");
         let key = (d.run_id, d.stage.clone());
-        let result = self.execute_attempt(&ctx).await;
+        let result = self.execute_attempt(ctx).await;
         lock(&self.running).remove(&key);
         let Some(result) = result else {
             return; // daemon shutting down: the attempt stays open for recovery
         };
+        tracing::info!(status = %result.attempt_status, exit_code = result.exit_code, "stage attempt ended");
         // The scheduler's next tick records the end together with what follows from it.
         if let Err(error) = self
             .complete(super::Completion::Attempt {

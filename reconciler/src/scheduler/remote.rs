@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use deploylite_protocol::{AttemptOutcome, LeaseJob};
 use deploylite_runner::outcome::{describe, ending, verdict, Verdict};
 use deploylite_runner::source_url::split_credentials;
+use deploylite_telemetry::spans;
 use tokio::sync::{oneshot, Notify};
 
 use super::{lock, Scheduler, SchedulerEvent};
@@ -62,6 +63,11 @@ impl Scheduler {
                 trigger: run.trigger.clone(),
                 workspace: None,
             };
+            let run_span = spans::run_span(run.id, &run.repo, &run.pipeline);
+            let span =
+                spans::remote_attempt_span(&run_span, run.id, &lease.stage, lease.attempt, runner);
+            span.in_scope(|| tracing::info!("stage attempt leased"));
+            let traceparent = deploylite_telemetry::trace::traceparent(&span);
             let env = super::attempt::stage_env(&info, &spec, &stage, lease.attempt, "");
             let previous_attempt = self
                 .previous_attempt(run.id, &lease.stage, lease.attempt)
@@ -85,6 +91,7 @@ impl Scheduler {
                     .map(|url| split_credentials(url).0),
                 previous_attempt,
                 log_bytes: self.config.log_bytes,
+                traceparent,
             });
         }
         Ok(jobs)
@@ -122,6 +129,9 @@ impl Scheduler {
         else {
             return Ok(false);
         };
+        if let Some(span) = spans::open_attempt(run_id, stage_name, attempt) {
+            span.in_scope(|| tracing::info!(outcome = ?reported, "stage attempt reported"));
+        }
         if *reported == AttemptOutcome::HandedBack {
             let note =
                 format!("interrupted: handed back by runner `{runner}`, which is shutting down");

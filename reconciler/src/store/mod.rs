@@ -15,6 +15,7 @@ mod runners;
 mod runs;
 mod schedule;
 mod tags;
+mod telemetry;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -35,6 +36,7 @@ pub use schedule::{
     ActiveRun, ActiveStage, AttemptResult, Dispatch, ExpiredLease, Interrupted, RunFinish,
     StageSkip, TickTx, TickWrites, INTERRUPTED_NOTE,
 };
+pub use telemetry::{AttemptTiming, RemoteRunnerGauge, RunTiming, SchedulingGauges};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
