@@ -274,8 +274,29 @@ fn first_page_target(port: &str) -> String {
             "GET /json/list HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
         )
         .expect("ask for targets");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).expect("targets");
+        // DevTools keeps the connection open: read the headers, then Content-Length bytes.
+        let mut raw = Vec::new();
+        let mut chunk = [0u8; 8192];
+        let response = loop {
+            let n = stream.read(&mut chunk).expect("targets");
+            raw.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&raw).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse::<usize>().ok())
+                            .flatten()
+                    })
+                    .unwrap_or(0);
+                if body.len() >= length || n == 0 {
+                    break text;
+                }
+            }
+            assert!(n > 0, "DevTools closed the connection: {text}");
+        };
         let body = response.split("\r\n\r\n").nth(1).unwrap_or("[]");
         let targets: Value = serde_json::from_str(body).unwrap_or(Value::Null);
         if let Some(url) = targets
