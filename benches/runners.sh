@@ -289,7 +289,7 @@ for line in sys.stdin:
         continue
     pct, sym = m.groups()
     sym = re.sub(r"(\s+-)+$", "", sym)  # columns perf cannot fill
-    handler = re.search(r"^\{async_block#0\}<fn\(axum::extract::state::State<deploylite_webhook::\w+::\w+>.*?-> (?:\w+::)*(\w+)::\{async_fn_env", sym)
+    handler = re.search(r"^\{async_block#0\}<fn\(axum::extract::state::State<deploylite_server::\w+::\w+>.*?-> (?:\w+::)*(\w+)::\{async_fn_env", sym)
     if handler:
         name = "HTTP handler " + handler.group(1)
     elif sym.endswith("(inlined)") or not re.match(r"(deploylite_|<deploylite_|sqlite3_step$|serde_json::de::from_trait$)", sym):
@@ -332,7 +332,7 @@ lease_repo() { # dir name n label serial|independent
 }
 
 lease() {
-  # a + b: a minimal runner in Python speaking the protocol of webhook/src/runners.rs.
+  # a + b: a minimal runner in Python speaking the protocol of server/src/runners.rs.
   lease_repo "$work/burst-repo" burst "$((2 * samples))" burst independent
   start_daemon burst "$work/burst-repo"
   local burst_port=$port burst_pid=$server_pid

@@ -29,12 +29,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use deploylite_reconciler::store::RunFilter;
-use deploylite_runner::CancellationToken;
-use deploylite_webhook::forges::{
+use deploylite_forge::forges::{
     ForgeKind, ForgeRepo, GithubAuth, GithubConfig, Secret, DEFAULT_MAX_BODY_BYTES,
 };
-use deploylite_webhook::{AppState, Forges, Reporter};
+use deploylite_forge::{Forges, Reporter};
+use deploylite_reconciler::store::RunFilter;
+use deploylite_runner::CancellationToken;
+use deploylite_server::AppState;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 const PUSHES: usize = 50;
@@ -211,7 +212,7 @@ fn latency(rt: &tokio::runtime::Runtime, forge_delay: Option<Duration>) -> Vec<D
         scheduler: scheduler.waker(),
         watcher: Some(watcher.clone()),
         forges: forges.clone(),
-        auth: Arc::new(deploylite_webhook::AuthConfig {
+        auth: Arc::new(deploylite_server::AuthConfig {
             anonymous_read: true,
             hosts: Vec::new(),
         }),
@@ -226,7 +227,7 @@ fn latency(rt: &tokio::runtime::Runtime, forge_delay: Option<Duration>) -> Vec<D
     );
     let stop = shutdown.clone();
     rt.spawn(async move {
-        deploylite_webhook::serve(listener, state, async move { stop.cancelled().await }).await
+        deploylite_server::serve(listener, state, async move { stop.cancelled().await }).await
     });
     rt.spawn(scheduler.run(shutdown.clone()));
     rt.spawn(watcher.run(shutdown.clone()));

@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use deploylite_reconciler::scheduler::{LeaseJob, RemoteOutcome};
 use deploylite_runner::outcome::{verdict, Verdict};
 use deploylite_runner::{CancellationToken, Executor, StageJob, StageLog};
-use deploylite_webhook::runners::{
+use deploylite_server::runners::{
     HeartbeatResponse, PollRequest, PollResponse, RegisterRequest, RegisterResponse,
 };
 use tokio::io::AsyncWriteExt;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use deploylite_webhook::RunView;
+use deploylite_server::RunView;
 
 use crate::table::{Align, Table};
 
@@ -24,23 +24,62 @@ pub struct Client {
     server: String,
     base: String,
     http: reqwest::Client,
+    /// The same client without the token, for reads retried after a guessed token is refused.
+    anonymous: reqwest::Client,
+    token_origin: Option<TokenOrigin>,
+}
+
+/// A token the client found, and where: a refused token is explained by naming its origin.
+pub struct FoundToken {
+    pub value: String,
+    pub origin: TokenOrigin,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenOrigin {
+    /// `--token-file FILE`.
+    Flag(PathBuf),
+    /// `DEPLOYLITE_TOKEN`.
+    Environment,
+    /// The initial admin token of a daemon on this machine, guessed from a data dir. It may
+    /// belong to another daemon than the one asked (a second checkout's, an example's), so a
+    /// read it cannot authorise is retried anonymously.
+    DataDir(PathBuf),
+}
+
+impl std::fmt::Display for TokenOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenOrigin::Flag(path) => write!(f, "--token-file {}", path.display()),
+            TokenOrigin::Environment => f.write_str("DEPLOYLITE_TOKEN"),
+            TokenOrigin::DataDir(path) => write!(f, "{} (found in a local data dir)", path.display()),
+        }
+    }
 }
 
 /// Where the client finds its token, in this order: `--token-file`, `DEPLOYLITE_TOKEN`, and,
 /// for a daemon on this machine, the initial admin token in its data dir
 /// (`$DEPLOYLITE_DATA_DIR` or `./.deploylite-data`).
-pub fn find_token(server: &str, token_file: Option<&Path>) -> Result<Option<String>> {
+pub fn find_token(server: &str, token_file: Option<&Path>) -> Result<Option<FoundToken>> {
     if let Some(path) = token_file {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read --token-file {}", path.display()))?;
-        return Ok(Some(text.trim().to_string()).filter(|t| !t.is_empty()));
+        return Ok(Some(text.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .map(|value| FoundToken {
+                value,
+                origin: TokenOrigin::Flag(path.to_path_buf()),
+            }));
     }
-    if let Some(token) = std::env::var("DEPLOYLITE_TOKEN")
+    if let Some(value) = std::env::var("DEPLOYLITE_TOKEN")
         .ok()
         .map(|t| t.trim().to_string())
         .filter(|t| !t.is_empty())
     {
-        return Ok(Some(token));
+        return Ok(Some(FoundToken {
+            value,
+            origin: TokenOrigin::Environment,
+        }));
     }
     if !is_loopback_url(server) {
         return Ok(None);
@@ -48,12 +87,15 @@ pub fn find_token(server: &str, token_file: Option<&Path>) -> Result<Option<Stri
     let data_dir = std::env::var_os("DEPLOYLITE_DATA_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_DATA_DIR));
-    Ok(
-        std::fs::read_to_string(data_dir.join(crate::serve::ADMIN_TOKEN_FILE))
-            .ok()
-            .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty()),
-    )
+    let path = data_dir.join(crate::serve::ADMIN_TOKEN_FILE);
+    Ok(std::fs::read_to_string(&path)
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .map(|value| FoundToken {
+            value,
+            origin: TokenOrigin::DataDir(path),
+        }))
 }
 
 fn is_loopback_url(server: &str) -> bool {
@@ -76,23 +118,28 @@ fn is_loopback_url(server: &str) -> bool {
 }
 
 impl Client {
-    pub fn new(server: &str, token: Option<String>) -> Result<Client> {
+    pub fn new(server: &str, token: Option<FoundToken>) -> Result<Client> {
         let mut headers = reqwest::header::HeaderMap::new();
+        let token_origin = token.as_ref().map(|t| t.origin.clone());
         if let Some(token) = token {
-            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
-                .context("the API token is not valid header text")?;
+            let mut value =
+                reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.value))
+                    .with_context(|| format!("the API token from {} is not valid header text", token.origin))?;
             value.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
+        let builder = || reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
+        let http = builder()
             .default_headers(headers)
             .build()
             .context("cannot build the HTTP client")?;
+        let anonymous = builder().build().context("cannot build the HTTP client")?;
         Ok(Client {
             server: server.to_string(),
             base: server.trim_end_matches('/').to_string(),
             http,
+            anonymous,
+            token_origin,
         })
     }
 
@@ -101,7 +148,42 @@ impl Client {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response> {
-        request.send().await.map_err(unreachable(&self.server))
+        let request = request.build().context("cannot build the request")?;
+        // A token guessed from a local data dir may be another daemon's: a read it cannot
+        // authorise is asked again without it, which works wherever anonymous reads do.
+        let retry = match &self.token_origin {
+            Some(TokenOrigin::DataDir(_)) if request.method() == reqwest::Method::GET => {
+                request.try_clone()
+            }
+            _ => None,
+        };
+        let response = self
+            .http
+            .execute(request)
+            .await
+            .map_err(unreachable(&self.server))?;
+        if response.status() != reqwest::StatusCode::UNAUTHORIZED {
+            return Ok(response);
+        }
+        let response = match retry {
+            Some(request) => self
+                .anonymous
+                .execute(request)
+                .await
+                .map_err(unreachable(&self.server))?,
+            None => response,
+        };
+        match (&self.token_origin, response.status()) {
+            (Some(origin), reqwest::StatusCode::UNAUTHORIZED) => {
+                let message = error_message(response).await;
+                bail!(
+                    "the daemon at {} refused the token from {origin}: {message}\n\
+                     give this daemon's token with --token-file FILE or DEPLOYLITE_TOKEN",
+                    self.server
+                )
+            }
+            _ => Ok(response),
+        }
     }
 
     /// GET `path` (with `query`), expecting a success; the raw answer.
@@ -128,12 +210,7 @@ async fn check(response: reqwest::Response) -> Result<reqwest::Response> {
     if status.is_success() {
         return Ok(response);
     }
-    let body: serde_json::Value = response.json().await.unwrap_or_default();
-    let message = body
-        .get("error")
-        .or_else(|| body.get("message"))
-        .and_then(|m| m.as_str())
-        .unwrap_or("");
+    let message = error_message(response).await;
     match status {
         reqwest::StatusCode::UNAUTHORIZED => bail!(
             "the daemon answered {status}: {message}\n\
@@ -142,6 +219,16 @@ async fn check(response: reqwest::Response) -> Result<reqwest::Response> {
         ),
         _ => bail!("the daemon answered {status}: {message}"),
     }
+}
+
+/// The `error` (or `message`) of an API error's JSON body; empty when there is none.
+async fn error_message(response: reqwest::Response) -> String {
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    body.get("error")
+        .or_else(|| body.get("message"))
+        .and_then(|m| m.as_str())
+        .unwrap_or("")
+        .to_string()
 }
 
 fn unreachable(server: &str) -> impl FnOnce(reqwest::Error) -> anyhow::Error + '_ {
@@ -224,7 +311,7 @@ pub async fn runners(client: &Client, json: bool) -> Result<ExitCode> {
     let response = client
         .send(client.http.get(client.url("/api/v1/runners")))
         .await?;
-    let runners: Vec<deploylite_webhook::runners::RunnerView> = check(response)
+    let runners: Vec<deploylite_server::runners::RunnerView> = check(response)
         .await?
         .json()
         .await
@@ -313,7 +400,7 @@ pub async fn token_create(
     let response = client
         .send(client.http.post(client.url("/api/v1/tokens")).json(&body))
         .await?;
-    let created: deploylite_webhook::CreatedToken = check(response)
+    let created: deploylite_server::CreatedToken = check(response)
         .await?
         .json()
         .await

@@ -6,14 +6,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use deploylite_forge::forges::{
+    forge_from_url, ForgeKind, ForgeRepo, GithubAuth, GithubConfig, GitlabConfig, Secret,
+};
 use deploylite_pipeline::duration::parse_duration;
 use deploylite_pipeline::GlobList;
 use deploylite_reconciler::store::SqliteSync;
 use deploylite_reconciler::trust::UntrustedPolicy;
 use deploylite_reconciler::watcher::{RepoConfig, TagFilter};
-use deploylite_webhook::forges::{
-    forge_from_url, ForgeKind, ForgeRepo, GithubAuth, GithubConfig, GitlabConfig, Secret,
-};
 use serde::Deserialize;
 
 mod env;
@@ -193,7 +193,7 @@ pub struct Config {
     /// in their log) instead of failing.
     pub local_runner_ignore_image: bool,
     pub repos: Vec<RepoConfig>,
-    pub forges: deploylite_webhook::Forges,
+    pub forges: deploylite_forge::Forges,
     pub registration_tokens: Vec<Secret>,
     pub lease_ttl: Duration,
     /// Reads without a token; None: while every address listened on is a loopback address
@@ -517,12 +517,12 @@ impl ConfigLayer {
             anonymous_read: self.auth.and_then(|a| a.anonymous_read),
             untrusted_labels: self.untrusted.and_then(|u| u.labels).unwrap_or_default(),
             public_url: self.public_url.clone(),
-            forges: deploylite_webhook::Forges::new(
+            forges: deploylite_forge::Forges::new(
                 github,
                 gitlab,
                 self.public_url,
                 self.webhook_max_body_bytes
-                    .unwrap_or(deploylite_webhook::forges::DEFAULT_MAX_BODY_BYTES),
+                    .unwrap_or(deploylite_forge::forges::DEFAULT_MAX_BODY_BYTES),
                 forge_repos,
             ),
             registration_tokens,

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use deploylite_webhook::runners::RunnerView;
+use deploylite_server::runners::RunnerView;
 
 /// A daemon that is not running refuses at once; one on an unreachable host gets this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
@@ -23,7 +23,7 @@ pub async fn label_sets(server: &str, token_file: Option<&Path>) -> Option<Vec<V
         .ok()?;
     let mut request = http.get(format!("{}/api/v1/runners", server.trim_end_matches('/')));
     if let Some(token) = token {
-        request = request.bearer_auth(token);
+        request = request.bearer_auth(token.value);
     }
     let response = request.send().await.ok()?;
     if !response.status().is_success() {

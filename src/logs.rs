@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use deploylite_reconciler::status::{RunStatus, StageStatus};
 use deploylite_runner::outcome::parse_closing_line;
 use deploylite_runner::strip_ansi;
-use deploylite_webhook::{RunView, StageView};
+use deploylite_server::{RunView, StageView};
 
 use crate::client::Client;
 use crate::text::{closed_pipe, count, stdout_colour, write_out};

@@ -486,7 +486,7 @@ async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
         } => {
             role.parse::<deploylite_reconciler::store::Role>()
                 .map_err(|e| anyhow::anyhow!("--role: {e}"))?;
-            deploylite_webhook::valid_token_name(&name)
+            deploylite_server::valid_token_name(&name)
                 .map_err(|e| anyhow::anyhow!("--name: {e}"))?;
             let expires_in = expires_in
                 .map(|d| deploylite_pipeline::duration::parse_duration(&d))

@@ -2,7 +2,7 @@
 //! and stages.
 
 use deploylite_reconciler::status::RunStatus;
-use deploylite_webhook::RunView;
+use deploylite_server::RunView;
 
 use crate::table::{Align, Table};
 use crate::text::count;

@@ -18,11 +18,11 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, ConfigLayer, ConfigProblems, EnvLayer, LogFormat};
 use crate::ServeArgs;
-use deploylite_webhook::auth::{hash_token, new_token};
-use deploylite_webhook::page::runners::LocalRunner;
-use deploylite_webhook::page::session::SessionKeys;
-use deploylite_webhook::page::PageState;
-use deploylite_webhook::AuthConfig;
+use deploylite_server::auth::{hash_token, new_token};
+use deploylite_server::page::runners::LocalRunner;
+use deploylite_server::page::session::SessionKeys;
+use deploylite_server::page::PageState;
+use deploylite_server::AuthConfig;
 
 /// The config, the files it took secrets from (the config file itself when it holds any, and
 /// the `*_file` / `*_path` files it names), and warnings for the log (unknown `DEPLOYLITE_*`
@@ -239,7 +239,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let forges = Arc::new(config.forges.clone());
     // Open pull requests are watched state: every poll lists them from the forge.
     watcher.watch_pull_requests(
-        deploylite_webhook::pulls::ForgePullRequests::new(forges.clone(), Duration::from_secs(30)),
+        deploylite_forge::pulls::ForgePullRequests::new(forges.clone(), Duration::from_secs(30)),
         deploylite_reconciler::pulls::DEFAULT_CLOSE_GRACE,
     );
 
@@ -256,17 +256,11 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     // The status page's live updates: the scheduler's transitions, numbered and remembered.
     let changes = ChangeFeed::new();
     tokio::spawn(changes.clone().follow(scheduler.subscribe()));
-    let status_page = deploylite_webhook::page::routes(status_page_state(
-        &config,
-        &store,
-        &data,
-        &scheduler,
-        &watcher,
-        &changes,
-        &auth,
+    let status_page = deploylite_server::page::routes(status_page_state(
+        &config, &store, &data, &scheduler, &watcher, &changes, &auth,
     ));
-    let app = deploylite_webhook::app(
-        deploylite_webhook::AppState {
+    let app = deploylite_server::app(
+        deploylite_server::AppState {
             store: store.clone(),
             data: data.clone(),
             scheduler: scheduler.waker(),
@@ -274,7 +268,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             forges: forges.clone(),
             auth,
         },
-        deploylite_webhook::runners::routes(deploylite_webhook::runners::RunnerState {
+        deploylite_server::runners::routes(deploylite_server::runners::RunnerState {
             scheduler: scheduler.clone(),
             repos: repos.clone(),
             registration_tokens: Arc::new(config.registration_tokens.clone()),
@@ -307,14 +301,14 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         shutdown.clone(),
     ));
     // Reports go out on their own task: a forge outage never slows the runs.
-    let reporter = deploylite_webhook::Reporter::new(store.clone(), data.clone(), forges.clone());
+    let reporter = deploylite_forge::Reporter::new(store.clone(), data.clone(), forges.clone());
     let reporter_task = tokio::spawn(reporter.run(shutdown.clone()));
     // One server per address listened on (`localhost`: 127.0.0.1 and ::1).
     let mut servers = tokio::task::JoinSet::new();
     for listener in listening.into_listeners() {
         let (app, stop) = (app.clone(), shutdown.clone());
         servers.spawn(async move {
-            deploylite_webhook::serve_router(listener, app, async move { stop.cancelled().await })
+            deploylite_server::serve_router(listener, app, async move { stop.cancelled().await })
                 .await
         });
     }

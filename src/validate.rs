@@ -113,7 +113,8 @@ pub fn load_all(files: &[PathBuf]) -> Loaded {
                 .push(problem(format!("cannot read the file: {e}"))),
         }
     }
-    loaded.problems.extend(check_pipeline_set(&loaded.valid));
+    let set_problems = check_pipeline_set(loaded.valid.iter().map(|(f, p)| (f.as_str(), p)));
+    loaded.problems.extend(set_problems);
     loaded
 }
 

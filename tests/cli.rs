@@ -628,6 +628,29 @@ async fn status_lists_runs_and_shows_one_run_as_a_table_or_json() {
     let (code, out, err) = run_cmd(cmd);
     assert_eq!(code, 0, "{err}");
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()[0]["id"], rid);
+
+    // Another daemon's admin token in the guessed data dir (the README's example daemon's, in
+    // a clone where it ran): reads fall back to anonymous, and a refused write names the file.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let planted = elsewhere.path().join("admin.token");
+    std::fs::write(&planted, "dl_not-this-daemons-token\n").unwrap();
+    let with_planted_token = |args: &[&str]| {
+        let mut cmd = deploylite(args);
+        cmd.env("DEPLOYLITE_SERVER", &daemon.url);
+        cmd.env("DEPLOYLITE_DATA_DIR", elsewhere.path());
+        run_cmd(cmd)
+    };
+    let (code, out, err) = with_planted_token(&["status", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()[0]["id"], rid);
+    let (code, _, err) = with_planted_token(&["cancel", &rid.to_string()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("refused the token from")
+            && err.contains(&planted.display().to_string())
+            && err.contains("--token-file"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

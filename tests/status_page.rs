@@ -4,9 +4,9 @@
 //! scrolling at 360 px), writing a screenshot of each page. The change feed and the log's
 //! live tail are read with an HTTP client; sign-in, CSRF and roles are attacked directly.
 
-mod common;
 #[path = "common/browser.rs"]
 mod browser;
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -67,8 +67,11 @@ async fn every_page_of_a_daemon_that_ran_the_examples_renders_in_chromium() {
     let daemon = Daemon::start(&[&webapp, &docs], "").await;
     let runs = daemon
         .wait_for_runs("the examples' runs to finish", |runs| {
-            runs.iter().any(|r| r["pipeline"] == "ci" && common::is_final(r))
-                && runs.iter().any(|r| r["repo"] == "docs-site" && common::is_final(r))
+            runs.iter()
+                .any(|r| r["pipeline"] == "ci" && common::is_final(r))
+                && runs
+                    .iter()
+                    .any(|r| r["repo"] == "docs-site" && common::is_final(r))
                 && runs.iter().all(common::is_final)
         })
         .await;
@@ -237,7 +240,10 @@ async fn every_page_of_a_daemon_that_ran_the_examples_renders_in_chromium() {
     // The badge: an SVG with the latest status in words.
     let (code, badge) = daemon.get("/badges/webapp/ci.svg?branch=main").await;
     assert_eq!(code, 200);
-    assert!(badge.starts_with("<svg") && badge.contains(">success<"), "{badge}");
+    assert!(
+        badge.starts_with("<svg") && badge.contains(">success<"),
+        "{badge}"
+    );
     let (_, none) = daemon.get("/badges/webapp/ci.svg?branch=nope").await;
     assert!(none.contains(">no runs<"), "{none}");
 }
@@ -391,7 +397,11 @@ async fn the_event_stream_has_one_event_per_transition_and_resumes_after_an_id()
         })
         .collect();
     let expected = |kind: &str, stage: Option<&str>, status: &str| {
-        (kind.to_string(), stage.map(str::to_string), status.to_string())
+        (
+            kind.to_string(),
+            stage.map(str::to_string),
+            status.to_string(),
+        )
     };
     // Each transition exactly once, in causal order.
     assert_eq!(
@@ -491,7 +501,10 @@ stages:
         .map(|e| e.data.clone())
         .collect();
     assert!(html.contains("after the gate"), "{rest:#?}");
-    assert!(!html.contains("red"), "lines before the offset came again: {html}");
+    assert!(
+        !html.contains("red"),
+        "lines before the offset came again: {html}"
+    );
     // Every line is anchored by its byte offset, and the offsets continue from the resume point.
     let anchors: Vec<u64> = html
         .split("id=\"b")
@@ -499,7 +512,10 @@ stages:
         .filter_map(|s| s.split('"').next()?.parse().ok())
         .collect();
     assert!(!anchors.is_empty());
-    assert!(anchors.iter().all(|a| *a >= offset), "{anchors:?} vs {offset}");
+    assert!(
+        anchors.iter().all(|a| *a >= offset),
+        "{anchors:?} vs {offset}"
+    );
     assert!(anchors.windows(2).all(|w| w[0] < w[1]));
     let raw = daemon.log(run_id, "slow", Some(1)).await;
     let last_id: u64 = rest
@@ -507,7 +523,11 @@ stages:
         .rev()
         .find_map(|e| e.id.as_deref()?.parse().ok())
         .expect("an id");
-    assert_eq!(last_id, raw.len() as u64, "the tail reached the end of the log");
+    assert_eq!(
+        last_id,
+        raw.len() as u64,
+        "the tail reached the end of the log"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -540,12 +560,11 @@ async fn sign_in(daemon: &Daemon, token: &str) -> String {
         .to_string();
     assert!(cookie.contains("HttpOnly"), "{cookie}");
     assert!(cookie.contains("SameSite=Strict"), "{cookie}");
-    assert!(!cookie.contains("Secure"), "plain HTTP on loopback: {cookie}");
-    cookie
-        .split(';')
-        .next()
-        .expect("name=value")
-        .to_string()
+    assert!(
+        !cookie.contains("Secure"),
+        "plain HTTP on loopback: {cookie}"
+    );
+    cookie.split(';').next().expect("name=value").to_string()
 }
 
 async fn page_with(daemon: &Daemon, path: &str, cookie: &str) -> (u16, String) {
@@ -623,7 +642,11 @@ stages:
                 break id(&run);
             }
         }
-        assert!(Instant::now() < deadline, "the run did not start\n{}", daemon.stderr());
+        assert!(
+            Instant::now() < deadline,
+            "the run did not start\n{}",
+            daemon.stderr()
+        );
         tokio::time::sleep(common::POLL).await;
     };
 
@@ -635,7 +658,10 @@ stages:
         .expect("answers");
     assert_eq!(response.status(), 303);
     assert_eq!(
-        response.headers().get("location").and_then(|v| v.to_str().ok()),
+        response
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok()),
         Some(format!("/login?next=%2Fruns%2F{run_id}").as_str())
     );
     let response = bare_client()
@@ -652,7 +678,10 @@ stages:
     let (code, page) = page_with(&daemon, &format!("/runs/{run_id}"), &viewer).await;
     assert_eq!(code, 200);
     assert!(page.contains("Signed in as"), "{page}");
-    assert!(!page.contains("Cancel run"), "a viewer sees no cancel button");
+    assert!(
+        !page.contains("Cancel run"),
+        "a viewer sees no cancel button"
+    );
     let viewer_csrf = csrf_of(&page); // the sign-out form's
     let code = post_form(
         &daemon,
@@ -700,7 +729,10 @@ stages:
     assert_eq!(cross.status(), 403);
     let run = run_of().await.expect("the run");
     assert_eq!(run["status"], "running");
-    assert_eq!(run["cancel_requested"], false, "a refused form changed the run");
+    assert_eq!(
+        run["cancel_requested"], false,
+        "a refused form changed the run"
+    );
 
     // The real form cancels, and says so on the run's page.
     let response = bare_client()
@@ -717,7 +749,10 @@ stages:
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    assert!(location.starts_with(&format!("/runs/{run_id}?note=")), "{location}");
+    assert!(
+        location.starts_with(&format!("/runs/{run_id}?note=")),
+        "{location}"
+    );
     let deadline = Instant::now() + DEADLINE;
     loop {
         let run = run_of().await.expect("the run");
@@ -739,7 +774,10 @@ stages:
         .await
         .expect("JSON");
     let text = audit.to_string();
-    assert!(text.contains("token:watcher") && text.contains("token:oncall"), "{text}");
+    assert!(
+        text.contains("token:watcher") && text.contains("token:oncall"),
+        "{text}"
+    );
 
     // Signing out clears the cookie.
     let response = bare_client()

@@ -76,7 +76,11 @@ pub fn parse_pipeline_with_warnings(
     parse::parse_pipeline(file, src)
 }
 
-/// Problems that span several files of one repository (duplicate pipeline names).
-pub fn check_pipeline_set(pipelines: &[(String, Pipeline)]) -> Vec<Diagnostic> {
+/// Problems that span several files of one repository (duplicate pipeline names), given each
+/// valid pipeline with its file. Borrowed, so that callers holding parsed pipelines in a cache
+/// need not copy them.
+pub fn check_pipeline_set<'a>(
+    pipelines: impl IntoIterator<Item = (&'a str, &'a Pipeline)>,
+) -> Vec<Diagnostic> {
     validate::check_pipeline_set(pipelines)
 }

@@ -162,14 +162,16 @@ fn find_cycles(edges: &[Vec<usize>], max: usize) -> Vec<Vec<usize>> {
 
 /// Duplicate pipeline names across the files of one repository, reported at each later
 /// file's `name` with a pointer to the first definition.
-pub(crate) fn check_pipeline_set(pipelines: &[(String, Pipeline)]) -> Vec<Diagnostic> {
-    let mut first: HashMap<&str, &(String, Pipeline)> = HashMap::new();
+pub(crate) fn check_pipeline_set<'a>(
+    pipelines: impl IntoIterator<Item = (&'a str, &'a Pipeline)>,
+) -> Vec<Diagnostic> {
+    let mut first: HashMap<&str, (&str, &Pipeline)> = HashMap::new();
     let mut out = Vec::new();
     for entry in pipelines {
         let (file, p) = entry;
         match first.get(p.name.as_str()) {
             Some((first_file, fp)) => out.push(Diagnostic {
-                file: file.clone(),
+                file: file.to_string(),
                 line: p.name_pos.line,
                 col: p.name_pos.col,
                 message: format!(

@@ -438,7 +438,7 @@ fn pipeline_set() {
         ("c.yaml".to_string(), c),
         ("d.yaml".to_string(), a),
     ];
-    let got: Vec<String> = check_pipeline_set(&set)
+    let got: Vec<String> = check_pipeline_set(set.iter().map(|(f, p)| (f.as_str(), p)))
         .iter()
         .map(ToString::to_string)
         .collect();

@@ -172,7 +172,13 @@ impl ChangeFeed {
                 run_id,
                 stage,
                 attempt,
-            } => self.publish(Subject::Stage, *run_id, Some(stage), Some(*attempt), "running"),
+            } => self.publish(
+                Subject::Stage,
+                *run_id,
+                Some(stage),
+                Some(*attempt),
+                "running",
+            ),
             SchedulerEvent::StageFinished {
                 run_id,
                 stage,
@@ -195,7 +201,9 @@ impl ChangeFeed {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Ring> {
         // The ring holds plain data: a panic elsewhere cannot leave it half-written.
-        self.ring.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.ring
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

@@ -87,17 +87,11 @@ pub fn desired_runs(
     cache: &ParseCache,
 ) -> Vec<NewRun> {
     let parsed: Vec<(&PipelineFile, Parsed)> = files.iter().map(|f| (f, cache.parse(f))).collect();
-    let valid: Vec<(String, Pipeline)> = parsed
+    let valid = parsed
         .iter()
-        .filter_map(|(f, p)| {
-            p.as_ref()
-                .as_ref()
-                .ok()
-                .map(|p| (f.path.clone(), p.clone()))
-        })
-        .collect();
+        .filter_map(|(f, p)| p.as_ref().as_ref().ok().map(|p| (f.path.as_str(), p)));
     let mut set_problems: HashMap<String, Vec<Diagnostic>> = HashMap::new();
-    for d in check_pipeline_set(&valid) {
+    for d in check_pipeline_set(valid) {
         set_problems.entry(d.file.clone()).or_default().push(d);
     }
 

@@ -1,7 +1,7 @@
 //! The section `deploylite status` prints before its runs table when some repository cannot be
 //! polled or has a tag trigger that can never fire. Nothing when all is well.
 
-use deploylite_webhook::RepoView;
+use deploylite_server::RepoView;
 
 use super::Client;
 

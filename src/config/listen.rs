@@ -120,7 +120,7 @@ pub async fn bind(listen: &ListenAddr, public_url: Option<&str>) -> Result<Liste
     }
     let mut hosts: Vec<String> = Vec::new();
     for (addr, _) in &listeners {
-        let for_addr = deploylite_webhook::AuthConfig::hosts_for(*addr, public_url);
+        let for_addr = deploylite_server::AuthConfig::hosts_for(*addr, public_url);
         if for_addr.is_empty() {
             // Every interface, no public_url: any Host is taken.
             hosts.clear();

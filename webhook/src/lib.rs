@@ -1,105 +1,144 @@
-//! DeployLite's HTTP front door (axum) and its forge integration: health and the read API,
-//! cancellation, GitHub/GitLab webhooks in (`inbound`), checks, statuses and PR/MR comments out
-//! (`report`). Only this crate knows forge JSON. Handlers record intents in the store or hand
-//! events to the reconciler; they never run anything themselves.
+//! Forge webhooks in: `POST /webhooks/github` and `POST /webhooks/gitlab`. Deliveries are
+//! verified, de-duplicated, mapped to [`ForgeEvent`](deploylite_reconciler::events::ForgeEvent)s
+//! and queued on their repository's inbox; nothing here runs or reports anything.
+//!
+//! `limits` caps how many webhooks are served at once; `intake` is the request path both
+//! share (limit → auth → parse → map → lookup → dedupe → ack → apply); `verify` checks
+//! signatures and tokens; `github` and `gitlab` map payloads to events. This file only says,
+//! per forge, which header carries what.
 
-mod admin;
-mod api;
-pub mod auth;
-pub mod forges;
-mod inbound;
-pub mod page;
-pub mod pulls;
-pub mod report;
-pub mod runners;
+mod github;
+mod gitlab;
+mod intake;
+mod limits;
+mod payload;
+mod verify;
 
 use std::sync::Arc;
 
-use axum::middleware::from_fn_with_state;
-use axum::routing::{get, post};
-use axum::serve::ListenerExt;
+use axum::http::HeaderMap;
+use axum::routing::post;
 use axum::Router;
-use deploylite_reconciler::paths::DataDir;
+use deploylite_forge::forges::{ForgeKind, Forges};
+use deploylite_forge::payload::MapError;
 use deploylite_reconciler::store::Store;
 use deploylite_reconciler::watcher::Watcher;
-use tokio::sync::Notify;
+use serde_json::Value;
 
-pub use admin::{valid_token_name, CreatedToken};
-pub use api::{RepoView, RunView, StageView};
-pub use auth::{AuthConfig, Caller};
-pub use forges::Forges;
-pub use report::{Reporter, ReporterConfig};
+use self::intake::{delivery_header, Receiver, Reject};
+use self::payload::Mapped;
+use self::verify::AuthError;
 
+/// What the webhook endpoints need.
 #[derive(Clone)]
-pub struct AppState {
+pub struct WebhookState {
     pub store: Store,
-    pub data: DataDir,
-    /// Wakes the scheduler after a cancellation is recorded.
-    pub scheduler: Arc<Notify>,
-    /// Acts on forge events; None where no repositories are watched (tests of the read API).
+    /// Acts on forge events; None where no repositories are watched (an API-only server).
     pub watcher: Option<Arc<Watcher>>,
     pub forges: Arc<Forges>,
-    /// Who may call what (`auth::access`), checked by one middleware over every route.
-    pub auth: Arc<AuthConfig>,
 }
 
-/// The API and the webhooks; see [`app`] to serve more routes under the same checks.
-pub fn router(state: AppState) -> Router {
-    app(state, Router::new())
-}
-
-/// The API, the webhooks and `extra` (the runner protocol), all behind the one authorization
-/// middleware: every route, whoever defines it, gets its role from `auth::access`.
-pub fn app(state: AppState, extra: Router) -> Router {
-    let authorizer = auth::Authorizer {
-        store: state.store.clone(),
-        config: state.auth.clone(),
-    };
+/// The two webhook endpoints, each limited to `forges.webhook_limits` requests at once.
+pub fn routes(state: WebhookState) -> Router {
     Router::new()
-        .route("/healthz", get(api::healthz))
-        .route("/readyz", get(api::readyz))
-        .route("/api/v1/repos", get(api::list_repos))
-        .route("/api/v1/runs", get(api::list_runs))
-        .route("/api/v1/runs/{id}", get(api::get_run))
-        .route("/api/v1/runs/{id}/cancel", post(api::cancel_run))
-        .route("/api/v1/runs/{id}/approve", post(api::approve_run))
-        .route("/api/v1/runs/{id}/rerun", post(api::rerun_run))
-        .route("/api/v1/runs/{id}/stages/{stage}/log", get(api::stage_log))
-        .route(
-            "/api/v1/tokens",
-            get(admin::list_tokens).post(admin::create_token),
-        )
-        .route("/api/v1/tokens/{name}/revoke", post(admin::revoke_token))
-        .route("/api/v1/audit", get(admin::audit))
-        .merge(inbound::routes(&state))
+        .route("/webhooks/github", post(intake::handle::<GithubHooks>))
+        .route("/webhooks/gitlab", post(intake::handle::<GitlabHooks>))
+        .route_layer(axum::middleware::from_fn_with_state(
+            limits::slots(&state.forges.webhook_limits),
+            limits::in_flight,
+        ))
         .with_state(state)
-        .merge(extra)
-        .layer(from_fn_with_state(authorizer, auth::authorize))
 }
 
-/// Serves the API on `listener` until `shutdown` completes; in-flight requests finish first.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: AppState,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    serve_router(listener, router(state), shutdown).await
+struct GithubHooks;
+
+impl Receiver for GithubHooks {
+    const FORGE: ForgeKind = ForgeKind::Github;
+    const EVENT_HEADER: &'static str = "X-GitHub-Event";
+
+    fn authenticate(forges: &Forges, headers: &HeaderMap, body: &[u8]) -> Result<(), AuthError> {
+        let secret = forges
+            .github
+            .as_ref()
+            .and_then(|g| g.webhook_secret.as_ref());
+        verify::github_signature(
+            secret,
+            body,
+            headers.get(verify::GITHUB_SIGNATURE).map(|v| v.as_bytes()),
+        )
+    }
+
+    /// GitHub sends a GUID with every delivery, and the same one when a delivery is redelivered.
+    fn delivery_id(headers: &HeaderMap) -> Result<Option<String>, Reject> {
+        delivery_header(headers, "X-GitHub-Delivery")?
+            .map(Some)
+            .ok_or_else(|| Reject::BadRequest("missing `X-GitHub-Delivery` header".into()))
+    }
+
+    fn map(event: &str, payload: &Value) -> Result<Mapped, MapError> {
+        github::map(event, payload)
+    }
 }
 
-/// Serves any router made of this crate's parts (e.g. the API merged with the runner protocol).
-pub async fn serve_router(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    // Without TCP_NODELAY a response written in two segments (headers, then a streamed body
-    // such as a runner's source tarball) waits for the client's delayed ACK: 40 ms here.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY on a connection");
+struct GitlabHooks;
+
+impl Receiver for GitlabHooks {
+    const FORGE: ForgeKind = ForgeKind::Gitlab;
+    const EVENT_HEADER: &'static str = "X-Gitlab-Event";
+
+    fn authenticate(forges: &Forges, headers: &HeaderMap, _body: &[u8]) -> Result<(), AuthError> {
+        let secret = forges
+            .gitlab
+            .as_ref()
+            .and_then(|g| g.webhook_secret.as_ref());
+        verify::gitlab_token(
+            secret,
+            headers.get(verify::GITLAB_TOKEN).map(|v| v.as_bytes()),
+        )
+    }
+
+    /// `Idempotency-Key` (GitLab 17.4+) is documented to stay the same across retries of one
+    /// delivery, so it is preferred; otherwise `X-Gitlab-Event-UUID`, which identifies the event.
+    /// Older GitLab versions send neither: de-duplication is then skipped, which is safe because
+    /// run identity (repo, pipeline, commit, trigger, attempt) already makes a replayed push or
+    /// merge request event a no-op; only nothing is saved by recognising it early.
+    fn delivery_id(headers: &HeaderMap) -> Result<Option<String>, Reject> {
+        match delivery_header(headers, "Idempotency-Key")? {
+            Some(key) => Ok(Some(key)),
+            None => delivery_header(headers, "X-Gitlab-Event-UUID"),
         }
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    }
+
+    fn map(event: &str, payload: &Value) -> Result<Mapped, MapError> {
+        gitlab::map(event, payload)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gitlab_delivery_ids() {
+        let mut h = HeaderMap::new();
+        assert_eq!(
+            GitlabHooks::delivery_id(&h).unwrap(),
+            None,
+            "absent: no de-duplication"
+        );
+        h.insert("X-Gitlab-Event-UUID", "ev-1".parse().unwrap());
+        assert_eq!(
+            GitlabHooks::delivery_id(&h).unwrap().as_deref(),
+            Some("ev-1")
+        );
+        h.insert("Idempotency-Key", "idem-1".parse().unwrap());
+        assert_eq!(
+            GitlabHooks::delivery_id(&h).unwrap().as_deref(),
+            Some("idem-1")
+        );
+        assert!(
+            GithubHooks::delivery_id(&HeaderMap::new()).is_err(),
+            "GitHub always sends one"
+        );
+    }
 }

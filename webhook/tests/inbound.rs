@@ -7,9 +7,9 @@ mod inbound_support;
 
 use std::time::{Duration, Instant};
 
+use deploylite_forge::forges::WebhookLimits;
 use deploylite_reconciler::status::{RunStatus, StageStatus};
 use deploylite_reconciler::store::PullRequestInfo;
-use deploylite_webhook::forges::WebhookLimits;
 use inbound_support::*;
 use serde_json::{json, Value};
 
@@ -1474,9 +1474,7 @@ async fn the_server_keeps_serving_after_a_burst_of_bad_requests() {
             "every bad request gets a 4xx, got {status}"
         );
     }
-    let (status, _) = http(h.addr(), "GET", "/healthz", &[], b"").await;
-    assert_eq!(status, 200);
-    // And it still takes good deliveries.
+    // The server still takes good deliveries.
     let ping = bytes(&json!({"zen": "Design for failure.", "hook_id": 1}));
     assert_eq!(h.github("ping", "after-burst", &ping).await.0, 200);
     assert_eq!(

@@ -6,6 +6,9 @@
 //! listing example), with ETags and 304s, pages and request counts.
 
 mod inbound_support;
+// The fake forges and the OpenAPI validator of the forge crate's tests (the listing client is
+// `deploylite_forge::pulls`; its pokes come through this crate's webhooks).
+#[path = "../../forge/tests/report_support/mod.rs"]
 mod report_support;
 
 use std::time::Duration;
@@ -16,7 +19,7 @@ use inbound_support::{
     GL_REPO,
 };
 use report_support::fake::{self, FakeForge};
-use report_support::openapi::OpenApi;
+use report_support::openapi::{self, OpenApi};
 use serde_json::{json, Value};
 
 /// GitHub's pull request example (`pulls/get` in the OpenAPI subset; the listing's items carry
@@ -29,10 +32,7 @@ fn github_pull(
     head_repo: &str,
     association: &str,
 ) -> Value {
-    let spec = OpenApi::load(
-        &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/github/openapi-subset.json"),
-    );
+    let spec = OpenApi::github();
     let mut pr = spec.example("pull-request").cloned().expect("the example");
     pr["number"] = json!(number);
     pr["state"] = json!("open");
@@ -52,7 +52,10 @@ fn github_pull(
 /// A listing item in GitLab's documented shape (a merged MR from project 2 into project 3), made the open
 /// merge request `iid` at `sha` from project `source_project` into project 3, targeting `main`.
 fn gitlab_mr(iid: i64, sha: &str, source_project: i64) -> Value {
-    let mut mr = fixture("gitlab/api.project-merge-requests.list.response")[0].clone();
+    let listing =
+        openapi::fixtures_dir().join("gitlab/api.project-merge-requests.list.response.json");
+    let listing: Value = serde_json::from_str(&std::fs::read_to_string(&listing).unwrap()).unwrap();
+    let mut mr = listing[0].clone();
     mr["iid"] = json!(iid);
     mr["sha"] = json!(sha);
     mr["state"] = json!("opened");

@@ -1,4 +1,4 @@
-//! A real daemon front door for the inbound webhook tests: the router served on 127.0.0.1:0
+//! A real front door for the inbound webhook tests: the webhook routes served on 127.0.0.1:0
 //! with a real `Store` (SQLite in a temp dir), a real `Watcher` running over real git
 //! repositories made with the `git` CLI, and no scheduler (runs stay queued, which is what the
 //! assertions read; a test that needs a run started or finished writes what the scheduler would,
@@ -12,22 +12,23 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use deploylite_forge::forges::{
+    ForgeKind, ForgeRepo, GithubAuth, GithubConfig, GitlabConfig, Secret, WebhookLimits,
+};
+use deploylite_forge::pulls::ForgePullRequests;
+use deploylite_forge::Forges;
 use deploylite_reconciler::paths::DataDir;
 use deploylite_reconciler::status::{RunStatus, StageStatus};
 use deploylite_reconciler::store::{
     AttemptResult, Dispatch, RunFilter, RunFinish, RunRecord, SqliteSync, Store, TickWrites,
 };
 use deploylite_reconciler::watcher::{RepoConfig, Repos, Watcher};
-use deploylite_runner::CancellationToken;
-use deploylite_webhook::forges::{
-    ForgeKind, ForgeRepo, GithubAuth, GithubConfig, GitlabConfig, Secret, WebhookLimits,
-};
-use deploylite_webhook::pulls::ForgePullRequests;
-use deploylite_webhook::{AppState, Forges};
+use deploylite_webhook::WebhookState;
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 pub const GITHUB_SECRET: &str = "test github secret";
 pub const GITLAB_SECRET: &str = "test-gitlab-token";
@@ -60,7 +61,7 @@ impl Default for Options {
         Options {
             github_secret: Some(GITHUB_SECRET),
             gitlab_secret: Some(GITLAB_SECRET),
-            max_body_bytes: deploylite_webhook::forges::DEFAULT_MAX_BODY_BYTES,
+            max_body_bytes: deploylite_forge::forges::DEFAULT_MAX_BODY_BYTES,
             gitlab_api: None,
             github_api: None,
             pull_requests: None,
@@ -277,24 +278,18 @@ impl Prepared {
                 grace,
             );
         }
-        let state = AppState {
+        let routes = deploylite_webhook::routes(WebhookState {
             store: store.clone(),
-            data,
-            scheduler,
             watcher: Some(watcher.clone()),
             forges,
-            // Webhooks carry their own credentials; the API's rules are tested elsewhere.
-            auth: Arc::new(deploylite_webhook::AuthConfig {
-                anonymous_read: true,
-                hosts: Vec::new(),
-            }),
-        };
+        });
         let shutdown = CancellationToken::new();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let stop = shutdown.clone();
         tokio::spawn(async move {
-            deploylite_webhook::serve(listener, state, async move { stop.cancelled().await })
+            axum::serve(listener, routes)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await
                 .unwrap();
         });

@@ -15,8 +15,16 @@ impl ForgeRepo {
         if !(url.starts_with("https://") || url.starts_with("http://")) {
             return None;
         }
-        let web = url.trim_end_matches('/').trim_end_matches(".git").to_string();
-        let host = web.split("://").nth(1)?.split('/').next()?.to_ascii_lowercase();
+        let web = url
+            .trim_end_matches('/')
+            .trim_end_matches(".git")
+            .to_string();
+        let host = web
+            .split("://")
+            .nth(1)?
+            .split('/')
+            .next()?
+            .to_ascii_lowercase();
         Some(ForgeRepo {
             gitlab: host.contains("gitlab"),
             web,
@@ -65,7 +73,10 @@ mod tests {
             Some("https://github.com/acme/app/tree/main")
         );
         let gl = ForgeRepo::from_url("https://gitlab.example.com/g/p").expect("forge");
-        assert_eq!(gl.commit("abc"), "https://gitlab.example.com/g/p/-/commit/abc");
+        assert_eq!(
+            gl.commit("abc"),
+            "https://gitlab.example.com/g/p/-/commit/abc"
+        );
         assert_eq!(
             gl.pull_request(9),
             "https://gitlab.example.com/g/p/-/merge_requests/9"

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::HeaderName;
 use deploylite_reconciler::store::Store;
+use http::HeaderName;
 use octocrab::Octocrab;
 use serde_json::json;
 use tokio::sync::OnceCell;

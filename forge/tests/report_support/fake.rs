@@ -129,9 +129,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl FakeForge {
     pub async fn github() -> FakeForge {
-        let spec = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/github/openapi-subset.json");
-        FakeForge::start(Kind::Github, Some(OpenApi::load(&spec))).await
+        FakeForge::start(Kind::Github, Some(OpenApi::github())).await
     }
 
     pub async fn gitlab() -> FakeForge {

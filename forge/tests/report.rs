@@ -7,10 +7,10 @@ mod report_support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use deploylite_forge::forges::Forges;
+use deploylite_forge::report::{Reporter, PR_COMMENT_MARKER};
 use deploylite_reconciler::status::{RunStatus, StageStatus};
 use deploylite_reconciler::store::{SqliteSync, Store};
-use deploylite_webhook::forges::Forges;
-use deploylite_webhook::report::{Reporter, PR_COMMENT_MARKER};
 use report_support::fake::{self, FakeForge, Recorded, Reply};
 use report_support::openapi::OpenApi;
 use report_support::*;
@@ -47,10 +47,7 @@ fn spawn_loop(reporter: &Arc<Reporter>) -> (CancellationToken, tokio::task::Join
 
 #[test]
 fn the_openapi_validator_accepts_good_bodies_and_refuses_bad_ones() {
-    let spec = OpenApi::load(
-        &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/github/openapi-subset.json"),
-    );
+    let spec = OpenApi::github();
     let good = json!({ "name": "deploylite/ci", "head_sha": "abc", "status": "queued", "external_id": "1",
                        "output": { "title": "Queued", "summary": "..." } });
     assert_eq!(
@@ -852,7 +849,7 @@ async fn a_repository_without_a_forge_is_marked_sent() {
     // And a forge without credentials: nothing to send either.
     record(&env.store, new_run("ci", "1111", &["build"], None)).await;
     let no_auth = Forges::new(
-        Some(deploylite_webhook::forges::GithubConfig {
+        Some(deploylite_forge::forges::GithubConfig {
             api_url: forge.url.clone(),
             auth: None,
             webhook_secret: None,

@@ -1,16 +1,27 @@
 //! A small request validator for GitHub's OpenAPI description (the subset in
-//! `tests/fixtures/github/openapi-subset.json`): finds the operation by method and path
+//! `forge/tests/fixtures/github/openapi-subset.json`): finds the operation by method and path
 //! template, checks path parameters, and validates the JSON body against the request body
 //! schema ($ref, type, nullable, enum, required, properties, additionalProperties, items,
 //! maxItems, maxLength, oneOf, anyOf, allOf).
 
 use serde_json::Value;
 
+/// The forge API fixtures, from whichever crate's tests include this module (the webhook
+/// crate's pull request tests do too).
+pub fn fixtures_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../forge/tests/fixtures")
+}
+
 pub struct OpenApi {
     doc: Value,
 }
 
 impl OpenApi {
+    /// GitHub's subset, `github/openapi-subset.json` under [`fixtures_dir`].
+    pub fn github() -> OpenApi {
+        OpenApi::load(&fixtures_dir().join("github/openapi-subset.json"))
+    }
+
     pub fn load(path: &std::path::Path) -> OpenApi {
         let text = std::fs::read_to_string(path).expect("read the OpenAPI description");
         OpenApi {

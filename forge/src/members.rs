@@ -10,7 +10,7 @@ use crate::forges::Forges;
 const DEVELOPER: i64 = 30;
 
 /// True when `user_id` has at least Developer access to `project_id`.
-pub(crate) async fn gitlab_developer(
+pub async fn gitlab_developer(
     forges: &Forges,
     project_id: i64,
     user_id: i64,

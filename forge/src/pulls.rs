@@ -13,20 +13,24 @@
 //! against the rate limit. The pages' items are kept to rebuild a listing from 304s.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deploylite_reconciler::events::PullRequestEvent;
 use deploylite_reconciler::pulls::{ListError, OpenPullRequests, PullRequestSource};
-use deploylite_runner::BoxFuture;
 use octocrab::Octocrab;
 use serde_json::Value;
 
 use crate::forges::{ForgeKind, ForgeRepo, Forges};
-use crate::inbound::github::pull_request_event;
-use crate::inbound::payload::{opt_str, req_i64, req_sha, req_str, MapError};
+use crate::payload::{opt_str, pull_request_event, req_i64, req_sha, req_str, MapError};
 use crate::report::http::{get_page, DeliveryError, Page};
 use crate::report::{github, gitlab};
+
+/// What `PullRequestSource::open` returns (the executors' `BoxFuture`, spelt out so that this
+/// crate needs nothing from the runner).
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Items per page: the most both forges allow.
 const PER_PAGE: usize = 100;

@@ -125,7 +125,7 @@ pub(crate) async fn call(
     })
 }
 
-fn header(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
+fn header(headers: &http::HeaderMap, name: &str) -> Option<String> {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -134,7 +134,7 @@ fn header(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
 
 /// `Retry-After`, the requests remaining and the reset time of an answer. GitHub sends
 /// `x-ratelimit-*`; GitLab sends `ratelimit-*` (and `Retry-After` on a 429).
-fn rate_limit(headers: &axum::http::HeaderMap) -> (Option<u64>, Option<u64>, Option<i64>) {
+fn rate_limit(headers: &http::HeaderMap) -> (Option<u64>, Option<u64>, Option<i64>) {
     let retry_after = header(headers, "retry-after").and_then(|v| v.parse().ok());
     let remaining = header(headers, "x-ratelimit-remaining")
         .or_else(|| header(headers, "ratelimit-remaining"))
@@ -167,11 +167,11 @@ pub(crate) async fn get_page(
     path: &str,
     etag: Option<&str>,
 ) -> Result<Page, DeliveryError> {
-    let mut headers = axum::http::header::HeaderMap::new();
+    let mut headers = http::header::HeaderMap::new();
     if let Some(etag) = etag {
-        let value = axum::http::header::HeaderValue::from_str(etag)
+        let value = http::header::HeaderValue::from_str(etag)
             .map_err(|_| DeliveryError::Unexpected("the forge sent an unusable ETag".into()))?;
-        headers.insert(axum::http::header::IF_NONE_MATCH, value);
+        headers.insert(http::header::IF_NONE_MATCH, value);
     }
     let response = crab
         ._get_with_headers(path, Some(headers))

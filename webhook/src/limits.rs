@@ -23,7 +23,7 @@ pub(super) struct Slots {
     queue_wait: std::time::Duration,
 }
 
-pub(super) fn slots(limits: &crate::forges::WebhookLimits) -> Slots {
+pub(super) fn slots(limits: &deploylite_forge::forges::WebhookLimits) -> Slots {
     Slots {
         slots: Arc::new(Semaphore::new(
             limits.max_in_flight.clamp(1, Semaphore::MAX_PERMITS),

@@ -112,10 +112,7 @@ impl Style {
 fn extended(rest: &[u16]) -> (Option<Colour>, usize) {
     match rest {
         [5, n, ..] => (Some(palette(*n)), 2),
-        [2, r, g, b, ..] => (
-            Some(Colour::Rgb(byte(*r), byte(*g), byte(*b))),
-            4,
-        ),
+        [2, r, g, b, ..] => (Some(Colour::Rgb(byte(*r), byte(*g), byte(*b))), 4),
         [5] | [2, ..] => (None, rest.len()),
         _ => (None, 0),
     }

@@ -1,4 +1,4 @@
-//! The request pipeline every forge shares, in this order:
+//! The intake every forge's deliveries go through, in this order:
 //!
 //! 1. limit: the body is read with a streaming cap (`forges.max_body_bytes`) → 413, within
 //!    `forges.webhook_limits.body_timeout` → 408 (and at most `max_in_flight` requests are
@@ -28,12 +28,15 @@ use deploylite_reconciler::inbox::Delivery;
 use deploylite_reconciler::store::StoreError;
 use serde_json::{json, Value};
 
-use super::payload::{for_repo, MapError, Mapped};
-use super::verify::AuthError;
-use crate::forges::{ForgeKind, Forges};
-use crate::AppState;
+use deploylite_forge::forges::{ForgeKind, Forges};
+use deploylite_forge::members;
+use deploylite_forge::payload::MapError;
 
-/// What one forge contributes to the pipeline.
+use crate::payload::{for_repo, Mapped};
+use crate::verify::AuthError;
+use crate::WebhookState;
+
+/// What one forge contributes to the intake.
 pub(crate) trait Receiver: 'static {
     const FORGE: ForgeKind;
     /// The header naming the event (`X-GitHub-Event`, `X-Gitlab-Event`).
@@ -146,7 +149,7 @@ impl From<StoreError> for Reject {
 
 /// The axum handler for one forge's endpoint.
 pub(crate) async fn handle<R: Receiver>(
-    State(state): State<AppState>,
+    State(state): State<WebhookState>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -157,7 +160,7 @@ pub(crate) async fn handle<R: Receiver>(
 }
 
 async fn process<R: Receiver>(
-    state: &AppState,
+    state: &WebhookState,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Ack, Reject> {
@@ -223,7 +226,7 @@ async fn process<R: Receiver>(
     let forge_event = for_repo(forge_event, &repo.name);
     if let Some((project_id, user_id)) = member_check {
         // Asked before answering, so that the forge's delivery log says why nothing happened.
-        match super::members::gitlab_developer(&state.forges, project_id, user_id).await {
+        match members::gitlab_developer(&state.forges, project_id, user_id).await {
             Ok(true) => {}
             Ok(false) => {
                 return Ok(Ack::Ignored(format!(

@@ -76,11 +76,14 @@ pub(crate) async fn page(
         .await?;
     let more = runs.len() as i64 > PAGE;
     let runs = &runs[..runs.len().min(PAGE as usize)];
-    let known = state.watcher.as_ref().is_none_or(|w| {
-        w.repos().statuses().iter().any(|r| r.name == repo)
-    });
+    let known = state
+        .watcher
+        .as_ref()
+        .is_none_or(|w| w.repos().statuses().iter().any(|r| r.name == repo));
     if runs.is_empty() && f.before.is_none() && !known {
-        return Err(PageError::NotFound(format!("No repository `{repo}` is watched.")));
+        return Err(PageError::NotFound(format!(
+            "No repository `{repo}` is watched."
+        )));
     }
     let mut keep = String::new();
     for (key, value) in [

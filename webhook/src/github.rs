@@ -9,24 +9,17 @@
 //!   collaborator → approve the head's untrusted runs
 //! - `ping` → answered; anything else is ignored.
 
-use deploylite_reconciler::events::{ApprovalComment, ForgeEvent, PullRequestEvent};
+use deploylite_forge::payload::{
+    at, is_member, is_zero_sha, opt_bool, opt_str, pull_request_event, req_i64, req_sha, req_str,
+    req_time_ms, MapError,
+};
+use deploylite_reconciler::events::{ApprovalComment, ForgeEvent};
 use serde_json::Value;
 
-use super::payload::{
-    at, is_approve_command, is_sha, is_zero_sha, opt_bool, opt_str, req_i64, req_sha, req_str,
-    req_time_ms, MapError, Mapped,
-};
+use crate::payload::{is_approve_command, Mapped};
 
 /// Check runs DeployLite reports are named `deploylite/<pipeline>`.
 pub(crate) const CHECK_PREFIX: &str = "deploylite/";
-
-/// `author_association` values of people with write access to the repository: their pull
-/// requests from forks are trusted, and their comments may approve untrusted ones.
-const MEMBER_ASSOCIATIONS: [&str; 3] = ["OWNER", "MEMBER", "COLLABORATOR"];
-
-fn is_member(association: Option<&str>) -> bool {
-    association.is_some_and(|a| MEMBER_ASSOCIATIONS.contains(&a))
-}
 
 pub(crate) fn map(event: &str, payload: &Value) -> Result<Mapped, MapError> {
     match event {
@@ -88,49 +81,6 @@ fn pull_request(payload: &Value) -> Result<Mapped, MapError> {
         ForgeEvent::PullRequestOpened(pr)
     };
     Ok(Mapped::Event { event, slug })
-}
-
-/// A pull request object (`pull_request` in a webhook, an item of `GET /repos/{owner}/{repo}/pulls`,
-/// which share these fields) found at `prefix` in `payload`, as the event its head asks for.
-pub(crate) fn pull_request_event(
-    slug: &str,
-    number: i64,
-    payload: &Value,
-    prefix: &str,
-) -> Result<PullRequestEvent, MapError> {
-    let field = |name: &str| format!("{prefix}{name}");
-    let head_sha = req_sha(payload, &field("head.sha"))?;
-    let base_branch = req_str(payload, &field("base.ref"))?;
-    let base_repo = opt_str(payload, &field("base.repo.full_name")).unwrap_or(slug);
-    let (head_repo, from_fork) = match opt_str(payload, &field("head.repo.full_name")) {
-        Some(head) => (head.to_string(), !head.eq_ignore_ascii_case(base_repo)),
-        // `head.repo` is null when the fork was deleted. The head commit is still reachable as
-        // refs/pull/N/head, but nothing shows it came from the base repository: treat it as a
-        // fork (untrusted), named after the head's owner (`label` is `owner:branch`).
-        None => {
-            let owner = opt_str(payload, &field("head.label"))
-                .and_then(|l| l.split_once(':').map(|(owner, _)| owner))
-                .or_else(|| opt_str(payload, &field("head.user.login")))
-                .unwrap_or("unknown");
-            (format!("{owner}/(deleted fork)"), true)
-        }
-    };
-    Ok(PullRequestEvent {
-        repo: slug.to_string(),
-        number,
-        git_ref: format!("refs/pull/{number}/head"),
-        head_sha: head_sha.to_string(),
-        base_sha: opt_str(payload, &field("base.sha"))
-            .filter(|s| is_sha(s))
-            .map(str::to_string),
-        base_branch: base_branch.to_string(),
-        head_repo,
-        from_fork,
-        author: opt_str(payload, &field("user.login"))
-            .unwrap_or("unknown")
-            .to_string(),
-        author_is_member: is_member(opt_str(payload, &field("author_association"))),
-    })
 }
 
 fn check_run(payload: &Value) -> Result<Mapped, MapError> {
@@ -242,6 +192,7 @@ fn check_suite(payload: &Value) -> Result<Mapped, MapError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use deploylite_reconciler::events::PullRequestEvent;
     use serde_json::json;
 
     fn fixture(name: &str) -> Value {

@@ -185,7 +185,9 @@ mod tests {
         let w = read(file.path(), None, 1000, 10_000).expect("read");
         assert!(w.lines.len() <= 10, "{} lines", w.lines.len());
         assert!(w.end - w.start <= 10_000);
-        assert!(w.lines[0].text.starts_with(&format!("{:02}", 50 - w.lines.len())));
+        assert!(w.lines[0]
+            .text
+            .starts_with(&format!("{:02}", 50 - w.lines.len())));
     }
 
     #[test]

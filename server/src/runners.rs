@@ -21,8 +21,8 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Caller;
-use crate::forges::Secret;
 use axum::Extension;
+use deploylite_forge::forges::Secret;
 use deploylite_reconciler::store::Role;
 
 #[derive(Clone)]

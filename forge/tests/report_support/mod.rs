@@ -10,16 +10,16 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use deploylite_forge::forges::{
+    ForgeKind, ForgeRepo, Forges, GithubAuth, GithubConfig, GitlabConfig, Secret,
+};
+use deploylite_forge::report::{Reporter, ReporterConfig};
 use deploylite_reconciler::paths::DataDir;
 use deploylite_reconciler::status::{RunStatus, StageStatus};
 use deploylite_reconciler::store::{
     AttemptResult, Dispatch, NewRun, NewStage, PullRequestInfo, RecordCommit, RunFinish,
     SqliteSync, Store, TickWrites,
 };
-use deploylite_webhook::forges::{
-    ForgeKind, ForgeRepo, Forges, GithubAuth, GithubConfig, GitlabConfig, Secret,
-};
-use deploylite_webhook::report::{Reporter, ReporterConfig};
 
 pub const PUBLIC_URL: &str = "https://ci.example.com";
 

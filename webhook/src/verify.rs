@@ -6,7 +6,7 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::forges::Secret;
+use deploylite_forge::forges::Secret;
 
 type HmacSha256 = Hmac<Sha256>;
 

@@ -98,14 +98,15 @@ pub(crate) async fn page(
     let selected = select(&state, id, &stage, q.attempt).await?;
     let path = selected.path.clone();
     let before = q.before;
-    let window =
-        tokio::task::spawn_blocking(move || log_window::read(&path, before, PAGE_LINES, PAGE_BYTES))
-            .await
-            .map_err(|e| PageError::BadRequest(format!("reading the log stopped: {e}")))?
-            .map_err(|e| {
-                tracing::error!(path = %selected.path.display(), error = %e, "cannot read a log");
-                PageError::NotFound("This log cannot be read now.".to_string())
-            })?;
+    let window = tokio::task::spawn_blocking(move || {
+        log_window::read(&path, before, PAGE_LINES, PAGE_BYTES)
+    })
+    .await
+    .map_err(|e| PageError::BadRequest(format!("reading the log stopped: {e}")))?
+    .map_err(|e| {
+        tracing::error!(path = %selected.path.display(), error = %e, "cannot read a log");
+        PageError::NotFound("This log cannot be read now.".to_string())
+    })?;
     let attempt = selected.attempt;
     let base = format!("/runs/{id}/stages/{}", segment(&stage));
     let show_ts = q.ts == Some(1);
@@ -315,7 +316,11 @@ async fn attempt_ended(tail: &Tail) -> bool {
 
 /// The whole lines from `offset` (at most about `max` bytes; at least one line when there is
 /// one) and the offset after them.
-async fn read_lines(path: &std::path::Path, offset: u64, max: u64) -> std::io::Result<(Vec<Line>, u64)> {
+async fn read_lines(
+    path: &std::path::Path,
+    offset: u64,
+    max: u64,
+) -> std::io::Result<(Vec<Line>, u64)> {
     let mut file = match tokio::fs::File::open(path).await {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), offset)),

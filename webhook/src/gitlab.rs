@@ -4,15 +4,14 @@
 //! - `Merge Request Hook`: `open` / `update` → run the head; `reopen` → run the head and re-run
 //!   its cancelled runs; `close` / `merge` → cancel
 //! - `Note Hook` on a merge request, `/deploylite approve` → approve the head's untrusted runs
-//!   if the commenter is a member (checked by the pipeline through the members API)
+//!   if the commenter is a member (checked by the intake through the members API)
 //! - anything else is ignored.
 
+use deploylite_forge::payload::{is_zero_sha, opt_str, req_i64, req_sha, req_str, MapError};
 use deploylite_reconciler::events::{ApprovalComment, ForgeEvent, PullRequestEvent};
 use serde_json::Value;
 
-use super::payload::{
-    is_approve_command, is_zero_sha, opt_str, req_i64, req_sha, req_str, MapError, Mapped,
-};
+use crate::payload::{is_approve_command, Mapped};
 
 pub(crate) fn map(event: &str, payload: &Value) -> Result<Mapped, MapError> {
     match event {
