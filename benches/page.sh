@@ -41,6 +41,8 @@ done
 [ -x "$bin" ] || { echo "no binary at $bin: run cargo build --release --bin deploylite first" >&2; exit 2; }
 bin=$(realpath "$bin")
 work=$(mktemp -d "${BENCH_TMP:-/var/tmp}/deploylite-page-bench.XXXXXX")
+# Stages of a root daemon run as `nobody`, who must pass through to the workspaces.
+chmod 711 "$work"
 pid=""
 
 cleanup() {
