@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Extension, Form};
 use serde::Deserialize;
 
-use super::session::{check_csrf, SessionCookie};
+use super::session::{csrf_ok, csrf_refused, SessionCookie};
 use super::PageState;
 use crate::api::{self, ApiError};
 use crate::auth::Caller;
@@ -39,8 +39,8 @@ pub(crate) async fn cancel(
     Path(id): Path<i64>,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    if let Err(refused) = check_csrf(&state, &caller, session.as_deref(), &form.csrf) {
-        return refused;
+    if !csrf_ok(&state, &caller, session.as_deref(), &form.csrf) {
+        return csrf_refused();
     }
     let result = api::cancel(&state.store, &state.scheduler, id)
         .await
@@ -55,8 +55,8 @@ pub(crate) async fn approve(
     Path(id): Path<i64>,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    if let Err(refused) = check_csrf(&state, &caller, session.as_deref(), &form.csrf) {
-        return refused;
+    if !csrf_ok(&state, &caller, session.as_deref(), &form.csrf) {
+        return csrf_refused();
     }
     let result = api::approve(&state.store, &state.scheduler, &caller, id)
         .await
@@ -71,8 +71,8 @@ pub(crate) async fn rerun(
     Path(id): Path<i64>,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    if let Err(refused) = check_csrf(&state, &caller, session.as_deref(), &form.csrf) {
-        return refused;
+    if !csrf_ok(&state, &caller, session.as_deref(), &form.csrf) {
+        return csrf_refused();
     }
     match api::rerun(&state.store, &state.scheduler, &caller, id).await {
         // The new attempt is the page to watch.

@@ -195,20 +195,19 @@ pub(crate) fn csrf_refused() -> Response {
     )
 }
 
-/// Checks a form's CSRF token against the request's session cookie; the caller must have
-/// come through the cookie (forms are for browsers) or a bearer token (no ambient authority).
-pub(crate) fn check_csrf(
+/// Whether a form's CSRF token matches the request's session cookie. The caller must have
+/// come through the cookie (forms are for browsers) or a bearer token (no ambient authority,
+/// nothing to forge).
+pub(crate) fn csrf_ok(
     state: &PageState,
     caller: &Caller,
     session: Option<&SessionCookie>,
     presented: &str,
-) -> Result<(), Response> {
+) -> bool {
     match (session, caller) {
-        (Some(cookie), _) if state.sessions.csrf_matches(&cookie.0, presented) => Ok(()),
-        (Some(_), _) => Err(csrf_refused()),
-        // A bearer token is not sent by browsers on their own: no forgery to guard against.
-        (None, Caller::Token(_)) => Ok(()),
-        (None, Caller::Anonymous) => Err(csrf_refused()),
+        (Some(cookie), _) => state.sessions.csrf_matches(&cookie.0, presented),
+        (None, Caller::Token(_)) => true,
+        (None, Caller::Anonymous) => false,
     }
 }
 
