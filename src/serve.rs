@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use deploylite_policy::Policies;
+use deploylite_reconciler::changes::ChangeFeed;
 use deploylite_reconciler::paths::{sqlite_file, DataDir};
 use deploylite_reconciler::scheduler::{Scheduler, SchedulerConfig};
 use deploylite_reconciler::store::{now_ms, redact, DatabaseLock, Store, StoreError};
@@ -20,6 +21,9 @@ use tracing_subscriber::EnvFilter;
 use crate::config::{Config, ConfigLayer, ConfigProblems, EnvLayer, LogFormat};
 use crate::ServeArgs;
 use deploylite_server::auth::{hash_token, new_token};
+use deploylite_server::page::runners::LocalRunner;
+use deploylite_server::page::session::SessionKeys;
+use deploylite_server::page::PageState;
 use deploylite_server::AuthConfig;
 
 /// The config, the files it took secrets from (the config file itself when it holds any, and
@@ -127,6 +131,35 @@ async fn local_executor(
     .context("cannot isolate local stages (local_runner.user; docs/local-isolation.md)")?;
     tracing::info!(isolation = %sandbox.describe(), ignore_image = config.local_runner_ignore_image, "local stages");
     Ok(LocalExecutor::sandboxed(sandbox).ignoring_image(config.local_runner_ignore_image))
+}
+
+fn status_page_state(
+    config: &Config,
+    store: &Store,
+    data: &DataDir,
+    scheduler: &Scheduler,
+    watcher: &Arc<Watcher>,
+    changes: &Arc<ChangeFeed>,
+    auth: &Arc<AuthConfig>,
+) -> PageState {
+    let https = config
+        .public_url
+        .as_deref()
+        .is_some_and(|u| u.to_ascii_lowercase().starts_with("https://"));
+    PageState {
+        store: store.clone(),
+        data: data.clone(),
+        scheduler: scheduler.waker(),
+        watcher: Some(watcher.clone()),
+        changes: changes.clone(),
+        auth: auth.clone(),
+        sessions: Arc::new(SessionKeys::new(https)),
+        runner_offline_after: config.lease_ttl.max(Duration::from_secs(30)) * 2,
+        local_runner: config.local_runner_enabled.then(|| LocalRunner {
+            labels: config.local_runner_labels.clone(),
+            capacity: config.max_parallel_stages,
+        }),
+    }
 }
 
 fn scheduler_config(config: &Config) -> SchedulerConfig {
@@ -288,6 +321,12 @@ async fn serve_configured(
         anonymous_read,
         hosts: listening.hosts.clone(),
     });
+    // The status page's live updates: the scheduler's transitions, numbered and remembered.
+    let changes = ChangeFeed::new();
+    tokio::spawn(changes.clone().follow(scheduler.subscribe()));
+    let status_page = deploylite_server::page::routes(status_page_state(
+        &config, &store, &data, &scheduler, &watcher, &changes, &auth,
+    ));
     let app = deploylite_server::app(
         deploylite_server::AppState {
             store: store.clone(),
@@ -304,7 +343,8 @@ async fn serve_configured(
             poll_wait: Duration::from_secs(20),
             offline_after: config.lease_ttl.max(Duration::from_secs(30)) * 2,
         })
-        .merge(deploylite_server::metrics::routes(metrics.clone())),
+        .merge(deploylite_server::metrics::routes(metrics.clone()))
+        .merge(status_page),
     );
 
     tracing::info!(

@@ -2,6 +2,7 @@
 //! (desired state), record them (the store), and move runs and stages through their state
 //! machine (the scheduler).
 
+pub mod changes;
 pub mod desired;
 pub mod events;
 pub mod git;

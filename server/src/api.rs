@@ -207,6 +207,7 @@ pub(crate) async fn list_runs(
             pipeline: q.pipeline.filter(|s| !s.is_empty()),
             status,
             limit,
+            ..Default::default()
         })
         .await?;
     Ok(Json(
@@ -230,28 +231,51 @@ pub(crate) async fn cancel_run(
     State(state): State<AppState>,
     Path(id): Path<i64>,
 ) -> Result<Response, ApiError> {
-    let status = state
-        .store
-        .request_cancel(id, "cancelled by request")
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no run #{id}")))?;
-    state.scheduler.notify_one();
-    let (code, message) = if status.is_final() {
-        (
-            StatusCode::CONFLICT,
-            format!("run #{id} is already {status}"),
-        )
+    let outcome = cancel(&state.store, &state.scheduler, id).await?;
+    let code = if outcome.accepted {
+        StatusCode::ACCEPTED
     } else {
-        (
-            StatusCode::ACCEPTED,
-            format!("run #{id} is being cancelled"),
-        )
+        StatusCode::CONFLICT
     };
     Ok((
         code,
-        Json(serde_json::json!({ "id": id, "status": status, "message": message })),
+        Json(serde_json::json!({ "id": id, "status": outcome.status, "message": outcome.message })),
     )
         .into_response())
+}
+
+/// What a cancellation request did.
+pub(crate) struct Cancelled {
+    pub status: RunStatus,
+    /// False when the run had already ended.
+    pub accepted: bool,
+    pub message: String,
+}
+
+/// Asks the scheduler to cancel run `id`: the API's and the status page's cancel.
+pub(crate) async fn cancel(
+    store: &deploylite_reconciler::store::Store,
+    scheduler: &tokio::sync::Notify,
+    id: i64,
+) -> Result<Cancelled, ApiError> {
+    let status = store
+        .request_cancel(id, "cancelled by request")
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no run #{id}")))?;
+    scheduler.notify_one();
+    Ok(if status.is_final() {
+        Cancelled {
+            status,
+            accepted: false,
+            message: format!("run #{id} is already {status}"),
+        }
+    } else {
+        Cancelled {
+            status,
+            accepted: true,
+            message: format!("run #{id} is being cancelled"),
+        }
+    })
 }
 
 /// Approves the head commit of an untrusted run: it and the other runs of that commit waiting
@@ -261,8 +285,23 @@ pub(crate) async fn approve_run(
     Extension(caller): Extension<Caller>,
     Path(id): Path<i64>,
 ) -> Result<Response, ApiError> {
-    let approved = state
-        .store
+    let approved = approve(&state.store, &state.scheduler, &caller, id).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "id": id, "approved": approved })),
+    )
+        .into_response())
+}
+
+/// Approves run `id`'s head commit for `caller`: the API's and the status page's approve.
+/// Returns the runs it lets start.
+pub(crate) async fn approve(
+    store: &deploylite_reconciler::store::Store,
+    scheduler: &tokio::sync::Notify,
+    caller: &Caller,
+    id: i64,
+) -> Result<Vec<i64>, ApiError> {
+    let approved = store
         .approve_run(id, &caller.label())
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no run #{id}")))?;
@@ -271,13 +310,54 @@ pub(crate) async fn approve_run(
             "run #{id} is not waiting for approval"
         )));
     }
-    state.scheduler.notify_one();
+    scheduler.notify_one();
     tracing::info!(run_id = id, by = %caller.label(), runs = ?approved, "untrusted runs approved");
+    Ok(approved)
+}
+
+/// Runs a finished run's pipeline again at the same commit, as its next `run_attempt`.
+pub(crate) async fn rerun_run(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<i64>,
+) -> Result<Response, ApiError> {
+    let created = rerun(&state.store, &state.scheduler, &caller, id).await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(serde_json::json!({ "id": id, "approved": approved })),
+        Json(serde_json::json!({ "id": id, "created": created })),
     )
         .into_response())
+}
+
+/// The API's and the status page's re-run: a new attempt of run `id`'s pipeline at its
+/// commit. Refused while the run is still going (cancel it first) or when it never validated.
+pub(crate) async fn rerun(
+    store: &deploylite_reconciler::store::Store,
+    scheduler: &tokio::sync::Notify,
+    caller: &Caller,
+    id: i64,
+) -> Result<Vec<i64>, ApiError> {
+    let run = store
+        .run(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no run #{id}")))?;
+    if !run.status.is_final() {
+        return Err(ApiError::Conflict(format!(
+            "run #{id} is still {}; cancel it before running it again",
+            run.status
+        )));
+    }
+    let created = store
+        .rerun(&run.repo, &run.commit, Some(&run.pipeline), None)
+        .await?;
+    if created.is_empty() {
+        return Err(ApiError::Conflict(format!(
+            "run #{id} cannot run again (its pipeline did not validate, or a newer attempt exists)"
+        )));
+    }
+    scheduler.notify_one();
+    tracing::info!(run_id = id, by = %caller.label(), runs = ?created, "run started again on request");
+    Ok(created)
 }
 
 #[derive(Debug, Deserialize)]

@@ -87,7 +87,12 @@ pub enum Access {
 /// The one table of who may call what. A state-changing route that is not listed needs an
 /// admin token: a new route is closed until it is given its role here.
 pub fn access(method: &Method, route: &str) -> Access {
-    if route == "/healthz" || route == "/readyz" {
+    // The sign-in form and the page's stylesheet and script; `/login` and `/logout` check
+    // the request's origin (and `/logout` its CSRF token) themselves.
+    if matches!(
+        route,
+        "/healthz" | "/readyz" | "/login" | "/logout" | "/static/page.css" | "/static/page.js"
+    ) {
         return Access::Public;
     }
     if route.starts_with("/webhooks/")
@@ -103,7 +108,12 @@ pub fn access(method: &Method, route: &str) -> Access {
             Access::Role(Role::Admin)
         }
         _ if read => Access::Role(Role::Viewer),
-        "/api/v1/runs/{id}/cancel" | "/api/v1/runs/{id}/approve" => Access::Role(Role::Operator),
+        "/api/v1/runs/{id}/cancel"
+        | "/api/v1/runs/{id}/approve"
+        | "/api/v1/runs/{id}/rerun"
+        | "/runs/{id}/cancel"
+        | "/runs/{id}/approve"
+        | "/runs/{id}/rerun" => Access::Role(Role::Operator),
         _ => Access::Role(Role::Admin),
     }
 }
@@ -174,7 +184,7 @@ fn bearer(headers: &HeaderMap) -> Result<Option<String>, &'static str> {
 /// A state-changing request must come from this server's own pages or from a non-browser
 /// client: an `Origin` naming another site, or a `Host` this server does not answer to (DNS
 /// rebinding), is refused whatever its token.
-fn same_origin(headers: &HeaderMap, config: &AuthConfig) -> Result<(), String> {
+pub(crate) fn same_origin(headers: &HeaderMap, config: &AuthConfig) -> Result<(), String> {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -248,9 +258,24 @@ pub async fn authorize(
     let target = request.uri().path().to_string();
     let changing = is_state_changing(&method);
     let presented = bearer(request.headers());
+    // Without a bearer token, the status page's session cookie may name one.
+    let session = match &presented {
+        Ok(None) => session_caller(&auth, request.headers()).await,
+        _ => None,
+    };
+    let via_session = session.is_some();
+    let session_actor = session
+        .as_ref()
+        .map(|(_, identity)| format!("token:{}", identity.name));
     let caller = match presented {
         Err(message) => Err(refuse(StatusCode::UNAUTHORIZED, message.to_string())),
-        Ok(None) => Ok(Caller::Anonymous),
+        Ok(None) => match session {
+            Some((cookie, identity)) => {
+                request.extensions_mut().insert(cookie);
+                Ok(Caller::Token(identity))
+            }
+            None => Ok(Caller::Anonymous),
+        },
         Ok(Some(token)) => match auth.store.token_by_hash(&hash_token(&token)).await {
             Ok(Some(identity)) => Ok(Caller::Token(identity)),
             Ok(None) => Err(refuse(
@@ -270,6 +295,15 @@ pub async fn authorize(
         if changing {
             same_origin(request.headers(), &auth.config)
                 .map_err(|m| refuse(StatusCode::FORBIDDEN, m))?;
+            // A cookie is sent by the browser on its own: it may only authorize the page's
+            // forms, whose handlers check the CSRF token. The API wants a bearer token.
+            if via_session && !crate::page::accepts_session_for_changes(&route) {
+                return Err(refuse(
+                    StatusCode::FORBIDDEN,
+                    "a status page session cannot call the API; use Authorization: Bearer <token>"
+                        .to_string(),
+                ));
+            }
         }
         match caller.role() {
             Some(have) if have >= required => Ok(caller),
@@ -297,13 +331,57 @@ pub async fn authorize(
         }
         Err(refusal) => {
             let presented = bearer(request.headers()).ok().flatten();
-            (actor_of(&auth, presented).await, refusal_response(refusal))
+            let response = if refusal.0 == StatusCode::UNAUTHORIZED
+                && !changing
+                && crate::page::is_page_route(&route)
+            {
+                sign_in_first(request.uri())
+            } else {
+                refusal_response(refusal)
+            };
+            let actor = match session_actor {
+                Some(actor) => actor,
+                None => actor_of(&auth, presented).await,
+            };
+            (actor, response)
         }
     };
     if changing {
         record(&auth, &actor, &method, &route, &target, response.status()).await;
     }
     response
+}
+
+/// The identity behind a request's status page cookie, when it names a valid token.
+async fn session_caller(
+    auth: &Authorizer,
+    headers: &HeaderMap,
+) -> Option<(crate::page::session::SessionCookie, TokenIdentity)> {
+    let token = crate::page::session::cookie_token(headers)?;
+    if !token.starts_with(TOKEN_PREFIX) {
+        return None;
+    }
+    match auth.store.token_by_hash(&hash_token(&token)).await {
+        Ok(Some(identity)) => Some((crate::page::session::SessionCookie(token), identity)),
+        // A revoked token's cookie reads as anonymous: the page offers the sign-in form.
+        Ok(None) => None,
+        Err(error) => {
+            tracing::error!(%error, "cannot check a session cookie");
+            None
+        }
+    }
+}
+
+/// A page read refused for want of a token: off to the sign-in form, coming back here after.
+fn sign_in_first(uri: &axum::http::Uri) -> Response {
+    let back = uri.path_and_query().map_or("/", |p| p.as_str());
+    let location = format!("/login?next={}", crate::page::encode_query(back));
+    (
+        StatusCode::SEE_OTHER,
+        [(header::LOCATION, location)],
+        "sign in first",
+    )
+        .into_response()
 }
 
 fn caller_name(caller: &Caller) -> &str {

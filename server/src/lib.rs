@@ -8,6 +8,7 @@ mod admin;
 mod api;
 pub mod auth;
 pub mod metrics;
+pub mod page;
 pub mod runners;
 
 use std::sync::Arc;
@@ -65,6 +66,7 @@ pub fn app(state: AppState, extra: Router) -> Router {
         .route("/api/v1/runs/{id}", get(api::get_run))
         .route("/api/v1/runs/{id}/cancel", post(api::cancel_run))
         .route("/api/v1/runs/{id}/approve", post(api::approve_run))
+        .route("/api/v1/runs/{id}/rerun", post(api::rerun_run))
         .route("/api/v1/runs/{id}/stages/{stage}/log", get(api::stage_log))
         .route(
             "/api/v1/tokens",

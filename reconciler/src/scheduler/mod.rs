@@ -74,6 +74,9 @@ pub trait WorkspaceSource: Send + Sync + 'static {
 /// What the scheduler tells whoever listens (the `run` command, tests, later the forge reporter).
 #[derive(Debug, Clone, PartialEq)]
 pub enum SchedulerEvent {
+    RunStarted {
+        run_id: i64,
+    },
     StageStarted {
         run_id: i64,
         stage: String,
@@ -88,6 +91,12 @@ pub enum SchedulerEvent {
     RunFinished {
         run_id: i64,
         status: RunStatus,
+    },
+    /// A queued stage that will not run (its needs failed, its `if:` is false, its run ended).
+    StageSkipped {
+        run_id: i64,
+        stage: String,
+        status: StageStatus,
     },
 }
 
@@ -468,6 +477,18 @@ impl Scheduler {
             if let Some(token) = lock(&self.running).get(&(*run_id, stage.clone())) {
                 token.cancel();
             }
+        }
+        for run_id in &writes.start_runs {
+            let _ = self
+                .events
+                .send(SchedulerEvent::RunStarted { run_id: *run_id });
+        }
+        for skip in &writes.skip {
+            let _ = self.events.send(SchedulerEvent::StageSkipped {
+                run_id: skip.run_id,
+                stage: skip.stage.clone(),
+                status: skip.status,
+            });
         }
         for finish in &writes.finish {
             lock(&self.specs).remove(&finish.run_id);

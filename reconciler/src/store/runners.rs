@@ -183,6 +183,15 @@ impl Store {
         rows.iter().map(runner_from_row).collect()
     }
 
+    /// How many stages run on `runner` now (the local runner is not in `runners`).
+    pub async fn running_on(&self, runner: &str) -> Result<i64> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM stages WHERE runner = $1 AND status = 'running'")
+            .bind(runner)
+            .fetch_one(self.pool())
+            .await
+            .ctx("counting a runner's stages")
+    }
+
     /// What the scheduler needs of the remote runners heard from since `seen_since` (not revoked):
     /// name, labels and capacity. Read on every tick, so it skips what `list_runners` counts.
     pub async fn online_runners(&self, seen_since: i64) -> Result<Vec<(String, Vec<String>, i64)>> {

@@ -73,6 +73,11 @@ pub struct RunFilter {
     pub repo: Option<String>,
     pub pipeline: Option<String>,
     pub status: Option<RunStatus>,
+    /// The full ref (`refs/heads/main`).
+    pub git_ref: Option<String>,
+    pub trigger: Option<String>,
+    /// Only runs older than this id: the cursor of the next page.
+    pub before: Option<i64>,
     pub limit: i64,
 }
 
@@ -275,17 +280,59 @@ impl Store {
         let sql = format!(
             "SELECT {RUN_COLUMNS} FROM runs
              WHERE ($1 IS NULL OR repo = $1) AND ($2 IS NULL OR pipeline = $2) AND ($3 IS NULL OR status = $3)
-             ORDER BY id DESC LIMIT $4"
+               AND ($4 IS NULL OR git_ref = $4) AND ($5 IS NULL OR trigger = $5) AND ($6 IS NULL OR id < $6)
+             ORDER BY id DESC LIMIT $7"
         );
         let rows = sqlx::query(&sql)
             .bind(filter.repo.as_deref())
             .bind(filter.pipeline.as_deref())
             .bind(filter.status.map(|s| s.as_str()))
+            .bind(filter.git_ref.as_deref())
+            .bind(filter.trigger.as_deref())
+            .bind(filter.before)
             .bind(if filter.limit > 0 { filter.limit } else { 50 })
             .fetch_all(self.pool())
             .await
             .ctx("listing runs")?;
         rows.iter().map(run_from_row).collect()
+    }
+
+    /// The latest run of each (repository, pipeline, ref), by repository, pipeline and ref: what
+    /// the status page's front page shows. At most `limit` rows.
+    pub async fn latest_runs(&self, limit: i64) -> Result<Vec<RunRecord>> {
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs
+             WHERE id IN (SELECT MAX(id) FROM runs GROUP BY repo, pipeline, git_ref)
+             ORDER BY repo, pipeline, git_ref LIMIT $1"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(limit)
+            .fetch_all(self.pool())
+            .await
+            .ctx("listing the latest runs")?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    /// The latest run of `pipeline` in `repo`, on `git_ref` when given: what a badge shows.
+    pub async fn latest_run(
+        &self,
+        repo: &str,
+        pipeline: &str,
+        git_ref: Option<&str>,
+    ) -> Result<Option<RunRecord>> {
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs
+             WHERE repo = $1 AND pipeline = $2 AND ($3 IS NULL OR git_ref = $3)
+             ORDER BY id DESC LIMIT 1"
+        );
+        let row = sqlx::query(&sql)
+            .bind(repo)
+            .bind(pipeline)
+            .bind(git_ref)
+            .fetch_optional(self.pool())
+            .await
+            .ctx("reading the latest run")?;
+        row.as_ref().map(run_from_row).transpose()
     }
 
     /// A run without its stages.

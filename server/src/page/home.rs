@@ -1,0 +1,76 @@
+//! `/`: every repository with the latest run of each pipeline on each branch (and tag, and
+//! pull request ref), and its polling health. Environments come here once they exist.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::response::Response;
+use deploylite_reconciler::store::RunRecord;
+use maud::html;
+
+use super::layout::{self, segment, short_ref, Viewer};
+use super::{PageError, PageState};
+
+/// The most (repository, pipeline, ref) rows the page lists.
+const MAX_ROWS: i64 = 500;
+
+pub(crate) async fn page(
+    State(state): State<PageState>,
+    viewer: Viewer,
+) -> Result<Response, PageError> {
+    let latest = state.store.latest_runs(MAX_ROWS).await?;
+    let mut by_repo: BTreeMap<String, Vec<RunRecord>> = BTreeMap::new();
+    let statuses = state
+        .watcher
+        .as_ref()
+        .map(|w| w.repos().statuses())
+        .unwrap_or_default();
+    for repo in &statuses {
+        by_repo.entry(repo.name.clone()).or_default();
+    }
+    let truncated = latest.len() as i64 >= MAX_ROWS;
+    for run in latest {
+        by_repo.entry(run.repo.clone()).or_default().push(run);
+    }
+    let main = html! {
+        h1 { "Repositories" }
+        @if by_repo.is_empty() {
+            p { "No repository is watched yet: add one under " code { "repos:" } " in the configuration." }
+        }
+        @for (repo, runs) in &by_repo {
+            section.repo aria-labelledby={ "repo-" (segment(repo)) } {
+                h2 id={ "repo-" (segment(repo)) } { a href={ "/repos/" (segment(repo)) } { (repo) } }
+                @if let Some(health) = statuses.iter().find(|s| &s.name == repo).map(|s| &s.health) {
+                    @if let Some(error) = &health.last_error {
+                        p.error role="alert" { "Polling fails (" (health.consecutive_failures) " times): " (error) }
+                    }
+                }
+                @if runs.is_empty() {
+                    p { "No runs yet." }
+                } @else {
+                    div.scroll {
+                        table.runs {
+                            thead { tr { th scope="col" { "Pipeline" } th scope="col" { "Ref" } th scope="col" { "Latest run" }
+                                th scope="col" { "Status" } th scope="col" { "Created" } } }
+                            tbody {
+                                @for run in runs {
+                                    tr data-run=(run.id) {
+                                        th scope="row" { (run.pipeline) }
+                                        td { (short_ref(&run.git_ref)) }
+                                        td { a href={ "/runs/" (run.id) } { "#" (run.id) } }
+                                        td { (layout::status(run.status.as_str())) }
+                                        td { (layout::time(Some(run.created_at))) }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        @if truncated {
+            p.note { "Only the first " (MAX_ROWS) " pipelines and refs are listed; each repository's page has them all." }
+        }
+    };
+    Ok(layout::page("Repositories", &viewer, Some("runs"), main))
+}
