@@ -432,7 +432,7 @@ fn pipeline_set() {
     )
     .unwrap();
     let c = parse_pipeline("c.yaml", "name: cd\nstages:\n  s: {steps: [x]}\n").unwrap();
-    let set = vec![
+    let set = [
         ("a.yaml".to_string(), a.clone()),
         ("b.yaml".to_string(), b),
         ("c.yaml".to_string(), c),
