@@ -6,6 +6,7 @@
 pub mod dag;
 pub mod document;
 pub mod duration;
+pub mod environment;
 pub mod expr;
 pub mod glob;
 pub mod keys;
@@ -21,6 +22,7 @@ mod validate;
 mod yaml;
 
 pub use dag::layers;
+pub use environment::{Approval, DriftCheck, Environment, Follows, OnDrift, RollbackMode};
 pub use expr::{Expr, ExprContext};
 pub use glob::{Glob, GlobList, InvalidGlob};
 pub use keys::canonical_key;

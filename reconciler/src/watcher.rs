@@ -229,6 +229,8 @@ pub struct Watcher {
     /// Open pull requests as watched state (`pulls.rs`) and the delivery queues (`inbox.rs`).
     pub(crate) pulls: crate::pulls::PullWatch,
     pub(crate) inbox: crate::inbox::Inbox,
+    /// Told when a commit was recorded: the environment controller's desired versions moved.
+    on_commit: std::sync::OnceLock<Arc<Notify>>,
 }
 
 impl Watcher {
@@ -251,6 +253,7 @@ impl Watcher {
             policies,
             pulls: Default::default(),
             inbox: Default::default(),
+            on_commit: std::sync::OnceLock::new(),
         })
     }
 
@@ -545,6 +548,9 @@ impl Watcher {
             tracing::info!(repo = %entry.config.name, git_ref, commit, created = ?created, superseded = ?cancelled, "new commit reconciled");
             self.scheduler.notify_one();
         }
+        if let Some(notify) = self.on_commit.get() {
+            notify.notify_one();
+        }
         Ok(created)
     }
 
@@ -554,6 +560,11 @@ impl Watcher {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Who to tell when a commit has been reconciled (the environment controller).
+    pub fn notify_on_commit(&self, notify: Arc<Notify>) {
+        let _ = self.on_commit.set(notify);
     }
 
     pub fn wake_scheduler(&self) {
