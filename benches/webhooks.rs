@@ -216,6 +216,7 @@ fn latency(rt: &tokio::runtime::Runtime, forge_delay: Option<Duration>) -> Vec<D
             anonymous_read: true,
             hosts: Vec::new(),
         }),
+        environments: None,
     };
     let shutdown = CancellationToken::new();
     let listener = rt

@@ -1,6 +1,8 @@
-//! The client commands (`status`, `cancel`, `approve`, `runners`, `token`, `audit`): thin
+//! The client commands (`status`, `cancel`, `approve`, `runners`, `token`, `audit`, and the
+//! environment commands in `environments`): thin
 //! clients of a running daemon's API, authenticated with an API token when one is found.
 
+pub mod environments;
 mod repo_health;
 
 use std::process::ExitCode;

@@ -34,7 +34,9 @@ Quick start:
   deploylite run --pipeline ci              run one pipeline of this working copy, here, now
   deploylite serve --config deploylite.yaml start the daemon
   deploylite status                         list the daemon's recent runs
-  deploylite logs RUN -f                    follow a run's stage logs until it ends";
+  deploylite logs RUN -f                    follow a run's stage logs until it ends
+  deploylite env list                       the environments, in sync or not, and why
+  deploylite deploy app/staging             deploy an environment's desired version now";
 
 #[derive(Parser)]
 #[command(name = "deploylite", version, about = ABOUT, long_about = LONG_ABOUT, propagate_version = true)]
@@ -158,13 +160,113 @@ enum Command {
         #[command(flatten)]
         server: ServerArg,
     },
-    /// Approve an untrusted run (a pull request from a fork) so that it starts.
+    /// Approve a deployment waiting for approval, or an untrusted run so that it starts.
     ///
-    /// Approves the run's head commit: the run and the other runs of that commit waiting for
-    /// approval start. A later push to the fork records new runs that need a new approval.
-    /// Needs an operator token. Exits 1 when the run is not waiting for approval.
+    /// ID is `deployment/N`, `run/N`, or a bare `N`: runs and deployments are numbered apart,
+    /// so a bare N approves whichever of deployment N and run #N waits for an approval (when
+    /// both do, nothing is approved: say which).
+    ///
+    /// A deployment gets one approval per operator token; it leaves `waiting` once it has the
+    /// `approval: {required: N}` its environment asks for (see `deploylite env status`).
+    /// A run: its head commit is approved, and the other runs of that commit waiting for
+    /// approval start too; a later push to the fork needs a new approval.
+    ///
+    /// Needs an operator token. Exits 1 when nothing is waiting for approval.
+    ///
+    /// Examples:
+    ///   deploylite approve 12              the deployment (or run) 12 that waits
+    ///   deploylite approve deployment/12   deployment 12, whatever run #12 does
+    ///   deploylite approve run/7           run #7 (a pull request from a fork)
+    #[command(verbatim_doc_comment)]
     Approve {
-        run: i64,
+        /// deployment/N, run/N, or N.
+        #[arg(value_name = "ID", value_parser = client::environments::parse_approvable)]
+        id: client::environments::Approvable,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Environments: list them, show one with its deployments, or its whole history.
+    ///
+    /// An environment is a file in `.deploylite/environments/` on a repository's default
+    /// branch (docs/environments.md). Its status: sync (in_sync, out_of_sync, drifted,
+    /// unknown), health (healthy, degraded, progressing, unknown), the current and desired
+    /// versions, and a hold when someone pinned it.
+    ///
+    /// Examples:
+    ///   deploylite env list                        every environment
+    ///   deploylite env list --repo app             those of one repository
+    ///   deploylite env status app/production       where it stands, and why it waits
+    ///   deploylite env history app/production      every deployment, newest first
+    #[command(verbatim_doc_comment)]
+    Env {
+        #[command(subcommand)]
+        command: EnvCommand,
+    },
+    /// Deploy a version to an environment now, even while it is held.
+    ///
+    /// The deployment still passes the environment's gates (requires, promote_from, approval,
+    /// policy) and waits its turn. Without --version, the environment's desired version (the newest commit that passes
+    /// its gates) is deployed again as a new attempt: the way to retry a version that failed
+    /// (automation does not retry it). Needs an operator token. Exits 1 when the daemon
+    /// refuses (no desired version yet, unknown version).
+    ///
+    /// Examples:
+    ///   deploylite deploy app/staging                     the desired version, again
+    ///   deploylite deploy app/staging --version 9f8e7d6   a commit (a branch or tag works too)
+    ///   deploylite deploy org/app/production              a repository named `org/app`
+    #[command(verbatim_doc_comment)]
+    Deploy {
+        /// REPO/ENV, e.g. app/production (the repository's name may hold `/`).
+        #[arg(value_name = "REPO/ENV")]
+        target: String,
+        /// A commit id (full or abbreviated), branch or tag [default: the desired version].
+        #[arg(long, value_name = "SHA")]
+        version: Option<String>,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Roll an environment back to an earlier good version, and hold it there.
+    ///
+    /// Redeploys, as a `rollback`, a version that once deployed successfully (default: the
+    /// newest one before the current). The environment is then held: automation records new
+    /// desired versions but does not deploy them until `deploylite release REPO/ENV`.
+    /// Needs an operator token. Exits 1 when there is no good version to go back to.
+    ///
+    /// Examples:
+    ///   deploylite rollback app/production                the previous good version
+    ///   deploylite rollback app/production --to 1a2b3c4   that one (it must have succeeded)
+    #[command(verbatim_doc_comment)]
+    Rollback {
+        #[arg(value_name = "REPO/ENV")]
+        target: String,
+        /// A version that deployed successfully to this environment before.
+        #[arg(long, value_name = "SHA")]
+        to: Option<String>,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Pin an environment at its current version: automation keeps recording desired versions
+    /// but deploys none until `deploylite release`. Waiting deployments show
+    /// `hold: pinned to ... by ...` as their reason. Needs an operator token.
+    ///
+    /// Example:
+    ///   deploylite hold app/production
+    #[command(verbatim_doc_comment)]
+    Hold {
+        #[arg(value_name = "REPO/ENV")]
+        target: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Release a held environment: automation deploys its desired version again.
+    /// Needs an operator token.
+    ///
+    /// Example:
+    ///   deploylite release app/production
+    #[command(verbatim_doc_comment)]
+    Release {
+        #[arg(value_name = "REPO/ENV")]
+        target: String,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -202,6 +304,43 @@ enum Command {
     Policy {
         #[command(subcommand)]
         command: policy_cli::PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum EnvCommand {
+    /// Every environment: sync, health, current and desired versions, hold.
+    List {
+        /// Only this repository's.
+        #[arg(long, value_name = "REPO")]
+        repo: Option<String>,
+        #[command(flatten)]
+        server: ServerArg,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One environment: where it stands and its newest deployments, with what each waiting
+    /// one waits for (`approval: 0 of 1`, `hold: pinned to ...`, `requires: ci running ...`).
+    Status {
+        #[arg(value_name = "REPO/ENV")]
+        target: String,
+        #[command(flatten)]
+        server: ServerArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// An environment's deployments, newest first: versions, who or what triggered each, its
+    /// runs, and its errors.
+    History {
+        #[arg(value_name = "REPO/ENV")]
+        target: String,
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=1000))]
+        limit: i64,
+        #[command(flatten)]
+        server: ServerArg,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -467,7 +606,30 @@ fn main() -> ExitCode {
                 logs::logs(&server.client()?, request).await
             }
             Command::Cancel { run, server } => client::cancel(&server.client()?, run).await,
-            Command::Approve { run, server } => client::approve(&server.client()?, run).await,
+            Command::Approve { id, server } => {
+                client::environments::approve(&server.client()?, id).await
+            }
+            Command::Env { command } => env(command).await,
+            Command::Deploy {
+                target,
+                version,
+                server,
+            } => {
+                let action = client::environments::Action::Deploy { version };
+                client::environments::act(&server.client()?, &target, action).await
+            }
+            Command::Rollback { target, to, server } => {
+                let action = client::environments::Action::Rollback { to };
+                client::environments::act(&server.client()?, &target, action).await
+            }
+            Command::Hold { target, server } => {
+                let action = client::environments::Action::Hold;
+                client::environments::act(&server.client()?, &target, action).await
+            }
+            Command::Release { target, server } => {
+                let action = client::environments::Action::Release;
+                client::environments::act(&server.client()?, &target, action).await
+            }
             Command::Token { command } => token(command).await,
             Command::Audit {
                 server,
@@ -490,6 +652,24 @@ fn main() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+async fn env(command: EnvCommand) -> anyhow::Result<ExitCode> {
+    use client::environments as envs;
+    match command {
+        EnvCommand::List { repo, server, json } => envs::list(&server.client()?, repo, json).await,
+        EnvCommand::Status {
+            target,
+            server,
+            json,
+        } => envs::status(&server.client()?, &target, json).await,
+        EnvCommand::History {
+            target,
+            limit,
+            server,
+            json,
+        } => envs::history(&server.client()?, &target, limit, json).await,
     }
 }
 

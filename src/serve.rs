@@ -342,6 +342,7 @@ async fn serve_configured(
             watcher: Some(watcher.clone()),
             forges: forges.clone(),
             auth,
+            environments: Some(environments.clone()),
         },
         deploylite_server::runners::routes(deploylite_server::runners::RunnerState {
             scheduler: scheduler.clone(),

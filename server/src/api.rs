@@ -24,7 +24,11 @@ pub(crate) enum ApiError {
     BadRequest(String),
     NotFound(String),
     Conflict(String),
+    /// A part of the daemon this server was built without (no environment controller).
+    Unavailable(String),
     Internal(StoreError),
+    /// An internal failure other than the store's (git): logged, not shown.
+    Failed(String),
 }
 
 impl From<StoreError> for ApiError {
@@ -39,6 +43,14 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
+            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
+            ApiError::Failed(error) => {
+                tracing::error!(%error, "API request failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error; see the daemon's log".to_string(),
+                )
+            }
             ApiError::Internal(error) => {
                 tracing::error!(%error, "API request failed");
                 (
@@ -51,7 +63,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn time(ms: Option<i64>) -> Option<String> {
+pub(crate) fn time(ms: Option<i64>) -> Option<String> {
     ms.and_then(chrono::DateTime::from_timestamp_millis)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }

@@ -113,7 +113,10 @@ pub fn access(method: &Method, route: &str) -> Access {
         | "/api/v1/runs/{id}/rerun"
         | "/runs/{id}/cancel"
         | "/runs/{id}/approve"
-        | "/runs/{id}/rerun" => Access::Role(Role::Operator),
+        | "/runs/{id}/rerun"
+        // Deploy, rollback, hold and release (`{repo}/{env}/{action}`), and approvals.
+        | "/api/v1/environments/{*path}"
+        | "/api/v1/deployments/{id}/approve" => Access::Role(Role::Operator),
         _ => Access::Role(Role::Admin),
     }
 }
@@ -440,6 +443,18 @@ mod tests {
         );
         assert_eq!(
             access(&Method::POST, "/api/v1/runs/{id}/cancel"),
+            Access::Role(Role::Operator)
+        );
+        assert_eq!(
+            access(&Method::POST, "/api/v1/environments/{*path}"),
+            Access::Role(Role::Operator)
+        );
+        assert_eq!(
+            access(&Method::GET, "/api/v1/environments/{*path}"),
+            Access::Role(Role::Viewer)
+        );
+        assert_eq!(
+            access(&Method::POST, "/api/v1/deployments/{id}/approve"),
             Access::Role(Role::Operator)
         );
         assert_eq!(

@@ -7,6 +7,7 @@
 mod admin;
 mod api;
 pub mod auth;
+pub mod environments;
 pub mod metrics;
 pub mod page;
 pub mod runners;
@@ -18,6 +19,7 @@ use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use axum::Router;
 use deploylite_forge::Forges;
+use deploylite_reconciler::environments::Environments;
 use deploylite_reconciler::paths::DataDir;
 use deploylite_reconciler::store::Store;
 use deploylite_reconciler::watcher::Watcher;
@@ -27,6 +29,7 @@ use tokio::sync::Notify;
 pub use admin::{valid_token_name, CreatedToken};
 pub use api::{RepoView, RunView, StageView};
 pub use auth::{AuthConfig, Caller};
+pub use environments::{ActionView, DeploymentView, EnvironmentView};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -39,6 +42,9 @@ pub struct AppState {
     pub forges: Arc<Forges>,
     /// Who may call what (`auth::access`), checked by one middleware over every route.
     pub auth: Arc<AuthConfig>,
+    /// The environment controller that deploy, rollback, hold, release and approve act
+    /// through; None where the daemon runs none (tests of the read API): those answer 503.
+    pub environments: Option<Arc<Environments>>,
 }
 
 /// The API and the webhooks; see [`app`] to serve more routes under the same checks.
@@ -68,6 +74,16 @@ pub fn app(state: AppState, extra: Router) -> Router {
         .route("/api/v1/runs/{id}/approve", post(api::approve_run))
         .route("/api/v1/runs/{id}/rerun", post(api::rerun_run))
         .route("/api/v1/runs/{id}/stages/{stage}/log", get(api::stage_log))
+        .route("/api/v1/environments", get(environments::list))
+        .route(
+            "/api/v1/environments/{*path}",
+            get(environments::get).post(environments::act),
+        )
+        .route("/api/v1/deployments/{id}", get(environments::deployment))
+        .route(
+            "/api/v1/deployments/{id}/approve",
+            post(environments::approve),
+        )
         .route(
             "/api/v1/tokens",
             get(admin::list_tokens).post(admin::create_token),

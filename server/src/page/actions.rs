@@ -27,8 +27,14 @@ fn outcome(id: i64, result: Result<String, ApiError>) -> Response {
     match result {
         Ok(note) => back_to(id, &note),
         Err(ApiError::NotFound(m)) => super::PageError::NotFound(m).into_response(),
-        Err(ApiError::Conflict(m)) | Err(ApiError::BadRequest(m)) => back_to(id, &m),
+        Err(ApiError::Conflict(m))
+        | Err(ApiError::BadRequest(m))
+        | Err(ApiError::Unavailable(m)) => back_to(id, &m),
         Err(ApiError::Internal(e)) => super::PageError::Internal(e).into_response(),
+        Err(ApiError::Failed(m)) => {
+            tracing::error!(error = %m, "status page action failed");
+            back_to(id, "internal error; see the daemon's log")
+        }
     }
 }
 

@@ -1,5 +1,5 @@
 //! `/`: every repository with the latest run of each pipeline on each branch (and tag, and
-//! pull request ref), and its polling health. Environments come here once they exist.
+//! pull request ref), and its polling health. Environments have their own page (`environments.rs`).
 
 use std::collections::BTreeMap;
 

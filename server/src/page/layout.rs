@@ -71,6 +71,7 @@ pub(crate) fn page(title: &str, viewer: &Viewer, live: Option<&str>, main: Marku
                     nav aria-label="Main" {
                         a.brand href="/" { "DeployLite" }
                         a href="/" { "Repositories" }
+                        a href="/environments" { "Environments" }
                         a href="/runners" { "Runners" }
                     }
                     (who(viewer))
@@ -161,8 +162,11 @@ pub(crate) fn status(status: &str) -> Markup {
 
 pub(crate) fn symbol(status: &str) -> &'static str {
     match status {
-        "success" | "online" => "✓",
-        "offline" => "○",
+        "success" | "online" | "succeeded" | "in_sync" | "healthy" => "✓",
+        "offline" | "waiting" | "out_of_sync" => "○",
+        "drifted" | "degraded" | "rolled_back" | "rejected" => "✗",
+        "deploying" | "verifying" | "rolling_back" | "progressing" => "●",
+        "superseded" => "↷",
         "revoked" => "⊘",
         "failed" | "error" => "✗",
         "running" => "●",

@@ -6,13 +6,15 @@
 //!
 //! Pages: `/` (latest run of each pipeline and branch), `/repos/{repo}` (runs, filtered, with
 //! a cursor), `/runs/{id}` (the DAG as SVG and the stages), `/runs/{id}/stages/{stage}` (a
-//! log's tail), `/runners`, badges at `/badges/{repo}/{pipeline}.svg`.
+//! log's tail), `/runners`, `/environments` and `/environments/{repo}/{env}` (an
+//! environment's deployment history), badges at `/badges/{repo}/{pipeline}.svg`.
 
 mod actions;
 mod ansi;
 mod assets;
 mod badge;
 mod dag;
+mod environments;
 mod events;
 mod forge_links;
 mod home;
@@ -69,6 +71,8 @@ pub fn routes(state: PageState) -> Router {
         .route("/runs/{id}/stages/{stage}", get(log::page))
         .route("/runs/{id}/stages/{stage}/live", get(log::live))
         .route("/runners", get(runners::page))
+        .route("/environments", get(environments::list))
+        .route("/environments/{*path}", get(environments::page))
         .route("/badges/{repo}/{file}", get(badge::badge))
         .route("/login", get(session::form).post(session::login))
         .route("/logout", post(session::logout))
