@@ -812,7 +812,7 @@ impl Environments {
         let decision = match &sources {
             Err(error) => self.policies.failed(error, &empty.revision_sha256()),
             Ok(sources) => {
-                let input = deploy_input(entry, env, d, run, author, now);
+                let input = deploy_input(entry, env, d, run, author, default_branch, now);
                 match serde_json::to_value(input) {
                     Ok(input) => self.policies.decide(Gate::Deploy, sources, &input),
                     Err(e) => self
@@ -1244,6 +1244,7 @@ fn deploy_input(
     d: &DeploymentRecord,
     run: &NewRun,
     author: Option<(String, String)>,
+    default_branch: Option<String>,
     now: i64,
 ) -> deploylite_policy::PolicyInput {
     use deploylite_policy::{Approval, Author, Commit, Plan, PolicyInput, Repository, Trigger};
@@ -1268,7 +1269,7 @@ fn deploy_input(
         now: Now::from_unix_ms(now),
         repository: Repository {
             name: entry.config.name.clone(),
-            default_branch: None,
+            default_branch,
         },
         commit: Commit {
             sha: d.version.clone(),
