@@ -182,14 +182,21 @@ async fn a_commit_deploys_to_staging_then_promotes_to_production() {
 #[tokio::test]
 async fn production_waits_for_an_approval() {
     let (_keep, hosts) = hosts();
-    let production = "name: production\ndeploy: deploy\nfollows: { branch: main }\napproval: { required: 1 }\n";
+    let production =
+        "name: production\ndeploy: deploy\nfollows: { branch: main }\napproval: { required: 1 }\n";
     let repo = project(&hosts, &[("production", production)]);
     let v1 = repo.commit("first");
     let daemon = Daemon::start(&[&repo], "").await;
 
-    let env = wait_env(&daemon, "production", "a deployment waiting for approval", |e| {
-        deployment_of(e, &v1, "deploy").is_some_and(|d| d["pending_reason"] == "approval: 0 of 1")
-    })
+    let env = wait_env(
+        &daemon,
+        "production",
+        "a deployment waiting for approval",
+        |e| {
+            deployment_of(e, &v1, "deploy")
+                .is_some_and(|d| d["pending_reason"] == "approval: 0 of 1")
+        },
+    )
     .await;
     let id = deployment_of(&env, &v1, "deploy").expect("deployment")["id"]
         .as_i64()
@@ -220,7 +227,11 @@ async fn production_waits_for_an_approval() {
     let d = deployment_of(&env, &v1, "deploy").expect("deployment");
     assert_eq!(d["status"], "succeeded");
     let full = daemon.get_json(&format!("/api/v1/deployments/{id}")).await;
-    assert_eq!(full["approvals"].as_array().map(Vec::len), Some(1), "{full:#}");
+    assert_eq!(
+        full["approvals"].as_array().map(Vec::len),
+        Some(1),
+        "{full:#}"
+    );
 }
 
 #[tokio::test]
@@ -257,7 +268,10 @@ async fn a_failed_deploy_rolls_back_and_the_bad_version_is_not_retried() {
         .await;
     let deploy_run = failed_full["runs"][0]["id"].as_i64().expect("its run");
     let log = daemon.log(deploy_run, "release", None).await;
-    assert!(log.contains("rollback steps of the failed release ran"), "{log}");
+    assert!(
+        log.contains("rollback steps of the failed release ran"),
+        "{log}"
+    );
     let history = read(hosts.join("staging/history"));
     assert!(
         history
@@ -416,7 +430,10 @@ async fn drift_is_detected_and_redeployed() {
     .await;
     assert_eq!(read(hosts.join("staging/VERSION")).trim(), v1);
     assert!(env["current_version"] == v1.as_str());
-    wait_env(&daemon, "staging", "in sync again", |e| e["sync"] == "in_sync").await;
+    wait_env(&daemon, "staging", "in sync again", |e| {
+        e["sync"] == "in_sync"
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -440,7 +457,9 @@ async fn a_deploy_policy_denial_rejects_the_deployment() {
     })
     .await;
     let d = deployment_of(&env, &v1, "deploy").expect("deployment");
-    let full = daemon.get_json(&format!("/api/v1/deployments/{}", d["id"])).await;
+    let full = daemon
+        .get_json(&format!("/api/v1/deployments/{}", d["id"]))
+        .await;
     assert_eq!(full["policy"]["deny"][0], "staging is frozen", "{full:#}");
     assert!(full["runs"].as_array().is_some_and(Vec::is_empty));
     assert!(!hosts.join("staging/VERSION").exists());
@@ -470,10 +489,15 @@ async fn kill_9_mid_deployment_leaves_exactly_one_succeeded_deployment() {
     let all = deployments(&env);
     assert_eq!(all.len(), 1, "{env:#}");
     assert_eq!(all[0]["status"], "succeeded");
-    let full = daemon.get_json(&format!("/api/v1/deployments/{}", all[0]["id"])).await;
+    let full = daemon
+        .get_json(&format!("/api/v1/deployments/{}", all[0]["id"]))
+        .await;
     let run = full["runs"][0]["id"].as_i64().expect("its run");
     let log = daemon.log(run, "release", Some(1)).await;
-    assert!(log.contains("interrupted"), "the first attempt's log says it was cut short: {log}");
+    assert!(
+        log.contains("interrupted"),
+        "the first attempt's log says it was cut short: {log}"
+    );
 }
 
 #[tokio::test]
@@ -492,14 +516,23 @@ async fn a_webhook_and_polls_give_one_deployment() {
         ),
     )
     .await;
-    assert_eq!(common::send_github_push(&daemon, SECRET, "env-1", &v1).await, 202);
-    assert_eq!(common::send_github_push(&daemon, SECRET, "env-2", &v1).await, 202);
+    assert_eq!(
+        common::send_github_push(&daemon, SECRET, "env-1", &v1).await,
+        202
+    );
+    assert_eq!(
+        common::send_github_push(&daemon, SECRET, "env-2", &v1).await,
+        202
+    );
     wait_env(&daemon, "staging", "staging at v1", |e| {
         e["current_version"] == v1.as_str()
     })
     .await;
     daemon.restart().await;
-    assert_eq!(common::send_github_push(&daemon, SECRET, "env-3", &v1).await, 202);
+    assert_eq!(
+        common::send_github_push(&daemon, SECRET, "env-3", &v1).await,
+        202
+    );
     wait_polls(&daemon, Duration::from_millis(500)).await;
     let env = environment(&daemon, "staging").await;
     assert_eq!(deployments(&env).len(), 1, "{env:#}");

@@ -792,11 +792,12 @@ impl Environments {
         now: i64,
     ) -> Result<Option<deploylite_policy::Decision>, EnvironmentError> {
         let version = d.version.clone();
-        let (policy_files, author) = entry
+        let (policy_files, author, default_branch) = entry
             .with_git(false, move |git| {
                 Ok((
                     git.policy_files(&version)?,
                     git.commit_author(&version).ok(),
+                    git.default_branch(),
                 ))
             })
             .await?;
@@ -1215,7 +1216,7 @@ impl EnvironmentRecord {
 
 fn parse_file(file: &PipelineFile) -> Result<Environment, Vec<Diagnostic>> {
     match std::str::from_utf8(&file.content) {
-        Ok(text) => deploylite_pipeline::environment::parse_environment(&file.path, text),
+        Ok(text) => deploylite_pipeline::parse_environment(&file.path, text),
         Err(e) => Err(vec![Diagnostic {
             file: file.path.clone(),
             line: 1,
