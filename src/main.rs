@@ -214,7 +214,8 @@ enum Command {
     ///   deploylite deploy app/staging                     the desired version, again
     ///   deploylite deploy app/staging --version 9f8e7d6   a commit (a branch or tag works too)
     ///   deploylite deploy org/app/production              a repository named `org/app`
-    #[command(verbatim_doc_comment)]
+    // `--version` is the version to deploy (issue 11's interface), not the binary's.
+    #[command(verbatim_doc_comment, disable_version_flag = true)]
     Deploy {
         /// REPO/ENV, e.g. app/production (the repository's name may hold `/`).
         #[arg(value_name = "REPO/ENV")]

@@ -7,6 +7,9 @@
 //! (`{*path}`) and split it from the end, so both `/api/v1/environments/org%2Fapp/production`
 //! (how the status page and the CLI encode a name) and `/api/v1/environments/org/app/production`
 //! work: an environment's name never holds `/`, and neither does an action.
+//!
+//! Times are Unix epoch milliseconds, as the store keeps them (the controller's tests compare
+//! them), not the RFC 3339 text of the runs API.
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -18,7 +21,7 @@ use deploylite_reconciler::status::{DeploymentAction, DeploymentStatus, Health, 
 use deploylite_reconciler::store::{DeploymentRecord, EnvironmentRecord};
 use serde::{Deserialize, Serialize};
 
-use crate::api::{time, ApiError};
+use crate::api::ApiError;
 use crate::auth::Caller;
 use crate::AppState;
 
@@ -38,10 +41,11 @@ const MAX_NAME: usize = 512;
 pub struct HoldView {
     pub version: String,
     pub by: String,
-    pub at: Option<String>,
+    /// Epoch ms.
+    pub at: i64,
 }
 
-/// An environment as the API shows it (times RFC 3339). `deployments` only on
+/// An environment as the API shows it (times in epoch ms). `deployments` only on
 /// `GET /api/v1/environments/{repo}/{env}`, newest first.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EnvironmentView {
@@ -55,8 +59,9 @@ pub struct EnvironmentView {
     /// `branch main` or `tag v*`.
     #[serde(default)]
     pub follows: String,
+    /// The last drift check, epoch ms.
     #[serde(default)]
-    pub last_check_at: Option<String>,
+    pub last_check_at: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployments: Option<Vec<DeploymentView>>,
 }
@@ -74,10 +79,10 @@ impl EnvironmentView {
             hold: s.hold.map(|h| HoldView {
                 version: h.version,
                 by: h.by,
-                at: time(Some(h.at)),
+                at: h.at,
             }),
             follows: s.follows,
-            last_check_at: time(s.last_check_at),
+            last_check_at: s.last_check_at,
             deployments: deployments
                 .map(|list| list.into_iter().map(DeploymentView::from).collect()),
         }
@@ -93,7 +98,7 @@ pub struct DeploymentRunView {
     pub status: RunStatus,
 }
 
-/// One deployment as the API shows it (times RFC 3339).
+/// One deployment as the API shows it (times in epoch ms).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeploymentView {
     pub id: i64,
@@ -109,9 +114,10 @@ pub struct DeploymentView {
     pub runs: Vec<DeploymentRunView>,
     /// The `deploylite.deploy` gate's decision; null when no policy applied (yet).
     pub policy: Option<deploylite_policy::Decision>,
-    pub created_at: Option<String>,
-    pub started_at: Option<String>,
-    pub finished_at: Option<String>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    /// Who approved it so far (`token:<name>`, or a forge user by comment).
     #[serde(default)]
     pub approvals: Vec<String>,
     /// `token:<name>` for a person's action, else what automation saw (`follows main`, ...).
@@ -151,9 +157,9 @@ impl From<DeploymentRecord> for DeploymentView {
                 })
                 .collect(),
             policy: d.policy,
-            created_at: time(Some(d.created_at)),
-            started_at: time(d.started_at),
-            finished_at: time(d.finished_at),
+            created_at: d.created_at,
+            started_at: d.started_at,
+            finished_at: d.finished_at,
             approvals: d.approvals,
             triggered_by: d.triggered_by,
             manual: d.manual,
@@ -358,7 +364,7 @@ pub(crate) async fn act(
             let id = controller.deploy(&repo, &name, v.as_deref(), &by).await?;
             tracing::info!(repo, environment = name, deployment = id, by, version = ?v, "deployment requested");
             (
-                StatusCode::ACCEPTED,
+                StatusCode::OK,
                 format!("deployment {id} to {repo}/{name} recorded"),
                 Some(id),
             )
@@ -371,7 +377,7 @@ pub(crate) async fn act(
                 .await?;
             tracing::info!(repo, environment = name, deployment = id, by, to = ?to, "rollback requested");
             (
-                StatusCode::ACCEPTED,
+                StatusCode::OK,
                 format!(
                     "rollback {id} of {repo}/{name} recorded; the environment is held until `deploylite release {repo}/{name}`"
                 ),
@@ -448,7 +454,7 @@ pub(crate) async fn approve(
     let view = state.store.deployment(id).await?.map(DeploymentView::from);
     let count = view.as_ref().map_or(0, |d| d.approvals.len());
     Ok((
-        StatusCode::ACCEPTED,
+        StatusCode::OK,
         Json(serde_json::json!({
             "id": id,
             "approved": true,

@@ -126,7 +126,7 @@ fn history_table(deployments: &[DeploymentView]) -> String {
             version(Some(&d.version)),
             version(d.previous_version.as_deref()),
             d.triggered_by.clone(),
-            d.created_at.clone().unwrap_or_default(),
+            super::time_text(Some(d.created_at)),
             d.runs
                 .iter()
                 .map(|r| format!("#{} {}", r.id, r.action))
@@ -160,22 +160,17 @@ fn render_summary(env: &EnvironmentView) -> String {
                     "pinned to {} by {}{}; `deploylite release {}/{}` lets automation deploy again",
                     short(&h.version),
                     h.by,
-                    h.at.as_deref()
-                        .map(|at| format!(" since {at}"))
-                        .unwrap_or_default(),
+                    format!(" since {}", super::time_text(Some(h.at))),
                     env.repo,
                     env.name
                 ),
                 None => "no".into(),
             },
         ),
-        (
-            "last check",
-            env.last_check_at.clone().unwrap_or_else(|| "-".into()),
-        ),
+        ("last check", super::time_text(env.last_check_at)),
     ];
     for (k, v) in rows {
-        out.push_str(&format!("  {:<11}{v}\n", format!("{k}:")));
+        out.push_str(&format!("  {:<12}{v}\n", format!("{k}:")));
     }
     out
 }
