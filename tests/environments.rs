@@ -65,7 +65,10 @@ stages:
 const STAGING: &str = "name: staging\ndeploy: deploy\nfollows: { branch: main }\nrequires: [ci]\nverify: smoke\nrollback: auto\n";
 
 fn hosts() -> (tempfile::TempDir, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().expect("tempdir");
+    // Stages of a root daemon run as `nobody`: the "hosts" must be theirs to write.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
     let path = dir.path().to_path_buf();
     (dir, path)
 }
