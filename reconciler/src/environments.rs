@@ -68,10 +68,12 @@ pub struct Environments {
     pass_lock: tokio::sync::Mutex<()>,
 }
 
+type ParsedEnvironment = Arc<Result<Environment, Vec<Diagnostic>>>;
+
 /// Parsed environment files by (blob id, path), and per repository the blob ids last recorded.
 #[derive(Default)]
 struct DefinitionCache {
-    parsed: HashMap<(String, String), Arc<Result<Environment, Vec<Diagnostic>>>>,
+    parsed: HashMap<(String, String), ParsedEnvironment>,
     recorded: HashMap<String, Vec<String>>,
 }
 
