@@ -464,6 +464,7 @@ async fn a_deploy_policy_denial_rejects_the_deployment() {
         .get_json(&format!("/api/v1/deployments/{}", d["id"]))
         .await;
     assert_eq!(full["policy"]["deny"][0], "staging is frozen", "{full:#}");
+    assert_eq!(full["pending_reason"], "policy: denied: staging is frozen");
     assert!(full["runs"].as_array().is_some_and(Vec::is_empty));
     assert!(!hosts.join("staging/VERSION").exists());
 }
