@@ -65,7 +65,10 @@ stages:
 const STAGING: &str = "name: staging\ndeploy: deploy\nfollows: { branch: main }\nrequires: [ci]\nverify: smoke\nrollback: auto\n";
 
 fn hosts() -> (tempfile::TempDir, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().expect("tempdir");
+    // Stages of a root daemon run as `nobody`: the "hosts" must be theirs to write.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
     let path = dir.path().to_path_buf();
     (dir, path)
 }
@@ -461,6 +464,7 @@ async fn a_deploy_policy_denial_rejects_the_deployment() {
         .get_json(&format!("/api/v1/deployments/{}", d["id"]))
         .await;
     assert_eq!(full["policy"]["deny"][0], "staging is frozen", "{full:#}");
+    assert_eq!(full["pending_reason"], "policy: denied: staging is frozen");
     assert!(full["runs"].as_array().is_some_and(Vec::is_empty));
     assert!(!hosts.join("staging/VERSION").exists());
 }

@@ -16,7 +16,6 @@ use crate::duration::format_duration;
 use crate::glob::Glob;
 use crate::limits::{
     MAX_CYCLES, MAX_ENVIRONMENTS, MAX_ENVIRONMENT_LIST, MAX_ENVIRONMENT_NAME, MAX_FILE_BYTES,
-    MAX_SUGGESTIONS,
 };
 use crate::model::Pos;
 use crate::parse::{capped, name_problem, one_of, shown, Cx, Fields};
@@ -63,6 +62,9 @@ pub const MAX_CHECK_INTERVAL: Duration = Duration::from_secs(7 * 86_400);
 pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(5 * 60);
 /// Bytes of a branch name (git allows more, but no forge shows such a name whole).
 const MAX_BRANCH: usize = 255;
+/// An unknown pipeline with no close match is shown with the list of pipelines when there are
+/// at most this many: a longer list would bury the message.
+const MAX_LISTED_PIPELINES: usize = 20;
 
 /// One environment: the content of one `.deploylite/environments/*.yaml` file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -456,11 +458,23 @@ fn follows(cx: &mut Cx<'_>, node: &Node<'_>) -> Option<Follows> {
                 cx.err(t.value.pos, "`tag` must not be empty; e.g. `\"v*\"`");
                 return None;
             }
-            if let Err(e) = Glob::new(&s) {
-                cx.err(t.value.pos, e.to_string());
-                return None;
+            match Glob::new(&s) {
+                Err(e) => {
+                    cx.err(t.value.pos, e.to_string());
+                    None
+                }
+                Ok(g) if g.is_negated() => {
+                    cx.err(
+                        t.value.pos,
+                        format!(
+                            "invalid tag pattern `{}`: a `!` pattern alone matches no tag; name the tags to follow, e.g. `\"v*\"`",
+                            shown(&s)
+                        ),
+                    );
+                    None
+                }
+                Ok(_) => Some(Follows::Tag(s)),
             }
-            Some(Follows::Tag(s))
         }
     }
 }
@@ -612,7 +626,7 @@ pub(crate) fn check_set(envs: &[(&str, &Environment)], pipelines: &[&str]) -> Ve
             if hint.is_empty() {
                 hint = if pipelines.is_empty() {
                     "; the repository has no valid pipeline".to_string()
-                } else if pipelines.len() <= MAX_SUGGESTIONS {
+                } else if pipelines.len() <= MAX_LISTED_PIPELINES {
                     format!("; pipelines are {}", one_of(pipelines))
                 } else {
                     String::new()

@@ -235,6 +235,14 @@ fn follows_needs_exactly_one_of_branch_or_tag() {
     let e = errors("name: staging\ndeploy: deploy\nfollows: { tag: \"v[\" }\n");
     assert_eq!(e.len(), 1);
     assert!(e[0].starts_with("3:17: "), "{e:?}");
+    assert_eq!(
+        errors("name: staging\ndeploy: deploy\nfollows: { tag: \"!v*\" }\n"),
+        ["3:17: invalid tag pattern `!v*`: a `!` pattern alone matches no tag; name the tags to follow, e.g. `\"v*\"`"]
+    );
+    assert_eq!(
+        errors("name: staging\ndeploy: deploy\nfollows: { tag: \"\" }\n"),
+        ["3:17: `tag` must not be empty; e.g. `\"v*\"`"]
+    );
     env("name: staging\ndeploy: deploy\nfollows: { branch: release/1.x }\n");
 }
 

@@ -68,10 +68,12 @@ pub struct Environments {
     pass_lock: tokio::sync::Mutex<()>,
 }
 
+type ParsedEnvironment = Arc<Result<Environment, Vec<Diagnostic>>>;
+
 /// Parsed environment files by (blob id, path), and per repository the blob ids last recorded.
 #[derive(Default)]
 struct DefinitionCache {
-    parsed: HashMap<(String, String), Arc<Result<Environment, Vec<Diagnostic>>>>,
+    parsed: HashMap<(String, String), ParsedEnvironment>,
     recorded: HashMap<String, Vec<String>>,
 }
 
@@ -100,6 +102,12 @@ enum Write {
         from: DeploymentStatus,
         to: DeploymentStatus,
         errors: Vec<String>,
+    },
+    /// Waiting -> rejected by policy, its summary kept as `pending_reason`.
+    Reject {
+        id: i64,
+        errors: Vec<String>,
+        reason: String,
     },
     Policy {
         id: i64,
@@ -760,10 +768,9 @@ impl Environments {
             let deny = decision.deny.clone();
             writes.push(Write::Policy { id: d.id, decision });
             if denied {
-                writes.push(Write::Move {
+                writes.push(Write::Reject {
                     id: d.id,
-                    from: DeploymentStatus::Waiting,
-                    to: DeploymentStatus::Rejected,
+                    reason: format!("policy: denied: {}", deny.join("; ")),
                     errors: deny
                         .into_iter()
                         .map(|m| format!("{}{m}", crate::run_gate::DENIED_BY_POLICY))
@@ -970,6 +977,13 @@ impl Environments {
                 } => {
                     if tx.transition(id, from, to, None, &errors).await? {
                         tracing::info!(repo, deployment = id, %from, %to, "deployment moved");
+                        changed = true;
+                    }
+                }
+                Write::Reject { id, errors, reason } => {
+                    let (from, to) = (DeploymentStatus::Waiting, DeploymentStatus::Rejected);
+                    if tx.transition(id, from, to, Some(&reason), &errors).await? {
+                        tracing::info!(repo, deployment = id, %reason, "deployment rejected by policy");
                         changed = true;
                     }
                 }

@@ -581,6 +581,13 @@ impl Watcher {
         let _ = self.on_commit.set(notify);
     }
 
+    /// Asks the environment controller for a pass (an approval may have opened a gate).
+    pub(crate) fn wake_environments(&self) {
+        if let Some(notify) = self.on_commit.get() {
+            notify.notify_one();
+        }
+    }
+
     pub fn wake_scheduler(&self) {
         self.scheduler.notify_one();
     }
