@@ -202,7 +202,7 @@ fn idle_pass_over_1000_environments(rt: &tokio::runtime::Runtime) {
     const REPOS: usize = 10;
     const PER_REPO: usize = 100;
     let tmp = tempfile::tempdir().expect("tmp");
-    let data = DataDir::new(&tmp.path().join("data"));
+    let data = DataDir::new(tmp.path().join("data"));
     let store = rt
         .block_on(Store::connect(
             &data.default_database_url(),

@@ -157,10 +157,10 @@ fn render_summary(env: &EnvironmentView) -> String {
             "hold",
             match &env.hold {
                 Some(h) => format!(
-                    "pinned to {} by {}{}; `deploylite release {}/{}` lets automation deploy again",
+                    "pinned to {} by {} since {}; `deploylite release {}/{}` lets automation deploy again",
                     short(&h.version),
                     h.by,
-                    format!(" since {}", super::time_text(Some(h.at))),
+                    super::time_text(Some(h.at)),
                     env.repo,
                     env.name
                 ),
