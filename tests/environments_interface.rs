@@ -13,7 +13,11 @@ const DEADLINE: Duration = Duration::from_secs(60);
 
 /// `staging` deploys every commit of main; `production` waits for one approval.
 fn project() -> TestRepo {
-    let repo = TestRepo::new();
+    project_named("app")
+}
+
+fn project_named(name: &str) -> TestRepo {
+    let repo = TestRepo::named(name);
     repo.pipeline(
         "deploy.yaml",
         "name: deploy\nstages:\n  release:\n    steps:\n      - run: echo \"$DEPLOYLITE_ACTION $DEPLOYLITE_VERSION to $DEPLOYLITE_ENVIRONMENT\"\n",
@@ -496,4 +500,53 @@ async fn the_status_page_lists_environments_and_their_history() {
 
     let (code, _) = daemon.get("/environments/app/nope").await;
     assert_eq!(code, 404);
+}
+
+#[tokio::test]
+async fn a_repository_name_with_a_slash_works_encoded_or_not() {
+    let repo = project_named("org/app");
+    let v1 = repo.commit("first");
+    let daemon = Daemon::start(&[&repo], "").await;
+    let encoded = "/api/v1/environments/org%2Fapp/staging";
+    let env = wait_for(&daemon, encoded, "staging at v1", |e| {
+        e["current_version"] == v1.as_str()
+    })
+    .await;
+    assert_eq!(env["repo"], "org/app");
+    let raw = daemon
+        .get_json("/api/v1/environments/org/app/staging")
+        .await;
+    assert_eq!(raw["name"], "staging");
+    assert_eq!(raw["repo"], "org/app");
+    let list = daemon.get_json("/api/v1/environments?repo=org/app").await;
+    assert_eq!(list.as_array().map(Vec::len), Some(2));
+
+    let (code, out, err) = daemon.cli(&["env", "status", "org/app/staging"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("org/app/staging\n"), "{out}");
+    let (code, out, err) = daemon.cli(&["hold", "org/app/staging"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("org/app/staging is held"), "{out}");
+    let (code, _, err) = daemon.cli(&["release", "org/app/staging"]);
+    assert_eq!(code, 0, "{err}");
+    let token = daemon.admin_token();
+    let (code, body) = post(
+        &daemon,
+        "/api/v1/environments/org/app/staging/hold",
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["environment"]["hold"]["by"], "token:admin");
+
+    let (code, html) = daemon.get("/environments").await;
+    assert_eq!(code, 200);
+    assert!(
+        html.contains("href=\"/environments/org%2Fapp/staging\""),
+        "{html}"
+    );
+    let (code, html) = daemon.get("/environments/org%2Fapp/staging").await;
+    assert_eq!(code, 200, "{html}");
+    assert!(html.contains("held"), "{html}");
 }
