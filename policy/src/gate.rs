@@ -4,6 +4,11 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::input::{
+    Approval, Author, Commit, CommitRun, DeploymentAction, Environment, Now, Plan, PolicyInput,
+    PullRequest, Repository, Trigger,
+};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Gate {
     /// Once a run is planned, before anything is dispatched: a deny ends the run in `error`.
@@ -56,6 +61,61 @@ impl std::str::FromStr for Gate {
             .ok_or_else(|| {
                 format!("unknown gate `{s}`: expected deploylite.run or deploylite.deploy")
             })
+    }
+}
+
+/// What the deployment controller knows when a deployment leaves `waiting`: everything
+/// [`deploy_input`] needs besides the plan of the environment's deploy pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeploymentFacts {
+    /// When the gate is asked (`Now::at(Utc::now())` in the daemon).
+    pub now: Now,
+    pub repository: Repository,
+    /// The environment's name.
+    pub environment: String,
+    /// The version (commit sha) deployed now; None before the first deployment.
+    pub current_version: Option<String>,
+    /// The version (commit sha) this deployment brings.
+    pub version: String,
+    /// The ref the version was taken from: `refs/heads/main`, `refs/tags/v1.2.0`.
+    pub git_ref: String,
+    pub author: Option<Author>,
+    /// Each pipeline's latest run on the version.
+    pub runs: Vec<CommitRun>,
+    /// The environment's `requires:`.
+    pub requires: Vec<String>,
+    pub action: DeploymentAction,
+    /// Approvals given so far, oldest first.
+    pub approvals: Vec<Approval>,
+    /// False when the version is code from a fork whose author is not a member.
+    pub trusted: bool,
+    /// The pull request the version came from, if it did.
+    pub pull_request: Option<PullRequest>,
+}
+
+/// The `deploylite.deploy` input of a deployment: `plan` is the plan of the environment's
+/// deploy pipeline (`Plan::of(pipeline, file, &[])`). Evaluate it with
+/// `Policies::decide_input(&repository_sources, &input)`.
+pub fn deploy_input(facts: DeploymentFacts, plan: Plan) -> PolicyInput {
+    PolicyInput {
+        gate: Gate::Deploy,
+        now: facts.now,
+        repository: facts.repository,
+        environment: Some(Environment {
+            name: facts.environment,
+            current_version: facts.current_version,
+            desired_version: Some(facts.version.clone()),
+            requires: facts.requires,
+            action: facts.action,
+        }),
+        commit: Commit::at(facts.version, facts.git_ref, facts.author, facts.runs),
+        trigger: Trigger {
+            event: "deploy".into(),
+            trusted: facts.trusted,
+            pull_request: facts.pull_request,
+        },
+        plan,
+        approvals: facts.approvals,
     }
 }
 

@@ -181,6 +181,38 @@ pub struct Environment {
     pub desired_version: Option<String>,
     /// The pipelines that must have succeeded on the desired version.
     pub requires: Vec<String>,
+    /// What the deployment being decided does.
+    pub action: DeploymentAction,
+}
+
+/// What a deployment does to its environment. (It lives in `environment`, not at the top
+/// level, because `environment` is null at the run gate: the run gate's input keeps its shape.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentAction {
+    /// Brings the desired version (a new one, a promotion, a redeploy after drift).
+    Deploy,
+    /// Goes back to an earlier, good version (`rollback: auto` or `deploylite rollback`).
+    Rollback,
+}
+
+impl Commit {
+    /// A commit at `git_ref`, with its branch or tag read from the ref.
+    pub fn at(
+        sha: String,
+        git_ref: String,
+        author: Option<Author>,
+        runs: Vec<CommitRun>,
+    ) -> Commit {
+        Commit {
+            branch: git_ref.strip_prefix("refs/heads/").map(str::to_string),
+            tag: git_ref.strip_prefix("refs/tags/").map(str::to_string),
+            sha,
+            git_ref,
+            author,
+            runs,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

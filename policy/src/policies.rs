@@ -9,11 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use regorus::Value;
+use serde::Deserialize;
 
 use crate::compiled::{CompiledPolicy, Verdict};
 use crate::decision::Decision;
 use crate::error::PolicyError;
 use crate::gate::Gate;
+use crate::input::PolicyInput;
 use crate::limits::DEFAULT_EVAL_LIMIT;
 use crate::sources::{combined_revision, PolicySources};
 
@@ -125,7 +127,9 @@ impl Policies {
                 })
             }
         };
-        let input = Value::from(input.clone());
+        // Read from the borrowed document: no copy of it first (what `Value::from` would
+        // take). Like `Value::from`, a document regorus cannot represent is undefined.
+        let input = Value::deserialize(input).unwrap_or(Value::Undefined);
         let mut verdict = self.operator.evaluate(gate, &input, self.limit)?;
         let theirs: Verdict = repository_compiled.evaluate(gate, &input, self.limit)?;
         // Operator messages first: a repository cannot push them out of a capped list.
@@ -158,6 +162,18 @@ impl Policies {
                 eval_time: started.elapsed(),
                 ..self.failed(&error, &repository.revision_sha256())
             })
+    }
+
+    /// [`Policies::decide`] for a typed input, at the input's gate: how the deployment
+    /// controller asks `deploylite.deploy` (see `deploy_input`).
+    pub fn decide_input(&self, repository: &PolicySources, input: &PolicyInput) -> Decision {
+        match serde_json::to_value(input) {
+            Ok(value) => self.decide(input.gate, repository, &value),
+            Err(e) => self.failed(
+                &PolicyError::Input(e.to_string()),
+                &repository.revision_sha256(),
+            ),
+        }
     }
 
     fn compiled_repository(&self, sources: &PolicySources) -> Compiled {
