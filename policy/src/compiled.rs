@@ -37,11 +37,6 @@ pub(crate) struct LoadedModule {
 struct GateRules {
     deny: Vec<String>,
     warn: Vec<String>,
-    /// `data.<generated package>.<gate rule>`: one rule whose value lists the value of every
-    /// rule above (deny first, then warn), so that an evaluation is one interpreter call
-    /// that shares helper rules between deny and warn instead of one call per rule. None when
-    /// the generated module could not be added (the rules are then evaluated one by one).
-    aggregate: Option<String>,
 }
 
 /// A compiled policy revision. Cheap to share (`Arc`), evaluated through clones.
@@ -122,22 +117,10 @@ impl CompiledPolicy {
             list.warn.sort();
         }
         // The analysis (rule ordering, imports, loop hoisting) happens on the first
-        // evaluation; doing it here makes every clone start prepared. The generated
-        // aggregating module is tried on a copy: should it not load or prepare (a `deny`
-        // declared as a function, say), the revision is used as written, rule by rule.
-        let mut aggregated = engine.clone();
-        if add_aggregates(&mut aggregated, &modules, &mut rules)
-            && aggregated.eval_query("true".to_string(), false).is_ok()
-        {
-            engine = aggregated;
-        } else {
-            for list in rules.values_mut() {
-                list.aggregate = None;
-            }
-            engine
-                .eval_query("true".to_string(), false)
-                .map_err(|e| compile_error(sources, &e))?;
-        }
+        // evaluation; doing it here makes every clone start prepared.
+        engine
+            .eval_query("true".to_string(), false)
+            .map_err(|e| compile_error(sources, &e))?;
         Ok(CompiledPolicy {
             engine,
             revision_sha256: sources.revision_sha256(),
@@ -179,24 +162,6 @@ impl CompiledPolicy {
         };
         let mut engine = self.prepared_clone(limit);
         engine.set_input(input.clone());
-        if let Some(aggregate) = &rules.aggregate {
-            match engine.eval_rule(aggregate.clone()) {
-                Ok(values) => return Ok(split_aggregate(&values, rules)),
-                Err(e) if is_time_limit(&e) => {
-                    return Err(PolicyError::TimeLimit {
-                        rule: format!("{} (deny and warn rules)", rule_path_str(gate)),
-                        limit,
-                    })
-                }
-                // Another error: evaluated again rule by rule below, so that it names the
-                // rule that failed, as it always has. Errors are rare; the time is spent
-                // only then.
-                Err(_) => {
-                    engine = self.prepared_clone(limit);
-                    engine.set_input(input.clone());
-                }
-            }
-        }
         Ok(Verdict {
             deny: collect(&mut engine, &rules.deny, limit)?,
             warn: collect(&mut engine, &rules.warn, limit)?,
@@ -216,85 +181,6 @@ impl CompiledPolicy {
         });
         engine
     }
-}
-
-/// The package of the generated aggregating module: a name no loaded module or data
-/// document uses (policies cannot see it unless they go looking for it).
-const AGGREGATE_PACKAGE: &str = "__deploylite_gates";
-
-/// Adds one module with a rule per gate whose value is `[[v | v := data.….deny], …]`, one
-/// entry per deny then warn rule: an undefined rule gives `[]`, a defined one `[value]`.
-/// Returns false (and adds nothing usable) when the module does not load.
-fn add_aggregates(
-    engine: &mut Engine,
-    modules: &[LoadedModule],
-    rules: &mut BTreeMap<GateKey, GateRules>,
-) -> bool {
-    if rules.is_empty() {
-        return true;
-    }
-    let data = engine.get_data();
-    let package = (0..)
-        .map(|n| match n {
-            0 => AGGREGATE_PACKAGE.to_string(),
-            n => format!("{AGGREGATE_PACKAGE}_{n}"),
-        })
-        .find(|name| {
-            data[name.as_str()] == Value::Undefined
-                && !modules
-                    .iter()
-                    .any(|m| m.package.first().is_some_and(|c| c == name))
-        })
-        .unwrap_or_else(|| AGGREGATE_PACKAGE.to_string());
-    let mut text = format!("package {package}\n\nimport rego.v1\n");
-    for (gate, list) in rules.iter_mut() {
-        let Some(name) = gate.rsplit('.').next() else {
-            return false;
-        };
-        let entries: Vec<String> = list
-            .deny
-            .iter()
-            .chain(&list.warn)
-            .map(|rule| format!("[v | v := {rule}]"))
-            .collect();
-        text.push_str(&format!("\n{name} := [{}]\n", entries.join(", ")));
-        list.aggregate = Some(format!("data.{package}.{name}"));
-    }
-    engine
-        .add_policy(format!("<generated {package}.rego>"), text)
-        .is_ok()
-}
-
-/// Splits the aggregate's value back into the messages of each rule, as [`collect`] would
-/// have found them rule by rule.
-fn split_aggregate(values: &Value, rules: &GateRules) -> Verdict {
-    let mut deny = Vec::new();
-    let mut warn = Vec::new();
-    if let Value::Array(values) = values {
-        let paths = rules
-            .deny
-            .iter()
-            .map(|p| (p, true))
-            .chain(rules.warn.iter().map(|p| (p, false)));
-        for ((path, is_deny), value) in paths.zip(values.iter()) {
-            let out = if is_deny { &mut deny } else { &mut warn };
-            // `[]` for an undefined rule, `[value]` for a defined one.
-            if let Value::Array(defined) = value {
-                for value in defined.iter() {
-                    messages_of(value, path, out);
-                }
-            }
-        }
-    }
-    Verdict {
-        deny: finish(deny),
-        warn: finish(warn),
-    }
-}
-
-/// `data.deploylite.run`, for messages about a gate's rules as a whole.
-fn rule_path_str(gate: Gate) -> String {
-    format!("data.{}", gate.package())
 }
 
 /// A problem found preparing the modules together (a conflict between rules, a recursion):
@@ -345,29 +231,21 @@ fn collect(
             .map_err(|e| eval_error(path, &e, limit))?;
         messages_of(&value, path, &mut messages);
     }
-    Ok(finish(messages))
-}
-
-/// Sorted, each once, at most [`MAX_MESSAGES`].
-fn finish(mut messages: Vec<String>) -> Vec<String> {
     messages.sort();
     messages.dedup();
     messages.truncate(MAX_MESSAGES);
-    messages
-}
-
-fn is_time_limit(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| {
-        matches!(
-            cause.downcast_ref::<regorus::LimitError>(),
-            Some(regorus::LimitError::TimeLimitExceeded { .. })
-        )
-    })
+    Ok(messages)
 }
 
 /// A time-limit error is told apart from the rest: callers report it differently.
 pub(crate) fn eval_error(rule: &str, error: &anyhow::Error, limit: Duration) -> PolicyError {
-    if is_time_limit(error) {
+    let timed_out = error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<regorus::LimitError>(),
+            Some(regorus::LimitError::TimeLimitExceeded { .. })
+        )
+    });
+    if timed_out {
         PolicyError::TimeLimit {
             rule: rule.to_string(),
             limit,
@@ -381,8 +259,9 @@ pub(crate) fn eval_error(rule: &str, error: &anyhow::Error, limit: Duration) -> 
 }
 
 fn messages_of(value: &Value, rule: &str, out: &mut Vec<String>) {
-    // A set is what `deny contains msg` makes; an array, a string or `true` are what other
-    // rule shapes can give. Anything else says nothing.
+    // Read from regorus' values directly, not through a `serde_json::Value` copy of each
+    // rule's value. A set is what `deny contains msg` makes; an array, a string or `true`
+    // are what other rule shapes can give. Anything else says nothing.
     match value {
         Value::Set(items) => out.extend(items.iter().map(message)),
         Value::Array(items) => out.extend(items.iter().map(message)),
@@ -414,90 +293,4 @@ fn as_json(value: &Value) -> String {
     serde_json::to_value(value)
         .map(|v| v.to_string())
         .unwrap_or_default()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn compiled(files: &[(&str, &str)]) -> CompiledPolicy {
-        let sources = PolicySources::from_repository(
-            files
-                .iter()
-                .map(|(p, t)| (format!(".deploylite/policy/{p}"), t.as_bytes().to_vec())),
-        )
-        .expect("valid sources");
-        CompiledPolicy::compile(&sources).expect("compiles")
-    }
-
-    #[test]
-    fn a_gate_is_evaluated_through_one_generated_rule() {
-        let policy = compiled(&[
-            (
-                "a.rego",
-                "package deploylite.run.a\nimport rego.v1\ndeny contains \"a\" if true\nwarn contains \"w\" if true\n",
-            ),
-            (
-                "b.rego",
-                "package deploylite.deploy\nimport rego.v1\ndeny contains \"b\" if input.x\n",
-            ),
-            // A package named like the generated one: the generated one moves aside.
-            (
-                "c.rego",
-                "package __deploylite_gates\nimport rego.v1\nrun := 1\n",
-            ),
-        ]);
-        let run = &policy.rules[Gate::Run.package()];
-        assert_eq!(
-            run.aggregate.as_deref(),
-            Some("data.__deploylite_gates_1.run")
-        );
-        let deploy = &policy.rules[Gate::Deploy.package()];
-        assert_eq!(
-            deploy.aggregate.as_deref(),
-            Some("data.__deploylite_gates_1.deploy")
-        );
-        let verdict = policy
-            .evaluate(Gate::Run, &Value::new_object(), Duration::from_secs(1))
-            .expect("evaluates");
-        assert_eq!(
-            (verdict.deny, verdict.warn),
-            (vec!["a".to_string()], vec!["w".to_string()])
-        );
-    }
-
-    /// The verdict rule by rule, as before the generated rule: the reference.
-    fn rule_by_rule(policy: &CompiledPolicy, gate: Gate, input: &Value) -> String {
-        let rules = &policy.rules[gate.package()];
-        let limit = Duration::from_secs(1);
-        let mut engine = policy.prepared_clone(limit);
-        engine.set_input(input.clone());
-        let verdict = collect(&mut engine, &rules.deny, limit).and_then(|deny| {
-            Ok(Verdict {
-                deny,
-                warn: collect(&mut engine, &rules.warn, limit)?,
-            })
-        });
-        format!("{verdict:?}")
-    }
-
-    #[test]
-    fn odd_rule_shapes_decide_as_they_did_rule_by_rule() {
-        for text in [
-            "deny(x) := x\nwarn contains \"w\" if true\n",
-            "deny := {\"a\": 1}\n",
-            "deny contains x if { x := 1 / 0 }\n",
-            "deny := 1\ndeny := 2\n",
-            "deny contains x if { some x in input.xs }\n",
-        ] {
-            let policy = compiled(&[(
-                "f.rego",
-                &format!("package deploylite.run.f\nimport rego.v1\n{text}"),
-            )]);
-            let input = Value::from(serde_json::json!({"xs": ["m", 1, {"msg": "o"}, [2]]}));
-            let limit = Duration::from_secs(1);
-            let ours = format!("{:?}", policy.evaluate(Gate::Run, &input, limit));
-            assert_eq!(ours, rule_by_rule(&policy, Gate::Run, &input), "{text}");
-        }
-    }
 }
