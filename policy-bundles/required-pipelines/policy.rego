@@ -10,14 +10,13 @@ required contains name if some name in data.required_pipelines.always
 
 deny contains msg if {
 	some name in required
-	not succeeded[name]
+	not succeeded(name)
 	msg := sprintf("required pipeline %s has not succeeded on %s (%s)", [name, substring(input.commit.sha, 0, 7), state(name)])
 }
 
-# A set rather than a function of a name: regorus evaluates a rule once per decision but
-# enters a function anew at every call, at a few microseconds each.
-succeeded contains run.pipeline if {
+succeeded(name) if {
 	some run in input.commit.runs
+	run.pipeline == name
 	run.status == "success"
 }
 
