@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::PolicyError;
 use crate::input::{
     Approval, Author, Commit, CommitRun, DeploymentAction, Environment, Now, Plan, PolicyInput,
     PullRequest, Repository, Trigger,
@@ -93,11 +94,13 @@ pub struct DeploymentFacts {
     pub pull_request: Option<PullRequest>,
 }
 
-/// The `deploylite.deploy` input of a deployment: `plan` is the plan of the environment's
-/// deploy pipeline (`Plan::of(pipeline, file, &[])`). Evaluate it with
-/// `Policies::decide_input(&repository_sources, &input)`.
-pub fn deploy_input(facts: DeploymentFacts, plan: Plan) -> PolicyInput {
-    PolicyInput {
+/// The `deploylite.deploy` input document of a deployment, ready for
+/// `Policies::decide(Gate::Deploy, &repository_sources, &input)`: the typed [`PolicyInput`]
+/// (`plan` is the plan of the environment's deploy pipeline, `Plan::of(pipeline, file, &[])`)
+/// with `environment.action` added. Errors only if the document cannot be serialized.
+pub fn deploy_input(facts: DeploymentFacts, plan: Plan) -> Result<serde_json::Value, PolicyError> {
+    let action = facts.action;
+    let input = PolicyInput {
         gate: Gate::Deploy,
         now: facts.now,
         repository: facts.repository,
@@ -106,7 +109,6 @@ pub fn deploy_input(facts: DeploymentFacts, plan: Plan) -> PolicyInput {
             current_version: facts.current_version,
             desired_version: Some(facts.version.clone()),
             requires: facts.requires,
-            action: facts.action,
         }),
         commit: Commit::at(facts.version, facts.git_ref, facts.author, facts.runs),
         trigger: Trigger {
@@ -116,7 +118,17 @@ pub fn deploy_input(facts: DeploymentFacts, plan: Plan) -> PolicyInput {
         },
         plan,
         approvals: facts.approvals,
+    };
+    let input_error = |e: serde_json::Error| PolicyError::Input(e.to_string());
+    let mut document = serde_json::to_value(input).map_err(input_error)?;
+    let action = serde_json::to_value(action).map_err(input_error)?;
+    if let Some(environment) = document
+        .get_mut("environment")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        environment.insert("action".into(), action);
     }
+    Ok(document)
 }
 
 #[cfg(test)]

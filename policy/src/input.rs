@@ -181,12 +181,11 @@ pub struct Environment {
     pub desired_version: Option<String>,
     /// The pipelines that must have succeeded on the desired version.
     pub requires: Vec<String>,
-    /// What the deployment being decided does.
-    pub action: DeploymentAction,
 }
 
-/// What a deployment does to its environment. (It lives in `environment`, not at the top
-/// level, because `environment` is null at the run gate: the run gate's input keeps its shape.)
+/// What a deployment does to its environment: `environment.action` in the deploy gate's
+/// input. Not a field of [`Environment`]: callers build that struct literally, and a new
+/// field would break them; `gate::deploy_input` adds it to the document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeploymentAction {

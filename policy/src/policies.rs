@@ -15,7 +15,6 @@ use crate::compiled::{CompiledPolicy, Verdict};
 use crate::decision::Decision;
 use crate::error::PolicyError;
 use crate::gate::Gate;
-use crate::input::PolicyInput;
 use crate::limits::DEFAULT_EVAL_LIMIT;
 use crate::sources::{combined_revision, PolicySources};
 
@@ -162,18 +161,6 @@ impl Policies {
                 eval_time: started.elapsed(),
                 ..self.failed(&error, &repository.revision_sha256())
             })
-    }
-
-    /// [`Policies::decide`] for a typed input, at the input's gate: how the deployment
-    /// controller asks `deploylite.deploy` (see `deploy_input`).
-    pub fn decide_input(&self, repository: &PolicySources, input: &PolicyInput) -> Decision {
-        match serde_json::to_value(input) {
-            Ok(value) => self.decide(input.gate, repository, &value),
-            Err(e) => self.failed(
-                &PolicyError::Input(e.to_string()),
-                &repository.revision_sha256(),
-            ),
-        }
     }
 
     fn compiled_repository(&self, sources: &PolicySources) -> Compiled {

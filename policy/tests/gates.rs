@@ -253,7 +253,8 @@ fn the_deploy_gate_decides_a_deployment_from_its_facts() {
         secrets: Vec::new(),
     };
     let none = PolicySources::default();
-    let decision = policies.decide_input(&none, &deploy_input(facts.clone(), plan.clone()));
+    let input = deploy_input(facts.clone(), plan.clone()).expect("serializes");
+    let decision = policies.decide(Gate::Deploy, &none, &input);
     assert_eq!(
         decision.deny,
         ["environment production deploys only from the default branch (main); 0123456 is from tag v1.0.0"]
@@ -262,7 +263,8 @@ fn the_deploy_gate_decides_a_deployment_from_its_facts() {
         git_ref: "refs/heads/main".into(),
         ..facts
     };
-    let decision = policies.decide_input(&none, &deploy_input(from_main, plan));
+    let input = deploy_input(from_main, plan).expect("serializes");
+    let decision = policies.decide(Gate::Deploy, &none, &input);
     assert!(decision.is_quiet(), "{decision:?}");
     assert_eq!(decision.revision_sha256.len(), 64);
 }
