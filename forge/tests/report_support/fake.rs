@@ -474,10 +474,10 @@ fn validate_gitlab(
         // `created`).
         ("POST", ["api", "v4", "projects", project, "deployments"]) if project_ok(project) => {
             for field in ["environment", "sha", "ref"] {
-                if !body
+                if body
                     .get(field)
                     .and_then(Value::as_str)
-                    .is_some_and(|v| !v.is_empty())
+                    .is_none_or(str::is_empty)
                 {
                     problems.push(format!("{here}: `{field}` must be a non-empty string"));
                 }
