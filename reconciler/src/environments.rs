@@ -68,10 +68,12 @@ pub struct Environments {
     pass_lock: tokio::sync::Mutex<()>,
 }
 
+type ParsedEnvironment = Arc<Result<Environment, Vec<Diagnostic>>>;
+
 /// Parsed environment files by (blob id, path), and per repository the blob ids last recorded.
 #[derive(Default)]
 struct DefinitionCache {
-    parsed: HashMap<(String, String), Arc<Result<Environment, Vec<Diagnostic>>>>,
+    parsed: HashMap<(String, String), ParsedEnvironment>,
     recorded: HashMap<String, Vec<String>>,
 }
 
@@ -792,11 +794,12 @@ impl Environments {
         now: i64,
     ) -> Result<Option<deploylite_policy::Decision>, EnvironmentError> {
         let version = d.version.clone();
-        let (policy_files, author) = entry
+        let (policy_files, author, default_branch) = entry
             .with_git(false, move |git| {
                 Ok((
                     git.policy_files(&version)?,
                     git.commit_author(&version).ok(),
+                    git.default_branch(),
                 ))
             })
             .await?;
@@ -812,7 +815,7 @@ impl Environments {
         let decision = match &sources {
             Err(error) => self.policies.failed(error, &empty.revision_sha256()),
             Ok(sources) => {
-                let input = deploy_input(entry, env, d, run, author, now);
+                let input = deploy_input(entry, env, d, run, author, default_branch, now);
                 match serde_json::to_value(input) {
                     Ok(input) => self.policies.decide(Gate::Deploy, sources, &input),
                     Err(e) => self
@@ -1215,7 +1218,7 @@ impl EnvironmentRecord {
 
 fn parse_file(file: &PipelineFile) -> Result<Environment, Vec<Diagnostic>> {
     match std::str::from_utf8(&file.content) {
-        Ok(text) => deploylite_pipeline::environment::parse_environment(&file.path, text),
+        Ok(text) => deploylite_pipeline::parse_environment(&file.path, text),
         Err(e) => Err(vec![Diagnostic {
             file: file.path.clone(),
             line: 1,
@@ -1244,6 +1247,7 @@ fn deploy_input(
     d: &DeploymentRecord,
     run: &NewRun,
     author: Option<(String, String)>,
+    default_branch: Option<String>,
     now: i64,
 ) -> deploylite_policy::PolicyInput {
     use deploylite_policy::{Approval, Author, Commit, Plan, PolicyInput, Repository, Trigger};
@@ -1268,7 +1272,7 @@ fn deploy_input(
         now: Now::from_unix_ms(now),
         repository: Repository {
             name: entry.config.name.clone(),
-            default_branch: None,
+            default_branch,
         },
         commit: Commit {
             sha: d.version.clone(),

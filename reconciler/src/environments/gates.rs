@@ -93,6 +93,7 @@ mod tests {
             check: None,
             on_drift: OnDrift::Report,
             rollback: RollbackMode::Manual,
+            spans: Default::default(),
             warnings: Vec::new(),
         }
     }

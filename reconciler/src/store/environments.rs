@@ -586,6 +586,26 @@ impl Store {
         Ok(ids)
     }
 
+    /// The newest commit recorded on `git_ref` by `not_after` (epoch ms): what a comment on a
+    /// pull request written then was about.
+    pub async fn newest_commit_of_ref(
+        &self,
+        repo: &str,
+        git_ref: &str,
+        not_after: i64,
+    ) -> Result<Option<String>> {
+        sqlx::query_scalar(
+            "SELECT commit_sha FROM runs WHERE repo = $1 AND git_ref = $2 AND created_at <= $3
+             ORDER BY id DESC LIMIT 1",
+        )
+        .bind(repo)
+        .bind(git_ref)
+        .bind(not_after)
+        .fetch_optional(self.pool())
+        .await
+        .ctx("reading a ref's newest commit")
+    }
+
     /// Pins an environment at `version` (a hold, or a manual rollback).
     pub async fn hold_environment(
         &self,
