@@ -549,6 +549,7 @@ fn environment(name: &str, follows: Follows, requires: &[&str], approval: u32) -
         check: None,
         on_drift: Default::default(),
         rollback: Default::default(),
+        spans: Default::default(),
         warnings: Vec::new(),
     }
 }

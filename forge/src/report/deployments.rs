@@ -86,7 +86,7 @@ pub(crate) fn description(d: &DeploymentRecord, max: usize) -> String {
             None => "waiting".into(),
         },
         Rejected if !d.errors.is_empty() => format!("rejected: {}", d.errors.join("; ")),
-        Failed | RolledBack | Cancelled | Rejected if !d.errors.is_empty() => {
+        Failed | RolledBack | Cancelled if !d.errors.is_empty() => {
             format!("{}: {}", d.status, d.errors.join("; "))
         }
         _ => match &d.pending_reason {
