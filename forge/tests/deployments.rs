@@ -629,3 +629,40 @@ async fn the_pull_request_comment_plans_each_environment_of_the_base_branch() {
     // The base was asked once for this head.
     assert_eq!(forge.requests_to("GET", "/pulls/7").len(), 1);
 }
+
+#[tokio::test]
+async fn the_merge_request_note_plans_the_environments_of_its_target_branch() {
+    let forge = FakeForge::gitlab().await;
+    let env = env().await;
+    let reporter = reporter(&env, gitlab(&forge.url));
+    env.store
+        .record_environment_definitions(
+            "app",
+            "ffffffffffffffffffffffffffffffffffffffff",
+            &[
+                environment("production", Follows::Branch("main".into()), &["ci"], 2),
+                environment("next", Follows::Branch("develop".into()), &[], 0),
+            ],
+        )
+        .await
+        .expect("environments");
+    forge.set_pull_requests(vec![json!({ "iid": 11, "target_branch": "develop" })]);
+    let head = "abc1234def5678abc1234def5678abc1234def56";
+    record(&env.store, new_run("ci", head, &["test"], Some(11))).await;
+    reporter.send_due().await;
+    assert_valid(&forge);
+    let notes = forge.comments(11);
+    assert_eq!(notes.len(), 1);
+    let body = &notes[0].1;
+    assert!(
+        body.contains("- next: would deploy abc1234 on merge\n"),
+        "{body}"
+    );
+    assert!(!body.contains("production"), "main's environment: {body}");
+    let asked = forge
+        .requests_to("GET", "/merge_requests/11")
+        .into_iter()
+        .filter(|r| r.path.ends_with("/merge_requests/11"))
+        .count();
+    assert_eq!(asked, 1, "the target branch is asked once");
+}
