@@ -53,15 +53,17 @@ enum Command {
     /// DEPLOYLITE_REPOS='[{name: app, url: /srv/git/app}]'), then these flags.
     /// See README.md for every key.
     Serve(ServeArgs),
-    /// Check pipeline files; print one `file:line:col: message` line per problem, and
-    /// `file:line:col: warning: message` per warning.
+    /// Check pipeline and environment files; print one `file:line:col: message` line per
+    /// problem, and `file:line:col: warning: message` per warning.
     ///
-    /// PATHs may be files or directories: a repository means its `.deploylite/pipelines/`, a
-    /// `.deploylite` directory its `pipelines/`, any other directory the YAML files in it
-    /// (environments are not validated: there are none yet). Default: the current directory.
+    /// PATHs may be files or directories: a repository means its `.deploylite/pipelines/` and
+    /// `.deploylite/environments/`, a `.deploylite` directory its `pipelines/` and
+    /// `environments/`, a directory named `environments` (or a file in one) environment files,
+    /// any other directory the pipeline files in it. Environments are checked against the
+    /// pipelines of their `.deploylite` directory. Default: the current directory.
     /// When the server answers (within a short timeout; else the check is skipped), stages
     /// whose `runs_on` labels no runner offers are warned about. Exits 0 when everything is
-    /// valid (warnings or not), 1 when there are problems, 2 when no pipeline file was found.
+    /// valid (warnings or not), 1 when there are problems, 2 when no file was found.
     Validate {
         #[arg(value_name = "PATH")]
         paths: Vec<PathBuf>,

@@ -287,7 +287,14 @@ async fn serve_configured(
         .recover()
         .await
         .context("cannot recover interrupted stages")?;
+    let environments = deploylite_reconciler::environments::Environments::new(
+        store.clone(),
+        repos.clone(),
+        policies.clone(),
+        scheduler.waker(),
+    );
     let watcher = Watcher::with_policies(store.clone(), repos.clone(), scheduler.waker(), policies);
+    watcher.notify_on_commit(environments.waker());
     let forges = Arc::new(config.forges.clone());
     // Open pull requests are watched state: every poll lists them from the forge.
     watcher.watch_pull_requests(
@@ -370,6 +377,11 @@ async fn serve_configured(
     ));
     let scheduler_task = tokio::spawn(scheduler.clone().run(shutdown.clone()));
     let watcher_task = tokio::spawn(watcher.run(shutdown.clone()));
+    let environments_task = tokio::spawn(
+        environments
+            .clone()
+            .run(scheduler.subscribe(), shutdown.clone()),
+    );
     let janitor_task = tokio::spawn(janitor(
         store.clone(),
         data.clone(),
@@ -425,6 +437,7 @@ async fn serve_configured(
     tracing::info!("shutting down: running stages are stopped and will run again after a restart");
     shutdown.cancel();
     let _ = watcher_task.await;
+    let _ = environments_task.await;
     let _ = scheduler_task.await;
     let _ = janitor_task.await;
     let _ = reporter_task.await;

@@ -223,6 +223,76 @@ fn validate_prints_warnings_and_keeps_exit_0() {
     assert!(!out.contains('\x1b') && !err.contains('\x1b'));
 }
 
+/// Environment files are validated with the pipelines: each problem and warning as
+/// `file:line:col:`, the set checks (unknown pipeline, promote_from cycle) against the
+/// pipelines of the same `.deploylite` directory.
+#[test]
+fn validate_covers_environment_files() {
+    let repo = TestRepo::new();
+    repo.pipeline("a-good.yaml", GOOD);
+    repo.pipeline(
+        "deploy.yaml",
+        "name: deploy\nstages:\n  apply:\n    steps: [\"true\"]\n",
+    );
+    repo.write(
+        ".deploylite/environments/bad.yaml",
+        "name: bad\ndeploy: deploy\nfollows: { branch: main }\ncheck: { pipeline: good, interval: 5x }\n",
+    );
+    repo.write(
+        ".deploylite/environments/production.yaml",
+        "name: production\ndeploy: deplyo\nfollows: { branch: main }\npromote_from: [staging]\n",
+    );
+    repo.write(
+        ".deploylite/environments/staging.yaml",
+        "name: staging\ndeploy: deploy\nfollows: { branch: main }\npromote-from: [production]\n",
+    );
+    let (code, out, err) = in_dir(repo.path(), &["validate"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(
+        lines(&out),
+        [
+            ".deploylite/environments/bad.yaml:4:36: invalid duration `5x`: expected e.g. 500ms, 30s, 15m, 1h30m",
+            ".deploylite/environments/production.yaml:2:9: `deploy` names unknown pipeline `deplyo` (pipelines are named by the `name` of a .deploylite/pipelines/*.yaml file); did you mean `deploy`?",
+            ".deploylite/environments/production.yaml:4:16: promote_from cycle: production -> staging -> production (no version could ever reach them)",
+            ".deploylite/environments/staging.yaml:4:1: warning: `promote-from` is spelled `promote_from`; the other spelling is deprecated",
+        ]
+    );
+    assert_eq!(err, "3 problems in 2 files, 1 warning\n");
+
+    // One environment file named alone: its set is still its directory's (staging is known),
+    // and its pipelines are still those of the `.deploylite` directory.
+    repo.write(
+        ".deploylite/environments/production.yaml",
+        "name: production\ndeploy: deploy\nfollows: { branch: main }\npromote_from: [staging]\n",
+    );
+    repo.write(
+        ".deploylite/environments/staging.yaml",
+        "name: staging\ndeploy: deploy\nfollows: { branch: main }\n",
+    );
+    let (code, out, err) = in_dir(
+        repo.path(),
+        &["validate", ".deploylite/environments/production.yaml"],
+    );
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (0, "", "1 environment file valid\n")
+    );
+    let (code, out, err) = in_dir(repo.path(), &["validate", ".deploylite/environments"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(
+        lines(&out),
+        [".deploylite/environments/bad.yaml:4:36: invalid duration `5x`: expected e.g. 500ms, 30s, 15m, 1h30m"]
+    );
+
+    // Fixed: everything valid, counted by kind.
+    repo.remove(".deploylite/environments/bad.yaml");
+    let (code, out, err) = in_dir(repo.path(), &["validate"]);
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (0, "", "2 pipeline files and 2 environment files valid\n")
+    );
+}
+
 /// With a server to ask, a stage whose `runs_on` labels no runner offers is warned about; a
 /// stage the local runner takes is not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -82,6 +82,7 @@ fn serve_sh_says_building_then_starting_then_where_to_look_before_the_daemon_log
         out,
         format!(
             "serve.sh: created example repository {d}/examples/../.deploylite-data/example-repos/docs-site\n\
+             serve.sh: created example repository {d}/examples/../.deploylite-data/example-repos/shop\n\
              serve.sh: created example repository {d}/examples/../.deploylite-data/example-repos/webapp\n\
              serve.sh: building deploylite (cargo build --bin deploylite; the first build takes a few minutes)\n\
              cargo: build --bin deploylite --message-format=json-render-diagnostics\n    \

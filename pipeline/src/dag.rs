@@ -118,6 +118,7 @@ mod tests {
             on: Triggers::default(),
             concurrency: Concurrency::default(),
             env: Default::default(),
+            on_given: false,
             stages: stages
                 .iter()
                 .map(|(name, needs)| Stage {

@@ -6,6 +6,7 @@
 pub mod dag;
 pub mod document;
 pub mod duration;
+pub mod environment;
 pub mod expr;
 pub mod glob;
 pub mod keys;
@@ -21,6 +22,9 @@ mod validate;
 mod yaml;
 
 pub use dag::layers;
+pub use environment::{
+    Approval, DriftCheck, Environment, EnvironmentSpans, Follows, OnDrift, RollbackMode,
+};
 pub use expr::{Expr, ExprContext};
 pub use glob::{Glob, GlobList, InvalidGlob};
 pub use keys::canonical_key;
@@ -83,4 +87,31 @@ pub fn check_pipeline_set<'a>(
     pipelines: impl IntoIterator<Item = (&'a str, &'a Pipeline)>,
 ) -> Vec<Diagnostic> {
     validate::check_pipeline_set(pipelines)
+}
+
+/// Parse and validate one environment file (`.deploylite/environments/*.yaml`). `file` is only
+/// used in diagnostics. On failure, returns every problem found. A valid environment carries
+/// its warnings in [`Environment::warnings`]. Whether the pipelines and environments it names
+/// exist is [`check_environment_set`]'s question.
+pub fn parse_environment(file: &str, src: &str) -> Result<Environment, Vec<Diagnostic>> {
+    environment::parse(file, src).0
+}
+
+/// [`parse_environment`], with the file's warnings (deprecated spellings) also when it has
+/// errors.
+pub fn parse_environment_with_warnings(
+    file: &str,
+    src: &str,
+) -> (Result<Environment, Vec<Diagnostic>>, Vec<Diagnostic>) {
+    environment::parse(file, src)
+}
+
+/// Problems across a repository's environment files, given each valid environment with its
+/// file (in the order files are read) and the names of the repository's valid pipelines:
+/// duplicate environment names; `deploy`, `verify`, `check.pipeline` or `requires` naming a
+/// pipeline not in `pipelines`; `promote_from` naming an unknown environment or itself;
+/// `promote_from` cycles, named as `staging -> production -> staging`; more than
+/// [`limits::MAX_ENVIRONMENTS`] files (the excess is reported and not checked).
+pub fn check_environment_set(envs: &[(&str, &Environment)], pipelines: &[&str]) -> Vec<Diagnostic> {
+    environment::check_set(envs, pipelines)
 }

@@ -21,3 +21,10 @@ pub const MAX_CYCLES: usize = 10;
 pub const MAX_PATTERN_BYTES: usize = 1024;
 /// Patterns in one filter list: every changed path of a commit is tried against each.
 pub const MAX_PATTERNS: usize = 256;
+/// Entries of one list of an environment file (`requires`, `promote_from`).
+pub const MAX_ENVIRONMENT_LIST: usize = 64;
+/// Environment files of one repository; `check_environment_set` reports the excess.
+pub const MAX_ENVIRONMENTS: usize = 100;
+/// Characters of an environment name: it is a URL segment and part of environment variables,
+/// and a DNS label's length is the smallest limit among the places it may end up.
+pub const MAX_ENVIRONMENT_NAME: usize = 63;

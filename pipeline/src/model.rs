@@ -37,6 +37,12 @@ pub struct Pipeline {
     pub env: BTreeMap<String, String>,
     /// In file order. Validated: names unique, `needs` known, no cycle.
     pub stages: Vec<Stage>,
+    /// Whether the file has an `on:` key at all. A pipeline that an environment names as
+    /// `deploy`, `verify` or `check` runs only for deployments unless its own `on:` says
+    /// otherwise, so the reconciler must tell "no `on:`" from "`on:` with defaults".
+    /// Specs stored before this field read as `false`.
+    #[serde(default)]
+    pub on_given: bool,
     /// What `deploylite validate` warns about (deprecated key spellings, GitHub Actions
     /// habits), in file order; kept in the run's spec so that a run shows what its file was
     /// warned about.
@@ -204,7 +210,7 @@ impl RetryPolicy {
     }
 }
 
-mod duration_ms {
+pub(crate) mod duration_ms {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
 

@@ -105,7 +105,7 @@ fn github_hosted_label(label: &str) -> bool {
         .any(|p| label.starts_with(p))
 }
 
-fn one_of(list: &[&str]) -> String {
+pub(crate) fn one_of(list: &[&str]) -> String {
     let quoted: Vec<String> = list.iter().map(|k| format!("`{k}`")).collect();
     quoted.join(", ")
 }
@@ -136,7 +136,7 @@ pub(crate) fn name_problem(s: &str) -> Option<String> {
 
 /// A name in a message: control characters escaped, so that a hostile name cannot rewrite
 /// the terminal or the log line it is shown in.
-fn shown(s: &str) -> String {
+pub(crate) fn shown(s: &str) -> String {
     s.escape_debug().to_string()
 }
 
@@ -164,12 +164,7 @@ pub(crate) fn parse_pipeline(
     file: &str,
     src: &str,
 ) -> (Result<Pipeline, Vec<Diagnostic>>, Vec<Diagnostic>) {
-    let mut cx = Cx {
-        file,
-        diags: Vec::new(),
-        warnings: Vec::new(),
-        suggester: Suggester::default(),
-    };
+    let mut cx = Cx::new(file, true);
     if src.len() > MAX_FILE_BYTES {
         cx.err(
             Pos { line: 1, col: 1 },
@@ -199,7 +194,7 @@ pub(crate) fn parse_pipeline(
 
 /// Diagnostics in file order (whichever pass found them), at most [`MAX_DIAGNOSTICS`] of them
 /// and then one saying how many more there were.
-fn capped(mut diags: Vec<Diagnostic>, what: &str) -> Vec<Diagnostic> {
+pub(crate) fn capped(mut diags: Vec<Diagnostic>, what: &str) -> Vec<Diagnostic> {
     diags.sort_by_key(|d| (d.line, d.col));
     if diags.len() > MAX_DIAGNOSTICS {
         let more = diags.len() - MAX_DIAGNOSTICS;
@@ -214,23 +209,27 @@ fn capped(mut diags: Vec<Diagnostic>, what: &str) -> Vec<Diagnostic> {
 }
 
 /// The walker state: file name for diagnostics, everything found so far, and the file's
-/// suggestion budget.
-struct Cx<'f> {
+/// suggestion budget. Shared with the environment-file parser (`environment.rs`), so that both
+/// kinds of file get the same key-spelling rule, type errors and did-you-mean.
+pub(crate) struct Cx<'f> {
     file: &'f str,
-    diags: Vec<Diagnostic>,
-    warnings: Vec<Diagnostic>,
-    suggester: Suggester,
+    pub(crate) diags: Vec<Diagnostic>,
+    pub(crate) warnings: Vec<Diagnostic>,
+    pub(crate) suggester: Suggester,
+    /// Whether unknown keys that GitHub Actions workflows use get their hint: only pipeline
+    /// files resemble workflows.
+    github_actions_hints: bool,
 }
 
 /// The entries of a type-checked mapping, by canonical key; unknown keys and deprecated
 /// spellings were already reported.
-struct Fields<'n> {
-    pos: Pos,
+pub(crate) struct Fields<'n> {
+    pub(crate) pos: Pos,
     entries: Vec<(&'static str, &'n Entry<'n>)>,
 }
 
 impl<'n> Fields<'n> {
-    fn get(&self, key: &str) -> Option<&'n Entry<'n>> {
+    pub(crate) fn get(&self, key: &str) -> Option<&'n Entry<'n>> {
         self.entries
             .iter()
             .find(|(k, _)| *k == key)
@@ -238,8 +237,18 @@ impl<'n> Fields<'n> {
     }
 }
 
-impl Cx<'_> {
-    fn err(&mut self, pos: Pos, message: impl Into<String>) {
+impl<'f> Cx<'f> {
+    pub(crate) fn new(file: &'f str, github_actions_hints: bool) -> Self {
+        Cx {
+            file,
+            diags: Vec::new(),
+            warnings: Vec::new(),
+            suggester: Suggester::default(),
+            github_actions_hints,
+        }
+    }
+
+    pub(crate) fn err(&mut self, pos: Pos, message: impl Into<String>) {
         self.diags.push(Diagnostic {
             file: self.file.to_string(),
             line: pos.line,
@@ -248,7 +257,7 @@ impl Cx<'_> {
         });
     }
 
-    fn warn(&mut self, pos: Pos, message: impl Into<String>) {
+    pub(crate) fn warn(&mut self, pos: Pos, message: impl Into<String>) {
         self.warnings.push(Diagnostic {
             file: self.file.to_string(),
             line: pos.line,
@@ -257,7 +266,7 @@ impl Cx<'_> {
         });
     }
 
-    fn expected(&mut self, node: &Node, what: &str) {
+    pub(crate) fn expected(&mut self, node: &Node, what: &str) {
         self.err(
             node.pos,
             format!("expected {what}, found {}", node.type_name()),
@@ -266,7 +275,11 @@ impl Cx<'_> {
 
     /// Type-check a mapping (null counts as empty), resolve each key's spelling
     /// ([`canonical_key`]) and report unknown keys and keys written in both spellings.
-    fn map<'n>(&mut self, node: &'n Node<'n>, keys: &[&'static str]) -> Option<Fields<'n>> {
+    pub(crate) fn map<'n>(
+        &mut self,
+        node: &'n Node<'n>,
+        keys: &[&'static str],
+    ) -> Option<Fields<'n>> {
         let entries: &[Entry<'_>] = match &node.kind {
             NodeKind::Map(e) => e,
             _ if node.is_null() => &[],
@@ -312,7 +325,10 @@ impl Cx<'_> {
         // Compared in the canonical spelling, so that `timeout-minutes` and `run-on` are
         // recognised as well as their snake_case forms.
         let snake = key.replace('-', "_");
-        if let Some((_, hint)) = GITHUB_ACTIONS_KEYS.iter().find(|(k, _)| *k == snake) {
+        let github = self
+            .github_actions_hints
+            .then(|| GITHUB_ACTIONS_KEYS.iter().find(|(k, _)| *k == snake));
+        if let Some(Some((_, hint))) = github {
             self.err(pos, format!("unknown key `{key}`: {hint}"));
             return;
         }
@@ -325,7 +341,7 @@ impl Cx<'_> {
         self.err(pos, msg);
     }
 
-    fn required<'n>(&mut self, f: &Fields<'n>, key: &str) -> Option<&'n Entry<'n>> {
+    pub(crate) fn required<'n>(&mut self, f: &Fields<'n>, key: &str) -> Option<&'n Entry<'n>> {
         let e = f.get(key);
         if e.is_none() {
             self.err(f.pos, format!("missing required key `{key}`"));
@@ -334,12 +350,12 @@ impl Cx<'_> {
     }
 
     /// Any non-null scalar, as written (numbers and booleans are kept as text).
-    fn string(&mut self, node: &Node<'_>) -> Option<String> {
+    pub(crate) fn string(&mut self, node: &Node<'_>) -> Option<String> {
         self.str_of(node).map(str::to_string)
     }
 
     /// [`Cx::string`], borrowed from the tree.
-    fn str_of<'n>(&mut self, node: &'n Node<'_>) -> Option<&'n str> {
+    pub(crate) fn str_of<'n>(&mut self, node: &'n Node<'_>) -> Option<&'n str> {
         match &node.kind {
             NodeKind::Scalar(s) if s.kind() != ScalarKind::Null => Some(&s.value),
             _ => {
@@ -350,7 +366,7 @@ impl Cx<'_> {
     }
 
     /// A single string or a sequence of strings, each with its position.
-    fn string_list<'n>(&mut self, node: &'n Node<'_>) -> Option<Vec<(&'n str, Pos)>> {
+    pub(crate) fn string_list<'n>(&mut self, node: &'n Node<'_>) -> Option<Vec<(&'n str, Pos)>> {
         match &node.kind {
             NodeKind::Scalar(s) if s.kind() != ScalarKind::Null => {
                 Some(vec![(&*s.value, node.pos)])
@@ -421,7 +437,7 @@ impl Cx<'_> {
         list
     }
 
-    fn uint(&mut self, node: &Node) -> Option<u64> {
+    pub(crate) fn uint(&mut self, node: &Node) -> Option<u64> {
         match &node.kind {
             NodeKind::Scalar(s) if s.kind() == ScalarKind::Number => {
                 if let Ok(v) = s.value.parse::<u64>() {
@@ -434,7 +450,7 @@ impl Cx<'_> {
         None
     }
 
-    fn duration(&mut self, node: &Node<'_>) -> Option<Duration> {
+    pub(crate) fn duration(&mut self, node: &Node<'_>) -> Option<Duration> {
         let s = self.str_of(node)?;
         match parse_duration(s) {
             Ok(d) => Some(d),
@@ -484,6 +500,7 @@ impl Cx<'_> {
             }
             Some((n, e.value.pos))
         });
+        let on_given = f.get("on").is_some();
         let on = f
             .get("on")
             .map_or_else(Triggers::default, |e| self.triggers(&e.value));
@@ -506,6 +523,7 @@ impl Cx<'_> {
             concurrency,
             env,
             stages: stages?,
+            on_given,
             warnings: Vec::new(),
         })
     }

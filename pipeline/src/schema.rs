@@ -1,18 +1,27 @@
-//! The JSON Schema of pipeline files, for editors (yaml-language-server) and for
-//! `deploylite schema`-style tooling. A test keeps it in sync with the parser's key lists.
+//! The JSON Schemas of pipeline and environment files, for editors (yaml-language-server)
+//! and for `deploylite schema`-style tooling. Tests keep them in sync with the parsers' key
+//! lists.
 
-/// JSON Schema (draft 2020-12) of a `.deploylite/pipelines/*.yaml` file.
+/// JSON Schema (draft-07) of a `.deploylite/pipelines/*.yaml` file.
 pub const PIPELINE_SCHEMA: &str = include_str!("../schema/pipeline.schema.json");
+
+/// JSON Schema (draft-07) of a `.deploylite/environments/*.yaml` file.
+pub const ENVIRONMENT_SCHEMA: &str = include_str!("../schema/environment.schema.json");
 
 #[cfg(test)]
 mod tests {
-    use super::PIPELINE_SCHEMA;
+    use super::{ENVIRONMENT_SCHEMA, PIPELINE_SCHEMA};
+    use crate::environment;
     use crate::keys::alternate_spelling;
     use crate::parse::{ALL_KEY_LISTS, CONCURRENCY_VALUES, ON_KEYS};
     use serde_json::Value;
 
     fn schema() -> Value {
         serde_json::from_str(PIPELINE_SCHEMA).expect("schema is valid JSON")
+    }
+
+    fn environment_schema() -> Value {
+        serde_json::from_str(ENVIRONMENT_SCHEMA).expect("schema is valid JSON")
     }
 
     /// The `properties` of a definition, looking into `oneOf` branches (steps may be strings).
@@ -29,14 +38,12 @@ mod tests {
             .expect("definition has properties")
     }
 
-    #[test]
-    fn schema_and_parser_accept_the_same_keys() {
-        let s = schema();
-        assert_eq!(s["$schema"], "http://json-schema.org/draft-07/schema#");
-        for (def, keys) in ALL_KEY_LISTS {
+    /// Every canonical key of every mapping, and the deprecated other spelling of those that
+    /// have one (marked `deprecated`, and only those), each described.
+    fn same_keys(s: &Value, lists: &[(&str, &[&str])]) {
+        for (def, keys) in lists {
             let props = properties(&s["definitions"][*def]);
             let mut in_schema: Vec<&str> = props.keys().map(String::as_str).collect();
-            // Every canonical key, and the deprecated other spelling of those that have one.
             let alternates: Vec<String> =
                 keys.iter().filter_map(|k| alternate_spelling(k)).collect();
             let mut expected: Vec<&str> = keys.to_vec();
@@ -58,6 +65,13 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn schema_and_parser_accept_the_same_keys() {
+        let s = schema();
+        assert_eq!(s["$schema"], "http://json-schema.org/draft-07/schema#");
+        same_keys(&s, ALL_KEY_LISTS);
         let conc: Vec<&str> = s["definitions"]["pipeline"]["properties"]["concurrency"]["enum"]
             .as_array()
             .unwrap()
@@ -76,6 +90,33 @@ mod tests {
     }
 
     #[test]
+    fn environment_schema_and_parser_accept_the_same_keys() {
+        let s = environment_schema();
+        assert_eq!(s["$schema"], "http://json-schema.org/draft-07/schema#");
+        same_keys(&s, environment::ALL_KEY_LISTS);
+        let env = &s["definitions"]["environment"]["properties"];
+        let values = |v: &Value| -> Vec<String> {
+            v["enum"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(values(&env["on_drift"]), environment::ON_DRIFT_VALUES);
+        assert_eq!(values(&env["on-drift"]), environment::ON_DRIFT_VALUES);
+        assert_eq!(values(&env["rollback"]), environment::ROLLBACK_VALUES);
+        let required: Vec<&str> = s["definitions"]["environment"]["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(required, ["name", "deploy", "follows"]);
+    }
+
+    #[test]
     fn every_ref_resolves() {
         fn walk(v: &Value, root: &Value) {
             match v {
@@ -90,7 +131,8 @@ mod tests {
                 _ => {}
             }
         }
-        let s = schema();
-        walk(&s, &s);
+        for s in [schema(), environment_schema()] {
+            walk(&s, &s);
+        }
     }
 }

@@ -96,7 +96,7 @@ fn cycle_names(cycle: &[usize], stages: &[StageRef<'_>]) -> String {
 /// Not every elementary cycle of a tangled graph is listed, but every graph with a cycle yields
 /// at least one, which is what validation needs; the search stops after `max` cycles.
 /// Linear: every edge is followed once, and a stage's place on the current path is kept.
-fn find_cycles(edges: &[Vec<usize>], max: usize) -> Vec<Vec<usize>> {
+pub(crate) fn find_cycles(edges: &[Vec<usize>], max: usize) -> Vec<Vec<usize>> {
     #[derive(Clone, Copy, PartialEq)]
     enum Color {
         White,

@@ -171,6 +171,7 @@ fn full_example() {
                 services: vec![],
             },
         ],
+        on_given: true,
         warnings: vec![],
     };
     assert_eq!(p, expected);
@@ -196,6 +197,7 @@ fn full_example() {
 #[test]
 fn shorthands() {
     let p = parse_pipeline("a.yaml", "name: a\non: push\nstages:\n  s: {steps: [x]}\n").unwrap();
+    assert!(p.on_given);
     assert_eq!(
         p.on,
         Triggers {
@@ -237,6 +239,7 @@ fn shorthands() {
     )
     .unwrap();
     assert_eq!(p.on, Triggers::default());
+    assert!(!p.on_given, "no `on:` key");
     assert_eq!(p.concurrency, Concurrency::Parallel);
     assert_eq!(p.stages[0].timeout, Some(Duration::from_secs(90)));
 }

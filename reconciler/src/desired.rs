@@ -1,7 +1,7 @@
 //! Desired state: which runs a commit asks for. Pure given the pipeline files and the event;
 //! parsing is cached by git blob id, since most commits do not touch `.deploylite/`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use deploylite_pipeline::{
@@ -86,6 +86,32 @@ pub fn desired_runs(
     event: &CommitEvent,
     cache: &ParseCache,
 ) -> Vec<NewRun> {
+    desired_runs_except(files, event, cache, &HashSet::new())
+}
+
+/// The pipelines the default branch's environments name as `deploy`, `verify` or `check`:
+/// they run only for deployments unless their own `on:` says otherwise. Invalid environment
+/// files name none (`deploylite validate` reports them).
+pub fn deployment_only_pipelines(environment_files: &[PipelineFile]) -> HashSet<String> {
+    let mut names = HashSet::new();
+    for file in environment_files {
+        let Ok(text) = std::str::from_utf8(&file.content) else {
+            continue;
+        };
+        if let Ok(env) = deploylite_pipeline::parse_environment(&file.path, text) {
+            names.extend(env.pipelines().map(str::to_string));
+        }
+    }
+    names
+}
+
+/// [`desired_runs`], leaving out the `deployment_only` pipelines that have no `on:` of their own.
+pub fn desired_runs_except(
+    files: &[PipelineFile],
+    event: &CommitEvent,
+    cache: &ParseCache,
+    deployment_only: &HashSet<String>,
+) -> Vec<NewRun> {
     let parsed: Vec<(&PipelineFile, Parsed)> = files.iter().map(|f| (f, cache.parse(f))).collect();
     let valid = parsed
         .iter()
@@ -108,6 +134,9 @@ pub fn desired_runs(
         let Ok(pipeline) = parsed.as_ref() else {
             continue;
         };
+        if !pipeline.on_given && deployment_only.contains(&pipeline.name) {
+            continue;
+        }
         match pipeline
             .on
             .matches(&event.event, event.changed_paths.as_deref())

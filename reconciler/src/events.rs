@@ -219,6 +219,25 @@ impl Watcher {
                     .await?
             }
         };
+        // The same comment approves the deployments waiting for that commit (a fast-forward
+        // merge deploys the reviewed head itself; GitLab names the commit).
+        let commit = match &comment.commit {
+            Some(commit) => Some(commit.clone()),
+            None => {
+                store
+                    .newest_commit_of_ref(&comment.repo, &comment.git_ref, comment.written_at)
+                    .await?
+            }
+        };
+        if let Some(commit) = commit {
+            let deployments = store
+                .approve_deployments_of_commit(&comment.repo, &commit, &comment.by)
+                .await?;
+            if !deployments.is_empty() {
+                tracing::info!(repo = %comment.repo, commit, by = %comment.by, ?deployments, "deployments approved by a comment");
+                self.wake_environments();
+            }
+        }
         if approved.is_empty() {
             tracing::info!(repo = %comment.repo, git_ref = %comment.git_ref, by = %comment.by, "approval comment: no run was waiting for approval");
         } else {

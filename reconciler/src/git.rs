@@ -52,6 +52,7 @@ fn read_err(context: impl Into<String>) -> impl FnOnce(gix::Error) -> GitError {
 /// Where the pipelines of a repository live.
 pub const PIPELINES_DIR: &str = ".deploylite/pipelines";
 /// Where a repository's own Rego policies live.
+pub const ENVIRONMENTS_DIR: &str = ".deploylite/environments";
 pub const POLICY_DIR: &str = deploylite_policy::REPOSITORY_POLICY_DIR;
 
 /// A pipeline file as stored at one commit.
@@ -294,6 +295,13 @@ impl GitRepo {
     /// The pipeline files of a commit, read from its tree without a checkout.
     pub fn pipeline_files(&self, commit: &str) -> Result<Vec<PipelineFile>> {
         self.files_in(commit, PIPELINES_DIR, |name| {
+            name.ends_with(".yaml") || name.ends_with(".yml")
+        })
+    }
+
+    /// The environment files of a commit (`.deploylite/environments/*.yaml`).
+    pub fn environment_files(&self, commit: &str) -> Result<Vec<PipelineFile>> {
+        self.files_in(commit, ENVIRONMENTS_DIR, |name| {
             name.ends_with(".yaml") || name.ends_with(".yml")
         })
     }

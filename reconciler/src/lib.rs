@@ -4,6 +4,7 @@
 
 pub mod changes;
 pub mod desired;
+pub mod environments;
 pub mod events;
 pub mod git;
 pub mod inbox;

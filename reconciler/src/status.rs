@@ -61,6 +61,90 @@ status_enum!(StageStatus {
     Skipped => "skipped",
 });
 
+status_enum!(DeploymentStatus {
+    Waiting => "waiting",
+    Queued => "queued",
+    Deploying => "deploying",
+    Verifying => "verifying",
+    Succeeded => "succeeded",
+    Failed => "failed",
+    RollingBack => "rolling_back",
+    RolledBack => "rolled_back",
+    Superseded => "superseded",
+    Cancelled => "cancelled",
+    Rejected => "rejected",
+});
+
+status_enum!(DeploymentAction {
+    Deploy => "deploy",
+    Rollback => "rollback",
+});
+
+// What a deployment's run does, given to its stages as `DEPLOYLITE_ACTION`.
+status_enum!(RunAction {
+    Deploy => "deploy",
+    Rollback => "rollback",
+    Verify => "verify",
+    Check => "check",
+});
+
+status_enum!(Sync {
+    InSync => "in_sync",
+    OutOfSync => "out_of_sync",
+    Drifted => "drifted",
+    Unknown => "unknown",
+});
+
+status_enum!(Health {
+    Healthy => "healthy",
+    Degraded => "degraded",
+    Progressing => "progressing",
+    Unknown => "unknown",
+});
+
+impl DeploymentStatus {
+    /// Final: nothing moves it any more. `RollingBack` is not final: its rollback is running.
+    pub fn is_final(self) -> bool {
+        use DeploymentStatus::*;
+        matches!(
+            self,
+            Succeeded | Failed | RolledBack | Superseded | Cancelled | Rejected
+        )
+    }
+
+    /// Holds the environment's lock: one such deployment per environment at a time.
+    pub fn is_active(self) -> bool {
+        use DeploymentStatus::*;
+        matches!(self, Queued | Deploying | Verifying)
+    }
+
+    pub fn can_become(self, next: DeploymentStatus) -> bool {
+        use DeploymentStatus::*;
+        matches!(
+            (self, next),
+            (Waiting, Queued)
+                | (Waiting, Superseded)
+                | (Waiting, Cancelled)
+                | (Waiting, Rejected)
+                | (Queued, Deploying)
+                | (Queued, Superseded)
+                | (Queued, Cancelled)
+                | (Queued, Failed)
+                | (Deploying, Verifying)
+                | (Deploying, Succeeded)
+                | (Deploying, Failed)
+                | (Deploying, Cancelled)
+                | (Deploying, RollingBack)
+                | (Verifying, Succeeded)
+                | (Verifying, Failed)
+                | (Verifying, Cancelled)
+                | (Verifying, RollingBack)
+                | (RollingBack, RolledBack)
+                | (RollingBack, Failed)
+        )
+    }
+}
+
 impl RunStatus {
     pub fn is_final(self) -> bool {
         !matches!(self, RunStatus::Queued | RunStatus::Running)
@@ -123,6 +207,9 @@ mod tests {
         for s in StageStatus::ALL {
             assert_eq!(s.as_str().parse::<StageStatus>().ok(), Some(*s));
         }
+        for s in DeploymentStatus::ALL {
+            assert_eq!(s.as_str().parse::<DeploymentStatus>().ok(), Some(*s));
+        }
         assert!("bogus".parse::<RunStatus>().is_err());
     }
 
@@ -130,6 +217,11 @@ mod tests {
     fn final_states_never_move() {
         for from in StageStatus::ALL.iter().filter(|s| s.is_final()) {
             for to in StageStatus::ALL {
+                assert!(!from.can_become(*to), "{from} -> {to}");
+            }
+        }
+        for from in DeploymentStatus::ALL.iter().filter(|s| s.is_final()) {
+            for to in DeploymentStatus::ALL {
                 assert!(!from.can_become(*to), "{from} -> {to}");
             }
         }

@@ -21,7 +21,7 @@ use deploylite_runner::{BoxFuture, CancellationToken};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
-use crate::desired::{desired_runs, CommitEvent, ParseCache};
+use crate::desired::{CommitEvent, ParseCache};
 use crate::git::{is_local, GitError, GitRepo};
 use crate::paths::DataDir;
 use crate::run_gate::{self, RunGateFacts};
@@ -229,6 +229,8 @@ pub struct Watcher {
     /// Open pull requests as watched state (`pulls.rs`) and the delivery queues (`inbox.rs`).
     pub(crate) pulls: crate::pulls::PullWatch,
     pub(crate) inbox: crate::inbox::Inbox,
+    /// Told when a commit was recorded: the environment controller's desired versions moved.
+    on_commit: std::sync::OnceLock<Arc<Notify>>,
 }
 
 impl Watcher {
@@ -251,6 +253,7 @@ impl Watcher {
             policies,
             pulls: Default::default(),
             inbox: Default::default(),
+            on_commit: std::sync::OnceLock::new(),
         })
     }
 
@@ -478,7 +481,7 @@ impl Watcher {
         let base = untrusted
             .as_ref()
             .map(|u| (u.base_branch.clone(), u.base_sha.clone()));
-        let (files, changed, policy_files, author, default_branch) = entry
+        let (files, changed, policy_files, author, default_branch, environment_files) = entry
             .with_git(fetch, move |git| {
                 let definitions = match base {
                     Some((branch, sha)) => definitions_commit(git, &branch, sha)?,
@@ -487,10 +490,22 @@ impl Watcher {
                 let files = git.pipeline_files(&definitions)?;
                 // Policies come from where the pipelines do: a fork cannot bring its own.
                 let policy_files = git.policy_files(&definitions)?;
+                // Environments are defined by the default branch only.
+                let environment_files = match git.resolve("HEAD") {
+                    Ok(head) => git.environment_files(&head)?,
+                    Err(_) => Vec::new(),
+                };
                 // An unknown previous commit (force-push, gc) makes the change unknown: no filter.
                 let changed = prev.and_then(|p| git.changed_paths(&p, &commit_owned).ok());
                 let author = git.commit_author(&commit_owned).ok();
-                Ok((files, changed, policy_files, author, git.default_branch()))
+                Ok((
+                    files,
+                    changed,
+                    policy_files,
+                    author,
+                    git.default_branch(),
+                    environment_files,
+                ))
             })
             .await?;
         let event_kind = if matches!(event, Event::PullRequest { .. }) {
@@ -520,7 +535,9 @@ impl Watcher {
         // runs are recorded, so a denied run is never dispatched.
         let (cache, policies) = (self.cache.clone(), self.policies.clone());
         let runs = tokio::task::spawn_blocking(move || {
-            let mut runs = desired_runs(&files, &event, &cache);
+            let deployment_only = crate::desired::deployment_only_pipelines(&environment_files);
+            let mut runs =
+                crate::desired::desired_runs_except(&files, &event, &cache, &deployment_only);
             if let Some(untrusted) = &untrusted {
                 crate::trust::apply(&mut runs, untrusted);
             }
@@ -545,6 +562,9 @@ impl Watcher {
             tracing::info!(repo = %entry.config.name, git_ref, commit, created = ?created, superseded = ?cancelled, "new commit reconciled");
             self.scheduler.notify_one();
         }
+        if let Some(notify) = self.on_commit.get() {
+            notify.notify_one();
+        }
         Ok(created)
     }
 
@@ -554,6 +574,18 @@ impl Watcher {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Who to tell when a commit has been reconciled (the environment controller).
+    pub fn notify_on_commit(&self, notify: Arc<Notify>) {
+        let _ = self.on_commit.set(notify);
+    }
+
+    /// Asks the environment controller for a pass (an approval may have opened a gate).
+    pub(crate) fn wake_environments(&self) {
+        if let Some(notify) = self.on_commit.get() {
+            notify.notify_one();
+        }
     }
 
     pub fn wake_scheduler(&self) {

@@ -8,6 +8,7 @@
 mod approvals;
 mod auth;
 mod daemon_lock;
+mod environments;
 mod forge;
 mod migrate;
 mod pulls;
@@ -26,6 +27,10 @@ use sqlx::{AnyPool, ConnectOptions, Executor};
 
 pub use auth::{AuditEntry, AuditRecord, Role, TokenIdentity, TokenRecord};
 pub use daemon_lock::DatabaseLock;
+pub use environments::{
+    DeploymentRecord, DeploymentRun, EnvironmentRecord, EnvironmentSummary, EnvironmentTx, Hold,
+    NewDeployment, MAX_DRIFT_REDEPLOYS,
+};
 pub use forge::DueReport;
 pub use runners::{Lease, Registration, RunnerRecord, LOCAL_RUNNER};
 pub use runs::{

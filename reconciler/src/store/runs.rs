@@ -105,6 +105,10 @@ pub struct RunRecord {
     pub approved_by: Option<String>,
     /// The `deploylite.run` gate's decision; null when no policy applied.
     pub policy: Option<deploylite_policy::Decision>,
+    /// The deployment this run carries out (or the environment check it is), if any.
+    pub deployment_id: Option<i64>,
+    /// `deploy`, `rollback`, `verify` or `check` for a deployment's run.
+    pub deployment_action: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -133,7 +137,8 @@ pub struct StageAttemptRecord {
 
 const RUN_COLUMNS: &str = "id, repo, pipeline, pipeline_file, commit_sha, git_ref, trigger, run_attempt, status, \
      pending_reason, errors, cancel_requested, created_at, started_at, finished_at, pr_number, head_repo, untrusted, \
-     awaiting_approval, approved_by, policy_deny, policy_warn, policy_revision, policy_eval_us";
+     awaiting_approval, approved_by, policy_deny, policy_warn, policy_revision, policy_eval_us, deployment_id, \
+     deployment_action";
 
 impl Store {
     /// Records a reconciled commit. Returns the ids of the runs actually created (runs that
@@ -148,67 +153,10 @@ impl Store {
         let mut created = Vec::new();
         let mut cancelled = Vec::new();
         for run in &record.runs {
-            let finished_at = run.status.is_final().then_some(now);
-            let policy = run.policy.as_ref().map(PolicyColumns::of).transpose()?;
-            let id: Option<i64> = sqlx::query_scalar(
-                "INSERT INTO runs (repo, pipeline, pipeline_file, commit_sha, git_ref, trigger, run_attempt, \
-                     status, concurrency, spec, errors, workspace, workspace_ready, created_at, finished_at, pending_reason,
-                     report, pr_number, head_repo, untrusted, awaiting_approval,
-                     policy_deny, policy_warn, policy_revision, policy_eval_us)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21,
-                     $22, $23, $24, $25)
-                 ON CONFLICT (repo, pipeline, commit_sha, trigger, run_attempt) DO NOTHING
-                 RETURNING id",
-            )
-            .bind(&run.repo)
-            .bind(&run.pipeline)
-            .bind(&run.pipeline_file)
-            .bind(&run.commit)
-            .bind(&run.git_ref)
-            .bind(&run.trigger)
-            .bind(run.run_attempt)
-            .bind(run.status.as_str())
-            .bind(concurrency_str(run.concurrency))
-            .bind(run.spec.as_deref())
-            .bind(run.errors.as_deref())
-            .bind(run.workspace.as_deref())
-            .bind(i64::from(run.workspace.is_some()))
-            .bind(now)
-            .bind(finished_at)
-            .bind(run.pending_reason.as_deref())
-            .bind(i64::from(run.report))
-            .bind(run.pull_request.as_ref().map(|p| p.number))
-            .bind(run.pull_request.as_ref().map(|p| p.head_repo.as_str()))
-            .bind(i64::from(run.pull_request.as_ref().is_some_and(|p| p.untrusted)))
-            .bind(i64::from(run.awaiting_approval))
-            .bind(policy.as_ref().map(|p| p.deny.as_str()))
-            .bind(policy.as_ref().map(|p| p.warn.as_str()))
-            .bind(run.policy.as_ref().map(|d| d.revision_sha256.as_str()))
-            .bind(policy.as_ref().map(|p| p.eval_us))
-            .fetch_optional(&mut *tx)
-            .await
-            .ctx("inserting a run")?;
-            let Some(id) = id else { continue };
+            let Some(id) = insert_run(&mut tx, run, now).await? else {
+                continue;
+            };
             created.push(id);
-            queue_report(&mut tx, id, now).await?;
-            for (position, stage) in run.stages.iter().enumerate() {
-                let needs = serde_json::to_string(&stage.needs)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                sqlx::query(
-                    "INSERT INTO stages (run_id, name, position, status, needs, pending_reason, finished_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
-                .bind(id)
-                .bind(&stage.name)
-                .bind(position as i64)
-                .bind(stage.status.as_str())
-                .bind(needs)
-                .bind(stage.pending_reason.as_deref())
-                .bind(stage.status.is_final().then_some(now))
-                .execute(&mut *tx)
-                .await
-                .ctx("inserting a stage")?;
-            }
             if run.status == RunStatus::Queued
                 && run.concurrency == deploylite_pipeline::Concurrency::CancelInProgress
             {
@@ -429,6 +377,76 @@ impl Store {
     }
 }
 
+/// Inserts one run and its stages, and queues its first report, unless a run with the same
+/// identity exists (`None`).
+pub(super) async fn insert_run(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    run: &NewRun,
+    now: i64,
+) -> Result<Option<i64>> {
+    let finished_at = run.status.is_final().then_some(now);
+    let policy = run.policy.as_ref().map(PolicyColumns::of).transpose()?;
+    let id: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO runs (repo, pipeline, pipeline_file, commit_sha, git_ref, trigger, run_attempt, \
+                     status, concurrency, spec, errors, workspace, workspace_ready, created_at, finished_at, pending_reason,
+                     report, pr_number, head_repo, untrusted, awaiting_approval,
+                     policy_deny, policy_warn, policy_revision, policy_eval_us)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21,
+                     $22, $23, $24, $25)
+                 ON CONFLICT (repo, pipeline, commit_sha, trigger, run_attempt) DO NOTHING
+                 RETURNING id",
+            )
+            .bind(&run.repo)
+            .bind(&run.pipeline)
+            .bind(&run.pipeline_file)
+            .bind(&run.commit)
+            .bind(&run.git_ref)
+            .bind(&run.trigger)
+            .bind(run.run_attempt)
+            .bind(run.status.as_str())
+            .bind(concurrency_str(run.concurrency))
+            .bind(run.spec.as_deref())
+            .bind(run.errors.as_deref())
+            .bind(run.workspace.as_deref())
+            .bind(i64::from(run.workspace.is_some()))
+            .bind(now)
+            .bind(finished_at)
+            .bind(run.pending_reason.as_deref())
+            .bind(i64::from(run.report))
+            .bind(run.pull_request.as_ref().map(|p| p.number))
+            .bind(run.pull_request.as_ref().map(|p| p.head_repo.as_str()))
+            .bind(i64::from(run.pull_request.as_ref().is_some_and(|p| p.untrusted)))
+            .bind(i64::from(run.awaiting_approval))
+            .bind(policy.as_ref().map(|p| p.deny.as_str()))
+            .bind(policy.as_ref().map(|p| p.warn.as_str()))
+            .bind(run.policy.as_ref().map(|d| d.revision_sha256.as_str()))
+            .bind(policy.as_ref().map(|p| p.eval_us))
+            .fetch_optional(&mut **tx)
+            .await
+            .ctx("inserting a run")?;
+    let Some(id) = id else { return Ok(None) };
+    queue_report(tx, id, now).await?;
+    for (position, stage) in run.stages.iter().enumerate() {
+        let needs =
+            serde_json::to_string(&stage.needs).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query(
+                    "INSERT INTO stages (run_id, name, position, status, needs, pending_reason, finished_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(id)
+                .bind(&stage.name)
+                .bind(position as i64)
+                .bind(stage.status.as_str())
+                .bind(needs)
+                .bind(stage.pending_reason.as_deref())
+                .bind(stage.status.is_final().then_some(now))
+                .execute(&mut **tx)
+                .await
+                .ctx("inserting a stage")?;
+    }
+    Ok(Some(id))
+}
+
 pub(super) fn concurrency_str(c: deploylite_pipeline::Concurrency) -> &'static str {
     match c {
         deploylite_pipeline::Concurrency::Parallel => "parallel",
@@ -458,14 +476,14 @@ pub(super) fn parse_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T> {
 }
 
 /// A decision as its columns: the message lists as JSON text.
-struct PolicyColumns {
-    deny: String,
-    warn: String,
-    eval_us: i64,
+pub(super) struct PolicyColumns {
+    pub(super) deny: String,
+    pub(super) warn: String,
+    pub(super) eval_us: i64,
 }
 
 impl PolicyColumns {
-    fn of(decision: &deploylite_policy::Decision) -> Result<PolicyColumns> {
+    pub(super) fn of(decision: &deploylite_policy::Decision) -> Result<PolicyColumns> {
         let json = |list: &Vec<String>| {
             serde_json::to_string(list).map_err(|e| StoreError::Corrupt(e.to_string()))
         };
@@ -477,7 +495,7 @@ impl PolicyColumns {
     }
 }
 
-fn policy_from_row(r: &AnyRow) -> Result<Option<deploylite_policy::Decision>> {
+pub(super) fn policy_from_row(r: &AnyRow) -> Result<Option<deploylite_policy::Decision>> {
     let Some(revision) = r
         .try_get::<Option<String>, _>("policy_revision")
         .ctx("reading a run's policy")?
@@ -540,6 +558,8 @@ fn run_from_row(r: &AnyRow) -> Result<RunRecord> {
             != 0,
         approved_by: r.try_get("approved_by").ctx("reading a run")?,
         policy: policy_from_row(r)?,
+        deployment_id: r.try_get("deployment_id").ctx("reading a run")?,
+        deployment_action: r.try_get("deployment_action").ctx("reading a run")?,
     })
 }
 
