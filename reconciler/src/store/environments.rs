@@ -586,6 +586,40 @@ impl Store {
         Ok(ids)
     }
 
+    /// Who approved a deployment and when (epoch ms), oldest first.
+    pub async fn deployment_approvals(&self, id: i64) -> Result<Vec<(String, i64)>> {
+        sqlx::query_as(
+            "SELECT approver, created_at FROM deployment_approvals WHERE deployment_id = $1
+             ORDER BY created_at, approver",
+        )
+        .bind(id)
+        .fetch_all(self.pool())
+        .await
+        .ctx("reading a deployment's approvals")
+    }
+
+    /// Each pipeline's newest run on `commit` (deployments' own runs left out).
+    pub async fn runs_at_commit(
+        &self,
+        repo: &str,
+        commit: &str,
+    ) -> Result<Vec<(String, RunStatus)>> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT pipeline, status FROM runs
+             WHERE id IN (SELECT MAX(id) FROM runs WHERE repo = $1 AND commit_sha = $2
+                            AND deployment_id IS NULL GROUP BY pipeline)
+             ORDER BY pipeline",
+        )
+        .bind(repo)
+        .bind(commit)
+        .fetch_all(self.pool())
+        .await
+        .ctx("reading a commit's runs")?;
+        rows.into_iter()
+            .map(|(pipeline, status)| Ok((pipeline, parse_status(status)?)))
+            .collect()
+    }
+
     /// The newest commit recorded on `git_ref` by `not_after` (epoch ms): what a comment on a
     /// pull request written then was about.
     pub async fn newest_commit_of_ref(
