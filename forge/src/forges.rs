@@ -148,6 +148,19 @@ impl Forges {
         self.by_slug.values().find(|r| r.name == name)
     }
 
+    /// The page of an environment on this daemon (its deployments), for a deployment's
+    /// `log_url` / `target_url`.
+    pub fn environment_url(&self, repo: &str, environment: &str) -> Option<String> {
+        self.public_url.as_deref().map(|base| {
+            format!(
+                "{}/environments/{}/{}",
+                base.trim_end_matches('/'),
+                crate::report::http::encode_segment(repo),
+                crate::report::http::encode_segment(environment)
+            )
+        })
+    }
+
     /// The URL of a run on this daemon, for `details_url` / `target_url`.
     pub fn run_url(&self, run_id: i64) -> Option<String> {
         self.public_url

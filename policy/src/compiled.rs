@@ -259,29 +259,38 @@ pub(crate) fn eval_error(rule: &str, error: &anyhow::Error, limit: Duration) -> 
 }
 
 fn messages_of(value: &Value, rule: &str, out: &mut Vec<String>) {
-    if *value == Value::Undefined {
-        return;
-    }
-    // Sets serialize as arrays.
-    match serde_json::to_value(value) {
-        Ok(serde_json::Value::Array(items)) => out.extend(items.iter().map(message)),
-        Ok(serde_json::Value::Bool(true)) => out.push(format!("{rule} is true")),
-        Ok(text @ serde_json::Value::String(_)) => out.push(message(&text)),
+    // Read from regorus' values directly, not through a `serde_json::Value` copy of each
+    // rule's value. A set is what `deny contains msg` makes; an array, a string or `true`
+    // are what other rule shapes can give. Anything else says nothing.
+    match value {
+        Value::Set(items) => out.extend(items.iter().map(message)),
+        Value::Array(items) => out.extend(items.iter().map(message)),
+        Value::Bool(true) => out.push(format!("{rule} is true")),
+        Value::String(_) => out.push(message(value)),
         _ => {}
     }
 }
 
-fn message(value: &serde_json::Value) -> String {
+/// A message: a string, the `msg` string of an object, else the item as JSON; cut at
+/// [`MAX_MESSAGE_CHARS`].
+fn message(value: &Value) -> String {
     let text = match value {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Object(fields) => match fields.get("msg") {
-            Some(serde_json::Value::String(s)) => s.clone(),
-            _ => value.to_string(),
+        Value::String(s) => s.to_string(),
+        Value::Object(fields) => match fields.get(&Value::from("msg")) {
+            Some(Value::String(s)) => s.to_string(),
+            _ => as_json(value),
         },
-        other => other.to_string(),
+        other => as_json(other),
     };
     match text.char_indices().nth(MAX_MESSAGE_CHARS) {
         Some((cut, _)) => format!("{}…", &text[..cut]),
         None => text,
     }
+}
+
+/// Through `serde_json::Value`, as messages were always written (sorted keys, sets as arrays).
+fn as_json(value: &Value) -> String {
+    serde_json::to_value(value)
+        .map(|v| v.to_string())
+        .unwrap_or_default()
 }

@@ -4,6 +4,12 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::PolicyError;
+use crate::input::{
+    Approval, Author, Commit, CommitRun, DeploymentAction, Environment, Now, Plan, PolicyInput,
+    PullRequest, Repository, Trigger,
+};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Gate {
     /// Once a run is planned, before anything is dispatched: a deny ends the run in `error`.
@@ -57,6 +63,72 @@ impl std::str::FromStr for Gate {
                 format!("unknown gate `{s}`: expected deploylite.run or deploylite.deploy")
             })
     }
+}
+
+/// What the deployment controller knows when a deployment leaves `waiting`: everything
+/// [`deploy_input`] needs besides the plan of the environment's deploy pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeploymentFacts {
+    /// When the gate is asked (`Now::at(Utc::now())` in the daemon).
+    pub now: Now,
+    pub repository: Repository,
+    /// The environment's name.
+    pub environment: String,
+    /// The version (commit sha) deployed now; None before the first deployment.
+    pub current_version: Option<String>,
+    /// The version (commit sha) this deployment brings.
+    pub version: String,
+    /// The ref the version was taken from: `refs/heads/main`, `refs/tags/v1.2.0`.
+    pub git_ref: String,
+    pub author: Option<Author>,
+    /// Each pipeline's latest run on the version.
+    pub runs: Vec<CommitRun>,
+    /// The environment's `requires:`.
+    pub requires: Vec<String>,
+    pub action: DeploymentAction,
+    /// Approvals given so far, oldest first.
+    pub approvals: Vec<Approval>,
+    /// False when the version is code from a fork whose author is not a member.
+    pub trusted: bool,
+    /// The pull request the version came from, if it did.
+    pub pull_request: Option<PullRequest>,
+}
+
+/// The `deploylite.deploy` input document of a deployment, ready for
+/// `Policies::decide(Gate::Deploy, &repository_sources, &input)`: the typed [`PolicyInput`]
+/// (`plan` is the plan of the environment's deploy pipeline, `Plan::of(pipeline, file, &[])`)
+/// with `environment.action` added. Errors only if the document cannot be serialized.
+pub fn deploy_input(facts: DeploymentFacts, plan: Plan) -> Result<serde_json::Value, PolicyError> {
+    let action = facts.action;
+    let input = PolicyInput {
+        gate: Gate::Deploy,
+        now: facts.now,
+        repository: facts.repository,
+        environment: Some(Environment {
+            name: facts.environment,
+            current_version: facts.current_version,
+            desired_version: Some(facts.version.clone()),
+            requires: facts.requires,
+        }),
+        commit: Commit::at(facts.version, facts.git_ref, facts.author, facts.runs),
+        trigger: Trigger {
+            event: "deploy".into(),
+            trusted: facts.trusted,
+            pull_request: facts.pull_request,
+        },
+        plan,
+        approvals: facts.approvals,
+    };
+    let input_error = |e: serde_json::Error| PolicyError::Input(e.to_string());
+    let mut document = serde_json::to_value(input).map_err(input_error)?;
+    let action = serde_json::to_value(action).map_err(input_error)?;
+    if let Some(environment) = document
+        .get_mut("environment")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        environment.insert("action".into(), action);
+    }
+    Ok(document)
 }
 
 #[cfg(test)]

@@ -183,6 +183,37 @@ pub struct Environment {
     pub requires: Vec<String>,
 }
 
+/// What a deployment does to its environment: `environment.action` in the deploy gate's
+/// input. Not a field of [`Environment`]: callers build that struct literally, and a new
+/// field would break them; `gate::deploy_input` adds it to the document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentAction {
+    /// Brings the desired version (a new one, a promotion, a redeploy after drift).
+    Deploy,
+    /// Goes back to an earlier, good version (`rollback: auto` or `deploylite rollback`).
+    Rollback,
+}
+
+impl Commit {
+    /// A commit at `git_ref`, with its branch or tag read from the ref.
+    pub fn at(
+        sha: String,
+        git_ref: String,
+        author: Option<Author>,
+        runs: Vec<CommitRun>,
+    ) -> Commit {
+        Commit {
+            branch: git_ref.strip_prefix("refs/heads/").map(str::to_string),
+            tag: git_ref.strip_prefix("refs/tags/").map(str::to_string),
+            sha,
+            git_ref,
+            author,
+            runs,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Approval {
     /// `token:<name>`, `github:<login>`, `gitlab:<username>`.

@@ -22,10 +22,10 @@ pub mod testing;
 pub use compiled::{CompiledPolicy, Verdict};
 pub use decision::Decision;
 pub use error::PolicyError;
-pub use gate::Gate;
+pub use gate::{deploy_input, DeploymentFacts, Gate};
 pub use input::{
-    Approval, Author, Commit, CommitRun, Environment, Now, Plan, PlanStage, PolicyInput,
-    PullRequest, Repository, Trigger, INPUT_SCHEMA,
+    Approval, Author, Commit, CommitRun, DeploymentAction, Environment, Now, Plan, PlanStage,
+    PolicyInput, PullRequest, Repository, Trigger, INPUT_SCHEMA,
 };
 pub use policies::Policies;
 pub use sources::{is_test_file, PolicyFile, PolicySources, DATA_FILE};

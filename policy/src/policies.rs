@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use regorus::Value;
+use serde::Deserialize;
 
 use crate::compiled::{CompiledPolicy, Verdict};
 use crate::decision::Decision;
@@ -125,7 +126,9 @@ impl Policies {
                 })
             }
         };
-        let input = Value::from(input.clone());
+        // Read from the borrowed document: no copy of it first (what `Value::from` would
+        // take). Like `Value::from`, a document regorus cannot represent is undefined.
+        let input = Value::deserialize(input).unwrap_or(Value::Undefined);
         let mut verdict = self.operator.evaluate(gate, &input, self.limit)?;
         let theirs: Verdict = repository_compiled.evaluate(gate, &input, self.limit)?;
         // Operator messages first: a repository cannot push them out of a capped list.

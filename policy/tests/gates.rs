@@ -163,3 +163,108 @@ fn an_operator_bundle_that_does_not_compile_is_refused_by_file() {
     let err = Policies::from_bundles(&[data], Duration::from_secs(1)).expect_err("refused");
     assert!(err.to_string().contains("data.yaml:"), "{err}");
 }
+
+#[test]
+fn every_rule_shape_gives_its_messages() {
+    // Sets, arrays, strings, `true`, objects with a `msg`, undefined and false rules; deny
+    // and warn sharing a helper rule.
+    let theirs = repository(&[
+        (
+            "a.rego",
+            "package deploylite.run.a\nimport rego.v1\nbig if count(input.plan.stages) > 1\n\
+             deny contains {\"msg\": \"object message\"} if big\nwarn contains \"shared helper\" if big\n",
+        ),
+        ("b.rego", "package deploylite.run.b\nimport rego.v1\ndeny if true\nwarn := [\"w1\", \"w2\"]\n"),
+        ("c.rego", "package deploylite.run.c\nimport rego.v1\ndeny := \"a string\"\nwarn if false\n"),
+        ("d.rego", "package deploylite.run[\"d-e\"]\nimport rego.v1\ndeny contains 7 if true\n"),
+        ("e.rego", "package deploylite.run.e\nimport rego.v1\ndeny contains \"never\" if input.nothing\n"),
+    ]);
+    let input = json!({"gate": "deploylite.run", "plan": {"stages": [1, 2]}});
+    let decision = Policies::none()
+        .evaluate(Gate::Run, &theirs, &input)
+        .expect("evaluates");
+    assert_eq!(
+        decision.deny,
+        [
+            "7",
+            "a string",
+            "data.deploylite.run.b.deny is true",
+            "object message"
+        ]
+    );
+    assert_eq!(decision.warn, ["shared helper", "w1", "w2"]);
+}
+
+#[test]
+fn an_evaluation_error_still_names_its_rule() {
+    let theirs = repository(&[(
+        "conflict.rego",
+        "package deploylite.run.conflict\nimport rego.v1\ndeny := \"x\" if true\ndeny := \"y\" if true\n",
+    )]);
+    let err = Policies::none()
+        .evaluate(Gate::Run, &theirs, &run_input("ci"))
+        .expect_err("conflicting values");
+    assert!(matches!(err, PolicyError::Eval { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("evaluating data.deploylite.run.conflict.deny:"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_deploy_gate_decides_a_deployment_from_its_facts() {
+    use deploylite_policy::{
+        deploy_input, Approval, CommitRun, DeploymentAction, DeploymentFacts, Now, Plan, Repository,
+    };
+    let bundles = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy-bundles");
+    let policies = Policies::from_bundles(&[bundles], Duration::from_secs(1)).expect("compiles");
+    let facts = DeploymentFacts {
+        // Monday 10:00 UTC: inside production's window.
+        now: Now::from_unix_ms(1_796_637_600_000),
+        repository: Repository {
+            name: "webapp".into(),
+            default_branch: Some("main".into()),
+        },
+        environment: "production".into(),
+        current_version: None,
+        version: "0123456789abcdef0123456789abcdef01234567".into(),
+        git_ref: "refs/tags/v1.0.0".into(),
+        author: None,
+        runs: vec![CommitRun {
+            pipeline: "ci".into(),
+            status: "success".into(),
+        }],
+        requires: vec!["ci".into()],
+        action: DeploymentAction::Deploy,
+        approvals: vec![Approval {
+            by: "token:ops".into(),
+            at: "2026-12-07T09:00:00Z".into(),
+        }],
+        trusted: true,
+        pull_request: None,
+    };
+    let plan = Plan {
+        pipeline: "deploy".into(),
+        file: ".deploylite/pipelines/deploy.yaml".into(),
+        stages: Vec::new(),
+        images: Vec::new(),
+        runner_labels: Vec::new(),
+        secrets: Vec::new(),
+    };
+    let none = PolicySources::default();
+    let input = deploy_input(facts.clone(), plan.clone()).expect("serializes");
+    let decision = policies.decide(Gate::Deploy, &none, &input);
+    assert_eq!(
+        decision.deny,
+        ["environment production deploys only from the default branch (main); 0123456 is from tag v1.0.0"]
+    );
+    let from_main = DeploymentFacts {
+        git_ref: "refs/heads/main".into(),
+        ..facts
+    };
+    let input = deploy_input(from_main, plan).expect("serializes");
+    let decision = policies.decide(Gate::Deploy, &none, &input);
+    assert!(decision.is_quiet(), "{decision:?}");
+    assert_eq!(decision.revision_sha256.len(), 64);
+}

@@ -6,8 +6,8 @@
 //! skip part of the schema.
 
 use deploylite_policy::{
-    Approval, Author, Commit, CommitRun, Environment, Gate, Now, Plan, PolicyInput, PullRequest,
-    Repository, Trigger, INPUT_SCHEMA,
+    deploy_input, Approval, Author, Commit, CommitRun, DeploymentAction, DeploymentFacts,
+    Environment, Gate, Now, Plan, PolicyInput, PullRequest, Repository, Trigger, INPUT_SCHEMA,
 };
 use serde_json::{json, Value};
 
@@ -216,4 +216,60 @@ fn the_validator_catches_what_the_schema_forbids() {
             "no `{expected}` in {errors:#?}"
         );
     }
+}
+
+fn deployment_facts() -> DeploymentFacts {
+    DeploymentFacts {
+        now: Now::from_unix_ms(1_796_668_089_000),
+        repository: Repository {
+            name: "webapp".into(),
+            default_branch: Some("main".into()),
+        },
+        environment: "production".into(),
+        current_version: Some("fedcba9876543210fedcba9876543210fedcba98".into()),
+        version: "0123456789abcdef0123456789abcdef01234567".into(),
+        git_ref: "refs/heads/main".into(),
+        author: None,
+        runs: vec![CommitRun {
+            pipeline: "ci".into(),
+            status: "success".into(),
+        }],
+        requires: vec!["ci".into()],
+        action: DeploymentAction::Rollback,
+        approvals: vec![Approval {
+            by: "github:ada".into(),
+            at: "2026-12-07T18:00:00Z".into(),
+        }],
+        trusted: true,
+        pull_request: None,
+    }
+}
+
+#[test]
+fn a_deployment_input_carries_versions_action_and_approvals_and_validates() {
+    let plan = full_input().plan;
+    let value = deploy_input(deployment_facts(), plan).expect("serializes");
+    assert_eq!(errors_of(&value), Vec::<String>::new(), "{value:#}");
+    assert_eq!(value["gate"], json!("deploylite.deploy"));
+    assert_eq!(value["trigger"]["event"], json!("deploy"));
+    assert_eq!(value["commit"]["branch"], json!("main"));
+    assert_eq!(value["commit"]["tag"], json!(null));
+    assert_eq!(value["environment"]["action"], json!("rollback"));
+    assert_eq!(
+        value["environment"]["current_version"],
+        json!("fedcba9876543210fedcba9876543210fedcba98")
+    );
+    assert_eq!(
+        value["environment"]["desired_version"],
+        json!("0123456789abcdef0123456789abcdef01234567")
+    );
+    assert_eq!(value["approvals"][0]["by"], json!("github:ada"));
+    let mut value = value;
+    value["environment"]["action"] = json!("promote");
+    assert!(
+        errors_of(&value)
+            .iter()
+            .any(|e| e.starts_with("input.environment")),
+        "an unknown action is refused by the schema"
+    );
 }

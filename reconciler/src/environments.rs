@@ -820,12 +820,16 @@ impl Environments {
         let decision = match &sources {
             Err(error) => self.policies.failed(error, &empty.revision_sha256()),
             Ok(sources) => {
-                let input = deploy_input(entry, env, d, run, author, default_branch, now);
-                match serde_json::to_value(input) {
+                let facts = DeployGateFacts {
+                    author,
+                    default_branch,
+                    runs: self.store.runs_at_commit(&env.repo, &d.version).await?,
+                    approvals: self.store.deployment_approvals(d.id).await?,
+                    now,
+                };
+                match deploy_input(entry, env, d, run, facts) {
                     Ok(input) => self.policies.decide(Gate::Deploy, sources, &input),
-                    Err(e) => self
-                        .policies
-                        .failed(&deploylite_policy::PolicyError::Input(e.to_string()), ""),
+                    Err(error) => self.policies.failed(&error, &sources.revision_sha256()),
                 }
             }
         };
@@ -1252,17 +1256,26 @@ fn run_ref(d: &DeploymentRecord, env: &EnvironmentRecord) -> String {
         })
 }
 
+/// What the `deploylite.deploy` gate is told about a deployment besides the records.
+struct DeployGateFacts {
+    author: Option<(String, String)>,
+    default_branch: Option<String>,
+    /// Each pipeline's newest run on the version.
+    runs: Vec<(String, RunStatus)>,
+    /// Who approved, and when (epoch ms).
+    approvals: Vec<(String, i64)>,
+    now: i64,
+}
+
 /// The `deploylite.deploy` gate's input (policy/schema/policy-input.schema.json).
 fn deploy_input(
     entry: &Arc<RepoEntry>,
     env: &EnvironmentRecord,
     d: &DeploymentRecord,
     run: &NewRun,
-    author: Option<(String, String)>,
-    default_branch: Option<String>,
-    now: i64,
-) -> deploylite_policy::PolicyInput {
-    use deploylite_policy::{Approval, Author, Commit, Plan, PolicyInput, Repository, Trigger};
+    facts: DeployGateFacts,
+) -> Result<serde_json::Value, deploylite_policy::PolicyError> {
+    use deploylite_policy::{Approval, Author, CommitRun, DeploymentFacts, Plan, Repository};
     let pipeline: Option<deploylite_pipeline::Pipeline> = run
         .spec
         .as_deref()
@@ -1278,41 +1291,43 @@ fn deploy_input(
             secrets: Vec::new(),
         },
     };
-    let git_ref = run.git_ref.clone();
-    PolicyInput {
-        gate: Gate::Deploy,
-        now: Now::from_unix_ms(now),
-        repository: Repository {
-            name: entry.config.name.clone(),
-            default_branch,
-        },
-        commit: Commit {
-            sha: d.version.clone(),
-            branch: git_ref.strip_prefix("refs/heads/").map(str::to_string),
-            tag: git_ref.strip_prefix("refs/tags/").map(str::to_string),
-            git_ref,
-            author: author.map(|(name, email)| Author { name, email }),
-            runs: Vec::new(),
-        },
-        trigger: Trigger {
-            event: "deployment".into(),
+    deploylite_policy::deploy_input(
+        DeploymentFacts {
+            now: Now::from_unix_ms(facts.now),
+            repository: Repository {
+                name: entry.config.name.clone(),
+                default_branch: facts.default_branch,
+            },
+            environment: env.name.clone(),
+            current_version: env.current_version.clone(),
+            version: d.version.clone(),
+            git_ref: run.git_ref.clone(),
+            author: facts.author.map(|(name, email)| Author { name, email }),
+            runs: facts
+                .runs
+                .into_iter()
+                .map(|(pipeline, status)| CommitRun {
+                    pipeline,
+                    status: status.as_str().to_string(),
+                })
+                .collect(),
+            requires: env.definition.requires.clone(),
+            action: match d.action {
+                DeploymentAction::Deploy => deploylite_policy::DeploymentAction::Deploy,
+                DeploymentAction::Rollback => deploylite_policy::DeploymentAction::Rollback,
+            },
+            approvals: facts
+                .approvals
+                .into_iter()
+                .map(|(by, at)| Approval {
+                    by,
+                    at: Now::from_unix_ms(at).time,
+                })
+                .collect(),
+            // Versions come from the repository's own branches and tags, never from a fork.
             trusted: true,
             pull_request: None,
         },
         plan,
-        environment: Some(deploylite_policy::Environment {
-            name: env.name.clone(),
-            current_version: env.current_version.clone(),
-            desired_version: Some(d.version.clone()),
-            requires: env.definition.requires.clone(),
-        }),
-        approvals: d
-            .approvals
-            .iter()
-            .map(|by| Approval {
-                by: by.clone(),
-                at: String::new(),
-            })
-            .collect(),
-    }
+    )
 }

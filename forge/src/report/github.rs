@@ -273,6 +273,28 @@ pub(crate) async fn report_status(
     Ok(())
 }
 
+/// A pull request's base branch: `GET /repos/{owner}/{repo}/pulls/{pull_number}`, `base.ref`
+/// (https://docs.github.com/en/rest/pulls/pulls#get-a-pull-request).
+pub(crate) async fn pull_base(
+    crab: &Octocrab,
+    slug: &str,
+    number: i64,
+) -> Result<String, DeliveryError> {
+    let answer = call(
+        crab,
+        Verb::Get,
+        &format!("{}/pulls/{number}", repo_path(slug)?),
+        None,
+    )
+    .await?;
+    answer
+        .pointer("/base/ref")
+        .and_then(Value::as_str)
+        .filter(|b| !b.is_empty() && b.len() <= 255)
+        .map(str::to_string)
+        .ok_or_else(|| DeliveryError::Unexpected("the pull request has no base.ref".into()))
+}
+
 /// Where a pull request's comments live.
 pub(crate) fn comment_api<'a>(
     crab: &'a Octocrab,

@@ -113,6 +113,28 @@ pub(crate) async fn report_status(
     Ok(())
 }
 
+/// A merge request's target branch: `GET /projects/:id/merge_requests/:merge_request_iid`,
+/// `target_branch` (https://docs.gitlab.com/ee/api/merge_requests.html#get-single-mr).
+pub(crate) async fn mr_target(
+    crab: &Octocrab,
+    slug: &str,
+    iid: i64,
+) -> Result<String, DeliveryError> {
+    let answer = call(
+        crab,
+        Verb::Get,
+        &format!("{}/merge_requests/{iid}", project_path(slug)),
+        None,
+    )
+    .await?;
+    answer
+        .get("target_branch")
+        .and_then(serde_json::Value::as_str)
+        .filter(|b| !b.is_empty() && b.len() <= 255)
+        .map(str::to_string)
+        .ok_or_else(|| DeliveryError::Unexpected("the merge request has no target_branch".into()))
+}
+
 pub(crate) fn comment_api<'a>(crab: &'a Octocrab, slug: &str, iid: i64) -> CommentApi<'a> {
     let base = format!("{}/merge_requests/{iid}/notes", project_path(slug));
     CommentApi {

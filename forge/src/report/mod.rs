@@ -22,9 +22,13 @@
 //! - GitLab token: commit statuses `pending` / `running` / `success` / `failed` / `canceled`;
 //!   skipped is `success`.
 //! - Pull/merge requests: one comment, edited in place, covering every pipeline of the latest
-//!   head commit.
+//!   head commit, and a line per environment the head would deploy to after merge.
+//! - Deployments (their own outbox, `deployment_outbox`): a GitHub Deployment with deployment
+//!   statuses, a GitLab deployment, and for a policy rejection a failing check / commit status
+//!   (`deployments.rs`).
 
 mod comments;
+mod deployments;
 pub(crate) mod github;
 pub(crate) mod gitlab;
 pub(crate) mod http;
@@ -92,6 +96,8 @@ pub struct Reporter {
     gitlab: Option<gitlab::Gitlab>,
     /// Runs whose report is being sent: never two sends of one run at once.
     in_flight: Mutex<HashSet<i64>>,
+    /// The same for deployments.
+    deployments_in_flight: Mutex<HashSet<i64>>,
     /// Serialises the writers of one pull request's comment.
     pr_locks: Mutex<HashMap<(String, i64), PrLock>>,
     /// No request to a forge before this time (epoch ms): its rate limit is exhausted.
@@ -100,6 +106,22 @@ pub struct Reporter {
 
 /// Held while a pull request's comment is rendered and written.
 type PrLock = Arc<tokio::sync::Mutex<()>>;
+
+/// `forge_objects` kind: a pull request's base branch, keyed `number@head`.
+const PR_BASE: &str = "pr_base";
+
+/// Where to ask for a pull request's base branch.
+#[derive(Clone, Copy)]
+enum PrBase<'a> {
+    Github {
+        crab: &'a octocrab::Octocrab,
+        slug: &'a str,
+    },
+    Gitlab {
+        crab: &'a octocrab::Octocrab,
+        slug: &'a str,
+    },
+}
 
 /// What became of one run's due report.
 #[derive(Debug)]
@@ -115,15 +137,23 @@ enum Outcome {
     GiveUp(String),
 }
 
-/// A run claimed for sending; dropping it (even by aborting its task) releases the run.
+/// A run (or a deployment) claimed for sending; dropping it (even by aborting its task)
+/// releases it.
 struct Claim {
     reporter: Arc<Reporter>,
+    /// For a deployment, `due.run_id` is the deployment id.
     due: DueReport,
+    deployment: bool,
 }
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        lock(&self.reporter.in_flight).remove(&self.due.run_id);
+        let set = if self.deployment {
+            &self.reporter.deployments_in_flight
+        } else {
+            &self.reporter.in_flight
+        };
+        lock(set).remove(&self.due.run_id);
     }
 }
 
@@ -162,6 +192,7 @@ impl Reporter {
             github,
             gitlab,
             in_flight: Mutex::new(HashSet::new()),
+            deployments_in_flight: Mutex::new(HashSet::new()),
             pr_locks: Mutex::new(HashMap::new()),
             blocked_until: Mutex::new(HashMap::new()),
         })
@@ -233,27 +264,47 @@ impl Reporter {
         }
     }
 
-    /// Due reports of runs not already being sent, marked in flight.
+    /// Due reports of runs, then of deployments, not already being sent, marked in flight.
     async fn claim_due(self: &Arc<Self>, limit: usize) -> Vec<Claim> {
-        let busy = lock(&self.in_flight).len();
-        let due = match self
-            .store
-            .due_reports(now_ms(), (limit + busy) as i64)
-            .await
-        {
+        let mut claims = self.claim_due_of(limit, false).await;
+        let left = limit.saturating_sub(claims.len());
+        if left > 0 {
+            claims.extend(self.claim_due_of(left, true).await);
+        }
+        claims
+    }
+
+    async fn claim_due_of(self: &Arc<Self>, limit: usize, deployment: bool) -> Vec<Claim> {
+        let set = if deployment {
+            &self.deployments_in_flight
+        } else {
+            &self.in_flight
+        };
+        let busy = lock(set).len();
+        let read = if deployment {
+            self.store
+                .due_deployment_reports(now_ms(), (limit + busy) as i64)
+                .await
+        } else {
+            self.store
+                .due_reports(now_ms(), (limit + busy) as i64)
+                .await
+        };
+        let due = match read {
             Ok(due) => due,
             Err(error) => {
-                tracing::warn!(%error, "cannot read the outbox");
+                tracing::warn!(%error, deployment, "cannot read the outbox");
                 return Vec::new();
             }
         };
-        let mut in_flight = lock(&self.in_flight);
+        let mut in_flight = lock(set);
         due.into_iter()
             .filter(|d| in_flight.insert(d.run_id))
             .take(limit)
             .map(|due| Claim {
                 reporter: self.clone(),
                 due,
+                deployment,
             })
             .collect::<Vec<_>>()
     }
@@ -261,6 +312,14 @@ impl Reporter {
     /// Sends one run's report and records the result. True when the rows are done with.
     async fn process(&self, claim: &Claim) -> bool {
         let due = &claim.due;
+        if claim.deployment {
+            let span = tracing::info_span!(
+                "forge_deployment_report",
+                deployment_id = due.run_id,
+                attempt = due.attempts + 1,
+            );
+            return self.process_deployment(due).instrument(span).await;
+        }
         let span = tracing::info_span!(
             "forge_report",
             run_id = due.run_id,
@@ -308,6 +367,135 @@ impl Reporter {
             return false;
         }
         !matches!(outcome, Outcome::Retry { .. })
+    }
+
+    /// Sends one deployment's report and records the result. True when the rows are done with.
+    async fn process_deployment(&self, due: &DueReport) -> bool {
+        let id = due.run_id;
+        let outcome =
+            match tokio::time::timeout(self.config.delivery_timeout, self.deliver_deployment(due))
+                .await
+            {
+                Ok(outcome) => outcome,
+                Err(_) => Outcome::Retry {
+                    at: now_ms() + self.backoff_ms(due.attempts),
+                    error: "the forge did not answer in time".into(),
+                },
+            };
+        let result = match &outcome {
+            Outcome::Delivered => {
+                tracing::info!(deployment_id = id, "deployment report delivered");
+                self.store.deployment_report_sent(id, due.up_to_id).await
+            }
+            Outcome::NothingToDo(why) => {
+                tracing::debug!(deployment_id = id, why = %why, "nothing to report");
+                self.store.deployment_report_sent(id, due.up_to_id).await
+            }
+            Outcome::GiveUp(error) => {
+                tracing::warn!(deployment_id = id, attempts = due.attempts + 1, %error,
+                    "giving up on a deployment report");
+                self.store.deployment_report_sent(id, due.up_to_id).await
+            }
+            Outcome::Retry { at, error } => {
+                tracing::warn!(
+                    deployment_id = id,
+                    attempts = due.attempts + 1,
+                    retry_in_ms = at - now_ms(),
+                    %error,
+                    "cannot report a deployment to the forge; will retry"
+                );
+                self.store.deployment_report_failed(id, *at, error).await
+            }
+        };
+        if let Err(error) = result {
+            tracing::warn!(deployment_id = id, %error, "cannot record a report's outcome");
+            return false;
+        }
+        !matches!(outcome, Outcome::Retry { .. })
+    }
+
+    async fn deliver_deployment(&self, due: &DueReport) -> Outcome {
+        let deployment = match self.store.deployment(due.run_id).await {
+            Ok(Some(d)) => d,
+            Ok(None) => return Outcome::NothingToDo("the deployment no longer exists".into()),
+            Err(e) => return self.failed(None, due.attempts, DeliveryError::Store(e)),
+        };
+        let Some(repo) = self.forges.repo_by_name(&deployment.repo).cloned() else {
+            return Outcome::NothingToDo(format!(
+                "repository `{}` has no forge configured",
+                deployment.repo
+            ));
+        };
+        if let Some(until) = lock(&self.blocked_until).get(&repo.forge).copied() {
+            if until > now_ms() {
+                return Outcome::Retry {
+                    at: until,
+                    error: format!(
+                        "waiting for the {} rate limit to reset",
+                        repo.forge.as_str()
+                    ),
+                };
+            }
+        }
+        let state = deployments::DeploymentState {
+            url: self
+                .forges
+                .environment_url(&deployment.repo, &deployment.environment),
+            deployment,
+            now_ms: now_ms(),
+        };
+        let sending = std::time::Instant::now();
+        let result = match (repo.forge, &self.github, &self.gitlab) {
+            (ForgeKind::Github, Some(gh), _) => {
+                let result = async {
+                    let crab = gh.client_for(&repo.slug).await?;
+                    deployments::report_github(
+                        &crab,
+                        &self.store,
+                        &repo.name,
+                        &repo.slug,
+                        gh.mode(),
+                        &state,
+                    )
+                    .await
+                }
+                .await;
+                if let Err(e) = &result {
+                    if gh.mode() == github::Mode::Checks && e.status() == Some(401) {
+                        gh.forget_installation(&repo.slug).await;
+                    }
+                }
+                result
+            }
+            (ForgeKind::Gitlab, _, Some(gl)) => match gl.client().await {
+                Ok(crab) => {
+                    deployments::report_gitlab(&crab, &self.store, &repo.name, &repo.slug, &state)
+                        .await
+                }
+                Err(e) => Err(e),
+            },
+            _ => {
+                return Outcome::NothingToDo(format!(
+                    "no {} credentials are configured",
+                    repo.forge.as_str()
+                ))
+            }
+        };
+        let outcome = match result {
+            Ok(()) => Outcome::Delivered,
+            Err(e) => self.failed(Some(repo.forge), due.attempts, e),
+        };
+        let result = match &outcome {
+            Outcome::Retry { .. } => "error",
+            Outcome::GiveUp(_) => "rejected",
+            Outcome::Delivered | Outcome::NothingToDo(_) => "ok",
+        };
+        deploylite_telemetry::metrics().forge_delivery(
+            repo.forge.as_str(),
+            result,
+            sending.elapsed(),
+        );
+        outcome
     }
 
     async fn deliver(&self, due: &DueReport) -> Outcome {
@@ -394,7 +582,11 @@ impl Reporter {
             }
             if let Some(pr) = &state.run.pull_request {
                 let api = github::comment_api(&crab, &repo.slug, pr.number)?;
-                self.update_pr_comment(repo, pr.number, &api).await?;
+                let base = PrBase::Github {
+                    crab: &crab,
+                    slug: &repo.slug,
+                };
+                self.update_pr_comment(repo, pr.number, &api, base).await?;
             }
             Ok(())
         }
@@ -422,7 +614,11 @@ impl Reporter {
         }
         if let Some(pr) = &state.run.pull_request {
             let api = gitlab::comment_api(&crab, &repo.slug, pr.number);
-            self.update_pr_comment(repo, pr.number, &api).await?;
+            let base = PrBase::Gitlab {
+                crab: &crab,
+                slug: &repo.slug,
+            };
+            self.update_pr_comment(repo, pr.number, &api, base).await?;
         }
         Ok(())
     }
@@ -434,6 +630,7 @@ impl Reporter {
         repo: &ForgeRepo,
         number: i64,
         api: &comments::CommentApi<'_>,
+        base: PrBase<'_>,
     ) -> Result<(), DeliveryError> {
         let pr_lock = {
             let mut locks = lock(&self.pr_locks);
@@ -452,8 +649,71 @@ impl Reporter {
                 states.push(self.state(run, stages, false).await?);
             }
         }
-        let body = render::pr_comment(number, &states);
+        let mut body = render::pr_comment(number, &states);
+        if let Some(head) = states.first().map(|s| s.run.commit.clone()) {
+            let plans = self.environment_plans(repo, number, &head, base).await?;
+            body.push_str(&render::environments_section(&head, &plans, &states));
+        }
         comments::upsert(api, &self.store, &repo.name, number, &body).await
+    }
+
+    /// The environments a pull request's head would deploy to after merge: those whose
+    /// `follows` branch is the pull request's base. The base is asked of the forge once per head
+    /// (it is not in the runs), and only when some environment follows a branch.
+    async fn environment_plans(
+        &self,
+        repo: &ForgeRepo,
+        number: i64,
+        head: &str,
+        base: PrBase<'_>,
+    ) -> Result<Vec<render::EnvironmentPlan>, DeliveryError> {
+        let environments: Vec<_> = self
+            .store
+            .environments(Some(&repo.name), false)
+            .await?
+            .into_iter()
+            .filter(|e| {
+                matches!(
+                    e.definition.follows,
+                    deploylite_pipeline::Follows::Branch(_)
+                )
+            })
+            .collect();
+        if environments.is_empty() {
+            return Ok(Vec::new());
+        }
+        let key = format!("{number}@{head}");
+        let branch = match self.store.forge_object(&repo.name, PR_BASE, &key).await? {
+            Some(branch) => branch,
+            None => {
+                let branch = match base {
+                    PrBase::Github { crab, slug } => github::pull_base(crab, slug, number).await?,
+                    PrBase::Gitlab { crab, slug } => gitlab::mr_target(crab, slug, number).await?,
+                };
+                self.store
+                    .set_forge_object(&repo.name, PR_BASE, &key, &branch)
+                    .await?;
+                branch
+            }
+        };
+        let mut plans = Vec::new();
+        for environment in environments {
+            if environment.definition.follows
+                != deploylite_pipeline::Follows::Branch(branch.clone())
+            {
+                continue;
+            }
+            let mut promoted = Vec::new();
+            for source in &environment.definition.promote_from {
+                let deployed = self.store.has_deployed(&repo.name, source, head).await?;
+                promoted.push((source.clone(), deployed));
+            }
+            plans.push(render::EnvironmentPlan {
+                environment,
+                promoted,
+            });
+        }
+        Ok(plans)
     }
 
     /// A run as a report shows it: for a failed run, its first failed stage with the latest

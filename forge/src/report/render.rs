@@ -688,6 +688,112 @@ pub(crate) fn pr_comment(number: i64, runs: &[RunState]) -> String {
     out
 }
 
+/// One environment the pull request's head would deploy to after merge: its definition and
+/// where its gates stand for the head (see [`environment_plan_line`]).
+#[derive(Debug, Clone)]
+pub(crate) struct EnvironmentPlan {
+    pub environment: deploylite_reconciler::store::EnvironmentRecord,
+    /// Each `promote_from:` environment with whether it has deployed the head.
+    pub promoted: Vec<(String, bool)>,
+}
+
+/// The comment's section on environments: one line per environment whose `follows` branch is
+/// the pull request's base, saying what would deploy after merge, behind which gates, and what
+/// it would wait for now. Empty when no environment follows the base branch.
+pub(crate) fn environments_section(
+    head: &str,
+    plans: &[EnvironmentPlan],
+    runs: &[RunState],
+) -> String {
+    if plans.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "
+**Environments** (after merge):
+
+",
+    );
+    for plan in plans {
+        out.push_str(&format!("- {}\n", environment_plan_line(head, plan, runs)));
+    }
+    out
+}
+
+/// `production: would deploy abc1234 after ci, approval 0 of 1 — waiting: requires: ci
+/// running on abc1234`. The gates are the environment's; the wait is the controller's own
+/// wording (`waiting_reason`) applied to the head as if it were the desired version.
+pub(crate) fn environment_plan_line(
+    head: &str,
+    plan: &EnvironmentPlan,
+    runs: &[RunState],
+) -> String {
+    use deploylite_reconciler::environments::{waiting_reason, GateFacts};
+    use deploylite_reconciler::status::{DeploymentAction, DeploymentStatus};
+    let env = &plan.environment;
+    let def = &env.definition;
+    let short = short_sha(head);
+    let mut gates: Vec<String> = def.requires.clone();
+    gates.extend(def.promote_from.iter().map(|s| format!("promote_from {s}")));
+    if let Some(approval) = def.approval.filter(|a| a.required > 0) {
+        gates.push(format!("approval 0 of {}", approval.required));
+    }
+    let mut line = if gates.is_empty() {
+        format!("{}: would deploy {short} on merge", cell(&env.name))
+    } else {
+        format!(
+            "{}: would deploy {short} after {}",
+            cell(&env.name),
+            cell(&gates.join(", "))
+        )
+    };
+    let facts = GateFacts {
+        hold: env.hold.clone(),
+        required: def
+            .requires
+            .iter()
+            .map(|p| {
+                let status = runs
+                    .iter()
+                    .find(|s| &s.run.pipeline == p && s.run.commit == head)
+                    .map(|s| s.run.status);
+                (p.clone(), status)
+            })
+            .collect(),
+        promoted: plan.promoted.clone(),
+        active: None,
+    };
+    let planned = deploylite_reconciler::store::DeploymentRecord {
+        id: 0,
+        repo: env.repo.clone(),
+        environment: env.name.clone(),
+        version: head.to_string(),
+        attempt: 1,
+        git_ref: None,
+        previous_version: env.current_version.clone(),
+        action: DeploymentAction::Deploy,
+        status: DeploymentStatus::Waiting,
+        pending_reason: None,
+        triggered_by: String::new(),
+        manual: false,
+        rollback_of: None,
+        policy: None,
+        errors: Vec::new(),
+        created_at: 0,
+        started_at: None,
+        finished_at: None,
+        runs: Vec::new(),
+        approvals: Vec::new(),
+    };
+    // The approval is listed with the gates already; any other wait is news.
+    if let Some(reason) =
+        waiting_reason(&planned, def, &facts).filter(|r| !r.starts_with("approval:"))
+    {
+        line.push_str(&format!(" — waiting: {}", cell(&reason)));
+    }
+    line
+}
+
 fn stages_summary(state: &RunState) -> String {
     match state.run.status {
         RunStatus::Error if policy_denials(&state.run).is_some() => {

@@ -466,6 +466,42 @@ fn validate_gitlab(
         }
         ("GET", ["api", "v4", "projects", project, "merge_requests", iid, "notes"])
             if project_ok(project) && iid.parse::<u64>().is_ok() => {}
+        // https://docs.gitlab.com/ee/api/merge_requests.html#get-single-mr
+        ("GET", ["api", "v4", "projects", project, "merge_requests", iid])
+            if project_ok(project) && iid.parse::<u64>().is_ok() => {}
+        // https://docs.gitlab.com/ee/api/deployments.html#create-a-deployment: every parameter
+        // is required; `status` is one of running, success, failed, canceled (the API refuses
+        // `created`).
+        ("POST", ["api", "v4", "projects", project, "deployments"]) if project_ok(project) => {
+            for field in ["environment", "sha", "ref"] {
+                if body
+                    .get(field)
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+                {
+                    problems.push(format!("{here}: `{field}` must be a non-empty string"));
+                }
+            }
+            if !body.get("tag").is_some_and(Value::is_boolean) {
+                problems.push(format!("{here}: `tag` must be a boolean"));
+            }
+            problems.extend(deployment_status_problem(&here, body));
+            if let Some(extra) = body.as_object().and_then(|o| {
+                o.keys()
+                    .find(|k| !["environment", "sha", "ref", "tag", "status"].contains(&k.as_str()))
+            }) {
+                problems.push(format!("{here}: unknown parameter `{extra}`"));
+            }
+        }
+        // https://docs.gitlab.com/ee/api/deployments.html#update-a-deployment
+        ("PUT", ["api", "v4", "projects", project, "deployments", deployment])
+            if project_ok(project) =>
+        {
+            if deployment.parse::<u64>().is_err() {
+                problems.push(format!("{here}: bad deployment id"));
+            }
+            problems.extend(deployment_status_problem(&here, body));
+        }
         // https://docs.gitlab.com/api/merge_requests/#list-project-merge-requests
         ("GET", ["api", "v4", "projects", project, "merge_requests"]) if project_ok(project) => {
             if query_param(query, "state") != Some("opened") {
@@ -492,6 +528,14 @@ fn validate_gitlab(
         _ => problems.push(format!("{here}: not an endpoint DeployLite should call")),
     }
     problems
+}
+
+/// GitLab's deployments API takes `status` as one of running, success, failed, canceled.
+fn deployment_status_problem(here: &str, body: &Value) -> Option<String> {
+    match body.get("status").and_then(Value::as_str) {
+        Some("running" | "success" | "failed" | "canceled") => None,
+        other => Some(format!("{here}: bad deployment status {other:?}")),
+    }
 }
 
 /// Decodes base64url without padding (a JWT segment).
@@ -690,6 +734,30 @@ fn github(
             answer["id"] = json!(id());
             reply(201, answer)
         }
+        // https://docs.github.com/en/rest/deployments/deployments#create-a-deployment
+        ("POST", ["repos", _, _, "deployments"]) => {
+            let mut answer = body.clone();
+            answer["id"] = json!(id());
+            answer["sha"] = body.get("ref").cloned().unwrap_or(Value::Null);
+            reply(201, answer)
+        }
+        ("POST", ["repos", _, _, "deployments", deployment, "statuses"]) => {
+            let mut answer = body.clone();
+            answer["id"] = json!(id());
+            answer["deployment_id"] = json!(deployment.parse::<u64>().unwrap_or(0));
+            reply(201, answer)
+        }
+        // One pull request, from what the listing serves.
+        ("GET", ["repos", _, _, "pulls", number]) => {
+            let number = number.parse::<u64>().unwrap_or(0);
+            match lock(&inner.pulls)
+                .iter()
+                .find(|p| p.get("number").and_then(Value::as_u64) == Some(number))
+            {
+                Some(pull) => reply(200, pull.clone()),
+                None => reply(404, json!({ "message": "Not Found" })),
+            }
+        }
         ("GET", ["repos", _, _, "pulls"]) => {
             let served = listing(inner, query, headers, Kind::Github);
             if let (Some(openapi), (200, _, Value::Array(items))) = (&inner.openapi, &served) {
@@ -797,6 +865,29 @@ fn gitlab(
         ("GET", ["api", "v4", "projects", _, "merge_requests"]) => {
             listing(inner, query, headers, Kind::Gitlab)
         }
+        ("GET", ["api", "v4", "projects", _, "merge_requests", iid]) => {
+            let iid = iid.parse::<u64>().unwrap_or(0);
+            match lock(&inner.pulls)
+                .iter()
+                .find(|p| p.get("iid").and_then(Value::as_u64) == Some(iid))
+            {
+                Some(mr) => reply(200, mr.clone()),
+                None => reply(404, json!({ "message": "404 Not found" })),
+            }
+        }
+        // https://docs.gitlab.com/ee/api/deployments.html#create-a-deployment
+        ("POST", ["api", "v4", "projects", _, "deployments"]) => {
+            let mut answer = body.clone();
+            let new = id();
+            answer["id"] = json!(new);
+            answer["iid"] = json!(new);
+            reply(201, answer)
+        }
+        // https://docs.gitlab.com/ee/api/deployments.html#update-a-deployment
+        ("PUT", ["api", "v4", "projects", _, "deployments", deployment]) => reply(
+            200,
+            json!({ "id": deployment.parse::<u64>().unwrap_or(0), "status": body.get("status") }),
+        ),
         ("GET", ["api", "v4", "projects", _, "merge_requests", iid, "notes"]) => {
             let iid = iid.parse::<u64>().unwrap_or(0);
             let items = lock(&inner.comments)

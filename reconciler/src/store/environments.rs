@@ -303,17 +303,21 @@ impl Store {
                 .await
                 .ctx("marking an environment removed")?;
                 // A removed environment deploys nothing more.
-                sqlx::query(
+                let cancelled: Vec<i64> = sqlx::query_scalar(
                     "UPDATE deployments SET status = 'cancelled', finished_at = $3,
                          pending_reason = NULL, errors = '[\"the environment file was removed\"]'
-                     WHERE repo = $1 AND environment = $2 AND status = 'waiting'",
+                     WHERE repo = $1 AND environment = $2 AND status = 'waiting'
+                     RETURNING id",
                 )
                 .bind(repo)
                 .bind(name)
                 .bind(now)
-                .execute(&mut *tx)
+                .fetch_all(&mut *tx)
                 .await
                 .ctx("cancelling a removed environment's deployments")?;
+                for id in cancelled {
+                    queue_deployment_report(&mut tx, id, now).await?;
+                }
             }
         }
         tx.commit().await.ctx("committing environments")?;
@@ -582,6 +586,40 @@ impl Store {
         Ok(ids)
     }
 
+    /// Who approved a deployment and when (epoch ms), oldest first.
+    pub async fn deployment_approvals(&self, id: i64) -> Result<Vec<(String, i64)>> {
+        sqlx::query_as(
+            "SELECT approver, created_at FROM deployment_approvals WHERE deployment_id = $1
+             ORDER BY created_at, approver",
+        )
+        .bind(id)
+        .fetch_all(self.pool())
+        .await
+        .ctx("reading a deployment's approvals")
+    }
+
+    /// Each pipeline's newest run on `commit` (deployments' own runs left out).
+    pub async fn runs_at_commit(
+        &self,
+        repo: &str,
+        commit: &str,
+    ) -> Result<Vec<(String, RunStatus)>> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT pipeline, status FROM runs
+             WHERE id IN (SELECT MAX(id) FROM runs WHERE repo = $1 AND commit_sha = $2
+                            AND deployment_id IS NULL GROUP BY pipeline)
+             ORDER BY pipeline",
+        )
+        .bind(repo)
+        .bind(commit)
+        .fetch_all(self.pool())
+        .await
+        .ctx("reading a commit's runs")?;
+        rows.into_iter()
+            .map(|(pipeline, status)| Ok((pipeline, parse_status(status)?)))
+            .collect()
+    }
+
     /// The newest commit recorded on `git_ref` by `not_after` (epoch ms): what a comment on a
     /// pull request written then was about.
     pub async fn newest_commit_of_ref(
@@ -683,7 +721,8 @@ async fn insert_deployment(
             max.unwrap_or(0) + 1
         }
     };
-    sqlx::query_scalar(
+    let now = now_ms();
+    let id: Option<i64> = sqlx::query_scalar(
         "INSERT INTO deployments (repo, environment, version, attempt, git_ref, previous_version, action,
              status, pending_reason, triggered_by, manual, rollback_of, created_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
@@ -702,10 +741,41 @@ async fn insert_deployment(
     .bind(&new.triggered_by)
     .bind(i64::from(new.manual))
     .bind(new.rollback_of)
-    .bind(now_ms())
+    .bind(now)
     .fetch_optional(&mut **tx)
     .await
-    .ctx("inserting a deployment")
+    .ctx("inserting a deployment")?;
+    if let Some(id) = id {
+        queue_deployment_report(tx, id, now).await?;
+    }
+    Ok(id)
+}
+
+/// Queues a forge report of deployment `id` (the forges mirror deployments; see
+/// `deploylite_forge::report`), in the transaction that changes it, so the report and the
+/// change commit together. As for runs, a change during a forge outage joins the pending retry
+/// and keeps its count instead of restarting the backoff. Every deployment is queued: whether
+/// its repository reports is the reporter's to know (it marks the row done at once if not).
+pub(super) async fn queue_deployment_report(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    id: i64,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO deployment_outbox (deployment_id, next_attempt_at, created_at, attempts)
+         SELECT $1,
+                COALESCE((SELECT MAX(o.next_attempt_at) FROM deployment_outbox o
+                          WHERE o.deployment_id = $1 AND o.state = 'pending'), $2),
+                $2,
+                COALESCE((SELECT MAX(o.attempts) FROM deployment_outbox o
+                          WHERE o.deployment_id = $1 AND o.state = 'pending'), 0)",
+    )
+    .bind(id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .ctx("queueing a deployment report")?;
+    Ok(())
 }
 
 /// The controller's writes of one pass, committed together.
@@ -791,12 +861,15 @@ impl EnvironmentTx {
         .await
         .ctx("moving a deployment")?
         .rows_affected();
+        if n > 0 {
+            queue_deployment_report(&mut self.tx, id, self.now).await?;
+        }
         Ok(n > 0)
     }
 
     /// Sets the reason a waiting deployment waits (only when it changed, to keep writes few).
     pub async fn set_pending(&mut self, id: i64, reason: &str) -> Result<()> {
-        sqlx::query(
+        let n = sqlx::query(
             "UPDATE deployments SET pending_reason = $2
              WHERE id = $1 AND status = 'waiting' AND (pending_reason IS NULL OR pending_reason <> $2)",
         )
@@ -804,7 +877,12 @@ impl EnvironmentTx {
         .bind(reason)
         .execute(&mut *self.tx)
         .await
-        .ctx("recording why a deployment waits")?;
+        .ctx("recording why a deployment waits")?
+        .rows_affected();
+        // The forges show why a deployment waits (the status description).
+        if n > 0 {
+            queue_deployment_report(&mut self.tx, id, self.now).await?;
+        }
         Ok(())
     }
 

@@ -94,12 +94,90 @@ impl Store {
             .collect()
     }
 
-    /// When the next pending report falls due, if any.
+    /// When the next pending report (of a run or a deployment) falls due, if any.
     pub async fn next_report_due(&self) -> Result<Option<i64>> {
-        sqlx::query_scalar("SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'pending'")
+        let runs: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'pending'")
+                .fetch_one(self.pool())
+                .await
+                .ctx("reading the next report time")?;
+        let deployments: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(next_attempt_at) FROM deployment_outbox WHERE state = 'pending'",
+        )
+        .fetch_one(self.pool())
+        .await
+        .ctx("reading the next deployment report time")?;
+        Ok(match (runs, deployments) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
+    /// Deployments with pending reports due by `now`, one entry per deployment (its rows
+    /// coalesce), oldest first. `DueReport::run_id` holds the deployment id.
+    pub async fn due_deployment_reports(&self, now: i64, limit: i64) -> Result<Vec<DueReport>> {
+        let rows = sqlx::query(
+            "SELECT deployment_id, MAX(id) AS up_to_id, MAX(attempts) AS attempts FROM deployment_outbox
+             WHERE state = 'pending' AND next_attempt_at <= $1
+             GROUP BY deployment_id ORDER BY MIN(id) LIMIT $2",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await
+        .ctx("reading due deployment reports")?;
+        rows.iter()
+            .map(|r| {
+                Ok(DueReport {
+                    run_id: r.try_get("deployment_id").ctx("reading a report")?,
+                    up_to_id: r.try_get("up_to_id").ctx("reading a report")?,
+                    attempts: r.try_get("attempts").ctx("reading a report")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Marks a deployment's report rows up to `up_to_id` as sent. Rows added since stay pending.
+    pub async fn deployment_report_sent(&self, deployment_id: i64, up_to_id: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE deployment_outbox SET state = 'sent', sent_at = $3
+             WHERE deployment_id = $1 AND id <= $2 AND state = 'pending'",
+        )
+        .bind(deployment_id)
+        .bind(up_to_id)
+        .bind(now_ms())
+        .execute(self.pool())
+        .await
+        .ctx("marking a deployment report sent")?;
+        Ok(())
+    }
+
+    /// Postpones a deployment's pending reports after a failed delivery.
+    pub async fn deployment_report_failed(
+        &self,
+        deployment_id: i64,
+        next_attempt_at: i64,
+        error: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE deployment_outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3
+             WHERE deployment_id = $1 AND state = 'pending'",
+        )
+        .bind(deployment_id)
+        .bind(next_attempt_at)
+        .bind(error)
+        .execute(self.pool())
+        .await
+        .ctx("postponing a deployment report")?;
+        Ok(())
+    }
+
+    /// Pending deployment report rows (for tests and the status page).
+    pub async fn pending_deployment_report_count(&self) -> Result<i64> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM deployment_outbox WHERE state = 'pending'")
             .fetch_one(self.pool())
             .await
-            .ctx("reading the next report time")
+            .ctx("counting pending deployment reports")
     }
 
     /// Marks a run's report rows up to `up_to_id` as sent. Rows added since stay pending.

@@ -68,6 +68,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../../migrations/sqlite/0009_environments.sql"),
         postgres: include_str!("../../../migrations/postgres/0009_environments.sql"),
     },
+    Migration {
+        version: 10,
+        name: "deployment_reports",
+        sqlite: include_str!("../../../migrations/sqlite/0010_deployment_reports.sql"),
+        postgres: include_str!("../../../migrations/postgres/0010_deployment_reports.sql"),
+    },
 ];
 
 pub(super) async fn run(store: &Store) -> Result<()> {
