@@ -36,7 +36,13 @@ fn project_named(name: &str) -> TestRepo {
 async fn wait_for(daemon: &Daemon, path: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
     let started = Instant::now();
     loop {
-        let value = daemon.get_json(path).await;
+        // 404 until the controller's first pass has recorded the environment files.
+        let (code, body) = daemon.get(path).await;
+        let value: Value = match code {
+            200 => serde_json::from_str(&body).expect("JSON"),
+            404 => Value::Null,
+            _ => panic!("GET {path} answered {code}: {body}"),
+        };
         if pred(&value) {
             return value;
         }
