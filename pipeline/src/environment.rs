@@ -55,7 +55,7 @@ pub(crate) const ALL_KEY_LISTS: &[(&str, &[&str])] = &[
 /// Approvals one deployment may ask for: more people than this is a process, not a gate.
 pub const MAX_APPROVALS: u32 = 20;
 /// The shortest drift-check interval: every check is a pipeline run.
-pub const MIN_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+pub const MIN_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// The longest drift-check interval: a week.
 pub const MAX_CHECK_INTERVAL: Duration = Duration::from_secs(7 * 86_400);
 /// The interval of a `check` that does not give one.
