@@ -331,6 +331,7 @@ async fn serve_configured(
     // The status page's live updates: the scheduler's transitions, numbered and remembered.
     let changes = ChangeFeed::new();
     tokio::spawn(changes.clone().follow(scheduler.subscribe()));
+    tokio::spawn(changes.clone().follow_deployments(environments.subscribe()));
     let status_page = deploylite_server::page::routes(status_page_state(
         &config, &store, &data, &scheduler, &watcher, &changes, &auth,
     ));

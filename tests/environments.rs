@@ -185,6 +185,25 @@ async fn a_commit_deploys_to_staging_then_promotes_to_production() {
     );
     let staging = environment(&daemon, "staging").await;
     let staged = deployment_of(&staging, &v2, "deploy").expect("staging v2");
+
+    // The metrics count them, read from the store; the home page lists the environments.
+    let (_, metrics) = daemon.get("/metrics").await;
+    for expected in [
+        "deploylite_deployments_total{repo=\"app\",environment=\"staging\",status=\"succeeded\"} 2",
+        "deploylite_deployments_total{repo=\"app\",environment=\"production\",status=\"succeeded\"} 2",
+        "deploylite_environment_info{repo=\"app\",environment=\"production\",sync=\"in_sync\",health=\"healthy\",held=\"false\"} 1",
+    ] {
+        assert!(metrics.contains(expected), "missing {expected} in\n{metrics}");
+    }
+    let (_, home) = daemon.get("/").await;
+    assert!(
+        home.contains("href=\"/environments/app/production\""),
+        "{home}"
+    );
+    assert!(
+        home.contains(&v2[..7]),
+        "the current version is shown: {home}"
+    );
     let promoted = deployment_of(&production, &v2, "deploy").expect("production v2");
     assert!(
         promoted["started_at"].as_i64() >= staged["finished_at"].as_i64(),
@@ -365,6 +384,13 @@ async fn a_hold_pins_the_environment_until_release() {
     assert_eq!(env["desired_version"], v2.as_str());
     assert!(env["hold"].is_object(), "{env:#}");
 
+    // The change feed announces the deployment's moves once released.
+    let mut events = daemon
+        .http()
+        .get(format!("{}/api/v1/events", daemon.url))
+        .send()
+        .await
+        .expect("the event stream");
     let (code, body) = daemon
         .post_as_admin("/api/v1/environments/app/staging/release")
         .await;
@@ -374,6 +400,20 @@ async fn a_hold_pins_the_environment_until_release() {
     })
     .await;
     assert!(env["hold"].is_null());
+    let mut seen = String::new();
+    let started = Instant::now();
+    while !seen.contains("\"status\":\"succeeded\"") {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "no deployment event in:\n{seen}"
+        );
+        match tokio::time::timeout(Duration::from_secs(5), events.chunk()).await {
+            Ok(Ok(Some(chunk))) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+            other => panic!("the event stream ended: {other:?}\n{seen}"),
+        }
+    }
+    assert!(seen.contains("event: deployment"), "{seen}");
+    assert!(seen.contains("\"environment\":\"app/staging\""), "{seen}");
 }
 
 #[tokio::test]
@@ -476,6 +516,13 @@ async fn a_deploy_policy_denial_rejects_the_deployment() {
         .await;
     assert_eq!(full["policy"]["deny"][0], "staging is frozen", "{full:#}");
     assert_eq!(full["pending_reason"], "policy: denied: staging is frozen");
+    let (_, metrics) = daemon.get("/metrics").await;
+    assert!(
+        metrics.contains(
+            "deploylite_policy_evaluations_total{gate=\"deploylite.deploy\",result=\"deny\"} 1"
+        ),
+        "{metrics}"
+    );
     assert!(full["runs"].as_array().is_some_and(Vec::is_empty));
     assert!(!hosts.join("staging/VERSION").exists());
 }

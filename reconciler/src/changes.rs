@@ -24,6 +24,7 @@ pub const RING: usize = 4096;
 pub enum Subject {
     Run,
     Stage,
+    Deployment,
 }
 
 /// One transition, as followers receive it.
@@ -39,7 +40,14 @@ pub struct Change {
     pub stage: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempt: Option<i64>,
-    /// The new status (`running`, `success`, …; for a stage, its attempt's outcome).
+    /// The deployment of a `deployment` change (its `run_id` is 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployment_id: Option<i64>,
+    /// `repo/environment` of a `deployment` change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    /// The new status (`running`, `success`, …; for a stage, its attempt's outcome; for a
+    /// deployment, its status).
     pub status: String,
     /// When the feed saw it (Unix ms).
     pub at: i64,
@@ -92,19 +100,43 @@ impl ChangeFeed {
         attempt: Option<i64>,
         status: &str,
     ) {
-        let mut ring = self.lock();
-        let seq = ring.next_seq;
-        ring.next_seq += 1;
-        let change = Change {
-            id: format!("{}-{seq}", self.epoch),
-            seq,
+        self.push(Change {
+            id: String::new(),
+            seq: 0,
             subject,
             run_id,
             stage: stage.map(str::to_string),
             attempt,
+            deployment_id: None,
+            environment: None,
             status: status.to_string(),
-            at: now_ms(),
-        };
+            at: 0,
+        });
+    }
+
+    /// Numbers and sends a deployment's new status.
+    pub fn publish_deployment(&self, event: &crate::environments::DeploymentEvent) {
+        self.push(Change {
+            id: String::new(),
+            seq: 0,
+            subject: Subject::Deployment,
+            run_id: 0,
+            stage: None,
+            attempt: None,
+            deployment_id: Some(event.id),
+            environment: Some(format!("{}/{}", event.repo, event.environment)),
+            status: event.status.as_str().to_string(),
+            at: 0,
+        });
+    }
+
+    fn push(&self, mut change: Change) {
+        let mut ring = self.lock();
+        let seq = ring.next_seq;
+        ring.next_seq += 1;
+        change.id = format!("{}-{seq}", self.epoch);
+        change.seq = seq;
+        change.at = now_ms();
         if ring.recent.len() == self.capacity {
             ring.recent.pop_front();
         }
@@ -153,6 +185,23 @@ impl ChangeFeed {
                 Ok(event) => self.publish_event(&event),
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     tracing::warn!(missed, "the change feed fell behind the scheduler");
+                    self.publish(Subject::Run, 0, None, None, "reset");
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Publishes the environment controller's deployment moves until that broadcast closes.
+    pub async fn follow_deployments(
+        self: Arc<Self>,
+        mut events: broadcast::Receiver<crate::environments::DeploymentEvent>,
+    ) {
+        loop {
+            match events.recv().await {
+                Ok(event) => self.publish_deployment(&event),
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "the change feed fell behind the deployments");
                     self.publish(Subject::Run, 0, None, None, "reset");
                 }
                 Err(broadcast::error::RecvError::Closed) => return,

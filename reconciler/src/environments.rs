@@ -56,8 +56,18 @@ pub enum EnvironmentError {
     Refused(String),
 }
 
+/// A deployment's new status, as committed by a pass (for the change feed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeploymentEvent {
+    pub id: i64,
+    pub repo: String,
+    pub environment: String,
+    pub status: DeploymentStatus,
+}
+
 /// The controller. One per daemon; its passes are serialised by `pass_lock`.
 pub struct Environments {
+    events: tokio::sync::broadcast::Sender<DeploymentEvent>,
     store: Store,
     repos: Arc<Repos>,
     policies: Arc<Policies>,
@@ -156,6 +166,7 @@ impl Environments {
         scheduler: Arc<Notify>,
     ) -> Arc<Environments> {
         Arc::new(Environments {
+            events: tokio::sync::broadcast::channel(1024).0,
             store,
             repos,
             policies,
@@ -170,6 +181,11 @@ impl Environments {
     /// Asks for a pass soon (a ref moved, a run ended, someone acted).
     pub fn wake(&self) {
         self.wake.notify_one();
+    }
+
+    /// The deployments' moves, after each pass commits them.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<DeploymentEvent> {
+        self.events.subscribe()
     }
 
     /// A handle that asks for a pass (given to the watcher).
@@ -272,7 +288,9 @@ impl Environments {
         if writes.is_empty() {
             return Ok(false);
         }
-        self.apply(&repo, writes).await
+        let environment_of: HashMap<i64, String> =
+            open.iter().map(|d| (d.id, d.environment.clone())).collect();
+        self.apply(&repo, writes, &environment_of).await
     }
 
     /// The environment files of the default branch, recorded when they changed. `None` when
@@ -833,6 +851,7 @@ impl Environments {
                 }
             }
         };
+        crate::run_gate::count(Gate::Deploy, &decision);
         Ok(Some(decision))
     }
 
@@ -949,9 +968,25 @@ impl Environments {
     }
 
     /// Applies a pass's writes in one transaction. Returns whether anything changed.
-    async fn apply(&self, repo: &str, writes: Vec<Write>) -> Result<bool, EnvironmentError> {
+    async fn apply(
+        &self,
+        repo: &str,
+        writes: Vec<Write>,
+        environment_of: &HashMap<i64, String>,
+    ) -> Result<bool, EnvironmentError> {
         let mut tx = self.store.begin_environments().await?;
         let mut changed = false;
+        let mut events = Vec::new();
+        let mut moved = |id: i64, environment: Option<&String>, status: DeploymentStatus| {
+            if let Some(environment) = environment {
+                events.push(DeploymentEvent {
+                    id,
+                    repo: repo.to_string(),
+                    environment: environment.clone(),
+                    status,
+                });
+            }
+        };
         for write in writes {
             match write {
                 Write::Desired {
@@ -964,6 +999,7 @@ impl Environments {
                 }
                 Write::Create(new) => {
                     if let Some(id) = tx.insert_deployment(&new).await? {
+                        moved(id, Some(&new.environment), new.status);
                         tracing::info!(repo, environment = %new.environment, deployment = id,
                             version = %new.version, action = %new.action, by = %new.triggered_by,
                             "deployment recorded");
@@ -980,6 +1016,7 @@ impl Environments {
                     errors,
                 } => {
                     if tx.transition(id, from, to, None, &errors).await? {
+                        moved(id, environment_of.get(&id), to);
                         tracing::info!(repo, deployment = id, %from, %to, "deployment moved");
                         changed = true;
                     }
@@ -987,6 +1024,7 @@ impl Environments {
                 Write::Reject { id, errors, reason } => {
                     let (from, to) = (DeploymentStatus::Waiting, DeploymentStatus::Rejected);
                     if tx.transition(id, from, to, Some(&reason), &errors).await? {
+                        moved(id, environment_of.get(&id), to);
                         tracing::info!(repo, deployment = id, %reason, "deployment rejected by policy");
                         changed = true;
                     }
@@ -1000,6 +1038,7 @@ impl Environments {
                     mut run,
                 } => {
                     if tx.transition(id, from, to, None, &[]).await? {
+                        moved(id, environment_of.get(&id), to);
                         run.run_attempt = tx
                             .next_run_attempt(repo, &run.pipeline, &run.commit, &run.trigger)
                             .await?;
@@ -1045,6 +1084,10 @@ impl Environments {
         }
         let touched_runs = tx.touched_runs();
         tx.commit().await?;
+        for event in events {
+            // No follower (no status page open): nothing to tell.
+            let _ = self.events.send(event);
+        }
         if touched_runs {
             self.scheduler.notify_one();
         }

@@ -110,8 +110,27 @@ fn input(run: &NewRun, pipeline: Option<&Pipeline>, facts: &RunGateFacts) -> Pol
     }
 }
 
+/// Counts a decision in `deploylite_policy_evaluations_total{gate, result}`.
+pub fn count(gate: Gate, decision: &Decision) {
+    let result = if decision
+        .deny
+        .iter()
+        .any(|m| m.starts_with("policy error: "))
+    {
+        "error"
+    } else if decision.denied() {
+        "deny"
+    } else if !decision.warn.is_empty() {
+        "warn"
+    } else {
+        "allow"
+    };
+    deploylite_telemetry::metrics().policy_evaluation(gate.package(), result);
+}
+
 /// Records the decision with the run; a deny makes the run final in `error`.
 fn record(run: &mut NewRun, decision: Decision) {
+    count(Gate::Run, &decision);
     if decision.denied() {
         let errors: Vec<serde_json::Value> = decision
             .deny

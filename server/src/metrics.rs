@@ -53,7 +53,10 @@ pub async fn render(source: &MetricsSource, format: Format) -> Result<String, St
         .scheduling_gauges()
         .await
         .map_err(|e| e.to_string())?;
-    let state = snapshot(&gauges, source, now_ms());
+    let mut state = snapshot(&gauges, source, now_ms());
+    environment_state(&source.store, &mut state)
+        .await
+        .map_err(|e| e.to_string())?;
     let data_dir = source.data_dir.clone();
     // /proc, statvfs and the encoding: blocking and CPU work, off the runtime.
     tokio::task::spawn_blocking(move || {
@@ -74,6 +77,42 @@ pub async fn render(source: &MetricsSource, format: Format) -> Result<String, St
     })
     .await
     .map_err(|e| format!("the metrics encoder stopped: {e}"))?
+}
+
+/// Deployments and environments, read from the store (two queries).
+async fn environment_state(
+    store: &Store,
+    state: &mut StateSnapshot,
+) -> Result<(), deploylite_reconciler::store::StoreError> {
+    use deploylite_reconciler::status::DeploymentStatus;
+    use deploylite_telemetry::state::{DeploymentCount, EnvironmentState};
+    state.deployments = store
+        .deployment_counts()
+        .await?
+        .into_iter()
+        .map(|(repo, environment, status, n)| DeploymentCount {
+            final_status: status
+                .parse::<DeploymentStatus>()
+                .is_ok_and(DeploymentStatus::is_final),
+            repo,
+            environment,
+            status,
+            count: u64::try_from(n).unwrap_or(0),
+        })
+        .collect();
+    state.environments = store
+        .environments(None, false)
+        .await?
+        .iter()
+        .map(|e| EnvironmentState {
+            repo: e.repo.clone(),
+            environment: e.name.clone(),
+            sync: e.sync().to_string(),
+            health: e.health().to_string(),
+            held: e.hold.is_some(),
+        })
+        .collect();
+    Ok(())
 }
 
 /// The store's gauges and the runners' liveness as the metrics show them.
@@ -119,5 +158,7 @@ pub fn snapshot(gauges: &SchedulingGauges, source: &MetricsSource, now: i64) -> 
         runners,
         outbox_depth: u64::try_from(gauges.outbox_pending).unwrap_or(0),
         outbox_retrying: u64::try_from(gauges.outbox_retrying).unwrap_or(0),
+        deployments: Vec::new(),
+        environments: Vec::new(),
     }
 }

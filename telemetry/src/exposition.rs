@@ -178,6 +178,29 @@ mod tests {
             }],
             outbox_depth: 5,
             outbox_retrying: 1,
+            deployments: vec![
+                crate::state::DeploymentCount {
+                    repo: "app".into(),
+                    environment: "production".into(),
+                    status: "succeeded".into(),
+                    final_status: true,
+                    count: 7,
+                },
+                crate::state::DeploymentCount {
+                    repo: "app".into(),
+                    environment: "production".into(),
+                    status: "waiting".into(),
+                    final_status: false,
+                    count: 1,
+                },
+            ],
+            environments: vec![crate::state::EnvironmentState {
+                repo: "app".into(),
+                environment: "production".into(),
+                sync: "out_of_sync".into(),
+                health: "healthy".into(),
+                held: false,
+            }],
         };
         let scrape = Scrape {
             events: events.registry(),
@@ -201,6 +224,9 @@ mod tests {
             "deploylite_runner_last_seen_timestamp_seconds{runner=\"r1\"} 1700000000.5",
             "deploylite_forge_outbox_depth 5",
             "deploylite_forge_outbox_retrying 1",
+            "deploylite_deployments_total{repo=\"app\",environment=\"production\",status=\"succeeded\"} 7",
+            "deploylite_deployments_open{repo=\"app\",environment=\"production\",status=\"waiting\"} 1",
+            "deploylite_environment_info{repo=\"app\",environment=\"production\",sync=\"out_of_sync\",health=\"healthy\",held=\"false\"} 1",
             "deploylite_data_dir_free_bytes 10.0",
             "deploylite_scheduler_latency_seconds_count 1",
             "deploylite_build_info{version=",

@@ -52,6 +52,14 @@ pub struct DeliveryLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    /// `deploylite.run` or `deploylite.deploy`.
+    pub gate: String,
+    /// `allow`, `warn` (allowed with warnings), `deny`, `error` (failed closed).
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReportLabels {
     pub forge: String,
     pub result: String,
@@ -69,6 +77,7 @@ pub struct Metrics {
     webhook_to_start: HistogramFamily<ForgeLabels>,
     webhook_deliveries: Family<DeliveryLabels, Counter>,
     forge_delivery: HistogramFamily<ReportLabels>,
+    policy_evaluations: Family<PolicyLabels, Counter>,
 }
 
 /// The process' instruments.
@@ -135,8 +144,15 @@ impl Metrics {
             "Reports sent to a forge (check runs, statuses, comments), by result",
             forge_delivery.clone(),
         );
+        let policy_evaluations = Family::<PolicyLabels, Counter>::default();
+        registry.register(
+            "deploylite_policy_evaluations",
+            "Policy gate decisions, by gate and result (allow, warn, deny, error)",
+            policy_evaluations.clone(),
+        );
         Metrics {
             registry,
+            policy_evaluations,
             pipeline_duration,
             pipeline_failures,
             stage_duration,
@@ -202,6 +218,16 @@ impl Metrics {
             .get_or_create(&DeliveryLabels {
                 forge: forge.to_string(),
                 event: bounded_event(event).to_string(),
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// A policy gate decided. `result`: `allow`, `warn`, `deny` or `error`.
+    pub fn policy_evaluation(&self, gate: &str, result: &str) {
+        self.policy_evaluations
+            .get_or_create(&PolicyLabels {
+                gate: gate.to_string(),
                 result: result.to_string(),
             })
             .inc();

@@ -4,6 +4,7 @@
 //! turns it into metrics.
 
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -49,6 +50,46 @@ pub struct StateSnapshot {
     pub outbox_depth: u64,
     /// Of those, the ones whose last send failed (they are retried with backoff).
     pub outbox_retrying: u64,
+    /// Deployments by repository, environment and status (every deployment ever recorded:
+    /// final statuses only grow, so the final ones are exported as a counter).
+    pub deployments: Vec<DeploymentCount>,
+    pub environments: Vec<EnvironmentState>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeploymentCount {
+    pub repo: String,
+    pub environment: String,
+    pub status: String,
+    pub final_status: bool,
+    pub count: u64,
+}
+
+/// An environment as `deploylite_environment_info` shows it (no version: a commit is not a
+/// bounded label).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnvironmentState {
+    pub repo: String,
+    pub environment: String,
+    pub sync: String,
+    pub health: String,
+    pub held: bool,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeploymentLabels {
+    repo: String,
+    environment: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EnvironmentLabels {
+    repo: String,
+    environment: String,
+    sync: String,
+    health: String,
+    held: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -144,6 +185,48 @@ impl StateSnapshot {
             "deploylite_forge_outbox_retrying",
             "Queued reports whose last send failed (retried with backoff)",
             retrying,
+        );
+
+        let ended = Family::<DeploymentLabels, Counter>::default();
+        let open = Family::<DeploymentLabels, Gauge>::default();
+        for d in &self.deployments {
+            let labels = DeploymentLabels {
+                repo: d.repo.clone(),
+                environment: d.environment.clone(),
+                status: d.status.clone(),
+            };
+            if d.final_status {
+                ended.get_or_create(&labels).inc_by(d.count);
+            } else {
+                open.get_or_create(&labels).set(to_i64(d.count));
+            }
+        }
+        // The client adds `_total`: exposed as deploylite_deployments_total.
+        registry.register(
+            "deploylite_deployments",
+            "Deployments that ended, by environment and final status (read from the store: survives restarts)",
+            ended,
+        );
+        registry.register(
+            "deploylite_deployments_open",
+            "Deployments not ended yet, by environment and status (waiting, queued, deploying, verifying, rolling_back)",
+            open,
+        );
+        let info = Family::<EnvironmentLabels, Gauge>::default();
+        for e in &self.environments {
+            info.get_or_create(&EnvironmentLabels {
+                repo: e.repo.clone(),
+                environment: e.environment.clone(),
+                sync: e.sync.clone(),
+                health: e.health.clone(),
+                held: e.held.to_string(),
+            })
+            .set(1);
+        }
+        registry.register(
+            "deploylite_environment_info",
+            "1 per environment, labelled with its sync and health status and whether it is held",
+            info,
         );
     }
 }

@@ -133,6 +133,17 @@ impl Store {
         })
     }
 
+    /// Deployments counted by repository, environment and status (one grouped query).
+    pub async fn deployment_counts(&self) -> Result<Vec<(String, String, String, i64)>> {
+        sqlx::query_as(
+            "SELECT repo, environment, status, COUNT(*) FROM deployments
+             GROUP BY repo, environment, status ORDER BY repo, environment, status",
+        )
+        .fetch_all(self.pool())
+        .await
+        .ctx("counting deployments")
+    }
+
     pub async fn run_timing(&self, run_id: i64) -> Result<Option<RunTiming>> {
         let ctx = "reading a run's times";
         let Some(r) = sqlx::query(

@@ -82,7 +82,12 @@ pub(crate) async fn list(
             (table(&envs))
         }
     };
-    Ok(layout::page("Environments", &viewer, None, main))
+    Ok(layout::page(
+        "Environments",
+        &viewer,
+        Some("deployments"),
+        main,
+    ))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -178,5 +183,5 @@ pub(crate) async fn page(
             }
         }
     };
-    Ok(layout::page(&title, &viewer, None, main))
+    Ok(layout::page(&title, &viewer, Some("deployments"), main))
 }

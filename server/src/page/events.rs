@@ -59,6 +59,7 @@ fn event(change: &Change) -> Event {
     let kind = match change.subject {
         Subject::Run => "run",
         Subject::Stage => "stage",
+        Subject::Deployment => "deployment",
     };
     let data = serde_json::to_string(change).unwrap_or_else(|_| "{}".to_string());
     Event::default().id(&change.id).event(kind).data(data)

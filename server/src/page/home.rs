@@ -1,11 +1,12 @@
 //! `/`: every repository with the latest run of each pipeline on each branch (and tag, and
-//! pull request ref), and its polling health. Environments have their own page (`environments.rs`).
+//! pull request ref), its environments' current versions (each links to its page,
+//! `environments.rs`), and its polling health.
 
 use std::collections::BTreeMap;
 
 use axum::extract::State;
 use axum::response::Response;
-use deploylite_reconciler::store::RunRecord;
+use deploylite_reconciler::store::{EnvironmentRecord, RunRecord};
 use maud::html;
 
 use super::layout::{self, segment, short_ref, Viewer};
@@ -29,6 +30,10 @@ pub(crate) async fn page(
         by_repo.entry(repo.name.clone()).or_default();
     }
     let truncated = latest.len() as i64 >= MAX_ROWS;
+    let mut environments: BTreeMap<String, Vec<EnvironmentRecord>> = BTreeMap::new();
+    for env in state.store.environments(None, false).await? {
+        environments.entry(env.repo.clone()).or_default().push(env);
+    }
     for run in latest {
         by_repo.entry(run.repo.clone()).or_default().push(run);
     }
@@ -43,6 +48,27 @@ pub(crate) async fn page(
                 @if let Some(health) = statuses.iter().find(|s| &s.name == repo).map(|s| &s.health) {
                     @if let Some(error) = &health.last_error {
                         p.error role="alert" { "Polling fails (" (health.consecutive_failures) " times): " (error) }
+                    }
+                }
+                @if let Some(envs) = environments.get(repo) {
+                    div.scroll {
+                        table.environments {
+                            thead { tr { th scope="col" { "Environment" } th scope="col" { "Current version" }
+                                th scope="col" { "Sync" } th scope="col" { "Health" } } }
+                            tbody {
+                                @for env in envs {
+                                    tr data-environment=(env.name) {
+                                        th scope="row" { a href={ "/environments/" (segment(repo)) "/" (segment(&env.name)) } { (env.name) } }
+                                        td { @match &env.current_version {
+                                            Some(v) => code { (v.get(..7).unwrap_or(v)) },
+                                            None => "none yet",
+                                        } @if env.hold.is_some() { " (held)" } }
+                                        td { (layout::status(env.sync().as_str())) }
+                                        td { (layout::status(env.health().as_str())) }
+                                    }
+                                }
+                            }
+                        }
                     }
                 }
                 @if runs.is_empty() {

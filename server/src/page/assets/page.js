@@ -35,6 +35,8 @@
     }
     source.addEventListener("run", onChange);
     source.addEventListener("stage", onChange);
+    // Deployments move pages that show environments (the home page, the environment pages).
+    source.addEventListener("deployment", function () { if (runId === null) refreshMain(); });
     source.addEventListener("reset", refreshMain);
   }
 
