@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
-use deploylite_policy::{Evaluator, Gate, Policies, PolicySources};
+use deploylite_policy::{Gate, Policies, PolicySources};
 use serde_json::{json, Value};
 
 fn policies() -> Policies {
@@ -18,14 +18,7 @@ fn policies() -> Policies {
     let root = std::env::var_os("BENCH_BUNDLES")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policy-bundles"));
-    let policies =
-        Policies::from_bundles(&[root], Duration::from_millis(100)).expect("the bundles compile");
-    // BENCH_EVALUATOR=rvm: regorus' bytecode VM instead of its interpreter (the default),
-    // for a comparison with the same binary on one machine state.
-    match std::env::var("BENCH_EVALUATOR").as_deref() {
-        Ok("rvm") => policies.with_evaluator(Evaluator::Rvm),
-        _ => policies,
-    }
+    Policies::from_bundles(&[root], Duration::from_millis(100)).expect("the bundles compile")
 }
 
 fn run_input() -> Value {

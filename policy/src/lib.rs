@@ -19,7 +19,7 @@ mod policies;
 mod sources;
 pub mod testing;
 
-pub use compiled::{CompiledPolicy, Evaluator, Verdict};
+pub use compiled::{CompiledPolicy, Verdict};
 pub use decision::Decision;
 pub use error::PolicyError;
 pub use gate::{deploy_input, DeploymentFacts, Gate};

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use regorus::Value;
 use serde::Deserialize;
 
-use crate::compiled::{CompiledPolicy, Evaluator, Verdict};
+use crate::compiled::{CompiledPolicy, Verdict};
 use crate::decision::Decision;
 use crate::error::PolicyError;
 use crate::gate::Gate;
@@ -28,7 +28,6 @@ pub struct Policies {
     operator: CompiledPolicy,
     bundles: Vec<PathBuf>,
     limit: Duration,
-    evaluator: Evaluator,
     repositories: Mutex<HashMap<String, Compiled>>,
 }
 
@@ -56,7 +55,6 @@ impl Policies {
             operator: CompiledPolicy::empty(),
             bundles: Vec::new(),
             limit: DEFAULT_EVAL_LIMIT,
-            evaluator: Evaluator::Interpreter,
             repositories: Mutex::new(HashMap::new()),
         }
     }
@@ -77,16 +75,8 @@ impl Policies {
             operator: CompiledPolicy::compile(&sources)?,
             bundles,
             limit,
-            evaluator: Evaluator::Interpreter,
             repositories: Mutex::new(HashMap::new()),
         })
-    }
-
-    /// Evaluates with `evaluator` from now on (the interpreter unless told): the bench and
-    /// tests compare the RVM with the interpreter through the whole path.
-    pub fn with_evaluator(mut self, evaluator: Evaluator) -> Policies {
-        self.evaluator = evaluator;
-        self
     }
 
     pub fn bundles(&self) -> &[PathBuf] {
@@ -139,11 +129,8 @@ impl Policies {
         // Read from the borrowed document: no copy of it first (what `Value::from` would
         // take). Like `Value::from`, a document regorus cannot represent is undefined.
         let input = Value::deserialize(input).unwrap_or(Value::Undefined);
-        let mut verdict = self
-            .operator
-            .evaluate_with(self.evaluator, gate, &input, self.limit)?;
-        let theirs: Verdict =
-            repository_compiled.evaluate_with(self.evaluator, gate, &input, self.limit)?;
+        let mut verdict = self.operator.evaluate(gate, &input, self.limit)?;
+        let theirs: Verdict = repository_compiled.evaluate(gate, &input, self.limit)?;
         // Operator messages first: a repository cannot push them out of a capped list.
         verdict.deny.extend(theirs.deny);
         verdict.warn.extend(theirs.warn);
