@@ -349,19 +349,21 @@ async fn timeout_stops_the_container_promptly() {
     let run_id = unique_run_id();
     let (_dir, ws) = workspace();
     let mut job = job(run_id, &ws, vec![step("echo sleeping; sleep 30")]);
-    job.timeout = Some(Duration::from_secs(1));
+    // Long enough for a container to start and print on a loaded 2-core machine (1s was not:
+    // the timeout then hit before `echo` ran), short against the step's 30 s.
+    job.timeout = Some(Duration::from_secs(4));
     let run = run(&executor, job, CancellationToken::new()).await;
 
     assert_eq!(run.outcome, AttemptOutcome::TimedOut, "{}", run.log);
     assert!(
-        run.elapsed < Duration::from_secs(8),
+        run.elapsed < Duration::from_secs(12),
         "took {:?}",
         run.elapsed
     );
     assert!(run.log.contains("out sleeping"), "{}", run.log);
     assert!(
         run.log
-            .contains("--- timed out after 1s: stopped the step's container"),
+            .contains("--- timed out after 4s: stopped the step's container"),
         "{}",
         run.log
     );
