@@ -261,13 +261,13 @@ async fn prometheus_scrapes_the_numbers_of_a_known_run() {
         .await;
     server
         .value(
-            r#"sum(deploylite_stage_duration_seconds_count{pipeline="ci",status="success"})"#,
+            r#"sum(deploylite_stage_duration_seconds_count{repo="app",status="success"})"#,
             exactly(2.0),
         )
         .await;
     server
         .value(
-            r#"sum(deploylite_stage_duration_seconds_count{pipeline="broken",status="failed"})"#,
+            r#"sum(deploylite_stage_duration_seconds_count{repo="app",status="failed"})"#,
             exactly(1.0),
         )
         .await;

@@ -64,11 +64,28 @@ async fn every_page_of_a_daemon_that_ran_the_examples_renders_in_chromium() {
     };
     let webapp = example_repo("webapp", &["main", "release/**"]);
     let docs = example_repo("docs-site", &["main"]);
-    let daemon = Daemon::start(&[&webapp, &docs], "").await;
+    let shop = example_repo("shop", &["main"]);
+    let daemon = Daemon::start(&[&webapp, &docs, &shop], "").await;
+    // The shop's staging deploys; its production waits for an approval.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (code, body) = daemon.get("/api/v1/environments/shop/production").await;
+        let production: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let waits = production["deployments"][0]["pending_reason"] == "approval: 0 of 1";
+        if code == 200 && waits {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "production never waited for approval: {body}\n{}",
+            daemon.dump().await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let runs = daemon
         .wait_for_runs("the examples' runs to finish", |runs| {
             runs.iter()
-                .any(|r| r["pipeline"] == "ci" && common::is_final(r))
+                .any(|r| r["pipeline"] == "ci" && r["repo"] == "webapp" && common::is_final(r))
                 && runs
                     .iter()
                     .any(|r| r["repo"] == "docs-site" && common::is_final(r))
@@ -77,7 +94,7 @@ async fn every_page_of_a_daemon_that_ran_the_examples_renders_in_chromium() {
         .await;
     let ci = runs
         .iter()
-        .find(|r| r["pipeline"] == "ci")
+        .find(|r| r["pipeline"] == "ci" && r["repo"] == "webapp")
         .expect("the webapp's ci run");
     assert_eq!(common::status(ci), "success", "{}", daemon.dump().await);
     let ci = daemon.run(id(ci)).await;
@@ -113,7 +130,7 @@ async fn every_page_of_a_daemon_that_ran_the_examples_renders_in_chromium() {
             "({ repos: [...document.querySelectorAll('section.repo h2')].map(h => h.textContent.trim()),
                 statuses: [...document.querySelectorAll('tr[data-run] .status')].map(s => s.textContent.trim()) })",
         );
-        assert_eq!(home["repos"], serde_json::json!(["docs-site", "webapp"]), "{home}");
+        assert_eq!(home["repos"], serde_json::json!(["docs-site", "shop", "webapp"]), "{home}");
         let statuses = home["statuses"].as_array().expect("statuses");
         assert!(!statuses.is_empty(), "{home}");
         assert!(
@@ -219,9 +236,39 @@ async fn every_page_of_a_daemon_that_ran_the_examples_renders_in_chromium() {
         browser.screenshot(&shots.join("runners.png"));
         checked.push("/runners");
 
+        // `/environments/{repo}/{env}`: production's waiting deployment says why; staging's
+        // deployment succeeded, with its runs linked.
+        let problems = browser.open(&format!("{url}/environments/shop/production"));
+        assert!(problems.console_errors.is_empty(), "{problems:?}");
+        let waiting = browser.evaluate(
+            "[...document.querySelectorAll('tr[data-deployment]')].map(r => r.textContent)",
+        );
+        assert!(
+            waiting.as_array().is_some_and(|rows| rows.iter().any(|r| {
+                r.as_str().is_some_and(|r| r.contains("waiting") && r.contains("approval: 0 of 1"))
+            })),
+            "{waiting}"
+        );
+        browser.screenshot(&shots.join("environment.png"));
+        let problems = browser.open(&format!("{url}/environments/shop/staging"));
+        assert!(problems.console_errors.is_empty(), "{problems:?}");
+        let staged = browser.evaluate(
+            "({ statuses: [...document.querySelectorAll('tr[data-deployment] .status')].map(s => s.textContent.trim()),
+                runs: document.querySelectorAll('tr[data-deployment] a[href^=\"/runs/\"]').length })",
+        );
+        assert!(
+            staged["statuses"].as_array().is_some_and(|s| s.iter().any(|s| s.as_str().is_some_and(|s| s.ends_with("succeeded")))),
+            "{staged}"
+        );
+        assert!(staged["runs"].as_i64().is_some_and(|n| n >= 2), "deploy and verify runs: {staged}");
+        let problems = browser.open(&format!("{url}/environments"));
+        assert!(problems.console_errors.is_empty(), "{problems:?}");
+        checked.push("/environments/{repo}/{env}");
+
         // 360 px wide: nothing scrolls sideways except the tables and the graph inside their boxes.
         browser.viewport(360, 740);
-        for page in ["/", &format!("/runs/{ci_id}"), &format!("/runs/{ci_id}/stages/unit-tests"), "/runners"] {
+        for page in ["/", &format!("/runs/{ci_id}"), &format!("/runs/{ci_id}/stages/unit-tests"), "/runners",
+            "/environments/shop/production"] {
             let problems = browser.open(&format!("{url}{page}"));
             assert!(problems.console_errors.is_empty(), "{page}: {problems:?}");
             let overflow = browser.evaluate("document.documentElement.scrollWidth - window.innerWidth");

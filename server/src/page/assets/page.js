@@ -27,6 +27,9 @@
     if (!window.EventSource) return;
     var runId = live.indexOf("run:") === 0 ? Number(live.slice(4)) : null;
     var source = new EventSource("/api/v1/events");
+    // Let the connection go with the page: a browser keeps few connections per host, and a
+    // stream held by a page being left (or kept in the back/forward cache) would stall the next.
+    window.addEventListener("pagehide", function () { source.close(); });
     source.addEventListener("open", function () { document.body.setAttribute("data-live-state", "open"); });
     function onChange(event) {
       var change;
@@ -44,6 +47,7 @@
     var src = log.getAttribute("data-live-src");
     if (!src || !window.EventSource) return;
     var source = new EventSource(src);
+    window.addEventListener("pagehide", function () { source.close(); });
     source.addEventListener("open", function () { log.setAttribute("data-live-state", "open"); });
     source.addEventListener("lines", function (event) {
       var atBottom = window.innerHeight + window.scrollY >= document.body.scrollHeight - 40;
