@@ -339,7 +339,7 @@ impl Store {
         let rows = sqlx::query(&sql)
             .bind(repo)
             .bind(i64::from(with_removed))
-            .fetch_all(self.pool())
+            .fetch_all(self.reads())
             .await
             .ctx("listing environments")?;
         rows.iter().map(environment_from_row).collect()
@@ -352,7 +352,7 @@ impl Store {
         let row = sqlx::query(&sql)
             .bind(repo)
             .bind(name)
-            .fetch_optional(self.pool())
+            .fetch_optional(self.reads())
             .await
             .ctx("reading an environment")?;
         row.as_ref().map(environment_from_row).transpose()
@@ -363,7 +363,7 @@ impl Store {
         let sql = format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = $1");
         let row = sqlx::query(&sql)
             .bind(id)
-            .fetch_optional(self.pool())
+            .fetch_optional(self.reads())
             .await
             .ctx("reading a deployment")?;
         let Some(mut d) = row.as_ref().map(deployment_from_row).transpose()? else {
@@ -391,7 +391,7 @@ impl Store {
             .bind(environment)
             .bind(before)
             .bind(limit)
-            .fetch_all(self.pool())
+            .fetch_all(self.reads())
             .await
             .ctx("reading deployments")?;
         let mut list = rows
@@ -429,7 +429,7 @@ impl Store {
                  WHERE deployment_id = $1 AND deployment_action <> 'check' ORDER BY id",
             )
             .bind(d.id)
-            .fetch_all(self.pool())
+            .fetch_all(self.reads())
             .await
             .ctx("reading a deployment's runs")?;
             d.runs = runs
@@ -447,7 +447,7 @@ impl Store {
                 "SELECT approver FROM deployment_approvals WHERE deployment_id = $1 ORDER BY created_at, approver",
             )
             .bind(d.id)
-            .fetch_all(self.pool())
+            .fetch_all(self.reads())
             .await
             .ctx("reading a deployment's approvals")?;
         }

@@ -108,6 +108,11 @@ pub enum SqliteSync {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
+    /// Read-only connections for what the API and the status page read. On SQLite the
+    /// writer's one connection would otherwise serialise every page view behind the others
+    /// and behind the scheduler's ticks (WAL lets readers run beside the writer, each on the
+    /// last committed state); on PostgreSQL (and in-memory SQLite) it is the same pool.
+    reads: AnyPool,
     dialect: Dialect,
 }
 
@@ -170,8 +175,35 @@ impl Store {
                 .await
                 .map_err(connect_error)?,
         };
-        let store = Store { pool, dialect };
+        let mut store = Store {
+            reads: pool.clone(),
+            pool,
+            dialect,
+        };
         migrate::run(&store).await?;
+        if let (Dialect::Sqlite, Some(path)) = (dialect, sqlite_path(url)) {
+            let read_only = AnyConnectOptions::from_str(&format!("sqlite://{path}?mode=ro"))
+                .map_err(connect_error)?
+                .disable_statement_logging();
+            // Two: the machine this is measured on has two cores, and every connection keeps
+            // its own page cache (1 MiB here) in the daemon's memory.
+            store.reads = AnyPoolOptions::new()
+                .max_connections(2)
+                .acquire_timeout(Duration::from_secs(30))
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        conn.execute(
+                            "PRAGMA busy_timeout = 10000; PRAGMA query_only = ON; \
+                             PRAGMA cache_size = -1024;",
+                        )
+                        .await?;
+                        Ok(())
+                    })
+                })
+                .connect_with(read_only)
+                .await
+                .map_err(connect_error)?;
+        }
         Ok(store)
     }
 
@@ -183,7 +215,13 @@ impl Store {
         &self.pool
     }
 
+    /// For reads that only show state (the API, the status page): never inside a write.
+    pub(crate) fn reads(&self) -> &AnyPool {
+        &self.reads
+    }
+
     pub async fn close(&self) {
+        self.reads.close().await;
         self.pool.close().await;
     }
 }

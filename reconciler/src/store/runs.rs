@@ -239,7 +239,7 @@ impl Store {
             .bind(filter.trigger.as_deref())
             .bind(filter.before)
             .bind(if filter.limit > 0 { filter.limit } else { 50 })
-            .fetch_all(self.pool())
+            .fetch_all(self.reads())
             .await
             .ctx("listing runs")?;
         rows.iter().map(run_from_row).collect()
@@ -255,7 +255,7 @@ impl Store {
         );
         let rows = sqlx::query(&sql)
             .bind(limit)
-            .fetch_all(self.pool())
+            .fetch_all(self.reads())
             .await
             .ctx("listing the latest runs")?;
         rows.iter().map(run_from_row).collect()
@@ -277,7 +277,7 @@ impl Store {
             .bind(repo)
             .bind(pipeline)
             .bind(git_ref)
-            .fetch_optional(self.pool())
+            .fetch_optional(self.reads())
             .await
             .ctx("reading the latest run")?;
         row.as_ref().map(run_from_row).transpose()
@@ -288,7 +288,7 @@ impl Store {
         let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1");
         let row = sqlx::query(&sql)
             .bind(id)
-            .fetch_optional(self.pool())
+            .fetch_optional(self.reads())
             .await
             .ctx("reading a run")?;
         row.as_ref().map(run_from_row).transpose()
@@ -303,7 +303,7 @@ impl Store {
              FROM stages WHERE run_id = $1 ORDER BY position",
         )
         .bind(id)
-        .fetch_all(self.pool())
+        .fetch_all(self.reads())
         .await
         .ctx("reading stages")?;
         let stages = stage_rows
@@ -336,7 +336,7 @@ impl Store {
         )
         .bind(run_id)
         .bind(stage)
-        .fetch_all(self.pool())
+        .fetch_all(self.reads())
         .await
         .ctx("reading stage attempts")?;
         rows.iter()
