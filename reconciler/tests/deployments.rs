@@ -387,6 +387,40 @@ async fn holds_and_the_environment_summary(store: &Store) {
         .await
         .expect("has"));
 
+    // A drift check: started, then its verdict.
+    let mut tx = store.begin_environments().await.expect("tx");
+    tx.start_check("app", "staging", 42, 1_000)
+        .await
+        .expect("start");
+    tx.commit().await.expect("commit");
+    let env = store
+        .environment("app", "staging")
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(
+        (env.check_run_id, env.next_check_at),
+        (Some(42), Some(1_000))
+    );
+    let mut tx = store.begin_environments().await.expect("tx");
+    tx.finish_check("app", "staging", Sync::Drifted, 1, 2_000)
+        .await
+        .expect("finish");
+    tx.schedule_check("app", "staging", 3_000)
+        .await
+        .expect("schedule");
+    tx.commit().await.expect("commit");
+    let env = store
+        .environment("app", "staging")
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(env.check_run_id, None);
+    assert_eq!((env.drift, env.drift_redeploys), (Some(Sync::Drifted), 1));
+    assert_eq!(env.next_check_at, Some(3_000));
+    assert!(env.last_check_at.is_some());
+    assert_eq!(env.sync(), Sync::Drifted);
+
     assert!(store
         .hold_environment("app", "staging", SHA_A, "token:alice")
         .await

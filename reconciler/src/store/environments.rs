@@ -778,6 +778,13 @@ pub(super) async fn queue_deployment_report(
     Ok(())
 }
 
+/// A value for [`EnvironmentTx::update_environment`].
+enum Column<'a> {
+    Text(&'a str),
+    Int(i64),
+    Null,
+}
+
 /// The controller's writes of one pass, committed together.
 pub struct EnvironmentTx {
     tx: sqlx::Transaction<'static, sqlx::Any>,
@@ -802,19 +809,13 @@ impl EnvironmentTx {
         version: &str,
         git_ref: &str,
     ) -> Result<()> {
-        sqlx::query(
-            "UPDATE environments SET desired_version = $3, desired_ref = $4, updated_at = $5
-             WHERE repo = $1 AND name = $2",
-        )
-        .bind(repo)
-        .bind(name)
-        .bind(version)
-        .bind(git_ref)
-        .bind(self.now)
-        .execute(&mut *self.tx)
-        .await
-        .ctx("recording a desired version")?;
-        Ok(())
+        use Column::Text;
+        let columns = [
+            ("desired_version", Text(version)),
+            ("desired_ref", Text(git_ref)),
+        ];
+        self.update_environment(repo, name, &columns, "recording a desired version")
+            .await
     }
 
     /// Records a deployment unless its identity exists. Returns its id when created.
@@ -976,19 +977,13 @@ impl EnvironmentTx {
         version: &str,
         deployment: i64,
     ) -> Result<()> {
-        sqlx::query(
-            "UPDATE environments SET current_version = $3, current_deployment = $4, updated_at = $5
-             WHERE repo = $1 AND name = $2",
-        )
-        .bind(repo)
-        .bind(name)
-        .bind(version)
-        .bind(deployment)
-        .bind(self.now)
-        .execute(&mut *self.tx)
-        .await
-        .ctx("recording an environment's version")?;
-        Ok(())
+        use Column::{Int, Text};
+        let columns = [
+            ("current_version", Text(version)),
+            ("current_deployment", Int(deployment)),
+        ];
+        self.update_environment(repo, name, &columns, "recording an environment's version")
+            .await
     }
 
     /// A drift check run was started: the next one is due at `next_check_at`.
@@ -999,19 +994,13 @@ impl EnvironmentTx {
         run_id: i64,
         next_check_at: i64,
     ) -> Result<()> {
-        sqlx::query(
-            "UPDATE environments SET check_run_id = $3, next_check_at = $4, updated_at = $5
-             WHERE repo = $1 AND name = $2",
-        )
-        .bind(repo)
-        .bind(name)
-        .bind(run_id)
-        .bind(next_check_at)
-        .bind(self.now)
-        .execute(&mut *self.tx)
-        .await
-        .ctx("recording a drift check")?;
-        Ok(())
+        use Column::Int;
+        let columns = [
+            ("check_run_id", Int(run_id)),
+            ("next_check_at", Int(next_check_at)),
+        ];
+        self.update_environment(repo, name, &columns, "recording a drift check")
+            .await
     }
 
     /// Records a drift check's verdict; `drift_redeploys` is the count after this verdict.
@@ -1023,32 +1012,55 @@ impl EnvironmentTx {
         drift_redeploys: i64,
         next_check_at: i64,
     ) -> Result<()> {
-        sqlx::query(
-            "UPDATE environments SET check_run_id = NULL, drift = $3, drift_redeploys = $4,
-                 last_check_at = $5, next_check_at = $6, updated_at = $5
-             WHERE repo = $1 AND name = $2",
-        )
-        .bind(repo)
-        .bind(name)
-        .bind(drift.as_str())
-        .bind(drift_redeploys)
-        .bind(self.now)
-        .bind(next_check_at)
-        .execute(&mut *self.tx)
-        .await
-        .ctx("recording a drift check's verdict")?;
-        Ok(())
+        use Column::{Int, Null, Text};
+        let columns = [
+            ("check_run_id", Null),
+            ("drift", Text(drift.as_str())),
+            ("drift_redeploys", Int(drift_redeploys)),
+            ("last_check_at", Int(self.now)),
+            ("next_check_at", Int(next_check_at)),
+        ];
+        self.update_environment(repo, name, &columns, "recording a drift check's verdict")
+            .await
     }
 
     /// Schedules the next drift check without running one now.
     pub async fn schedule_check(&mut self, repo: &str, name: &str, at: i64) -> Result<()> {
-        sqlx::query("UPDATE environments SET next_check_at = $3 WHERE repo = $1 AND name = $2")
-            .bind(repo)
-            .bind(name)
-            .bind(at)
+        let columns = [("next_check_at", Column::Int(at))];
+        self.update_environment(repo, name, &columns, "scheduling a drift check")
+            .await
+    }
+
+    /// One UPDATE of an environment's row: `columns` (names from this module, never from
+    /// input) are set in order, then `updated_at`.
+    async fn update_environment(
+        &mut self,
+        repo: &str,
+        name: &str,
+        columns: &[(&'static str, Column<'_>)],
+        context: &'static str,
+    ) -> Result<()> {
+        let mut set = String::new();
+        for (i, (column, _)) in columns.iter().enumerate() {
+            set.push_str(&format!("{column} = ${}, ", i + 3));
+        }
+        let sql = format!(
+            "UPDATE environments SET {set}updated_at = ${} WHERE repo = $1 AND name = $2",
+            columns.len() + 3
+        );
+        let mut query = sqlx::query(&sql).bind(repo).bind(name);
+        for (_, value) in columns {
+            query = match value {
+                Column::Text(text) => query.bind(*text),
+                Column::Int(n) => query.bind(*n),
+                Column::Null => query.bind(None::<i64>),
+            };
+        }
+        query
+            .bind(self.now)
             .execute(&mut *self.tx)
             .await
-            .ctx("scheduling a drift check")?;
+            .ctx(context)?;
         Ok(())
     }
 
