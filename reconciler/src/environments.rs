@@ -374,7 +374,12 @@ impl Environments {
             let already = open
                 .iter()
                 .any(|d| &d.version == version && d.action == DeploymentAction::Deploy);
-            if env.current_version.as_deref() != Some(version.as_str()) && !already {
+            // Automation's attempt 1 may exist and be over (failed, rolled back, rejected):
+            // then there is nothing to ask for, and no transaction to open for it every pass.
+            let wanted = env.current_version.as_deref() != Some(version.as_str())
+                && !already
+                && !self.store.has_attempt(repo, &env.name, version, 1).await?;
+            if wanted {
                 writes.push(Write::Create(NewDeployment {
                     repo: repo.clone(),
                     environment: env.name.clone(),

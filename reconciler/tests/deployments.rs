@@ -118,6 +118,18 @@ async fn a_deployment_is_recorded_once_per_identity(store: &Store) {
         vec![(third, 3), (second, 2), (first.expect("first"), 1)],
         "newest first, numbered per version"
     );
+    assert!(store
+        .has_attempt("app", "staging", SHA_A, 3)
+        .await
+        .expect("read"));
+    assert!(!store
+        .has_attempt("app", "staging", SHA_A, 4)
+        .await
+        .expect("read"));
+    assert!(!store
+        .has_attempt("app", "production", SHA_A, 1)
+        .await
+        .expect("read"));
     // Another environment's identity is its own.
     assert!(insert(store, &automation("production", SHA_A))
         .await

@@ -475,6 +475,28 @@ impl Store {
         .ctx("reading succeeded versions")
     }
 
+    /// Whether attempt `attempt` of `version` exists for `environment`, in any status.
+    pub async fn has_attempt(
+        &self,
+        repo: &str,
+        environment: &str,
+        version: &str,
+        attempt: i64,
+    ) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM deployments
+             WHERE repo = $1 AND environment = $2 AND version = $3 AND attempt = $4",
+        )
+        .bind(repo)
+        .bind(environment)
+        .bind(version)
+        .bind(attempt)
+        .fetch_one(self.pool())
+        .await
+        .ctx("reading a deployment's attempt")?;
+        Ok(n > 0)
+    }
+
     /// Whether `environment` has a succeeded deployment of `version`.
     pub async fn has_deployed(&self, repo: &str, environment: &str, version: &str) -> Result<bool> {
         let n: i64 = sqlx::query_scalar(
