@@ -268,10 +268,7 @@ impl Environments {
                 })
             })
             .await?;
-        let definitions = self.definitions_of(&repo, &snapshot).await?;
-        if definitions.is_none() && !self.store_has_environments(&repo).await? {
-            return Ok(false);
-        }
+        self.record_definitions(&repo, &snapshot).await?;
         let environments = self.store.environments(Some(&repo), false).await?;
         if environments.is_empty() {
             return Ok(false);
@@ -293,15 +290,15 @@ impl Environments {
         self.apply(&repo, writes, &environment_of).await
     }
 
-    /// The environment files of the default branch, recorded when they changed. `None` when
-    /// the repository has none.
-    async fn definitions_of(
+    /// Records the environment files of the default branch when they changed (parsed once
+    /// per blob; the invalid ones are logged and left out).
+    async fn record_definitions(
         &self,
         repo: &str,
         snapshot: &RepoSnapshot,
-    ) -> Result<Option<Vec<Environment>>, EnvironmentError> {
+    ) -> Result<(), EnvironmentError> {
         let Some(head) = snapshot.default_head.as_deref() else {
-            return Ok(None);
+            return Ok(());
         };
         let blob_ids: Vec<String> = snapshot
             .environment_files
@@ -312,7 +309,7 @@ impl Environments {
         {
             let mut cache = self.definitions.lock().unwrap_or_else(|e| e.into_inner());
             if cache.recorded.get(repo) == Some(&blob_ids) {
-                return Ok((!blob_ids.is_empty()).then(Vec::new));
+                return Ok(());
             }
             for file in &snapshot.environment_files {
                 let key = (file.blob_id.clone(), file.path.clone());
@@ -341,12 +338,8 @@ impl Environments {
         if cache.parsed.len() > 4096 {
             cache.parsed.clear();
         }
-        cache.recorded.insert(repo.to_string(), blob_ids.clone());
-        Ok((!blob_ids.is_empty()).then_some(valid))
-    }
-
-    async fn store_has_environments(&self, repo: &str) -> Result<bool, EnvironmentError> {
-        Ok(!self.store.environments(Some(repo), false).await?.is_empty())
+        cache.recorded.insert(repo.to_string(), blob_ids);
+        Ok(())
     }
 
     /// Decides one environment's writes for this pass.
@@ -602,13 +595,7 @@ impl Environments {
             }
             S::RollingBack => {
                 // Waits for its rollback deployment; it does not hold the lock (the rollback does).
-                let rollback = self
-                    .store
-                    .deployment_history(&env.repo, &env.name, 20, None)
-                    .await?
-                    .into_iter()
-                    .find(|r| r.rollback_of == Some(d.id));
-                match rollback.map(|r| r.status) {
+                match self.store.rollback_status(d.id).await? {
                     Some(S::Succeeded) => writes.push(Write::Move {
                         id: d.id,
                         from: S::RollingBack,
@@ -916,12 +903,11 @@ impl Environments {
                             rollback_of: None,
                         }));
                     }
-                    _ => {
-                        if env.on_drift_exhausted(redeploys) {
-                            tracing::warn!(repo = %env.repo, environment = %env.name,
-                                "drift persists after {MAX_DRIFT_REDEPLOYS} redeploys: degraded");
-                        }
+                    _ if env.definition.on_drift == OnDrift::Redeploy => {
+                        tracing::warn!(repo = %env.repo, environment = %env.name,
+                            "drift persists after {MAX_DRIFT_REDEPLOYS} redeploys: degraded");
                     }
+                    _ => {}
                 }
             }
             writes.push(Write::FinishCheck {
@@ -1271,12 +1257,6 @@ impl Environments {
             })
             .await
             .map_err(|e| EnvironmentError::Refused(format!("unknown version `{rev}`: {e}")))
-    }
-}
-
-impl EnvironmentRecord {
-    fn on_drift_exhausted(&self, redeploys: i64) -> bool {
-        self.definition.on_drift == OnDrift::Redeploy && redeploys >= MAX_DRIFT_REDEPLOYS
     }
 }
 

@@ -203,6 +203,18 @@ async fn moves_are_guarded_by_the_status_they_expect(store: &Store) {
         .await
         .expect("open")
         .is_empty());
+    // Its automatic rollback is found by what it undoes.
+    assert_eq!(store.rollback_status(id).await.expect("read"), None);
+    let rollback = NewDeployment {
+        action: DeploymentAction::Rollback,
+        rollback_of: Some(id),
+        ..automation("staging", SHA_B)
+    };
+    insert(store, &rollback).await.expect("created");
+    assert_eq!(
+        store.rollback_status(id).await.expect("read"),
+        Some(DeploymentStatus::Waiting)
+    );
 }
 
 async fn approvals_count_each_person_once_and_only_while_waiting(store: &Store) {

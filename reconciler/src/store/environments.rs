@@ -475,6 +475,18 @@ impl Store {
         .ctx("reading succeeded versions")
     }
 
+    /// The status of the rollback deployment that undoes deployment `id`, if there is one.
+    pub async fn rollback_status(&self, id: i64) -> Result<Option<DeploymentStatus>> {
+        let status: Option<String> = sqlx::query_scalar(
+            "SELECT status FROM deployments WHERE rollback_of = $1 ORDER BY id DESC LIMIT 1",
+        )
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await
+        .ctx("reading a rollback's status")?;
+        status.map(parse_status).transpose()
+    }
+
     /// Whether attempt `attempt` of `version` exists for `environment`, in any status.
     pub async fn has_attempt(
         &self,
