@@ -3,6 +3,8 @@
 //!
 //! `cargo bench --bench core`
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::sync::Arc;
 

@@ -8,6 +8,8 @@
 //!
 //! `cargo bench --bench environments` (prints p50/p90/max for each)
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::collections::HashMap;

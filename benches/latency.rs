@@ -5,6 +5,8 @@
 //!
 //! `cargo bench --bench latency` (prints p50/p90/max over ITERATIONS commits)
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::path::Path;

@@ -4,6 +4,8 @@
 //!
 //! `cargo bench --bench metrics`
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};

@@ -6,6 +6,8 @@
 //! Every figure is the benchmark thread's CPU time (CLOCK_THREAD_CPUTIME_ID), not wall time:
 //! the development machine is shared, and preemption would otherwise be counted.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::hint::black_box;
 use std::time::Duration;
 

@@ -20,6 +20,8 @@
 //! `cargo bench --bench webhooks` (the daemon is the bench build's `deploylite`, or
 //! `DEPLOYLITE_BIN=path`; (b) reads the database with the `sqlite3` CLI).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::collections::BTreeMap;

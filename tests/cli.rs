@@ -1,6 +1,8 @@
 //! End-to-end tests of the one-shot commands: validate, plan, run, status, cancel, help, and
 //! `serve`'s configuration errors.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;

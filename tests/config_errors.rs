@@ -2,6 +2,8 @@
 //! every problem at once at its `file:line:col`, variables named, unknown variables warned
 //! about, host names to listen on, server URLs without a scheme.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::Path;

@@ -1,6 +1,8 @@
 //! A repository URL with a credential, end to end: the daemon's log and the leases it hands to
 //! runners never hold the credential.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::PathBuf;

@@ -1,6 +1,8 @@
 //! End-to-end tests of `deploylite serve`: real git repositories, the real binary, the HTTP API.
 //! Each test has its own repositories, data dir and port, so they run in parallel.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::HashSet;

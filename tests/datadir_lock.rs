@@ -1,6 +1,8 @@
 //! One daemon per data dir (and per PostgreSQL database): a second `deploylite serve` refuses
 //! to start, naming the first, and leaves the first one's running stages alone.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::Path;

@@ -2,6 +2,8 @@
 //! executor. The "hosts" deployed to are directories of the test's temp dir; the deploy
 //! pipeline writes there what it was given (version, action, previous version, deployment id).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -2,6 +2,8 @@
 //! HTTP routes' roles and error codes, the CLI's output and exit codes, and the status pages.
 //! (What deployments do is tests/environments.rs.)
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -8,6 +8,8 @@
 //! `nobody` itself, so that the non-root path (non-dumpable + Landlock) is exercised too. Not as
 //! root, the daemon runs as the test's user and only the second path applies.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::fs;

@@ -2,6 +2,8 @@
 //! `deploylite runner --executor local` fail a stage with an image (saying what to do) unless
 //! told to ignore it, and say in the log that resource limits are not enforced.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::process::{Child, Stdio};

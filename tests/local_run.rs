@@ -1,6 +1,8 @@
 //! `deploylite run` with the real binary: the checkout is never touched unless `--in-place`
 //! says so, and the local executor refuses `image:` loudly.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::BTreeMap;

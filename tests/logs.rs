@@ -2,6 +2,8 @@
 //! `limits.log_bytes`, the daemon's memory stays bounded while it prints and while large logs
 //! are read, and log reads by `?offset` and `Range` return exactly the bytes asked for.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

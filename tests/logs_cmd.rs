@@ -1,6 +1,8 @@
 //! `deploylite logs`: a run's logs in the order its stages run, and following a live stage
 //! until its attempt's closing line, with the real binary against a running daemon.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::os::unix::fs::PermissionsExt;

@@ -3,6 +3,8 @@
 //! Grafana dashboard and alert rules in charts/deploylite/ (every metric they name must be one
 //! the daemon really exports).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::BTreeSet;

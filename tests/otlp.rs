@@ -4,6 +4,8 @@
 //! daemon's span of that attempt (the trace context travels in the lease), itself a child of
 //! the run's span.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::process::{Child, Command, Stdio};

@@ -1,6 +1,8 @@
 //! What the client commands print, as exact text: tables sized to long names, one run's
 //! problems printed once, a skipped run without an empty stages table, plurals.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

@@ -2,6 +2,8 @@
 //! `.deploylite/policy/*.rego`, an operator bundle from `policy-bundles/`, and a fake GitHub
 //! API receiving the commit statuses. Plus `deploylite policy test` and `policy eval`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::PathBuf;

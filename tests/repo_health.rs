@@ -1,6 +1,8 @@
 //! A repository that cannot be polled is visible: `/api/v1/repos`, `/readyz` and `status`
 //! name it, its polls back off, and `/healthz` still says the daemon is alive.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Instant;

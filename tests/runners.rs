@@ -1,6 +1,8 @@
 //! Remote runners as separate OS processes on loopback: the real daemon and real
 //! `deploylite runner` agents (local executor), against real git repositories.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

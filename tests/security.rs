@@ -2,6 +2,8 @@
 //! binary: an API without identities, cross-site requests, DNS rebinding, fork pull requests.
 //! Each test replays one attack and checks that it fails the way the README promises.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::os::unix::fs::PermissionsExt;

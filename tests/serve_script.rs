@@ -2,6 +2,8 @@
 //! (with cargo's own progress and lock notices, not hidden by `--quiet`), starting, and where
 //! to look. A stand-in `cargo` and daemon keep this cheap: no build, no daemon.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::os::unix::fs::PermissionsExt;

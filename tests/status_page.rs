@@ -4,6 +4,8 @@
 //! scrolling at 360 px), writing a screenshot of each page. The change feed and the log's
 //! live tail are read with an HTTP client; sign-in, CSRF and roles are attacked directly.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "common/browser.rs"]
 mod browser;
 mod common;

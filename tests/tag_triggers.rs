@@ -2,6 +2,8 @@
 //! repository's config; the tags a repository already had when first watched start nothing;
 //! a config `tags:` that excludes a pipeline's tag trigger is warned about.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Instant;

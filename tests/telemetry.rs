@@ -4,6 +4,8 @@
 //! `stage`, `attempt`) are in the JSON lines logged inside it; and the webhook's path shows in
 //! `/metrics` (deliveries, webhook → start, forge reports).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::sync::atomic::Ordering;

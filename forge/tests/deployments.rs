@@ -4,6 +4,8 @@
 //! request to GitHub is validated against the OpenAPI subset in `tests/fixtures/github/`
 //! (which has the deployments endpoints); GitLab's against its documented parameters.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod report_support;
 
 use std::time::Duration;

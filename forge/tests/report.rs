@@ -2,6 +2,8 @@
 //! the `Reporter` to fake GitHub/GitLab servers over HTTP. Every request to GitHub is validated
 //! against the OpenAPI subset in `tests/fixtures/github/`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod report_support;
 
 use std::sync::Arc;

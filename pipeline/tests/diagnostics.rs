@@ -1,5 +1,7 @@
 //! Data-driven diagnostics tests: each case is a pipeline file and the exact text users see.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use deploylite_pipeline::{check_pipeline_set, parse_pipeline, parse_pipeline_with_warnings};
 
 /// Parse `input` as `p.yaml` and compare every diagnostic, one per line.

@@ -2,6 +2,8 @@
 //! reported at its `line:col`, the repository-wide checks (unknown pipelines and environments,
 //! duplicates, promotion cycles, the file cap) name what is wrong, and no input panics.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use deploylite_pipeline::*;

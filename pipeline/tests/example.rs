@@ -1,5 +1,7 @@
 //! The grammar's full example parses to exactly the expected model.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 

@@ -1,6 +1,8 @@
 //! `parse_pipeline` must never panic, on arbitrary text or on YAML-shaped text built from
 //! the grammar's own keys (which reaches much deeper into the parser than random bytes).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use deploylite_pipeline::{layers, parse_pipeline};
 use proptest::prelude::*;
 

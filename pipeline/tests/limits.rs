@@ -3,6 +3,8 @@
 //! over every stage name for every unknown need, and quadratic graph checks). Timing is the
 //! benchmark's job (`benches/pipeline.rs`); these tests check that the work is bounded.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use deploylite_pipeline::limits::{
     MAX_CYCLES, MAX_DIAGNOSTICS, MAX_FILE_BYTES, MAX_STAGES, MAX_SUGGESTIONS,
 };

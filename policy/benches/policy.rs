@@ -4,6 +4,8 @@
 //! input conversion, every deny/warn rule). The target is p99 ≤ 100 µs, so besides criterion's
 //! mean this prints p50/p99/max over 20,000 timed evaluations of each.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

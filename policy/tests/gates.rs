@@ -1,5 +1,7 @@
 //! Policies as the daemon uses them: operator bundles and repository policies together.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::time::Duration;
 

@@ -5,6 +5,8 @@
 //! `minimum`, `maximum`. A keyword it does not know fails the test, so it cannot silently
 //! skip part of the schema.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use deploylite_policy::{
     deploy_input, Approval, Author, Commit, CommitRun, DeploymentAction, DeploymentFacts,
     Environment, Gate, Now, Plan, PolicyInput, PullRequest, Repository, Trigger, INPUT_SCHEMA,

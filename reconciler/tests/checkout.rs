@@ -1,6 +1,8 @@
 //! Checking out hostile trees. The trees are built with real git plumbing (`hash-object`,
 //! `mktree --missing`, `commit-tree`, `update-ref`), as an attacker pushing them would.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -2,6 +2,8 @@
 //! deployment, guarded moves, approvals, holds, definitions, and the runs linked to a
 //! deployment. Under CI the PostgreSQL half is mandatory.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use deploylite_pipeline::Concurrency;
 use deploylite_reconciler::status::{
     DeploymentAction, DeploymentStatus, Health, RunAction, RunStatus, StageStatus, Sync,

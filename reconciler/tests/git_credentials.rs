@@ -3,6 +3,8 @@
 //! The server is real: `git http-backend` behind HTTP Basic auth on loopback, recording every
 //! request it sees.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -2,6 +2,8 @@
 //! SQLite and against PostgreSQL (DEPLOYLITE_TEST_POSTGRES_URL, e.g. from .ci/postgres.sh; each
 //! test gets a fresh database). Under CI the PostgreSQL half is mandatory.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use deploylite_pipeline::Concurrency;
 use deploylite_reconciler::status::{RunStatus, StageStatus};
 use deploylite_reconciler::store::{

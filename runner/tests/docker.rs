@@ -5,6 +5,8 @@
 //! engine but without the image they fail, pointing at `.ci/images.sh` (`./scripts/test` runs it). Every test uses its own run id, so
 //! they run in parallel, and checks that nothing labelled with it is left behind.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};

@@ -2,6 +2,8 @@
 //! speaks HTTP to it, so the protocol code (create, watch, get, log streaming, delete, error
 //! Status parsing) is exercised; the fake scripts what the Pod does.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod fake_kube;
 
 use std::collections::BTreeMap;

@@ -3,6 +3,8 @@
 //! commit ids are replaced by commits of the temp repositories, and every other change is
 //! commented where it is made.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod inbound_support;
 
 use std::time::{Duration, Instant};

@@ -5,6 +5,8 @@
 //! OpenAPI description, every served item validated against its schema; GitLab's documented
 //! listing example), with ETags and 304s, pages and request counts.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod inbound_support;
 // The fake forges and the OpenAPI validator of the forge crate's tests (the listing client is
 // `deploylite_forge::pulls`; its pokes come through this crate's webhooks).
