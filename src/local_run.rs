@@ -14,7 +14,7 @@ use deploylite_reconciler::desired::{queued_run, CommitEvent};
 use deploylite_reconciler::git::{GitRepo, PipelineFile};
 use deploylite_reconciler::paths::DataDir;
 use deploylite_reconciler::scheduler::{
-    Scheduler, SchedulerConfig, SchedulerEvent, WorkspaceSource,
+    Scheduler, SchedulerConfig, SchedulerEvent, WorkspaceError, WorkspaceSource,
 };
 use deploylite_reconciler::status::RunStatus;
 use deploylite_reconciler::store::{RecordCommit, SqliteSync, Store};
@@ -28,8 +28,17 @@ use crate::validate::{load, pipeline_files};
 struct AlreadyThere;
 
 impl WorkspaceSource for AlreadyThere {
-    fn prepare(&self, _: &str, _: &str, _: &Path) -> BoxFuture<'static, Result<(), String>> {
-        Box::pin(async { Err("`deploylite run` prepares its workspace itself".to_string()) })
+    fn prepare(
+        &self,
+        _: &str,
+        _: &str,
+        _: &Path,
+    ) -> BoxFuture<'static, Result<(), WorkspaceError>> {
+        Box::pin(async {
+            Err(WorkspaceError::NotProvided(
+                "`deploylite run` prepares its workspace itself",
+            ))
+        })
     }
 }
 

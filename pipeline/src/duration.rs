@@ -7,13 +7,18 @@
 
 use std::time::Duration;
 
-/// The error text users see; `parse.rs` shows it verbatim.
-fn invalid(s: &str) -> String {
-    format!("invalid duration `{s}`: expected e.g. 500ms, 30s, 15m, 1h30m")
+/// A duration outside the grammar, holding the text given. Its message is the text users see;
+/// `parse.rs` shows it verbatim.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid duration `{0}`: expected e.g. 500ms, 30s, 15m, 1h30m")]
+pub struct InvalidDuration(pub String);
+
+fn invalid(s: &str) -> InvalidDuration {
+    InvalidDuration(s.to_string())
 }
 
 /// Parse a duration such as `1h30m`. See the module docs for the grammar.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, InvalidDuration> {
     let bytes = s.as_bytes();
     if bytes.is_empty() {
         return Err(invalid(s));
@@ -120,7 +125,7 @@ mod tests {
             assert_eq!(parse_duration(s), Err(invalid(s)), "{s}");
         }
         assert_eq!(
-            parse_duration("15x").unwrap_err(),
+            parse_duration("15x").unwrap_err().to_string(),
             "invalid duration `15x`: expected e.g. 500ms, 30s, 15m, 1h30m"
         );
     }

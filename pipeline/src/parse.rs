@@ -455,7 +455,7 @@ impl<'f> Cx<'f> {
         match parse_duration(s) {
             Ok(d) => Some(d),
             Err(e) => {
-                self.err(node.pos, e);
+                self.err(node.pos, e.to_string());
                 None
             }
         }

@@ -22,7 +22,9 @@ use crate::sources::{combined_revision, PolicySources};
 /// share their policies' revision, so it rarely grows).
 const REPOSITORY_CACHE_LIMIT: usize = 256;
 
-type Compiled = Arc<Result<CompiledPolicy, String>>;
+/// A revision that does not compile is cached too, with its error, so it is not compiled
+/// again for every run.
+type Compiled = Arc<Result<CompiledPolicy, PolicyError>>;
 
 pub struct Policies {
     operator: CompiledPolicy,
@@ -119,10 +121,10 @@ impl Policies {
         let repository_compiled = self.compiled_repository(repository);
         let repository_compiled = match repository_compiled.as_ref() {
             Ok(compiled) => compiled,
-            Err(message) => {
+            Err(error) => {
                 return Err(PolicyError::Compile {
                     path: "repository policies".into(),
-                    message: message.clone(),
+                    message: error.to_string(),
                 })
             }
         };
@@ -169,8 +171,7 @@ impl Policies {
             return hit.clone();
         }
         // Compiled outside the lock: other repositories' evaluations need not wait.
-        let compiled: Compiled =
-            Arc::new(CompiledPolicy::compile(sources).map_err(|e| e.to_string()));
+        let compiled: Compiled = Arc::new(CompiledPolicy::compile(sources));
         let mut cache = self.lock();
         if cache.len() >= REPOSITORY_CACHE_LIMIT {
             cache.clear();

@@ -533,7 +533,7 @@ impl Environments {
                                     Ok(true)
                                 }
                                 Err(problem) => {
-                                    self.fail(env, d, from, problem, writes).await?;
+                                    self.fail(env, d, from, problem.to_string(), writes).await?;
                                     Ok(false)
                                 }
                             }
@@ -768,7 +768,7 @@ impl Environments {
                     id: d.id,
                     from: DeploymentStatus::Waiting,
                     to: DeploymentStatus::Rejected,
-                    errors: vec![problem],
+                    errors: vec![problem.to_string()],
                 });
                 return Ok(false);
             }

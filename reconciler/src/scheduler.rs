@@ -68,7 +68,25 @@ pub trait WorkspaceSource: Send + Sync + 'static {
         repo: &str,
         commit: &str,
         dir: &Path,
-    ) -> deploylite_runner::BoxFuture<'static, Result<(), String>>;
+    ) -> deploylite_runner::BoxFuture<'static, Result<(), WorkspaceError>>;
+}
+
+/// Why a run's workspace could not be prepared; the run fails with this message.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkspaceError {
+    #[error("repository `{0}` is no longer configured")]
+    RepoGone(String),
+    #[error(transparent)]
+    Checkout(#[from] crate::watcher::ReconcileError),
+    /// A source whose runs come with their workspace, saying so.
+    #[error("{0}")]
+    NotProvided(&'static str),
+    /// The half-written directory a killed daemon left could not be removed.
+    #[error(transparent)]
+    Clear(std::io::Error),
+    /// The stage user could not be given the checkout.
+    #[error(transparent)]
+    Adopt(#[from] deploylite_runner::sandbox::SandboxError),
 }
 
 /// What the scheduler tells whoever listens (the `run` command, tests, later the forge reporter).
@@ -633,14 +651,14 @@ impl Scheduler {
                     // Half-written by a daemon that died while preparing it.
                     tokio::fs::remove_dir_all(&dir)
                         .await
-                        .map_err(|e| e.to_string())?;
+                        .map_err(WorkspaceError::Clear)?;
                 }
                 this.workspaces.prepare(&repo, &commit, &dir).await?;
                 // Before any stage can run in it: the stage user gets the checkout.
                 this.executor
                     .adopt_workspace(&dir)
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(WorkspaceError::from)
             }
             .await;
             let completion = match result {
@@ -649,6 +667,7 @@ impl Scheduler {
                     path: dir.display().to_string(),
                 },
                 Err(message) => {
+                    let message = message.to_string();
                     tracing::error!(run_id, %message, "cannot prepare the workspace");
                     Completion::WorkspaceFailed {
                         run_id,

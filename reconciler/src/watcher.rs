@@ -25,7 +25,7 @@ use crate::desired::{CommitEvent, ParseCache};
 use crate::git::{is_local, GitError, GitRepo};
 use crate::paths::DataDir;
 use crate::run_gate::{self, RunGateFacts};
-use crate::scheduler::WorkspaceSource;
+use crate::scheduler::{WorkspaceError, WorkspaceSource};
 use crate::store::{now_ms, RecordCommit, Store, StoreError};
 use crate::trust::{Untrusted, UntrustedPolicy};
 
@@ -204,16 +204,15 @@ impl WorkspaceSource for Repos {
         repo: &str,
         commit: &str,
         dir: &std::path::Path,
-    ) -> BoxFuture<'static, Result<(), String>> {
+    ) -> BoxFuture<'static, Result<(), WorkspaceError>> {
         let entry = self.entries.get(repo).cloned();
         let (repo, commit, dir) = (repo.to_string(), commit.to_string(), dir.to_path_buf());
         Box::pin(async move {
-            let entry =
-                entry.ok_or_else(|| format!("repository `{repo}` is no longer configured"))?;
+            let entry = entry.ok_or(WorkspaceError::RepoGone(repo))?;
             entry
                 .with_git(false, move |git| git.checkout(&commit, &dir))
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(WorkspaceError::from)
         })
     }
 }

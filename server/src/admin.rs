@@ -33,16 +33,19 @@ pub struct CreatedToken {
     pub expires_at: Option<i64>,
 }
 
-pub fn valid_token_name(name: &str) -> Result<(), String> {
+/// A token name outside what [`valid_token_name`] accepts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a token name is 1 to {} letters, digits, `-`, `_` or `.`", MAX_NAME)]
+pub struct InvalidTokenName;
+
+pub fn valid_token_name(name: &str) -> Result<(), InvalidTokenName> {
     if name.is_empty()
         || name.len() > MAX_NAME
         || !name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
     {
-        return Err(format!(
-            "a token name is 1 to {MAX_NAME} letters, digits, `-`, `_` or `.`"
-        ));
+        return Err(InvalidTokenName);
     }
     Ok(())
 }
@@ -52,7 +55,7 @@ pub(crate) async fn create_token(
     Extension(caller): Extension<Caller>,
     Json(body): Json<CreateToken>,
 ) -> Result<Response, ApiError> {
-    valid_token_name(&body.name).map_err(ApiError::BadRequest)?;
+    valid_token_name(&body.name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let expires_at = match body.expires_in_ms {
         Some(ms) if ms <= 0 => {
             return Err(ApiError::BadRequest(

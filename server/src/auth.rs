@@ -187,7 +187,7 @@ fn bearer(headers: &HeaderMap) -> Result<Option<String>, &'static str> {
 /// A state-changing request must come from this server's own pages or from a non-browser
 /// client: an `Origin` naming another site, or a `Host` this server does not answer to (DNS
 /// rebinding), is refused whatever its token.
-pub(crate) fn same_origin(headers: &HeaderMap, config: &AuthConfig) -> Result<(), String> {
+pub(crate) fn same_origin(headers: &HeaderMap, config: &AuthConfig) -> Result<(), CrossSite> {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -195,18 +195,29 @@ pub(crate) fn same_origin(headers: &HeaderMap, config: &AuthConfig) -> Result<()
     if !config.hosts.is_empty() {
         match &host {
             Some(h) if config.hosts.iter().any(|allowed| allowed == h) => {}
-            Some(h) => return Err(format!("Host `{h}` is not this server's")),
-            None => return Err("the request has no Host header".to_string()),
+            Some(h) => return Err(CrossSite::ForeignHost(h.clone())),
+            None => return Err(CrossSite::NoHost),
         }
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("").to_ascii_lowercase();
         let authority = url_authority(&origin);
         if authority.is_none() || authority != host {
-            return Err(format!("cross-origin request from `{origin}` refused"));
+            return Err(CrossSite::Origin(origin));
         }
     }
     Ok(())
+}
+
+/// Why [`same_origin`] refused a request.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CrossSite {
+    #[error("Host `{0}` is not this server's")]
+    ForeignHost(String),
+    #[error("the request has no Host header")]
+    NoHost,
+    #[error("cross-origin request from `{0}` refused")]
+    Origin(String),
 }
 
 fn is_state_changing(method: &Method) -> bool {
@@ -297,7 +308,7 @@ pub async fn authorize(
     let decision = caller.and_then(|caller| {
         if changing {
             same_origin(request.headers(), &auth.config)
-                .map_err(|m| refuse(StatusCode::FORBIDDEN, m))?;
+                .map_err(|refused| refuse(StatusCode::FORBIDDEN, refused.to_string()))?;
             // A cookie is sent by the browser on its own: it may only authorize the page's
             // forms, whose handlers check the CSRF token. The API wants a bearer token.
             if via_session && !crate::page::accepts_session_for_changes(&route) {

@@ -26,7 +26,7 @@ use deploylite_reconciler::watcher::Watcher;
 use deploylite_webhook::WebhookState;
 use tokio::sync::Notify;
 
-pub use admin::{valid_token_name, CreatedToken};
+pub use admin::{valid_token_name, CreatedToken, InvalidTokenName};
 pub use api::{RepoView, RunView, StageView};
 pub use auth::{AuthConfig, Caller};
 pub use environments::{ActionView, DeploymentView, EnvironmentView};

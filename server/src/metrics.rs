@@ -12,7 +12,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use deploylite_reconciler::store::{now_ms, SchedulingGauges, Store, LOCAL_RUNNER};
+use deploylite_reconciler::store::{now_ms, SchedulingGauges, Store, StoreError, LOCAL_RUNNER};
 use deploylite_telemetry::exposition::{Format, Scrape};
 use deploylite_telemetry::state::{RunnerState, StateSnapshot};
 
@@ -41,22 +41,27 @@ async fn scrape(State(source): State<Arc<MetricsSource>>, headers: HeaderMap) ->
         Ok(text) => ([(header::CONTENT_TYPE, format.content_type())], text).into_response(),
         Err(message) => {
             tracing::warn!(%message, "cannot answer a metrics scrape");
-            (StatusCode::INTERNAL_SERVER_ERROR, message).into_response()
+            (StatusCode::INTERNAL_SERVER_ERROR, message.to_string()).into_response()
         }
     }
 }
 
+/// Why a scrape has no text.
+#[derive(Debug, thiserror::Error)]
+pub enum ScrapeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot encode the metrics: {0}")]
+    Encode(#[source] std::fmt::Error),
+    #[error("the metrics encoder stopped: {0}")]
+    Task(#[source] tokio::task::JoinError),
+}
+
 /// The scrape's text.
-pub async fn render(source: &MetricsSource, format: Format) -> Result<String, String> {
-    let gauges = source
-        .store
-        .scheduling_gauges()
-        .await
-        .map_err(|e| e.to_string())?;
+pub async fn render(source: &MetricsSource, format: Format) -> Result<String, ScrapeError> {
+    let gauges = source.store.scheduling_gauges().await?;
     let mut state = snapshot(&gauges, source, now_ms());
-    environment_state(&source.store, &mut state)
-        .await
-        .map_err(|e| e.to_string())?;
+    environment_state(&source.store, &mut state).await?;
     let data_dir = source.data_dir.clone();
     // /proc, statvfs and the encoding: blocking and CPU work, off the runtime.
     tokio::task::spawn_blocking(move || {
@@ -73,10 +78,10 @@ pub async fn render(source: &MetricsSource, format: Format) -> Result<String, St
             data_dir: disk,
         }
         .encode(format)
-        .map_err(|e| format!("cannot encode the metrics: {e}"))
+        .map_err(ScrapeError::Encode)
     })
     .await
-    .map_err(|e| format!("the metrics encoder stopped: {e}"))?
+    .map_err(ScrapeError::Task)?
 }
 
 /// Deployments and environments, read from the store (two queries).

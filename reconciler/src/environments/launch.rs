@@ -10,7 +10,7 @@ use super::gates::short;
 use crate::desired::{queued_run, CommitEvent, ParseCache};
 use crate::status::RunAction;
 use crate::store::NewRun;
-use crate::watcher::RepoEntry;
+use crate::watcher::{ReconcileError, RepoEntry};
 
 /// What to run for a deployment.
 #[derive(Debug, Clone)]
@@ -53,18 +53,45 @@ impl Launch {
     }
 }
 
+/// Why a deployment has no run; the message goes into the deployment's record.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("reading the pipelines at {commit}: {source}")]
+    Read {
+        commit: String,
+        #[source]
+        source: ReconcileError,
+    },
+    #[error("the {action} pipeline `{pipeline}` is invalid at {commit}: {problem}")]
+    Invalid {
+        action: RunAction,
+        pipeline: String,
+        commit: String,
+        problem: String,
+    },
+    #[error("no pipeline named `{pipeline}` at {commit} (the environment's {action} pipeline)")]
+    Missing {
+        pipeline: String,
+        commit: String,
+        action: RunAction,
+    },
+}
+
 /// Builds the run (`run_attempt` is numbered when it is recorded). The error says, for the
 /// deployment's record, why there is no run.
 pub async fn build_run(
     entry: &Arc<RepoEntry>,
     cache: &Arc<ParseCache>,
     launch: &Launch,
-) -> Result<NewRun, String> {
+) -> Result<NewRun, LaunchError> {
     let commit = launch.commit.clone();
     let files = entry
         .with_git(false, move |git| git.pipeline_files(&commit))
         .await
-        .map_err(|e| format!("reading the pipelines at {}: {e}", short(&launch.commit)))?;
+        .map_err(|source| LaunchError::Read {
+            commit: short(&launch.commit).to_string(),
+            source,
+        })?;
     let mut invalid = None;
     let mut found: Option<(crate::git::PipelineFile, Pipeline)> = None;
     for file in &files {
@@ -88,18 +115,17 @@ pub async fn build_run(
     }
     let Some((file, mut pipeline)) = found else {
         return Err(match invalid {
-            Some(problem) => format!(
-                "the {} pipeline `{}` is invalid at {}: {problem}",
-                launch.action,
-                launch.pipeline,
-                short(&launch.commit)
-            ),
-            None => format!(
-                "no pipeline named `{}` at {} (the environment's {} pipeline)",
-                launch.pipeline,
-                short(&launch.commit),
-                launch.action
-            ),
+            Some(problem) => LaunchError::Invalid {
+                action: launch.action,
+                pipeline: launch.pipeline.clone(),
+                commit: short(&launch.commit).to_string(),
+                problem,
+            },
+            None => LaunchError::Missing {
+                pipeline: launch.pipeline.clone(),
+                commit: short(&launch.commit).to_string(),
+                action: launch.action,
+            },
         });
     };
     let vars = launch.variables();

@@ -144,7 +144,7 @@ impl<'a> Slots<'a> {
         &mut self,
         runs_on: &[String],
         untrusted: Option<&Vec<String>>,
-    ) -> Result<&'a Placement, String> {
+    ) -> Result<&'a Placement, Unplaced> {
         let allowed = |slot: &Placement| {
             untrusted.is_none_or(|labels| slot.labels.iter().any(|l| labels.contains(l)))
         };
@@ -154,28 +154,23 @@ impl<'a> Slots<'a> {
             .collect();
         if let (true, Some(labels)) = (matching.is_empty(), untrusted) {
             return Err(if labels.is_empty() {
-                "no runner for untrusted work: set `untrusted.labels` in the daemon's config to \
-                 the labels of runners that may run pull requests from forks"
-                    .to_string()
+                Unplaced::NoUntrustedLabels
             } else {
-                format!(
-                    "no runner for untrusted work: runs from forks go only to runners labelled \
-                     [{}] (untrusted.labels) that also offer runs_on [{}]",
-                    labels.join(", "),
-                    runs_on.join(", ")
-                )
+                Unplaced::NoUntrustedRunner {
+                    labels: labels.join(", "),
+                    runs_on: runs_on.join(", "),
+                }
             });
         }
         if matching.is_empty() {
             return Err(if self.runners.is_empty() {
-                "no matching runner: no runner is online".to_string()
+                Unplaced::NoRunnerOnline
             } else if runs_on.is_empty() {
-                "no matching runner".to_string()
+                Unplaced::NoMatchingRunner
             } else {
-                format!(
-                    "no matching runner: runs_on [{}] is not offered by any runner",
-                    runs_on.join(", ")
-                )
+                Unplaced::RunsOnNotOffered {
+                    runs_on: runs_on.join(", "),
+                }
             });
         }
         match matching
@@ -189,23 +184,46 @@ impl<'a> Slots<'a> {
                 Ok(&self.runners[i])
             }
             None => Err(match matching.as_slice() {
-                [only] => {
-                    let c = self.runners[*only].capacity;
-                    format!("capacity: {c} of {c} stages running")
-                }
+                [only] => Unplaced::Full {
+                    capacity: self.runners[*only].capacity,
+                },
                 _ => {
                     let names: Vec<&str> = matching
                         .iter()
                         .map(|&i| self.runners[i].name.as_str())
                         .collect();
-                    format!(
-                        "capacity: every matching runner is busy ({})",
-                        names.join(", ")
-                    )
+                    Unplaced::AllBusy {
+                        runners: names.join(", "),
+                    }
                 }
             }),
         }
     }
+}
+
+/// Why a ready stage has no runner this tick: its pending reason, as users read it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum Unplaced {
+    #[error(
+        "no runner for untrusted work: set `untrusted.labels` in the daemon's config to the \
+         labels of runners that may run pull requests from forks"
+    )]
+    NoUntrustedLabels,
+    #[error(
+        "no runner for untrusted work: runs from forks go only to runners labelled [{labels}] \
+         (untrusted.labels) that also offer runs_on [{runs_on}]"
+    )]
+    NoUntrustedRunner { labels: String, runs_on: String },
+    #[error("no matching runner: no runner is online")]
+    NoRunnerOnline,
+    #[error("no matching runner")]
+    NoMatchingRunner,
+    #[error("no matching runner: runs_on [{runs_on}] is not offered by any runner")]
+    RunsOnNotOffered { runs_on: String },
+    #[error("capacity: {capacity} of {capacity} stages running")]
+    Full { capacity: usize },
+    #[error("capacity: every matching runner is busy ({runners})")]
+    AllBusy { runners: String },
 }
 
 /// Remote attempts whose runner stopped renewing the lease go back to the queue.
@@ -313,7 +331,9 @@ fn plan_running_run(
                     .unwrap_or_else(|| at.to_string())
             ))
         } else {
-            slots.take(runs_on, run.untrusted.then_some(&config.untrusted_labels))
+            slots
+                .take(runs_on, run.untrusted.then_some(&config.untrusted_labels))
+                .map_err(|unplaced| unplaced.to_string())
         };
         let reason = decision.as_ref().err().cloned();
         match reason {

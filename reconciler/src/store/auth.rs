@@ -36,14 +36,19 @@ impl std::fmt::Display for Role {
 }
 
 impl std::str::FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Role, String> {
+    type Err = UnknownRole;
+    fn from_str(s: &str) -> std::result::Result<Role, UnknownRole> {
         Role::ALL
             .into_iter()
             .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown role `{s}`; expected viewer, operator or admin"))
+            .ok_or_else(|| UnknownRole(s.to_string()))
     }
 }
+
+/// A role name that is none of [`Role::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown role `{0}`; expected viewer, operator or admin")]
+pub struct UnknownRole(pub String);
 
 /// A token as the API shows it: never its value or hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -83,7 +88,8 @@ pub struct AuditRecord<'a> {
 }
 
 fn parse_role(text: &str) -> Result<Role> {
-    text.parse().map_err(StoreError::Corrupt)
+    text.parse()
+        .map_err(|e: UnknownRole| StoreError::Corrupt(e.to_string()))
 }
 
 impl Store {

@@ -135,7 +135,7 @@ pub(crate) async fn login(
     Form(form): Form<LoginForm>,
 ) -> Response {
     if let Err(refused) = crate::auth::same_origin(&headers, &state.auth) {
-        return (StatusCode::FORBIDDEN, refused).into_response();
+        return (StatusCode::FORBIDDEN, refused.to_string()).into_response();
     }
     let next = safe_next(form.next.as_deref());
     let token = form.token.trim();
