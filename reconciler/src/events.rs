@@ -6,7 +6,7 @@ use deploylite_pipeline::Event;
 
 use crate::store::PullRequestInfo;
 use crate::trust::Untrusted;
-use crate::watcher::{ReconcileError, Watcher};
+use crate::watcher::{ReconcileError, RefCommit, Watcher};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ForgeEvent {
@@ -277,15 +277,17 @@ impl Watcher {
         });
         self.reconcile_commit(
             &entry,
-            &pr.git_ref,
-            &pr.head_sha,
-            pr.base_sha.clone(),
-            Event::PullRequest {
-                target_branch: pr.base_branch.clone(),
+            RefCommit {
+                git_ref: &pr.git_ref,
+                commit: &pr.head_sha,
+                previous: pr.base_sha.clone(),
+                event: Event::PullRequest {
+                    target_branch: pr.base_branch.clone(),
+                },
+                pull_request: Some(info),
+                fetch,
+                untrusted: trust,
             },
-            Some(info),
-            fetch,
-            trust,
         )
         .await
     }

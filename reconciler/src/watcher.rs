@@ -371,7 +371,18 @@ impl Watcher {
             }
             let previous = known.get(&git_ref).cloned();
             created += self
-                .reconcile_commit(entry, &git_ref, &commit, previous, event, None, false, None)
+                .reconcile_commit(
+                    entry,
+                    RefCommit {
+                        git_ref: &git_ref,
+                        commit: &commit,
+                        previous,
+                        event,
+                        pull_request: None,
+                        fetch: false,
+                        untrusted: None,
+                    },
+                )
                 .await?
                 .len();
             known.insert(git_ref, commit);
@@ -462,20 +473,20 @@ impl Watcher {
     }
 
     /// Records the runs one commit on one ref asks for, and the ref's new commit, atomically.
-    /// `fetch` first brings a mirror up to date (a webhook may name a commit not fetched yet).
-    /// For `untrusted` code the pipelines are read from the base branch, never from `commit`.
-    #[allow(clippy::too_many_arguments)]
     pub async fn reconcile_commit(
         &self,
         entry: &Arc<RepoEntry>,
-        git_ref: &str,
-        commit: &str,
-        previous: Option<String>,
-        event: Event,
-        pull_request: Option<crate::store::PullRequestInfo>,
-        fetch: bool,
-        untrusted: Option<Untrusted>,
+        head: RefCommit<'_>,
     ) -> Result<Vec<i64>, ReconcileError> {
+        let RefCommit {
+            git_ref,
+            commit,
+            previous,
+            event,
+            pull_request,
+            fetch,
+            untrusted,
+        } = head;
         let (commit_owned, prev) = (commit.to_string(), previous.clone());
         let base = untrusted
             .as_ref()
@@ -590,6 +601,20 @@ impl Watcher {
     pub fn wake_scheduler(&self) {
         self.scheduler.notify_one();
     }
+}
+
+/// A commit on a ref, as [`Watcher::reconcile_commit`] records its runs.
+pub struct RefCommit<'a> {
+    pub git_ref: &'a str,
+    pub commit: &'a str,
+    /// The ref's commit before this one, for the paths changed (none: unknown, no filter).
+    pub previous: Option<String>,
+    pub event: Event,
+    pub pull_request: Option<crate::store::PullRequestInfo>,
+    /// Fetch first, bringing a mirror up to date: a webhook may name a commit not fetched yet.
+    pub fetch: bool,
+    /// For untrusted code the pipelines are read from the base branch, never from `commit`.
+    pub untrusted: Option<Untrusted>,
 }
 
 /// The commit whose pipelines decide what an untrusted head runs: the base branch's tip as

@@ -51,6 +51,33 @@ pub(super) struct AttemptContext {
     pub shutdown: CancellationToken,
 }
 
+/// How an attempt ended, before [`Scheduler::result`] names the attempt in its record.
+struct AttemptEnd {
+    attempt_status: StageStatus,
+    /// The same as the attempt's, or `Queued` for a retry.
+    stage_status: StageStatus,
+    exit_code: Option<i64>,
+    note: Option<String>,
+    /// Counts against `retry.max`.
+    counts_as_failure: bool,
+    /// When the retry may start, and the pending reason that says so.
+    backoff: Option<(i64, String)>,
+}
+
+impl AttemptEnd {
+    /// The attempt and the stage both end `status`: no exit code, note or retry, not counted.
+    fn ended(status: StageStatus) -> AttemptEnd {
+        AttemptEnd {
+            attempt_status: status,
+            stage_status: status,
+            exit_code: None,
+            note: None,
+            counts_as_failure: false,
+            backoff: None,
+        }
+    }
+}
+
 impl Scheduler {
     pub(super) async fn run_attempt(self: Arc<Self>, ctx: AttemptContext) {
         let d = &ctx.dispatch;
@@ -89,12 +116,10 @@ impl Scheduler {
         let Some(stage) = ctx.spec.stages.iter().find(|s| s.name == d.stage) else {
             return Some(self.result(
                 ctx,
-                StageStatus::Failed,
-                StageStatus::Failed,
-                None,
-                Some("stage missing from the run's pipeline".into()),
-                false,
-                None,
+                AttemptEnd {
+                    note: Some("stage missing from the run's pipeline".into()),
+                    ..AttemptEnd::ended(StageStatus::Failed)
+                },
             ));
         };
         let log_path = self.data.log_path(d.run_id, &d.stage, d.attempt);
@@ -104,12 +129,11 @@ impl Scheduler {
                 let note = format!("cannot create the log {}: {e}", log_path.display());
                 return Some(self.result(
                     ctx,
-                    StageStatus::Failed,
-                    StageStatus::Failed,
-                    None,
-                    Some(note),
-                    true,
-                    None,
+                    AttemptEnd {
+                        note: Some(note),
+                        counts_as_failure: true,
+                        ..AttemptEnd::ended(StageStatus::Failed)
+                    },
                 ));
             }
         };
@@ -166,21 +190,17 @@ impl Scheduler {
         let result = match verdict {
             Verdict::Succeeded => self.result(
                 ctx,
-                StageStatus::Success,
-                StageStatus::Success,
-                Some(0),
-                None,
-                false,
-                None,
+                AttemptEnd {
+                    exit_code: Some(0),
+                    ..AttemptEnd::ended(StageStatus::Success)
+                },
             ),
             Verdict::Cancelled => self.result(
                 ctx,
-                StageStatus::Cancelled,
-                StageStatus::Cancelled,
-                None,
-                note,
-                false,
-                None,
+                AttemptEnd {
+                    note,
+                    ..AttemptEnd::ended(StageStatus::Cancelled)
+                },
             ),
             Verdict::Retry { delay } => {
                 let (at, reason) = retry_backoff(
@@ -194,12 +214,14 @@ impl Scheduler {
                 .await;
                 self.result(
                     ctx,
-                    StageStatus::Failed,
-                    StageStatus::Queued,
-                    exit_code,
-                    note,
-                    true,
-                    Some((at, reason)),
+                    AttemptEnd {
+                        attempt_status: StageStatus::Failed,
+                        stage_status: StageStatus::Queued,
+                        exit_code,
+                        note,
+                        counts_as_failure: true,
+                        backoff: Some((at, reason)),
+                    },
                 )
             }
             Verdict::Failed => {
@@ -218,12 +240,12 @@ impl Scheduler {
                 }
                 self.result(
                     ctx,
-                    StageStatus::Failed,
-                    StageStatus::Failed,
-                    exit_code,
-                    note,
-                    true,
-                    None,
+                    AttemptEnd {
+                        exit_code,
+                        note,
+                        counts_as_failure: true,
+                        ..AttemptEnd::ended(StageStatus::Failed)
+                    },
                 )
             }
         };
@@ -235,17 +257,15 @@ impl Scheduler {
         Some(result)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn result(
-        &self,
-        ctx: &AttemptContext,
-        attempt_status: StageStatus,
-        stage_status: StageStatus,
-        exit_code: Option<i64>,
-        note: Option<String>,
-        counts_as_failure: bool,
-        backoff: Option<(i64, String)>,
-    ) -> AttemptResult {
+    fn result(&self, ctx: &AttemptContext, end: AttemptEnd) -> AttemptResult {
+        let AttemptEnd {
+            attempt_status,
+            stage_status,
+            exit_code,
+            note,
+            counts_as_failure,
+            backoff,
+        } = end;
         let (not_before, pending_reason) = match backoff {
             Some((at, reason)) => (Some(at), Some(reason)),
             None => (None, None),
