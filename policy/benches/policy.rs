@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
-use deploylite_policy::{Gate, Policies, PolicySources};
+use deploylite_policy::{Gate, ImageReference, Policies, PolicySources};
 use serde_json::{json, Value};
 
 fn policies() -> Policies {
@@ -24,6 +24,8 @@ fn policies() -> Policies {
 }
 
 fn run_input() -> Value {
+    let images = ["ghcr.io/deploylite/kaniko:1.2", "postgres:17", "rust:1.85"];
+    let references: Vec<ImageReference> = images.iter().map(|i| ImageReference::parse(i)).collect();
     json!({
         "gate": "deploylite.run",
         "now": {"time": "2026-12-07T18:48:09Z", "unix": 1796668089, "weekday": "mon", "hour": 18, "minute": 48},
@@ -38,7 +40,8 @@ fn run_input() -> Value {
                 {"name": "test", "needs": ["build"], "runs_on": ["linux"], "image": "rust:1.85", "services": ["postgres:17"], "secrets": [], "skipped": false},
                 {"name": "image", "needs": ["test"], "runs_on": ["docker"], "image": "ghcr.io/deploylite/kaniko:1.2", "services": [], "secrets": [], "skipped": false}
             ],
-            "images": ["ghcr.io/deploylite/kaniko:1.2", "postgres:17", "rust:1.85"],
+            "images": images,
+            "image_references": references,
             "runner_labels": ["docker", "linux"],
             "secrets": []
         },

@@ -8,6 +8,7 @@ use deploylite_pipeline::Pipeline;
 use serde::{Deserialize, Serialize};
 
 use crate::gate::Gate;
+use crate::image_reference::ImageReference;
 
 /// The JSON Schema of [`PolicyInput`].
 pub const INPUT_SCHEMA: &str = include_str!("../schema/policy-input.schema.json");
@@ -118,6 +119,9 @@ pub struct Plan {
     pub stages: Vec<PlanStage>,
     /// Every image the plan pulls (stages and services), sorted, each once.
     pub images: Vec<String>,
+    /// `images`, in the same order, split as Docker resolves them (registry, repository,
+    /// tag, digest), so policies need not re-derive Docker's rules.
+    pub image_references: Vec<ImageReference>,
     /// Every runner label the stages ask for, sorted, each once.
     pub runner_labels: Vec<String>,
     /// Every secret name the stages use, sorted, each once (none until secrets exist).
@@ -138,6 +142,19 @@ pub struct PlanStage {
 }
 
 impl Plan {
+    /// The plan of a pipeline whose definition is not known (any more): no stages.
+    pub fn empty(pipeline: &str, file: &str) -> Plan {
+        Plan {
+            pipeline: pipeline.to_string(),
+            file: file.to_string(),
+            stages: Vec::new(),
+            images: Vec::new(),
+            image_references: Vec::new(),
+            runner_labels: Vec::new(),
+            secrets: Vec::new(),
+        }
+    }
+
     /// The plan of a pipeline; `skipped` names the stages created skipped.
     pub fn of(pipeline: &Pipeline, file: &str, skipped: &[&str]) -> Plan {
         let stages: Vec<PlanStage> = pipeline
@@ -161,10 +178,12 @@ impl Plan {
                 .into_iter()
                 .collect()
         };
+        let images = distinct(&|s| s.image.iter().chain(&s.services).cloned().collect());
         Plan {
             pipeline: pipeline.name.clone(),
             file: file.to_string(),
-            images: distinct(&|s| s.image.iter().chain(&s.services).cloned().collect()),
+            image_references: images.iter().map(|i| ImageReference::parse(i)).collect(),
+            images,
             runner_labels: distinct(&|s| s.runs_on.clone()),
             secrets: distinct(&|s| s.secrets.clone()),
             stages,
@@ -242,6 +261,15 @@ mod tests {
         let pipeline = deploylite_pipeline::parse_pipeline("ci.yaml", source).expect("valid");
         let plan = Plan::of(&pipeline, ".deploylite/pipelines/ci.yaml", &["test"]);
         assert_eq!(plan.images, ["postgres:17", "rust:1.85"]);
+        let names: Vec<&str> = plan
+            .image_references
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            ["docker.io/library/postgres", "docker.io/library/rust"]
+        );
         assert_eq!(plan.runner_labels, ["big", "linux"]);
         assert_eq!(plan.stages.len(), 2);
         assert!(!plan.stages[0].skipped && plan.stages[1].skipped);

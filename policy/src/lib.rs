@@ -13,6 +13,7 @@ mod data;
 mod decision;
 mod error;
 mod gate;
+mod image_reference;
 mod input;
 pub mod limits;
 mod policies;
@@ -23,6 +24,7 @@ pub use compiled::{CompiledPolicy, Verdict};
 pub use decision::Decision;
 pub use error::PolicyError;
 pub use gate::{deploy_input, DeploymentFacts, Gate};
+pub use image_reference::ImageReference;
 pub use input::{
     Approval, Author, Commit, CommitRun, DeploymentAction, Environment, Now, Plan, PlanStage,
     PolicyInput, PullRequest, Repository, Trigger, INPUT_SCHEMA,

@@ -118,7 +118,10 @@ impl Policies {
         input: &serde_json::Value,
     ) -> Result<Decision, PolicyError> {
         let started = Instant::now();
-        let repository_compiled = self.compiled_repository(repository);
+        // Hashed once per evaluation: the key of the compiled-revision cache and the
+        // decision's revision both need it, and a repository's policies can be long.
+        let repository_revision = repository.revision_sha256();
+        let repository_compiled = self.compiled_repository(repository, &repository_revision);
         let repository_compiled = match repository_compiled.as_ref() {
             Ok(compiled) => compiled,
             Err(error) => {
@@ -143,7 +146,7 @@ impl Policies {
             warn: verdict.warn,
             revision_sha256: combined_revision(
                 self.operator.revision_sha256(),
-                &repository.revision_sha256(),
+                &repository_revision,
             ),
             eval_time: started.elapsed(),
         })
@@ -165,9 +168,8 @@ impl Policies {
             })
     }
 
-    fn compiled_repository(&self, sources: &PolicySources) -> Compiled {
-        let key = sources.revision_sha256();
-        if let Some(hit) = self.lock().get(&key) {
+    fn compiled_repository(&self, sources: &PolicySources, revision: &str) -> Compiled {
+        if let Some(hit) = self.lock().get(revision) {
             return hit.clone();
         }
         // Compiled outside the lock: other repositories' evaluations need not wait.
@@ -176,7 +178,7 @@ impl Policies {
         if cache.len() >= REPOSITORY_CACHE_LIMIT {
             cache.clear();
         }
-        cache.insert(key, compiled.clone());
+        cache.insert(revision.to_string(), compiled.clone());
         compiled
     }
 

@@ -246,14 +246,7 @@ fn the_deploy_gate_decides_a_deployment_from_its_facts() {
         trusted: true,
         pull_request: None,
     };
-    let plan = Plan {
-        pipeline: "deploy".into(),
-        file: ".deploylite/pipelines/deploy.yaml".into(),
-        stages: Vec::new(),
-        images: Vec::new(),
-        runner_labels: Vec::new(),
-        secrets: Vec::new(),
-    };
+    let plan = Plan::empty("deploy", ".deploylite/pipelines/deploy.yaml");
     let none = PolicySources::default();
     let input = deploy_input(facts.clone(), plan.clone()).expect("serializes");
     let decision = policies.decide(Gate::Deploy, &none, &input);

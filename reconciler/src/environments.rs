@@ -1310,14 +1310,7 @@ fn deploy_input(
         .and_then(|s| serde_json::from_str(s).ok());
     let plan = match &pipeline {
         Some(p) => Plan::of(p, &run.pipeline_file, &[]),
-        None => Plan {
-            pipeline: run.pipeline.clone(),
-            file: run.pipeline_file.clone(),
-            stages: Vec::new(),
-            images: Vec::new(),
-            runner_labels: Vec::new(),
-            secrets: Vec::new(),
-        },
+        None => Plan::empty(&run.pipeline, &run.pipeline_file),
     };
     deploylite_policy::deploy_input(
         DeploymentFacts {

@@ -13,6 +13,7 @@ pub mod paths;
 pub mod pulls;
 pub mod run_gate;
 pub mod scheduler;
+pub mod secrets;
 pub mod status;
 pub mod store;
 pub mod trust;

@@ -75,14 +75,7 @@ fn input(run: &NewRun, pipeline: Option<&Pipeline>, facts: &RunGateFacts) -> Pol
         .collect();
     let plan = match pipeline {
         Some(pipeline) => Plan::of(pipeline, &run.pipeline_file, &skipped),
-        None => Plan {
-            pipeline: run.pipeline.clone(),
-            file: run.pipeline_file.clone(),
-            stages: Vec::new(),
-            images: Vec::new(),
-            runner_labels: Vec::new(),
-            secrets: Vec::new(),
-        },
+        None => Plan::empty(&run.pipeline, &run.pipeline_file),
     };
     PolicyInput {
         gate: Gate::Run,

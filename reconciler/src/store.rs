@@ -15,6 +15,7 @@ mod pulls;
 mod runners;
 mod runs;
 mod schedule;
+mod secrets;
 mod tags;
 mod telemetry;
 
@@ -41,6 +42,7 @@ pub use schedule::{
     ActiveRun, ActiveStage, AttemptResult, Dispatch, ExpiredLease, Interrupted, RunFinish,
     StageSkip, TickTx, TickWrites, INTERRUPTED_NOTE,
 };
+pub use secrets::{SealedSecret, SecretInfo};
 pub use telemetry::{AttemptTiming, RemoteRunnerGauge, RunTiming, SchedulingGauges};
 
 #[derive(Debug, thiserror::Error)]

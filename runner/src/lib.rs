@@ -27,7 +27,8 @@ pub use kubernetes::{KubernetesConfig, KubernetesExecutor};
 pub use local::LocalExecutor;
 pub use log::{
     append_chunk, colour_allowed, format_line, last_line, parse_line, read_line_bounded, read_log,
-    strip_ansi, LogStream, StageLog, DEFAULT_LOG_BYTES, MAX_LINE, MIN_LOG_BYTES,
+    strip_ansi, LogStream, MaskError, MaskStream, MaskingReader, SecretMask, StageLog,
+    DEFAULT_LOG_BYTES, MASK, MAX_LINE, MIN_LOG_BYTES,
 };
 pub use orphans::{kill_orphans, kill_stages_under};
 pub use sandbox::{Sandbox, SandboxConfig, SandboxError};

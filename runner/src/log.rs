@@ -8,6 +8,7 @@
 mod ansi;
 mod cap;
 mod lines;
+mod mask;
 
 use std::path::{Path, PathBuf};
 
@@ -19,6 +20,7 @@ pub use ansi::{colour_allowed, strip_ansi};
 use cap::{LogCap, Placement};
 pub use cap::{DEFAULT_LOG_BYTES, MIN_LOG_BYTES};
 pub use lines::{read_line_bounded, MAX_LINE};
+pub use mask::{MaskError, MaskStream, MaskingReader, SecretMask, MASK};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogStream {

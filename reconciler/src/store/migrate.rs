@@ -74,6 +74,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../../migrations/sqlite/0010_deployment_reports.sql"),
         postgres: include_str!("../../../migrations/postgres/0010_deployment_reports.sql"),
     },
+    Migration {
+        version: 11,
+        name: "secrets",
+        sqlite: include_str!("../../../migrations/sqlite/0011_secrets.sql"),
+        postgres: include_str!("../../../migrations/postgres/0011_secrets.sql"),
+    },
 ];
 
 pub(super) async fn run(store: &Store) -> Result<()> {
