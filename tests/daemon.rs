@@ -438,13 +438,13 @@ stages:
     let id2 = id(&run2);
     let waiting = daemon
         .wait_run(id2, "waiting for the older run", |r| {
-            r["pending_reason"].as_str().is_some() || is_final(r)
+            r.pending_reason.is_some() || r.is_final()
         })
         .await;
-    assert_eq!(status(&waiting), "queued", "{waiting:#}");
+    assert_eq!(waiting.status, RunStatus::Queued, "{waiting}");
     assert_eq!(
-        waiting["pending_reason"],
-        format!("concurrency: waiting for run #{id1} on refs/heads/main")
+        waiting.pending_reason.as_deref(),
+        Some(format!("concurrency: waiting for run #{id1} on refs/heads/main").as_str())
     );
 
     let run1 = daemon.wait_run_final(id1).await;
@@ -701,14 +701,12 @@ stages:
     let c2 = repo.commit("while down");
 
     daemon.restart().await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while orphans.iter().any(|p| pid_alive(p.pid)) {
-        assert!(
-            Instant::now() < deadline,
-            "attempt 1's processes survived the restart: {orphans:?}"
-        );
-        tokio::time::sleep(POLL).await;
-    }
+    let pids: Vec<i32> = orphans.iter().map(|p| p.pid).collect();
+    let survivors = wait::pids_exit(&pids, Duration::from_secs(5));
+    assert!(
+        survivors.is_empty(),
+        "attempt 1's processes survived the restart: {survivors:?} of {orphans:?}"
+    );
 
     let run = daemon.wait_run_final(rid).await;
     assert_eq!(status(&run), "success", "{run:#}");
@@ -1290,8 +1288,9 @@ async fn a_deleted_branch_cancels_its_queued_runs_and_can_come_back() {
     // Wait until the feature run's stage says it waits for capacity (not merely "not yet").
     daemon
         .wait_run(id(&feature_run), "its stage waiting for capacity", |run| {
-            find_stage(run, "hold")["pending_reason"]
-                .as_str()
+            run.stage("hold")
+                .pending_reason
+                .as_deref()
                 .is_some_and(|r| r.starts_with("capacity"))
         })
         .await;
@@ -1309,6 +1308,6 @@ async fn a_deleted_branch_cancels_its_queued_runs_and_can_come_back() {
     // The same commit under the same name again is a new ref: it is reconciled, but the run of
     // that (pipeline, commit, trigger) exists already, so no duplicate is created.
     repo.git(&["branch", "feature", &feature]);
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    daemon.wait_fresh_poll("app").await;
     assert_eq!(daemon.runs().await.len(), 2, "run identity still holds");
 }

@@ -4,9 +4,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -16,67 +14,26 @@ use serde_json::Value;
 /// Generous on purpose: it must hold on a loaded machine and with a debug build.
 const RSS_BOUND_KB: u64 = 200 * 1024;
 
-/// The daemon's resident memory in KiB (VmRSS of /proc/PID/status).
-fn rss_kb(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+/// The peak of the daemon's resident memory since it started, in KiB (VmHWM of
+/// /proc/PID/status): the kernel keeps it, so no spike between two samples goes unseen.
+fn peak_rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-/// Samples the daemon's RSS every few milliseconds until dropped; keeps the peak.
-struct RssWatch {
-    peak: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    task: Option<std::thread::JoinHandle<()>>,
-}
-
-impl RssWatch {
-    fn start(pid: u32) -> RssWatch {
-        let peak = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (p, s) = (peak.clone(), stop.clone());
-        let task = std::thread::spawn(move || {
-            while !s.load(Ordering::SeqCst) {
-                if let Some(kb) = rss_kb(pid) {
-                    p.fetch_max(kb, Ordering::SeqCst);
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        });
-        RssWatch {
-            peak,
-            stop,
-            task: Some(task),
-        }
-    }
-
-    fn peak_kb(mut self) -> u64 {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(task) = self.task.take() {
-            let _ = task.join();
-        }
-        self.peak.load(Ordering::SeqCst)
-    }
+        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status:\n{status}"))
 }
 
 /// Waits (up to `limit`) for run `id` to be final.
 async fn wait_final_within(daemon: &Daemon, id: i64, limit: Duration) -> Value {
-    let started = Instant::now();
-    loop {
-        let run = daemon.run(id).await;
-        if is_final(&run) {
-            return run;
-        }
-        if started.elapsed() > limit {
-            panic!(
-                "run #{id} not final after {limit:?}\n{}",
-                daemon.dump().await
-            );
-        }
-        tokio::time::sleep(POLL).await;
-    }
+    daemon
+        .wait_for_within(
+            limit,
+            format_args!("run #{id} to be final"),
+            || async move { Some(daemon.run(id).await).filter(is_final) },
+        )
+        .await
 }
 
 fn log_file(daemon: &Daemon, run: i64, stage: &str, attempt: i64) -> std::path::PathBuf {
@@ -106,11 +63,11 @@ stages:
     );
     let commit = repo.commit("flood");
     let daemon = Daemon::start(&[&repo], &format!("limits:\n  log_bytes: {LIMIT}\n")).await;
-    let watch = RssWatch::start(daemon.pid().expect("daemon pid"));
+    let pid = daemon.pid().expect("daemon pid");
 
     let run = daemon.wait_for_commit_run("flood", &commit).await;
     let run = wait_final_within(&daemon, id(&run), Duration::from_secs(180)).await;
-    let peak = watch.peak_kb();
+    let peak = peak_rss_kb(pid);
     eprintln!("peak daemon RSS while a stage printed 100 MB: {peak} kB");
     assert_eq!(status(&run), "success", "{run:#}");
     assert!(
@@ -194,7 +151,7 @@ async fn three_parallel_reads_of_a_large_log_are_streamed() {
     }
     let size = std::fs::metadata(&path).expect("size").len();
 
-    let watch = RssWatch::start(daemon.pid().expect("daemon pid"));
+    let pid = daemon.pid().expect("daemon pid");
     let url = format!("{}/api/v1/runs/{}/stages/build/log", daemon.url, id(&run));
     let reads = (0..3).map(|_| {
         let (http, url) = (daemon.http().clone(), url.clone());
@@ -218,7 +175,7 @@ async fn three_parallel_reads_of_a_large_log_are_streamed() {
     for read in reads.collect::<Vec<_>>() {
         sizes.push(read.await.expect("read task"));
     }
-    let peak = watch.peak_kb();
+    let peak = peak_rss_kb(pid);
     eprintln!("peak daemon RSS serving three reads of a {size}-byte log: {peak} kB");
     assert_eq!(sizes, vec![size; 3]);
     assert!(

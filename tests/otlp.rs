@@ -8,11 +8,10 @@ mod common;
 
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::routing::post;
-use common::{id, status, Daemon, TestRepo, DEADLINE};
+use common::{id, status, wait, Daemon, TestRepo, DEADLINE};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -94,16 +93,14 @@ fn decode(bodies: &[Bytes]) -> Vec<Exported> {
     spans
 }
 
-fn stop(child: &mut Child) {
+/// SIGTERM, then waits for the exit (off the runtime: the receiver must keep answering the
+/// spans the runner flushes as it stops).
+async fn stop(child: &mut Child) {
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let started = Instant::now();
-    while child.try_wait().ok().flatten().is_none() {
-        if started.elapsed() > DEADLINE {
-            let _ = child.kill();
-            panic!("the runner ignored SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    if wait::child_exit_async(child, DEADLINE).await.is_none() {
+        let _ = child.kill();
+        panic!("the runner ignored SIGTERM");
     }
 }
 
@@ -153,7 +150,7 @@ async fn a_remote_stage_span_is_a_child_of_the_daemons_attempt_span() {
     assert_eq!(status(&run), "success", "{run:#}\n{}", daemon.stderr());
     let run_id = id(&run).to_string();
     // Both flush what they buffered when they stop.
-    stop(&mut runner);
+    stop(&mut runner).await;
     daemon.stop().await;
 
     let spans = decode(&received.lock().unwrap());

@@ -415,12 +415,13 @@ async fn a_fork_pull_request_runs_nothing_until_approved_and_then_only_where_all
     assert_eq!(code, 0, "{out}{err}");
     let waiting = daemon
         .wait_run(rid, "the approved run waits for an allowed runner", |r| {
-            find_stage(r, "test")["pending_reason"]
-                .as_str()
+            r.stage("test")
+                .pending_reason
+                .as_deref()
                 .is_some_and(|p| p.starts_with("no runner for untrusted work"))
         })
         .await;
-    assert_eq!(waiting["approved_by"], "token:admin");
+    assert_eq!(waiting.json["approved_by"], "token:admin");
     let (code, _, err) = daemon.cli(&["approve", &rid.to_string()]);
     assert_eq!(code, 1, "a second approval has nothing to approve: {err}");
     assert!(!marks.path().join("ran").exists());

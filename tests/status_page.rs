@@ -67,21 +67,18 @@ async fn every_page_of_a_daemon_that_ran_the_examples_renders_in_chromium() {
     let shop = example_repo("shop", &["main"]);
     let daemon = Daemon::start(&[&webapp, &docs, &shop], "").await;
     // The shop's staging deploys; its production waits for an approval.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let (code, body) = daemon.get("/api/v1/environments/shop/production").await;
-        let production: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        let waits = production["deployments"][0]["pending_reason"] == "approval: 0 of 1";
-        if code == 200 && waits {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "production never waited for approval: {body}\n{}",
-            daemon.dump().await
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    daemon
+        .wait_for_within(
+            std::time::Duration::from_secs(60),
+            "shop's production to wait for an approval",
+            || async {
+                let (code, body) = daemon.get("/api/v1/environments/shop/production").await;
+                let production: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                let waits = production["deployments"][0]["pending_reason"] == "approval: 0 of 1";
+                (code == 200 && waits).then_some(())
+            },
+        )
+        .await;
     let runs = daemon
         .wait_for_runs("the examples' runs to finish", |runs| {
             runs.iter()
@@ -682,20 +679,14 @@ stages:
         let runs: Vec<Value> = response.json().await.expect("JSON");
         runs.into_iter().find(|r| r["commit"] == commit.as_str())
     };
-    let deadline = Instant::now() + DEADLINE;
-    let run_id = loop {
-        if let Some(run) = run_of().await {
-            if run["status"] == "running" {
-                break id(&run);
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the run did not start\n{}",
-            daemon.stderr()
-        );
-        tokio::time::sleep(common::POLL).await;
-    };
+    let run_id = daemon
+        .wait_for("the run to start", || async {
+            run_of()
+                .await
+                .filter(|r| r["status"] == "running")
+                .map(|r| id(&r))
+        })
+        .await;
 
     // Anonymous readers are sent to the sign-in form; a bad token goes back to it.
     let response = bare_client()
@@ -800,15 +791,12 @@ stages:
         location.starts_with(&format!("/runs/{run_id}?note=")),
         "{location}"
     );
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let run = run_of().await.expect("the run");
-        if run["status"] == "cancelled" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not cancelled: {run}");
-        tokio::time::sleep(common::POLL).await;
-    }
+    daemon
+        .wait_for("the run to be cancelled", || async {
+            let run = run_of().await.expect("the run");
+            (run["status"] == "cancelled").then_some(())
+        })
+        .await;
     // Every attempt, refused or not, is in the audit log under its token.
     let audit: Value = daemon
         .http()
