@@ -5,12 +5,15 @@
 //! until a deadline, never a bare sleep), [`RunView`] (a run as the API shows it, typed) and,
 //! with the `daemon` feature, [`daemon::Daemon`] (`deploylite serve` on its own port); with the
 //! `executor` feature, [`executor::FakeExecutor`] (stages scripted to succeed, fail or hang,
-//! for the scheduler's tests).
+//! for the scheduler's tests); with the `forge` feature, [`forge::FakeForge`] (a fake GitHub
+//! and GitLab over HTTP).
 
 #[cfg(feature = "daemon")]
 pub mod daemon;
 #[cfg(feature = "executor")]
 pub mod executor;
+#[cfg(feature = "forge")]
+pub mod forge;
 pub mod repo;
 pub mod views;
 pub mod wait;
