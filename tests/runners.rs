@@ -315,7 +315,7 @@ fn strip_ansi(text: &str) -> String {
 }
 
 /// The `sleep 300` of a stage running under `work_dir`, other than `except`, once it exists.
-async fn stage_sleep(work_dir: &Path, except: Option<i32>) -> Proc {
+async fn sleeping_stage(work_dir: &Path, except: Option<i32>) -> Proc {
     let prefix = work_dir.display().to_string();
     let prefix = &prefix;
     wait::until(
@@ -349,7 +349,7 @@ async fn a_restarted_runner_kills_the_stage_processes_its_killed_predecessor_lef
     daemon
         .wait_log_contains(run_id, "hold", "attempt 1 started")
         .await;
-    let orphan = stage_sleep(&runner.work_dir(), None).await;
+    let orphan = sleeping_stage(&runner.work_dir(), None).await;
     assert_eq!(orphan.env["DEPLOYLITE_RUNNER"], "runner-s");
 
     runner.kill9();
@@ -404,7 +404,7 @@ async fn a_restarted_runner_kills_the_stage_processes_its_killed_predecessor_lef
     daemon
         .wait_log_contains(run_id, "hold", "attempt 2 started")
         .await;
-    let second = stage_sleep(&runner.work_dir(), Some(orphan.pid)).await;
+    let second = sleeping_stage(&runner.work_dir(), Some(orphan.pid)).await;
     assert_eq!(second.env["DEPLOYLITE_ATTEMPT"], "2");
     assert!(pid_alive(second.pid), "{}", runner.stderr());
 }

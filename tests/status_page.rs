@@ -460,10 +460,19 @@ async fn the_event_stream_has_one_event_per_transition_and_resumes_after_an_id()
         ],
         "{events:#?}"
     );
-    // Nothing more follows the run's end.
-    assert_eq!(stream.next(Duration::from_millis(300)).await, None);
+    // Nothing more of that run follows its end: the next event is the start of the run a
+    // later commit makes (a positive signal, where waiting in silence would prove nothing).
+    repo.write("README", "a later commit\n");
+    let later = repo.commit("later");
+    let later_run = id(&daemon.wait_for_commit_run("ci", &later).await);
+    let is_later_start = |e: &SseEvent| {
+        e.event == "run" && data(e)["run_id"] == later_run && data(e)["status"] == "running"
+    };
+    let next = stream.next(DEADLINE).await.expect("the later run's start");
+    assert!(is_later_start(&next), "{next:?}");
 
-    // A reconnect naming the second event gets exactly the four after it.
+    // A reconnect naming the second event gets exactly the four after it, then what came
+    // later.
     let second = events[1].id.clone().expect("events carry ids");
     let mut resumed =
         SseStream::open(&format!("{}/api/v1/events", daemon.url), Some(&second)).await;
@@ -472,7 +481,8 @@ async fn the_event_stream_has_one_event_per_transition_and_resumes_after_an_id()
         again.push(resumed.next(DEADLINE).await.expect("a missed event"));
     }
     assert_eq!(again, events[2..].to_vec());
-    assert_eq!(resumed.next(Duration::from_millis(300)).await, None);
+    let next = resumed.next(DEADLINE).await.expect("the later run's start");
+    assert!(is_later_start(&next), "{next:?}");
 
     // An id from another daemon's feed (or one the ring forgot) starts with a reset.
     let mut stale = SseStream::open(&format!("{}/api/v1/events", daemon.url), Some("1-1")).await;
