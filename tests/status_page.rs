@@ -491,6 +491,26 @@ async fn the_event_stream_has_one_event_per_transition_and_resumes_after_an_id()
 }
 
 #[tokio::test]
+async fn an_open_event_stream_ends_when_the_daemon_stops_and_does_not_hold_it_up() {
+    let repo = TestRepo::new();
+    repo.write("README", "nothing to run yet\n");
+    repo.commit("no pipeline");
+    let mut daemon = Daemon::start(&[&repo], "").await;
+    let mut stream = SseStream::open(&format!("{}/api/v1/events", daemon.url), None).await;
+    // The HTTP server's graceful shutdown waits for every response: an event stream that
+    // never ended kept the daemon from exiting (stop() fails after its deadline).
+    let stopped = std::time::Instant::now();
+    let status = daemon.stop().await;
+    assert!(status.success(), "{status}\n{}", daemon.stderr());
+    assert!(
+        stopped.elapsed() < Duration::from_secs(10),
+        "stopping took {:?}",
+        stopped.elapsed()
+    );
+    assert_eq!(stream.next(DEADLINE).await, None, "the stream ended");
+}
+
+#[tokio::test]
 async fn the_log_tail_streams_new_lines_and_resumes_from_its_byte_offset() {
     let repo = TestRepo::new();
     let gate = tempfile::tempdir().expect("gate dir");
