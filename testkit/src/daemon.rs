@@ -1,8 +1,10 @@
 //! `deploylite serve` as a test drives it: the real binary on its own port and data dir, with
 //! helpers over its HTTP API, and one-shot CLI commands.
 //!
-//! Waits re-read the API until a predicate holds (see [`crate::wait`]), failing after a
-//! generous deadline with the daemon's stderr and every run it knows about. "Nothing new" is
+//! Waits re-read the API until a predicate holds, at once on each event of the daemon's change
+//! feed (`GET /api/v1/events`, followed for the daemon's life) and otherwise with a short
+//! backoff (see [`crate::wait`]); they fail after a generous deadline with the daemon's stderr
+//! and every run it knows about. "Nothing new" is
 //! asserted only after [`Daemon::wait_fresh_poll`] or [`Daemon::wait_fresh_environment_pass`]:
 //! the loop that could have made something new has run since.
 
@@ -225,6 +227,11 @@ pub struct Daemon {
     extra: String,
     http: reqwest::Client,
     starts: usize,
+    /// Bumped on every event of the daemon's change feed (`GET /api/v1/events`: a run or a
+    /// stage moved): what [`Daemon::wait_for`] re-reads on, besides its backoff.
+    changes: tokio::sync::watch::Sender<u64>,
+    /// The task following the change feed of the running incarnation.
+    follower: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// An HTTP client for the daemon's API. reqwest is built (through the workspace) with rustls
@@ -278,6 +285,8 @@ impl Daemon {
             extra: extra_config.to_string(),
             http: http_client(),
             starts: 0,
+            changes: tokio::sync::watch::channel(0).0,
+            follower: None,
         };
         // A port picked free may be taken before the daemon binds it: try a few.
         for _ in 0..5 {
@@ -372,6 +381,7 @@ impl Daemon {
         match outcome {
             Ok(Ok(())) => {
                 self.child = Some(child);
+                self.follow_changes();
                 true
             }
             Ok(Err(status)) => {
@@ -392,6 +402,36 @@ impl Daemon {
         }
     }
 
+    /// Follows the daemon's change feed, bumping [`Daemon::changes`] on every chunk of it,
+    /// until the stream ends (the daemon stops and ends it) or [`Daemon::unfollow`].
+    fn follow_changes(&mut self) {
+        self.unfollow();
+        let url = format!("{}/api/v1/events", self.url);
+        let token = fs::read_to_string(self.admin_token_path()).unwrap_or_default();
+        let changes = self.changes.clone();
+        self.follower = Some(tokio::spawn(async move {
+            // Not the API client: its timeout would cut the stream.
+            let Ok(http) = reqwest::Client::builder().no_proxy().build() else {
+                return;
+            };
+            let Ok(mut response) = http.get(url).bearer_auth(token.trim()).send().await else {
+                return;
+            };
+            if !response.status().is_success() {
+                return;
+            }
+            while let Ok(Some(_)) = response.chunk().await {
+                changes.send_modify(|n| *n += 1);
+            }
+        }));
+    }
+
+    fn unfollow(&mut self) {
+        if let Some(follower) = self.follower.take() {
+            follower.abort();
+        }
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
@@ -402,6 +442,7 @@ impl Daemon {
 
     /// SIGTERM, then waits for the process to exit (panics after the deadline).
     pub async fn stop(&mut self) -> std::process::ExitStatus {
+        self.unfollow();
         let mut child = self.child.take().expect("the daemon is not running");
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
@@ -420,6 +461,7 @@ impl Daemon {
 
     /// SIGKILL: the daemon dies at once; its stage processes do not.
     pub fn kill9(&mut self) {
+        self.unfollow();
         let mut child = self.child.take().expect("the daemon is not running");
         child.kill().expect("SIGKILL");
         child.wait().expect("wait");
@@ -593,7 +635,8 @@ impl Daemon {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Option<T>>,
     {
-        match wait::try_until(within, probe).await {
+        let mut changes = self.changes.subscribe();
+        match wait::try_until_signalled(within, &mut changes, probe).await {
             Ok(value) => value,
             Err(timed_out) => panic!("{timed_out} waiting for {what}\n{}", self.dump().await),
         }
@@ -839,6 +882,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        self.unfollow();
         if let Some(mut child) = self.child.take() {
             // Graceful first, so that the daemon stops its stages; then no mercy.
             let pid = nix::unistd::Pid::from_raw(child.id() as i32);

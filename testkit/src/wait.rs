@@ -75,6 +75,43 @@ where
     }
 }
 
+/// [`try_until`] that also re-reads `probe` at once whenever `signal` changes (an event of the
+/// thing waited on), so that the wait ends on the event rather than on the next re-read. The
+/// backoff stays, for the changes no event announces.
+pub async fn try_until_signalled<T, S, F, Fut>(
+    within: Duration,
+    signal: &mut tokio::sync::watch::Receiver<S>,
+    mut probe: F,
+) -> Result<T, TimedOut>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    let mut backoff = Backoff::default();
+    let mut signalled = true;
+    loop {
+        // Marked seen before the read: a change during the read wakes the next wait.
+        signal.borrow_and_update();
+        if let Some(value) = probe().await {
+            return Ok(value);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(TimedOut(within));
+        }
+        let pause = backoff.step().min(deadline - now);
+        if signalled {
+            tokio::select! {
+                changed = signal.changed() => signalled = changed.is_ok(),
+                _ = tokio::time::sleep(pause) => {}
+            }
+        } else {
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
 /// Re-reads `probe` until it yields `Some`; panics naming `what` after [`DEADLINE`].
 pub async fn until<T, F, Fut>(what: impl Display, probe: F) -> T
 where
