@@ -4,10 +4,9 @@
 //! scrolling at 360 px), writing a screenshot of each page. The change feed and the log's
 //! live tail are read with an HTTP client; sign-in, CSRF and roles are attacked directly.
 
-#[path = "common/browser.rs"]
-mod browser;
 mod common;
 
+use common::browser;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

@@ -6,6 +6,9 @@
 
 use std::time::Duration;
 
+/// Headless Chromium over the DevTools protocol (the status page's tests).
+pub mod browser;
+
 pub use deploylite_testkit::daemon::*;
 pub use deploylite_testkit::wait::{self, DEADLINE};
 pub use deploylite_testkit::{RunStatus, RunView, StageStatus, StageView, TestRepo};
