@@ -62,6 +62,8 @@ pub struct RunView {
     pub untrusted: bool,
     #[serde(default)]
     pub awaiting_approval: bool,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
     #[serde(default)]
     pub stages: Vec<StageView>,
     /// The whole answer, for what the typed fields leave out and for failure messages.
@@ -102,6 +104,44 @@ impl RunView {
     pub fn is_final(&self) -> bool {
         self.status.is_final()
     }
+
+    /// When the run started, epoch ms (panics when it has not).
+    pub fn started_ms(&self) -> i64 {
+        epoch_ms(&self.started_at, "started_at", &self.json)
+    }
+
+    /// When the run ended, epoch ms (panics when it has not).
+    pub fn finished_ms(&self) -> i64 {
+        epoch_ms(&self.finished_at, "finished_at", &self.json)
+    }
+}
+
+impl StageView {
+    /// When the attempt started, epoch ms (panics when it has not).
+    pub fn started_ms(&self) -> i64 {
+        epoch_ms(&self.started_at, "started_at", self)
+    }
+
+    /// When the attempt ended, epoch ms (panics when it has not).
+    pub fn finished_ms(&self) -> i64 {
+        epoch_ms(&self.finished_at, "finished_at", self)
+    }
+}
+
+impl std::fmt::Display for StageView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self:#?}")
+    }
+}
+
+/// An RFC 3339 time of the API as epoch milliseconds.
+fn epoch_ms(time: &Option<String>, field: &str, of: &dyn std::fmt::Debug) -> i64 {
+    let text = time
+        .as_deref()
+        .unwrap_or_else(|| panic!("no `{field}` in {of:#?}"));
+    chrono::DateTime::parse_from_rfc3339(text)
+        .unwrap_or_else(|e| panic!("`{field}` = {text:?} is not RFC 3339: {e}"))
+        .timestamp_millis()
 }
 
 impl std::fmt::Display for RunView {
