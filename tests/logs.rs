@@ -7,7 +7,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use serde_json::Value;
 
 /// What the daemon may use. It idles at ~15 MB; before logs were bounded, 300 MB printed
 /// without a newline took it to 434 MB, and three parallel reads of a large log to 922 MB.
@@ -26,12 +25,12 @@ fn peak_rss_kb(pid: u32) -> u64 {
 }
 
 /// Waits (up to `limit`) for run `id` to be final.
-async fn wait_final_within(daemon: &Daemon, id: i64, limit: Duration) -> Value {
+async fn wait_final_within(daemon: &Daemon, id: i64, limit: Duration) -> RunView {
     daemon
         .wait_for_within(
             limit,
             format_args!("run #{id} to be final"),
-            || async move { Some(daemon.run(id).await).filter(is_final) },
+            || async move { Some(daemon.run_view(id).await).filter(RunView::is_final) },
         )
         .await
 }
@@ -69,13 +68,13 @@ stages:
     let run = wait_final_within(&daemon, id(&run), Duration::from_secs(180)).await;
     let peak = peak_rss_kb(pid);
     eprintln!("peak daemon RSS while a stage printed 100 MB: {peak} kB");
-    assert_eq!(status(&run), "success", "{run:#}");
+    assert_eq!(run.status, RunStatus::Success, "{run:#}");
     assert!(
         peak < RSS_BOUND_KB,
         "the daemon's RSS peaked at {peak} kB while the stage printed 100 MB"
     );
 
-    let path = log_file(&daemon, id(&run), "flood", 1);
+    let path = log_file(&daemon, run.id, "flood", 1);
     let text = std::fs::read_to_string(&path).expect("the log file");
     // The limit, plus the one marker line.
     assert!(
@@ -83,7 +82,7 @@ stages:
         "the log holds {} bytes",
         text.len()
     );
-    assert_eq!(daemon.log(id(&run), "flood", None).await, text);
+    assert_eq!(daemon.log(run.id, "flood", None).await, text);
     let lines: Vec<&str> = text.lines().collect();
     for line in &lines {
         assert!(
@@ -134,12 +133,12 @@ async fn three_parallel_reads_of_a_large_log_are_streamed() {
     let commit = repo.commit("ci");
     let daemon = Daemon::start(&[&repo], "").await;
     let run = daemon.wait_for_commit_run("ci", &commit).await;
-    let run = daemon.wait_run_final(id(&run)).await;
-    assert_eq!(status(&run), "success", "{run:#}");
+    let run = daemon.wait_run_done(id(&run)).await;
+    assert_eq!(run.status, RunStatus::Success, "{run:#}");
 
     // A log as large as a busy stage's could be, written where the daemon reads it.
     const SIZE: usize = 120 * 1024 * 1024;
-    let path = log_file(&daemon, id(&run), "build", 1);
+    let path = log_file(&daemon, run.id, "build", 1);
     let line = format!("2026-01-01T00:00:00.000Z out {}\n", "y".repeat(995));
     let block = line.repeat(1024);
     {
@@ -152,7 +151,7 @@ async fn three_parallel_reads_of_a_large_log_are_streamed() {
     let size = std::fs::metadata(&path).expect("size").len();
 
     let pid = daemon.pid().expect("daemon pid");
-    let url = format!("{}/api/v1/runs/{}/stages/build/log", daemon.url, id(&run));
+    let url = format!("{}/api/v1/runs/{}/stages/build/log", daemon.url, run.id);
     let reads = (0..3).map(|_| {
         let (http, url) = (daemon.http().clone(), url.clone());
         tokio::spawn(async move {
@@ -225,15 +224,15 @@ stages:
     let commit = repo.commit("ci");
     let daemon = Daemon::start(&[&repo], "").await;
     let run = daemon.wait_for_commit_run("ci", &commit).await;
-    let run = daemon.wait_run_final(id(&run)).await;
-    assert_eq!(status(&run), "success", "{run:#}");
-    assert_eq!(find_stage(&run, "build")["attempt"], 2, "{run:#}");
+    let run = daemon.wait_run_done(id(&run)).await;
+    assert_eq!(run.status, RunStatus::Success, "{run:#}");
+    assert_eq!(run.stage("build").attempt, 2, "{run:#}");
 
-    let latest = std::fs::read(log_file(&daemon, id(&run), "build", 2)).expect("log 2");
-    let first = std::fs::read(log_file(&daemon, id(&run), "build", 1)).expect("log 1");
+    let latest = std::fs::read(log_file(&daemon, run.id, "build", 2)).expect("log 2");
+    let first = std::fs::read(log_file(&daemon, run.id, "build", 1)).expect("log 1");
     let len = latest.len();
     assert!(len > 100, "{len}");
-    let base = format!("/api/v1/runs/{}/stages/build/log", id(&run));
+    let base = format!("/api/v1/runs/{}/stages/build/log", run.id);
     let range = |start: usize, end: usize| format!("bytes {start}-{}/{len}", end - 1);
 
     // (Range header, query, status, Content-Range, body)

@@ -283,7 +283,7 @@ async fn a_remote_attempts_log_ends_with_its_closing_line_after_the_runners_last
     )
     .await;
     assert!(code < 300, "{code} {body}");
-    daemon.wait_run_final(rid).await;
+    daemon.wait_run_done(rid).await;
     let log = daemon.log(rid, "remote", None).await;
     assert_eq!(
         untimed(&log),

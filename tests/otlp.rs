@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::routing::post;
-use common::{id, status, wait, Daemon, TestRepo, DEADLINE};
+use common::{id, wait, Daemon, RunStatus, TestRepo, DEADLINE};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -146,9 +146,14 @@ async fn a_remote_stage_span_is_a_child_of_the_daemons_attempt_span() {
         .expect("spawn the runner");
 
     let run = daemon.wait_for_commit_run("ci", &head).await;
-    let run = daemon.wait_run_final(id(&run)).await;
-    assert_eq!(status(&run), "success", "{run:#}\n{}", daemon.stderr());
-    let run_id = id(&run).to_string();
+    let run = daemon.wait_run_done(id(&run)).await;
+    assert_eq!(
+        run.status,
+        RunStatus::Success,
+        "{run:#}\n{}",
+        daemon.stderr()
+    );
+    let run_id = run.id.to_string();
     // Both flush what they buffered when they stop.
     stop(&mut runner).await;
     daemon.stop().await;

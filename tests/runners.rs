@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    find_stage, id, pid_alive, processes_where, status, wait, Daemon, Proc, StageStatus, TestRepo,
+    id, pid_alive, processes_where, wait, Daemon, Proc, RunStatus, StageStatus, TestRepo,
 };
 use serde_json::Value;
 
@@ -208,23 +208,19 @@ async fn stages_go_to_runners_by_label_within_each_runners_capacity() {
     let run = daemon
         .wait_for_runs("the run", |runs| !runs.is_empty())
         .await;
-    let run = daemon.wait_run_final(id(&run[0])).await;
-    assert_eq!(status(&run), "success", "{}", daemon.dump().await);
+    let run = daemon.wait_run_done(id(&run[0])).await;
+    assert_eq!(run.status, RunStatus::Success, "{}", daemon.dump().await);
 
     let mut intervals: Vec<(String, i64, i64)> = Vec::new();
     for i in 0..3 {
         for (stage, runner) in [(format!("x{i}"), "runner-a"), (format!("y{i}"), "runner-b")] {
-            let log = daemon.log(id(&run), &stage, None).await;
+            let log = daemon.log(run.id, &stage, None).await;
             assert!(
                 log.contains(&format!("ran on {runner}")),
                 "{stage} should run on {runner}:\n{log}"
             );
-            let s = find_stage(&run, &stage);
-            intervals.push((
-                runner.to_string(),
-                common::ts(s, "started_at"),
-                common::ts(s, "finished_at"),
-            ));
+            let s = run.stage(&stage);
+            intervals.push((runner.to_string(), s.started_ms(), s.finished_ms()));
         }
     }
     let most_at_once = |runner: &str| {
@@ -274,16 +270,16 @@ async fn a_runner_killed_mid_stage_loses_its_lease_and_the_stage_completes_on_th
     one.kill9();
     let _two = Runner::start(&daemon, "runner-2", "shared", 1);
 
-    let run = daemon.wait_run_final(run_id).await;
+    let run = daemon.wait_run_done(run_id).await;
     assert_eq!(
-        status(&run),
-        "success",
+        run.status,
+        RunStatus::Success,
         "{}\nrunner-1:\n{}",
         daemon.dump().await,
         one.stderr()
     );
-    let work = find_stage(&run, "work");
-    assert_eq!(work["attempt"], 2, "the stage ran again as a new attempt");
+    let work = run.stage("work");
+    assert_eq!(work.attempt, 2, "the stage ran again as a new attempt");
     let log = daemon.log(run_id, "work", Some(2)).await;
     assert!(log.contains("attempt 2 on runner-2"), "{log}");
     assert!(
@@ -429,15 +425,15 @@ async fn cancelling_a_run_stops_its_stage_on_the_runner() {
     let started = Instant::now();
     let (code, out, err) = daemon.cli(&["cancel", &run_id.to_string()]);
     assert_eq!(code, 0, "{out}{err}");
-    let run = daemon.wait_run_final(run_id).await;
+    let run = daemon.wait_run_done(run_id).await;
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "cancellation took {:?}",
         started.elapsed()
     );
-    assert_eq!(status(&run), "cancelled");
-    assert_eq!(find_stage(&run, "wait")["status"], "cancelled");
-    assert_eq!(find_stage(&run, "after")["status"], "skipped");
+    assert_eq!(run.status, RunStatus::Cancelled);
+    assert_eq!(run.stage("wait").status, StageStatus::Cancelled);
+    assert_eq!(run.stage("after").status, StageStatus::Skipped);
     let prefix = runner.work_dir().display().to_string();
     let pids: Vec<i32> = processes_where(|env| {
         env.get("DEPLOYLITE_WORKSPACE")
@@ -571,13 +567,9 @@ async fn registering_under_a_live_runners_name_needs_its_credential_and_cannot_s
     );
 
     // The owner keeps its lease: its heartbeats and its report still count.
-    let run = daemon.wait_run_final(run_id).await;
-    assert_eq!(status(&run), "success", "{}", daemon.dump().await);
-    assert_eq!(
-        find_stage(&run, "work")["attempt"],
-        1,
-        "the lease was never lost"
-    );
+    let run = daemon.wait_run_done(run_id).await;
+    assert_eq!(run.status, RunStatus::Success, "{}", daemon.dump().await);
+    assert_eq!(run.stage("work").attempt, 1, "the lease was never lost");
     assert!(daemon
         .log(run_id, "work", Some(1))
         .await

@@ -85,7 +85,7 @@ async fn state_changes_need_a_token_of_the_right_role() {
 
     let (code, body) = post(&daemon, &cancel, Some(&operator), &[]).await;
     assert_eq!(code, 202, "{body}");
-    daemon.wait_run_final(rid).await;
+    daemon.wait_run_done(rid).await;
 
     // Revocation takes effect at once.
     let (code, _) = post(
@@ -443,8 +443,8 @@ async fn an_approved_fork_run_runs_the_base_pipeline_on_an_allowed_runner() {
     let (code, out, err) = daemon.cli(&["approve", &rid.to_string()]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(&format!("#{rid}")), "{out}");
-    let done = daemon.wait_run_final(rid).await;
-    assert_eq!(status(&done), "success", "{done:#}");
+    let done = daemon.wait_run_done(rid).await;
+    assert_eq!(done.status, RunStatus::Success, "{done:#}");
     assert!(
         marks.path().join("ran").exists(),
         "the base branch's pipeline ran"

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{id, status, Daemon, TestRepo};
+use common::{id, Daemon, RunStatus, TestRepo};
 use serde_json::Value;
 use std::sync::atomic::Ordering;
 
@@ -92,9 +92,9 @@ async fn json_logs_carry_the_ids_of_webhooks_runs_attempts_and_reports() {
         202
     );
     let run = daemon.wait_for_commit_run("ci", &head).await;
-    let run = daemon.wait_run_final(id(&run)).await;
-    assert_eq!(status(&run), "success", "{run:#}");
-    let run_id = id(&run);
+    let run = daemon.wait_run_done(id(&run)).await;
+    assert_eq!(run.status, RunStatus::Success, "{run:#}");
+    let run_id = run.id;
 
     // The report fails (the forge answers 500) and is retried: its span is in the log.
     let shared = &daemon;
