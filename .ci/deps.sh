@@ -22,7 +22,7 @@ declare -A allowed=(
   [deploylite-forge]="deploylite-pipeline deploylite-policy deploylite-reconciler deploylite-runner deploylite-telemetry"
   [deploylite-webhook]="deploylite-forge deploylite-reconciler deploylite-telemetry"
   [deploylite-server]="deploylite-forge deploylite-policy deploylite-protocol deploylite-reconciler deploylite-telemetry deploylite-webhook"
-  [deploylite-testkit]=""
+  [deploylite-testkit]="deploylite-runner"
   [deploylite]="*"
 )
 test_only=deploylite-testkit

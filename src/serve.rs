@@ -438,6 +438,7 @@ async fn serve_configured(
     }
     tracing::info!("shutting down: running stages are stopped and will run again after a restart");
     shutdown.cancel();
+    changes.close();
     let _ = watcher_task.await;
     let _ = environments_task.await;
     let _ = scheduler_task.await;

@@ -613,7 +613,7 @@ async fn status_lists_runs_and_shows_one_run_as_a_table_or_json() {
     let commit = repo.commit("ci");
     let daemon = Daemon::start(&[&repo], "").await;
     let rid = id(&daemon.wait_for_commit_run("ci", &commit).await);
-    daemon.wait_run_final(rid).await;
+    daemon.wait_run_done(rid).await;
     let short = &commit[..12];
 
     let (code, out, err) = daemon.cli(&["status"]);
@@ -735,7 +735,7 @@ async fn cancel_of_a_finished_or_unknown_run_fails() {
     let commit = repo.commit("ci");
     let daemon = Daemon::start(&[&repo], "").await;
     let rid = id(&daemon.wait_for_commit_run("ci", &commit).await);
-    daemon.wait_run_final(rid).await;
+    daemon.wait_run_done(rid).await;
 
     let (code, out, err) = daemon.cli(&["cancel", &rid.to_string()]);
     assert_eq!(code, 1, "{out}{err}");

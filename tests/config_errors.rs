@@ -6,11 +6,9 @@
 
 mod common;
 
+use common::{cli, free_port, run_cmd, wait, DEADLINE};
 use std::path::Path;
 use std::process::{Child, Stdio};
-use std::time::Instant;
-
-use common::{cli, free_port, run_cmd, DEADLINE, POLL};
 
 /// `deploylite <args>` in `dir` with `env`: (exit code, stdout, stderr).
 fn deploylite_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
@@ -127,17 +125,10 @@ impl Serve {
     }
 
     fn wait_for_log(&mut self, needle: &str) {
-        let started = Instant::now();
-        while !self.log().contains(needle) {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("the daemon exited with {status}:\n{}", self.log());
-            }
-            assert!(
-                started.elapsed() < DEADLINE,
-                "no `{needle}` in the log within {DEADLINE:?}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(POLL);
+        let log = self.dir.path().join("stderr");
+        let read = || strip_ansi(&std::fs::read_to_string(&log).unwrap_or_default());
+        if let Err(unprinted) = wait::printed(&mut self.child, needle, DEADLINE, read) {
+            panic!("no `{needle}` in the daemon's log: {unprinted}");
         }
     }
 }

@@ -26,16 +26,7 @@ async fn fetch_errors_in_the_daemon_log_do_not_show_the_credential() {
         "",
     )
     .await;
-    let started = Instant::now();
-    while !daemon.stderr().contains("poll failed") {
-        assert!(
-            started.elapsed() < DEADLINE,
-            "no poll failure logged:\n{}",
-            daemon.stderr()
-        );
-        tokio::time::sleep(POLL).await;
-    }
-    let log = daemon.stderr();
+    let log = daemon.wait_stderr_contains("poll failed").await;
     assert!(!log.contains(SECRET), "{log}");
     assert!(
         log.contains("127.0.0.1:1/x.git"),

@@ -68,21 +68,18 @@ stages:
     let daemon = Daemon::start(&[&repo], "").await;
 
     let run = daemon.wait_for_commit_run("diamond", &commit).await;
-    let run = daemon.wait_run_final(id(&run)).await;
-    assert_eq!(status(&run), "success", "{run:#}");
-    assert_eq!(run["repo"], "app");
-    assert_eq!(run["ref"], "refs/heads/main");
-    assert_eq!(run["trigger"], "push");
+    let run = daemon.wait_run_done(id(&run)).await;
+    assert_eq!(run.status, RunStatus::Success, "{run:#}");
+    assert_eq!(run.repo, "app");
+    assert_eq!(run.git_ref, "refs/heads/main");
+    assert_eq!(run.trigger, "push");
     for name in ["a", "b", "c", "d"] {
-        let s = find_stage(&run, name);
-        assert_eq!(s["status"], "success", "{s:#}");
-        assert_eq!(s["attempt"], 1, "{s:#}");
-        assert_eq!(s["exit_code"], 0, "{s:#}");
+        let s = run.stage(name);
+        assert_eq!(s.status, StageStatus::Success, "{s:#}");
+        assert_eq!(s.attempt, 1, "{s:#}");
+        assert_eq!(s.exit_code, Some(0), "{s:#}");
     }
-    assert_eq!(
-        find_stage(&run, "d")["needs"],
-        serde_json::json!(["b", "c"])
-    );
+    assert_eq!(run.stage("d").needs, ["b", "c"]);
 
     // As the steps saw it.
     let (bs, be) = (
@@ -105,19 +102,15 @@ stages:
 
     // As the API records it.
     let (a, b, c, d) = (
-        find_stage(&run, "a"),
-        find_stage(&run, "b"),
-        find_stage(&run, "c"),
-        find_stage(&run, "d"),
+        run.stage("a"),
+        run.stage("b"),
+        run.stage("c"),
+        run.stage("d"),
     );
-    assert!(
-        ts(b, "started_at") >= ts(a, "finished_at") && ts(c, "started_at") >= ts(a, "finished_at")
-    );
-    assert!(
-        ts(b, "started_at") < ts(c, "finished_at") && ts(c, "started_at") < ts(b, "finished_at")
-    );
-    assert!(ts(d, "started_at") >= ts(b, "finished_at").max(ts(c, "finished_at")));
-    assert!(daemon.log(id(&run), "a", None).await.contains("a ran in"));
+    assert!(b.started_ms() >= a.finished_ms() && c.started_ms() >= a.finished_ms());
+    assert!(b.started_ms() < c.finished_ms() && c.started_ms() < b.finished_ms());
+    assert!(d.started_ms() >= b.finished_ms().max(c.finished_ms()));
+    assert!(daemon.log(run.id, "a", None).await.contains("a ran in"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -148,14 +141,14 @@ stages:
 
     let run = daemon.wait_for_commit_run("flaky", &commit).await;
     let rid = id(&run);
-    let run = daemon.wait_run_final(rid).await;
-    assert_eq!(status(&run), "success", "{run:#}");
-    let stage = find_stage(&run, "integration");
-    assert_eq!(stage["status"], "success");
-    assert_eq!(stage["attempt"], 2);
-    assert_eq!(stage["exit_code"], 0);
-    assert_eq!(find_stage(&run, "after")["status"], "success");
-    assert_eq!(find_stage(&run, "after")["attempt"], 1);
+    let run = daemon.wait_run_done(rid).await;
+    assert_eq!(run.status, RunStatus::Success, "{run:#}");
+    let stage = run.stage("integration");
+    assert_eq!(stage.status, StageStatus::Success);
+    assert_eq!(stage.attempt, 2);
+    assert_eq!(stage.exit_code, Some(0));
+    assert_eq!(run.stage("after").status, StageStatus::Success);
+    assert_eq!(run.stage("after").attempt, 1);
 
     let first = daemon.log(rid, "integration", Some(1)).await;
     assert!(
@@ -212,23 +205,26 @@ stages:
 
     let run = daemon.wait_for_commit_run("deploy", &commit).await;
     let rid = id(&run);
-    let run = daemon.wait_run_final(rid).await;
-    assert_eq!(status(&run), "failed", "{run:#}");
-    let push = find_stage(&run, "push");
-    assert_eq!(push["status"], "failed");
-    assert_eq!(push["attempt"], 1, "exit 3 is not in exit_codes: no retry");
-    assert_eq!(push["exit_code"], 3);
-    let verify = find_stage(&run, "verify");
-    assert_eq!(verify["status"], "skipped");
-    assert_eq!(verify["attempt"], 0);
-    assert_eq!(verify["pending_reason"], "needs `push`, which failed");
-    let announce = find_stage(&run, "announce");
-    assert_eq!(announce["status"], "skipped");
+    let run = daemon.wait_run_done(rid).await;
+    assert_eq!(run.status, RunStatus::Failed, "{run:#}");
+    let push = run.stage("push");
+    assert_eq!(push.status, StageStatus::Failed);
+    assert_eq!(push.attempt, 1, "exit 3 is not in exit_codes: no retry");
+    assert_eq!(push.exit_code, Some(3));
+    let verify = run.stage("verify");
+    assert_eq!(verify.status, StageStatus::Skipped);
+    assert_eq!(verify.attempt, 0);
     assert_eq!(
-        announce["pending_reason"],
-        "needs `verify`, which was skipped"
+        verify.pending_reason.as_deref(),
+        Some("needs `push`, which failed")
     );
-    assert_eq!(find_stage(&run, "independent")["status"], "success");
+    let announce = run.stage("announce");
+    assert_eq!(announce.status, StageStatus::Skipped);
+    assert_eq!(
+        announce.pending_reason.as_deref(),
+        Some("needs `verify`, which was skipped")
+    );
+    assert_eq!(run.stage("independent").status, StageStatus::Success);
 
     let log = daemon.log(rid, "push", None).await;
     assert!(log.contains("pushing"), "{log}");
@@ -274,27 +270,23 @@ stages:
     daemon.wait_stage(rid, "hang", "running").await;
     daemon.wait_log_contains(rid, "hang", "started").await;
     let waited = Instant::now();
-    let run = daemon.wait_run_final(rid).await;
+    let run = daemon.wait_run_done(rid).await;
     assert!(
         waited.elapsed() < Duration::from_secs(8),
         "the 1s timeout took {:?}",
         waited.elapsed()
     );
-    assert_eq!(status(&run), "failed", "{run:#}");
-    let hang = find_stage(&run, "hang");
-    assert_eq!(hang["status"], "failed");
-    assert_eq!(hang["attempt"], 1);
-    assert_eq!(
-        hang["exit_code"],
-        Value::Null,
-        "a timed-out stage has no exit code"
-    );
-    let took = ts(hang, "finished_at") - ts(hang, "started_at");
+    assert_eq!(run.status, RunStatus::Failed, "{run:#}");
+    let hang = run.stage("hang");
+    assert_eq!(hang.status, StageStatus::Failed);
+    assert_eq!(hang.attempt, 1);
+    assert_eq!(hang.exit_code, None, "a timed-out stage has no exit code");
+    let took = hang.finished_ms() - hang.started_ms();
     assert!(
         (1000..6000).contains(&took),
         "stage ran {took} ms for a 1s timeout"
     );
-    assert_eq!(find_stage(&run, "after")["status"], "skipped");
+    assert_eq!(run.stage("after").status, StageStatus::Skipped);
     let log = daemon.log(rid, "hang", None).await;
     assert!(log.contains("timed out after 1s"), "{log}");
 
@@ -344,15 +336,15 @@ stages:
         "{out}"
     );
 
-    let run = daemon.wait_run_final(rid).await;
-    assert_eq!(status(&run), "cancelled", "{run:#}");
-    assert_eq!(run["pending_reason"], "cancelled by request");
-    let wait = find_stage(&run, "wait");
-    assert_eq!(wait["status"], "cancelled");
-    assert_eq!(wait["attempt"], 1);
-    let after = find_stage(&run, "after");
-    assert_eq!(after["status"], "skipped");
-    assert_eq!(after["pending_reason"], "run cancelled");
+    let run = daemon.wait_run_done(rid).await;
+    assert_eq!(run.status, RunStatus::Cancelled, "{run:#}");
+    assert_eq!(run.pending_reason.as_deref(), Some("cancelled by request"));
+    let wait = run.stage("wait");
+    assert_eq!(wait.status, StageStatus::Cancelled);
+    assert_eq!(wait.attempt, 1);
+    let after = run.stage("after");
+    assert_eq!(after.status, StageStatus::Skipped);
+    assert_eq!(after.pending_reason.as_deref(), Some("run cancelled"));
     let log = daemon.log(rid, "wait", None).await;
     assert!(
         log.contains("cancelled: killed the step's process group"),
@@ -402,16 +394,16 @@ stages:
     let id2 = id(&run2);
     assert!(id2 > id1);
 
-    let run1 = daemon.wait_run_final(id1).await;
-    assert_eq!(status(&run1), "cancelled", "{run1:#}");
+    let run1 = daemon.wait_run_done(id1).await;
+    assert_eq!(run1.status, RunStatus::Cancelled, "{run1:#}");
     assert_eq!(
-        run1["pending_reason"],
-        format!("cancelled: superseded by run #{id2}")
+        run1.pending_reason,
+        Some(format!("cancelled: superseded by run #{id2}"))
     );
-    assert_eq!(find_stage(&run1, "roll-out")["status"], "cancelled");
-    let run2 = daemon.wait_run_final(id2).await;
-    assert_eq!(status(&run2), "success", "{run2:#}");
-    assert_eq!(find_stage(&run2, "roll-out")["status"], "success");
+    assert_eq!(run1.stage("roll-out").status, StageStatus::Cancelled);
+    let run2 = daemon.wait_run_done(id2).await;
+    assert_eq!(run2.status, RunStatus::Success, "{run2:#}");
+    assert_eq!(run2.stage("roll-out").status, StageStatus::Success);
     daemon.wait_no_stage_processes(Some(id1)).await;
 }
 
@@ -440,21 +432,21 @@ stages:
     let id2 = id(&run2);
     let waiting = daemon
         .wait_run(id2, "waiting for the older run", |r| {
-            r["pending_reason"].as_str().is_some() || is_final(r)
+            r.pending_reason.is_some() || r.is_final()
         })
         .await;
-    assert_eq!(status(&waiting), "queued", "{waiting:#}");
+    assert_eq!(waiting.status, RunStatus::Queued, "{waiting}");
     assert_eq!(
-        waiting["pending_reason"],
-        format!("concurrency: waiting for run #{id1} on refs/heads/main")
+        waiting.pending_reason.as_deref(),
+        Some(format!("concurrency: waiting for run #{id1} on refs/heads/main").as_str())
     );
 
-    let run1 = daemon.wait_run_final(id1).await;
-    let run2 = daemon.wait_run_final(id2).await;
-    assert_eq!(status(&run1), "success");
-    assert_eq!(status(&run2), "success");
+    let run1 = daemon.wait_run_done(id1).await;
+    let run2 = daemon.wait_run_done(id2).await;
+    assert_eq!(run1.status, RunStatus::Success);
+    assert_eq!(run2.status, RunStatus::Success);
     assert!(
-        ts(&run2, "started_at") >= ts(&run1, "finished_at"),
+        run2.started_ms() >= run1.finished_ms(),
         "queued run started before the older ended"
     );
 }
@@ -485,8 +477,8 @@ stages:
 
     // A ref seen for the first time: its changes are unknown, so path filters pass.
     let run1 = daemon.wait_for_commit_run("build", &c1).await;
-    let run1 = daemon.wait_run_final(id(&run1)).await;
-    assert_eq!(status(&run1), "success", "{run1:#}");
+    let run1 = daemon.wait_run_done(id(&run1)).await;
+    assert_eq!(run1.status, RunStatus::Success, "{run1:#}");
 
     repo.write("docs/guide.md", "# guide, improved\n");
     let c2 = repo.commit("docs only");
@@ -506,9 +498,9 @@ stages:
     repo.write("src/lib.txt", "v2\n");
     let c3 = repo.commit("code");
     let run3 = daemon.wait_for_commit_run("build", &c3).await;
-    let run3 = daemon.wait_run_final(id(&run3)).await;
-    assert_eq!(status(&run3), "success", "{run3:#}");
-    assert!(daemon.log(id(&run3), "compile", None).await.contains("v2"));
+    let run3 = daemon.wait_run_done(id(&run3)).await;
+    assert_eq!(run3.status, RunStatus::Success, "{run3:#}");
+    assert!(daemon.log(run3.id, "compile", None).await.contains("v2"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -554,8 +546,8 @@ async fn invalid_pipeline_becomes_an_error_run_with_positions_and_siblings_still
     );
 
     let fine = daemon.wait_for_commit_run("fine", &c1).await;
-    let fine = daemon.wait_run_final(id(&fine)).await;
-    assert_eq!(status(&fine), "success", "{fine:#}");
+    let fine = daemon.wait_run_done(id(&fine)).await;
+    assert_eq!(fine.status, RunStatus::Success, "{fine:#}");
 
     // The daemon keeps serving and picks up the fix.
     let (code, _) = daemon.get("/healthz").await;
@@ -566,9 +558,12 @@ async fn invalid_pipeline_becomes_an_error_run_with_positions_and_siblings_still
     );
     let c2 = repo.commit("fix");
     let fixed = daemon.wait_for_commit_run("broken", &c2).await;
-    let fixed = daemon.wait_run_final(id(&fixed)).await;
-    assert_eq!(status(&fixed), "success", "{fixed:#}");
-    assert!(fixed.get("errors").is_none_or(Value::is_null), "{fixed:#}");
+    let fixed = daemon.wait_run_done(id(&fixed)).await;
+    assert_eq!(fixed.status, RunStatus::Success, "{fixed:#}");
+    assert!(
+        fixed.json.get("errors").is_none_or(Value::is_null),
+        "{fixed:#}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -703,21 +698,19 @@ stages:
     let c2 = repo.commit("while down");
 
     daemon.restart().await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while orphans.iter().any(|p| pid_alive(p.pid)) {
-        assert!(
-            Instant::now() < deadline,
-            "attempt 1's processes survived the restart: {orphans:?}"
-        );
-        tokio::time::sleep(POLL).await;
-    }
+    let pids: Vec<i32> = orphans.iter().map(|p| p.pid).collect();
+    let survivors = wait::pids_exit(&pids, Duration::from_secs(5));
+    assert!(
+        survivors.is_empty(),
+        "attempt 1's processes survived the restart: {survivors:?} of {orphans:?}"
+    );
 
-    let run = daemon.wait_run_final(rid).await;
-    assert_eq!(status(&run), "success", "{run:#}");
-    let stage = find_stage(&run, "recover-me-7f3a");
-    assert_eq!(stage["status"], "success");
-    assert_eq!(stage["attempt"], 2);
-    assert_eq!(find_stage(&run, "after")["status"], "success");
+    let run = daemon.wait_run_done(rid).await;
+    assert_eq!(run.status, RunStatus::Success, "{run:#}");
+    let stage = run.stage("recover-me-7f3a");
+    assert_eq!(stage.status, StageStatus::Success);
+    assert_eq!(stage.attempt, 2);
+    assert_eq!(run.stage("after").status, StageStatus::Success);
     let log2 = daemon.log(rid, "recover-me-7f3a", Some(2)).await;
     assert!(
         log2.contains(
@@ -791,9 +784,9 @@ stages:
     );
 
     daemon.restart().await;
-    let run = daemon.wait_run_final(rid).await;
-    assert_eq!(status(&run), "success", "{run:#}");
-    assert_eq!(find_stage(&run, "graceful-3c1d")["attempt"], 2);
+    let run = daemon.wait_run_done(rid).await;
+    assert_eq!(run.status, RunStatus::Success, "{run:#}");
+    assert_eq!(run.stage("graceful-3c1d").attempt, 2);
     let log1 = daemon.log(rid, "graceful-3c1d", Some(1)).await;
     assert!(log1.contains("the daemon is shutting down"), "{log1}");
     let log2 = daemon.log(rid, "graceful-3c1d", Some(2)).await;
@@ -1069,8 +1062,8 @@ stages:
     repo.write("payload.txt", "dirty working copy\n");
     let daemon = Daemon::start(&[&repo], "").await;
     let rid = id(&daemon.wait_for_commit_run("env", &c1).await);
-    let run = daemon.wait_run_final(rid).await;
-    assert_eq!(status(&run), "success", "{run:#}");
+    let run = daemon.wait_run_done(rid).await;
+    assert_eq!(run.status, RunStatus::Success, "{run:#}");
     let log = daemon.log(rid, "show", None).await;
     let workspace = daemon.data_dir.join("workspaces").join(rid.to_string());
     for needle in [
@@ -1114,7 +1107,7 @@ stages:
     let c1 = repo.commit("env");
     let daemon = Daemon::start(&[&repo], "").await;
     let rid = id(&daemon.wait_for_commit_run("env", &c1).await);
-    assert_eq!(status(&daemon.wait_run_final(rid).await), "success");
+    assert_eq!(daemon.wait_run_done(rid).await.status, RunStatus::Success);
     let log = daemon.log(rid, "show", None).await;
     assert!(
         log.contains(&format!("run={rid} attempt=1")),
@@ -1136,7 +1129,7 @@ async fn stages_do_not_inherit_the_daemons_configuration_or_secrets() {
     let c1 = repo.commit("env");
     let daemon = Daemon::start(&[&repo], "").await;
     let rid = id(&daemon.wait_for_commit_run("env", &c1).await);
-    assert_eq!(status(&daemon.wait_run_final(rid).await), "success");
+    assert_eq!(daemon.wait_run_done(rid).await.status, RunStatus::Success);
     let log = daemon.log(rid, "show", None).await;
     assert!(
         log.contains(&format!("DEPLOYLITE_RUN_ID={rid}")),
@@ -1189,15 +1182,15 @@ stages:
     crasher.kill9();
     crasher.restart().await;
 
-    let run = victim.wait_run_final(vid).await;
+    let run = victim.wait_run_done(vid).await;
     assert_eq!(
-        status(&run),
-        "success",
+        run.status,
+        RunStatus::Success,
         "the other daemon's crash recovery killed this daemon's stage:\n{:#}\n{}",
         run,
         victim.log(vid, "shared-stage-9e2b", None).await
     );
-    assert_eq!(status(&crasher.wait_run_final(cid).await), "success");
+    assert_eq!(crasher.wait_run_done(cid).await.status, RunStatus::Success);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1292,25 +1285,35 @@ async fn a_deleted_branch_cancels_its_queued_runs_and_can_come_back() {
     // Wait until the feature run's stage says it waits for capacity (not merely "not yet").
     daemon
         .wait_run(id(&feature_run), "its stage waiting for capacity", |run| {
-            find_stage(run, "hold")["pending_reason"]
-                .as_str()
+            run.stage("hold")
+                .pending_reason
+                .as_deref()
                 .is_some_and(|r| r.starts_with("capacity"))
         })
         .await;
 
     repo.git(&["branch", "-D", "feature"]);
-    let cancelled = daemon.wait_run_final(id(&feature_run)).await;
-    assert_eq!(status(&cancelled), "cancelled", "{}", daemon.dump().await);
+    let cancelled = daemon.wait_run_done(id(&feature_run)).await;
     assert_eq!(
-        cancelled["pending_reason"],
-        "cancelled: the ref was deleted"
+        cancelled.status,
+        RunStatus::Cancelled,
+        "{}",
+        daemon.dump().await
     );
-    let main_done = daemon.wait_run_final(id(&main_run)).await;
-    assert_eq!(status(&main_done), "success", "other refs are untouched");
+    assert_eq!(
+        cancelled.pending_reason.as_deref(),
+        Some("cancelled: the ref was deleted")
+    );
+    let main_done = daemon.wait_run_done(id(&main_run)).await;
+    assert_eq!(
+        main_done.status,
+        RunStatus::Success,
+        "other refs are untouched"
+    );
 
     // The same commit under the same name again is a new ref: it is reconciled, but the run of
     // that (pipeline, commit, trigger) exists already, so no duplicate is created.
     repo.git(&["branch", "feature", &feature]);
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    daemon.wait_fresh_poll("app").await;
     assert_eq!(daemon.runs().await.len(), 2, "run identity still holds");
 }

@@ -7,7 +7,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{cli, find_stage, id, pid_alive, run_cmd, stage_processes, status, Daemon, TestRepo};
+use common::{cli, id, pid_alive, run_cmd, stage_processes, status, Daemon, RunStatus, TestRepo};
 
 /// A pipeline whose only stage runs until `go` exists.
 fn held_until(repo: &TestRepo, go: &Path) {
@@ -53,9 +53,9 @@ async fn finishes_untouched(daemon: &Daemon, run_id: i64, pids: &[i32], go: &Pat
         ("running", Some(1))
     );
     std::fs::write(go, "").expect("release the stage");
-    let run = daemon.wait_run_final(run_id).await;
-    assert_eq!(status(&run), "success", "{}", daemon.dump().await);
-    assert_eq!(find_stage(&run, "work")["attempt"], 1);
+    let run = daemon.wait_run_done(run_id).await;
+    assert_eq!(run.status, RunStatus::Success, "{}", daemon.dump().await);
+    assert_eq!(run.stage("work").attempt, 1);
     let log = daemon.log(run_id, "work", Some(1)).await;
     assert_eq!(log.matches("out waiting").count(), 1, "{log}");
     assert!(log.contains("out released"), "{log}");

@@ -90,22 +90,16 @@ async fn environment(daemon: &Daemon, env: &str) -> Value {
     }
 }
 
-/// Polls the environment until `pred` holds.
+/// Waits until the environment satisfies `pred`.
 async fn wait_env(daemon: &Daemon, env: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let started = Instant::now();
-    loop {
-        let value = environment(daemon, env).await;
-        if pred(&value) {
-            return value;
-        }
-        if started.elapsed() > DEADLINE {
-            panic!(
-                "timed out waiting for {what}; environment {env}:\n{value:#}\n{}",
-                daemon.dump().await
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let pred = &pred;
+    daemon
+        .wait_for_within(
+            DEADLINE,
+            format_args!("{what} (environment {env})"),
+            || async move { Some(environment(daemon, env).await).filter(pred) },
+        )
+        .await
 }
 
 fn deployments(env: &Value) -> Vec<Value> {
@@ -317,7 +311,7 @@ async fn a_failed_deploy_rolls_back_and_the_bad_version_is_not_retried() {
 
     // Polls and controller passes go on (one at least every 5 s even with nothing to wake
     // it), the bad version stays desired, and it is not deployed again.
-    wait_polls(&daemon, Duration::from_millis(5_500)).await;
+    wait_settled(&daemon).await;
     let env = environment(&daemon, "staging").await;
     let attempts_of_bad = deployments(&env)
         .iter()
@@ -336,25 +330,12 @@ async fn a_failed_deploy_rolls_back_and_the_bad_version_is_not_retried() {
     assert_eq!(env["sync"], "in_sync");
 }
 
-/// When the daemon last polled the repository (`/api/v1/repos`, RFC 3339), epoch ms.
-async fn last_poll_at(daemon: &Daemon) -> i64 {
-    let repos = daemon.get_json("/api/v1/repos").await;
-    repos
-        .as_array()
-        .and_then(|list| list.iter().find(|r| r["name"] == "app"))
-        .and_then(|r| r["last_poll_at"].as_str())
-        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        .map_or(0, |t| t.timestamp_millis())
-}
-
-/// Waits until the daemon has kept polling for `span` past now: what it would have done in
-/// that time (a duplicate, a retry), it has done. A sampling wait: it asserts an absence.
-async fn wait_polls(daemon: &Daemon, span: Duration) {
-    let since = last_poll_at(daemon).await;
-    let span = i64::try_from(span.as_millis()).unwrap_or(i64::MAX);
-    while last_poll_at(daemon).await < since + span {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Waits until a poll of the repository and then a pass of the environment controller, both
+/// begun after this call, have ended: what they would do with the state as it is now (record a
+/// duplicate, deploy again), they have done. Only then may a test assert that nothing happened.
+async fn wait_settled(daemon: &Daemon) {
+    daemon.wait_fresh_poll("app").await;
+    daemon.wait_fresh_environment_pass().await;
 }
 
 #[tokio::test]
@@ -597,7 +578,7 @@ async fn a_webhook_and_polls_give_one_deployment() {
         common::send_github_push(&daemon, SECRET, "env-3", &v1).await,
         202
     );
-    wait_polls(&daemon, Duration::from_millis(500)).await;
+    wait_settled(&daemon).await;
     let env = environment(&daemon, "staging").await;
     assert_eq!(deployments(&env).len(), 1, "{env:#}");
     let runs = daemon.runs().await;

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Daemon, TestRepo};
 use serde_json::Value;
@@ -36,26 +36,23 @@ fn project_named(name: &str) -> TestRepo {
 }
 
 async fn wait_for(daemon: &Daemon, path: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let started = Instant::now();
-    loop {
-        // 404 until the controller's first pass has recorded the environment files.
-        let (code, body) = daemon.get(path).await;
-        let value: Value = match code {
-            200 => serde_json::from_str(&body).expect("JSON"),
-            404 => Value::Null,
-            _ => panic!("GET {path} answered {code}: {body}"),
-        };
-        if pred(&value) {
-            return value;
-        }
-        if started.elapsed() > DEADLINE {
-            panic!(
-                "timed out waiting for {what}:\n{value:#}\n{}",
-                daemon.dump().await
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let pred = &pred;
+    daemon
+        .wait_for_within(
+            DEADLINE,
+            format_args!("{what} (GET {path})"),
+            || async move {
+                // 404 until the controller's first pass has recorded the environment files.
+                let (code, body) = daemon.get(path).await;
+                let value: Value = match code {
+                    200 => serde_json::from_str(&body).expect("JSON"),
+                    404 => Value::Null,
+                    _ => panic!("GET {path} answered {code}: {body}"),
+                };
+                Some(value).filter(pred)
+            },
+        )
+        .await
 }
 
 async fn post(

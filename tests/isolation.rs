@@ -17,9 +17,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::time::Instant;
 
-use common::{cli, find_stage, http_client, id, status, Daemon, TestRepo, DEADLINE, POLL};
+use common::{cli, find_stage, http_client, id, status, wait, Daemon, TestRepo, DEADLINE};
 use serde_json::Value;
 
 /// The fake forge token, in two halves: the pipeline (and so the stage's own environment and
@@ -173,23 +172,27 @@ impl SecretDaemon {
 
     /// Polls GET `path` until it answers 200 with a body that satisfies `pred`.
     async fn wait_for(&self, path: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let started = Instant::now();
-        loop {
-            if let Ok(resp) = self.http.get(format!("{}{path}", self.url)).send().await {
-                if resp.status().is_success() {
-                    let body: Value = resp.json().await.unwrap_or_default();
-                    if pred(&body) {
-                        return body;
-                    }
-                }
+        let pred = &pred;
+        let found = wait::try_until(DEADLINE, || async move {
+            let resp = self
+                .http
+                .get(format!("{}{path}", self.url))
+                .send()
+                .await
+                .ok()?;
+            if !resp.status().is_success() {
+                return None;
             }
-            assert!(
-                started.elapsed() < DEADLINE,
-                "timed out waiting for {path}\n--- daemon stderr ---\n{}",
+            let body: Value = resp.json().await.unwrap_or_default();
+            Some(body).filter(pred)
+        })
+        .await;
+        found.unwrap_or_else(|timed_out| {
+            panic!(
+                "{timed_out} waiting for {path}\n--- daemon stderr ---\n{}",
                 self.stderr()
-            );
-            tokio::time::sleep(POLL).await;
-        }
+            )
+        })
     }
 
     /// The probe's run, once final, and its log.
@@ -435,15 +438,13 @@ async fn a_stage_of_a_root_runner_runs_as_nobody_and_cannot_read_its_credential(
         .spawn()
         .expect("spawn the runner");
     let runner_stderr = || fs::read_to_string(dir.path().join("runner.stderr")).unwrap_or_default();
-    let started = Instant::now();
-    while !credential.exists() {
-        assert!(
-            started.elapsed() < DEADLINE,
-            "the runner did not register\n{}",
-            runner_stderr()
-        );
-        tokio::time::sleep(POLL).await;
-    }
+    let registered =
+        wait::try_until(DEADLINE, || async { credential.exists().then_some(()) }).await;
+    assert!(
+        registered.is_ok(),
+        "the runner did not register\n{}",
+        runner_stderr()
+    );
     let commit = probe_pipeline(
         &repo,
         "iso",

@@ -8,7 +8,7 @@ mod common;
 
 use std::process::{Child, Stdio};
 
-use common::{cli, find_stage, id, status, Daemon, TestRepo};
+use common::{cli, id, Daemon, RunStatus, RunView, StageStatus, TestRepo};
 
 const WITH_IMAGE: &str = r#"name: ci
 stages:
@@ -41,10 +41,10 @@ fn texts(log: &str) -> Vec<&str> {
 }
 
 /// Runs the image pipeline's commit on `daemon`; returns the run (final) and the stage's log.
-async fn run_image_stage(daemon: &Daemon, commit: &str) -> (serde_json::Value, String) {
+async fn run_image_stage(daemon: &Daemon, commit: &str) -> (RunView, String) {
     let run = daemon.wait_for_commit_run("ci", commit).await;
-    let run = daemon.wait_run_final(id(&run)).await;
-    let log = daemon.log(id(&run), "build", Some(1)).await;
+    let run = daemon.wait_run_done(id(&run)).await;
+    let log = daemon.log(run.id, "build", Some(1)).await;
     (run, log)
 }
 
@@ -55,8 +55,8 @@ async fn the_daemon_fails_a_stage_with_an_image_and_says_what_to_do() {
     let commit = repo.commit("ci");
     let daemon = Daemon::start(&[&repo], "").await;
     let (run, log) = run_image_stage(&daemon, &commit).await;
-    assert_eq!(status(&run), "failed", "{log}");
-    assert_eq!(find_stage(&run, "build")["status"], "failed");
+    assert_eq!(run.status, RunStatus::Failed, "{log}");
+    assert_eq!(run.stage("build").status, StageStatus::Failed);
     assert!(texts(&log).contains(&REFUSED), "{log}");
     assert!(!log.contains("ran on the host"), "{log}");
 }
@@ -68,7 +68,7 @@ async fn the_daemon_runs_it_with_a_warning_when_told_to_ignore_images() {
     let commit = repo.commit("ci");
     let daemon = Daemon::start(&[&repo], "local_runner: { ignore_image: true }\n").await;
     let (run, log) = run_image_stage(&daemon, &commit).await;
-    assert_eq!(status(&run), "success", "{log}");
+    assert_eq!(run.status, RunStatus::Success, "{log}");
     let texts = texts(&log);
     let at = texts
         .iter()
@@ -128,7 +128,7 @@ async fn a_local_runner_agent_fails_a_stage_with_an_image() {
     let daemon = Daemon::start(&[&repo], &remote_only()).await;
     let _agent = Agent::start(&daemon, &[]);
     let (run, log) = run_image_stage(&daemon, &commit).await;
-    assert_eq!(status(&run), "failed", "{log}");
+    assert_eq!(run.status, RunStatus::Failed, "{log}");
     assert!(texts(&log).contains(&REFUSED), "{log}");
     assert!(!log.contains("ran on the host"), "{log}");
 }
@@ -141,7 +141,7 @@ async fn a_local_runner_agent_runs_it_with_a_warning_given_ignore_image() {
     let daemon = Daemon::start(&[&repo], &remote_only()).await;
     let _agent = Agent::start(&daemon, &["--ignore-image"]);
     let (run, log) = run_image_stage(&daemon, &commit).await;
-    assert_eq!(status(&run), "success", "{log}");
+    assert_eq!(run.status, RunStatus::Success, "{log}");
     let texts = texts(&log);
     assert!(texts.contains(&WARNINGS[0]), "{log}");
     assert!(texts.contains(&WARNINGS[1]), "{log}");

@@ -6,79 +6,35 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
-use serde_json::Value;
 
 /// What the daemon may use. It idles at ~15 MB; before logs were bounded, 300 MB printed
 /// without a newline took it to 434 MB, and three parallel reads of a large log to 922 MB.
 /// Generous on purpose: it must hold on a loaded machine and with a debug build.
 const RSS_BOUND_KB: u64 = 200 * 1024;
 
-/// The daemon's resident memory in KiB (VmRSS of /proc/PID/status).
-fn rss_kb(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+/// The peak of the daemon's resident memory since it started, in KiB (VmHWM of
+/// /proc/PID/status): the kernel keeps it, so no spike between two samples goes unseen.
+fn peak_rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-/// Samples the daemon's RSS every few milliseconds until dropped; keeps the peak.
-struct RssWatch {
-    peak: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    task: Option<std::thread::JoinHandle<()>>,
-}
-
-impl RssWatch {
-    fn start(pid: u32) -> RssWatch {
-        let peak = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (p, s) = (peak.clone(), stop.clone());
-        let task = std::thread::spawn(move || {
-            while !s.load(Ordering::SeqCst) {
-                if let Some(kb) = rss_kb(pid) {
-                    p.fetch_max(kb, Ordering::SeqCst);
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        });
-        RssWatch {
-            peak,
-            stop,
-            task: Some(task),
-        }
-    }
-
-    fn peak_kb(mut self) -> u64 {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(task) = self.task.take() {
-            let _ = task.join();
-        }
-        self.peak.load(Ordering::SeqCst)
-    }
+        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status:\n{status}"))
 }
 
 /// Waits (up to `limit`) for run `id` to be final.
-async fn wait_final_within(daemon: &Daemon, id: i64, limit: Duration) -> Value {
-    let started = Instant::now();
-    loop {
-        let run = daemon.run(id).await;
-        if is_final(&run) {
-            return run;
-        }
-        if started.elapsed() > limit {
-            panic!(
-                "run #{id} not final after {limit:?}\n{}",
-                daemon.dump().await
-            );
-        }
-        tokio::time::sleep(POLL).await;
-    }
+async fn wait_final_within(daemon: &Daemon, id: i64, limit: Duration) -> RunView {
+    daemon
+        .wait_for_within(
+            limit,
+            format_args!("run #{id} to be final"),
+            || async move { Some(daemon.run_view(id).await).filter(RunView::is_final) },
+        )
+        .await
 }
 
 fn log_file(daemon: &Daemon, run: i64, stage: &str, attempt: i64) -> std::path::PathBuf {
@@ -108,19 +64,19 @@ stages:
     );
     let commit = repo.commit("flood");
     let daemon = Daemon::start(&[&repo], &format!("limits:\n  log_bytes: {LIMIT}\n")).await;
-    let watch = RssWatch::start(daemon.pid().expect("daemon pid"));
+    let pid = daemon.pid().expect("daemon pid");
 
     let run = daemon.wait_for_commit_run("flood", &commit).await;
     let run = wait_final_within(&daemon, id(&run), Duration::from_secs(180)).await;
-    let peak = watch.peak_kb();
+    let peak = peak_rss_kb(pid);
     eprintln!("peak daemon RSS while a stage printed 100 MB: {peak} kB");
-    assert_eq!(status(&run), "success", "{run:#}");
+    assert_eq!(run.status, RunStatus::Success, "{run:#}");
     assert!(
         peak < RSS_BOUND_KB,
         "the daemon's RSS peaked at {peak} kB while the stage printed 100 MB"
     );
 
-    let path = log_file(&daemon, id(&run), "flood", 1);
+    let path = log_file(&daemon, run.id, "flood", 1);
     let text = std::fs::read_to_string(&path).expect("the log file");
     // The limit, plus the one marker line.
     assert!(
@@ -128,7 +84,7 @@ stages:
         "the log holds {} bytes",
         text.len()
     );
-    assert_eq!(daemon.log(id(&run), "flood", None).await, text);
+    assert_eq!(daemon.log(run.id, "flood", None).await, text);
     let lines: Vec<&str> = text.lines().collect();
     for line in &lines {
         assert!(
@@ -179,12 +135,12 @@ async fn three_parallel_reads_of_a_large_log_are_streamed() {
     let commit = repo.commit("ci");
     let daemon = Daemon::start(&[&repo], "").await;
     let run = daemon.wait_for_commit_run("ci", &commit).await;
-    let run = daemon.wait_run_final(id(&run)).await;
-    assert_eq!(status(&run), "success", "{run:#}");
+    let run = daemon.wait_run_done(id(&run)).await;
+    assert_eq!(run.status, RunStatus::Success, "{run:#}");
 
     // A log as large as a busy stage's could be, written where the daemon reads it.
     const SIZE: usize = 120 * 1024 * 1024;
-    let path = log_file(&daemon, id(&run), "build", 1);
+    let path = log_file(&daemon, run.id, "build", 1);
     let line = format!("2026-01-01T00:00:00.000Z out {}\n", "y".repeat(995));
     let block = line.repeat(1024);
     {
@@ -196,8 +152,8 @@ async fn three_parallel_reads_of_a_large_log_are_streamed() {
     }
     let size = std::fs::metadata(&path).expect("size").len();
 
-    let watch = RssWatch::start(daemon.pid().expect("daemon pid"));
-    let url = format!("{}/api/v1/runs/{}/stages/build/log", daemon.url, id(&run));
+    let pid = daemon.pid().expect("daemon pid");
+    let url = format!("{}/api/v1/runs/{}/stages/build/log", daemon.url, run.id);
     let reads = (0..3).map(|_| {
         let (http, url) = (daemon.http().clone(), url.clone());
         tokio::spawn(async move {
@@ -220,7 +176,7 @@ async fn three_parallel_reads_of_a_large_log_are_streamed() {
     for read in reads.collect::<Vec<_>>() {
         sizes.push(read.await.expect("read task"));
     }
-    let peak = watch.peak_kb();
+    let peak = peak_rss_kb(pid);
     eprintln!("peak daemon RSS serving three reads of a {size}-byte log: {peak} kB");
     assert_eq!(sizes, vec![size; 3]);
     assert!(
@@ -270,15 +226,15 @@ stages:
     let commit = repo.commit("ci");
     let daemon = Daemon::start(&[&repo], "").await;
     let run = daemon.wait_for_commit_run("ci", &commit).await;
-    let run = daemon.wait_run_final(id(&run)).await;
-    assert_eq!(status(&run), "success", "{run:#}");
-    assert_eq!(find_stage(&run, "build")["attempt"], 2, "{run:#}");
+    let run = daemon.wait_run_done(id(&run)).await;
+    assert_eq!(run.status, RunStatus::Success, "{run:#}");
+    assert_eq!(run.stage("build").attempt, 2, "{run:#}");
 
-    let latest = std::fs::read(log_file(&daemon, id(&run), "build", 2)).expect("log 2");
-    let first = std::fs::read(log_file(&daemon, id(&run), "build", 1)).expect("log 1");
+    let latest = std::fs::read(log_file(&daemon, run.id, "build", 2)).expect("log 2");
+    let first = std::fs::read(log_file(&daemon, run.id, "build", 1)).expect("log 1");
     let len = latest.len();
     assert!(len > 100, "{len}");
-    let base = format!("/api/v1/runs/{}/stages/build/log", id(&run));
+    let base = format!("/api/v1/runs/{}/stages/build/log", run.id);
     let range = |start: usize, end: usize| format!("bytes {start}-{}/{len}", end - 1);
 
     // (Range header, query, status, Content-Range, body)

@@ -45,34 +45,19 @@ fn spawn_logs(daemon: &Daemon, args: &[&str], out: &Path) -> Child {
 }
 
 fn wait_for_file_to_contain(path: &Path, needle: &str, child: &mut Child) {
-    let started = Instant::now();
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        if text.contains(needle) {
-            return;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("`deploylite logs` exited with {status} before printing {needle:?}:\n{text}");
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "`deploylite logs` did not print {needle:?}:\n{text}"
-        );
-        std::thread::sleep(POLL);
+    let read = || std::fs::read_to_string(path).unwrap_or_default();
+    if let Err(unprinted) = wait::printed(child, needle, DEADLINE, read) {
+        panic!("`deploylite logs` did not print {needle:?}: {unprinted}");
     }
 }
 
 fn wait_exit(child: &mut Child) -> i32 {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status.code().unwrap_or(-1);
-        }
-        if started.elapsed() > DEADLINE {
+    match wait::child_exit(child, DEADLINE) {
+        Some(status) => status.code().unwrap_or(-1),
+        None => {
             let _ = child.kill();
             panic!("`deploylite logs -f` did not exit after the attempt ended");
         }
-        std::thread::sleep(POLL);
     }
 }
 
@@ -300,7 +285,7 @@ async fn a_remote_attempts_log_ends_with_its_closing_line_after_the_runners_last
     )
     .await;
     assert!(code < 300, "{code} {body}");
-    daemon.wait_run_final(rid).await;
+    daemon.wait_run_done(rid).await;
     let log = daemon.log(rid, "remote", None).await;
     assert_eq!(
         untimed(&log),

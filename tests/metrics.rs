@@ -10,9 +10,8 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-use common::{free_port, id, status, Daemon, TestRepo, DEADLINE};
+use common::{free_port, id, status, wait, Daemon, TestRepo, DEADLINE};
 use serde_json::Value;
 
 const CHARTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/deploylite");
@@ -80,20 +79,14 @@ async fn scrape(daemon: &Daemon, accept: Option<&str>) -> (String, String) {
 
 /// Waits until the recorder has seen the runs end (it follows the scheduler's events).
 async fn scrape_after_runs(daemon: &Daemon) -> String {
-    let started = Instant::now();
-    loop {
-        let (_, text) = scrape(daemon, None).await;
-        if text.contains(r#"deploylite_pipeline_duration_seconds_count{repo="app",pipeline="broken",status="failed"} 1"#)
-            && text.contains(r#"deploylite_pipeline_duration_seconds_count{repo="app",pipeline="ci",status="success"} 1"#)
-        {
-            return text;
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "the runs never showed in /metrics:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    daemon
+        .wait_for("the runs in /metrics", || async {
+            let (_, text) = scrape(daemon, None).await;
+            let shown = text.contains(r#"deploylite_pipeline_duration_seconds_count{repo="app",pipeline="broken",status="failed"} 1"#)
+                && text.contains(r#"deploylite_pipeline_duration_seconds_count{repo="app",pipeline="ci",status="success"} 1"#);
+            shown.then_some(text)
+        })
+        .await
 }
 
 /// A real Prometheus scraping `target` every second, on a free loopback port.
@@ -131,20 +124,17 @@ impl Prometheus {
             dir,
         };
         let http = common::http_client();
-        let started = Instant::now();
-        while !http
-            .get(format!("{}/-/ready", prometheus.url))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            assert!(
-                started.elapsed() < DEADLINE,
-                "prometheus did not become ready:\n{}",
-                prometheus.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let ready = format!("{}/-/ready", prometheus.url);
+        let became = wait::try_until(DEADLINE, || async {
+            let answer = http.get(&ready).send().await;
+            answer.is_ok_and(|r| r.status().is_success()).then_some(())
+        })
+        .await;
+        assert!(
+            became.is_ok(),
+            "prometheus did not become ready:\n{}",
+            prometheus.log()
+        );
         prometheus
     }
 
@@ -156,8 +146,10 @@ impl Prometheus {
     /// `accept` holds for it.
     async fn value(&self, query: &str, accept: impl Fn(f64) -> bool) -> f64 {
         let http = common::http_client();
-        let started = Instant::now();
-        loop {
+        let (http, accept) = (&http, &accept);
+        let last = std::sync::Mutex::new(Value::Null);
+        let last = &last;
+        let found = wait::try_until(DEADLINE, || async move {
             let answer: Value = http
                 .get(format!("{}/api/v1/query", self.url))
                 .query(&[("query", query)])
@@ -167,23 +159,27 @@ impl Prometheus {
                 .json()
                 .await
                 .unwrap();
-            if let [one] = answer["data"]["result"]
+            let value = match answer["data"]["result"]
                 .as_array()
                 .map(Vec::as_slice)
                 .unwrap_or(&[])
             {
-                let value: f64 = one["value"][1].as_str().unwrap().parse().unwrap();
-                if accept(value) {
-                    return value;
-                }
+                [one] => one["value"][1].as_str().and_then(|v| v.parse().ok()),
+                _ => None,
+            };
+            if let Ok(mut last) = last.lock() {
+                *last = answer;
             }
-            assert!(
-                started.elapsed() < DEADLINE,
-                "`{query}` never gave an accepted value; last answer: {answer}\n{}",
+            value.filter(|v| accept(*v))
+        })
+        .await;
+        found.unwrap_or_else(|timed_out| {
+            let answer = last.lock().map(|a| a.clone()).unwrap_or_default();
+            panic!(
+                "`{query}` never gave an accepted value ({timed_out}); last answer: {answer}\n{}",
                 self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            )
+        })
     }
 }
 
@@ -429,20 +425,20 @@ async fn the_dashboard_and_the_alerts_name_only_exported_metrics() {
     repo.write("more", "x\n");
     repo.commit("after the webhook");
 
-    let started = Instant::now();
-    loop {
-        let exported = exported_names(&scrape(&daemon, None).await.1);
+    let daemon = &daemon;
+    let named = &named;
+    let all_exported = wait::try_until(DEADLINE, || async move {
+        let exported = exported_names(&scrape(daemon, None).await.1);
+        named.is_subset(&exported).then_some(())
+    })
+    .await;
+    if all_exported.is_err() {
+        let _ = runner.kill();
+        let exported = exported_names(&scrape(daemon, None).await.1);
         let missing: Vec<&String> = named.difference(&exported).collect();
-        if missing.is_empty() {
-            break;
-        }
-        if started.elapsed() > DEADLINE {
-            let _ = runner.kill();
-            panic!(
-                "the dashboard or the rules name metrics the daemon does not export: {missing:?}\nexported: {exported:?}"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        panic!(
+            "the dashboard or the rules name metrics the daemon does not export: {missing:?}\nexported: {exported:?}"
+        );
     }
     let _ = runner.kill();
     let _ = runner.wait();

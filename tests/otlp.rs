@@ -10,11 +10,10 @@ mod common;
 
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::routing::post;
-use common::{id, status, Daemon, TestRepo, DEADLINE};
+use common::{id, wait, Daemon, RunStatus, TestRepo, DEADLINE};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -96,16 +95,14 @@ fn decode(bodies: &[Bytes]) -> Vec<Exported> {
     spans
 }
 
-fn stop(child: &mut Child) {
+/// SIGTERM, then waits for the exit (off the runtime: the receiver must keep answering the
+/// spans the runner flushes as it stops).
+async fn stop(child: &mut Child) {
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let started = Instant::now();
-    while child.try_wait().ok().flatten().is_none() {
-        if started.elapsed() > DEADLINE {
-            let _ = child.kill();
-            panic!("the runner ignored SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    if wait::child_exit_async(child, DEADLINE).await.is_none() {
+        let _ = child.kill();
+        panic!("the runner ignored SIGTERM");
     }
 }
 
@@ -151,11 +148,16 @@ async fn a_remote_stage_span_is_a_child_of_the_daemons_attempt_span() {
         .expect("spawn the runner");
 
     let run = daemon.wait_for_commit_run("ci", &head).await;
-    let run = daemon.wait_run_final(id(&run)).await;
-    assert_eq!(status(&run), "success", "{run:#}\n{}", daemon.stderr());
-    let run_id = id(&run).to_string();
+    let run = daemon.wait_run_done(id(&run)).await;
+    assert_eq!(
+        run.status,
+        RunStatus::Success,
+        "{run:#}\n{}",
+        daemon.stderr()
+    );
+    let run_id = run.id.to_string();
     // Both flush what they buffered when they stop.
-    stop(&mut runner);
+    stop(&mut runner).await;
     daemon.stop().await;
 
     let spans = decode(&received.lock().unwrap());

@@ -26,9 +26,9 @@ async fn status_tables_are_as_wide_as_their_longest_names() {
     let run = daemon
         .wait_for_commit_run("a-pipeline-with-a-long-name", &commit)
         .await;
-    let run = daemon.wait_run_final(id(&run)).await;
-    assert_eq!(id(&run), 1, "{run:#}");
-    let created = run["created_at"].as_str().expect("created_at");
+    let run = daemon.wait_run_done(id(&run)).await;
+    assert_eq!(run.id, 1, "{run:#}");
+    let created = run.json["created_at"].as_str().expect("created_at");
     assert_eq!(created.len(), 24, "{created}");
     let c = short(&commit);
 
@@ -217,7 +217,7 @@ async fn no_ansi_colour_when_the_output_is_not_a_terminal() {
 
     let daemon = Daemon::start(&[&repo], "").await;
     let rid = id(&daemon.wait_for_commit_run("ci", &commit).await);
-    daemon.wait_run_final(rid).await;
+    daemon.wait_run_done(rid).await;
     let stored = daemon.log(rid, "paint", None).await;
     assert!(
         stored.contains(" out \u{1b}[1;31mred\u{1b}[0m\n"),

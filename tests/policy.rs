@@ -8,7 +8,6 @@ mod common;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use common::*;
 use serde_json::Value;
@@ -59,24 +58,20 @@ impl FakeGithub {
     /// Waits for a commit status of `context` whose state is final.
     async fn wait_status(&self, sha: &str, context: &str) -> Value {
         let path = format!("/repos/octo/app/statuses/{sha}");
-        let started = Instant::now();
-        loop {
+        let path = &path;
+        let found = wait::try_until(DEADLINE, || async move {
             let found = self.requests().into_iter().rev().find(|(m, p, body)| {
-                m == "POST"
-                    && *p == path
-                    && body["context"] == context
-                    && body["state"] != "pending"
+                m == "POST" && p == path && body["context"] == context && body["state"] != "pending"
             });
-            if let Some((_, _, body)) = found {
-                return body;
-            }
-            assert!(
-                started.elapsed() < DEADLINE,
-                "no final status {context} for {sha}; requests: {:#?}",
+            found.map(|(_, _, body)| body)
+        })
+        .await;
+        found.unwrap_or_else(|timed_out| {
+            panic!(
+                "no final status {context} for {sha} ({timed_out}); requests: {:#?}",
                 self.requests()
-            );
-            tokio::time::sleep(POLL).await;
-        }
+            )
+        })
     }
 }
 

@@ -5,9 +5,7 @@
 
 mod common;
 
-use std::time::Instant;
-
-use common::{Daemon, RepoRef, TestRepo, DEADLINE, POLL};
+use common::{Daemon, RepoRef, TestRepo};
 use serde_json::Value;
 
 async fn repo_named(daemon: &Daemon, name: &str) -> Value {
@@ -26,19 +24,12 @@ async fn wait_repo(
     what: &str,
     pred: impl Fn(&Value) -> bool,
 ) -> Value {
-    let started = Instant::now();
-    loop {
-        let repo = repo_named(daemon, name).await;
-        if pred(&repo) {
-            return repo;
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "timed out waiting for {what}: {repo:#}\n{}",
-            daemon.dump().await
-        );
-        tokio::time::sleep(POLL).await;
-    }
+    let pred = &pred;
+    daemon
+        .wait_for(format_args!("repository `{name}`: {what}"), || async move {
+            Some(repo_named(daemon, name).await).filter(pred)
+        })
+        .await
 }
 
 fn failures(repo: &Value) -> u64 {

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{find_stage, id, pid_alive, processes_where, status, Daemon, Proc, TestRepo};
+use common::{
+    id, pid_alive, processes_where, wait, Daemon, Proc, RunStatus, StageStatus, TestRepo,
+};
 use serde_json::Value;
 
 const TOKEN: &str = "test-registration-token-0123";
@@ -109,20 +111,17 @@ impl Runner {
             .path()
             .join("state")
             .join(format!("{name}.credential"));
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
+        let written = wait::try_until_blocking(Duration::from_secs(15), || {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
-            if text.trim().len() == "dlr_".len() + 64 {
-                return text.trim().to_string();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} was not written: {}",
+            (text.trim().len() == "dlr_".len() + 64).then(|| text.trim().to_string())
+        });
+        written.unwrap_or_else(|timed_out| {
+            panic!(
+                "{} was not written ({timed_out}): {}",
                 path.display(),
                 self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            )
+        })
     }
 
     fn kill9(&mut self) {
@@ -134,16 +133,9 @@ impl Runner {
 
     /// Waits for the process to exit by itself; its exit status.
     fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + limit;
-        let child = self.child.as_mut()?;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                self.child = None;
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+        let status = wait::child_exit(self.child.as_mut()?, limit)?;
+        self.child = None;
+        Some(status)
     }
 }
 
@@ -169,25 +161,19 @@ fn kill_stage_processes_under(dir: &Path) {
     }
 }
 
-async fn wait_until(
-    what: &str,
-    daemon: &Daemon,
-    mut check: impl FnMut(&[Value]) -> bool,
-) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let runners: Vec<Value> =
-            serde_json::from_str(&daemon.get("/api/v1/runners").await.1).unwrap_or_default();
-        if check(&runners) {
-            return runners;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: runners {runners:#?}\n{}",
-            daemon.dump().await
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn wait_until(what: &str, daemon: &Daemon, check: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let check = &check;
+    daemon
+        .wait_for(
+            format_args!("{what} (GET /api/v1/runners)"),
+            || async move {
+                let runners: Vec<Value> =
+                    serde_json::from_str(&daemon.get("/api/v1/runners").await.1)
+                        .unwrap_or_default();
+                check(&runners).then_some(runners)
+            },
+        )
+        .await
 }
 
 fn online(runners: &[Value], names: &[&str]) -> bool {
@@ -224,23 +210,19 @@ async fn stages_go_to_runners_by_label_within_each_runners_capacity() {
     let run = daemon
         .wait_for_runs("the run", |runs| !runs.is_empty())
         .await;
-    let run = daemon.wait_run_final(id(&run[0])).await;
-    assert_eq!(status(&run), "success", "{}", daemon.dump().await);
+    let run = daemon.wait_run_done(id(&run[0])).await;
+    assert_eq!(run.status, RunStatus::Success, "{}", daemon.dump().await);
 
     let mut intervals: Vec<(String, i64, i64)> = Vec::new();
     for i in 0..3 {
         for (stage, runner) in [(format!("x{i}"), "runner-a"), (format!("y{i}"), "runner-b")] {
-            let log = daemon.log(id(&run), &stage, None).await;
+            let log = daemon.log(run.id, &stage, None).await;
             assert!(
                 log.contains(&format!("ran on {runner}")),
                 "{stage} should run on {runner}:\n{log}"
             );
-            let s = find_stage(&run, &stage);
-            intervals.push((
-                runner.to_string(),
-                common::ts(s, "started_at"),
-                common::ts(s, "finished_at"),
-            ));
+            let s = run.stage(&stage);
+            intervals.push((runner.to_string(), s.started_ms(), s.finished_ms()));
         }
     }
     let most_at_once = |runner: &str| {
@@ -290,16 +272,16 @@ async fn a_runner_killed_mid_stage_loses_its_lease_and_the_stage_completes_on_th
     one.kill9();
     let _two = Runner::start(&daemon, "runner-2", "shared", 1);
 
-    let run = daemon.wait_run_final(run_id).await;
+    let run = daemon.wait_run_done(run_id).await;
     assert_eq!(
-        status(&run),
-        "success",
+        run.status,
+        RunStatus::Success,
         "{}\nrunner-1:\n{}",
         daemon.dump().await,
         one.stderr()
     );
-    let work = find_stage(&run, "work");
-    assert_eq!(work["attempt"], 2, "the stage ran again as a new attempt");
+    let work = run.stage("work");
+    assert_eq!(work.attempt, 2, "the stage ran again as a new attempt");
     let log = daemon.log(run_id, "work", Some(2)).await;
     assert!(log.contains("attempt 2 on runner-2"), "{log}");
     assert!(
@@ -331,25 +313,21 @@ fn strip_ansi(text: &str) -> String {
 }
 
 /// The `sleep 300` of a stage running under `work_dir`, other than `except`, once it exists.
-async fn stage_sleep(work_dir: &Path, except: Option<i32>) -> Proc {
+async fn sleeping_stage(work_dir: &Path, except: Option<i32>) -> Proc {
     let prefix = work_dir.display().to_string();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let found = processes_where(|env| {
-            env.get("DEPLOYLITE_WORKSPACE")
-                .is_some_and(|w| w.starts_with(&prefix))
-        })
-        .into_iter()
-        .find(|p| p.cmdline == "sleep 300" && Some(p.pid) != except);
-        if let Some(p) = found {
-            return p;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for a stage's `sleep 300` under {prefix}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let prefix = &prefix;
+    wait::until(
+        format_args!("a stage's `sleep 300` under {prefix}"),
+        || async move {
+            processes_where(|env| {
+                env.get("DEPLOYLITE_WORKSPACE")
+                    .is_some_and(|w| w.starts_with(prefix))
+            })
+            .into_iter()
+            .find(|p| p.cmdline == "sleep 300" && Some(p.pid) != except)
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -369,7 +347,7 @@ async fn a_restarted_runner_kills_the_stage_processes_its_killed_predecessor_lef
     daemon
         .wait_log_contains(run_id, "hold", "attempt 1 started")
         .await;
-    let orphan = stage_sleep(&runner.work_dir(), None).await;
+    let orphan = sleeping_stage(&runner.work_dir(), None).await;
     assert_eq!(orphan.env["DEPLOYLITE_RUNNER"], "runner-s");
 
     runner.kill9();
@@ -385,30 +363,26 @@ async fn a_restarted_runner_kills_the_stage_processes_its_killed_predecessor_lef
     // the moment the runner asks, and the sweep must come before that.
     daemon
         .wait_run(run_id, "the lost lease lapsed", |run| {
-            find_stage(run, "hold")["status"] == "queued"
+            run.stage("hold").status == StageStatus::Queued
         })
         .await;
     runner.spawn();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while pid_alive(orphan.pid) {
-        assert!(
-            Instant::now() < deadline,
-            "the restarted runner left its predecessor's stage running (pid {} `{}`):\n{}",
-            orphan.pid,
-            orphan.cmdline,
-            runner.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        wait::pid_exit_async(orphan.pid, Duration::from_secs(10)).await,
+        "the restarted runner left its predecessor's stage running (pid {} `{}`):\n{}",
+        orphan.pid,
+        orphan.cmdline,
+        runner.stderr()
+    );
     // The runner logs the sweep just after the kill: wait for the line rather than race it.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !runner
-        .stderr()
-        .contains("previous run of this runner left behind")
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let swept = wait::try_until(Duration::from_secs(10), || async {
+        runner
+            .stderr()
+            .contains("previous run of this runner left behind")
+            .then_some(())
+    })
+    .await;
+    assert!(swept.is_ok(), "no sweep logged:\n{}", runner.stderr());
     let killed: usize = strip_ansi(&runner.stderr())
         .lines()
         .find(|l| l.contains("previous run of this runner left behind"))
@@ -428,7 +402,7 @@ async fn a_restarted_runner_kills_the_stage_processes_its_killed_predecessor_lef
     daemon
         .wait_log_contains(run_id, "hold", "attempt 2 started")
         .await;
-    let second = stage_sleep(&runner.work_dir(), Some(orphan.pid)).await;
+    let second = sleeping_stage(&runner.work_dir(), Some(orphan.pid)).await;
     assert_eq!(second.env["DEPLOYLITE_ATTEMPT"], "2");
     assert!(pid_alive(second.pid), "{}", runner.stderr());
 }
@@ -453,29 +427,28 @@ async fn cancelling_a_run_stops_its_stage_on_the_runner() {
     let started = Instant::now();
     let (code, out, err) = daemon.cli(&["cancel", &run_id.to_string()]);
     assert_eq!(code, 0, "{out}{err}");
-    let run = daemon.wait_run_final(run_id).await;
+    let run = daemon.wait_run_done(run_id).await;
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "cancellation took {:?}",
         started.elapsed()
     );
-    assert_eq!(status(&run), "cancelled");
-    assert_eq!(find_stage(&run, "wait")["status"], "cancelled");
-    assert_eq!(find_stage(&run, "after")["status"], "skipped");
+    assert_eq!(run.status, RunStatus::Cancelled);
+    assert_eq!(run.stage("wait").status, StageStatus::Cancelled);
+    assert_eq!(run.stage("after").status, StageStatus::Skipped);
     let prefix = runner.work_dir().display().to_string();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !processes_where(|env| {
+    let pids: Vec<i32> = processes_where(|env| {
         env.get("DEPLOYLITE_WORKSPACE")
             .is_some_and(|w| w.starts_with(&prefix))
     })
-    .is_empty()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the stage's processes outlived the cancellation"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    .iter()
+    .map(|p| p.pid)
+    .collect();
+    let survivors = wait::pids_exit(&pids, Duration::from_secs(5));
+    assert!(
+        survivors.is_empty(),
+        "the stage's processes outlived the cancellation: {survivors:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -596,13 +569,9 @@ async fn registering_under_a_live_runners_name_needs_its_credential_and_cannot_s
     );
 
     // The owner keeps its lease: its heartbeats and its report still count.
-    let run = daemon.wait_run_final(run_id).await;
-    assert_eq!(status(&run), "success", "{}", daemon.dump().await);
-    assert_eq!(
-        find_stage(&run, "work")["attempt"],
-        1,
-        "the lease was never lost"
-    );
+    let run = daemon.wait_run_done(run_id).await;
+    assert_eq!(run.status, RunStatus::Success, "{}", daemon.dump().await);
+    assert_eq!(run.stage("work").attempt, 1, "the lease was never lost");
     assert!(daemon
         .log(run_id, "work", Some(1))
         .await
@@ -780,19 +749,15 @@ async fn a_runner_whose_credential_the_server_forgot_says_so_and_registers_again
         online(r, &["forgotten"])
     })
     .await;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while std::fs::read_to_string(&credential_file)
-        .unwrap_or_default()
-        .trim()
-        == old
-    {
-        assert!(
-            Instant::now() < deadline,
-            "{} still holds the old credential\n{}",
-            credential_file.display(),
-            runner.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let replaced = wait::try_until_blocking(Duration::from_secs(15), || {
+        let text = std::fs::read_to_string(&credential_file).unwrap_or_default();
+        (text.trim() != old).then_some(())
+    });
+    assert!(
+        replaced.is_ok(),
+        "{} still holds the old credential\n{}",
+        credential_file.display(),
+        runner.stderr()
+    );
     assert_eq!(runner.credential("forgotten").len(), old.len());
 }

@@ -87,7 +87,7 @@ async fn state_changes_need_a_token_of_the_right_role() {
 
     let (code, body) = post(&daemon, &cancel, Some(&operator), &[]).await;
     assert_eq!(code, 202, "{body}");
-    daemon.wait_run_final(rid).await;
+    daemon.wait_run_done(rid).await;
 
     // Revocation takes effect at once.
     let (code, _) = post(
@@ -417,12 +417,13 @@ async fn a_fork_pull_request_runs_nothing_until_approved_and_then_only_where_all
     assert_eq!(code, 0, "{out}{err}");
     let waiting = daemon
         .wait_run(rid, "the approved run waits for an allowed runner", |r| {
-            find_stage(r, "test")["pending_reason"]
-                .as_str()
+            r.stage("test")
+                .pending_reason
+                .as_deref()
                 .is_some_and(|p| p.starts_with("no runner for untrusted work"))
         })
         .await;
-    assert_eq!(waiting["approved_by"], "token:admin");
+    assert_eq!(waiting.json["approved_by"], "token:admin");
     let (code, _, err) = daemon.cli(&["approve", &rid.to_string()]);
     assert_eq!(code, 1, "a second approval has nothing to approve: {err}");
     assert!(!marks.path().join("ran").exists());
@@ -444,8 +445,8 @@ async fn an_approved_fork_run_runs_the_base_pipeline_on_an_allowed_runner() {
     let (code, out, err) = daemon.cli(&["approve", &rid.to_string()]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(&format!("#{rid}")), "{out}");
-    let done = daemon.wait_run_final(rid).await;
-    assert_eq!(status(&done), "success", "{done:#}");
+    let done = daemon.wait_run_done(rid).await;
+    assert_eq!(done.status, RunStatus::Success, "{done:#}");
     assert!(
         marks.path().join("ran").exists(),
         "the base branch's pipeline ran"

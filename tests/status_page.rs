@@ -6,10 +6,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "common/browser.rs"]
-mod browser;
 mod common;
 
+use common::browser;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -69,21 +68,18 @@ async fn every_page_of_a_daemon_that_ran_the_examples_renders_in_chromium() {
     let shop = example_repo("shop", &["main"]);
     let daemon = Daemon::start(&[&webapp, &docs, &shop], "").await;
     // The shop's staging deploys; its production waits for an approval.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let (code, body) = daemon.get("/api/v1/environments/shop/production").await;
-        let production: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        let waits = production["deployments"][0]["pending_reason"] == "approval: 0 of 1";
-        if code == 200 && waits {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "production never waited for approval: {body}\n{}",
-            daemon.dump().await
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    daemon
+        .wait_for_within(
+            std::time::Duration::from_secs(60),
+            "shop's production to wait for an approval",
+            || async {
+                let (code, body) = daemon.get("/api/v1/environments/shop/production").await;
+                let production: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                let waits = production["deployments"][0]["pending_reason"] == "approval: 0 of 1";
+                (code == 200 && waits).then_some(())
+            },
+        )
+        .await;
     let runs = daemon
         .wait_for_runs("the examples' runs to finish", |runs| {
             runs.iter()
@@ -465,10 +461,19 @@ async fn the_event_stream_has_one_event_per_transition_and_resumes_after_an_id()
         ],
         "{events:#?}"
     );
-    // Nothing more follows the run's end.
-    assert_eq!(stream.next(Duration::from_millis(300)).await, None);
+    // Nothing more of that run follows its end: the next event is the start of the run a
+    // later commit makes (a positive signal, where waiting in silence would prove nothing).
+    repo.write("README", "a later commit\n");
+    let later = repo.commit("later");
+    let later_run = id(&daemon.wait_for_commit_run("ci", &later).await);
+    let is_later_start = |e: &SseEvent| {
+        e.event == "run" && data(e)["run_id"] == later_run && data(e)["status"] == "running"
+    };
+    let next = stream.next(DEADLINE).await.expect("the later run's start");
+    assert!(is_later_start(&next), "{next:?}");
 
-    // A reconnect naming the second event gets exactly the four after it.
+    // A reconnect naming the second event gets exactly the four after it, then what came
+    // later.
     let second = events[1].id.clone().expect("events carry ids");
     let mut resumed =
         SseStream::open(&format!("{}/api/v1/events", daemon.url), Some(&second)).await;
@@ -477,12 +482,33 @@ async fn the_event_stream_has_one_event_per_transition_and_resumes_after_an_id()
         again.push(resumed.next(DEADLINE).await.expect("a missed event"));
     }
     assert_eq!(again, events[2..].to_vec());
-    assert_eq!(resumed.next(Duration::from_millis(300)).await, None);
+    let next = resumed.next(DEADLINE).await.expect("the later run's start");
+    assert!(is_later_start(&next), "{next:?}");
 
     // An id from another daemon's feed (or one the ring forgot) starts with a reset.
     let mut stale = SseStream::open(&format!("{}/api/v1/events", daemon.url), Some("1-1")).await;
     let first = stale.next(DEADLINE).await.expect("a reset");
     assert_eq!(first.event, "reset");
+}
+
+#[tokio::test]
+async fn an_open_event_stream_ends_when_the_daemon_stops_and_does_not_hold_it_up() {
+    let repo = TestRepo::new();
+    repo.write("README", "nothing to run yet\n");
+    repo.commit("no pipeline");
+    let mut daemon = Daemon::start(&[&repo], "").await;
+    let mut stream = SseStream::open(&format!("{}/api/v1/events", daemon.url), None).await;
+    // The HTTP server's graceful shutdown waits for every response: an event stream that
+    // never ended kept the daemon from exiting (stop() fails after its deadline).
+    let stopped = std::time::Instant::now();
+    let status = daemon.stop().await;
+    assert!(status.success(), "{status}\n{}", daemon.stderr());
+    assert!(
+        stopped.elapsed() < Duration::from_secs(10),
+        "stopping took {:?}",
+        stopped.elapsed()
+    );
+    assert_eq!(stream.next(DEADLINE).await, None, "the stream ended");
 }
 
 #[tokio::test]
@@ -684,20 +710,14 @@ stages:
         let runs: Vec<Value> = response.json().await.expect("JSON");
         runs.into_iter().find(|r| r["commit"] == commit.as_str())
     };
-    let deadline = Instant::now() + DEADLINE;
-    let run_id = loop {
-        if let Some(run) = run_of().await {
-            if run["status"] == "running" {
-                break id(&run);
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the run did not start\n{}",
-            daemon.stderr()
-        );
-        tokio::time::sleep(common::POLL).await;
-    };
+    let run_id = daemon
+        .wait_for("the run to start", || async {
+            run_of()
+                .await
+                .filter(|r| r["status"] == "running")
+                .map(|r| id(&r))
+        })
+        .await;
 
     // Anonymous readers are sent to the sign-in form; a bad token goes back to it.
     let response = bare_client()
@@ -802,15 +822,12 @@ stages:
         location.starts_with(&format!("/runs/{run_id}?note=")),
         "{location}"
     );
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let run = run_of().await.expect("the run");
-        if run["status"] == "cancelled" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not cancelled: {run}");
-        tokio::time::sleep(common::POLL).await;
-    }
+    daemon
+        .wait_for("the run to be cancelled", || async {
+            let run = run_of().await.expect("the run");
+            (run["status"] == "cancelled").then_some(())
+        })
+        .await;
     // Every attempt, refused or not, is in the audit log under its token.
     let audit: Value = daemon
         .http()

@@ -6,9 +6,7 @@
 
 mod common;
 
-use std::time::Instant;
-
-use common::{is_final, status, Daemon, TestRepo, DEADLINE, POLL};
+use common::{id, is_final, Daemon, RunStatus, TestRepo};
 use serde_json::Value;
 
 const RELEASE: &str = "name: release\non:\n  push:\n    tags: [\"v*\"]\nstages:\n  publish:\n    steps: [{ run: 'echo publishing $DEPLOYLITE_TAG' }]\n";
@@ -22,18 +20,15 @@ async fn repos(daemon: &Daemon) -> Vec<Value> {
 
 /// Waits until the first repository's first poll succeeded.
 async fn first_poll_done(daemon: &Daemon) -> Value {
-    let started = Instant::now();
-    loop {
-        let list = repos(daemon).await;
-        if list
-            .first()
-            .is_some_and(|r| !r["last_success_at"].is_null())
-        {
-            return list[0].clone();
-        }
-        assert!(started.elapsed() < DEADLINE, "no successful poll: {list:?}");
-        tokio::time::sleep(POLL).await;
-    }
+    daemon
+        .wait_for("a successful poll", || async {
+            repos(daemon)
+                .await
+                .into_iter()
+                .next()
+                .filter(|r| !r["last_success_at"].is_null())
+        })
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,14 +56,16 @@ async fn a_pushed_tag_runs_the_pipeline_that_asks_for_it_and_old_tags_run_nothin
             &Value::from(commit)
         )
     );
-    let run = daemon.wait_run_final(common::id(&run)).await;
-    assert_eq!(status(&run), "success", "{}", daemon.dump().await);
+    let run = daemon.wait_run_done(id(&run)).await;
+    assert_eq!(run.status, RunStatus::Success, "{}", daemon.dump().await);
     assert!(daemon
-        .log(common::id(&run), "publish", None)
+        .log(run.id, "publish", None)
         .await
         .contains("out publishing v1.0.0"));
 
-    // The tag that existed at the first poll, and the one no pipeline asks for, ran nothing.
+    // The tag that existed at the first poll, and the one no pipeline asks for, ran nothing,
+    // though a poll has seen them both since.
+    daemon.wait_fresh_poll("app").await;
     let runs = daemon.runs().await;
     assert_eq!(runs.len(), 1, "{runs:#?}");
     assert!(runs.iter().all(is_final));

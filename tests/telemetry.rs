@@ -8,11 +8,9 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
-
-use common::{id, status, Daemon, TestRepo, DEADLINE};
+use common::{id, Daemon, RunStatus, TestRepo};
 use serde_json::Value;
+use std::sync::atomic::Ordering;
 
 const WEBHOOK_SECRET: &str = "a-webhook-secret-for-telemetry";
 const DELIVERY: &str = "delivery-7f3a";
@@ -49,31 +47,29 @@ fn find<'a>(
 }
 
 async fn wait_for_metric(daemon: &Daemon, line_start: &str, accept: impl Fn(f64) -> bool) {
-    let started = Instant::now();
-    loop {
-        let text = daemon
-            .http()
-            .get(format!("{}/metrics", daemon.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let value = text
-            .lines()
-            .find(|l| l.starts_with(line_start))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok());
-        if value.is_some_and(&accept) {
-            return;
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "`{line_start}` never had an accepted value: {value:?}\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let accept = &accept;
+    daemon
+        .wait_for(
+            format_args!("`{line_start}` in /metrics with an accepted value"),
+            || async move {
+                let text = daemon
+                    .http()
+                    .get(format!("{}/metrics", daemon.url))
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+                let value = text
+                    .lines()
+                    .find(|l| l.starts_with(line_start))
+                    .and_then(|l| l.rsplit(' ').next())
+                    .and_then(|v| v.parse::<f64>().ok());
+                value.filter(|v| accept(*v))
+            },
+        )
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,29 +94,29 @@ async fn json_logs_carry_the_ids_of_webhooks_runs_attempts_and_reports() {
         202
     );
     let run = daemon.wait_for_commit_run("ci", &head).await;
-    let run = daemon.wait_run_final(id(&run)).await;
-    assert_eq!(status(&run), "success", "{run:#}");
-    let run_id = id(&run);
+    let run = daemon.wait_run_done(id(&run)).await;
+    assert_eq!(run.status, RunStatus::Success, "{run:#}");
+    let run_id = run.id;
 
     // The report fails (the forge answers 500) and is retried: its span is in the log.
-    let started = Instant::now();
-    let lines = loop {
-        let lines = json_lines(&daemon.stderr());
-        let reported = lines
-            .iter()
-            .any(|l| l["span"]["name"] == "forge_report" && l["span"]["run_id"] == run_id);
-        let finished = lines.iter().any(|l| message(l) == "run finished");
-        if reported && finished {
-            break lines;
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "no forge report or run end in the log ({} requests reached the forge):\n{}",
-            forge_requests.load(Ordering::SeqCst),
-            daemon.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let shared = &daemon;
+    let lines = daemon
+        .wait_for(
+            format_args!("a forge report and the run's end in the log"),
+            || async move {
+                let lines = json_lines(&shared.stderr());
+                let reported = lines
+                    .iter()
+                    .any(|l| l["span"]["name"] == "forge_report" && l["span"]["run_id"] == run_id);
+                let finished = lines.iter().any(|l| message(l) == "run finished");
+                (reported && finished).then_some(lines)
+            },
+        )
+        .await;
+    assert!(
+        forge_requests.load(Ordering::SeqCst) >= 1,
+        "the report's span is logged, so it reached the forge"
+    );
 
     let answered = find(
         &lines,

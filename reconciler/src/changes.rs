@@ -71,6 +71,8 @@ pub struct ChangeFeed {
     ring: Mutex<Ring>,
     live: broadcast::Sender<Change>,
     capacity: usize,
+    /// Cancelled when the daemon stops: followers end their streams.
+    closed: deploylite_runner::CancellationToken,
 }
 
 impl ChangeFeed {
@@ -88,7 +90,20 @@ impl ChangeFeed {
             }),
             live,
             capacity: capacity.max(1),
+            closed: deploylite_runner::CancellationToken::new(),
         })
+    }
+
+    /// Ends every follower's stream. The daemon calls it when it stops: the HTTP server's
+    /// graceful shutdown waits for every response to end, and an event stream (a status page
+    /// left open) would otherwise never end and hold the daemon up.
+    pub fn close(&self) {
+        self.closed.cancel();
+    }
+
+    /// Completes once [`ChangeFeed::close`] was called.
+    pub async fn closed(&self) {
+        self.closed.cancelled().await
     }
 
     /// Numbers a change, remembers it and sends it to every follower.

@@ -204,6 +204,7 @@ impl Environments {
             if let Err(error) = self.pass().await {
                 tracing::warn!(%error, "environment pass failed; retrying");
             }
+            deploylite_telemetry::metrics().environment_pass();
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = self.wake.notified() => {}

@@ -24,6 +24,7 @@ use deploylite_runner::docker::{
 use deploylite_runner::{
     read_log, AttemptOutcome, CancellationToken, Executor, StageJob, StageLog,
 };
+use deploylite_testkit::wait;
 
 const IMAGE: &str = "deploylite-test/busybox:latest";
 
@@ -184,21 +185,31 @@ async fn assert_no_leftovers(docker: &Docker, run_id: i64) {
 
 /// Waits until a container of the run is running; returns its id.
 async fn running_container(docker: &Docker, run_id: i64) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let running = containers_of(docker, run_id)
-            .await
-            .into_iter()
-            .find(|c| c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING));
-        if let Some(id) = running.and_then(|c| c.id) {
-            return id;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no running container for run {run_id}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait::until_within(
+        Duration::from_secs(20),
+        format_args!("a running container for run {run_id}"),
+        || async {
+            containers_of(docker, run_id)
+                .await
+                .into_iter()
+                .find(|c| c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING))
+                .and_then(|c| c.id)
+        },
+    )
+    .await
+}
+
+/// A step that says, with a file in the workspace, that it runs, then runs for 30 s.
+const MARK_THEN_SLEEP: &str = "touch step-started; sleep 30";
+
+/// Waits until a [`MARK_THEN_SLEEP`] step runs in `workspace`: the stage is mid-step.
+async fn step_started(workspace: &Path) {
+    let mark = workspace.join("step-started");
+    let mark = &mark;
+    wait::until("the step's mark in the workspace", || async move {
+        mark.exists().then_some(())
+    })
+    .await
 }
 
 #[tokio::test]
@@ -379,11 +390,11 @@ async fn cancellation_stops_the_container_promptly() {
     };
     let run_id = unique_run_id();
     let (_dir, ws) = workspace();
-    let job = job(run_id, &ws, vec![step("sleep 30"), step("echo never")]);
+    let job = job(run_id, &ws, vec![step(MARK_THEN_SLEEP), step("echo never")]);
     let cancel = CancellationToken::new();
     let canceller = async {
         running_container(&docker, run_id).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        step_started(&ws).await;
         cancel.cancel();
         Instant::now()
     };
@@ -609,22 +620,20 @@ async fn a_dropped_attempt_still_removes_its_containers() {
         }
         // `execute` is dropped here, mid-step.
     }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let containers = containers_of(&docker, run_id).await;
-        let options = ListNetworksOptionsBuilder::new()
-            .filters(&label_filter(run_id))
-            .build();
-        let networks = docker.list_networks(Some(options)).await.unwrap();
-        if containers.is_empty() && networks.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "leftovers not removed after the drop"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let docker = &docker;
+    wait::until_within(
+        Duration::from_secs(15),
+        "the leftovers removed after the drop",
+        || async move {
+            let containers = containers_of(docker, run_id).await;
+            let options = ListNetworksOptionsBuilder::new()
+                .filters(&label_filter(run_id))
+                .build();
+            let networks = docker.list_networks(Some(options)).await.unwrap();
+            (containers.is_empty() && networks.is_empty()).then_some(())
+        },
+    )
+    .await
 }
 
 #[tokio::test]
@@ -736,15 +745,15 @@ async fn services_are_removed_after_a_failure_a_timeout_and_a_cancellation() {
     assert!(run.elapsed < Duration::from_secs(15), "{:?}", run.elapsed);
     assert_no_leftovers(&docker, run_id).await;
 
-    let mut cancelled = job(run_id, &ws, vec![step("sleep 30")]);
+    let mut cancelled = job(run_id, &ws, vec![step(MARK_THEN_SLEEP)]);
     cancelled.services = vec![web_service()];
     let cancel = CancellationToken::new();
-    let later = cancel.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        later.cancel();
-    });
-    let run = self::run(&executor, cancelled, cancel).await;
+    let canceller = async {
+        // The services are up and the step runs: the cancellation has them all to remove.
+        step_started(&ws).await;
+        cancel.cancel();
+    };
+    let (run, ()) = tokio::join!(self::run(&executor, cancelled, cancel.clone()), canceller);
     assert_eq!(run.outcome, AttemptOutcome::Cancelled, "{}", run.log);
     assert_no_leftovers(&docker, run_id).await;
 }

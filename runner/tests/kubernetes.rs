@@ -14,6 +14,7 @@ use std::time::Duration;
 use deploylite_pipeline::{Resources, Service, Step};
 use deploylite_runner::kubernetes::{KubernetesConfig, KubernetesExecutor};
 use deploylite_runner::{AttemptOutcome, CancellationToken, Executor, StageJob, StageLog};
+use deploylite_testkit::wait;
 use fake_kube::{never_finishes, runs, Act, FakeKube};
 use serde_json::{json, Value};
 
@@ -338,29 +339,24 @@ async fn logs_reach_the_stage_log_while_the_pod_runs() {
         (outcome, log)
     });
     let name = "deploylite-7-build-1";
-    let mut seen_first_while_running = false;
-    let mut seen_second_while_running = false;
-    let until = std::time::Instant::now() + LIMIT;
-    while std::time::Instant::now() < until && !task.is_finished() {
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let phase = fake.pod(name).map(|p| p["status"]["phase"].clone());
-        let running = phase == Some(json!("Running"));
-        if text.contains(" out first") && !text.contains(" out second") && running {
-            seen_first_while_running = true;
-        }
-        if text.contains(" out second") && !text.contains(" out third") && running {
-            seen_second_while_running = true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Each line must be in the stage's log while the pod still runs and before the next one
+    // is printed (600 ms apart): streamed, not collected at the end.
+    let streamed = |line: &'static str, next: &'static str| {
+        let (fake, path) = (&fake, &path);
+        wait::try_until(LIMIT, move || async move {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let running =
+                fake.pod(name).map(|p| p["status"]["phase"].clone()) == Some(json!("Running"));
+            (text.contains(line) && !text.contains(next) && running).then_some(())
+        })
+    };
+    let first = streamed(" out first", " out second").await;
+    let second = streamed(" out second", " out third").await;
     let (outcome, log) = tokio::time::timeout(LIMIT, task).await.unwrap().unwrap();
     drop(log);
     assert_eq!(outcome, AttemptOutcome::Succeeded);
-    assert!(seen_first_while_running, "the first line was not streamed");
-    assert!(
-        seen_second_while_running,
-        "the second line was not streamed"
-    );
+    assert!(first.is_ok(), "the first line was not streamed");
+    assert!(second.is_ok(), "the second line was not streamed");
     let text = std::fs::read_to_string(&path).unwrap();
     let outs: Vec<String> = parse_log(&text)
         .into_iter()
@@ -599,29 +595,38 @@ async fn a_timeout_while_pending_deletes_the_pod_too() {
 
 #[tokio::test]
 async fn a_cancellation_deletes_the_pod_and_returns_cancelled() {
-    let fake = Arc::new(FakeKube::start(never_finishes(&["working"])).await);
+    let fake = FakeKube::start(never_finishes(&["working"])).await;
+    // The log as a channel: each line reaches the test the moment the executor writes it, and
+    // the test cancels once the container's output is in the stage's log.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(64);
+    let mut log = StageLog::channel(tx);
     let cancel = CancellationToken::new();
     let trigger = cancel.clone();
-    let watcher = fake.clone();
-    tokio::spawn(async move {
-        // Cancel once the container has produced output.
-        loop {
-            let logs = watcher
-                .pod("deploylite-7-build-1")
-                .map(|p| p["status"]["phase"] == "Running")
-                .unwrap_or(false);
-            if logs {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+    let reader = tokio::spawn(async move {
+        let mut lines = Vec::new();
+        while let Some(line) = rx.recv().await {
+            if line.contains(" out working") {
                 trigger.cancel();
-                return;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            lines.push(line);
         }
+        lines
     });
-    let ran = run_with(&fake, two_steps(), cancel).await;
-    assert_eq!(ran.outcome, AttemptOutcome::Cancelled);
-    assert!(ran.has("out", "working"));
-    assert!(ran.has("---", "cancelled: deleting pod ci/deploylite-7-build-1"));
+    let outcome = tokio::time::timeout(
+        LIMIT,
+        executor(&fake).execute(two_steps(), &mut log, cancel),
+    )
+    .await
+    .expect("the executor returned in time");
+    drop(log);
+    let lines = reader.await.expect("the log reader");
+    assert_eq!(outcome, AttemptOutcome::Cancelled, "{lines:#?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(" --- cancelled: deleting pod ci/deploylite-7-build-1")),
+        "{lines:#?}"
+    );
     assert_eq!(fake.requests_of("DELETE").len(), 1);
     fake.assert_all_pods_deleted().await;
 }

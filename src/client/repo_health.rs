@@ -81,6 +81,7 @@ mod tests {
             consecutive_failures: failures,
             next_poll_at: Some("2026-12-07T16:00:08.000Z".into()),
             tag_warnings: warnings.iter().map(|w| w.to_string()).collect(),
+            polls: 1,
         }
     }
 

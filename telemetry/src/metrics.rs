@@ -86,6 +86,7 @@ pub struct Metrics {
     webhook_deliveries: Family<DeliveryLabels, Counter>,
     forge_delivery: HistogramFamily<ReportLabels>,
     policy_evaluations: Family<PolicyLabels, Counter>,
+    environment_passes: Counter,
 }
 
 /// The process' instruments.
@@ -158,9 +159,17 @@ impl Metrics {
             "Policy gate decisions, by gate and result (allow, warn, deny, error)",
             policy_evaluations.clone(),
         );
+        let environment_passes = Counter::default();
+        // Exposed as deploylite_environment_passes_total.
+        registry.register(
+            "deploylite_environment_passes",
+            "Passes of the environment controller ended, failed or not",
+            environment_passes.clone(),
+        );
         Metrics {
             registry,
             policy_evaluations,
+            environment_passes,
             pipeline_duration,
             pipeline_failures,
             stage_duration,
@@ -192,6 +201,11 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// The environment controller ended a pass over every repository.
+    pub fn environment_pass(&self) {
+        self.environment_passes.inc();
     }
 
     /// A stage attempt ended with `status` after `duration`.

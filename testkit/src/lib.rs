@@ -1,4 +1,25 @@
 //! What DeployLite's tests share across crates. A dev-dependency only: nothing here ships.
+//!
+//! The vocabulary: [`TestRepo`] (a real git repository: `write`, `commit`, `branch`),
+//! [`wait`] (every wait of a test: on a signal where there is one, else re-reading a state
+//! until a deadline, never a bare sleep), [`RunView`] (a run as the API shows it, typed) and,
+//! with the `daemon` feature, [`daemon::Daemon`] (`deploylite serve` on its own port); with the
+//! `executor` feature, [`executor::FakeExecutor`] (stages scripted to succeed, fail or hang,
+//! for the scheduler's tests); with the `forge` feature, [`forge::FakeForge`] (a fake GitHub
+//! and GitLab over HTTP).
+
+#[cfg(feature = "daemon")]
+pub mod daemon;
+#[cfg(feature = "executor")]
+pub mod executor;
+#[cfg(feature = "forge")]
+pub mod forge;
+pub mod repo;
+pub mod views;
+pub mod wait;
+
+pub use repo::TestRepo;
+pub use views::{RunStatus, RunView, StageStatus, StageView};
 
 use std::io::Write;
 

@@ -185,13 +185,11 @@ impl Browser {
 
     /// Polls `expression` until it is true (panics after the deadline).
     pub fn wait_for(&mut self, expression: &str) {
-        let started = Instant::now();
-        while self.evaluate(expression) != Value::Bool(true) {
-            assert!(
-                started.elapsed() < PAGE_DEADLINE,
-                "`{expression}` did not become true within {PAGE_DEADLINE:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        let held = deploylite_testkit::wait::try_until_blocking(PAGE_DEADLINE, || {
+            (self.evaluate(expression) == Value::Bool(true)).then_some(())
+        });
+        if let Err(timed_out) = held {
+            panic!("`{expression}` did not become true: {timed_out}");
         }
     }
 
@@ -261,57 +259,60 @@ impl Drop for Browser {
 
 /// The WebSocket address of the browser's first tab, from its `/json/list`.
 fn first_page_target(port: &str) -> String {
+    let mut last = String::new();
+    let found = deploylite_testkit::wait::try_until_blocking(PAGE_DEADLINE, || {
+        let (target, response) = list_targets(port);
+        last = response;
+        target
+    });
+    found.unwrap_or_else(|timed_out| panic!("Chromium lists no page target ({timed_out}): {last}"))
+}
+
+/// One `GET /json/list`: the first page's WebSocket address, if any, and the whole answer.
+fn list_targets(port: &str) -> (Option<String>, String) {
     use std::io::{Read, Write};
-    let started = Instant::now();
-    loop {
-        let mut stream =
-            TcpStream::connect(format!("127.0.0.1:{port}")).expect("connect to DevTools");
-        stream
-            .set_read_timeout(Some(PAGE_DEADLINE))
-            .expect("read timeout");
-        write!(
-            stream,
-            "GET /json/list HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-        )
-        .expect("ask for targets");
-        // DevTools keeps the connection open: read the headers, then Content-Length bytes.
-        let mut raw = Vec::new();
-        let mut chunk = [0u8; 8192];
-        let response = loop {
-            let n = stream.read(&mut chunk).expect("targets");
-            raw.extend_from_slice(&chunk[..n]);
-            let text = String::from_utf8_lossy(&raw).into_owned();
-            if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                let length = head
-                    .lines()
-                    .find_map(|l| {
-                        let (k, v) = l.split_once(':')?;
-                        k.eq_ignore_ascii_case("content-length")
-                            .then(|| v.trim().parse::<usize>().ok())
-                            .flatten()
-                    })
-                    .unwrap_or(0);
-                if body.len() >= length || n == 0 {
-                    break text;
-                }
+    let mut stream = TcpStream::connect(format!("127.0.0.1:{port}")).expect("connect to DevTools");
+    stream
+        .set_read_timeout(Some(PAGE_DEADLINE))
+        .expect("read timeout");
+    write!(
+        stream,
+        "GET /json/list HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("ask for targets");
+    // DevTools keeps the connection open: read the headers, then Content-Length bytes.
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let response = loop {
+        let n = stream.read(&mut chunk).expect("targets");
+        raw.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())
+                        .flatten()
+                })
+                .unwrap_or(0);
+            if body.len() >= length || n == 0 {
+                break text;
             }
-            assert!(n > 0, "DevTools closed the connection: {text}");
-        };
-        let body = response.split("\r\n\r\n").nth(1).unwrap_or("[]");
-        let targets: Value = serde_json::from_str(body).unwrap_or(Value::Null);
-        if let Some(url) = targets
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|t| t["type"] == "page")
-            .and_then(|t| t["webSocketDebuggerUrl"].as_str())
-        {
-            return url.to_string();
         }
-        assert!(
-            started.elapsed() < PAGE_DEADLINE,
-            "Chromium lists no page target: {response}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+        assert!(n > 0, "DevTools closed the connection: {text}");
+    };
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("[]");
+    let targets: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    if let Some(url) = targets
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["type"] == "page")
+        .and_then(|t| t["webSocketDebuggerUrl"].as_str())
+    {
+        return (Some(url.to_string()), response);
     }
+    (None, response)
 }

@@ -8,10 +8,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod inbound_support;
-// The fake forges and the OpenAPI validator of the forge crate's tests (the listing client is
-// `deploylite_forge::pulls`; its pokes come through this crate's webhooks).
-#[path = "../../forge/tests/report_support/mod.rs"]
-mod report_support;
 
 use std::time::Duration;
 
@@ -20,8 +16,10 @@ use inbound_support::{
     bytes, commit_on, fixture, git, head, Harness, Options, GH_REPO, GITHUB_SLUG, GITLAB_SLUG,
     GL_REPO,
 };
-use report_support::fake::{self, FakeForge};
-use report_support::openapi::{self, OpenApi};
+// The fake forges and the OpenAPI validator the forge crate's tests use too (the listing client
+// is `deploylite_forge::pulls`; its pokes come through this crate's webhooks).
+use deploylite_testkit::forge::fake::{self, FakeForge};
+use deploylite_testkit::forge::openapi::{self, OpenApi};
 use serde_json::{json, Value};
 
 /// GitHub's pull request example (`pulls/get` in the OpenAPI subset; the listing's items carry

@@ -3,12 +3,11 @@
 
 #![allow(dead_code)]
 
-pub mod fake;
-pub mod openapi;
+pub use deploylite_testkit::forge::{fake, openapi};
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use deploylite_forge::forges::{
     ForgeKind, ForgeRepo, Forges, GithubAuth, GithubConfig, GitlabConfig, Secret,
@@ -277,20 +276,17 @@ pub fn write_log(data: &DataDir, run_id: i64, stage: &str, attempt: i64, lines: 
     std::fs::write(path, text).expect("write a log");
 }
 
-/// Polls `check` until it holds, failing the test after `within`.
+/// Re-checks `check` until it holds, failing the test after `within`.
 pub async fn wait_until<F, Fut>(within: Duration, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = Instant::now() + within;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    deploylite_testkit::wait::until_within(within, what, || {
+        let holds = check();
+        async move { holds.await.then_some(()) }
+    })
+    .await
 }
 
 pub async fn wait_delivered(store: &Store, within: Duration) {

@@ -31,12 +31,17 @@ pub struct RepoHealth {
     pub next_poll_at: Option<i64>,
     /// Pipelines whose tag triggers the repository's `tags:` keeps from firing.
     pub tag_warnings: Vec<String>,
+    /// Polls ended since the daemon started, failed or not: a poll that began after some
+    /// moment has ended once this grew by two (what tests wait for before asserting that a
+    /// poll changed nothing).
+    pub polls: u64,
 }
 
 impl RepoHealth {
     /// Records a poll that ended at `now` and returns the delay before the next one.
     pub fn record_poll(&mut self, now: i64, error: Option<String>, interval: Duration) -> Duration {
         self.last_poll_at = Some(now);
+        self.polls = self.polls.saturating_add(1);
         match error {
             None => {
                 self.last_success_at = Some(now);
@@ -102,6 +107,7 @@ mod tests {
                 consecutive_failures: 0,
                 next_poll_at: Some(1_700),
                 tag_warnings: Vec::new(),
+                polls: 3,
             }
         );
     }

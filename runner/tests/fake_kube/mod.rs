@@ -265,12 +265,17 @@ impl FakeKube {
     /// No Pod is left (after the deletion's grace period), and every Pod created was deleted
     /// through the API.
     pub async fn assert_all_pods_deleted(&self) {
-        for _ in 0..100 {
-            if self.inner.lock().pods.is_empty() {
-                break;
+        // Every change of the fake's state is announced: wait for the one that empties it.
+        let mut changed = self.inner.changed.subscribe();
+        let emptied = async {
+            loop {
+                changed.borrow_and_update();
+                if self.inner.lock().pods.is_empty() || changed.changed().await.is_err() {
+                    return;
+                }
             }
-            tokio::time::sleep(Duration::from_millis(30)).await;
-        }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(3), emptied).await;
         let state = self.inner.lock();
         assert!(
             state.pods.is_empty(),

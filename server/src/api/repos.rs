@@ -24,6 +24,9 @@ pub struct RepoView {
     /// Pipelines whose tag triggers the repository's `tags:` keeps from firing.
     #[serde(default)]
     pub tag_warnings: Vec<String>,
+    /// Polls ended since the daemon started.
+    #[serde(default)]
+    pub polls: u64,
 }
 
 impl From<RepoStatus> for RepoView {
@@ -37,6 +40,7 @@ impl From<RepoStatus> for RepoView {
             consecutive_failures: r.health.consecutive_failures,
             next_poll_at: time(r.health.next_poll_at),
             tag_warnings: r.health.tag_warnings,
+            polls: r.health.polls,
         }
     }
 }

@@ -42,7 +42,7 @@ pub(crate) async fn stream(
         Resume::From(missed, live) => (None, missed, live),
         Resume::Reset(live) => (Some(reset()), Vec::new(), live),
     };
-    Sse::new(events(first, backlog.into(), live))
+    Sse::new(events(state.changes.clone(), first, backlog.into(), live))
         .keep_alive(KeepAlive::default())
         .into_response()
 }
@@ -66,17 +66,20 @@ fn event(change: &Change) -> Event {
 }
 
 struct Follow {
+    feed: std::sync::Arc<deploylite_reconciler::changes::ChangeFeed>,
     first: Option<Event>,
     backlog: VecDeque<Change>,
     live: broadcast::Receiver<Change>,
 }
 
 fn events(
+    feed: std::sync::Arc<deploylite_reconciler::changes::ChangeFeed>,
     first: Option<Event>,
     backlog: VecDeque<Change>,
     live: broadcast::Receiver<Change>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let follow = Follow {
+        feed,
         first,
         backlog,
         live,
@@ -88,7 +91,12 @@ fn events(
         if let Some(change) = f.backlog.pop_front() {
             return Some((Ok(event(&change)), f));
         }
-        match f.live.recv().await {
+        let received = tokio::select! {
+            // The daemon stops: the stream ends (a browser reconnects to the next daemon).
+            _ = f.feed.closed() => return None,
+            received = f.live.recv() => received,
+        };
+        match received {
             Ok(change) => Some((Ok(event(&change)), f)),
             // Too slow a reader: it missed changes, so it must reload; then it goes on live.
             Err(broadcast::error::RecvError::Lagged(_)) => Some((Ok(reset()), f)),

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use deploylite_forge::forges::{
     ForgeKind, ForgeRepo, GithubAuth, GithubConfig, GitlabConfig, Secret, WebhookLimits,
@@ -526,21 +526,15 @@ pub fn parse_response(raw: &[u8]) -> (u16, Value) {
     )
 }
 
-/// Polls `probe` until it yields a value; panics naming `what` after 15 s. (Events are applied
-/// after the response, so tests wait for their effects in the store rather than sleeping.)
+/// Re-reads `probe` until it yields a value; panics naming `what` after 15 s. (Events are
+/// applied after the response, so tests wait for their effects in the store rather than
+/// sleeping.)
 pub async fn eventually<T, F, Fut>(what: &str, probe: F) -> T
 where
     F: Fn() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    deploylite_testkit::wait::until_within(Duration::from_secs(15), what, probe).await
 }
 
 pub fn sign(secret: &str, body: &[u8]) -> String {

@@ -6,8 +6,7 @@
 
 use serde_json::Value;
 
-/// The forge API fixtures, from whichever crate's tests include this module (the webhook
-/// crate's pull request tests do too).
+/// The forge API fixtures (`forge/tests/fixtures`).
 pub fn fixtures_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../forge/tests/fixtures")
 }
