@@ -3,6 +3,8 @@
 //! succeed, fail, hang or wait behind a gate instead of running processes. Every wait ends on
 //! a signal: the scheduler's events or the executor's record of attempts.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
