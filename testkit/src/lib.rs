@@ -8,6 +8,9 @@
 //! for the scheduler's tests); with the `forge` feature, [`forge::FakeForge`] (a fake GitHub
 //! and GitLab over HTTP).
 
+// Test support: a panic here is a failed test, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[cfg(feature = "daemon")]
 pub mod daemon;
 #[cfg(feature = "executor")]
