@@ -138,7 +138,10 @@ fn dispatch(c: &mut Criterion) {
         let store = open(template.path()).await;
         store.load_active().await.expect("load")
     });
-    let specs = std::collections::HashMap::<i64, Arc<deploylite_pipeline::Pipeline>>::new();
+    let specs = std::collections::HashMap::<
+        deploylite_model::RunId,
+        Arc<deploylite_pipeline::Pipeline>,
+    >::new();
     group.bench_function("plan_tick_2000_stages", |b| {
         b.iter(|| plan_tick(&runs, &specs, &config, 0))
     });

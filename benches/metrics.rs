@@ -77,7 +77,7 @@ async fn fill(store: &Store) {
             writes.dispatch.push(Dispatch {
                 run_id: *run_id,
                 stage: "build".into(),
-                attempt: 1,
+                attempt: deploylite_model::Attempt::FIRST,
                 runner: "local".into(),
                 lease_deadline: None,
             });

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use deploylite_model::RunId;
 use deploylite_reconciler::desired::{queued_run, CommitEvent};
 use deploylite_reconciler::git::{GitRepo, PipelineFile};
 use deploylite_reconciler::paths::DataDir;
@@ -241,7 +242,7 @@ fn every_label(pipeline: &deploylite_pipeline::Pipeline) -> Vec<String> {
     labels
 }
 
-async fn print_summary(store: &Store, run_id: i64) -> Result<()> {
+async fn print_summary(store: &Store, run_id: RunId) -> Result<()> {
     let Some((_, stages)) = store.get_run(run_id).await? else {
         return Ok(());
     };

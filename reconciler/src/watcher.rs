@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use deploylite_model::RunId;
 use deploylite_pipeline::{Event, GlobList};
 use deploylite_runner::source_url::redact_url;
 use deploylite_runner::{BoxFuture, CancellationToken};
@@ -476,7 +477,7 @@ impl Watcher {
         pull_request: Option<crate::store::PullRequestInfo>,
         fetch: bool,
         untrusted: Option<Untrusted>,
-    ) -> Result<Vec<i64>, ReconcileError> {
+    ) -> Result<Vec<RunId>, ReconcileError> {
         let (commit_owned, prev) = (commit.to_string(), previous.clone());
         let base = untrusted
             .as_ref()

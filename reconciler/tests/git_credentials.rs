@@ -305,9 +305,9 @@ async fn the_pod_clone_script_uses_the_secret_and_leaves_no_credential_in_the_wo
     let secret_values = HashMap::from([("username", USER), ("password", SECRET)]);
     let url = format!("http://127.0.0.1:{port}/x.git");
     let job = deploylite_runner::StageJob {
-        run_id: 1,
+        run_id: 1.into(),
         stage: "s".into(),
-        attempt: 1,
+        attempt: 1.into(),
         workspace: PathBuf::from("/nowhere"),
         env: Default::default(),
         steps: Vec::new(),

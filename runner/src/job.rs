@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::Duration;
 
+use deploylite_model::{Attempt, RunId};
 use deploylite_pipeline::{Resources, Service, Step};
 /// How an attempt ended: one type from the executor to the runner protocol to the store.
 pub use deploylite_protocol::AttemptOutcome;
@@ -14,9 +15,9 @@ use crate::log::StageLog;
 /// Everything an executor needs to run one attempt of one stage.
 #[derive(Debug, Clone)]
 pub struct StageJob {
-    pub run_id: i64,
+    pub run_id: RunId,
     pub stage: String,
-    pub attempt: u32,
+    pub attempt: Attempt,
     /// Holds the commit's files; the working directory of every step.
     pub workspace: PathBuf,
     /// Pipeline env < stage env < `DEPLOYLITE_*`; step env is layered on top per step.
@@ -110,9 +111,9 @@ mod tests {
             .await
             .expect("log");
         let job = StageJob {
-            run_id: 1,
+            run_id: RunId::new(1),
             stage: "test".into(),
-            attempt: 1,
+            attempt: Attempt::FIRST,
             workspace: dir.path().to_path_buf(),
             env: BTreeMap::new(),
             steps: vec![Step {

@@ -14,6 +14,7 @@ use deploylite_forge::forges::{
     ForgeKind, ForgeRepo, Forges, GithubAuth, GithubConfig, GitlabConfig, Secret,
 };
 use deploylite_forge::report::{Reporter, ReporterConfig};
+use deploylite_model::RunId;
 use deploylite_reconciler::paths::DataDir;
 use deploylite_reconciler::status::{RunStatus, StageStatus};
 use deploylite_reconciler::store::{
@@ -177,7 +178,7 @@ pub fn new_run(pipeline: &str, commit: &str, stages: &[&str], pr: Option<i64>) -
     }
 }
 
-pub async fn record(store: &Store, run: NewRun) -> i64 {
+pub async fn record(store: &Store, run: NewRun) -> RunId {
     let (created, _) = store
         .record_commit(&RecordCommit {
             repo: run.repo.clone(),
@@ -192,14 +193,14 @@ pub async fn record(store: &Store, run: NewRun) -> i64 {
 }
 
 /// Starts the run (if queued) and dispatches `stage` as `attempt`.
-pub async fn dispatch(store: &Store, run_id: i64, stage: &str, attempt: i64) {
+pub async fn dispatch(store: &Store, run_id: RunId, stage: &str, attempt: u32) {
     store
         .apply_tick(&TickWrites {
             start_runs: vec![run_id],
             dispatch: vec![Dispatch {
                 run_id,
                 stage: stage.into(),
-                attempt,
+                attempt: attempt.into(),
                 runner: "local".into(),
                 lease_deadline: None,
             }],
@@ -212,9 +213,9 @@ pub async fn dispatch(store: &Store, run_id: i64, stage: &str, attempt: i64) {
 /// Ends `attempt` of `stage`. `retry` queues the stage again instead of failing it.
 pub async fn finish(
     store: &Store,
-    run_id: i64,
+    run_id: RunId,
     stage: &str,
-    attempt: i64,
+    attempt: u32,
     status: StageStatus,
     note: Option<&str>,
     retry: bool,
@@ -223,7 +224,7 @@ pub async fn finish(
         .finish_attempt(&AttemptResult {
             run_id,
             stage: stage.into(),
-            attempt,
+            attempt: attempt.into(),
             attempt_status: status,
             stage_status: if retry { StageStatus::Queued } else { status },
             exit_code: match status {
@@ -243,7 +244,7 @@ pub async fn finish(
 }
 
 /// Skips the queued `stages` (their needs failed) and finishes the run as `status`.
-pub async fn end_run(store: &Store, run_id: i64, status: RunStatus, skip: &[&str]) {
+pub async fn end_run(store: &Store, run_id: RunId, status: RunStatus, skip: &[&str]) {
     store
         .apply_tick(&TickWrites {
             skip: skip
@@ -263,8 +264,14 @@ pub async fn end_run(store: &Store, run_id: i64, status: RunStatus, skip: &[&str
 }
 
 /// Writes a stage log the way `StageLog` does.
-pub fn write_log(data: &DataDir, run_id: i64, stage: &str, attempt: i64, lines: &[(&str, String)]) {
-    let path = data.log_path(run_id, stage, attempt);
+pub fn write_log(
+    data: &DataDir,
+    run_id: RunId,
+    stage: &str,
+    attempt: u32,
+    lines: &[(&str, String)],
+) {
+    let path = data.log_path(run_id, stage, attempt.into());
     std::fs::create_dir_all(path.parent().expect("log dir")).expect("create log dir");
     let mut text = String::new();
     for (i, (stream, line)) in lines.iter().enumerate() {

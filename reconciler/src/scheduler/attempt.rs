@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use deploylite_model::{Attempt, RunId};
 use deploylite_pipeline::{Pipeline, Stage};
 use deploylite_runner::outcome::{
     closing_line, describe, ending, parse_closing_line, verdict, Verdict,
@@ -18,7 +19,7 @@ use crate::status::StageStatus;
 use crate::store::{now_ms, ActiveRun, AttemptResult, Dispatch};
 
 pub(super) struct RunInfo {
-    pub id: i64,
+    pub id: RunId,
     pub repo: String,
     pub pipeline: String,
     pub commit: String,
@@ -46,7 +47,7 @@ pub(super) struct AttemptContext {
     pub spec: Arc<Pipeline>,
     pub dispatch: Dispatch,
     /// Failed attempts before this one (what `retry.max` counts).
-    pub failures: i64,
+    pub failures: u32,
     pub cancel: CancellationToken,
     pub shutdown: CancellationToken,
 }
@@ -78,7 +79,7 @@ impl Scheduler {
             .await
         {
             // Left open in the store: the next start recovers it as interrupted.
-            tracing::error!(%error, run_id = d.run_id, stage = %d.stage, "cannot record an attempt");
+            tracing::error!(%error, run_id = d.run_id.get(), stage = %d.stage, "cannot record an attempt");
         }
     }
 
@@ -126,7 +127,7 @@ impl Scheduler {
         let job = StageJob {
             run_id: d.run_id,
             stage: d.stage.clone(),
-            attempt: u32::try_from(d.attempt).unwrap_or(u32::MAX),
+            attempt: d.attempt,
             workspace: workspace.clone().into(),
             env: stage_env(&ctx.run, &ctx.spec, stage, d.attempt, &workspace),
             steps: stage.steps.clone(),
@@ -159,7 +160,7 @@ impl Scheduler {
         }
         let exit_code = outcome.exit_code().map(i64::from);
         let note = describe(stage, &outcome);
-        let failures = u32::try_from(ctx.failures).unwrap_or(u32::MAX);
+        let failures = ctx.failures;
         let verdict = verdict(stage, failures, &outcome, ctx.cancel.is_cancelled());
         // A retried attempt's closing line also says when the next one starts.
         let retried = matches!(verdict, Verdict::Retry { .. });
@@ -186,7 +187,7 @@ impl Scheduler {
                 let (at, reason) = retry_backoff(
                     stage,
                     d.attempt,
-                    failures + 1,
+                    failures.saturating_add(1),
                     delay,
                     note.as_deref(),
                     &mut log,
@@ -287,9 +288,9 @@ impl Scheduler {
     /// without saying so (interrupted by a restart, a lost lease) with its closing line.
     pub(super) async fn close_attempt_log(
         &self,
-        run_id: i64,
+        run_id: RunId,
         stage: &str,
-        attempt: i64,
+        attempt: Attempt,
         ending: &str,
     ) {
         let path = self.data.log_path(run_id, stage, attempt);
@@ -315,11 +316,11 @@ impl Scheduler {
     /// first attempt).
     pub(super) async fn previous_attempt(
         &self,
-        run_id: i64,
+        run_id: RunId,
         stage: &str,
-        attempt: i64,
+        attempt: Attempt,
     ) -> Result<Option<String>, crate::store::StoreError> {
-        if attempt <= 1 {
+        if attempt <= Attempt::FIRST {
             return Ok(None);
         }
         Ok(self
@@ -327,7 +328,7 @@ impl Scheduler {
             .stage_attempts(run_id, stage)
             .await?
             .into_iter()
-            .find(|a| a.attempt == attempt - 1)
+            .find(|a| a.attempt.next() == attempt)
             .map(|a| {
                 format!(
                     "previous attempt {}: {}{}",
@@ -342,7 +343,7 @@ impl Scheduler {
 /// When a retried stage may run again, and the `pending_reason` that says so; logged too.
 pub(crate) async fn retry_backoff(
     stage: &Stage,
-    attempt: i64,
+    attempt: Attempt,
     failures: u32,
     delay: Duration,
     note: Option<&str>,
@@ -390,7 +391,7 @@ pub(crate) fn stage_env(
     run: &RunInfo,
     spec: &Pipeline,
     stage: &Stage,
-    attempt: i64,
+    attempt: Attempt,
     workspace: &str,
 ) -> BTreeMap<String, String> {
     let mut env = spec.env.clone();

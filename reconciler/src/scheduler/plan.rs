@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use deploylite_model::RunId;
 use deploylite_pipeline::{Concurrency, Pipeline};
 
 use crate::status::{run_outcome, RunStatus, StageStatus};
@@ -35,16 +36,16 @@ pub struct PlanConfig {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TickEffects {
     /// Running stages whose run was cancelled: their processes must be stopped.
-    pub cancel_running: Vec<(i64, String)>,
+    pub cancel_running: Vec<(RunId, String)>,
     /// Started runs whose workspace must be prepared before any stage runs.
-    pub prepare_workspace: Vec<i64>,
+    pub prepare_workspace: Vec<RunId>,
     /// The earliest backoff deadline in the future, to wake up for.
     pub next_wakeup: Option<i64>,
 }
 
 pub fn plan_tick(
     runs: &[ActiveRun],
-    specs: &HashMap<i64, Arc<Pipeline>>,
+    specs: &HashMap<RunId, Arc<Pipeline>>,
     config: &PlanConfig,
     now: i64,
 ) -> (TickWrites, TickEffects) {
@@ -54,7 +55,7 @@ pub fn plan_tick(
     expire_leases(runs, now, config.lease_ttl_ms, &mut writes);
 
     // Concurrency groups that already have an active run older than the one we look at.
-    let mut busy_groups: HashMap<(&str, &str, &str), i64> = HashMap::new();
+    let mut busy_groups: HashMap<(&str, &str, &str), RunId> = HashMap::new();
 
     for run in runs {
         let group = (
@@ -336,7 +337,7 @@ fn plan_running_run(
                 writes.dispatch.push(Dispatch {
                     run_id: run.id,
                     stage: stage.name.clone(),
-                    attempt: stage.attempt + 1,
+                    attempt: stage.attempt.next(),
                     runner: runner.name.clone(),
                     lease_deadline: (runner.name != LOCAL_RUNNER)
                         .then_some(now + config.lease_ttl_ms),
@@ -376,7 +377,7 @@ fn skip_remaining(run: &ActiveRun, reason: &str, to: StageStatus, writes: &mut T
     }
 }
 
-fn skip(run_id: i64, stage: &str, status: StageStatus, reason: &str) -> StageSkip {
+fn skip(run_id: RunId, stage: &str, status: StageStatus, reason: &str) -> StageSkip {
     StageSkip {
         run_id,
         stage: stage.to_string(),
@@ -398,6 +399,7 @@ fn past_tense(s: StageStatus) -> &'static str {
 mod tests {
     use super::*;
     use crate::store::ActiveStage;
+    use deploylite_model::Attempt;
 
     const NOW: i64 = 1_000_000;
 
@@ -418,7 +420,7 @@ mod tests {
             name: name.into(),
             position: 0,
             status,
-            attempt: i64::from(status != StageStatus::Queued),
+            attempt: Attempt::new(u32::from(status != StageStatus::Queued)),
             failures: 0,
             needs: needs.iter().map(|s| s.to_string()).collect(),
             pending_reason: None,
@@ -430,7 +432,7 @@ mod tests {
 
     fn run(id: i64, status: RunStatus, stages: Vec<ActiveStage>) -> ActiveRun {
         ActiveRun {
-            id,
+            id: RunId::new(id),
             repo: "repo".into(),
             pipeline: "ci".into(),
             git_ref: "refs/heads/main".into(),
@@ -448,14 +450,14 @@ mod tests {
         }
     }
 
-    fn spec_with_runs_on(stage: &str, labels: &[&str]) -> HashMap<i64, Arc<Pipeline>> {
+    fn spec_with_runs_on(stage: &str, labels: &[&str]) -> HashMap<RunId, Arc<Pipeline>> {
         let yaml = format!(
             "name: ci\nstages:\n  {stage}:\n    runs_on: [{}]\n    steps: [{{ run: 'true' }}]\n",
             labels.join(", ")
         );
         let pipeline =
             deploylite_pipeline::parse_pipeline("ci.yaml", &yaml).expect("valid test pipeline");
-        HashMap::from([(1, Arc::new(pipeline))])
+        HashMap::from([(RunId::new(1), Arc::new(pipeline))])
     }
 
     fn dispatched(w: &TickWrites) -> Vec<&str> {
@@ -478,9 +480,9 @@ mod tests {
         );
         r.workspace_ready = false;
         let (w, e) = plan_tick(&[r], &HashMap::new(), &config(4), NOW);
-        assert_eq!(w.start_runs, vec![1]);
+        assert_eq!(w.start_runs, vec![RunId::new(1)]);
         assert!(w.dispatch.is_empty(), "stages wait for the next tick");
-        assert_eq!(e.prepare_workspace, vec![1]);
+        assert_eq!(e.prepare_workspace, vec![RunId::new(1)]);
     }
 
     #[test]
@@ -497,7 +499,7 @@ mod tests {
         let (w, _) = plan_tick(&[r], &HashMap::new(), &config(4), NOW);
         assert_eq!(dispatched(&w), ["build", "lint"]);
         assert_eq!(pending(&w, "test"), Some("needs: build"));
-        assert!(w.dispatch.iter().all(|d| d.attempt == 1));
+        assert!(w.dispatch.iter().all(|d| d.attempt == Attempt::FIRST));
     }
 
     #[test]
@@ -563,7 +565,7 @@ mod tests {
         assert_eq!(
             w.finish,
             vec![RunFinish {
-                run_id: 1,
+                run_id: RunId::new(1),
                 status: RunStatus::Failed
             }]
         );
@@ -591,7 +593,7 @@ mod tests {
         ];
         let (w, _) = plan_tick(&runs, &HashMap::new(), &config(2), NOW);
         assert_eq!(w.dispatch.len(), 1);
-        assert_eq!(w.dispatch[0].run_id, 1, "older runs first");
+        assert_eq!(w.dispatch[0].run_id, RunId::new(1), "older runs first");
         let waiting: Vec<&str> = w
             .stage_pending
             .iter()
@@ -609,7 +611,7 @@ mod tests {
     #[test]
     fn backoff_holds_a_retry_until_its_time_and_sets_a_wakeup() {
         let mut s = stage("flaky", StageStatus::Queued, &[]);
-        s.attempt = 1;
+        s.attempt = Attempt::FIRST;
         s.failures = 1;
         s.not_before = Some(NOW + 1500);
         let r = run(1, RunStatus::Running, vec![s.clone()]);
@@ -619,7 +621,11 @@ mod tests {
         assert_eq!(e.next_wakeup, Some(NOW + 1500));
         let r = run(1, RunStatus::Running, vec![s]);
         let (w, _) = plan_tick(&[r], &HashMap::new(), &config(4), NOW + 1500);
-        assert_eq!(w.dispatch[0].attempt, 2, "a retry is a new attempt");
+        assert_eq!(
+            w.dispatch[0].attempt,
+            Attempt::new(2),
+            "a retry is a new attempt"
+        );
     }
 
     #[test]
@@ -661,7 +667,7 @@ mod tests {
         );
         r.cancel_requested = true;
         let (w, e) = plan_tick(&[r.clone()], &HashMap::new(), &config(4), NOW);
-        assert_eq!(e.cancel_running, vec![(1, "a".to_string())]);
+        assert_eq!(e.cancel_running, vec![(RunId::new(1), "a".to_string())]);
         assert_eq!(w.skip[0].reason, "run cancelled");
         assert!(w.finish.is_empty(), "not final while `a` runs");
         r.stages[0].status = StageStatus::Cancelled;
@@ -670,7 +676,7 @@ mod tests {
         assert_eq!(
             w.finish,
             vec![RunFinish {
-                run_id: 1,
+                run_id: RunId::new(1),
                 status: RunStatus::Cancelled
             }]
         );
@@ -689,7 +695,7 @@ mod tests {
         assert_eq!(
             w.finish,
             vec![RunFinish {
-                run_id: 1,
+                run_id: RunId::new(1),
                 status: RunStatus::Cancelled
             }]
         );
@@ -717,11 +723,11 @@ mod tests {
         other_ref.concurrency = Concurrency::Queue;
         other_ref.git_ref = "refs/heads/dev".into();
         let (w, _) = plan_tick(&[older, newer, other_ref], &HashMap::new(), &config(4), NOW);
-        assert_eq!(w.start_runs, vec![3]);
+        assert_eq!(w.start_runs, vec![RunId::new(3)]);
         assert_eq!(
             w.run_pending,
             vec![(
-                2,
+                RunId::new(2),
                 Some("concurrency: waiting for run #1 on refs/heads/main".to_string())
             )]
         );
@@ -743,7 +749,7 @@ mod tests {
         assert_eq!(
             w.finish,
             vec![RunFinish {
-                run_id: 1,
+                run_id: RunId::new(1),
                 status: RunStatus::Success
             }]
         );
@@ -767,6 +773,7 @@ mod tests {
 mod runner_tests {
     use super::*;
     use crate::store::ActiveStage;
+    use deploylite_model::Attempt;
 
     fn slot(name: &str, labels: &[&str], capacity: usize) -> Placement {
         Placement {
@@ -781,7 +788,7 @@ mod runner_tests {
             name: name.into(),
             position: 0,
             status: StageStatus::Queued,
-            attempt: 0,
+            attempt: Attempt::NONE,
             failures: 0,
             needs: vec![],
             pending_reason: None,
@@ -794,7 +801,7 @@ mod runner_tests {
     fn running_on(name: &str, runner: &str, deadline: Option<i64>) -> ActiveStage {
         ActiveStage {
             status: StageStatus::Running,
-            attempt: 1,
+            attempt: Attempt::FIRST,
             runner: Some(runner.into()),
             lease_deadline: deadline,
             ..queued(name)
@@ -803,7 +810,7 @@ mod runner_tests {
 
     fn run(stages: Vec<ActiveStage>) -> ActiveRun {
         ActiveRun {
-            id: 1,
+            id: RunId::new(1),
             repo: "r".into(),
             pipeline: "p".into(),
             git_ref: "refs/heads/main".into(),
@@ -821,10 +828,10 @@ mod runner_tests {
         }
     }
 
-    fn specs(yaml_stages: &str) -> HashMap<i64, Arc<Pipeline>> {
+    fn specs(yaml_stages: &str) -> HashMap<RunId, Arc<Pipeline>> {
         let yaml = format!("name: p\nstages:\n{yaml_stages}");
         HashMap::from([(
-            1,
+            RunId::new(1),
             Arc::new(deploylite_pipeline::parse_pipeline("p.yaml", &yaml).expect("valid")),
         )])
     }
@@ -876,8 +883,8 @@ mod runner_tests {
         assert_eq!(e, TickEffects::default(), "no workspace is prepared");
         r.awaiting_approval = false;
         let (w, e) = plan_tick(&[r], &HashMap::new(), &config, 1_000);
-        assert_eq!(w.start_runs, vec![1], "once approved it starts");
-        assert_eq!(e.prepare_workspace, vec![1]);
+        assert_eq!(w.start_runs, vec![RunId::new(1)], "once approved it starts");
+        assert_eq!(e.prepare_workspace, vec![RunId::new(1)]);
     }
 
     #[test]
@@ -970,9 +977,9 @@ mod runner_tests {
         assert_eq!(
             w.expire,
             vec![ExpiredLease {
-                run_id: 1,
+                run_id: RunId::new(1),
                 stage: "lost".into(),
-                attempt: 1,
+                attempt: Attempt::FIRST,
                 runner: "a".into(),
                 last_renewed: 999 - 10_000,
             }]

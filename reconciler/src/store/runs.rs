@@ -4,7 +4,9 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{now_ms, DbContext, Result, Store, StoreError};
+use deploylite_model::{Attempt, RunId};
+
+use super::{now_ms, DbContext, Result, RowExt, Store, StoreError};
 use crate::status::{RunStatus, StageStatus};
 
 /// A run to create. Its identity is (repo, pipeline, commit, trigger, run_attempt): creating it
@@ -83,7 +85,7 @@ pub struct RunFilter {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RunRecord {
-    pub id: i64,
+    pub id: RunId,
     pub repo: String,
     pub pipeline: String,
     pub pipeline_file: String,
@@ -116,7 +118,7 @@ pub struct StageRecord {
     pub name: String,
     pub position: i64,
     pub status: StageStatus,
-    pub attempt: i64,
+    pub attempt: Attempt,
     pub needs: Vec<String>,
     pub pending_reason: Option<String>,
     pub started_at: Option<i64>,
@@ -126,7 +128,7 @@ pub struct StageRecord {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StageAttemptRecord {
-    pub attempt: i64,
+    pub attempt: Attempt,
     pub status: StageStatus,
     pub exit_code: Option<i64>,
     pub note: Option<String>,
@@ -143,7 +145,7 @@ const RUN_COLUMNS: &str = "id, repo, pipeline, pipeline_file, commit_sha, git_re
 impl Store {
     /// Records a reconciled commit. Returns the ids of the runs actually created (runs that
     /// already existed are left alone) and of older runs this one cancels.
-    pub async fn record_commit(&self, record: &RecordCommit) -> Result<(Vec<i64>, Vec<i64>)> {
+    pub async fn record_commit(&self, record: &RecordCommit) -> Result<(Vec<RunId>, Vec<RunId>)> {
         let now = now_ms();
         let mut tx = self
             .pool()
@@ -170,12 +172,12 @@ impl Store {
                 .bind(&run.repo)
                 .bind(&run.pipeline)
                 .bind(&run.git_ref)
-                .bind(id)
+                .bind(id.get())
                 .bind(id.to_string())
                 .fetch_all(&mut *tx)
                 .await
                 .ctx("cancelling superseded runs")?;
-                cancelled.extend(older);
+                cancelled.extend(older.into_iter().map(RunId::from));
             }
         }
         if record.update_ref {
@@ -284,17 +286,17 @@ impl Store {
     }
 
     /// A run without its stages.
-    pub async fn run(&self, id: i64) -> Result<Option<RunRecord>> {
+    pub async fn run(&self, id: RunId) -> Result<Option<RunRecord>> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1");
         let row = sqlx::query(&sql)
-            .bind(id)
+            .bind(id.get())
             .fetch_optional(self.reads())
             .await
             .ctx("reading a run")?;
         row.as_ref().map(run_from_row).transpose()
     }
 
-    pub async fn get_run(&self, id: i64) -> Result<Option<(RunRecord, Vec<StageRecord>)>> {
+    pub async fn get_run(&self, id: RunId) -> Result<Option<(RunRecord, Vec<StageRecord>)>> {
         let Some(run) = self.run(id).await? else {
             return Ok(None);
         };
@@ -302,7 +304,7 @@ impl Store {
             "SELECT name, position, status, attempt, needs, pending_reason, started_at, finished_at, exit_code
              FROM stages WHERE run_id = $1 ORDER BY position",
         )
-        .bind(id)
+        .bind(id.get())
         .fetch_all(self.reads())
         .await
         .ctx("reading stages")?;
@@ -313,7 +315,7 @@ impl Store {
                     name: r.try_get("name").ctx("reading a stage")?,
                     position: r.try_get("position").ctx("reading a stage")?,
                     status: parse_status(r.try_get::<String, _>("status").ctx("reading a stage")?)?,
-                    attempt: r.try_get("attempt").ctx("reading a stage")?,
+                    attempt: r.attempt("attempt", "reading a stage")?,
                     needs: parse_json(&r.try_get::<String, _>("needs").ctx("reading a stage")?)?,
                     pending_reason: r.try_get("pending_reason").ctx("reading a stage")?,
                     started_at: r.try_get("started_at").ctx("reading a stage")?,
@@ -327,14 +329,14 @@ impl Store {
 
     pub async fn stage_attempts(
         &self,
-        run_id: i64,
+        run_id: RunId,
         stage: &str,
     ) -> Result<Vec<StageAttemptRecord>> {
         let rows = sqlx::query(
             "SELECT attempt, status, exit_code, note, executor, started_at, finished_at
              FROM stage_attempts WHERE run_id = $1 AND stage = $2 ORDER BY attempt",
         )
-        .bind(run_id)
+        .bind(run_id.get())
         .bind(stage)
         .fetch_all(self.reads())
         .await
@@ -342,7 +344,7 @@ impl Store {
         rows.iter()
             .map(|r| {
                 Ok(StageAttemptRecord {
-                    attempt: r.try_get("attempt").ctx("reading an attempt")?,
+                    attempt: r.attempt("attempt", "reading an attempt")?,
                     status: parse_status(
                         r.try_get::<String, _>("status").ctx("reading an attempt")?,
                     )?,
@@ -358,18 +360,18 @@ impl Store {
 
     /// Asks for a run to be cancelled; the scheduler stops its running stages and skips the
     /// rest. Returns the run's status, or None when there is no such run.
-    pub async fn request_cancel(&self, run_id: i64, reason: &str) -> Result<Option<RunStatus>> {
+    pub async fn request_cancel(&self, run_id: RunId, reason: &str) -> Result<Option<RunStatus>> {
         sqlx::query(
             "UPDATE runs SET cancel_requested = 1, pending_reason = $2
              WHERE id = $1 AND status IN ('queued', 'running') AND cancel_requested = 0",
         )
-        .bind(run_id)
+        .bind(run_id.get())
         .bind(reason)
         .execute(self.pool())
         .await
         .ctx("requesting a cancellation")?;
         let status: Option<String> = sqlx::query_scalar("SELECT status FROM runs WHERE id = $1")
-            .bind(run_id)
+            .bind(run_id.get())
             .fetch_optional(self.pool())
             .await
             .ctx("reading a run's status")?;
@@ -383,7 +385,7 @@ pub(super) async fn insert_run(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     run: &NewRun,
     now: i64,
-) -> Result<Option<i64>> {
+) -> Result<Option<RunId>> {
     let finished_at = run.status.is_final().then_some(now);
     let policy = run.policy.as_ref().map(PolicyColumns::of).transpose()?;
     let id: Option<i64> = sqlx::query_scalar(
@@ -424,7 +426,9 @@ pub(super) async fn insert_run(
             .fetch_optional(&mut **tx)
             .await
             .ctx("inserting a run")?;
-    let Some(id) = id else { return Ok(None) };
+    let Some(id) = id.map(RunId::from) else {
+        return Ok(None);
+    };
     queue_report(tx, id, now).await?;
     for (position, stage) in run.stages.iter().enumerate() {
         let needs =
@@ -433,7 +437,7 @@ pub(super) async fn insert_run(
                     "INSERT INTO stages (run_id, name, position, status, needs, pending_reason, finished_at)
                      VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 )
-                .bind(id)
+                .bind(id.get())
                 .bind(&stage.name)
                 .bind(position as i64)
                 .bind(stage.status.as_str())
@@ -520,7 +524,7 @@ pub(super) fn policy_from_row(r: &AnyRow) -> Result<Option<deploylite_policy::De
 fn run_from_row(r: &AnyRow) -> Result<RunRecord> {
     let errors: Option<String> = r.try_get("errors").ctx("reading a run")?;
     Ok(RunRecord {
-        id: r.try_get("id").ctx("reading a run")?,
+        id: r.run_id("id", "reading a run")?,
         repo: r.try_get("repo").ctx("reading a run")?,
         pipeline: r.try_get("pipeline").ctx("reading a run")?,
         pipeline_file: r.try_get("pipeline_file").ctx("reading a run")?,
@@ -567,7 +571,7 @@ fn run_from_row(r: &AnyRow) -> Result<RunRecord> {
 /// transaction that changes the run, so the report and the change commit together.
 pub(super) async fn queue_report(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    run_id: i64,
+    run_id: RunId,
     now: i64,
 ) -> Result<()> {
     queue_reports(tx, &[run_id], now).await
@@ -578,7 +582,7 @@ pub(super) async fn queue_report(
 /// keeps its count, instead of making the run due again at once and restarting its backoff.
 pub(super) async fn queue_reports(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    run_ids: &[i64],
+    run_ids: &[RunId],
     now: i64,
 ) -> Result<()> {
     for chunk in run_ids.chunks(500) {
@@ -594,7 +598,7 @@ pub(super) async fn queue_reports(
         );
         let mut query = sqlx::query(&sql).bind(now);
         for id in chunk {
-            query = query.bind(id);
+            query = query.bind(id.get());
         }
         query.execute(&mut **tx).await.ctx("queueing reports")?;
     }

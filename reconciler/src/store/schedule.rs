@@ -1,16 +1,17 @@
 //! The scheduler's side of the store: read the active runs, write a tick's decisions in one
 //! transaction, record attempt results, recover after a crash.
 
+use deploylite_model::{Attempt, RunId};
 use sqlx::Row;
 
 use super::runners::{requeue_in, LOCAL_RUNNER};
 use super::runs::{parse_concurrency, parse_json, parse_status, queue_reports};
-use super::{now_ms, DbContext, Result, Store, StoreError};
+use super::{now_ms, DbContext, Result, RowExt, Store, StoreError};
 use crate::status::{RunStatus, StageStatus};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActiveRun {
-    pub id: i64,
+    pub id: RunId,
     pub repo: String,
     pub pipeline: String,
     pub git_ref: String,
@@ -34,8 +35,8 @@ pub struct ActiveStage {
     pub name: String,
     pub position: i64,
     pub status: StageStatus,
-    pub attempt: i64,
-    pub failures: i64,
+    pub attempt: Attempt,
+    pub failures: u32,
     pub needs: Vec<String>,
     pub pending_reason: Option<String>,
     pub not_before: Option<i64>,
@@ -47,9 +48,9 @@ pub struct ActiveStage {
 /// A stage attempt to start now, on `runner`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dispatch {
-    pub run_id: i64,
+    pub run_id: RunId,
     pub stage: String,
-    pub attempt: i64,
+    pub attempt: Attempt,
     pub runner: String,
     /// When the lease lapses unless the runner renews it; None for the local runner.
     pub lease_deadline: Option<i64>,
@@ -58,9 +59,9 @@ pub struct Dispatch {
 /// A running attempt whose runner stopped renewing its lease.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExpiredLease {
-    pub run_id: i64,
+    pub run_id: RunId,
     pub stage: String,
-    pub attempt: i64,
+    pub attempt: Attempt,
     pub runner: String,
     /// When the lease was last granted or renewed (its deadline less the lease TTL).
     pub last_renewed: i64,
@@ -68,7 +69,7 @@ pub struct ExpiredLease {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct StageSkip {
-    pub run_id: i64,
+    pub run_id: RunId,
     pub stage: String,
     pub status: StageStatus,
     pub reason: String,
@@ -76,26 +77,26 @@ pub struct StageSkip {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunFinish {
-    pub run_id: i64,
+    pub run_id: RunId,
     pub status: RunStatus,
 }
 
 /// One tick's decisions; written in one transaction.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TickWrites {
-    pub start_runs: Vec<i64>,
-    pub run_pending: Vec<(i64, Option<String>)>,
+    pub start_runs: Vec<RunId>,
+    pub run_pending: Vec<(RunId, Option<String>)>,
     pub dispatch: Vec<Dispatch>,
     pub skip: Vec<StageSkip>,
-    pub stage_pending: Vec<(i64, String, Option<String>)>,
+    pub stage_pending: Vec<(RunId, String, Option<String>)>,
     pub finish: Vec<RunFinish>,
     pub expire: Vec<ExpiredLease>,
 }
 
 impl TickWrites {
     /// Every run this tick changes (what it writes a report row for), each once.
-    pub fn touched_runs(&self) -> Vec<i64> {
-        let mut ids: Vec<i64> = self
+    pub fn touched_runs(&self) -> Vec<RunId> {
+        let mut ids: Vec<RunId> = self
             .start_runs
             .iter()
             .copied()
@@ -123,9 +124,9 @@ impl TickWrites {
 /// How an attempt ended, as the scheduler decided it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttemptResult {
-    pub run_id: i64,
+    pub run_id: RunId,
     pub stage: String,
-    pub attempt: i64,
+    pub attempt: Attempt,
     /// The attempt's own status: success, failed or cancelled.
     pub attempt_status: StageStatus,
     /// The stage's next status: the same as the attempt's, or `Queued` for a retry.
@@ -141,9 +142,9 @@ pub struct AttemptResult {
 /// A stage attempt that was running when the daemon stopped.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Interrupted {
-    pub run_id: i64,
+    pub run_id: RunId,
     pub stage: String,
-    pub attempt: i64,
+    pub attempt: Attempt,
 }
 
 pub const INTERRUPTED_NOTE: &str = "interrupted: the daemon stopped while this attempt ran";
@@ -162,7 +163,7 @@ impl Store {
         let mut runs = Vec::with_capacity(run_rows.len());
         for r in &run_rows {
             runs.push(ActiveRun {
-                id: r.try_get("id").ctx("reading an active run")?,
+                id: r.run_id("id", "reading an active run")?,
                 repo: r.try_get("repo").ctx("reading an active run")?,
                 pipeline: r.try_get("pipeline").ctx("reading an active run")?,
                 git_ref: r.try_get("git_ref").ctx("reading an active run")?,
@@ -208,7 +209,7 @@ impl Store {
         .ctx("loading active stages")?;
         let mut index = 0;
         for r in &stage_rows {
-            let run_id: i64 = r.try_get("run_id").ctx("reading an active stage")?;
+            let run_id = r.run_id("run_id", "reading an active stage")?;
             while index < runs.len() && runs[index].id < run_id {
                 index += 1;
             }
@@ -222,8 +223,8 @@ impl Store {
                     r.try_get::<String, _>("status")
                         .ctx("reading an active stage")?,
                 )?,
-                attempt: r.try_get("attempt").ctx("reading an active stage")?,
-                failures: r.try_get("failures").ctx("reading an active stage")?,
+                attempt: r.attempt("attempt", "reading an active stage")?,
+                failures: r.count("failures", "reading an active stage")?,
                 needs: parse_json(
                     &r.try_get::<String, _>("needs")
                         .ctx("reading an active stage")?,
@@ -238,9 +239,9 @@ impl Store {
     }
 
     /// The pipeline a run was created from.
-    pub async fn run_spec(&self, run_id: i64) -> Result<deploylite_pipeline::Pipeline> {
+    pub async fn run_spec(&self, run_id: RunId) -> Result<deploylite_pipeline::Pipeline> {
         let spec: Option<String> = sqlx::query_scalar("SELECT spec FROM runs WHERE id = $1")
-            .bind(run_id)
+            .bind(run_id.get())
             .fetch_optional(self.pool())
             .await
             .ctx("reading a run's pipeline")?
@@ -294,9 +295,9 @@ impl Store {
         let mut interrupted = Vec::with_capacity(rows.len());
         for r in &rows {
             interrupted.push(Interrupted {
-                run_id: r.try_get("run_id").ctx("reading an interrupted attempt")?,
+                run_id: r.run_id("run_id", "reading an interrupted attempt")?,
                 stage: r.try_get("stage").ctx("reading an interrupted attempt")?,
-                attempt: r.try_get("attempt").ctx("reading an interrupted attempt")?,
+                attempt: r.attempt("attempt", "reading an interrupted attempt")?,
             });
         }
         for i in &interrupted {
@@ -318,14 +319,14 @@ impl Store {
         Ok(interrupted)
     }
 
-    pub async fn mark_workspace_ready(&self, run_id: i64, path: &str) -> Result<()> {
+    pub async fn mark_workspace_ready(&self, run_id: RunId, path: &str) -> Result<()> {
         let mut tx = self.begin_tick().await?;
         tx.mark_workspace_ready(run_id, path).await?;
         tx.commit().await
     }
 
     /// Finished runs whose workspace the janitor may delete.
-    pub async fn workspaces_to_clean(&self, finished_before: i64) -> Result<Vec<(i64, String)>> {
+    pub async fn workspaces_to_clean(&self, finished_before: i64) -> Result<Vec<(RunId, String)>> {
         let rows = sqlx::query(
             "SELECT id, workspace FROM runs
              WHERE workspace IS NOT NULL AND workspace_cleaned = 0 AND finished_at IS NOT NULL AND finished_at < $1
@@ -338,16 +339,16 @@ impl Store {
         rows.iter()
             .map(|r| {
                 Ok((
-                    r.try_get("id").ctx("reading a workspace")?,
+                    r.run_id("id", "reading a workspace")?,
                     r.try_get("workspace").ctx("reading a workspace")?,
                 ))
             })
             .collect()
     }
 
-    pub async fn mark_workspace_cleaned(&self, run_id: i64) -> Result<()> {
+    pub async fn mark_workspace_cleaned(&self, run_id: RunId) -> Result<()> {
         sqlx::query("UPDATE runs SET workspace_cleaned = 1 WHERE id = $1")
-            .bind(run_id)
+            .bind(run_id.get())
             .execute(self.pool())
             .await
             .ctx("recording a cleaned workspace")?;
@@ -355,20 +356,21 @@ impl Store {
     }
 
     /// Finished runs whose logs retention may delete.
-    pub async fn logs_to_clean(&self, finished_before: i64) -> Result<Vec<i64>> {
-        sqlx::query_scalar(
+    pub async fn logs_to_clean(&self, finished_before: i64) -> Result<Vec<RunId>> {
+        let ids: Vec<i64> = sqlx::query_scalar(
             "SELECT id FROM runs WHERE logs_cleaned = 0 AND finished_at IS NOT NULL AND finished_at < $1
              ORDER BY id LIMIT 500",
         )
         .bind(finished_before)
         .fetch_all(self.pool())
         .await
-        .ctx("finding logs to clean")
+        .ctx("finding logs to clean")?;
+        Ok(ids.into_iter().map(RunId::from).collect())
     }
 
-    pub async fn mark_logs_cleaned(&self, run_id: i64) -> Result<()> {
+    pub async fn mark_logs_cleaned(&self, run_id: RunId) -> Result<()> {
         sqlx::query("UPDATE runs SET logs_cleaned = 1 WHERE id = $1")
-            .bind(run_id)
+            .bind(run_id.get())
             .execute(self.pool())
             .await
             .ctx("recording cleaned logs")?;
@@ -379,7 +381,7 @@ impl Store {
 impl Store {
     /// Ends a run that cannot proceed (its workspace cannot be made): the stages not started are
     /// skipped, and the run fails with `message` as its error.
-    pub async fn fail_run(&self, run_id: i64, message: &str) -> Result<()> {
+    pub async fn fail_run(&self, run_id: RunId, message: &str) -> Result<()> {
         let mut tx = self.begin_tick().await?;
         tx.fail_run(run_id, message).await?;
         tx.commit().await
@@ -392,11 +394,11 @@ pub struct TickTx<'c> {
     tx: sqlx::Transaction<'c, sqlx::Any>,
     now: i64,
     /// Runs whose forge report must be refreshed; one outbox row each, written at commit.
-    touched: Vec<i64>,
+    touched: Vec<RunId>,
 }
 
 impl TickTx<'_> {
-    fn touch(&mut self, run_id: i64) {
+    fn touch(&mut self, run_id: RunId) {
         if !self.touched.contains(&run_id) {
             self.touched.push(run_id);
         }
@@ -414,7 +416,7 @@ impl TickTx<'_> {
                 "UPDATE runs SET status = 'running', started_at = $2, pending_reason = NULL
                      WHERE id = $1 AND status = 'queued'",
             )
-            .bind(run_id)
+            .bind(run_id.get())
             .bind(now)
             .execute(&mut **tx)
             .await
@@ -424,7 +426,7 @@ impl TickTx<'_> {
             as_expected &= one(sqlx::query(
                 "UPDATE runs SET pending_reason = $2 WHERE id = $1 AND status = 'queued'",
             )
-            .bind(run_id)
+            .bind(run_id.get())
             .bind(reason.as_deref())
             .execute(&mut **tx)
             .await
@@ -435,7 +437,7 @@ impl TickTx<'_> {
                 "UPDATE stages SET status = $3, pending_reason = $4, finished_at = $5
                      WHERE run_id = $1 AND name = $2 AND status = 'queued'",
             )
-            .bind(skip.run_id)
+            .bind(skip.run_id.get())
             .bind(&skip.stage)
             .bind(skip.status.as_str())
             .bind(&skip.reason)
@@ -449,7 +451,7 @@ impl TickTx<'_> {
                 "UPDATE stages SET pending_reason = $3
                      WHERE run_id = $1 AND name = $2 AND status = 'queued'",
             )
-            .bind(run_id)
+            .bind(run_id.get())
             .bind(stage)
             .bind(reason.as_deref())
             .execute(&mut **tx)
@@ -493,7 +495,7 @@ impl TickTx<'_> {
                          started_at = COALESCE(started_at, $3)
                      WHERE id = $1 AND status IN ('queued', 'running')",
             )
-            .bind(finish.run_id)
+            .bind(finish.run_id.get())
             .bind(finish.status.as_str())
             .bind(now)
             .execute(&mut **tx)
@@ -517,9 +519,9 @@ impl TickTx<'_> {
                  not_before = $8, pending_reason = $9
              WHERE run_id = $1 AND name = $2 AND attempt = $3 AND status = 'running'",
         )
-        .bind(result.run_id)
+        .bind(result.run_id.get())
         .bind(&result.stage)
-        .bind(result.attempt)
+        .bind(i64::from(result.attempt))
         .bind(result.stage_status.as_str())
         .bind(result.exit_code)
         .bind(finished_at)
@@ -536,9 +538,9 @@ impl TickTx<'_> {
             "UPDATE stage_attempts SET status = $4, exit_code = $5, note = $6, finished_at = $7
              WHERE run_id = $1 AND stage = $2 AND attempt = $3 AND status = 'running'",
         )
-        .bind(result.run_id)
+        .bind(result.run_id.get())
         .bind(&result.stage)
-        .bind(result.attempt)
+        .bind(i64::from(result.attempt))
         .bind(result.attempt_status.as_str())
         .bind(result.exit_code)
         .bind(result.note.as_deref())
@@ -550,9 +552,9 @@ impl TickTx<'_> {
         Ok(true)
     }
 
-    pub async fn mark_workspace_ready(&mut self, run_id: i64, path: &str) -> Result<()> {
+    pub async fn mark_workspace_ready(&mut self, run_id: RunId, path: &str) -> Result<()> {
         sqlx::query("UPDATE runs SET workspace = $2, workspace_ready = 1 WHERE id = $1")
-            .bind(run_id)
+            .bind(run_id.get())
             .bind(path)
             .execute(&mut *self.tx)
             .await
@@ -562,14 +564,14 @@ impl TickTx<'_> {
 
     /// Ends a run that cannot proceed: the stages not started are skipped, and the run fails
     /// with `message` as its error.
-    pub async fn fail_run(&mut self, run_id: i64, message: &str) -> Result<()> {
+    pub async fn fail_run(&mut self, run_id: RunId, message: &str) -> Result<()> {
         let now = self.now;
         let errors = serde_json::json!([{ "message": message }]).to_string();
         sqlx::query(
             "UPDATE stages SET status = 'skipped', pending_reason = $2, finished_at = $3
              WHERE run_id = $1 AND status = 'queued'",
         )
-        .bind(run_id)
+        .bind(run_id.get())
         .bind(message)
         .bind(now)
         .execute(&mut *self.tx)
@@ -579,7 +581,7 @@ impl TickTx<'_> {
             "UPDATE runs SET status = 'failed', errors = $2, finished_at = $3, started_at = COALESCE(started_at, $3)
              WHERE id = $1 AND status IN ('queued', 'running')",
         )
-        .bind(run_id)
+        .bind(run_id.get())
         .bind(errors)
         .bind(now)
         .execute(&mut *self.tx)
@@ -635,7 +637,7 @@ async fn dispatch_batch(
             );
             let mut update = sqlx::query(&sql).bind(now).bind(runner).bind(deadline);
             for d in chunk {
-                update = update.bind(d.run_id).bind(&d.stage);
+                update = update.bind(d.run_id.get()).bind(&d.stage);
             }
             let started = update
                 .fetch_all(&mut **tx)
