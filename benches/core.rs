@@ -45,7 +45,7 @@ async fn build_template(dir: &Path) {
             repo: "bench".into(),
             pipeline: "wide".into(),
             pipeline_file: "wide.yaml".into(),
-            commit: commit.clone(),
+            commit: commit.clone().into(),
             git_ref: "refs/heads/main".into(),
             trigger: "push".into(),
             run_attempt: 1,
@@ -63,7 +63,7 @@ async fn build_template(dir: &Path) {
                 .stages
                 .iter()
                 .map(|s| NewStage {
-                    name: s.name.clone(),
+                    name: s.name.clone().into(),
                     status: StageStatus::Queued,
                     needs: vec![],
                     pending_reason: None,
@@ -74,7 +74,7 @@ async fn build_template(dir: &Path) {
             .record_commit(&RecordCommit {
                 repo: "bench".into(),
                 git_ref: "refs/heads/main".into(),
-                commit,
+                commit: commit.into(),
                 runs: vec![run],
                 update_ref: false,
             })

@@ -33,10 +33,10 @@ async fn fill(store: &Store) {
     for p in 0..PIPELINES {
         let commit = format!("{p:040x}");
         let run = NewRun {
-            repo: format!("repo{}", p % 50),
+            repo: format!("repo{}", p % 50).into(),
             pipeline: format!("pipeline{p}"),
             pipeline_file: format!("p{p}.yaml"),
-            commit: commit.clone(),
+            commit: commit.clone().into(),
             git_ref: "refs/heads/main".into(),
             trigger: "push".into(),
             run_attempt: 1,
@@ -60,7 +60,7 @@ async fn fill(store: &Store) {
             .record_commit(&RecordCommit {
                 repo: run.repo.clone(),
                 git_ref: "refs/heads/main".into(),
-                commit,
+                commit: commit.into(),
                 runs: vec![run],
                 update_ref: false,
             })

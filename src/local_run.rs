@@ -146,9 +146,9 @@ pub async fn run(repo_dir: &Path, options: RunOptions<'_>) -> Result<ExitCode> {
     new_run.workspace = Some(workspace.display().to_string());
     let (created, _) = store
         .record_commit(&RecordCommit {
-            repo: repo_name,
+            repo: repo_name.into(),
             git_ref,
-            commit,
+            commit: commit.into(),
             runs: vec![new_run],
             update_ref: false,
         })
@@ -258,7 +258,7 @@ async fn print_summary(store: &Store, run_id: RunId) -> Result<()> {
             _ => "-".into(),
         };
         table.row([
-            s.name,
+            s.name.into_string(),
             s.status.as_str().to_string(),
             s.attempt.to_string(),
             duration,

@@ -186,6 +186,14 @@ macro_rules! string_id {
             }
         }
 
+        /// Read as the text it is: `&name` goes wherever a `&str` does.
+        impl std::ops::Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
         /// So that a map keyed by it can be looked up with a `&str`.
         impl Borrow<str> for $name {
             fn borrow(&self) -> &str {

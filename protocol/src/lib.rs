@@ -16,7 +16,7 @@ mod outcome;
 
 use std::collections::BTreeMap;
 
-use deploylite_model::{Attempt, RunId};
+use deploylite_model::{Attempt, CommitSha, RepoName, RunId};
 use deploylite_pipeline::Stage;
 use serde::{Deserialize, Serialize};
 
@@ -37,9 +37,9 @@ pub struct LeaseJob {
     pub attempt: Attempt,
     /// Failed attempts before this one (what `retry.max` counts).
     pub failures: u32,
-    pub repo: String,
+    pub repo: RepoName,
     pub pipeline: String,
-    pub commit: String,
+    pub commit: CommitSha,
     pub git_ref: String,
     pub trigger: String,
     /// The stage's environment, `DEPLOYLITE_*` included (the workspace path is the runner's).
@@ -119,7 +119,7 @@ mod tests {
             failures: 0,
             repo: "app".into(),
             pipeline: "ci".into(),
-            commit: "c".repeat(40),
+            commit: "c".repeat(40).into(),
             git_ref: "refs/heads/main".into(),
             trigger: "push".into(),
             env: BTreeMap::new(),

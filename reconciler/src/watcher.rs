@@ -551,9 +551,9 @@ impl Watcher {
         let (created, cancelled) = self
             .store
             .record_commit(&RecordCommit {
-                repo: entry.config.name.clone(),
+                repo: entry.config.name.clone().into(),
                 git_ref: git_ref.to_string(),
-                commit: commit.to_string(),
+                commit: commit.into(),
                 runs,
                 // Pull request heads are watched through listings (`pulls.rs`), not as refs.
                 update_ref: matches!(event_kind, EventKind::Ref),

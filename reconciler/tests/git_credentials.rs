@@ -318,7 +318,7 @@ async fn the_pod_clone_script_uses_the_secret_and_leaves_no_credential_in_the_wo
         source_url: Some(url.clone()),
         repo: "r".into(),
         pipeline: "p".into(),
-        commit: commit.clone(),
+        commit: commit.clone().into(),
     };
     let env = clone_env(&job, &url, Some("git-creds"));
     let spec_text = serde_json::to_string(&env).unwrap();

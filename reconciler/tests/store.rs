@@ -731,7 +731,7 @@ async fn a_rerun_is_a_new_run_attempt_with_fresh_stages(store: &Store, _url: &st
     assert_eq!((rerun.run_attempt, rerun.status), (2, RunStatus::Queued));
     let states: Vec<(String, StageStatus, u32)> = stages
         .into_iter()
-        .map(|s| (s.name, s.status, s.attempt.get()))
+        .map(|s| (s.name.into_string(), s.status, s.attempt.get()))
         .collect();
     assert_eq!(
         states,
@@ -1238,7 +1238,7 @@ fn diamond_run(commit: &str) -> NewRun {
         .stages
         .iter()
         .map(|s| NewStage {
-            name: s.name.clone(),
+            name: s.name.clone().into(),
             status: StageStatus::Queued,
             needs: s.needs.clone(),
             pending_reason: None,

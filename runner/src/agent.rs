@@ -366,7 +366,7 @@ impl Agent {
                 env.insert("DEPLOYLITE_RUNNER".into(), self.config.name.clone());
                 let job = StageJob {
                     run_id: lease.run_id,
-                    stage: lease.stage.name.clone(),
+                    stage: lease.stage.name.clone().into(),
                     attempt: lease.attempt,
                     workspace: workspace.clone(),
                     env,

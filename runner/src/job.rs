@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::Duration;
 
-use deploylite_model::{Attempt, RunId};
+use deploylite_model::{Attempt, CommitSha, RepoName, RunId, StageName};
 use deploylite_pipeline::{Resources, Service, Step};
 /// How an attempt ended: one type from the executor to the runner protocol to the store.
 pub use deploylite_protocol::AttemptOutcome;
@@ -16,7 +16,7 @@ use crate::log::StageLog;
 #[derive(Debug, Clone)]
 pub struct StageJob {
     pub run_id: RunId,
-    pub stage: String,
+    pub stage: StageName,
     pub attempt: Attempt,
     /// Holds the commit's files; the working directory of every step.
     pub workspace: PathBuf,
@@ -37,9 +37,9 @@ pub struct StageJob {
     /// Where the commit comes from, for executors that fetch it themselves (a Kubernetes init
     /// container clones `source_url` at `commit`); None when the workspace is already filled.
     pub source_url: Option<String>,
-    pub repo: String,
+    pub repo: RepoName,
     pub pipeline: String,
-    pub commit: String,
+    pub commit: CommitSha,
 }
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

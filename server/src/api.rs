@@ -119,10 +119,10 @@ impl RunView {
     fn new(r: RunRecord, stages: Option<Vec<StageRecord>>) -> RunView {
         RunView {
             id: r.id,
-            repo: r.repo,
+            repo: r.repo.into(),
             pipeline: r.pipeline,
             pipeline_file: r.pipeline_file,
-            commit: r.commit,
+            commit: r.commit.into(),
             git_ref: r.git_ref,
             trigger: r.trigger,
             run_attempt: r.run_attempt,
@@ -140,7 +140,7 @@ impl RunView {
             stages: stages.map(|s| {
                 s.into_iter()
                     .map(|s| StageView {
-                        name: s.name,
+                        name: s.name.into(),
                         status: s.status,
                         attempt: s.attempt,
                         needs: s.needs,

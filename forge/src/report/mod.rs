@@ -746,7 +746,7 @@ impl Reporter {
                         .take(5)
                         .any(|l| l.contains("timed out after"));
                 failure = Some(Failure {
-                    stage: stage.name.clone(),
+                    stage: stage.name.to_string(),
                     attempt: stage.attempt,
                     note,
                     exit_code: stage.exit_code.or(latest.and_then(|a| a.exit_code)),

@@ -165,7 +165,7 @@ pub fn new_run(pipeline: &str, commit: &str, stages: &[&str], pr: Option<i64>) -
             .iter()
             .enumerate()
             .map(|(i, s)| NewStage {
-                name: s.to_string(),
+                name: s.to_string().into(),
                 status: StageStatus::Queued,
                 needs: if i == 0 {
                     vec![]
@@ -251,7 +251,7 @@ pub async fn end_run(store: &Store, run_id: RunId, status: RunStatus, skip: &[&s
                 .iter()
                 .map(|s| deploylite_reconciler::store::StageSkip {
                     run_id,
-                    stage: s.to_string(),
+                    stage: s.to_string().into(),
                     status: StageStatus::Skipped,
                     reason: "skipped: a needed stage failed".into(),
                 })

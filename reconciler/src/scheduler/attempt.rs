@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deploylite_model::{Attempt, RunId};
+use deploylite_model::{Attempt, CommitSha, RepoName, RunId};
 use deploylite_pipeline::{Pipeline, Stage};
 use deploylite_runner::outcome::{
     closing_line, describe, ending, parse_closing_line, verdict, Verdict,
@@ -20,9 +20,9 @@ use crate::store::{now_ms, ActiveRun, AttemptResult, Dispatch};
 
 pub(super) struct RunInfo {
     pub id: RunId,
-    pub repo: String,
+    pub repo: RepoName,
     pub pipeline: String,
-    pub commit: String,
+    pub commit: CommitSha,
     pub git_ref: String,
     pub trigger: String,
     pub workspace: Option<String>,
@@ -115,7 +115,7 @@ impl Scheduler {
             }
         };
         if self.echo_logs {
-            log.echo_to_stdout(d.stage.clone());
+            log.echo_to_stdout(d.stage.to_string());
         }
         self.write_header(ctx, &mut log).await;
 
@@ -402,8 +402,8 @@ pub(crate) fn stage_env(
     set("CI", "true".into());
     set("DEPLOYLITE", "true".into());
     set("DEPLOYLITE_RUN_ID", run.id.to_string());
-    set("DEPLOYLITE_REPO", run.repo.clone());
-    set("DEPLOYLITE_COMMIT", run.commit.clone());
+    set("DEPLOYLITE_REPO", run.repo.to_string());
+    set("DEPLOYLITE_COMMIT", run.commit.to_string());
     set("DEPLOYLITE_REF", run.git_ref.clone());
     set("DEPLOYLITE_EVENT", run.trigger.clone());
     set("DEPLOYLITE_PIPELINE", run.pipeline.clone());

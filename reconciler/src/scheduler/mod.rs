@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use deploylite_model::{Attempt, RunId};
+use deploylite_model::{Attempt, RunId, StageName};
 use deploylite_pipeline::Pipeline;
 use deploylite_runner::{CancellationToken, Executor};
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
@@ -80,12 +80,12 @@ pub enum SchedulerEvent {
     },
     StageStarted {
         run_id: RunId,
-        stage: String,
+        stage: StageName,
         attempt: Attempt,
     },
     StageFinished {
         run_id: RunId,
-        stage: String,
+        stage: StageName,
         attempt: Attempt,
         status: StageStatus,
     },
@@ -96,7 +96,7 @@ pub enum SchedulerEvent {
     /// A queued stage that will not run (its needs failed, its `if:` is false, its run ended).
     StageSkipped {
         run_id: RunId,
-        stage: String,
+        stage: StageName,
         status: StageStatus,
     },
 }
@@ -150,7 +150,7 @@ pub struct Scheduler {
     wake: Arc<Notify>,
     events: broadcast::Sender<SchedulerEvent>,
     specs: Mutex<HashMap<RunId, Arc<Pipeline>>>,
-    running: Mutex<HashMap<(RunId, String), CancellationToken>>,
+    running: Mutex<HashMap<(RunId, StageName), CancellationToken>>,
     preparing: Mutex<HashSet<RunId>>,
     completions: mpsc::UnboundedSender<Completion>,
     /// The receiving end, taken by [`Scheduler::run`].

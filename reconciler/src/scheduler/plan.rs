@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use deploylite_model::RunId;
+use deploylite_model::{RunId, StageName};
 use deploylite_pipeline::{Concurrency, Pipeline};
 
 use crate::status::{run_outcome, RunStatus, StageStatus};
@@ -36,7 +36,7 @@ pub struct PlanConfig {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TickEffects {
     /// Running stages whose run was cancelled: their processes must be stopped.
-    pub cancel_running: Vec<(RunId, String)>,
+    pub cancel_running: Vec<(RunId, StageName)>,
     /// Started runs whose workspace must be prepared before any stage runs.
     pub prepare_workspace: Vec<RunId>,
     /// The earliest backoff deadline in the future, to wake up for.
@@ -380,7 +380,7 @@ fn skip_remaining(run: &ActiveRun, reason: &str, to: StageStatus, writes: &mut T
 fn skip(run_id: RunId, stage: &str, status: StageStatus, reason: &str) -> StageSkip {
     StageSkip {
         run_id,
-        stage: stage.to_string(),
+        stage: stage.into(),
         status,
         reason: reason.to_string(),
     }
@@ -436,7 +436,7 @@ mod tests {
             repo: "repo".into(),
             pipeline: "ci".into(),
             git_ref: "refs/heads/main".into(),
-            commit: "c".repeat(40),
+            commit: "c".repeat(40).into(),
             trigger: "push".into(),
             status,
             pending_reason: None,
@@ -667,7 +667,7 @@ mod tests {
         );
         r.cancel_requested = true;
         let (w, e) = plan_tick(&[r.clone()], &HashMap::new(), &config(4), NOW);
-        assert_eq!(e.cancel_running, vec![(RunId::new(1), "a".to_string())]);
+        assert_eq!(e.cancel_running, vec![(RunId::new(1), "a".into())]);
         assert_eq!(w.skip[0].reason, "run cancelled");
         assert!(w.finish.is_empty(), "not final while `a` runs");
         r.stages[0].status = StageStatus::Cancelled;

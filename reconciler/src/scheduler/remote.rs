@@ -88,7 +88,7 @@ impl Scheduler {
                 source_url: self
                     .config
                     .source_urls
-                    .get(&info.repo)
+                    .get(info.repo.as_str())
                     .map(|url| split_credentials(url).0),
                 previous_attempt,
                 log_bytes: self.config.log_bytes,
@@ -160,7 +160,7 @@ impl Scheduler {
         let exit_code = outcome.exit_code().map(i64::from);
         let base = AttemptResult {
             run_id,
-            stage: stage_name.to_string(),
+            stage: stage_name.into(),
             attempt,
             attempt_status: StageStatus::Failed,
             stage_status: StageStatus::Failed,
@@ -265,7 +265,7 @@ impl Scheduler {
     fn after_remote_end(&self, run_id: RunId, stage: &str, attempt: Attempt, status: StageStatus) {
         let _ = self.events.send(SchedulerEvent::StageFinished {
             run_id,
-            stage: stage.to_string(),
+            stage: stage.into(),
             attempt,
             status,
         });

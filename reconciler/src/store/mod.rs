@@ -89,6 +89,8 @@ pub(crate) trait RowExt {
     fn attempt(&self, column: &str, context: &'static str) -> Result<Attempt>;
     /// A count (a stage's failures) outside `u32`: [`StoreError::OutOfRange`].
     fn count(&self, column: &str, context: &'static str) -> Result<u32>;
+    /// A text column as a string id (`RepoName`, `CommitSha`, `StageName`).
+    fn text<T: From<String>>(&self, column: &str, context: &'static str) -> Result<T>;
 }
 
 impl RowExt for AnyRow {
@@ -110,6 +112,10 @@ impl RowExt for AnyRow {
                 value,
             })
         })
+    }
+
+    fn text<T: From<String>>(&self, column: &str, context: &'static str) -> Result<T> {
+        self.try_get::<String, _>(column).ctx(context).map(T::from)
     }
 }
 

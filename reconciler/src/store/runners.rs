@@ -2,7 +2,7 @@
 //! runners collect it, keep it alive with heartbeats, and report its end. The scheduler assigns
 //! (see `plan_tick`); this module only records.
 
-use deploylite_model::{Attempt, RunId};
+use deploylite_model::{Attempt, RunId, StageName};
 use serde::Serialize;
 use sqlx::Row;
 
@@ -30,7 +30,7 @@ pub struct RunnerRecord {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lease {
     pub run_id: RunId,
-    pub stage: String,
+    pub stage: StageName,
     pub attempt: Attempt,
     /// Failed attempts before this one (what `retry.max` counts).
     pub failures: u32,
@@ -246,7 +246,7 @@ impl Store {
             .map(|r| {
                 Ok(Lease {
                     run_id: r.run_id("run_id", "reading a lease")?,
-                    stage: r.try_get("name").ctx("reading a lease")?,
+                    stage: r.text("name", "reading a lease")?,
                     attempt: r.attempt("attempt", "reading a lease")?,
                     failures: r.count("failures", "reading a lease")?,
                 })

@@ -4,7 +4,7 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use deploylite_model::{Attempt, RunId};
+use deploylite_model::{Attempt, CommitSha, RepoName, RunId, StageName};
 
 use super::{now_ms, DbContext, Result, RowExt, Store, StoreError};
 use crate::status::{RunStatus, StageStatus};
@@ -13,10 +13,10 @@ use crate::status::{RunStatus, StageStatus};
 /// twice is a no-op, which is what makes polling, webhooks and restarts safe to overlap.
 #[derive(Debug, Clone)]
 pub struct NewRun {
-    pub repo: String,
+    pub repo: RepoName,
     pub pipeline: String,
     pub pipeline_file: String,
-    pub commit: String,
+    pub commit: CommitSha,
     pub git_ref: String,
     pub trigger: String,
     pub run_attempt: i64,
@@ -51,7 +51,7 @@ pub struct PullRequestInfo {
 
 #[derive(Debug, Clone)]
 pub struct NewStage {
-    pub name: String,
+    pub name: StageName,
     pub status: StageStatus,
     pub needs: Vec<String>,
     pub pending_reason: Option<String>,
@@ -62,9 +62,9 @@ pub struct NewStage {
 /// poll sees the same difference), a crash after it duplicates nothing.
 #[derive(Debug, Clone, Default)]
 pub struct RecordCommit {
-    pub repo: String,
+    pub repo: RepoName,
     pub git_ref: String,
-    pub commit: String,
+    pub commit: CommitSha,
     pub runs: Vec<NewRun>,
     /// Whether to move the ref's recorded commit (false for one-off runs).
     pub update_ref: bool,
@@ -86,10 +86,10 @@ pub struct RunFilter {
 #[derive(Debug, Clone, Serialize)]
 pub struct RunRecord {
     pub id: RunId,
-    pub repo: String,
+    pub repo: RepoName,
     pub pipeline: String,
     pub pipeline_file: String,
-    pub commit: String,
+    pub commit: CommitSha,
     pub git_ref: String,
     pub trigger: String,
     pub run_attempt: i64,
@@ -115,7 +115,7 @@ pub struct RunRecord {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StageRecord {
-    pub name: String,
+    pub name: StageName,
     pub position: i64,
     pub status: StageStatus,
     pub attempt: Attempt,
@@ -169,7 +169,7 @@ impl Store {
                        AND status IN ('queued', 'running') AND cancel_requested = 0
                      RETURNING id",
                 )
-                .bind(&run.repo)
+                .bind(run.repo.as_str())
                 .bind(&run.pipeline)
                 .bind(&run.git_ref)
                 .bind(id.get())
@@ -185,9 +185,9 @@ impl Store {
                 "INSERT INTO watched_refs (repo, git_ref, commit_sha, updated_at) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (repo, git_ref) DO UPDATE SET commit_sha = excluded.commit_sha, updated_at = excluded.updated_at",
             )
-            .bind(&record.repo)
+            .bind(record.repo.as_str())
             .bind(&record.git_ref)
-            .bind(&record.commit)
+            .bind(record.commit.as_str())
             .bind(now)
             .execute(&mut *tx)
             .await
@@ -312,7 +312,7 @@ impl Store {
             .iter()
             .map(|r| {
                 Ok(StageRecord {
-                    name: r.try_get("name").ctx("reading a stage")?,
+                    name: r.text("name", "reading a stage")?,
                     position: r.try_get("position").ctx("reading a stage")?,
                     status: parse_status(r.try_get::<String, _>("status").ctx("reading a stage")?)?,
                     attempt: r.attempt("attempt", "reading a stage")?,
@@ -398,10 +398,10 @@ pub(super) async fn insert_run(
                  ON CONFLICT (repo, pipeline, commit_sha, trigger, run_attempt) DO NOTHING
                  RETURNING id",
             )
-            .bind(&run.repo)
+            .bind(run.repo.as_str())
             .bind(&run.pipeline)
             .bind(&run.pipeline_file)
-            .bind(&run.commit)
+            .bind(run.commit.as_str())
             .bind(&run.git_ref)
             .bind(&run.trigger)
             .bind(run.run_attempt)
@@ -438,7 +438,7 @@ pub(super) async fn insert_run(
                      VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 )
                 .bind(id.get())
-                .bind(&stage.name)
+                .bind(stage.name.as_str())
                 .bind(position as i64)
                 .bind(stage.status.as_str())
                 .bind(needs)
@@ -525,10 +525,10 @@ fn run_from_row(r: &AnyRow) -> Result<RunRecord> {
     let errors: Option<String> = r.try_get("errors").ctx("reading a run")?;
     Ok(RunRecord {
         id: r.run_id("id", "reading a run")?,
-        repo: r.try_get("repo").ctx("reading a run")?,
+        repo: r.text("repo", "reading a run")?,
         pipeline: r.try_get("pipeline").ctx("reading a run")?,
         pipeline_file: r.try_get("pipeline_file").ctx("reading a run")?,
-        commit: r.try_get("commit_sha").ctx("reading a run")?,
+        commit: r.text("commit_sha", "reading a run")?,
         git_ref: r.try_get("git_ref").ctx("reading a run")?,
         trigger: r.try_get("trigger").ctx("reading a run")?,
         run_attempt: r.try_get("run_attempt").ctx("reading a run")?,

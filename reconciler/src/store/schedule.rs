@@ -1,7 +1,7 @@
 //! The scheduler's side of the store: read the active runs, write a tick's decisions in one
 //! transaction, record attempt results, recover after a crash.
 
-use deploylite_model::{Attempt, RunId};
+use deploylite_model::{Attempt, CommitSha, RepoName, RunId, StageName};
 use sqlx::Row;
 
 use super::runners::{requeue_in, LOCAL_RUNNER};
@@ -12,10 +12,10 @@ use crate::status::{RunStatus, StageStatus};
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActiveRun {
     pub id: RunId,
-    pub repo: String,
+    pub repo: RepoName,
     pub pipeline: String,
     pub git_ref: String,
-    pub commit: String,
+    pub commit: CommitSha,
     pub trigger: String,
     pub status: RunStatus,
     pub pending_reason: Option<String>,
@@ -32,7 +32,7 @@ pub struct ActiveRun {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActiveStage {
-    pub name: String,
+    pub name: StageName,
     pub position: i64,
     pub status: StageStatus,
     pub attempt: Attempt,
@@ -49,7 +49,7 @@ pub struct ActiveStage {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dispatch {
     pub run_id: RunId,
-    pub stage: String,
+    pub stage: StageName,
     pub attempt: Attempt,
     pub runner: String,
     /// When the lease lapses unless the runner renews it; None for the local runner.
@@ -60,7 +60,7 @@ pub struct Dispatch {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExpiredLease {
     pub run_id: RunId,
-    pub stage: String,
+    pub stage: StageName,
     pub attempt: Attempt,
     pub runner: String,
     /// When the lease was last granted or renewed (its deadline less the lease TTL).
@@ -70,7 +70,7 @@ pub struct ExpiredLease {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StageSkip {
     pub run_id: RunId,
-    pub stage: String,
+    pub stage: StageName,
     pub status: StageStatus,
     pub reason: String,
 }
@@ -88,7 +88,7 @@ pub struct TickWrites {
     pub run_pending: Vec<(RunId, Option<String>)>,
     pub dispatch: Vec<Dispatch>,
     pub skip: Vec<StageSkip>,
-    pub stage_pending: Vec<(RunId, String, Option<String>)>,
+    pub stage_pending: Vec<(RunId, StageName, Option<String>)>,
     pub finish: Vec<RunFinish>,
     pub expire: Vec<ExpiredLease>,
 }
@@ -125,7 +125,7 @@ impl TickWrites {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttemptResult {
     pub run_id: RunId,
-    pub stage: String,
+    pub stage: StageName,
     pub attempt: Attempt,
     /// The attempt's own status: success, failed or cancelled.
     pub attempt_status: StageStatus,
@@ -143,7 +143,7 @@ pub struct AttemptResult {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Interrupted {
     pub run_id: RunId,
-    pub stage: String,
+    pub stage: StageName,
     pub attempt: Attempt,
 }
 
@@ -164,10 +164,10 @@ impl Store {
         for r in &run_rows {
             runs.push(ActiveRun {
                 id: r.run_id("id", "reading an active run")?,
-                repo: r.try_get("repo").ctx("reading an active run")?,
+                repo: r.text("repo", "reading an active run")?,
                 pipeline: r.try_get("pipeline").ctx("reading an active run")?,
                 git_ref: r.try_get("git_ref").ctx("reading an active run")?,
-                commit: r.try_get("commit_sha").ctx("reading an active run")?,
+                commit: r.text("commit_sha", "reading an active run")?,
                 trigger: r.try_get("trigger").ctx("reading an active run")?,
                 status: parse_status(
                     r.try_get::<String, _>("status")
@@ -217,7 +217,7 @@ impl Store {
                 continue; // the run became final between the two reads
             };
             run.stages.push(ActiveStage {
-                name: r.try_get("name").ctx("reading an active stage")?,
+                name: r.text("name", "reading an active stage")?,
                 position: r.try_get("position").ctx("reading an active stage")?,
                 status: parse_status(
                     r.try_get::<String, _>("status")
@@ -296,7 +296,7 @@ impl Store {
         for r in &rows {
             interrupted.push(Interrupted {
                 run_id: r.run_id("run_id", "reading an interrupted attempt")?,
-                stage: r.try_get("stage").ctx("reading an interrupted attempt")?,
+                stage: r.text("stage", "reading an interrupted attempt")?,
                 attempt: r.attempt("attempt", "reading an interrupted attempt")?,
             });
         }
@@ -438,7 +438,7 @@ impl TickTx<'_> {
                      WHERE run_id = $1 AND name = $2 AND status = 'queued'",
             )
             .bind(skip.run_id.get())
-            .bind(&skip.stage)
+            .bind(skip.stage.as_str())
             .bind(skip.status.as_str())
             .bind(&skip.reason)
             .bind(now)
@@ -452,7 +452,7 @@ impl TickTx<'_> {
                      WHERE run_id = $1 AND name = $2 AND status = 'queued'",
             )
             .bind(run_id.get())
-            .bind(stage)
+            .bind(stage.as_str())
             .bind(reason.as_deref())
             .execute(&mut **tx)
             .await
@@ -520,7 +520,7 @@ impl TickTx<'_> {
              WHERE run_id = $1 AND name = $2 AND attempt = $3 AND status = 'running'",
         )
         .bind(result.run_id.get())
-        .bind(&result.stage)
+        .bind(result.stage.as_str())
         .bind(i64::from(result.attempt))
         .bind(result.stage_status.as_str())
         .bind(result.exit_code)
@@ -539,7 +539,7 @@ impl TickTx<'_> {
              WHERE run_id = $1 AND stage = $2 AND attempt = $3 AND status = 'running'",
         )
         .bind(result.run_id.get())
-        .bind(&result.stage)
+        .bind(result.stage.as_str())
         .bind(i64::from(result.attempt))
         .bind(result.attempt_status.as_str())
         .bind(result.exit_code)
@@ -637,7 +637,7 @@ async fn dispatch_batch(
             );
             let mut update = sqlx::query(&sql).bind(now).bind(runner).bind(deadline);
             for d in chunk {
-                update = update.bind(d.run_id.get()).bind(&d.stage);
+                update = update.bind(d.run_id.get()).bind(d.stage.as_str());
             }
             let started = update
                 .fetch_all(&mut **tx)

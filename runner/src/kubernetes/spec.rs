@@ -335,10 +335,10 @@ pub fn build_pod(
     labels.insert(LABEL_STAGE.into(), label_value(&job.stage));
     labels.insert(LABEL_ATTEMPT.into(), job.attempt.to_string());
     let annotations = BTreeMap::from([
-        ("deploylite.dev/stage".to_string(), job.stage.clone()),
-        ("deploylite.dev/repo".to_string(), job.repo.clone()),
+        ("deploylite.dev/stage".to_string(), job.stage.to_string()),
+        ("deploylite.dev/repo".to_string(), job.repo.to_string()),
         ("deploylite.dev/pipeline".to_string(), job.pipeline.clone()),
-        ("deploylite.dev/commit".to_string(), job.commit.clone()),
+        ("deploylite.dev/commit".to_string(), job.commit.to_string()),
     ]);
 
     let mount = vec![VolumeMount {

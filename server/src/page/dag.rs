@@ -141,7 +141,7 @@ mod tests {
 
     fn stage(name: &str, needs: &[&str]) -> StageRecord {
         StageRecord {
-            name: name.to_string(),
+            name: name.into(),
             position: 0,
             status: StageStatus::Success,
             attempt: Attempt::FIRST,

@@ -83,7 +83,7 @@ async fn select(
         stage: record,
         attempt,
         attempts,
-        repo: run.repo,
+        repo: run.repo.into(),
         pipeline: run.pipeline,
     })
 }
