@@ -1,5 +1,6 @@
 //! DeployLite's domain vocabulary, shared by every crate: the typed ids of the things the
-//! daemon schedules (a run, a stage, an attempt, a commit, a repository).
+//! daemon schedules (a run, a stage, an attempt, a commit, a repository) and their state
+//! machines (`status`: runs, stages, deployments).
 //!
 //! Serde only: no IO, no SQL. Each id is `#[serde(transparent)]`, so the JSON of the API and
 //! of the runner protocol is the bare number or string it was before the ids were typed. The
@@ -8,5 +9,6 @@
 //! [`OutOfRange`] error there, never a clamp.
 
 mod ids;
+pub mod status;
 
 pub use ids::{Attempt, CommitSha, OutOfRange, RepoName, RunId, StageName};

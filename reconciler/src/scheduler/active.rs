@@ -7,8 +7,8 @@
 //! Every function here mirrors one statement of `store::schedule`; the store conformance tests
 //! compare the two after each kind of write.
 
+use crate::model::{ActiveRun, AttemptResult, TickWrites};
 use crate::status::{RunStatus, StageStatus};
-use crate::store::{ActiveRun, AttemptResult, TickWrites};
 use deploylite_model::RunId;
 
 /// Applies a tick's decisions as `TickTx::apply` writes them. Expired leases are not mirrored:
@@ -91,7 +91,7 @@ fn queued_stage<'a>(
     runs: &'a mut [ActiveRun],
     run_id: RunId,
     name: &str,
-) -> Option<&'a mut crate::store::ActiveStage> {
+) -> Option<&'a mut crate::model::ActiveStage> {
     runs.iter_mut()
         .find(|r| r.id == run_id)
         .and_then(|r| r.stages.iter_mut().find(|s| s.name == name))

@@ -1,5 +1,6 @@
 //! One scheduler tick as a pure function: from the active runs (as stored) to the writes that
-//! move them on. No IO here, so every scheduling rule is unit-tested directly.
+//! move them on. No IO here, so every scheduling rule is unit-tested directly; it knows the run
+//! domain model (`crate::model`), never the store.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -7,10 +8,10 @@ use std::sync::Arc;
 use deploylite_model::{RunId, StageName};
 use deploylite_pipeline::{Concurrency, Pipeline};
 
-use crate::status::{run_outcome, RunStatus, StageStatus};
-use crate::store::{
+use crate::model::{
     ActiveRun, Dispatch, ExpiredLease, RunFinish, StageSkip, TickWrites, LOCAL_RUNNER,
 };
+use crate::status::{run_outcome, RunStatus, StageStatus};
 
 /// Where the scheduler may place stages now, as placement sees it (name, labels, capacity): the
 /// daemon's own runner (`local`) or a remote runner that is online.
@@ -398,7 +399,7 @@ fn past_tense(s: StageStatus) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::ActiveStage;
+    use crate::model::ActiveStage;
     use deploylite_model::Attempt;
 
     const NOW: i64 = 1_000_000;
@@ -772,7 +773,7 @@ mod tests {
 #[cfg(test)]
 mod runner_tests {
     use super::*;
-    use crate::store::ActiveStage;
+    use crate::model::ActiveStage;
     use deploylite_model::Attempt;
 
     fn slot(name: &str, labels: &[&str], capacity: usize) -> Placement {

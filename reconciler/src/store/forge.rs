@@ -5,8 +5,9 @@
 use deploylite_model::RunId;
 use sqlx::Row;
 
-use super::runs::{queue_report, RunRecord};
+use super::runs::queue_report;
 use super::{now_ms, run_ids, DbContext, Result, Store};
+use crate::model::RunRecord;
 
 /// A due report: "run `id` changed; tell the forge" (or, from
 /// [`Store::due_deployment_reports`], deployment `id`). Rows up to `up_to_id` are covered.

@@ -33,15 +33,14 @@ pub use environments::{
     NewDeployment, MAX_DRIFT_REDEPLOYS,
 };
 pub use forge::DueReport;
-pub use runners::{Lease, Registration, RunnerRecord, LOCAL_RUNNER};
-pub use runs::{
-    NewRun, NewStage, PullRequestInfo, RecordCommit, RunFilter, RunRecord, StageAttemptRecord,
-    StageRecord,
+// The run domain model, re-exported where the store's callers have always found it.
+pub use crate::model::{
+    ActiveRun, ActiveStage, AttemptResult, Dispatch, ExpiredLease, Interrupted, Lease, NewRun,
+    NewStage, PullRequestInfo, RecordCommit, RunFilter, RunFinish, RunRecord, StageAttemptRecord,
+    StageRecord, StageSkip, TickWrites, LOCAL_RUNNER,
 };
-pub use schedule::{
-    ActiveRun, ActiveStage, AttemptResult, Dispatch, ExpiredLease, Interrupted, RunFinish,
-    StageSkip, TickTx, TickWrites, INTERRUPTED_NOTE,
-};
+pub use runners::{Registration, RunnerRecord};
+pub use schedule::{TickTx, INTERRUPTED_NOTE};
 pub use telemetry::{AttemptTiming, RemoteRunnerGauge, RunTiming, SchedulingGauges};
 
 #[derive(Debug, thiserror::Error)]

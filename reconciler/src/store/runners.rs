@@ -2,16 +2,13 @@
 //! runners collect it, keep it alive with heartbeats, and report its end. The scheduler assigns
 //! (see `plan_tick`); this module only records.
 
-use deploylite_model::{Attempt, RunId, StageName};
+use deploylite_model::{Attempt, RunId};
 use serde::Serialize;
 use sqlx::Row;
 
 use super::runs::{parse_json, queue_report};
 use super::{now_ms, DbContext, Result, RowExt, Store, StoreError};
-
-/// The daemon's own runner. Its attempts die with the daemon and are recovered at start; remote
-/// runners' leases outlive a daemon restart.
-pub const LOCAL_RUNNER: &str = "local";
+use crate::model::{Lease, LOCAL_RUNNER};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct RunnerRecord {
@@ -24,16 +21,6 @@ pub struct RunnerRecord {
     pub revoked: bool,
     /// Stages it is running now.
     pub running: i64,
-}
-
-/// A lease as its runner collects it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Lease {
-    pub run_id: RunId,
-    pub stage: StageName,
-    pub attempt: Attempt,
-    /// Failed attempts before this one (what `retry.max` counts).
-    pub failures: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

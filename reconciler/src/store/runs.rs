@@ -1,141 +1,15 @@
 //! Recording desired state (runs created from commits) and reading runs back for the API.
 
-use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use deploylite_model::{Attempt, CommitSha, RepoName, RunId, StageName};
+use deploylite_model::RunId;
 
 use super::{now_ms, DbContext, Result, RowExt, Store, StoreError};
-use crate::status::{RunStatus, StageStatus};
-
-/// A run to create. Its identity is (repo, pipeline, commit, trigger, run_attempt): creating it
-/// twice is a no-op, which is what makes polling, webhooks and restarts safe to overlap.
-#[derive(Debug, Clone)]
-pub struct NewRun {
-    pub repo: RepoName,
-    pub pipeline: String,
-    pub pipeline_file: String,
-    pub commit: CommitSha,
-    pub git_ref: String,
-    pub trigger: String,
-    pub run_attempt: i64,
-    /// `Queued`, or created final: `Error` (did not validate), `Skipped` (path filters).
-    pub status: RunStatus,
-    /// Why a run is waiting, or why it was created final.
-    pub pending_reason: Option<String>,
-    pub concurrency: deploylite_pipeline::Concurrency,
-    pub spec: Option<String>,
-    pub errors: Option<String>,
-    /// Preset by `deploylite run`, which runs in the working copy itself.
-    pub workspace: Option<String>,
-    pub stages: Vec<NewStage>,
-    /// Whether state changes of this run are reported to a forge (outbox rows).
-    pub report: bool,
-    pub pull_request: Option<PullRequestInfo>,
-    /// Untrusted code: the run is recorded queued but starts only once approved.
-    pub awaiting_approval: bool,
-    /// The `deploylite.run` gate's decision, when a policy applied.
-    pub policy: Option<deploylite_policy::Decision>,
-}
-
-/// The pull/merge request a run belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PullRequestInfo {
-    pub number: i64,
-    /// `owner/name` (GitHub) or `group/project` (GitLab) the head commit comes from.
-    pub head_repo: String,
-    /// From a fork: secrets and policy must not trust it.
-    pub untrusted: bool,
-}
-
-#[derive(Debug, Clone)]
-pub struct NewStage {
-    pub name: StageName,
-    pub status: StageStatus,
-    pub needs: Vec<String>,
-    pub pending_reason: Option<String>,
-}
-
-/// Everything one reconciliation of one ref writes, in one transaction: the runs the commit
-/// triggers and the ref's new recorded commit. A crash before the commit loses nothing (the next
-/// poll sees the same difference), a crash after it duplicates nothing.
-#[derive(Debug, Clone, Default)]
-pub struct RecordCommit {
-    pub repo: RepoName,
-    pub git_ref: String,
-    pub commit: CommitSha,
-    pub runs: Vec<NewRun>,
-    /// Whether to move the ref's recorded commit (false for one-off runs).
-    pub update_ref: bool,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct RunFilter {
-    pub repo: Option<String>,
-    pub pipeline: Option<String>,
-    pub status: Option<RunStatus>,
-    /// The full ref (`refs/heads/main`).
-    pub git_ref: Option<String>,
-    pub trigger: Option<String>,
-    /// Only runs older than this id: the cursor of the next page.
-    pub before: Option<i64>,
-    pub limit: i64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct RunRecord {
-    pub id: RunId,
-    pub repo: RepoName,
-    pub pipeline: String,
-    pub pipeline_file: String,
-    pub commit: CommitSha,
-    pub git_ref: String,
-    pub trigger: String,
-    pub run_attempt: i64,
-    pub status: RunStatus,
-    pub pending_reason: Option<String>,
-    pub errors: Option<serde_json::Value>,
-    pub cancel_requested: bool,
-    pub created_at: i64,
-    pub started_at: Option<i64>,
-    pub finished_at: Option<i64>,
-    pub pull_request: Option<PullRequestInfo>,
-    /// Untrusted, and waiting for someone to approve its head commit.
-    pub awaiting_approval: bool,
-    /// Who approved it (`token:<name>`, `github:<login>`), if it needed an approval.
-    pub approved_by: Option<String>,
-    /// The `deploylite.run` gate's decision; null when no policy applied.
-    pub policy: Option<deploylite_policy::Decision>,
-    /// The deployment this run carries out (or the environment check it is), if any.
-    pub deployment_id: Option<i64>,
-    /// `deploy`, `rollback`, `verify` or `check` for a deployment's run.
-    pub deployment_action: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct StageRecord {
-    pub name: StageName,
-    pub position: i64,
-    pub status: StageStatus,
-    pub attempt: Attempt,
-    pub needs: Vec<String>,
-    pub pending_reason: Option<String>,
-    pub started_at: Option<i64>,
-    pub finished_at: Option<i64>,
-    pub exit_code: Option<i64>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct StageAttemptRecord {
-    pub attempt: Attempt,
-    pub status: StageStatus,
-    pub exit_code: Option<i64>,
-    pub note: Option<String>,
-    pub executor: String,
-    pub started_at: i64,
-    pub finished_at: Option<i64>,
-}
+use crate::model::{
+    NewRun, PullRequestInfo, RecordCommit, RunFilter, RunRecord, StageAttemptRecord, StageRecord,
+};
+use crate::status::RunStatus;
 
 const RUN_COLUMNS: &str = "id, repo, pipeline, pipeline_file, commit_sha, git_ref, trigger, run_attempt, status, \
      pending_reason, errors, cancel_requested, created_at, started_at, finished_at, pr_number, head_repo, untrusted, \

@@ -1,151 +1,15 @@
 //! The scheduler's side of the store: read the active runs, write a tick's decisions in one
 //! transaction, record attempt results, recover after a crash.
 
-use deploylite_model::{Attempt, CommitSha, RepoName, RunId, StageName};
+use deploylite_model::RunId;
 use sqlx::Row;
 
-use super::runners::{requeue_in, LOCAL_RUNNER};
+use super::runners::requeue_in;
 use super::runs::{parse_concurrency, parse_json, parse_status, queue_reports};
 use super::{now_ms, DbContext, Result, RowExt, Store, StoreError};
-use crate::status::{RunStatus, StageStatus};
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ActiveRun {
-    pub id: RunId,
-    pub repo: RepoName,
-    pub pipeline: String,
-    pub git_ref: String,
-    pub commit: CommitSha,
-    pub trigger: String,
-    pub status: RunStatus,
-    pub pending_reason: Option<String>,
-    pub concurrency: deploylite_pipeline::Concurrency,
-    pub cancel_requested: bool,
-    pub workspace: Option<String>,
-    pub workspace_ready: bool,
-    /// From a fork: runs only on runners allowed for untrusted work, never gets secrets.
-    pub untrusted: bool,
-    /// Waits, queued, for an approval of its head commit.
-    pub awaiting_approval: bool,
-    pub stages: Vec<ActiveStage>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ActiveStage {
-    pub name: StageName,
-    pub position: i64,
-    pub status: StageStatus,
-    pub attempt: Attempt,
-    pub failures: u32,
-    pub needs: Vec<String>,
-    pub pending_reason: Option<String>,
-    pub not_before: Option<i64>,
-    /// Who runs the current attempt (running stages only).
-    pub runner: Option<String>,
-    pub lease_deadline: Option<i64>,
-}
-
-/// A stage attempt to start now, on `runner`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Dispatch {
-    pub run_id: RunId,
-    pub stage: StageName,
-    pub attempt: Attempt,
-    pub runner: String,
-    /// When the lease lapses unless the runner renews it; None for the local runner.
-    pub lease_deadline: Option<i64>,
-}
-
-/// A running attempt whose runner stopped renewing its lease.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ExpiredLease {
-    pub run_id: RunId,
-    pub stage: StageName,
-    pub attempt: Attempt,
-    pub runner: String,
-    /// When the lease was last granted or renewed (its deadline less the lease TTL).
-    pub last_renewed: i64,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct StageSkip {
-    pub run_id: RunId,
-    pub stage: StageName,
-    pub status: StageStatus,
-    pub reason: String,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct RunFinish {
-    pub run_id: RunId,
-    pub status: RunStatus,
-}
-
-/// One tick's decisions; written in one transaction.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct TickWrites {
-    pub start_runs: Vec<RunId>,
-    pub run_pending: Vec<(RunId, Option<String>)>,
-    pub dispatch: Vec<Dispatch>,
-    pub skip: Vec<StageSkip>,
-    pub stage_pending: Vec<(RunId, StageName, Option<String>)>,
-    pub finish: Vec<RunFinish>,
-    pub expire: Vec<ExpiredLease>,
-}
-
-impl TickWrites {
-    /// Every run this tick changes (what it writes a report row for), each once.
-    pub fn touched_runs(&self) -> Vec<RunId> {
-        let mut ids: Vec<RunId> = self
-            .start_runs
-            .iter()
-            .copied()
-            .chain(self.dispatch.iter().map(|d| d.run_id))
-            .chain(self.skip.iter().map(|s| s.run_id))
-            .chain(self.finish.iter().map(|f| f.run_id))
-            .chain(self.expire.iter().map(|e| e.run_id))
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        ids
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.start_runs.is_empty()
-            && self.run_pending.is_empty()
-            && self.dispatch.is_empty()
-            && self.skip.is_empty()
-            && self.stage_pending.is_empty()
-            && self.finish.is_empty()
-            && self.expire.is_empty()
-    }
-}
-
-/// How an attempt ended, as the scheduler decided it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AttemptResult {
-    pub run_id: RunId,
-    pub stage: StageName,
-    pub attempt: Attempt,
-    /// The attempt's own status: success, failed or cancelled.
-    pub attempt_status: StageStatus,
-    /// The stage's next status: the same as the attempt's, or `Queued` for a retry.
-    pub stage_status: StageStatus,
-    pub exit_code: Option<i64>,
-    pub note: Option<String>,
-    /// Counts against `retry.max`.
-    pub counts_as_failure: bool,
-    pub not_before: Option<i64>,
-    pub pending_reason: Option<String>,
-}
-
-/// A stage attempt that was running when the daemon stopped.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Interrupted {
-    pub run_id: RunId,
-    pub stage: StageName,
-    pub attempt: Attempt,
-}
+use crate::model::{
+    ActiveRun, ActiveStage, AttemptResult, Dispatch, Interrupted, TickWrites, LOCAL_RUNNER,
+};
 
 pub const INTERRUPTED_NOTE: &str = "interrupted: the daemon stopped while this attempt ran";
 
