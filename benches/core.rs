@@ -47,7 +47,7 @@ async fn build_template(dir: &Path) {
             repo: "bench".into(),
             pipeline: "wide".into(),
             pipeline_file: "wide.yaml".into(),
-            commit: commit.clone(),
+            commit: commit.clone().into(),
             git_ref: "refs/heads/main".into(),
             trigger: "push".into(),
             run_attempt: 1,
@@ -65,7 +65,7 @@ async fn build_template(dir: &Path) {
                 .stages
                 .iter()
                 .map(|s| NewStage {
-                    name: s.name.clone(),
+                    name: s.name.clone().into(),
                     status: StageStatus::Queued,
                     needs: vec![],
                     pending_reason: None,
@@ -76,7 +76,7 @@ async fn build_template(dir: &Path) {
             .record_commit(&RecordCommit {
                 repo: "bench".into(),
                 git_ref: "refs/heads/main".into(),
-                commit,
+                commit: commit.into(),
                 runs: vec![run],
                 update_ref: false,
             })
@@ -140,7 +140,10 @@ fn dispatch(c: &mut Criterion) {
         let store = open(template.path()).await;
         store.load_active().await.expect("load")
     });
-    let specs = std::collections::HashMap::<i64, Arc<deploylite_pipeline::Pipeline>>::new();
+    let specs = std::collections::HashMap::<
+        deploylite_model::RunId,
+        Arc<deploylite_pipeline::Pipeline>,
+    >::new();
     group.bench_function("plan_tick_2000_stages", |b| {
         b.iter(|| plan_tick(&runs, &specs, &config, 0))
     });

@@ -121,7 +121,7 @@ fn ci_end_to_deploy_started(rt: &tokio::runtime::Runtime) {
     watcher.notify_on_commit(environments.waker());
     let shutdown = CancellationToken::new();
     // When each run finished, by run id, as the scheduler announces it.
-    let finished: Arc<Mutex<HashMap<i64, Instant>>> = Arc::default();
+    let finished: Arc<Mutex<HashMap<deploylite_model::RunId, Instant>>> = Arc::default();
     {
         let finished = finished.clone();
         let mut events = scheduler.subscribe();

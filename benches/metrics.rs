@@ -35,10 +35,10 @@ async fn fill(store: &Store) {
     for p in 0..PIPELINES {
         let commit = format!("{p:040x}");
         let run = NewRun {
-            repo: format!("repo{}", p % 50),
+            repo: format!("repo{}", p % 50).into(),
             pipeline: format!("pipeline{p}"),
             pipeline_file: format!("p{p}.yaml"),
-            commit: commit.clone(),
+            commit: commit.clone().into(),
             git_ref: "refs/heads/main".into(),
             trigger: "push".into(),
             run_attempt: 1,
@@ -62,7 +62,7 @@ async fn fill(store: &Store) {
             .record_commit(&RecordCommit {
                 repo: run.repo.clone(),
                 git_ref: "refs/heads/main".into(),
-                commit,
+                commit: commit.into(),
                 runs: vec![run],
                 update_ref: false,
             })
@@ -79,7 +79,7 @@ async fn fill(store: &Store) {
             writes.dispatch.push(Dispatch {
                 run_id: *run_id,
                 stage: "build".into(),
-                attempt: 1,
+                attempt: deploylite_model::Attempt::FIRST,
                 runner: "local".into(),
                 lease_deadline: None,
             });

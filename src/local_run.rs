@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use deploylite_model::RunId;
 use deploylite_reconciler::desired::{queued_run, CommitEvent};
 use deploylite_reconciler::git::{GitRepo, PipelineFile};
 use deploylite_reconciler::paths::DataDir;
@@ -154,9 +155,9 @@ pub async fn run(repo_dir: &Path, options: RunOptions<'_>) -> Result<ExitCode> {
     new_run.workspace = Some(workspace.display().to_string());
     let (created, _) = store
         .record_commit(&RecordCommit {
-            repo: repo_name,
+            repo: repo_name.into(),
             git_ref,
-            commit,
+            commit: commit.into(),
             runs: vec![new_run],
             update_ref: false,
         })
@@ -250,7 +251,7 @@ fn every_label(pipeline: &deploylite_pipeline::Pipeline) -> Vec<String> {
     labels
 }
 
-async fn print_summary(store: &Store, run_id: i64) -> Result<()> {
+async fn print_summary(store: &Store, run_id: RunId) -> Result<()> {
     let Some((_, stages)) = store.get_run(run_id).await? else {
         return Ok(());
     };
@@ -266,7 +267,7 @@ async fn print_summary(store: &Store, run_id: i64) -> Result<()> {
             _ => "-".into(),
         };
         table.row([
-            s.name,
+            s.name.into_string(),
             s.status.as_str().to_string(),
             s.attempt.to_string(),
             duration,

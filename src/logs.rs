@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
+use deploylite_model::{Attempt, RunId};
 use deploylite_reconciler::status::{RunStatus, StageStatus};
 use deploylite_runner::outcome::parse_closing_line;
 use deploylite_runner::strip_ansi;
@@ -15,10 +16,10 @@ use crate::client::Client;
 use crate::text::{closed_pipe, count, stdout_colour, write_out};
 
 pub struct LogsRequest {
-    pub run: i64,
+    pub run: RunId,
     pub stage: Option<String>,
     pub follow: bool,
-    pub attempt: Option<i64>,
+    pub attempt: Option<Attempt>,
 }
 
 /// First wait between two polls of a live log, and the longest once nothing new comes.
@@ -76,7 +77,7 @@ async fn print_logs(client: &Client, request: &LogsRequest) -> Result<ExitCode> 
         for stage in &selected {
             let attempt = request.attempt.unwrap_or(stage.attempt);
             out.header(stage, attempt)?;
-            if attempt > 0 {
+            if attempt > Attempt::NONE {
                 let log = fetch(client, run.id, &stage.name, attempt, 0).await?;
                 out.write(&String::from_utf8_lossy(&log))?;
             } else if !out.headers {
@@ -164,9 +165,9 @@ fn not_run(stage: &StageView) -> String {
 /// The bytes of a log from `offset` on.
 async fn fetch(
     client: &Client,
-    run: i64,
+    run: RunId,
     stage: &str,
-    attempt: i64,
+    attempt: Attempt,
     offset: u64,
 ) -> Result<Vec<u8>> {
     let response = client
@@ -200,13 +201,13 @@ impl Printer {
 
     /// `==> stage build, attempt 2 <==` (as `tail` heads each file), or, for a stage that has
     /// not run, why.
-    fn header(&mut self, stage: &StageView, attempt: i64) -> Result<()> {
+    fn header(&mut self, stage: &StageView, attempt: Attempt) -> Result<()> {
         if !self.headers {
             return Ok(());
         }
         let gap = if self.sections > 0 { "\n" } else { "" };
         self.sections += 1;
-        if attempt > 0 {
+        if attempt > Attempt::NONE {
             write_out(&format!(
                 "{gap}==> stage {}, attempt {attempt} <==\n",
                 stage.name
@@ -251,7 +252,7 @@ impl Backoff {
 
 struct Follower<'a> {
     client: &'a Client,
-    run: i64,
+    run: RunId,
 }
 
 impl Follower<'_> {
@@ -291,15 +292,15 @@ impl Follower<'_> {
     async fn follow_stage(
         &self,
         name: &str,
-        only_attempt: Option<i64>,
+        only_attempt: Option<Attempt>,
         out: &mut Printer,
     ) -> Result<bool> {
         let stage = self
-            .wait_stage(name, |s| s.attempt > 0 || s.status.is_final())
+            .wait_stage(name, |s| s.attempt > Attempt::NONE || s.status.is_final())
             .await?;
         let mut attempt = only_attempt.unwrap_or(stage.attempt);
         out.header(&stage, attempt)?;
-        if attempt == 0 {
+        if attempt == Attempt::NONE {
             if !out.headers {
                 eprintln!("{}", not_run(&stage));
             }
@@ -321,7 +322,7 @@ impl Follower<'_> {
                 .wait_stage(name, |s| s.attempt > attempt || s.status.is_final())
                 .await?;
             if stage.attempt > attempt {
-                attempt += 1;
+                attempt = attempt.next();
                 continue;
             }
             return Ok(stage.status == StageStatus::Success);
@@ -333,7 +334,7 @@ impl Follower<'_> {
     async fn follow_attempt(
         &self,
         name: &str,
-        attempt: i64,
+        attempt: Attempt,
         out: &mut Printer,
     ) -> Result<Option<String>> {
         let mut offset = 0u64;
@@ -385,7 +386,7 @@ mod tests {
         StageView {
             name: name.into(),
             status: StageStatus::Queued,
-            attempt: 0,
+            attempt: Attempt::NONE,
             needs: needs.iter().map(|n| n.to_string()).collect(),
             pending_reason: None,
             started_at: None,

@@ -151,8 +151,8 @@ enum Command {
         #[arg(short, long)]
         follow: bool,
         /// This attempt instead of the latest (needs STAGE when the run has several stages).
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(1..))]
-        attempt: Option<i64>,
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        attempt: Option<u32>,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -601,10 +601,10 @@ fn main() -> ExitCode {
                 server,
             } => {
                 let request = logs::LogsRequest {
-                    run,
+                    run: run.into(),
                     stage,
                     follow,
-                    attempt,
+                    attempt: attempt.map(Into::into),
                 };
                 logs::logs(&server.client()?, request).await
             }

@@ -596,13 +596,13 @@ async fn janitor(store: Store, data: DataDir, config: Config, shutdown: Cancella
                     if path.starts_with(data.workspaces()) {
                         if let Err(e) = tokio::fs::remove_dir_all(&path).await {
                             if e.kind() != std::io::ErrorKind::NotFound {
-                                tracing::warn!(run_id, path = %path.display(), error = %e, "cannot delete a workspace");
+                                tracing::warn!(run_id = run_id.get(), path = %path.display(), error = %e, "cannot delete a workspace");
                                 continue;
                             }
                         }
                     }
                     if let Err(error) = store.mark_workspace_cleaned(run_id).await {
-                        tracing::warn!(run_id, %error, "cannot record a cleaned workspace");
+                        tracing::warn!(run_id = run_id.get(), %error, "cannot record a cleaned workspace");
                     }
                 }
             }
@@ -615,12 +615,12 @@ async fn janitor(store: Store, data: DataDir, config: Config, shutdown: Cancella
                     let dir = data.run_logs(id);
                     if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
                         if e.kind() != std::io::ErrorKind::NotFound {
-                            tracing::warn!(run_id = id, error = %e, "cannot delete logs");
+                            tracing::warn!(run_id = id.get(), error = %e, "cannot delete logs");
                             continue;
                         }
                     }
                     if let Err(error) = store.mark_logs_cleaned(id).await {
-                        tracing::warn!(run_id = id, %error, "cannot record cleaned logs");
+                        tracing::warn!(run_id = id.get(), %error, "cannot record cleaned logs");
                     }
                 }
             }

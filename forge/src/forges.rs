@@ -1,6 +1,7 @@
 //! Forge configuration as the webhook receivers and the reporters need it. Secrets are wrapped
 //! so that no `Debug`, log line or error message can print them.
 
+use deploylite_model::RunId;
 use std::collections::HashMap;
 use std::fmt;
 
@@ -162,7 +163,7 @@ impl Forges {
     }
 
     /// The URL of a run on this daemon, for `details_url` / `target_url`.
-    pub fn run_url(&self, run_id: i64) -> Option<String> {
+    pub fn run_url(&self, run_id: RunId) -> Option<String> {
         self.public_url
             .as_deref()
             .map(|base| format!("{}/api/v1/runs/{run_id}", base.trim_end_matches('/')))
@@ -247,7 +248,7 @@ mod tests {
         );
         assert!(forges.repo(ForgeKind::Gitlab, "octo/app").is_none());
         assert_eq!(
-            forges.run_url(4).as_deref(),
+            forges.run_url(RunId::new(4)).as_deref(),
             Some("https://ci.example.com/api/v1/runs/4")
         );
     }

@@ -39,6 +39,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use deploylite_model::Attempt;
 use deploylite_reconciler::paths::DataDir;
 use deploylite_reconciler::status::{RunStatus, StageStatus};
 use deploylite_reconciler::store::{DueReport, RunRecord, StageRecord, Store, StoreError};
@@ -141,7 +142,7 @@ enum Outcome {
 /// releases it.
 struct Claim {
     reporter: Arc<Reporter>,
-    /// For a deployment, `due.run_id` is the deployment id.
+    /// For a deployment, `due.id` is the deployment id.
     due: DueReport,
     deployment: bool,
 }
@@ -153,7 +154,7 @@ impl Drop for Claim {
         } else {
             &self.reporter.in_flight
         };
-        lock(set).remove(&self.due.run_id);
+        lock(set).remove(&self.due.id);
     }
 }
 
@@ -299,7 +300,7 @@ impl Reporter {
         };
         let mut in_flight = lock(set);
         due.into_iter()
-            .filter(|d| in_flight.insert(d.run_id))
+            .filter(|d| in_flight.insert(d.id))
             .take(limit)
             .map(|due| Claim {
                 reporter: self.clone(),
@@ -315,14 +316,14 @@ impl Reporter {
         if claim.deployment {
             let span = tracing::info_span!(
                 "forge_deployment_report",
-                deployment_id = due.run_id,
+                deployment_id = due.id,
                 attempt = due.attempts + 1,
             );
             return self.process_deployment(due).instrument(span).await;
         }
         let span = tracing::info_span!(
             "forge_report",
-            run_id = due.run_id,
+            run_id = due.id,
             attempt = due.attempts + 1,
             forge = tracing::field::Empty
         );
@@ -340,30 +341,30 @@ impl Reporter {
             };
         let result = match &outcome {
             Outcome::Delivered => {
-                tracing::info!(run_id = due.run_id, "report delivered");
-                self.store.report_sent(due.run_id, due.up_to_id).await
+                tracing::info!(run_id = due.id, "report delivered");
+                self.store.report_sent(due.run_id(), due.up_to_id).await
             }
             Outcome::NothingToDo(why) => {
-                tracing::debug!(run_id = due.run_id, why = %why, "nothing to report");
-                self.store.report_sent(due.run_id, due.up_to_id).await
+                tracing::debug!(run_id = due.id, why = %why, "nothing to report");
+                self.store.report_sent(due.run_id(), due.up_to_id).await
             }
             Outcome::GiveUp(error) => {
-                tracing::warn!(run_id = due.run_id, attempts = due.attempts + 1, %error, "giving up on a forge report");
-                self.store.report_sent(due.run_id, due.up_to_id).await
+                tracing::warn!(run_id = due.id, attempts = due.attempts + 1, %error, "giving up on a forge report");
+                self.store.report_sent(due.run_id(), due.up_to_id).await
             }
             Outcome::Retry { at, error } => {
                 tracing::warn!(
-                    run_id = due.run_id,
+                    run_id = due.id,
                     attempts = due.attempts + 1,
                     retry_in_ms = at - now_ms(),
                     %error,
                     "cannot report to the forge; will retry"
                 );
-                self.store.report_failed(due.run_id, *at, error).await
+                self.store.report_failed(due.run_id(), *at, error).await
             }
         };
         if let Err(error) = result {
-            tracing::warn!(run_id = due.run_id, %error, "cannot record a report's outcome");
+            tracing::warn!(run_id = due.id, %error, "cannot record a report's outcome");
             return false;
         }
         !matches!(outcome, Outcome::Retry { .. })
@@ -371,7 +372,7 @@ impl Reporter {
 
     /// Sends one deployment's report and records the result. True when the rows are done with.
     async fn process_deployment(&self, due: &DueReport) -> bool {
-        let id = due.run_id;
+        let id = due.id;
         let outcome =
             match tokio::time::timeout(self.config.delivery_timeout, self.deliver_deployment(due))
                 .await
@@ -415,7 +416,7 @@ impl Reporter {
     }
 
     async fn deliver_deployment(&self, due: &DueReport) -> Outcome {
-        let deployment = match self.store.deployment(due.run_id).await {
+        let deployment = match self.store.deployment(due.id).await {
             Ok(Some(d)) => d,
             Ok(None) => return Outcome::NothingToDo("the deployment no longer exists".into()),
             Err(e) => return self.failed(None, due.attempts, DeliveryError::Store(e)),
@@ -499,7 +500,7 @@ impl Reporter {
     }
 
     async fn deliver(&self, due: &DueReport) -> Outcome {
-        let (run, stages) = match self.store.get_run(due.run_id).await {
+        let (run, stages) = match self.store.get_run(due.run_id()).await {
             Ok(Some(found)) => found,
             Ok(None) => return Outcome::NothingToDo("the run no longer exists".into()),
             Err(e) => return self.failed(None, due.attempts, DeliveryError::Store(e)),
@@ -733,7 +734,7 @@ impl Reporter {
                     .find(|a| a.attempt == stage.attempt)
                     .or(attempts.last());
                 let note = latest.and_then(|a| a.note.clone());
-                let log_tail = if with_log && stage.attempt > 0 {
+                let log_tail = if with_log && stage.attempt > Attempt::NONE {
                     read_log_tail(self.data.log_path(run.id, &stage.name, stage.attempt)).await
                 } else {
                     Vec::new()
@@ -745,7 +746,7 @@ impl Reporter {
                         .take(5)
                         .any(|l| l.contains("timed out after"));
                 failure = Some(Failure {
-                    stage: stage.name.clone(),
+                    stage: stage.name.to_string(),
                     attempt: stage.attempt,
                     note,
                     exit_code: stage.exit_code.or(latest.and_then(|a| a.exit_code)),

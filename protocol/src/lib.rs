@@ -16,6 +16,7 @@ mod outcome;
 
 use std::collections::BTreeMap;
 
+use deploylite_model::{Attempt, CommitSha, RepoName, RunId};
 use deploylite_pipeline::Stage;
 use serde::{Deserialize, Serialize};
 
@@ -30,13 +31,15 @@ pub const DEFAULT_LOG_BYTES: u64 = 64 * 1024 * 1024;
 /// (with the runner's `outcome::verdict`) whether a failure is final and rolls back.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LeaseJob {
-    pub run_id: i64,
+    pub run_id: RunId,
     pub stage: Stage,
-    pub attempt: i64,
-    pub failures: i64,
-    pub repo: String,
+    /// A number out of `u32`'s range is refused when the lease is read, not clamped.
+    pub attempt: Attempt,
+    /// Failed attempts before this one (what `retry.max` counts).
+    pub failures: u32,
+    pub repo: RepoName,
     pub pipeline: String,
-    pub commit: String,
+    pub commit: CommitSha,
     pub git_ref: String,
     pub trigger: String,
     /// The stage's environment, `DEPLOYLITE_*` included (the workspace path is the runner's).
@@ -110,13 +113,13 @@ mod tests {
         }))
         .unwrap_or_else(|e| panic!("a stage: {e}"));
         let lease = LeaseJob {
-            run_id: 7,
+            run_id: RunId::new(7),
             stage,
-            attempt: 1,
+            attempt: Attempt::FIRST,
             failures: 0,
             repo: "app".into(),
             pipeline: "ci".into(),
-            commit: "c".repeat(40),
+            commit: "c".repeat(40).into(),
             git_ref: "refs/heads/main".into(),
             trigger: "push".into(),
             env: BTreeMap::new(),
@@ -127,6 +130,10 @@ mod tests {
         };
         let mut wire = serde_json::to_value(&lease).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(wire["log_bytes"], 1024);
+        // The typed ids are the bare numbers runners of every version read and send.
+        assert_eq!(wire["run_id"], 7);
+        assert_eq!(wire["attempt"], 1);
+        assert_eq!(wire["failures"], 0);
         let back: LeaseJob = serde_json::from_value(wire.clone()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(back, lease);
         wire.as_object_mut().map(|o| o.remove("log_bytes"));

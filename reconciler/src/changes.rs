@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
+use deploylite_model::{Attempt, RunId};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
@@ -35,11 +36,11 @@ pub struct Change {
     #[serde(skip)]
     pub seq: u64,
     pub subject: Subject,
-    pub run_id: i64,
+    pub run_id: RunId,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stage: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub attempt: Option<i64>,
+    pub attempt: Option<Attempt>,
     /// The deployment of a `deployment` change (its `run_id` is 0).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deployment_id: Option<i64>,
@@ -110,9 +111,9 @@ impl ChangeFeed {
     pub fn publish(
         &self,
         subject: Subject,
-        run_id: i64,
+        run_id: RunId,
         stage: Option<&str>,
-        attempt: Option<i64>,
+        attempt: Option<Attempt>,
         status: &str,
     ) {
         self.push(Change {
@@ -135,7 +136,7 @@ impl ChangeFeed {
             id: String::new(),
             seq: 0,
             subject: Subject::Deployment,
-            run_id: 0,
+            run_id: RunId::new(0),
             stage: None,
             attempt: None,
             deployment_id: Some(event.id),
@@ -200,7 +201,7 @@ impl ChangeFeed {
                 Ok(event) => self.publish_event(&event),
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     tracing::warn!(missed, "the change feed fell behind the scheduler");
-                    self.publish(Subject::Run, 0, None, None, "reset");
+                    self.publish(Subject::Run, RunId::new(0), None, None, "reset");
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             }
@@ -217,7 +218,7 @@ impl ChangeFeed {
                 Ok(event) => self.publish_deployment(&event),
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     tracing::warn!(missed, "the change feed fell behind the deployments");
-                    self.publish(Subject::Run, 0, None, None, "reset");
+                    self.publish(Subject::Run, RunId::new(0), None, None, "reset");
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             }
@@ -283,7 +284,7 @@ mod tests {
     fn a_follower_resumes_after_the_change_it_named() {
         let feed = ChangeFeed::with_capacity(8);
         for run in 1..=5 {
-            feed.publish(Subject::Run, run, None, None, "running");
+            feed.publish(Subject::Run, RunId::new(run), None, None, "running");
         }
         let third = format!("{}-3", feed.epoch);
         let Resume::From(missed, _) = feed.resume(Some(&third)) else {
@@ -301,7 +302,7 @@ mod tests {
     fn too_old_future_or_foreign_ids_reset() {
         let feed = ChangeFeed::with_capacity(4);
         for run in 1..=10 {
-            feed.publish(Subject::Run, run, None, None, "running");
+            feed.publish(Subject::Run, RunId::new(run), None, None, "running");
         }
         // The ring keeps 7..=10: resuming after 6 is still complete, after 5 is not.
         assert!(matches!(
@@ -324,16 +325,22 @@ mod tests {
     #[tokio::test]
     async fn live_changes_follow_the_backlog_without_gaps() {
         let feed = ChangeFeed::with_capacity(8);
-        feed.publish(Subject::Run, 1, None, None, "running");
+        feed.publish(Subject::Run, RunId::new(1), None, None, "running");
         let first = format!("{}-1", feed.epoch);
         let Resume::From(missed, mut live) = feed.resume(Some(&first)) else {
             panic!("expected a resume");
         };
         assert!(missed.is_empty());
-        feed.publish(Subject::Stage, 1, Some("build"), Some(1), "running");
+        feed.publish(
+            Subject::Stage,
+            RunId::new(1),
+            Some("build"),
+            Some(Attempt::FIRST),
+            "running",
+        );
         let next = live.recv().await.expect("a live change");
         assert_eq!(next.seq, 2);
         assert_eq!(next.stage.as_deref(), Some("build"));
-        assert_eq!(next.attempt, Some(1));
+        assert_eq!(next.attempt, Some(Attempt::FIRST));
     }
 }

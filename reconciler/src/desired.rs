@@ -156,10 +156,10 @@ pub fn desired_runs_except(
 
 fn base_run(file: &PipelineFile, event: &CommitEvent, pipeline: &str, status: RunStatus) -> NewRun {
     NewRun {
-        repo: event.repo.clone(),
+        repo: event.repo.clone().into(),
         pipeline: pipeline.to_string(),
         pipeline_file: file.path.clone(),
-        commit: event.commit.clone(),
+        commit: event.commit.clone().into(),
         git_ref: event.git_ref.clone(),
         trigger: event.trigger().to_string(),
         run_attempt: 1,
@@ -207,7 +207,7 @@ pub fn queued_run(file: &PipelineFile, event: &CommitEvent, pipeline: &Pipeline)
         .map(|stage| {
             let skipped_by_if = stage.condition.as_ref().filter(|c| !c.eval(&context));
             NewStage {
-                name: stage.name.clone(),
+                name: stage.name.clone().into(),
                 status: if skipped_by_if.is_some() {
                     StageStatus::Skipped
                 } else {

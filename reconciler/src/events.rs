@@ -2,6 +2,7 @@
 //! the webhook crate knows). Every action is idempotent: a webhook and a poll for the same
 //! commit, or a replayed delivery, cannot create a second run.
 
+use deploylite_model::RunId;
 use deploylite_pipeline::Event;
 
 use crate::store::PullRequestInfo;
@@ -96,9 +97,9 @@ impl PullRequestEvent {
 /// What applying an event did, for logs and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Applied {
-    pub created: Vec<i64>,
-    pub cancelled: Vec<i64>,
-    pub approved: Vec<i64>,
+    pub created: Vec<RunId>,
+    pub cancelled: Vec<RunId>,
+    pub approved: Vec<RunId>,
     pub polled: bool,
 }
 
@@ -200,7 +201,10 @@ impl Watcher {
         }
     }
 
-    async fn apply_approval(&self, comment: &ApprovalComment) -> Result<Vec<i64>, ReconcileError> {
+    async fn apply_approval(
+        &self,
+        comment: &ApprovalComment,
+    ) -> Result<Vec<RunId>, ReconcileError> {
         let store = self.store();
         let approved = match &comment.commit {
             Some(commit) => {
@@ -254,7 +258,7 @@ impl Watcher {
         &self,
         pr: &PullRequestEvent,
         fetch: bool,
-    ) -> Result<Vec<i64>, ReconcileError> {
+    ) -> Result<Vec<RunId>, ReconcileError> {
         let entry = self
             .repos()
             .get(&pr.repo)

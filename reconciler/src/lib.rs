@@ -8,13 +8,15 @@ pub mod environments;
 pub mod events;
 pub mod git;
 pub mod inbox;
+pub mod model;
 pub mod observe;
 pub mod paths;
 pub mod pulls;
 pub mod run_gate;
 pub mod scheduler;
 pub mod secrets;
-pub mod status;
+/// The run, stage and deployment state machines (the `deploylite-model` crate's).
+pub use deploylite_model::status;
 pub mod store;
 pub mod trust;
 pub mod watcher;

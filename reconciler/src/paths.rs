@@ -1,5 +1,6 @@
 //! The layout of the data directory, in one place.
 
+use deploylite_model::{Attempt, RunId};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone)]
@@ -19,12 +20,12 @@ impl DataDir {
     /// `logs/<run>/<stage>@<attempt>.log`: one directory per run, not per stage, because
     /// creating a directory costs as much as the rest of a short stage's bookkeeping. `@` never
     /// appears in an encoded stage name, so the name cannot collide with another stage's.
-    pub fn log_path(&self, run_id: i64, stage: &str, attempt: i64) -> PathBuf {
+    pub fn log_path(&self, run_id: RunId, stage: &str, attempt: Attempt) -> PathBuf {
         self.run_logs(run_id)
             .join(format!("{}@{attempt}.log", safe_component(stage)))
     }
 
-    pub fn run_logs(&self, run_id: i64) -> PathBuf {
+    pub fn run_logs(&self, run_id: RunId) -> PathBuf {
         self.root.join("logs").join(run_id.to_string())
     }
 
@@ -32,7 +33,7 @@ impl DataDir {
         self.root.join("workspaces")
     }
 
-    pub fn workspace(&self, run_id: i64) -> PathBuf {
+    pub fn workspace(&self, run_id: RunId) -> PathBuf {
         self.workspaces().join(run_id.to_string())
     }
 
@@ -119,15 +120,15 @@ mod tests {
     fn names_cannot_escape() {
         let d = DataDir::new("/data");
         assert_eq!(
-            d.log_path(3, "test", 2),
+            d.log_path(RunId::new(3), "test", Attempt::new(2)),
             PathBuf::from("/data/logs/3/test@2.log")
         );
         assert_eq!(
-            d.log_path(3, "..", 1),
+            d.log_path(RunId::new(3), "..", Attempt::new(1)),
             PathBuf::from("/data/logs/3/%2e%2e@1.log")
         );
         assert_eq!(
-            d.log_path(3, "a@1", 2),
+            d.log_path(RunId::new(3), "a@1", Attempt::new(2)),
             PathBuf::from("/data/logs/3/%61%40%31@2.log")
         );
         assert_eq!(d.mirror("a/b"), PathBuf::from("/data/git/%61%2f%62.git"));

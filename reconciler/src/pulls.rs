@@ -12,6 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use deploylite_model::RunId;
 use deploylite_runner::{BoxFuture, CancellationToken};
 use tokio::sync::Notify;
 
@@ -78,8 +79,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// What one pull request reconcile did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PullsReconciled {
-    pub created: Vec<i64>,
-    pub cancelled: Vec<i64>,
+    pub created: Vec<RunId>,
+    pub cancelled: Vec<RunId>,
     /// The listing was unchanged and the previous one fully reconciled: nothing was looked at.
     pub unchanged: bool,
 }
@@ -227,7 +228,7 @@ impl Watcher {
         &self,
         entry: &Arc<RepoEntry>,
         pr: &PullRequestEvent,
-    ) -> Result<Option<Vec<i64>>, crate::watcher::ReconcileError> {
+    ) -> Result<Option<Vec<RunId>>, crate::watcher::ReconcileError> {
         let mut present = false;
         for fetch in [false, true] {
             let (git_ref, head) = (pr.git_ref.clone(), pr.head_sha.clone());

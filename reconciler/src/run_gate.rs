@@ -82,7 +82,7 @@ fn input(run: &NewRun, pipeline: Option<&Pipeline>, facts: &RunGateFacts) -> Pol
         now: facts.now.clone(),
         repository: facts.repository.clone(),
         commit: Commit {
-            sha: run.commit.clone(),
+            sha: run.commit.to_string(),
             git_ref: run.git_ref.clone(),
             branch: run.git_ref.strip_prefix("refs/heads/").map(str::to_string),
             tag: run.git_ref.strip_prefix("refs/tags/").map(str::to_string),

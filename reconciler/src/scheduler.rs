@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use deploylite_model::{Attempt, RunId, StageName};
 use deploylite_pipeline::Pipeline;
 use deploylite_runner::{CancellationToken, Executor};
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
@@ -93,27 +94,27 @@ pub enum WorkspaceError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum SchedulerEvent {
     RunStarted {
-        run_id: i64,
+        run_id: RunId,
     },
     StageStarted {
-        run_id: i64,
-        stage: String,
-        attempt: i64,
+        run_id: RunId,
+        stage: StageName,
+        attempt: Attempt,
     },
     StageFinished {
-        run_id: i64,
-        stage: String,
-        attempt: i64,
+        run_id: RunId,
+        stage: StageName,
+        attempt: Attempt,
         status: StageStatus,
     },
     RunFinished {
-        run_id: i64,
+        run_id: RunId,
         status: RunStatus,
     },
     /// A queued stage that will not run (its needs failed, its `if:` is false, its run ended).
     StageSkipped {
-        run_id: i64,
-        stage: String,
+        run_id: RunId,
+        stage: StageName,
         status: StageStatus,
     },
 }
@@ -131,11 +132,11 @@ enum Completion {
         reply: Option<oneshot::Sender<bool>>,
     },
     WorkspaceReady {
-        run_id: i64,
+        run_id: RunId,
         path: String,
     },
     WorkspaceFailed {
-        run_id: i64,
+        run_id: RunId,
         message: String,
     },
 }
@@ -166,9 +167,9 @@ pub struct Scheduler {
     workspaces: Arc<dyn WorkspaceSource>,
     wake: Arc<Notify>,
     events: broadcast::Sender<SchedulerEvent>,
-    specs: Mutex<HashMap<i64, Arc<Pipeline>>>,
-    running: Mutex<HashMap<(i64, String), CancellationToken>>,
-    preparing: Mutex<HashSet<i64>>,
+    specs: Mutex<HashMap<RunId, Arc<Pipeline>>>,
+    running: Mutex<HashMap<(RunId, StageName), CancellationToken>>,
+    preparing: Mutex<HashSet<RunId>>,
     completions: mpsc::UnboundedSender<Completion>,
     /// The receiving end, taken by [`Scheduler::run`].
     completions_rx: Mutex<Option<mpsc::UnboundedReceiver<Completion>>>,
@@ -284,16 +285,11 @@ impl Scheduler {
             let (run_id, stage, attempt) = (i.run_id, i.stage.clone(), i.attempt);
             let workspaces = self.data.workspaces();
             let killed = tokio::task::spawn_blocking(move || {
-                deploylite_runner::kill_orphans(
-                    &workspaces,
-                    run_id,
-                    &stage,
-                    u32::try_from(attempt).unwrap_or(0),
-                )
+                deploylite_runner::kill_orphans(&workspaces, run_id, &stage, attempt)
             })
             .await
             .unwrap_or(0);
-            tracing::warn!(run_id, stage = %i.stage, attempt, orphans_killed = killed,
+            tracing::warn!(run_id = run_id.get(), stage = %i.stage, attempt = attempt.get(), orphans_killed = killed,
                 "stage attempt was interrupted by a daemon restart; it will run again");
             self.close_attempt_log(
                 run_id,
@@ -478,7 +474,7 @@ impl Scheduler {
         };
 
         for expired in &writes.expire {
-            tracing::warn!(run_id = expired.run_id, stage = %expired.stage, attempt = expired.attempt, runner = %expired.runner,
+            tracing::warn!(run_id = expired.run_id.get(), stage = %expired.stage, attempt = expired.attempt.get(), runner = %expired.runner,
                 "lease expired: the stage goes back to the queue");
             self.close_attempt_log(
                 expired.run_id,
@@ -565,7 +561,7 @@ impl Scheduler {
                         let _ = reply.send(*applied);
                     }
                     if !applied {
-                        tracing::warn!(run_id = result.run_id, stage = %result.stage, attempt = result.attempt,
+                        tracing::warn!(run_id = result.run_id.get(), stage = %result.stage, attempt = result.attempt.get(),
                             "attempt result ignored: the attempt is no longer current");
                         continue;
                     }
@@ -608,15 +604,15 @@ impl Scheduler {
 
     /// A run's pipeline, from the cache the ticks fill (parsing a large spec for every lease
     /// and every report would cost more than the rest of the request).
-    async fn spec_of(&self, run_id: i64) -> Result<Arc<Pipeline>, StoreError> {
+    async fn spec_of(&self, run_id: RunId) -> Result<Arc<Pipeline>, StoreError> {
         if let Some(spec) = lock(&self.specs).get(&run_id) {
             return Ok(spec.clone());
         }
         Ok(Arc::new(self.store.run_spec(run_id).await?))
     }
 
-    async fn specs_for(&self, runs: &[ActiveRun]) -> HashMap<i64, Arc<Pipeline>> {
-        let missing: Vec<i64> = {
+    async fn specs_for(&self, runs: &[ActiveRun]) -> HashMap<RunId, Arc<Pipeline>> {
+        let missing: Vec<RunId> = {
             let cache = lock(&self.specs);
             runs.iter()
                 .filter(|r| !cache.contains_key(&r.id))
@@ -628,7 +624,9 @@ impl Scheduler {
                 Ok(spec) => {
                     lock(&self.specs).insert(id, Arc::new(spec));
                 }
-                Err(error) => tracing::error!(run_id = id, %error, "cannot read a run's pipeline"),
+                Err(error) => {
+                    tracing::error!(run_id = id.get(), %error, "cannot read a run's pipeline")
+                }
             }
         }
         let cache = lock(&self.specs);
@@ -668,7 +666,7 @@ impl Scheduler {
                 },
                 Err(message) => {
                     let message = message.to_string();
-                    tracing::error!(run_id, %message, "cannot prepare the workspace");
+                    tracing::error!(run_id = run_id.get(), %message, "cannot prepare the workspace");
                     Completion::WorkspaceFailed {
                         run_id,
                         message: format!("cannot prepare the workspace: {message}"),
@@ -676,7 +674,7 @@ impl Scheduler {
                 }
             };
             if let Err(error) = this.complete(completion).await {
-                tracing::error!(run_id, %error, "cannot record the workspace");
+                tracing::error!(run_id = run_id.get(), %error, "cannot record the workspace");
                 lock(&this.preparing).remove(&run_id);
             }
         });

@@ -23,8 +23,9 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, ConnectOptions, Executor};
+use deploylite_model::{Attempt, RunId};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, ConnectOptions, Executor, Row};
 
 pub use auth::{AuditEntry, AuditRecord, Role, TokenIdentity, TokenRecord};
 pub use daemon_lock::DatabaseLock;
@@ -33,15 +34,14 @@ pub use environments::{
     NewDeployment, MAX_DRIFT_REDEPLOYS,
 };
 pub use forge::DueReport;
-pub use runners::{Lease, Registration, RunnerRecord, LOCAL_RUNNER};
-pub use runs::{
-    NewRun, NewStage, PullRequestInfo, RecordCommit, RunFilter, RunRecord, StageAttemptRecord,
-    StageRecord,
+// The run domain model, re-exported where the store's callers have always found it.
+pub use crate::model::{
+    ActiveRun, ActiveStage, AttemptResult, Dispatch, ExpiredLease, Interrupted, Lease, NewRun,
+    NewStage, PullRequestInfo, RecordCommit, RunFilter, RunFinish, RunRecord, StageAttemptRecord,
+    StageRecord, StageSkip, TickWrites, LOCAL_RUNNER,
 };
-pub use schedule::{
-    ActiveRun, ActiveStage, AttemptResult, Dispatch, ExpiredLease, Interrupted, RunFinish,
-    StageSkip, TickTx, TickWrites, INTERRUPTED_NOTE,
-};
+pub use runners::{Registration, RunnerRecord};
+pub use schedule::{TickTx, INTERRUPTED_NOTE};
 pub use secrets::{SealedSecret, SecretInfo};
 pub use telemetry::{AttemptTiming, RemoteRunnerGauge, RunTiming, SchedulingGauges};
 
@@ -70,6 +70,8 @@ pub enum StoreError {
     Stopping,
     #[error("the database holds a value this version cannot read ({0})")]
     Corrupt(String),
+    #[error("the database holds a value this version cannot read ({0})")]
+    OutOfRange(#[from] deploylite_model::OutOfRange),
     #[error(
         "another deploylite serve holds the database {url} ({holder}); one daemon per database \
          until replicas are supported: stop it first"
@@ -80,6 +82,48 @@ pub enum StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The typed ids, read from a row: the columns are BIGINT, the domain's types narrower.
+pub(crate) trait RowExt {
+    fn run_id(&self, column: &str, context: &'static str) -> Result<RunId>;
+    /// An attempt number outside `u32` is [`StoreError::OutOfRange`], never clamped.
+    fn attempt(&self, column: &str, context: &'static str) -> Result<Attempt>;
+    /// A count (a stage's failures) outside `u32`: [`StoreError::OutOfRange`].
+    fn count(&self, column: &str, context: &'static str) -> Result<u32>;
+    /// A text column as a string id (`RepoName`, `CommitSha`, `StageName`).
+    fn text<T: From<String>>(&self, column: &str, context: &'static str) -> Result<T>;
+}
+
+impl RowExt for AnyRow {
+    fn run_id(&self, column: &str, context: &'static str) -> Result<RunId> {
+        self.try_get::<i64, _>(column).ctx(context).map(RunId::from)
+    }
+
+    fn attempt(&self, column: &str, context: &'static str) -> Result<Attempt> {
+        Ok(Attempt::try_from(
+            self.try_get::<i64, _>(column).ctx(context)?,
+        )?)
+    }
+
+    fn count(&self, column: &str, context: &'static str) -> Result<u32> {
+        let value: i64 = self.try_get(column).ctx(context)?;
+        u32::try_from(value).map_err(|_| {
+            StoreError::OutOfRange(deploylite_model::OutOfRange {
+                what: "count",
+                value,
+            })
+        })
+    }
+
+    fn text<T: From<String>>(&self, column: &str, context: &'static str) -> Result<T> {
+        self.try_get::<String, _>(column).ctx(context).map(T::from)
+    }
+}
+
+/// Ids a query returned (`RETURNING id`, `SELECT id`) as runs' ids.
+pub(crate) fn run_ids(ids: Vec<i64>) -> Vec<RunId> {
+    ids.into_iter().map(RunId::from).collect()
+}
 
 pub(crate) trait DbContext<T> {
     fn ctx(self, context: &'static str) -> Result<T>;

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use deploylite_model::RunId;
 use deploylite_pipeline::{Event, GlobList};
 use deploylite_runner::source_url::redact_url;
 use deploylite_runner::{BoxFuture, CancellationToken};
@@ -477,7 +478,7 @@ impl Watcher {
         &self,
         entry: &Arc<RepoEntry>,
         head: RefCommit<'_>,
-    ) -> Result<Vec<i64>, ReconcileError> {
+    ) -> Result<Vec<RunId>, ReconcileError> {
         let RefCommit {
             git_ref,
             commit,
@@ -560,9 +561,9 @@ impl Watcher {
         let (created, cancelled) = self
             .store
             .record_commit(&RecordCommit {
-                repo: entry.config.name.clone(),
+                repo: entry.config.name.clone().into(),
                 git_ref: git_ref.to_string(),
-                commit: commit.to_string(),
+                commit: commit.into(),
                 runs,
                 // Pull request heads are watched through listings (`pulls.rs`), not as refs.
                 update_ref: matches!(event_kind, EventKind::Ref),

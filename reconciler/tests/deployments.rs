@@ -415,7 +415,7 @@ async fn holds_and_the_environment_summary(store: &Store) {
 
     // A drift check: started, then its verdict.
     let mut tx = store.begin_environments().await.expect("tx");
-    tx.start_check("app", "staging", 42, 1_000)
+    tx.start_check("app", "staging", 42.into(), 1_000)
         .await
         .expect("start");
     tx.commit().await.expect("commit");
@@ -426,7 +426,7 @@ async fn holds_and_the_environment_summary(store: &Store) {
         .expect("exists");
     assert_eq!(
         (env.check_run_id, env.next_check_at),
-        (Some(42), Some(1_000))
+        (Some(42.into()), Some(1_000))
     );
     let mut tx = store.begin_environments().await.expect("tx");
     tx.finish_check("app", "staging", Sync::Drifted, 1, 2_000)

@@ -307,9 +307,9 @@ async fn the_pod_clone_script_uses_the_secret_and_leaves_no_credential_in_the_wo
     let secret_values = HashMap::from([("username", USER), ("password", SECRET)]);
     let url = format!("http://127.0.0.1:{port}/x.git");
     let job = deploylite_runner::StageJob {
-        run_id: 1,
+        run_id: 1.into(),
         stage: "s".into(),
-        attempt: 1,
+        attempt: 1.into(),
         workspace: PathBuf::from("/nowhere"),
         env: Default::default(),
         steps: Vec::new(),
@@ -320,7 +320,7 @@ async fn the_pod_clone_script_uses_the_secret_and_leaves_no_credential_in_the_wo
         source_url: Some(url.clone()),
         repo: "r".into(),
         pipeline: "p".into(),
-        commit: commit.clone(),
+        commit: commit.clone().into(),
     };
     let env = clone_env(&job, &url, Some("git-creds"));
     let spec_text = serde_json::to_string(&env).unwrap();

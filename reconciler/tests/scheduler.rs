@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use deploylite_model::{Attempt as AttemptNumber, RunId};
 use deploylite_pipeline::GlobList;
 use deploylite_reconciler::paths::DataDir;
 use deploylite_reconciler::scheduler::{Scheduler, SchedulerConfig, SchedulerEvent};
@@ -72,7 +73,7 @@ impl Harness {
     }
 
     /// Waits for the scheduler's event that run `run_id` ended; its status.
-    async fn run_finished(&mut self) -> (i64, RunStatus) {
+    async fn run_finished(&mut self) -> (RunId, RunStatus) {
         let next = async {
             loop {
                 match self.events.recv().await {
@@ -87,7 +88,7 @@ impl Harness {
             .unwrap_or_else(|_| panic!("no run finished within {DEADLINE:?}"))
     }
 
-    async fn stages(&self, run_id: i64) -> Vec<StageRecord> {
+    async fn stages(&self, run_id: RunId) -> Vec<StageRecord> {
         let (_, stages) = self
             .store
             .get_run(run_id)
@@ -97,7 +98,7 @@ impl Harness {
         stages
     }
 
-    async fn stage(&self, run_id: i64, name: &str) -> StageRecord {
+    async fn stage(&self, run_id: RunId, name: &str) -> StageRecord {
         self.stages(run_id)
             .await
             .into_iter()
@@ -156,7 +157,10 @@ async fn a_failed_attempt_is_retried_and_its_dependents_run_after_the_success() 
         .collect();
     assert_eq!(order, [("build", 1), ("build", 2), ("test", 1)]);
     let build = harness.stage(run_id, "build").await;
-    assert_eq!((build.status, build.attempt), (StageStatus::Success, 2));
+    assert_eq!(
+        (build.status, build.attempt),
+        (StageStatus::Success, AttemptNumber::from(2))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,7 +219,7 @@ async fn stages_wait_for_capacity_and_run_when_a_slot_frees() {
     let waiting = deploylite_testkit::wait::until("the third stage to wait for capacity", || {
         let harness = &harness;
         async move {
-            let stages = harness.stages(run_id).await;
+            let stages = harness.stages(RunId::from(run_id)).await;
             stages.into_iter().find(|s| {
                 s.status == StageStatus::Queued
                     && s.pending_reason
@@ -250,20 +254,23 @@ async fn cancelling_a_run_cancels_its_hanging_stage_and_skips_the_rest() {
     let run_id = executor.wait_started("rollout", 1).await;
     harness
         .store
-        .request_cancel(run_id, "cancelled by the test")
+        .request_cancel(RunId::from(run_id), "cancelled by the test")
         .await
         .expect("the store answers")
         .expect("the run exists");
     harness.scheduler.waker().notify_one();
 
     let (finished, status) = harness.run_finished().await;
-    assert_eq!((finished, status), (run_id, RunStatus::Cancelled));
+    assert_eq!(
+        (finished, status),
+        (RunId::from(run_id), RunStatus::Cancelled)
+    );
     assert_eq!(
         outcomes_of(&executor.attempts(), "rollout"),
         [Some(&AttemptOutcome::Cancelled)]
     );
     assert_eq!(
-        harness.stage(run_id, "verify").await.status,
+        harness.stage(RunId::from(run_id), "verify").await.status,
         StageStatus::Skipped
     );
 }

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use deploylite_model::Attempt;
 use deploylite_pipeline::Concurrency;
 use deploylite_reconciler::secrets::{
     next_key_path, reseal_all, SecretKey, SecretKeys, SecretScope,
@@ -244,7 +245,7 @@ async fn each_use_is_audited_by_name_never_by_value(store: &Store) {
         (env_scope("production"), "DB_URL".to_string()),
     ];
     store
-        .record_secret_uses(run_id, "build", 1, &used)
+        .record_secret_uses(run_id, "build", Attempt::from(1), &used)
         .await
         .expect("audited");
     let uses = store.secret_uses(run_id).await.expect("read");
@@ -253,13 +254,13 @@ async fn each_use_is_audited_by_name_never_by_value(store: &Store) {
         vec![
             (
                 "build".to_string(),
-                1,
+                Attempt::from(1),
                 repo_scope(),
                 "API_TOKEN".to_string()
             ),
             (
                 "build".to_string(),
-                1,
+                Attempt::from(1),
                 env_scope("production"),
                 "DB_URL".to_string()
             ),

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use deploylite_model::{Attempt, RunId};
 use deploylite_pipeline::Concurrency;
 use deploylite_reconciler::status::{RunStatus, StageStatus};
 use deploylite_reconciler::store::{
@@ -140,7 +141,7 @@ fn record(commit: &str, runs: Vec<NewRun>) -> RecordCommit {
     }
 }
 
-async fn one_run(store: &Store, commit: &str) -> i64 {
+async fn one_run(store: &Store, commit: &str) -> RunId {
     let (created, _) = store
         .record_commit(&record(
             commit,
@@ -152,14 +153,14 @@ async fn one_run(store: &Store, commit: &str) -> i64 {
 }
 
 /// Starts the run and dispatches `build` as attempt `attempt`.
-async fn dispatch_build(store: &Store, run_id: i64, attempt: i64) {
+async fn dispatch_build(store: &Store, run_id: RunId, attempt: u32) {
     store
         .apply_tick(&TickWrites {
             start_runs: vec![run_id],
             dispatch: vec![Dispatch {
                 run_id,
                 stage: "build".into(),
-                attempt,
+                attempt: attempt.into(),
                 runner: "local".into(),
                 lease_deadline: None,
             }],
@@ -169,7 +170,7 @@ async fn dispatch_build(store: &Store, run_id: i64, attempt: i64) {
         .expect("tick");
 }
 
-async fn stage_status(store: &Store, run_id: i64, stage: &str) -> (StageStatus, i64) {
+async fn stage_status(store: &Store, run_id: RunId, stage: &str) -> (StageStatus, u32) {
     let (_, stages) = store
         .get_run(run_id)
         .await
@@ -179,7 +180,7 @@ async fn stage_status(store: &Store, run_id: i64, stage: &str) -> (StageStatus, 
         .into_iter()
         .find(|s| s.name == stage)
         .expect("stage exists");
-    (s.status, s.attempt)
+    (s.status, s.attempt.get())
 }
 
 async fn a_run_is_created_once_per_identity(store: &Store, _url: &str) {
@@ -280,7 +281,7 @@ async fn a_tick_is_written_atomically_and_guarded(store: &Store, _url: &str) {
             dispatch: vec![Dispatch {
                 run_id,
                 stage: "build".into(),
-                attempt: 7,
+                attempt: Attempt::new(7),
                 runner: "local".into(),
                 lease_deadline: None,
             }],
@@ -303,11 +304,11 @@ async fn a_tick_is_written_atomically_and_guarded(store: &Store, _url: &str) {
     assert_eq!(attempts[0].status, StageStatus::Running);
 }
 
-fn result(run_id: i64, attempt: i64, status: StageStatus) -> AttemptResult {
+fn result(run_id: RunId, attempt: u32, status: StageStatus) -> AttemptResult {
     AttemptResult {
         run_id,
         stage: "build".into(),
-        attempt,
+        attempt: attempt.into(),
         attempt_status: status,
         stage_status: status,
         exit_code: Some(if status == StageStatus::Success { 0 } else { 1 }),
@@ -358,7 +359,7 @@ async fn a_retry_queues_the_stage_with_its_backoff(store: &Store, _url: &str) {
     assert_eq!(
         (
             build.status,
-            build.attempt,
+            build.attempt.get(),
             build.failures,
             build.not_before
         ),
@@ -374,11 +375,14 @@ async fn recovery_requeues_interrupted_attempts(store: &Store, _url: &str) {
     dispatch_build(store, run_id, 1).await;
     let interrupted = store.recover_interrupted().await.unwrap();
     assert_eq!(interrupted.len(), 1);
-    assert_eq!((interrupted[0].run_id, interrupted[0].attempt), (run_id, 1));
+    assert_eq!(
+        (interrupted[0].run_id, interrupted[0].attempt),
+        (run_id, Attempt::FIRST)
+    );
     let active = store.load_active().await.unwrap();
     let build = active[0].stages.iter().find(|s| s.name == "build").unwrap();
     assert_eq!(
-        (build.status, build.attempt, build.failures),
+        (build.status, build.attempt.get(), build.failures),
         (StageStatus::Queued, 1, 0),
         "a restart is not the stage's failure"
     );
@@ -474,7 +478,10 @@ async fn cancellation_is_recorded_once(store: &Store, _url: &str) {
         Some("by test"),
         "the first reason stays"
     );
-    assert_eq!(store.request_cancel(9999, "x").await.unwrap(), None);
+    assert_eq!(
+        store.request_cancel(RunId::new(9999), "x").await.unwrap(),
+        None
+    );
 }
 
 async fn watched_refs_round_trip(store: &Store, _url: &str) {
@@ -634,7 +641,7 @@ async fn reports_are_queued_with_the_change_and_coalesced_per_run(store: &Store,
         1,
         "one entry per run, and none for a run that does not report"
     );
-    assert_eq!(due[0].run_id, run_id);
+    assert_eq!(due[0].run_id(), run_id);
     store.report_sent(run_id, due[0].up_to_id).await.unwrap();
     assert_eq!(store.pending_report_count().await.unwrap(), 0);
     assert!(store.due_reports(i64::MAX, 10).await.unwrap().is_empty());
@@ -724,9 +731,9 @@ async fn a_rerun_is_a_new_run_attempt_with_fresh_stages(store: &Store, _url: &st
     assert_eq!(reruns.len(), 1);
     let (rerun, stages) = store.get_run(reruns[0]).await.unwrap().unwrap();
     assert_eq!((rerun.run_attempt, rerun.status), (2, RunStatus::Queued));
-    let states: Vec<(String, StageStatus, i64)> = stages
+    let states: Vec<(String, StageStatus, u32)> = stages
         .into_iter()
-        .map(|s| (s.name, s.status, s.attempt))
+        .map(|s| (s.name.into_string(), s.status, s.attempt.get()))
         .collect();
     assert_eq!(
         states,
@@ -1039,14 +1046,14 @@ async fn runners_register_authenticate_and_are_revoked(store: &Store, _url: &str
     assert!(store.authenticate_runner("hash-3").await.unwrap().is_none());
 }
 
-async fn dispatch_remote(store: &Store, run_id: i64, attempt: i64, runner: &str, deadline: i64) {
+async fn dispatch_remote(store: &Store, run_id: RunId, attempt: u32, runner: &str, deadline: i64) {
     store
         .apply_tick(&TickWrites {
             start_runs: vec![run_id],
             dispatch: vec![Dispatch {
                 run_id,
                 stage: "build".into(),
-                attempt,
+                attempt: attempt.into(),
                 runner: runner.into(),
                 lease_deadline: Some(deadline),
             }],
@@ -1071,7 +1078,7 @@ async fn a_remote_lease_is_collected_once_renewed_and_guarded(store: &Store, _ur
             leases[0].stage.as_str(),
             leases[0].attempt
         ),
-        (run_id, "build", 1)
+        (run_id, "build", Attempt::new(1))
     );
     assert!(
         store.collect_leases("r1", 10).await.unwrap().is_empty(),
@@ -1079,14 +1086,14 @@ async fn a_remote_lease_is_collected_once_renewed_and_guarded(store: &Store, _ur
     );
     assert_eq!(
         store
-            .renew_lease("r1", run_id, "build", 1, 20_000)
+            .renew_lease("r1", run_id, "build", Attempt::new(1), 20_000)
             .await
             .unwrap(),
         Some(false)
     );
     assert_eq!(
         store
-            .renew_lease("r2", run_id, "build", 1, 20_000)
+            .renew_lease("r2", run_id, "build", Attempt::new(1), 20_000)
             .await
             .unwrap(),
         None,
@@ -1094,7 +1101,7 @@ async fn a_remote_lease_is_collected_once_renewed_and_guarded(store: &Store, _ur
     );
     assert_eq!(
         store
-            .renew_lease("r1", run_id, "build", 2, 20_000)
+            .renew_lease("r1", run_id, "build", Attempt::new(2), 20_000)
             .await
             .unwrap(),
         None,
@@ -1103,18 +1110,24 @@ async fn a_remote_lease_is_collected_once_renewed_and_guarded(store: &Store, _ur
     store.request_cancel(run_id, "stop").await.unwrap();
     assert_eq!(
         store
-            .renew_lease("r1", run_id, "build", 1, 20_000)
+            .renew_lease("r1", run_id, "build", Attempt::new(1), 20_000)
             .await
             .unwrap(),
         Some(true),
         "cancel rides the heartbeat"
     );
     assert_eq!(
-        store.held_lease("r1", run_id, "build", 1).await.unwrap(),
+        store
+            .held_lease("r1", run_id, "build", Attempt::new(1))
+            .await
+            .unwrap(),
         Some((0, true))
     );
     assert_eq!(
-        store.held_lease("r2", run_id, "build", 1).await.unwrap(),
+        store
+            .held_lease("r2", run_id, "build", Attempt::new(1))
+            .await
+            .unwrap(),
         None
     );
     let runners = store.list_runners().await.unwrap();
@@ -1135,7 +1148,7 @@ async fn an_expired_lease_requeues_the_stage_without_counting_a_failure(store: &
             expire: vec![ExpiredLease {
                 run_id,
                 stage: "build".into(),
-                attempt: 1,
+                attempt: Attempt::new(1),
                 runner: "r1".into(),
                 last_renewed: seen - 1,
             }],
@@ -1154,7 +1167,7 @@ async fn an_expired_lease_requeues_the_stage_without_counting_a_failure(store: &
             expire: vec![ExpiredLease {
                 run_id,
                 stage: "build".into(),
-                attempt: 1,
+                attempt: Attempt::new(1),
                 runner: "r1".into(),
                 last_renewed: seen,
             }],
@@ -1168,7 +1181,7 @@ async fn an_expired_lease_requeues_the_stage_without_counting_a_failure(store: &
     assert_eq!(
         (
             build.status,
-            build.attempt,
+            build.attempt.get(),
             build.failures,
             build.runner.clone()
         ),
@@ -1187,7 +1200,10 @@ async fn an_expired_lease_requeues_the_stage_without_counting_a_failure(store: &
         .contains("lease expired"));
     // The old runner's late report is refused: it holds nothing any more.
     assert_eq!(
-        store.held_lease("r1", run_id, "build", 1).await.unwrap(),
+        store
+            .held_lease("r1", run_id, "build", Attempt::new(1))
+            .await
+            .unwrap(),
         None
     );
     assert!(!store
@@ -1224,7 +1240,7 @@ fn diamond_run(commit: &str) -> NewRun {
         .stages
         .iter()
         .map(|s| NewStage {
-            name: s.name.clone(),
+            name: s.name.clone().into(),
             status: StageStatus::Queued,
             needs: s.needs.clone(),
             pending_reason: None,
@@ -1306,7 +1322,7 @@ async fn the_schedulers_copy_matches_the_store_after_every_write(store: &Store, 
                     panic!("step {step}: nothing to do and nothing running: {copy:?}")
                 })
                 .clone();
-            let mut end = result(run_id, running.attempt, StageStatus::Success);
+            let mut end = result(run_id, running.attempt.get(), StageStatus::Success);
             end.stage = running.name.clone();
             if running.name == "a" && !retried {
                 retried = true;
@@ -1417,7 +1433,7 @@ async fn attempt_timings_start_when_a_stage_could_run(store: &Store, _url: &str)
     let run_id = one_run(store, "c1").await;
     dispatch_build(store, run_id, 1).await;
     let build = store
-        .attempt_timing(run_id, "build", 1)
+        .attempt_timing(run_id, "build", Attempt::new(1))
         .await
         .unwrap()
         .unwrap();
@@ -1439,7 +1455,7 @@ async fn attempt_timings_start_when_a_stage_could_run(store: &Store, _url: &str)
             dispatch: vec![Dispatch {
                 run_id,
                 stage: "test".into(),
-                attempt: 1,
+                attempt: Attempt::new(1),
                 runner: "local".into(),
                 lease_deadline: None,
             }],
@@ -1448,12 +1464,12 @@ async fn attempt_timings_start_when_a_stage_could_run(store: &Store, _url: &str)
         .await
         .unwrap();
     let build = store
-        .attempt_timing(run_id, "build", 1)
+        .attempt_timing(run_id, "build", Attempt::new(1))
         .await
         .unwrap()
         .unwrap();
     let test = store
-        .attempt_timing(run_id, "test", 1)
+        .attempt_timing(run_id, "test", Attempt::new(1))
         .await
         .unwrap()
         .unwrap();
@@ -1475,7 +1491,7 @@ async fn attempt_timings_start_when_a_stage_could_run(store: &Store, _url: &str)
             dispatch: vec![Dispatch {
                 run_id,
                 stage: "test".into(),
-                attempt: 2,
+                attempt: Attempt::new(2),
                 runner: "local".into(),
                 lease_deadline: None,
             }],
@@ -1484,18 +1500,18 @@ async fn attempt_timings_start_when_a_stage_could_run(store: &Store, _url: &str)
         .await
         .unwrap();
     let retry = store
-        .attempt_timing(run_id, "test", 2)
+        .attempt_timing(run_id, "test", Attempt::new(2))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(retry.runnable_at, None);
     assert!(store
-        .attempt_timing(run_id, "test", 3)
+        .attempt_timing(run_id, "test", Attempt::new(3))
         .await
         .unwrap()
         .is_none());
     assert!(store
-        .attempt_timing(run_id + 1000, "test", 1)
+        .attempt_timing(RunId::new(run_id.get() + 1000), "test", Attempt::FIRST)
         .await
         .unwrap()
         .is_none());

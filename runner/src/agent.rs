@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use deploylite_model::{Attempt, RunId};
 use deploylite_protocol::{AttemptOutcome, HeartbeatResponse, LeaseJob, PollRequest, PollResponse};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, Notify};
@@ -61,7 +62,7 @@ struct Agent {
     /// Set once SIGTERM's grace period is over: cancelled stages are handed back, not reported
     /// as cancelled.
     handing_back: AtomicBool,
-    stages: Mutex<HashMap<(i64, String, i64), CancellationToken>>,
+    stages: Mutex<HashMap<(RunId, String, Attempt), CancellationToken>>,
 }
 
 /// Runs the agent until `shutdown` is cancelled (the binary cancels it on SIGTERM or SIGINT),
@@ -259,9 +260,9 @@ impl Agent {
         // The daemon's span of this attempt is the parent, when both export spans.
         let span = tracing::info_span!(
             "stage_attempt",
-            run_id = lease.run_id,
+            run_id = lease.run_id.get(),
             stage = %lease.stage.name,
-            attempt = lease.attempt,
+            attempt = lease.attempt.get(),
             runner = %self.config.name
         );
         if let Some(parent) = &lease.traceparent {
@@ -276,7 +277,7 @@ impl Agent {
                     .await
             }
             // Nothing can be reported on such a lease: it lapses on the server.
-            Err(error) => tracing::error!(run = lease.run_id, stage = %lease.stage.name,
+            Err(error) => tracing::error!(run = lease.run_id.get(), stage = %lease.stage.name,
                 %error, "cannot address this lease on the server; leaving it"),
         }
         self.running.fetch_sub(1, Ordering::SeqCst);
@@ -365,8 +366,8 @@ impl Agent {
                 env.insert("DEPLOYLITE_RUNNER".into(), self.config.name.clone());
                 let job = StageJob {
                     run_id: lease.run_id,
-                    stage: lease.stage.name.clone(),
-                    attempt: u32::try_from(lease.attempt).unwrap_or(u32::MAX),
+                    stage: lease.stage.name.clone().into(),
+                    attempt: lease.attempt,
                     workspace: workspace.clone(),
                     env,
                     steps: lease.stage.steps.clone(),
@@ -388,9 +389,12 @@ impl Agent {
                     log.system(&format!("the executor could not run the stage: {message}"))
                         .await;
                 }
-                let failures = u32::try_from(lease.failures).unwrap_or(u32::MAX);
-                if verdict(&lease.stage, failures, &outcome, cancel.is_cancelled())
-                    == Verdict::Failed
+                if verdict(
+                    &lease.stage,
+                    lease.failures,
+                    &outcome,
+                    cancel.is_cancelled(),
+                ) == Verdict::Failed
                     && !lease.stage.rollback.is_empty()
                 {
                     log.system("the stage failed for good: running its rollback steps")
@@ -502,7 +506,7 @@ impl Agent {
                 .await;
             match answer {
                 Ok(r) if r.status() == reqwest::StatusCode::CONFLICT => {
-                    tracing::warn!(run = lease.run_id, stage = %lease.stage.name, attempt = lease.attempt,
+                    tracing::warn!(run = lease.run_id.get(), stage = %lease.stage.name, attempt = lease.attempt.get(),
                         "the server says this lease is lost: stopping the stage");
                     lost.store(true, Ordering::SeqCst);
                     cancel.cancel();
@@ -535,14 +539,14 @@ impl Agent {
             match answer {
                 Ok(r) if r.status().is_success() => return,
                 Ok(r) if r.status() == reqwest::StatusCode::CONFLICT => {
-                    tracing::warn!(run = lease.run_id, stage = %lease.stage.name, "report refused: the lease is no longer ours");
+                    tracing::warn!(run = lease.run_id.get(), stage = %lease.stage.name, "report refused: the lease is no longer ours");
                     return;
                 }
                 Ok(r) => tracing::warn!(status = %r.status(), "report refused; retrying"),
                 Err(e) => tracing::warn!(error = %e, "cannot report; retrying"),
             }
         }
-        tracing::error!(run = lease.run_id, stage = %lease.stage.name, "giving up reporting; the lease will expire and the stage run again");
+        tracing::error!(run = lease.run_id.get(), stage = %lease.stage.name, "giving up reporting; the lease will expire and the stage run again");
     }
 }
 

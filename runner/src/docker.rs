@@ -55,6 +55,7 @@ use std::ops::ControlFlow;
 use bollard::errors::Error as BollardError;
 use bollard::models::NetworkCreateRequest;
 use bollard::Docker;
+use deploylite_model::RunId;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -212,9 +213,9 @@ impl DockerExecutor {
     /// [`crate::kill_orphans`].
     pub async fn cleanup_attempt(
         &self,
-        run_id: i64,
+        run_id: RunId,
         stage: &str,
-        attempt: u32,
+        attempt: deploylite_model::Attempt,
     ) -> Result<Cleaned, DockerError> {
         let docker = self.client().await?;
         let filter = vec![
@@ -227,7 +228,7 @@ impl DockerExecutor {
     }
 
     /// Removes the containers and networks of every attempt of a run.
-    pub async fn cleanup_run(&self, run_id: i64) -> Result<Cleaned, DockerError> {
+    pub async fn cleanup_run(&self, run_id: RunId) -> Result<Cleaned, DockerError> {
         let docker = self.client().await?;
         let filter = vec![self.instance_label(), format!("{LABEL_RUN_ID}={run_id}")];
         cleanup::sweep(&docker, filter).await
@@ -308,9 +309,9 @@ impl DockerExecutor {
         let problems = leftovers.release().await;
         for problem in problems {
             tracing::warn!(
-                run_id = job.run_id,
+                run_id = job.run_id.get(),
                 stage = %job.stage,
-                attempt = job.attempt,
+                attempt = job.attempt.get(),
                 %problem,
                 "docker cleanup"
             );

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::Duration;
 
+use deploylite_model::{Attempt, CommitSha, RepoName, RunId, StageName};
 use deploylite_pipeline::{Resources, Service, Step};
 /// How an attempt ended: one type from the executor to the runner protocol to the store.
 pub use deploylite_protocol::AttemptOutcome;
@@ -14,9 +15,9 @@ use crate::log::StageLog;
 /// Everything an executor needs to run one attempt of one stage.
 #[derive(Debug, Clone)]
 pub struct StageJob {
-    pub run_id: i64,
-    pub stage: String,
-    pub attempt: u32,
+    pub run_id: RunId,
+    pub stage: StageName,
+    pub attempt: Attempt,
     /// Holds the commit's files; the working directory of every step.
     pub workspace: PathBuf,
     /// Pipeline env < stage env < `DEPLOYLITE_*`; step env is layered on top per step.
@@ -36,9 +37,9 @@ pub struct StageJob {
     /// Where the commit comes from, for executors that fetch it themselves (a Kubernetes init
     /// container clones `source_url` at `commit`); None when the workspace is already filled.
     pub source_url: Option<String>,
-    pub repo: String,
+    pub repo: RepoName,
     pub pipeline: String,
-    pub commit: String,
+    pub commit: CommitSha,
 }
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -110,9 +111,9 @@ mod tests {
             .await
             .expect("log");
         let job = StageJob {
-            run_id: 1,
+            run_id: RunId::new(1),
             stage: "test".into(),
-            attempt: 1,
+            attempt: Attempt::FIRST,
             workspace: dir.path().to_path_buf(),
             env: BTreeMap::new(),
             steps: vec![Step {

@@ -28,6 +28,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use deploylite_model::RunId;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, PostParams, PropagationPolicy, WatchEvent, WatchParams};
@@ -202,7 +203,12 @@ impl KubernetesExecutor {
     }
 
     /// The name of the Pod of one stage attempt (deterministic).
-    pub fn pod_name(&self, run_id: i64, stage: &str, attempt: u32) -> String {
+    pub fn pod_name(
+        &self,
+        run_id: RunId,
+        stage: &str,
+        attempt: deploylite_model::Attempt,
+    ) -> String {
         spec::pod_name(&self.config.pod_name_prefix, run_id, stage, attempt)
     }
 

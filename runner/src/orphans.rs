@@ -11,6 +11,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use deploylite_model::{Attempt, RunId};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -22,7 +23,7 @@ const MAX_SWEEPS: usize = 5;
 /// Kills every process whose environment says it belongs to this stage attempt of the daemon
 /// whose workspaces live under `workspaces`. Returns how many were signalled. Linux only
 /// (reads /proc); elsewhere it finds nothing.
-pub fn kill_orphans(workspaces: &Path, run_id: i64, stage: &str, attempt: u32) -> usize {
+pub fn kill_orphans(workspaces: &Path, run_id: RunId, stage: &str, attempt: Attempt) -> usize {
     let workspace = workspaces.join(run_id.to_string());
     let wanted = [
         format!("DEPLOYLITE_RUN_ID={run_id}"),

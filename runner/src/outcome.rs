@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use deploylite_model::Attempt;
 use deploylite_pipeline::duration::format_duration;
 use deploylite_pipeline::Stage;
 
@@ -97,14 +98,14 @@ pub fn ending(stage: &Stage, outcome: &AttemptOutcome) -> String {
 /// The last line of every attempt's log, whatever the outcome (`attempt 2 ended: success`,
 /// `attempt 1 ended: failed (step 1 exited with 75); retry 1 of 2 in 1s`): someone reading the
 /// log while it grows knows from it that the attempt is over.
-pub fn closing_line(attempt: i64, ending: &str) -> String {
+pub fn closing_line(attempt: Attempt, ending: &str) -> String {
     format!("attempt {attempt} ended: {ending}")
 }
 
 /// The attempt a log line closes and how it ended (`success`, `failed (...)`...), when the line
 /// (as stored: `<time> --- attempt N ended: ...`) is a closing line. Only DeployLite's own lines
 /// count: a stage that prints the same words does not end its attempt.
-pub fn parse_closing_line(record: &str) -> Option<(i64, &str)> {
+pub fn parse_closing_line(record: &str) -> Option<(Attempt, &str)> {
     let (stream, text) = crate::log::parse_line(record)?;
     if stream != crate::log::LogStream::System {
         return None;
@@ -214,14 +215,16 @@ mod tests {
         );
         let line = crate::log::format_line(
             crate::log::LogStream::System,
-            &closing_line(3, "failed (step 1 exited with 4)"),
+            &closing_line(Attempt::new(3), "failed (step 1 exited with 4)"),
         );
         assert_eq!(
             parse_closing_line(line.trim_end()),
-            Some((3, "failed (step 1 exited with 4)"))
+            Some((Attempt::new(3), "failed (step 1 exited with 4)"))
         );
-        let printed =
-            crate::log::format_line(crate::log::LogStream::Stdout, &closing_line(1, "success"));
+        let printed = crate::log::format_line(
+            crate::log::LogStream::Stdout,
+            &closing_line(Attempt::FIRST, "success"),
+        );
         assert_eq!(parse_closing_line(&printed), None, "a stage's own output");
         assert_eq!(
             parse_closing_line("2026-11-26T23:58:28.869Z --- step 1 exited with 4"),

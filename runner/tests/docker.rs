@@ -93,9 +93,9 @@ fn job(run_id: i64, workspace: &Path, steps: Vec<Step>) -> StageJob {
         workspace.display().to_string(),
     );
     StageJob {
-        run_id,
+        run_id: run_id.into(),
         stage: "build".into(),
-        attempt: 1,
+        attempt: 1.into(),
         workspace: workspace.to_path_buf(),
         env,
         steps,
@@ -585,20 +585,26 @@ async fn leftovers_of_a_killed_daemon_are_removed_by_label() {
     docker.start_container(&id, None).await.unwrap();
 
     // Another attempt's objects are not touched.
-    let other = executor.cleanup_attempt(run_id, "build", 1).await.unwrap();
+    let other = executor
+        .cleanup_attempt(run_id.into(), "build", 1.into())
+        .await
+        .unwrap();
     assert_eq!((other.containers, other.networks), (0, 0));
     // Nor another instance's.
     let other_instance = self::executor(DockerConfig {
         instance: "someone-else".into(),
         ..DockerConfig::default()
     });
-    let other = other_instance.cleanup_run(run_id).await.unwrap();
+    let other = other_instance.cleanup_run(run_id.into()).await.unwrap();
     assert_eq!((other.containers, other.networks), (0, 0));
 
-    let cleaned = executor.cleanup_attempt(run_id, "build", 2).await.unwrap();
+    let cleaned = executor
+        .cleanup_attempt(run_id.into(), "build", 2.into())
+        .await
+        .unwrap();
     assert_eq!((cleaned.containers, cleaned.networks), (1, 1));
     assert_no_leftovers(&docker, run_id).await;
-    let again = executor.cleanup_run(run_id).await.unwrap();
+    let again = executor.cleanup_run(run_id.into()).await.unwrap();
     assert_eq!((again.containers, again.networks), (0, 0));
 }
 

@@ -36,9 +36,9 @@ fn step(name: Option<&str>, run: &str, env: &[(&str, &str)]) -> Step {
 
 fn job(steps: Vec<Step>) -> StageJob {
     StageJob {
-        run_id: 7,
+        run_id: 7.into(),
         stage: "build".into(),
-        attempt: 1,
+        attempt: 1.into(),
         workspace: PathBuf::from("/host/workspaces/7"),
         env: BTreeMap::from([
             ("CI".to_string(), "true".to_string()),
@@ -187,7 +187,7 @@ async fn a_stage_runs_in_a_pod_with_its_spec_logs_and_is_deleted() {
     let ran = run(&fake, two_steps()).await;
     assert_eq!(ran.outcome, AttemptOutcome::Succeeded, "{:?}", ran.log);
 
-    let name = executor(&fake).pod_name(7, "build", 1);
+    let name = executor(&fake).pod_name(7.into(), "build", 1.into());
     assert_eq!(name, "deploylite-7-build-1");
     let created = fake.created();
     assert_eq!(created.len(), 1);
@@ -902,7 +902,12 @@ fn pod_names_are_deterministic_dns_labels() {
     ]
     .map(|(run, stage, attempt)| (run, stage.to_string(), attempt));
     let fake_client_free = |run: i64, stage: &str, attempt: u32| {
-        deploylite_runner::kubernetes::spec::pod_name("deploylite", run, stage, attempt)
+        deploylite_runner::kubernetes::spec::pod_name(
+            "deploylite",
+            run.into(),
+            stage,
+            attempt.into(),
+        )
     };
     let mut seen = std::collections::BTreeSet::new();
     for (run, stage, attempt) in &names {

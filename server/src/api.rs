@@ -9,6 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use deploylite_model::{Attempt, RunId};
 use deploylite_reconciler::status::{RunStatus, StageStatus};
 use deploylite_reconciler::store::{RunFilter, RunRecord, StageRecord, StoreError};
 use serde::{Deserialize, Serialize};
@@ -70,7 +71,7 @@ pub(crate) fn time(ms: Option<i64>) -> Option<String> {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct RunView {
-    pub id: i64,
+    pub id: RunId,
     pub repo: String,
     pub pipeline: String,
     pub pipeline_file: String,
@@ -106,7 +107,7 @@ pub struct RunView {
 pub struct StageView {
     pub name: String,
     pub status: StageStatus,
-    pub attempt: i64,
+    pub attempt: Attempt,
     pub needs: Vec<String>,
     pub pending_reason: Option<String>,
     pub started_at: Option<String>,
@@ -118,10 +119,10 @@ impl RunView {
     fn new(r: RunRecord, stages: Option<Vec<StageRecord>>) -> RunView {
         RunView {
             id: r.id,
-            repo: r.repo,
+            repo: r.repo.into(),
             pipeline: r.pipeline,
             pipeline_file: r.pipeline_file,
-            commit: r.commit,
+            commit: r.commit.into(),
             git_ref: r.git_ref,
             trigger: r.trigger,
             run_attempt: r.run_attempt,
@@ -139,7 +140,7 @@ impl RunView {
             stages: stages.map(|s| {
                 s.into_iter()
                     .map(|s| StageView {
-                        name: s.name,
+                        name: s.name.into(),
                         status: s.status,
                         attempt: s.attempt,
                         needs: s.needs,
@@ -229,7 +230,7 @@ pub(crate) async fn list_runs(
 
 pub(crate) async fn get_run(
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    Path(id): Path<RunId>,
 ) -> Result<Json<RunView>, ApiError> {
     let (run, stages) = state
         .store
@@ -241,7 +242,7 @@ pub(crate) async fn get_run(
 
 pub(crate) async fn cancel_run(
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    Path(id): Path<RunId>,
 ) -> Result<Response, ApiError> {
     let outcome = cancel(&state.store, &state.scheduler, id).await?;
     let code = if outcome.accepted {
@@ -268,7 +269,7 @@ pub(crate) struct Cancelled {
 pub(crate) async fn cancel(
     store: &deploylite_reconciler::store::Store,
     scheduler: &tokio::sync::Notify,
-    id: i64,
+    id: RunId,
 ) -> Result<Cancelled, ApiError> {
     let status = store
         .request_cancel(id, "cancelled by request")
@@ -295,7 +296,7 @@ pub(crate) async fn cancel(
 pub(crate) async fn approve_run(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<i64>,
+    Path(id): Path<RunId>,
 ) -> Result<Response, ApiError> {
     let approved = approve(&state.store, &state.scheduler, &caller, id).await?;
     Ok((
@@ -311,8 +312,8 @@ pub(crate) async fn approve(
     store: &deploylite_reconciler::store::Store,
     scheduler: &tokio::sync::Notify,
     caller: &Caller,
-    id: i64,
-) -> Result<Vec<i64>, ApiError> {
+    id: RunId,
+) -> Result<Vec<RunId>, ApiError> {
     let approved = store
         .approve_run(id, &caller.label())
         .await?
@@ -323,7 +324,7 @@ pub(crate) async fn approve(
         )));
     }
     scheduler.notify_one();
-    tracing::info!(run_id = id, by = %caller.label(), runs = ?approved, "untrusted runs approved");
+    tracing::info!(run_id = id.get(), by = %caller.label(), runs = ?approved, "untrusted runs approved");
     Ok(approved)
 }
 
@@ -331,7 +332,7 @@ pub(crate) async fn approve(
 pub(crate) async fn rerun_run(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<i64>,
+    Path(id): Path<RunId>,
 ) -> Result<Response, ApiError> {
     let created = rerun(&state.store, &state.scheduler, &caller, id).await?;
     Ok((
@@ -347,8 +348,8 @@ pub(crate) async fn rerun(
     store: &deploylite_reconciler::store::Store,
     scheduler: &tokio::sync::Notify,
     caller: &Caller,
-    id: i64,
-) -> Result<Vec<i64>, ApiError> {
+    id: RunId,
+) -> Result<Vec<RunId>, ApiError> {
     let run = store
         .run(id)
         .await?
@@ -368,13 +369,13 @@ pub(crate) async fn rerun(
         )));
     }
     scheduler.notify_one();
-    tracing::info!(run_id = id, by = %caller.label(), runs = ?created, "run started again on request");
+    tracing::info!(run_id = id.get(), by = %caller.label(), runs = ?created, "run started again on request");
     Ok(created)
 }
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct LogQuery {
-    attempt: Option<i64>,
+    attempt: Option<Attempt>,
     /// Bytes from the start to skip: a client following a log asks for what it has not seen.
     offset: Option<u64>,
 }
@@ -384,7 +385,7 @@ pub(crate) struct LogQuery {
 /// with `Content-Range: bytes */len` when no byte of the log is in it).
 pub(crate) async fn stage_log(
     State(state): State<AppState>,
-    Path((id, stage)): Path<(i64, String)>,
+    Path((id, stage)): Path<(RunId, String)>,
     Query(q): Query<LogQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -404,7 +405,7 @@ pub(crate) async fn stage_log(
         .find(|s| s.name == stage)
         .ok_or_else(|| ApiError::NotFound(format!("run #{id} has no stage `{stage}`")))?;
     let attempt = q.attempt.unwrap_or(record.attempt);
-    if attempt < 1 || attempt > record.attempt {
+    if attempt < Attempt::FIRST || attempt > record.attempt {
         return Err(ApiError::NotFound(format!(
             "stage `{stage}` of run #{id} has no attempt {attempt} (it has {})",
             record.attempt

@@ -16,6 +16,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use deploylite_model::RunId;
 use deploylite_reconciler::environments::{EnvironmentError, Environments};
 use deploylite_reconciler::status::{DeploymentAction, DeploymentStatus, Health, RunStatus, Sync};
 use deploylite_reconciler::store::{DeploymentRecord, EnvironmentRecord};
@@ -92,7 +93,7 @@ impl EnvironmentView {
 /// A run that carried out (part of) a deployment: `deploy`, `verify`, `rollback` or `check`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeploymentRunView {
-    pub id: i64,
+    pub id: RunId,
     pub pipeline: String,
     pub action: String,
     pub status: RunStatus,

@@ -13,6 +13,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use deploylite_model::{Attempt, RunId};
 use deploylite_protocol::{
     AttemptOutcome, HeartbeatResponse, PollRequest, PollResponse, RegisterRequest, RegisterResponse,
 };
@@ -386,7 +387,7 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
 }
 
-type LeaseKey = (i64, String, i64);
+type LeaseKey = (RunId, String, Attempt);
 
 fn lost() -> RunnerError {
     RunnerError::Conflict(

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, OnceLock};
 
+use deploylite_model::{Attempt, RunId};
 use tracing::Span;
 
 /// More runs than this open at once is a leak, not a workload: the oldest are closed.
@@ -16,9 +17,9 @@ const MAX_OPEN_RUNS: usize = 10_000;
 
 #[derive(Default)]
 struct Open {
-    runs: BTreeMap<i64, Span>,
+    runs: BTreeMap<RunId, Span>,
     /// Remote attempts by (run, stage, attempt).
-    attempts: BTreeMap<(i64, String, i64), Span>,
+    attempts: BTreeMap<(RunId, String, Attempt), Span>,
 }
 
 fn open() -> std::sync::MutexGuard<'static, Open> {
@@ -30,12 +31,12 @@ fn open() -> std::sync::MutexGuard<'static, Open> {
 }
 
 /// The span of run `run_id`, opened on first use (a root span: a run starts a trace).
-pub fn run_span(run_id: i64, repo: &str, pipeline: &str) -> Span {
+pub fn run_span(run_id: RunId, repo: &str, pipeline: &str) -> Span {
     let mut open = open();
     if let Some(span) = open.runs.get(&run_id) {
         return span.clone();
     }
-    let span = tracing::info_span!(parent: None, "run", run_id, repo = %repo, pipeline = %pipeline);
+    let span = tracing::info_span!(parent: None, "run", run_id = run_id.get(), repo = %repo, pipeline = %pipeline);
     open.runs.insert(run_id, span.clone());
     while open.runs.len() > MAX_OPEN_RUNS {
         let Some((&oldest, _)) = open.runs.iter().next() else {
@@ -47,15 +48,15 @@ pub fn run_span(run_id: i64, repo: &str, pipeline: &str) -> Span {
 }
 
 /// Closes the run's span and those of its remote attempts still open.
-pub fn end_run(run_id: i64) {
+pub fn end_run(run_id: RunId) {
     close_run(&mut open(), run_id);
 }
 
-fn close_run(open: &mut Open, run_id: i64) {
+fn close_run(open: &mut Open, run_id: RunId) {
     open.runs.remove(&run_id);
     let ended: Vec<_> = open
         .attempts
-        .range((run_id, String::new(), i64::MIN)..)
+        .range((run_id, String::new(), Attempt::NONE)..)
         .take_while(|((run, _, _), _)| *run == run_id)
         .map(|(key, _)| key.clone())
         .collect();
@@ -65,16 +66,22 @@ fn close_run(open: &mut Open, run_id: i64) {
 }
 
 /// The span of a stage attempt, a child of its run's (`run` from [`run_span`]).
-pub fn attempt_span(run: &Span, run_id: i64, stage: &str, attempt: i64, runner: &str) -> Span {
-    tracing::info_span!(parent: run, "stage_attempt", run_id, stage = %stage, attempt, runner = %runner)
+pub fn attempt_span(
+    run: &Span,
+    run_id: RunId,
+    stage: &str,
+    attempt: Attempt,
+    runner: &str,
+) -> Span {
+    tracing::info_span!(parent: run, "stage_attempt", run_id = run_id.get(), stage = %stage, attempt = attempt.get(), runner = %runner)
 }
 
 /// The span of a remote attempt, kept open until [`end_attempt`] (its report, or its run's end).
 pub fn remote_attempt_span(
     run: &Span,
-    run_id: i64,
+    run_id: RunId,
     stage: &str,
-    attempt: i64,
+    attempt: Attempt,
     runner: &str,
 ) -> Span {
     let span = attempt_span(run, run_id, stage, attempt, runner);
@@ -85,14 +92,14 @@ pub fn remote_attempt_span(
 }
 
 /// The open span of a remote attempt, if any.
-pub fn open_attempt(run_id: i64, stage: &str, attempt: i64) -> Option<Span> {
+pub fn open_attempt(run_id: RunId, stage: &str, attempt: Attempt) -> Option<Span> {
     open()
         .attempts
         .get(&(run_id, stage.to_string(), attempt))
         .cloned()
 }
 
-pub fn end_attempt(run_id: i64, stage: &str, attempt: i64) {
+pub fn end_attempt(run_id: RunId, stage: &str, attempt: Attempt) {
     open()
         .attempts
         .remove(&(run_id, stage.to_string(), attempt));
@@ -104,13 +111,14 @@ mod tests {
 
     #[test]
     fn a_run_keeps_one_span_until_it_ends() {
-        let a = run_span(-7, "app", "ci");
-        let b = run_span(-7, "app", "ci");
+        let run = RunId::new(-7);
+        let a = run_span(run, "app", "ci");
+        let b = run_span(run, "app", "ci");
         assert_eq!(a.id(), b.id());
-        remote_attempt_span(&a, -7, "build", 1, "r1");
-        assert!(open_attempt(-7, "build", 1).is_some());
-        end_run(-7);
-        assert!(open_attempt(-7, "build", 1).is_none());
-        assert!(!open().runs.contains_key(&-7));
+        remote_attempt_span(&a, run, "build", Attempt::FIRST, "r1");
+        assert!(open_attempt(run, "build", Attempt::FIRST).is_some());
+        end_run(run);
+        assert!(open_attempt(run, "build", Attempt::FIRST).is_none());
+        assert!(!open().runs.contains_key(&run));
     }
 }

@@ -182,17 +182,18 @@ impl FakeExecutor {
         let mut state = lock(&self.state);
         let script = state
             .scripts
-            .get(&job.stage)
+            .get(job.stage.as_str())
             .and_then(|s| {
-                let index = usize::try_from(job.attempt.saturating_sub(1)).unwrap_or(usize::MAX);
+                let index =
+                    usize::try_from(u32::from(job.attempt).saturating_sub(1)).unwrap_or(usize::MAX);
                 s.get(index).or(s.last())
             })
             .cloned()
             .unwrap_or(Script::Succeed);
         state.attempts.push(Attempt {
-            run_id: job.run_id,
-            stage: job.stage.clone(),
-            attempt: job.attempt,
+            run_id: i64::from(job.run_id),
+            stage: job.stage.to_string(),
+            attempt: u32::from(job.attempt),
             outcome: None,
         });
         state.running += 1;
@@ -205,11 +206,11 @@ impl FakeExecutor {
     fn ended(&self, job: &StageJob, outcome: &AttemptOutcome) {
         let mut state = lock(&self.state);
         state.running = state.running.saturating_sub(1);
-        if let Some(a) =
-            state.attempts.iter_mut().rev().find(|a| {
-                a.run_id == job.run_id && a.stage == job.stage && a.attempt == job.attempt
-            })
-        {
+        if let Some(a) = state.attempts.iter_mut().rev().find(|a| {
+            a.run_id == i64::from(job.run_id)
+                && a.stage == job.stage.as_str()
+                && a.attempt == u32::from(job.attempt)
+        }) {
             a.outcome = Some(outcome.clone());
         }
         drop(state);

@@ -320,7 +320,7 @@ async fn github_pull_request_reopened_at_the_same_head_runs_its_cancelled_run_ag
     assert_eq!(
         stages
             .iter()
-            .map(|s| (s.name.as_str(), s.status, s.attempt))
+            .map(|s| (s.name.as_str(), s.status, s.attempt.get()))
             .collect::<Vec<_>>(),
         vec![("build", StageStatus::Queued, 0)]
     );
@@ -618,7 +618,7 @@ async fn an_approve_comment_by_a_member_approves_only_the_head_it_saw() {
         .unwrap();
     assert_eq!(
         late,
-        Vec::<i64>::new(),
+        Vec::<deploylite_model::RunId>::new(),
         "a comment older than the push approves nothing"
     );
     assert!(

@@ -192,7 +192,7 @@ pub(crate) async fn report_check_run(
         {
             Ok(_) => {}
             Err(e) if e.status() == Some(404) => {
-                tracing::warn!(run_id = state.run.id, check_run = %existing, "the check run is gone: creating it again");
+                tracing::warn!(run_id = state.run.id.get(), check_run = %existing, "the check run is gone: creating it again");
                 id = None;
                 sent = 0;
                 batch_end = ANNOTATIONS_PER_REQUEST.min(all.len());

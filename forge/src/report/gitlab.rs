@@ -100,7 +100,7 @@ pub(crate) async fn report_status(
             ..
         }) if message.contains("Cannot transition status") => {
             tracing::debug!(
-                run_id = state.run.id,
+                run_id = state.run.id.get(),
                 state = st,
                 "GitLab already has this state"
             );

@@ -1,6 +1,7 @@
 //! What a report says, as pure functions of a run's current state: check run bodies, commit
 //! status states and descriptions, the pull request comment. No IO here.
 
+use deploylite_model::Attempt;
 use deploylite_reconciler::status::{RunStatus, StageStatus};
 use deploylite_reconciler::store::{RunRecord, StageRecord};
 use serde_json::{json, Map, Value};
@@ -33,7 +34,7 @@ pub(crate) struct RunState {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Failure {
     pub stage: String,
-    pub attempt: i64,
+    pub attempt: Attempt,
     /// The attempt's note: `step 2 exited with 1`, `timed out after 5m`, ...
     pub note: Option<String>,
     pub exit_code: Option<i64>,
@@ -500,7 +501,7 @@ fn stage_table(state: &RunState) -> String {
             stage_icon(s.status),
             s.status,
             stage_duration(s, state.now_ms),
-            if s.attempt > 0 {
+            if s.attempt > Attempt::NONE {
                 s.attempt.to_string()
             } else {
                 "—".into()

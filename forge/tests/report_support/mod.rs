@@ -13,6 +13,7 @@ use deploylite_forge::forges::{
     ForgeKind, ForgeRepo, Forges, GithubAuth, GithubConfig, GitlabConfig, Secret,
 };
 use deploylite_forge::report::{Reporter, ReporterConfig};
+use deploylite_model::RunId;
 use deploylite_reconciler::paths::DataDir;
 use deploylite_reconciler::status::{RunStatus, StageStatus};
 use deploylite_reconciler::store::{
@@ -163,7 +164,7 @@ pub fn new_run(pipeline: &str, commit: &str, stages: &[&str], pr: Option<i64>) -
             .iter()
             .enumerate()
             .map(|(i, s)| NewStage {
-                name: s.to_string(),
+                name: s.to_string().into(),
                 status: StageStatus::Queued,
                 needs: if i == 0 {
                     vec![]
@@ -176,7 +177,7 @@ pub fn new_run(pipeline: &str, commit: &str, stages: &[&str], pr: Option<i64>) -
     }
 }
 
-pub async fn record(store: &Store, run: NewRun) -> i64 {
+pub async fn record(store: &Store, run: NewRun) -> RunId {
     let (created, _) = store
         .record_commit(&RecordCommit {
             repo: run.repo.clone(),
@@ -191,14 +192,14 @@ pub async fn record(store: &Store, run: NewRun) -> i64 {
 }
 
 /// Starts the run (if queued) and dispatches `stage` as `attempt`.
-pub async fn dispatch(store: &Store, run_id: i64, stage: &str, attempt: i64) {
+pub async fn dispatch(store: &Store, run_id: RunId, stage: &str, attempt: u32) {
     store
         .apply_tick(&TickWrites {
             start_runs: vec![run_id],
             dispatch: vec![Dispatch {
                 run_id,
                 stage: stage.into(),
-                attempt,
+                attempt: attempt.into(),
                 runner: "local".into(),
                 lease_deadline: None,
             }],
@@ -211,9 +212,9 @@ pub async fn dispatch(store: &Store, run_id: i64, stage: &str, attempt: i64) {
 /// Ends `attempt` of `stage`. `retry` queues the stage again instead of failing it.
 pub async fn finish(
     store: &Store,
-    run_id: i64,
+    run_id: RunId,
     stage: &str,
-    attempt: i64,
+    attempt: u32,
     status: StageStatus,
     note: Option<&str>,
     retry: bool,
@@ -222,7 +223,7 @@ pub async fn finish(
         .finish_attempt(&AttemptResult {
             run_id,
             stage: stage.into(),
-            attempt,
+            attempt: attempt.into(),
             attempt_status: status,
             stage_status: if retry { StageStatus::Queued } else { status },
             exit_code: match status {
@@ -242,14 +243,14 @@ pub async fn finish(
 }
 
 /// Skips the queued `stages` (their needs failed) and finishes the run as `status`.
-pub async fn end_run(store: &Store, run_id: i64, status: RunStatus, skip: &[&str]) {
+pub async fn end_run(store: &Store, run_id: RunId, status: RunStatus, skip: &[&str]) {
     store
         .apply_tick(&TickWrites {
             skip: skip
                 .iter()
                 .map(|s| deploylite_reconciler::store::StageSkip {
                     run_id,
-                    stage: s.to_string(),
+                    stage: s.to_string().into(),
                     status: StageStatus::Skipped,
                     reason: "skipped: a needed stage failed".into(),
                 })
@@ -262,8 +263,14 @@ pub async fn end_run(store: &Store, run_id: i64, status: RunStatus, skip: &[&str
 }
 
 /// Writes a stage log the way `StageLog` does.
-pub fn write_log(data: &DataDir, run_id: i64, stage: &str, attempt: i64, lines: &[(&str, String)]) {
-    let path = data.log_path(run_id, stage, attempt);
+pub fn write_log(
+    data: &DataDir,
+    run_id: RunId,
+    stage: &str,
+    attempt: u32,
+    lines: &[(&str, String)],
+) {
+    let path = data.log_path(run_id, stage, attempt.into());
     std::fs::create_dir_all(path.parent().expect("log dir")).expect("create log dir");
     let mut text = String::new();
     for (i, (stream, line)) in lines.iter().enumerate() {

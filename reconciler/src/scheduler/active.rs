@@ -7,8 +7,9 @@
 //! Every function here mirrors one statement of `store::schedule`; the store conformance tests
 //! compare the two after each kind of write.
 
+use crate::model::{ActiveRun, AttemptResult, TickWrites};
 use crate::status::{RunStatus, StageStatus};
-use crate::store::{ActiveRun, AttemptResult, TickWrites};
+use deploylite_model::RunId;
 
 /// Applies a tick's decisions as `TickTx::apply` writes them. Expired leases are not mirrored:
 /// the caller reads the store again after one.
@@ -38,14 +39,14 @@ pub fn apply_writes(runs: &mut Vec<ActiveRun>, writes: &TickWrites) {
     for d in &writes.dispatch {
         if let Some(stage) = queued_stage(runs, d.run_id, &d.stage) {
             stage.status = StageStatus::Running;
-            stage.attempt += 1;
+            stage.attempt = stage.attempt.next();
             stage.pending_reason = None;
             stage.not_before = None;
             stage.runner = Some(d.runner.clone());
             stage.lease_deadline = d.lease_deadline;
         }
     }
-    let finished: Vec<i64> = writes.finish.iter().map(|f| f.run_id).collect();
+    let finished: Vec<RunId> = writes.finish.iter().map(|f| f.run_id).collect();
     runs.retain(|r| !finished.contains(&r.id));
 }
 
@@ -61,13 +62,15 @@ pub fn apply_result(runs: &mut [ActiveRun], result: &AttemptResult) -> bool {
         return false;
     };
     stage.status = result.stage_status;
-    stage.failures += i64::from(result.counts_as_failure);
+    stage.failures = stage
+        .failures
+        .saturating_add(u32::from(result.counts_as_failure));
     stage.not_before = result.not_before;
     stage.pending_reason = result.pending_reason.clone();
     true
 }
 
-pub fn apply_workspace_ready(runs: &mut [ActiveRun], run_id: i64, path: &str) {
+pub fn apply_workspace_ready(runs: &mut [ActiveRun], run_id: RunId, path: &str) {
     if let Some(run) = runs.iter_mut().find(|r| r.id == run_id) {
         run.workspace = Some(path.to_string());
         run.workspace_ready = true;
@@ -75,20 +78,20 @@ pub fn apply_workspace_ready(runs: &mut [ActiveRun], run_id: i64, path: &str) {
 }
 
 /// A failed run leaves the active set.
-pub fn apply_run_failed(runs: &mut Vec<ActiveRun>, run_id: i64) {
+pub fn apply_run_failed(runs: &mut Vec<ActiveRun>, run_id: RunId) {
     runs.retain(|r| r.id != run_id);
 }
 
-fn queued_run(runs: &mut [ActiveRun], run_id: i64) -> Option<&mut ActiveRun> {
+fn queued_run(runs: &mut [ActiveRun], run_id: RunId) -> Option<&mut ActiveRun> {
     runs.iter_mut()
         .find(|r| r.id == run_id && r.status == RunStatus::Queued)
 }
 
 fn queued_stage<'a>(
     runs: &'a mut [ActiveRun],
-    run_id: i64,
+    run_id: RunId,
     name: &str,
-) -> Option<&'a mut crate::store::ActiveStage> {
+) -> Option<&'a mut crate::model::ActiveStage> {
     runs.iter_mut()
         .find(|r| r.id == run_id)
         .and_then(|r| r.stages.iter_mut().find(|s| s.name == name))

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use deploylite_model::{Attempt, CommitSha, RepoName, RunId};
 use deploylite_pipeline::{Pipeline, Stage};
 use deploylite_runner::outcome::{
     closing_line, describe, ending, parse_closing_line, verdict, Verdict,
@@ -18,10 +19,10 @@ use crate::status::StageStatus;
 use crate::store::{now_ms, ActiveRun, AttemptResult, Dispatch};
 
 pub(super) struct RunInfo {
-    pub id: i64,
-    pub repo: String,
+    pub id: RunId,
+    pub repo: RepoName,
     pub pipeline: String,
-    pub commit: String,
+    pub commit: CommitSha,
     pub git_ref: String,
     pub trigger: String,
     pub workspace: Option<String>,
@@ -46,7 +47,7 @@ pub(super) struct AttemptContext {
     pub spec: Arc<Pipeline>,
     pub dispatch: Dispatch,
     /// Failed attempts before this one (what `retry.max` counts).
-    pub failures: i64,
+    pub failures: u32,
     pub cancel: CancellationToken,
     pub shutdown: CancellationToken,
 }
@@ -105,7 +106,7 @@ impl Scheduler {
             .await
         {
             // Left open in the store: the next start recovers it as interrupted.
-            tracing::error!(%error, run_id = d.run_id, stage = %d.stage, "cannot record an attempt");
+            tracing::error!(%error, run_id = d.run_id.get(), stage = %d.stage, "cannot record an attempt");
         }
     }
 
@@ -138,7 +139,7 @@ impl Scheduler {
             }
         };
         if self.echo_logs {
-            log.echo_to_stdout(d.stage.clone());
+            log.echo_to_stdout(d.stage.to_string());
         }
         self.write_header(ctx, &mut log).await;
 
@@ -150,7 +151,7 @@ impl Scheduler {
         let job = StageJob {
             run_id: d.run_id,
             stage: d.stage.clone(),
-            attempt: u32::try_from(d.attempt).unwrap_or(u32::MAX),
+            attempt: d.attempt,
             workspace: workspace.clone().into(),
             env: stage_env(&ctx.run, &ctx.spec, stage, d.attempt, &workspace),
             steps: stage.steps.clone(),
@@ -183,7 +184,7 @@ impl Scheduler {
         }
         let exit_code = outcome.exit_code().map(i64::from);
         let note = describe(stage, &outcome);
-        let failures = u32::try_from(ctx.failures).unwrap_or(u32::MAX);
+        let failures = ctx.failures;
         let verdict = verdict(stage, failures, &outcome, ctx.cancel.is_cancelled());
         // A retried attempt's closing line also says when the next one starts.
         let retried = matches!(verdict, Verdict::Retry { .. });
@@ -206,7 +207,7 @@ impl Scheduler {
                 let (at, reason) = retry_backoff(
                     stage,
                     d.attempt,
-                    failures + 1,
+                    failures.saturating_add(1),
                     delay,
                     note.as_deref(),
                     &mut log,
@@ -307,9 +308,9 @@ impl Scheduler {
     /// without saying so (interrupted by a restart, a lost lease) with its closing line.
     pub(super) async fn close_attempt_log(
         &self,
-        run_id: i64,
+        run_id: RunId,
         stage: &str,
-        attempt: i64,
+        attempt: Attempt,
         ending: &str,
     ) {
         let path = self.data.log_path(run_id, stage, attempt);
@@ -335,11 +336,11 @@ impl Scheduler {
     /// first attempt).
     pub(super) async fn previous_attempt(
         &self,
-        run_id: i64,
+        run_id: RunId,
         stage: &str,
-        attempt: i64,
+        attempt: Attempt,
     ) -> Result<Option<String>, crate::store::StoreError> {
-        if attempt <= 1 {
+        if attempt <= Attempt::FIRST {
             return Ok(None);
         }
         Ok(self
@@ -347,7 +348,7 @@ impl Scheduler {
             .stage_attempts(run_id, stage)
             .await?
             .into_iter()
-            .find(|a| a.attempt == attempt - 1)
+            .find(|a| a.attempt.next() == attempt)
             .map(|a| {
                 format!(
                     "previous attempt {}: {}{}",
@@ -362,7 +363,7 @@ impl Scheduler {
 /// When a retried stage may run again, and the `pending_reason` that says so; logged too.
 pub(crate) async fn retry_backoff(
     stage: &Stage,
-    attempt: i64,
+    attempt: Attempt,
     failures: u32,
     delay: Duration,
     note: Option<&str>,
@@ -410,7 +411,7 @@ pub(crate) fn stage_env(
     run: &RunInfo,
     spec: &Pipeline,
     stage: &Stage,
-    attempt: i64,
+    attempt: Attempt,
     workspace: &str,
 ) -> BTreeMap<String, String> {
     let mut env = spec.env.clone();
@@ -421,8 +422,8 @@ pub(crate) fn stage_env(
     set("CI", "true".into());
     set("DEPLOYLITE", "true".into());
     set("DEPLOYLITE_RUN_ID", run.id.to_string());
-    set("DEPLOYLITE_REPO", run.repo.clone());
-    set("DEPLOYLITE_COMMIT", run.commit.clone());
+    set("DEPLOYLITE_REPO", run.repo.to_string());
+    set("DEPLOYLITE_COMMIT", run.commit.to_string());
     set("DEPLOYLITE_REF", run.git_ref.clone());
     set("DEPLOYLITE_EVENT", run.trigger.clone());
     set("DEPLOYLITE_PIPELINE", run.pipeline.clone());

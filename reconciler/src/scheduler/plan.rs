@@ -1,15 +1,17 @@
 //! One scheduler tick as a pure function: from the active runs (as stored) to the writes that
-//! move them on. No IO here, so every scheduling rule is unit-tested directly.
+//! move them on. No IO here, so every scheduling rule is unit-tested directly; it knows the run
+//! domain model (`crate::model`), never the store.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use deploylite_model::{RunId, StageName};
 use deploylite_pipeline::{Concurrency, Pipeline};
 
-use crate::status::{run_outcome, RunStatus, StageStatus};
-use crate::store::{
+use crate::model::{
     ActiveRun, Dispatch, ExpiredLease, RunFinish, StageSkip, TickWrites, LOCAL_RUNNER,
 };
+use crate::status::{run_outcome, RunStatus, StageStatus};
 
 /// Where the scheduler may place stages now, as placement sees it (name, labels, capacity): the
 /// daemon's own runner (`local`) or a remote runner that is online.
@@ -35,16 +37,16 @@ pub struct PlanConfig {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TickEffects {
     /// Running stages whose run was cancelled: their processes must be stopped.
-    pub cancel_running: Vec<(i64, String)>,
+    pub cancel_running: Vec<(RunId, StageName)>,
     /// Started runs whose workspace must be prepared before any stage runs.
-    pub prepare_workspace: Vec<i64>,
+    pub prepare_workspace: Vec<RunId>,
     /// The earliest backoff deadline in the future, to wake up for.
     pub next_wakeup: Option<i64>,
 }
 
 pub fn plan_tick(
     runs: &[ActiveRun],
-    specs: &HashMap<i64, Arc<Pipeline>>,
+    specs: &HashMap<RunId, Arc<Pipeline>>,
     config: &PlanConfig,
     now: i64,
 ) -> (TickWrites, TickEffects) {
@@ -54,7 +56,7 @@ pub fn plan_tick(
     expire_leases(runs, now, config.lease_ttl_ms, &mut writes);
 
     // Concurrency groups that already have an active run older than the one we look at.
-    let mut busy_groups: HashMap<(&str, &str, &str), i64> = HashMap::new();
+    let mut busy_groups: HashMap<(&str, &str, &str), RunId> = HashMap::new();
 
     for run in runs {
         let group = (
@@ -356,7 +358,7 @@ fn plan_running_run(
                 writes.dispatch.push(Dispatch {
                     run_id: run.id,
                     stage: stage.name.clone(),
-                    attempt: stage.attempt + 1,
+                    attempt: stage.attempt.next(),
                     runner: runner.name.clone(),
                     lease_deadline: (runner.name != LOCAL_RUNNER)
                         .then_some(now + config.lease_ttl_ms),
@@ -396,10 +398,10 @@ fn skip_remaining(run: &ActiveRun, reason: &str, to: StageStatus, writes: &mut T
     }
 }
 
-fn skip(run_id: i64, stage: &str, status: StageStatus, reason: &str) -> StageSkip {
+fn skip(run_id: RunId, stage: &str, status: StageStatus, reason: &str) -> StageSkip {
     StageSkip {
         run_id,
-        stage: stage.to_string(),
+        stage: stage.into(),
         status,
         reason: reason.to_string(),
     }
@@ -417,7 +419,8 @@ fn past_tense(s: StageStatus) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::ActiveStage;
+    use crate::model::ActiveStage;
+    use deploylite_model::Attempt;
 
     const NOW: i64 = 1_000_000;
 
@@ -438,7 +441,7 @@ mod tests {
             name: name.into(),
             position: 0,
             status,
-            attempt: i64::from(status != StageStatus::Queued),
+            attempt: Attempt::new(u32::from(status != StageStatus::Queued)),
             failures: 0,
             needs: needs.iter().map(|s| s.to_string()).collect(),
             pending_reason: None,
@@ -450,11 +453,11 @@ mod tests {
 
     fn run(id: i64, status: RunStatus, stages: Vec<ActiveStage>) -> ActiveRun {
         ActiveRun {
-            id,
+            id: RunId::new(id),
             repo: "repo".into(),
             pipeline: "ci".into(),
             git_ref: "refs/heads/main".into(),
-            commit: "c".repeat(40),
+            commit: "c".repeat(40).into(),
             trigger: "push".into(),
             status,
             pending_reason: None,
@@ -468,14 +471,14 @@ mod tests {
         }
     }
 
-    fn spec_with_runs_on(stage: &str, labels: &[&str]) -> HashMap<i64, Arc<Pipeline>> {
+    fn spec_with_runs_on(stage: &str, labels: &[&str]) -> HashMap<RunId, Arc<Pipeline>> {
         let yaml = format!(
             "name: ci\nstages:\n  {stage}:\n    runs_on: [{}]\n    steps: [{{ run: 'true' }}]\n",
             labels.join(", ")
         );
         let pipeline =
             deploylite_pipeline::parse_pipeline("ci.yaml", &yaml).expect("valid test pipeline");
-        HashMap::from([(1, Arc::new(pipeline))])
+        HashMap::from([(RunId::new(1), Arc::new(pipeline))])
     }
 
     fn dispatched(w: &TickWrites) -> Vec<&str> {
@@ -498,9 +501,9 @@ mod tests {
         );
         r.workspace_ready = false;
         let (w, e) = plan_tick(&[r], &HashMap::new(), &config(4), NOW);
-        assert_eq!(w.start_runs, vec![1]);
+        assert_eq!(w.start_runs, vec![RunId::new(1)]);
         assert!(w.dispatch.is_empty(), "stages wait for the next tick");
-        assert_eq!(e.prepare_workspace, vec![1]);
+        assert_eq!(e.prepare_workspace, vec![RunId::new(1)]);
     }
 
     #[test]
@@ -517,7 +520,7 @@ mod tests {
         let (w, _) = plan_tick(&[r], &HashMap::new(), &config(4), NOW);
         assert_eq!(dispatched(&w), ["build", "lint"]);
         assert_eq!(pending(&w, "test"), Some("needs: build"));
-        assert!(w.dispatch.iter().all(|d| d.attempt == 1));
+        assert!(w.dispatch.iter().all(|d| d.attempt == Attempt::FIRST));
     }
 
     #[test]
@@ -583,7 +586,7 @@ mod tests {
         assert_eq!(
             w.finish,
             vec![RunFinish {
-                run_id: 1,
+                run_id: RunId::new(1),
                 status: RunStatus::Failed
             }]
         );
@@ -611,7 +614,7 @@ mod tests {
         ];
         let (w, _) = plan_tick(&runs, &HashMap::new(), &config(2), NOW);
         assert_eq!(w.dispatch.len(), 1);
-        assert_eq!(w.dispatch[0].run_id, 1, "older runs first");
+        assert_eq!(w.dispatch[0].run_id, RunId::new(1), "older runs first");
         let waiting: Vec<&str> = w
             .stage_pending
             .iter()
@@ -629,7 +632,7 @@ mod tests {
     #[test]
     fn backoff_holds_a_retry_until_its_time_and_sets_a_wakeup() {
         let mut s = stage("flaky", StageStatus::Queued, &[]);
-        s.attempt = 1;
+        s.attempt = Attempt::FIRST;
         s.failures = 1;
         s.not_before = Some(NOW + 1500);
         let r = run(1, RunStatus::Running, vec![s.clone()]);
@@ -639,7 +642,11 @@ mod tests {
         assert_eq!(e.next_wakeup, Some(NOW + 1500));
         let r = run(1, RunStatus::Running, vec![s]);
         let (w, _) = plan_tick(&[r], &HashMap::new(), &config(4), NOW + 1500);
-        assert_eq!(w.dispatch[0].attempt, 2, "a retry is a new attempt");
+        assert_eq!(
+            w.dispatch[0].attempt,
+            Attempt::new(2),
+            "a retry is a new attempt"
+        );
     }
 
     #[test]
@@ -681,7 +688,7 @@ mod tests {
         );
         r.cancel_requested = true;
         let (w, e) = plan_tick(&[r.clone()], &HashMap::new(), &config(4), NOW);
-        assert_eq!(e.cancel_running, vec![(1, "a".to_string())]);
+        assert_eq!(e.cancel_running, vec![(RunId::new(1), "a".into())]);
         assert_eq!(w.skip[0].reason, "run cancelled");
         assert!(w.finish.is_empty(), "not final while `a` runs");
         r.stages[0].status = StageStatus::Cancelled;
@@ -690,7 +697,7 @@ mod tests {
         assert_eq!(
             w.finish,
             vec![RunFinish {
-                run_id: 1,
+                run_id: RunId::new(1),
                 status: RunStatus::Cancelled
             }]
         );
@@ -709,7 +716,7 @@ mod tests {
         assert_eq!(
             w.finish,
             vec![RunFinish {
-                run_id: 1,
+                run_id: RunId::new(1),
                 status: RunStatus::Cancelled
             }]
         );
@@ -737,11 +744,11 @@ mod tests {
         other_ref.concurrency = Concurrency::Queue;
         other_ref.git_ref = "refs/heads/dev".into();
         let (w, _) = plan_tick(&[older, newer, other_ref], &HashMap::new(), &config(4), NOW);
-        assert_eq!(w.start_runs, vec![3]);
+        assert_eq!(w.start_runs, vec![RunId::new(3)]);
         assert_eq!(
             w.run_pending,
             vec![(
-                2,
+                RunId::new(2),
                 Some("concurrency: waiting for run #1 on refs/heads/main".to_string())
             )]
         );
@@ -763,7 +770,7 @@ mod tests {
         assert_eq!(
             w.finish,
             vec![RunFinish {
-                run_id: 1,
+                run_id: RunId::new(1),
                 status: RunStatus::Success
             }]
         );
@@ -786,7 +793,8 @@ mod tests {
 #[cfg(test)]
 mod runner_tests {
     use super::*;
-    use crate::store::ActiveStage;
+    use crate::model::ActiveStage;
+    use deploylite_model::Attempt;
 
     fn slot(name: &str, labels: &[&str], capacity: usize) -> Placement {
         Placement {
@@ -801,7 +809,7 @@ mod runner_tests {
             name: name.into(),
             position: 0,
             status: StageStatus::Queued,
-            attempt: 0,
+            attempt: Attempt::NONE,
             failures: 0,
             needs: vec![],
             pending_reason: None,
@@ -814,7 +822,7 @@ mod runner_tests {
     fn running_on(name: &str, runner: &str, deadline: Option<i64>) -> ActiveStage {
         ActiveStage {
             status: StageStatus::Running,
-            attempt: 1,
+            attempt: Attempt::FIRST,
             runner: Some(runner.into()),
             lease_deadline: deadline,
             ..queued(name)
@@ -823,7 +831,7 @@ mod runner_tests {
 
     fn run(stages: Vec<ActiveStage>) -> ActiveRun {
         ActiveRun {
-            id: 1,
+            id: RunId::new(1),
             repo: "r".into(),
             pipeline: "p".into(),
             git_ref: "refs/heads/main".into(),
@@ -841,10 +849,10 @@ mod runner_tests {
         }
     }
 
-    fn specs(yaml_stages: &str) -> HashMap<i64, Arc<Pipeline>> {
+    fn specs(yaml_stages: &str) -> HashMap<RunId, Arc<Pipeline>> {
         let yaml = format!("name: p\nstages:\n{yaml_stages}");
         HashMap::from([(
-            1,
+            RunId::new(1),
             Arc::new(deploylite_pipeline::parse_pipeline("p.yaml", &yaml).expect("valid")),
         )])
     }
@@ -896,8 +904,8 @@ mod runner_tests {
         assert_eq!(e, TickEffects::default(), "no workspace is prepared");
         r.awaiting_approval = false;
         let (w, e) = plan_tick(&[r], &HashMap::new(), &config, 1_000);
-        assert_eq!(w.start_runs, vec![1], "once approved it starts");
-        assert_eq!(e.prepare_workspace, vec![1]);
+        assert_eq!(w.start_runs, vec![RunId::new(1)], "once approved it starts");
+        assert_eq!(e.prepare_workspace, vec![RunId::new(1)]);
     }
 
     #[test]
@@ -990,9 +998,9 @@ mod runner_tests {
         assert_eq!(
             w.expire,
             vec![ExpiredLease {
-                run_id: 1,
+                run_id: RunId::new(1),
                 stage: "lost".into(),
-                attempt: 1,
+                attempt: Attempt::FIRST,
                 runner: "a".into(),
                 last_renewed: 999 - 10_000,
             }]

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use deploylite_model::{Attempt, RunId};
 use deploylite_protocol::{AttemptOutcome, LeaseJob};
 use deploylite_runner::outcome::{describe, ending, verdict, Verdict};
 use deploylite_runner::source_url::split_credentials;
@@ -87,7 +88,7 @@ impl Scheduler {
                 source_url: self
                     .config
                     .source_urls
-                    .get(&info.repo)
+                    .get(info.repo.as_str())
                     .map(|url| split_credentials(url).0),
                 previous_attempt,
                 log_bytes: self.config.log_bytes,
@@ -101,9 +102,9 @@ impl Scheduler {
     pub async fn renew_lease(
         &self,
         runner: &str,
-        run_id: i64,
+        run_id: RunId,
         stage: &str,
-        attempt: i64,
+        attempt: Attempt,
     ) -> Result<Option<bool>, StoreError> {
         let deadline =
             now_ms() + i64::try_from(self.config.lease_ttl.as_millis()).unwrap_or(i64::MAX / 2);
@@ -117,9 +118,9 @@ impl Scheduler {
     pub async fn complete_remote(
         &self,
         runner: &str,
-        run_id: i64,
+        run_id: RunId,
         stage_name: &str,
-        attempt: i64,
+        attempt: Attempt,
         reported: &AttemptOutcome,
     ) -> Result<bool, StoreError> {
         let Some((failures, cancelling)) = self
@@ -157,10 +158,9 @@ impl Scheduler {
         };
         let note = describe(stage, outcome);
         let exit_code = outcome.exit_code().map(i64::from);
-        let failures_u32 = u32::try_from(failures).unwrap_or(u32::MAX);
         let base = AttemptResult {
             run_id,
-            stage: stage_name.to_string(),
+            stage: stage_name.into(),
             attempt,
             attempt_status: StageStatus::Failed,
             stage_status: StageStatus::Failed,
@@ -170,7 +170,7 @@ impl Scheduler {
             not_before: None,
             pending_reason: None,
         };
-        let verdict = verdict(stage, failures_u32, outcome, cancelling);
+        let verdict = verdict(stage, failures, outcome, cancelling);
         if !matches!(verdict, Verdict::Retry { .. }) {
             // The runner's last chunk is in: the closing line goes after it. (A retry's closing
             // line, with the retry's delay, is written below.)
@@ -202,7 +202,7 @@ impl Scheduler {
                 let (at, reason) = super::attempt::retry_backoff(
                     stage,
                     attempt,
-                    failures_u32 + 1,
+                    failures.saturating_add(1),
                     delay,
                     note.as_deref(),
                     &mut log,
@@ -231,9 +231,9 @@ impl Scheduler {
     pub async fn append_remote_log(
         &self,
         runner: &str,
-        run_id: i64,
+        run_id: RunId,
         stage: &str,
-        attempt: i64,
+        attempt: Attempt,
         chunk: &[u8],
     ) -> Result<bool, StoreError> {
         if self
@@ -249,9 +249,9 @@ impl Scheduler {
             Ok(true) => {}
             Ok(false) => tracing::warn!(
                 runner,
-                run_id,
+                run_id = run_id.get(),
                 stage,
-                attempt,
+                attempt = attempt.get(),
                 limit = self.config.log_bytes,
                 "a remote runner sent more log than limits.log_bytes; the chunk was dropped"
             ),
@@ -262,10 +262,10 @@ impl Scheduler {
         Ok(true)
     }
 
-    fn after_remote_end(&self, run_id: i64, stage: &str, attempt: i64, status: StageStatus) {
+    fn after_remote_end(&self, run_id: RunId, stage: &str, attempt: Attempt, status: StageStatus) {
         let _ = self.events.send(SchedulerEvent::StageFinished {
             run_id,
-            stage: stage.to_string(),
+            stage: stage.into(),
             attempt,
             status,
         });

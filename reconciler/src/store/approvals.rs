@@ -1,18 +1,20 @@
 //! Approving untrusted runs. An approval covers one head commit: the runs of that commit and
 //! ref that wait for it. A later push records new runs, which wait for an approval of their own.
 
+use deploylite_model::RunId;
+
 use super::runs::queue_reports;
-use super::{now_ms, DbContext, Result, Store};
+use super::{now_ms, run_ids, DbContext, Result, Store};
 
 impl Store {
     /// Approves the head commit of run `id`: that run and the other runs of the same commit and
     /// ref waiting for approval. `None` when there is no run `id`; an empty list when it waits
     /// for no approval.
-    pub async fn approve_run(&self, id: i64, by: &str) -> Result<Option<Vec<i64>>> {
+    pub async fn approve_run(&self, id: RunId, by: &str) -> Result<Option<Vec<RunId>>> {
         let mut tx = self.pool().begin().await.ctx("starting an approval")?;
         let run: Option<(String, String, String)> =
             sqlx::query_as("SELECT repo, git_ref, commit_sha FROM runs WHERE id = $1")
-                .bind(id)
+                .bind(id.get())
                 .fetch_optional(&mut *tx)
                 .await
                 .ctx("reading a run to approve")?;
@@ -33,7 +35,7 @@ impl Store {
         git_ref: &str,
         not_after: i64,
         by: &str,
-    ) -> Result<Vec<i64>> {
+    ) -> Result<Vec<RunId>> {
         let mut tx = self.pool().begin().await.ctx("starting an approval")?;
         let commit: Option<String> = sqlx::query_scalar(
             "SELECT commit_sha FROM runs
@@ -62,7 +64,7 @@ async fn approve_in(
     git_ref: &str,
     commit: &str,
     by: &str,
-) -> Result<Vec<i64>> {
+) -> Result<Vec<RunId>> {
     let approved: Vec<i64> = sqlx::query_scalar(
         "UPDATE runs SET awaiting_approval = 0, approved_by = $4, pending_reason = NULL
          WHERE repo = $1 AND git_ref = $2 AND commit_sha = $3
@@ -76,6 +78,7 @@ async fn approve_in(
     .fetch_all(&mut **tx)
     .await
     .ctx("approving runs")?;
+    let approved = run_ids(approved);
     queue_reports(tx, &approved, now_ms()).await?;
     Ok(approved)
 }
@@ -88,7 +91,7 @@ impl Store {
         git_ref: &str,
         commit: &str,
         by: &str,
-    ) -> Result<Vec<i64>> {
+    ) -> Result<Vec<RunId>> {
         let mut tx = self.pool().begin().await.ctx("starting an approval")?;
         let approved = approve_in(&mut tx, repo, git_ref, commit, by).await?;
         tx.commit().await.ctx("committing an approval")?;

@@ -6,6 +6,7 @@
 //! same deployment cannot both win: the loser's write changes nothing and its next pass
 //! re-reads.
 
+use deploylite_model::RunId;
 use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -40,7 +41,7 @@ pub struct EnvironmentRecord {
     /// The last drift check's verdict (`in_sync`, `drifted`, `unknown`); none before any.
     pub drift: Option<Sync>,
     pub drift_redeploys: i64,
-    pub check_run_id: Option<i64>,
+    pub check_run_id: Option<RunId>,
     pub last_check_at: Option<i64>,
     pub next_check_at: Option<i64>,
     pub hold: Option<Hold>,
@@ -107,7 +108,7 @@ pub struct EnvironmentSummary {
 /// A run that carries out a deployment.
 #[derive(Debug, Clone, Serialize)]
 pub struct DeploymentRun {
-    pub id: i64,
+    pub id: RunId,
     pub pipeline: String,
     pub action: String,
     pub status: RunStatus,
@@ -185,7 +186,10 @@ fn environment_from_row(r: &AnyRow) -> Result<EnvironmentRecord> {
         current_deployment: r.try_get("current_deployment").ctx(c)?,
         drift: drift.map(parse_status).transpose()?,
         drift_redeploys: r.try_get("drift_redeploys").ctx(c)?,
-        check_run_id: r.try_get("check_run_id").ctx(c)?,
+        check_run_id: r
+            .try_get::<Option<i64>, _>("check_run_id")
+            .ctx(c)?
+            .map(RunId::from),
         last_check_at: r.try_get("last_check_at").ctx(c)?,
         next_check_at: r.try_get("next_check_at").ctx(c)?,
         hold: match hold_version {
@@ -436,7 +440,7 @@ impl Store {
                 .into_iter()
                 .map(|(id, pipeline, action, status)| {
                     Ok(DeploymentRun {
-                        id,
+                        id: RunId::from(id),
                         pipeline,
                         action: action.unwrap_or_default(),
                         status: parse_status(status)?,
@@ -549,9 +553,9 @@ impl Store {
 
     /// A run's status and, for a failed run, whether a stage exited with `code` (a drift
     /// check's "drifted").
-    pub async fn run_end(&self, run_id: i64, code: i64) -> Result<Option<(RunStatus, bool)>> {
+    pub async fn run_end(&self, run_id: RunId, code: i64) -> Result<Option<(RunStatus, bool)>> {
         let status: Option<String> = sqlx::query_scalar("SELECT status FROM runs WHERE id = $1")
-            .bind(run_id)
+            .bind(run_id.get())
             .fetch_optional(self.pool())
             .await
             .ctx("reading a run's end")?;
@@ -560,7 +564,7 @@ impl Store {
         };
         let with_code: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM stages WHERE run_id = $1 AND exit_code = $2")
-                .bind(run_id)
+                .bind(run_id.get())
                 .bind(code)
                 .fetch_one(self.pool())
                 .await
@@ -950,12 +954,12 @@ impl EnvironmentTx {
         run: &NewRun,
         deployment: i64,
         action: RunAction,
-    ) -> Result<Option<i64>> {
+    ) -> Result<Option<RunId>> {
         let Some(id) = insert_run(&mut self.tx, run, self.now).await? else {
             return Ok(None);
         };
         sqlx::query("UPDATE runs SET deployment_id = $2, deployment_action = $3 WHERE id = $1")
-            .bind(id)
+            .bind(id.get())
             .bind(deployment)
             .bind(action.as_str())
             .execute(&mut *self.tx)
@@ -1025,12 +1029,12 @@ impl EnvironmentTx {
         &mut self,
         repo: &str,
         name: &str,
-        run_id: i64,
+        run_id: RunId,
         next_check_at: i64,
     ) -> Result<()> {
         use Column::Int;
         let columns = [
-            ("check_run_id", Int(run_id)),
+            ("check_run_id", Int(run_id.get())),
             ("next_check_at", Int(next_check_at)),
         ];
         self.update_environment(repo, name, &columns, "recording a drift check")

@@ -2,17 +2,28 @@
 //! reports, ids of objects created on the forge, and the run operations webhooks ask for
 //! (cancel a ref's queued runs, re-run a commit).
 
+use deploylite_model::RunId;
 use sqlx::Row;
 
-use super::runs::{queue_report, RunRecord};
-use super::{now_ms, DbContext, Result, Store};
+use super::runs::queue_report;
+use super::{now_ms, run_ids, DbContext, Result, Store};
+use crate::model::RunRecord;
 
-/// A due report: "run `run_id` changed; tell the forge". Rows up to `up_to_id` are covered.
+/// A due report: "run `id` changed; tell the forge" (or, from
+/// [`Store::due_deployment_reports`], deployment `id`). Rows up to `up_to_id` are covered.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DueReport {
-    pub run_id: i64,
+    /// The run's id, or the deployment's.
+    pub id: i64,
     pub up_to_id: i64,
     pub attempts: i64,
+}
+
+impl DueReport {
+    /// The run of a run's report (from [`Store::due_reports`]).
+    pub fn run_id(&self) -> RunId {
+        RunId::from(self.id)
+    }
 }
 
 impl Store {
@@ -86,7 +97,7 @@ impl Store {
         rows.iter()
             .map(|r| {
                 Ok(DueReport {
-                    run_id: r.try_get("run_id").ctx("reading a report")?,
+                    id: r.try_get("run_id").ctx("reading a report")?,
                     up_to_id: r.try_get("up_to_id").ctx("reading a report")?,
                     attempts: r.try_get("attempts").ctx("reading a report")?,
                 })
@@ -114,7 +125,7 @@ impl Store {
     }
 
     /// Deployments with pending reports due by `now`, one entry per deployment (its rows
-    /// coalesce), oldest first. `DueReport::run_id` holds the deployment id.
+    /// coalesce), oldest first. `DueReport::id` holds the deployment id.
     pub async fn due_deployment_reports(&self, now: i64, limit: i64) -> Result<Vec<DueReport>> {
         let rows = sqlx::query(
             "SELECT deployment_id, MAX(id) AS up_to_id, MAX(attempts) AS attempts FROM deployment_outbox
@@ -129,7 +140,7 @@ impl Store {
         rows.iter()
             .map(|r| {
                 Ok(DueReport {
-                    run_id: r.try_get("deployment_id").ctx("reading a report")?,
+                    id: r.try_get("deployment_id").ctx("reading a report")?,
                     up_to_id: r.try_get("up_to_id").ctx("reading a report")?,
                     attempts: r.try_get("attempts").ctx("reading a report")?,
                 })
@@ -181,9 +192,9 @@ impl Store {
     }
 
     /// Marks a run's report rows up to `up_to_id` as sent. Rows added since stay pending.
-    pub async fn report_sent(&self, run_id: i64, up_to_id: i64) -> Result<()> {
+    pub async fn report_sent(&self, run_id: RunId, up_to_id: i64) -> Result<()> {
         sqlx::query("UPDATE outbox SET state = 'sent', sent_at = $3 WHERE run_id = $1 AND id <= $2 AND state = 'pending'")
-            .bind(run_id)
+            .bind(run_id.get())
             .bind(up_to_id)
             .bind(now_ms())
             .execute(self.pool())
@@ -195,7 +206,7 @@ impl Store {
     /// Postpones a run's pending reports after a failed delivery.
     pub async fn report_failed(
         &self,
-        run_id: i64,
+        run_id: RunId,
         next_attempt_at: i64,
         error: &str,
     ) -> Result<()> {
@@ -203,7 +214,7 @@ impl Store {
             "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3
              WHERE run_id = $1 AND state = 'pending'",
         )
-        .bind(run_id)
+        .bind(run_id.get())
         .bind(next_attempt_at)
         .bind(error)
         .execute(self.pool())
@@ -279,7 +290,7 @@ impl Store {
         .ctx("listing a pull request's runs")?;
         let mut runs = Vec::with_capacity(ids.len());
         for id in ids {
-            if let Some((run, _)) = self.get_run(id).await? {
+            if let Some((run, _)) = self.get_run(RunId::from(id)).await? {
                 runs.push(run);
             }
         }
@@ -294,8 +305,8 @@ impl Store {
         repo: &str,
         git_ref: &str,
         reason: &str,
-    ) -> Result<Vec<i64>> {
-        sqlx::query_scalar(
+    ) -> Result<Vec<RunId>> {
+        let ids: Vec<i64> = sqlx::query_scalar(
             "UPDATE runs SET cancel_requested = 1, pending_reason = $3
              WHERE repo = $1 AND git_ref = $2 AND cancel_requested = 0
                AND (status = 'queued'
@@ -308,7 +319,8 @@ impl Store {
         .bind(reason)
         .fetch_all(self.pool())
         .await
-        .ctx("cancelling queued runs")
+        .ctx("cancelling queued runs")?;
+        Ok(run_ids(ids))
     }
 
     /// Runs a commit's pipelines again as new runs (`run_attempt` + 1), from the pipeline each
@@ -323,7 +335,7 @@ impl Store {
         commit: &str,
         pipeline: Option<&str>,
         request: Option<&str>,
-    ) -> Result<Vec<i64>> {
+    ) -> Result<Vec<RunId>> {
         let now = now_ms();
         let mut tx = self.pool().begin().await.ctx("starting a re-run")?;
         if let Some(key) = request {
@@ -354,21 +366,21 @@ impl Store {
         .fetch_all(&mut *tx)
         .await
         .ctx("finding runs to re-run")?;
-        let created = rerun_in(&mut tx, &latest, now).await?;
+        let created = rerun_in(&mut tx, &run_ids(latest), now).await?;
         tx.commit().await.ctx("committing a re-run")?;
         Ok(created)
     }
 
     /// Whether a later attempt of the same run (same repository, pipeline, commit and trigger)
     /// exists: it owns whatever the forge shows per pipeline and commit (a commit status).
-    pub async fn superseded(&self, run_id: i64) -> Result<bool> {
+    pub async fn superseded(&self, run_id: RunId) -> Result<bool> {
         let newer: Option<i64> = sqlx::query_scalar(
             "SELECT o.id FROM runs r JOIN runs o
                ON o.repo = r.repo AND o.pipeline = r.pipeline AND o.commit_sha = r.commit_sha
                   AND o.trigger = r.trigger AND o.run_attempt > r.run_attempt
              WHERE r.id = $1 LIMIT 1",
         )
-        .bind(run_id)
+        .bind(run_id.get())
         .fetch_optional(self.pool())
         .await
         .ctx("looking for a later attempt of a run")?;
@@ -385,7 +397,7 @@ impl Store {
         repo: &str,
         git_ref: &str,
         commit: &str,
-    ) -> Result<Vec<i64>> {
+    ) -> Result<Vec<RunId>> {
         let now = now_ms();
         let mut tx = self
             .pool()
@@ -410,7 +422,7 @@ impl Store {
         .fetch_all(&mut *tx)
         .await
         .ctx("finding cancelled runs to re-run")?;
-        let created = rerun_in(&mut tx, &cancelled, now).await?;
+        let created = rerun_in(&mut tx, &run_ids(cancelled), now).await?;
         tx.commit()
             .await
             .ctx("committing a re-run of cancelled runs")?;
@@ -424,9 +436,9 @@ impl Store {
 /// stages into the first one's run.
 async fn rerun_in(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    runs: &[i64],
+    runs: &[RunId],
     now: i64,
-) -> Result<Vec<i64>> {
+) -> Result<Vec<RunId>> {
     let mut created = Vec::with_capacity(runs.len());
     for &old in runs {
         let id: Option<i64> = sqlx::query_scalar(
@@ -442,12 +454,14 @@ async fn rerun_in(
              ON CONFLICT (repo, pipeline, commit_sha, trigger, run_attempt) DO NOTHING
              RETURNING id",
         )
-        .bind(old)
+        .bind(old.get())
         .bind(now)
         .fetch_optional(&mut **tx)
         .await
         .ctx("creating a re-run")?;
-        let Some(id) = id else { continue };
+        let Some(id) = id.map(RunId::from) else {
+            continue;
+        };
         // Stages start again as they were created: queued, or skipped by their `if:`.
         sqlx::query(
             "INSERT INTO stages (run_id, name, position, status, needs, pending_reason, finished_at)
@@ -458,8 +472,8 @@ async fn rerun_in(
                  CASE WHEN pending_reason LIKE 'skipped: `if:%' THEN $3 ELSE NULL END
              FROM stages WHERE run_id = $1",
         )
-        .bind(old)
-        .bind(id)
+        .bind(old.get())
+        .bind(id.get())
         .bind(now)
         .execute(&mut **tx)
         .await

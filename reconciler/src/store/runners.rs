@@ -2,15 +2,13 @@
 //! runners collect it, keep it alive with heartbeats, and report its end. The scheduler assigns
 //! (see `plan_tick`); this module only records.
 
+use deploylite_model::{Attempt, RunId};
 use serde::Serialize;
 use sqlx::Row;
 
 use super::runs::{parse_json, queue_report};
-use super::{now_ms, DbContext, Result, Store, StoreError};
-
-/// The daemon's own runner. Its attempts die with the daemon and are recovered at start; remote
-/// runners' leases outlive a daemon restart.
-pub const LOCAL_RUNNER: &str = "local";
+use super::{now_ms, DbContext, Result, RowExt, Store, StoreError};
+use crate::model::{Lease, LOCAL_RUNNER};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct RunnerRecord {
@@ -23,16 +21,6 @@ pub struct RunnerRecord {
     pub revoked: bool,
     /// Stages it is running now.
     pub running: i64,
-}
-
-/// A lease as its runner collects it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Lease {
-    pub run_id: i64,
-    pub stage: String,
-    pub attempt: i64,
-    /// Failed attempts before this one (what `retry.max` counts).
-    pub failures: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,10 +232,10 @@ impl Store {
         rows.iter()
             .map(|r| {
                 Ok(Lease {
-                    run_id: r.try_get("run_id").ctx("reading a lease")?,
-                    stage: r.try_get("name").ctx("reading a lease")?,
-                    attempt: r.try_get("attempt").ctx("reading a lease")?,
-                    failures: r.try_get("failures").ctx("reading a lease")?,
+                    run_id: r.run_id("run_id", "reading a lease")?,
+                    stage: r.text("name", "reading a lease")?,
+                    attempt: r.attempt("attempt", "reading a lease")?,
+                    failures: r.count("failures", "reading a lease")?,
                 })
             })
             .collect()
@@ -259,9 +247,9 @@ impl Store {
     pub async fn renew_lease(
         &self,
         runner: &str,
-        run_id: i64,
+        run_id: RunId,
         stage: &str,
-        attempt: i64,
+        attempt: Attempt,
         deadline: i64,
     ) -> Result<Option<bool>> {
         sqlx::query("UPDATE runners SET last_seen = $2 WHERE name = $1")
@@ -274,9 +262,9 @@ impl Store {
             "UPDATE stages SET lease_deadline = $5
              WHERE run_id = $1 AND name = $2 AND attempt = $3 AND runner = $4 AND status = 'running'",
         )
-        .bind(run_id)
+        .bind(run_id.get())
         .bind(stage)
-        .bind(attempt)
+        .bind(i64::from(attempt))
         .bind(runner)
         .bind(deadline)
         .execute(self.pool())
@@ -286,7 +274,7 @@ impl Store {
             return Ok(None);
         }
         let cancel: i64 = sqlx::query_scalar("SELECT cancel_requested FROM runs WHERE id = $1")
-            .bind(run_id)
+            .bind(run_id.get())
             .fetch_one(self.pool())
             .await
             .ctx("reading a run's cancellation")?;
@@ -298,24 +286,24 @@ impl Store {
     pub async fn held_lease(
         &self,
         runner: &str,
-        run_id: i64,
+        run_id: RunId,
         stage: &str,
-        attempt: i64,
-    ) -> Result<Option<(i64, bool)>> {
+        attempt: Attempt,
+    ) -> Result<Option<(u32, bool)>> {
         let row = sqlx::query(
             "SELECT s.failures, r.cancel_requested FROM stages s JOIN runs r ON r.id = s.run_id
              WHERE s.run_id = $1 AND s.name = $2 AND s.attempt = $3 AND s.runner = $4 AND s.status = 'running'",
         )
-        .bind(run_id)
+        .bind(run_id.get())
         .bind(stage)
-        .bind(attempt)
+        .bind(i64::from(attempt))
         .bind(runner)
         .fetch_optional(self.pool())
         .await
         .ctx("checking a lease")?;
         row.map(|r| {
             Ok((
-                r.try_get("failures").ctx("reading a lease")?,
+                r.count("failures", "reading a lease")?,
                 r.try_get::<i64, _>("cancel_requested")
                     .ctx("reading a lease")?
                     != 0,
@@ -330,9 +318,9 @@ impl Store {
     /// attempt was not running any more.
     pub async fn requeue_attempt(
         &self,
-        run_id: i64,
+        run_id: RunId,
         stage: &str,
-        attempt: i64,
+        attempt: Attempt,
         note: &str,
         reason: &str,
     ) -> Result<bool> {
@@ -349,9 +337,9 @@ impl Store {
 
 pub(super) async fn requeue_in(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    run_id: i64,
+    run_id: RunId,
     stage: &str,
-    attempt: i64,
+    attempt: Attempt,
     note: &str,
     reason: &str,
 ) -> Result<bool> {
@@ -361,9 +349,9 @@ pub(super) async fn requeue_in(
              not_before = NULL, pending_reason = $4
          WHERE run_id = $1 AND name = $2 AND attempt = $3 AND status = 'running'",
     )
-    .bind(run_id)
+    .bind(run_id.get())
     .bind(stage)
-    .bind(attempt)
+    .bind(i64::from(attempt))
     .bind(reason)
     .execute(&mut **tx)
     .await
@@ -375,9 +363,9 @@ pub(super) async fn requeue_in(
         "UPDATE stage_attempts SET status = 'failed', note = $4, finished_at = $5
          WHERE run_id = $1 AND stage = $2 AND attempt = $3 AND status = 'running'",
     )
-    .bind(run_id)
+    .bind(run_id.get())
     .bind(stage)
-    .bind(attempt)
+    .bind(i64::from(attempt))
     .bind(note)
     .bind(now)
     .execute(&mut **tx)

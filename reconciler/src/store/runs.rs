@@ -1,139 +1,15 @@
 //! Recording desired state (runs created from commits) and reading runs back for the API.
 
-use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{now_ms, DbContext, Result, Store, StoreError};
-use crate::status::{RunStatus, StageStatus};
+use deploylite_model::RunId;
 
-/// A run to create. Its identity is (repo, pipeline, commit, trigger, run_attempt): creating it
-/// twice is a no-op, which is what makes polling, webhooks and restarts safe to overlap.
-#[derive(Debug, Clone)]
-pub struct NewRun {
-    pub repo: String,
-    pub pipeline: String,
-    pub pipeline_file: String,
-    pub commit: String,
-    pub git_ref: String,
-    pub trigger: String,
-    pub run_attempt: i64,
-    /// `Queued`, or created final: `Error` (did not validate), `Skipped` (path filters).
-    pub status: RunStatus,
-    /// Why a run is waiting, or why it was created final.
-    pub pending_reason: Option<String>,
-    pub concurrency: deploylite_pipeline::Concurrency,
-    pub spec: Option<String>,
-    pub errors: Option<String>,
-    /// Preset by `deploylite run`, which runs in the working copy itself.
-    pub workspace: Option<String>,
-    pub stages: Vec<NewStage>,
-    /// Whether state changes of this run are reported to a forge (outbox rows).
-    pub report: bool,
-    pub pull_request: Option<PullRequestInfo>,
-    /// Untrusted code: the run is recorded queued but starts only once approved.
-    pub awaiting_approval: bool,
-    /// The `deploylite.run` gate's decision, when a policy applied.
-    pub policy: Option<deploylite_policy::Decision>,
-}
-
-/// The pull/merge request a run belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PullRequestInfo {
-    pub number: i64,
-    /// `owner/name` (GitHub) or `group/project` (GitLab) the head commit comes from.
-    pub head_repo: String,
-    /// From a fork: secrets and policy must not trust it.
-    pub untrusted: bool,
-}
-
-#[derive(Debug, Clone)]
-pub struct NewStage {
-    pub name: String,
-    pub status: StageStatus,
-    pub needs: Vec<String>,
-    pub pending_reason: Option<String>,
-}
-
-/// Everything one reconciliation of one ref writes, in one transaction: the runs the commit
-/// triggers and the ref's new recorded commit. A crash before the commit loses nothing (the next
-/// poll sees the same difference), a crash after it duplicates nothing.
-#[derive(Debug, Clone, Default)]
-pub struct RecordCommit {
-    pub repo: String,
-    pub git_ref: String,
-    pub commit: String,
-    pub runs: Vec<NewRun>,
-    /// Whether to move the ref's recorded commit (false for one-off runs).
-    pub update_ref: bool,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct RunFilter {
-    pub repo: Option<String>,
-    pub pipeline: Option<String>,
-    pub status: Option<RunStatus>,
-    /// The full ref (`refs/heads/main`).
-    pub git_ref: Option<String>,
-    pub trigger: Option<String>,
-    /// Only runs older than this id: the cursor of the next page.
-    pub before: Option<i64>,
-    pub limit: i64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct RunRecord {
-    pub id: i64,
-    pub repo: String,
-    pub pipeline: String,
-    pub pipeline_file: String,
-    pub commit: String,
-    pub git_ref: String,
-    pub trigger: String,
-    pub run_attempt: i64,
-    pub status: RunStatus,
-    pub pending_reason: Option<String>,
-    pub errors: Option<serde_json::Value>,
-    pub cancel_requested: bool,
-    pub created_at: i64,
-    pub started_at: Option<i64>,
-    pub finished_at: Option<i64>,
-    pub pull_request: Option<PullRequestInfo>,
-    /// Untrusted, and waiting for someone to approve its head commit.
-    pub awaiting_approval: bool,
-    /// Who approved it (`token:<name>`, `github:<login>`), if it needed an approval.
-    pub approved_by: Option<String>,
-    /// The `deploylite.run` gate's decision; null when no policy applied.
-    pub policy: Option<deploylite_policy::Decision>,
-    /// The deployment this run carries out (or the environment check it is), if any.
-    pub deployment_id: Option<i64>,
-    /// `deploy`, `rollback`, `verify` or `check` for a deployment's run.
-    pub deployment_action: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct StageRecord {
-    pub name: String,
-    pub position: i64,
-    pub status: StageStatus,
-    pub attempt: i64,
-    pub needs: Vec<String>,
-    pub pending_reason: Option<String>,
-    pub started_at: Option<i64>,
-    pub finished_at: Option<i64>,
-    pub exit_code: Option<i64>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct StageAttemptRecord {
-    pub attempt: i64,
-    pub status: StageStatus,
-    pub exit_code: Option<i64>,
-    pub note: Option<String>,
-    pub executor: String,
-    pub started_at: i64,
-    pub finished_at: Option<i64>,
-}
+use super::{now_ms, DbContext, Result, RowExt, Store, StoreError};
+use crate::model::{
+    NewRun, PullRequestInfo, RecordCommit, RunFilter, RunRecord, StageAttemptRecord, StageRecord,
+};
+use crate::status::RunStatus;
 
 const RUN_COLUMNS: &str = "id, repo, pipeline, pipeline_file, commit_sha, git_ref, trigger, run_attempt, status, \
      pending_reason, errors, cancel_requested, created_at, started_at, finished_at, pr_number, head_repo, untrusted, \
@@ -143,7 +19,7 @@ const RUN_COLUMNS: &str = "id, repo, pipeline, pipeline_file, commit_sha, git_re
 impl Store {
     /// Records a reconciled commit. Returns the ids of the runs actually created (runs that
     /// already existed are left alone) and of older runs this one cancels.
-    pub async fn record_commit(&self, record: &RecordCommit) -> Result<(Vec<i64>, Vec<i64>)> {
+    pub async fn record_commit(&self, record: &RecordCommit) -> Result<(Vec<RunId>, Vec<RunId>)> {
         let now = now_ms();
         let mut tx = self
             .pool()
@@ -167,15 +43,15 @@ impl Store {
                        AND status IN ('queued', 'running') AND cancel_requested = 0
                      RETURNING id",
                 )
-                .bind(&run.repo)
+                .bind(run.repo.as_str())
                 .bind(&run.pipeline)
                 .bind(&run.git_ref)
-                .bind(id)
+                .bind(id.get())
                 .bind(id.to_string())
                 .fetch_all(&mut *tx)
                 .await
                 .ctx("cancelling superseded runs")?;
-                cancelled.extend(older);
+                cancelled.extend(older.into_iter().map(RunId::from));
             }
         }
         if record.update_ref {
@@ -183,9 +59,9 @@ impl Store {
                 "INSERT INTO watched_refs (repo, git_ref, commit_sha, updated_at) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (repo, git_ref) DO UPDATE SET commit_sha = excluded.commit_sha, updated_at = excluded.updated_at",
             )
-            .bind(&record.repo)
+            .bind(record.repo.as_str())
             .bind(&record.git_ref)
-            .bind(&record.commit)
+            .bind(record.commit.as_str())
             .bind(now)
             .execute(&mut *tx)
             .await
@@ -284,17 +160,17 @@ impl Store {
     }
 
     /// A run without its stages.
-    pub async fn run(&self, id: i64) -> Result<Option<RunRecord>> {
+    pub async fn run(&self, id: RunId) -> Result<Option<RunRecord>> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1");
         let row = sqlx::query(&sql)
-            .bind(id)
+            .bind(id.get())
             .fetch_optional(self.reads())
             .await
             .ctx("reading a run")?;
         row.as_ref().map(run_from_row).transpose()
     }
 
-    pub async fn get_run(&self, id: i64) -> Result<Option<(RunRecord, Vec<StageRecord>)>> {
+    pub async fn get_run(&self, id: RunId) -> Result<Option<(RunRecord, Vec<StageRecord>)>> {
         let Some(run) = self.run(id).await? else {
             return Ok(None);
         };
@@ -302,7 +178,7 @@ impl Store {
             "SELECT name, position, status, attempt, needs, pending_reason, started_at, finished_at, exit_code
              FROM stages WHERE run_id = $1 ORDER BY position",
         )
-        .bind(id)
+        .bind(id.get())
         .fetch_all(self.reads())
         .await
         .ctx("reading stages")?;
@@ -310,10 +186,10 @@ impl Store {
             .iter()
             .map(|r| {
                 Ok(StageRecord {
-                    name: r.try_get("name").ctx("reading a stage")?,
+                    name: r.text("name", "reading a stage")?,
                     position: r.try_get("position").ctx("reading a stage")?,
                     status: parse_status(r.try_get::<String, _>("status").ctx("reading a stage")?)?,
-                    attempt: r.try_get("attempt").ctx("reading a stage")?,
+                    attempt: r.attempt("attempt", "reading a stage")?,
                     needs: parse_json(&r.try_get::<String, _>("needs").ctx("reading a stage")?)?,
                     pending_reason: r.try_get("pending_reason").ctx("reading a stage")?,
                     started_at: r.try_get("started_at").ctx("reading a stage")?,
@@ -327,14 +203,14 @@ impl Store {
 
     pub async fn stage_attempts(
         &self,
-        run_id: i64,
+        run_id: RunId,
         stage: &str,
     ) -> Result<Vec<StageAttemptRecord>> {
         let rows = sqlx::query(
             "SELECT attempt, status, exit_code, note, executor, started_at, finished_at
              FROM stage_attempts WHERE run_id = $1 AND stage = $2 ORDER BY attempt",
         )
-        .bind(run_id)
+        .bind(run_id.get())
         .bind(stage)
         .fetch_all(self.reads())
         .await
@@ -342,7 +218,7 @@ impl Store {
         rows.iter()
             .map(|r| {
                 Ok(StageAttemptRecord {
-                    attempt: r.try_get("attempt").ctx("reading an attempt")?,
+                    attempt: r.attempt("attempt", "reading an attempt")?,
                     status: parse_status(
                         r.try_get::<String, _>("status").ctx("reading an attempt")?,
                     )?,
@@ -358,18 +234,18 @@ impl Store {
 
     /// Asks for a run to be cancelled; the scheduler stops its running stages and skips the
     /// rest. Returns the run's status, or None when there is no such run.
-    pub async fn request_cancel(&self, run_id: i64, reason: &str) -> Result<Option<RunStatus>> {
+    pub async fn request_cancel(&self, run_id: RunId, reason: &str) -> Result<Option<RunStatus>> {
         sqlx::query(
             "UPDATE runs SET cancel_requested = 1, pending_reason = $2
              WHERE id = $1 AND status IN ('queued', 'running') AND cancel_requested = 0",
         )
-        .bind(run_id)
+        .bind(run_id.get())
         .bind(reason)
         .execute(self.pool())
         .await
         .ctx("requesting a cancellation")?;
         let status: Option<String> = sqlx::query_scalar("SELECT status FROM runs WHERE id = $1")
-            .bind(run_id)
+            .bind(run_id.get())
             .fetch_optional(self.pool())
             .await
             .ctx("reading a run's status")?;
@@ -383,7 +259,7 @@ pub(super) async fn insert_run(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     run: &NewRun,
     now: i64,
-) -> Result<Option<i64>> {
+) -> Result<Option<RunId>> {
     let finished_at = run.status.is_final().then_some(now);
     let policy = run.policy.as_ref().map(PolicyColumns::of).transpose()?;
     let id: Option<i64> = sqlx::query_scalar(
@@ -396,10 +272,10 @@ pub(super) async fn insert_run(
                  ON CONFLICT (repo, pipeline, commit_sha, trigger, run_attempt) DO NOTHING
                  RETURNING id",
             )
-            .bind(&run.repo)
+            .bind(run.repo.as_str())
             .bind(&run.pipeline)
             .bind(&run.pipeline_file)
-            .bind(&run.commit)
+            .bind(run.commit.as_str())
             .bind(&run.git_ref)
             .bind(&run.trigger)
             .bind(run.run_attempt)
@@ -424,7 +300,9 @@ pub(super) async fn insert_run(
             .fetch_optional(&mut **tx)
             .await
             .ctx("inserting a run")?;
-    let Some(id) = id else { return Ok(None) };
+    let Some(id) = id.map(RunId::from) else {
+        return Ok(None);
+    };
     queue_report(tx, id, now).await?;
     for (position, stage) in run.stages.iter().enumerate() {
         let needs =
@@ -433,8 +311,8 @@ pub(super) async fn insert_run(
                     "INSERT INTO stages (run_id, name, position, status, needs, pending_reason, finished_at)
                      VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 )
-                .bind(id)
-                .bind(&stage.name)
+                .bind(id.get())
+                .bind(stage.name.as_str())
                 .bind(position as i64)
                 .bind(stage.status.as_str())
                 .bind(needs)
@@ -520,11 +398,11 @@ pub(super) fn policy_from_row(r: &AnyRow) -> Result<Option<deploylite_policy::De
 fn run_from_row(r: &AnyRow) -> Result<RunRecord> {
     let errors: Option<String> = r.try_get("errors").ctx("reading a run")?;
     Ok(RunRecord {
-        id: r.try_get("id").ctx("reading a run")?,
-        repo: r.try_get("repo").ctx("reading a run")?,
+        id: r.run_id("id", "reading a run")?,
+        repo: r.text("repo", "reading a run")?,
         pipeline: r.try_get("pipeline").ctx("reading a run")?,
         pipeline_file: r.try_get("pipeline_file").ctx("reading a run")?,
-        commit: r.try_get("commit_sha").ctx("reading a run")?,
+        commit: r.text("commit_sha", "reading a run")?,
         git_ref: r.try_get("git_ref").ctx("reading a run")?,
         trigger: r.try_get("trigger").ctx("reading a run")?,
         run_attempt: r.try_get("run_attempt").ctx("reading a run")?,
@@ -567,7 +445,7 @@ fn run_from_row(r: &AnyRow) -> Result<RunRecord> {
 /// transaction that changes the run, so the report and the change commit together.
 pub(super) async fn queue_report(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    run_id: i64,
+    run_id: RunId,
     now: i64,
 ) -> Result<()> {
     queue_reports(tx, &[run_id], now).await
@@ -578,7 +456,7 @@ pub(super) async fn queue_report(
 /// keeps its count, instead of making the run due again at once and restarting its backoff.
 pub(super) async fn queue_reports(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    run_ids: &[i64],
+    run_ids: &[RunId],
     now: i64,
 ) -> Result<()> {
     for chunk in run_ids.chunks(500) {
@@ -594,7 +472,7 @@ pub(super) async fn queue_reports(
         );
         let mut query = sqlx::query(&sql).bind(now);
         for id in chunk {
-            query = query.bind(id);
+            query = query.bind(id.get());
         }
         query.execute(&mut **tx).await.ctx("queueing reports")?;
     }

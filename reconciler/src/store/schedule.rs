@@ -1,150 +1,15 @@
 //! The scheduler's side of the store: read the active runs, write a tick's decisions in one
 //! transaction, record attempt results, recover after a crash.
 
+use deploylite_model::RunId;
 use sqlx::Row;
 
-use super::runners::{requeue_in, LOCAL_RUNNER};
+use super::runners::requeue_in;
 use super::runs::{parse_concurrency, parse_json, parse_status, queue_reports};
-use super::{now_ms, DbContext, Result, Store, StoreError};
-use crate::status::{RunStatus, StageStatus};
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ActiveRun {
-    pub id: i64,
-    pub repo: String,
-    pub pipeline: String,
-    pub git_ref: String,
-    pub commit: String,
-    pub trigger: String,
-    pub status: RunStatus,
-    pub pending_reason: Option<String>,
-    pub concurrency: deploylite_pipeline::Concurrency,
-    pub cancel_requested: bool,
-    pub workspace: Option<String>,
-    pub workspace_ready: bool,
-    /// From a fork: runs only on runners allowed for untrusted work, never gets secrets.
-    pub untrusted: bool,
-    /// Waits, queued, for an approval of its head commit.
-    pub awaiting_approval: bool,
-    pub stages: Vec<ActiveStage>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ActiveStage {
-    pub name: String,
-    pub position: i64,
-    pub status: StageStatus,
-    pub attempt: i64,
-    pub failures: i64,
-    pub needs: Vec<String>,
-    pub pending_reason: Option<String>,
-    pub not_before: Option<i64>,
-    /// Who runs the current attempt (running stages only).
-    pub runner: Option<String>,
-    pub lease_deadline: Option<i64>,
-}
-
-/// A stage attempt to start now, on `runner`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Dispatch {
-    pub run_id: i64,
-    pub stage: String,
-    pub attempt: i64,
-    pub runner: String,
-    /// When the lease lapses unless the runner renews it; None for the local runner.
-    pub lease_deadline: Option<i64>,
-}
-
-/// A running attempt whose runner stopped renewing its lease.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ExpiredLease {
-    pub run_id: i64,
-    pub stage: String,
-    pub attempt: i64,
-    pub runner: String,
-    /// When the lease was last granted or renewed (its deadline less the lease TTL).
-    pub last_renewed: i64,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct StageSkip {
-    pub run_id: i64,
-    pub stage: String,
-    pub status: StageStatus,
-    pub reason: String,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct RunFinish {
-    pub run_id: i64,
-    pub status: RunStatus,
-}
-
-/// One tick's decisions; written in one transaction.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct TickWrites {
-    pub start_runs: Vec<i64>,
-    pub run_pending: Vec<(i64, Option<String>)>,
-    pub dispatch: Vec<Dispatch>,
-    pub skip: Vec<StageSkip>,
-    pub stage_pending: Vec<(i64, String, Option<String>)>,
-    pub finish: Vec<RunFinish>,
-    pub expire: Vec<ExpiredLease>,
-}
-
-impl TickWrites {
-    /// Every run this tick changes (what it writes a report row for), each once.
-    pub fn touched_runs(&self) -> Vec<i64> {
-        let mut ids: Vec<i64> = self
-            .start_runs
-            .iter()
-            .copied()
-            .chain(self.dispatch.iter().map(|d| d.run_id))
-            .chain(self.skip.iter().map(|s| s.run_id))
-            .chain(self.finish.iter().map(|f| f.run_id))
-            .chain(self.expire.iter().map(|e| e.run_id))
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        ids
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.start_runs.is_empty()
-            && self.run_pending.is_empty()
-            && self.dispatch.is_empty()
-            && self.skip.is_empty()
-            && self.stage_pending.is_empty()
-            && self.finish.is_empty()
-            && self.expire.is_empty()
-    }
-}
-
-/// How an attempt ended, as the scheduler decided it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AttemptResult {
-    pub run_id: i64,
-    pub stage: String,
-    pub attempt: i64,
-    /// The attempt's own status: success, failed or cancelled.
-    pub attempt_status: StageStatus,
-    /// The stage's next status: the same as the attempt's, or `Queued` for a retry.
-    pub stage_status: StageStatus,
-    pub exit_code: Option<i64>,
-    pub note: Option<String>,
-    /// Counts against `retry.max`.
-    pub counts_as_failure: bool,
-    pub not_before: Option<i64>,
-    pub pending_reason: Option<String>,
-}
-
-/// A stage attempt that was running when the daemon stopped.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Interrupted {
-    pub run_id: i64,
-    pub stage: String,
-    pub attempt: i64,
-}
+use super::{now_ms, DbContext, Result, RowExt, Store, StoreError};
+use crate::model::{
+    ActiveRun, ActiveStage, AttemptResult, Dispatch, Interrupted, TickWrites, LOCAL_RUNNER,
+};
 
 pub const INTERRUPTED_NOTE: &str = "interrupted: the daemon stopped while this attempt ran";
 
@@ -162,11 +27,11 @@ impl Store {
         let mut runs = Vec::with_capacity(run_rows.len());
         for r in &run_rows {
             runs.push(ActiveRun {
-                id: r.try_get("id").ctx("reading an active run")?,
-                repo: r.try_get("repo").ctx("reading an active run")?,
+                id: r.run_id("id", "reading an active run")?,
+                repo: r.text("repo", "reading an active run")?,
                 pipeline: r.try_get("pipeline").ctx("reading an active run")?,
                 git_ref: r.try_get("git_ref").ctx("reading an active run")?,
-                commit: r.try_get("commit_sha").ctx("reading an active run")?,
+                commit: r.text("commit_sha", "reading an active run")?,
                 trigger: r.try_get("trigger").ctx("reading an active run")?,
                 status: parse_status(
                     r.try_get::<String, _>("status")
@@ -208,7 +73,7 @@ impl Store {
         .ctx("loading active stages")?;
         let mut index = 0;
         for r in &stage_rows {
-            let run_id: i64 = r.try_get("run_id").ctx("reading an active stage")?;
+            let run_id = r.run_id("run_id", "reading an active stage")?;
             while index < runs.len() && runs[index].id < run_id {
                 index += 1;
             }
@@ -216,14 +81,14 @@ impl Store {
                 continue; // the run became final between the two reads
             };
             run.stages.push(ActiveStage {
-                name: r.try_get("name").ctx("reading an active stage")?,
+                name: r.text("name", "reading an active stage")?,
                 position: r.try_get("position").ctx("reading an active stage")?,
                 status: parse_status(
                     r.try_get::<String, _>("status")
                         .ctx("reading an active stage")?,
                 )?,
-                attempt: r.try_get("attempt").ctx("reading an active stage")?,
-                failures: r.try_get("failures").ctx("reading an active stage")?,
+                attempt: r.attempt("attempt", "reading an active stage")?,
+                failures: r.count("failures", "reading an active stage")?,
                 needs: parse_json(
                     &r.try_get::<String, _>("needs")
                         .ctx("reading an active stage")?,
@@ -238,9 +103,9 @@ impl Store {
     }
 
     /// The pipeline a run was created from.
-    pub async fn run_spec(&self, run_id: i64) -> Result<deploylite_pipeline::Pipeline> {
+    pub async fn run_spec(&self, run_id: RunId) -> Result<deploylite_pipeline::Pipeline> {
         let spec: Option<String> = sqlx::query_scalar("SELECT spec FROM runs WHERE id = $1")
-            .bind(run_id)
+            .bind(run_id.get())
             .fetch_optional(self.pool())
             .await
             .ctx("reading a run's pipeline")?
@@ -294,9 +159,9 @@ impl Store {
         let mut interrupted = Vec::with_capacity(rows.len());
         for r in &rows {
             interrupted.push(Interrupted {
-                run_id: r.try_get("run_id").ctx("reading an interrupted attempt")?,
-                stage: r.try_get("stage").ctx("reading an interrupted attempt")?,
-                attempt: r.try_get("attempt").ctx("reading an interrupted attempt")?,
+                run_id: r.run_id("run_id", "reading an interrupted attempt")?,
+                stage: r.text("stage", "reading an interrupted attempt")?,
+                attempt: r.attempt("attempt", "reading an interrupted attempt")?,
             });
         }
         for i in &interrupted {
@@ -318,14 +183,14 @@ impl Store {
         Ok(interrupted)
     }
 
-    pub async fn mark_workspace_ready(&self, run_id: i64, path: &str) -> Result<()> {
+    pub async fn mark_workspace_ready(&self, run_id: RunId, path: &str) -> Result<()> {
         let mut tx = self.begin_tick().await?;
         tx.mark_workspace_ready(run_id, path).await?;
         tx.commit().await
     }
 
     /// Finished runs whose workspace the janitor may delete.
-    pub async fn workspaces_to_clean(&self, finished_before: i64) -> Result<Vec<(i64, String)>> {
+    pub async fn workspaces_to_clean(&self, finished_before: i64) -> Result<Vec<(RunId, String)>> {
         let rows = sqlx::query(
             "SELECT id, workspace FROM runs
              WHERE workspace IS NOT NULL AND workspace_cleaned = 0 AND finished_at IS NOT NULL AND finished_at < $1
@@ -338,16 +203,16 @@ impl Store {
         rows.iter()
             .map(|r| {
                 Ok((
-                    r.try_get("id").ctx("reading a workspace")?,
+                    r.run_id("id", "reading a workspace")?,
                     r.try_get("workspace").ctx("reading a workspace")?,
                 ))
             })
             .collect()
     }
 
-    pub async fn mark_workspace_cleaned(&self, run_id: i64) -> Result<()> {
+    pub async fn mark_workspace_cleaned(&self, run_id: RunId) -> Result<()> {
         sqlx::query("UPDATE runs SET workspace_cleaned = 1 WHERE id = $1")
-            .bind(run_id)
+            .bind(run_id.get())
             .execute(self.pool())
             .await
             .ctx("recording a cleaned workspace")?;
@@ -355,20 +220,21 @@ impl Store {
     }
 
     /// Finished runs whose logs retention may delete.
-    pub async fn logs_to_clean(&self, finished_before: i64) -> Result<Vec<i64>> {
-        sqlx::query_scalar(
+    pub async fn logs_to_clean(&self, finished_before: i64) -> Result<Vec<RunId>> {
+        let ids: Vec<i64> = sqlx::query_scalar(
             "SELECT id FROM runs WHERE logs_cleaned = 0 AND finished_at IS NOT NULL AND finished_at < $1
              ORDER BY id LIMIT 500",
         )
         .bind(finished_before)
         .fetch_all(self.pool())
         .await
-        .ctx("finding logs to clean")
+        .ctx("finding logs to clean")?;
+        Ok(ids.into_iter().map(RunId::from).collect())
     }
 
-    pub async fn mark_logs_cleaned(&self, run_id: i64) -> Result<()> {
+    pub async fn mark_logs_cleaned(&self, run_id: RunId) -> Result<()> {
         sqlx::query("UPDATE runs SET logs_cleaned = 1 WHERE id = $1")
-            .bind(run_id)
+            .bind(run_id.get())
             .execute(self.pool())
             .await
             .ctx("recording cleaned logs")?;
@@ -379,7 +245,7 @@ impl Store {
 impl Store {
     /// Ends a run that cannot proceed (its workspace cannot be made): the stages not started are
     /// skipped, and the run fails with `message` as its error.
-    pub async fn fail_run(&self, run_id: i64, message: &str) -> Result<()> {
+    pub async fn fail_run(&self, run_id: RunId, message: &str) -> Result<()> {
         let mut tx = self.begin_tick().await?;
         tx.fail_run(run_id, message).await?;
         tx.commit().await
@@ -392,11 +258,11 @@ pub struct TickTx<'c> {
     tx: sqlx::Transaction<'c, sqlx::Any>,
     now: i64,
     /// Runs whose forge report must be refreshed; one outbox row each, written at commit.
-    touched: Vec<i64>,
+    touched: Vec<RunId>,
 }
 
 impl TickTx<'_> {
-    fn touch(&mut self, run_id: i64) {
+    fn touch(&mut self, run_id: RunId) {
         if !self.touched.contains(&run_id) {
             self.touched.push(run_id);
         }
@@ -414,7 +280,7 @@ impl TickTx<'_> {
                 "UPDATE runs SET status = 'running', started_at = $2, pending_reason = NULL
                      WHERE id = $1 AND status = 'queued'",
             )
-            .bind(run_id)
+            .bind(run_id.get())
             .bind(now)
             .execute(&mut **tx)
             .await
@@ -424,7 +290,7 @@ impl TickTx<'_> {
             as_expected &= one(sqlx::query(
                 "UPDATE runs SET pending_reason = $2 WHERE id = $1 AND status = 'queued'",
             )
-            .bind(run_id)
+            .bind(run_id.get())
             .bind(reason.as_deref())
             .execute(&mut **tx)
             .await
@@ -435,8 +301,8 @@ impl TickTx<'_> {
                 "UPDATE stages SET status = $3, pending_reason = $4, finished_at = $5
                      WHERE run_id = $1 AND name = $2 AND status = 'queued'",
             )
-            .bind(skip.run_id)
-            .bind(&skip.stage)
+            .bind(skip.run_id.get())
+            .bind(skip.stage.as_str())
             .bind(skip.status.as_str())
             .bind(&skip.reason)
             .bind(now)
@@ -449,8 +315,8 @@ impl TickTx<'_> {
                 "UPDATE stages SET pending_reason = $3
                      WHERE run_id = $1 AND name = $2 AND status = 'queued'",
             )
-            .bind(run_id)
-            .bind(stage)
+            .bind(run_id.get())
+            .bind(stage.as_str())
             .bind(reason.as_deref())
             .execute(&mut **tx)
             .await
@@ -493,7 +359,7 @@ impl TickTx<'_> {
                          started_at = COALESCE(started_at, $3)
                      WHERE id = $1 AND status IN ('queued', 'running')",
             )
-            .bind(finish.run_id)
+            .bind(finish.run_id.get())
             .bind(finish.status.as_str())
             .bind(now)
             .execute(&mut **tx)
@@ -517,9 +383,9 @@ impl TickTx<'_> {
                  not_before = $8, pending_reason = $9
              WHERE run_id = $1 AND name = $2 AND attempt = $3 AND status = 'running'",
         )
-        .bind(result.run_id)
-        .bind(&result.stage)
-        .bind(result.attempt)
+        .bind(result.run_id.get())
+        .bind(result.stage.as_str())
+        .bind(i64::from(result.attempt))
         .bind(result.stage_status.as_str())
         .bind(result.exit_code)
         .bind(finished_at)
@@ -536,9 +402,9 @@ impl TickTx<'_> {
             "UPDATE stage_attempts SET status = $4, exit_code = $5, note = $6, finished_at = $7
              WHERE run_id = $1 AND stage = $2 AND attempt = $3 AND status = 'running'",
         )
-        .bind(result.run_id)
-        .bind(&result.stage)
-        .bind(result.attempt)
+        .bind(result.run_id.get())
+        .bind(result.stage.as_str())
+        .bind(i64::from(result.attempt))
         .bind(result.attempt_status.as_str())
         .bind(result.exit_code)
         .bind(result.note.as_deref())
@@ -550,9 +416,9 @@ impl TickTx<'_> {
         Ok(true)
     }
 
-    pub async fn mark_workspace_ready(&mut self, run_id: i64, path: &str) -> Result<()> {
+    pub async fn mark_workspace_ready(&mut self, run_id: RunId, path: &str) -> Result<()> {
         sqlx::query("UPDATE runs SET workspace = $2, workspace_ready = 1 WHERE id = $1")
-            .bind(run_id)
+            .bind(run_id.get())
             .bind(path)
             .execute(&mut *self.tx)
             .await
@@ -562,14 +428,14 @@ impl TickTx<'_> {
 
     /// Ends a run that cannot proceed: the stages not started are skipped, and the run fails
     /// with `message` as its error.
-    pub async fn fail_run(&mut self, run_id: i64, message: &str) -> Result<()> {
+    pub async fn fail_run(&mut self, run_id: RunId, message: &str) -> Result<()> {
         let now = self.now;
         let errors = serde_json::json!([{ "message": message }]).to_string();
         sqlx::query(
             "UPDATE stages SET status = 'skipped', pending_reason = $2, finished_at = $3
              WHERE run_id = $1 AND status = 'queued'",
         )
-        .bind(run_id)
+        .bind(run_id.get())
         .bind(message)
         .bind(now)
         .execute(&mut *self.tx)
@@ -579,7 +445,7 @@ impl TickTx<'_> {
             "UPDATE runs SET status = 'failed', errors = $2, finished_at = $3, started_at = COALESCE(started_at, $3)
              WHERE id = $1 AND status IN ('queued', 'running')",
         )
-        .bind(run_id)
+        .bind(run_id.get())
         .bind(errors)
         .bind(now)
         .execute(&mut *self.tx)
@@ -635,7 +501,7 @@ async fn dispatch_batch(
             );
             let mut update = sqlx::query(&sql).bind(now).bind(runner).bind(deadline);
             for d in chunk {
-                update = update.bind(d.run_id).bind(&d.stage);
+                update = update.bind(d.run_id.get()).bind(d.stage.as_str());
             }
             let started = update
                 .fetch_all(&mut **tx)

@@ -5,7 +5,9 @@
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{now_ms, DbContext, Result, Store, StoreError};
+use deploylite_model::{Attempt, RunId};
+
+use super::{now_ms, DbContext, Result, RowExt, Store, StoreError};
 use crate::secrets::{Sealed, SecretScope};
 
 /// What may be shown about a secret: everything but its value.
@@ -234,9 +236,9 @@ impl Store {
     /// `run_id`: names and scopes, never values.
     pub async fn record_secret_uses(
         &self,
-        run_id: i64,
+        run_id: RunId,
         stage: &str,
-        attempt: i64,
+        attempt: Attempt,
         secrets: &[(SecretScope, String)],
     ) -> Result<()> {
         let now = now_ms();
@@ -246,9 +248,9 @@ impl Store {
                 "INSERT INTO secret_uses (run_id, stage, attempt, repo, environment, name, used_at)
                  VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
-            .bind(run_id)
+            .bind(run_id.get())
             .bind(stage)
-            .bind(attempt)
+            .bind(i64::from(attempt))
             .bind(&scope.repo)
             .bind(stored_environment(scope))
             .bind(name)
@@ -264,12 +266,12 @@ impl Store {
     /// The secrets handed to run `run_id`'s attempts: (stage, attempt, scope, name), in order.
     pub async fn secret_uses(
         &self,
-        run_id: i64,
-    ) -> Result<Vec<(String, i64, SecretScope, String)>> {
+        run_id: RunId,
+    ) -> Result<Vec<(String, Attempt, SecretScope, String)>> {
         let rows = sqlx::query(
             "SELECT stage, attempt, repo, environment, name FROM secret_uses WHERE run_id = $1 ORDER BY id",
         )
-        .bind(run_id)
+        .bind(run_id.get())
         .fetch_all(self.pool())
         .await
         .ctx("reading secret uses")?;
@@ -277,7 +279,7 @@ impl Store {
             .map(|r| {
                 Ok((
                     r.try_get("stage").ctx("reading a secret use")?,
-                    r.try_get("attempt").ctx("reading a secret use")?,
+                    r.attempt("attempt", "reading a secret use")?,
                     scope_of(
                         r.try_get("repo").ctx("reading a secret use")?,
                         r.try_get("environment").ctx("reading a secret use")?,

@@ -3,10 +3,11 @@
 //! attempt when its event is recorded. Each is a handful of indexed queries; the scrape's stay
 //! within milliseconds with 1,000 pipelines (benches/metrics.rs).
 
+use deploylite_model::{Attempt, RunId};
 use sqlx::Row;
 
 use super::runs::parse_json;
-use super::{DbContext, Result, Store};
+use super::{DbContext, Result, RowExt, Store};
 
 /// Waiting stages, classified by why they wait. The kinds are `pending_reason`'s prefixes as
 /// `scheduler::plan` writes them (and a queued run's own reason for the stages of a run that
@@ -144,12 +145,12 @@ impl Store {
         .ctx("counting deployments")
     }
 
-    pub async fn run_timing(&self, run_id: i64) -> Result<Option<RunTiming>> {
+    pub async fn run_timing(&self, run_id: RunId) -> Result<Option<RunTiming>> {
         let ctx = "reading a run's times";
         let Some(r) = sqlx::query(
             "SELECT repo, pipeline, created_at, started_at, finished_at FROM runs WHERE id = $1",
         )
-        .bind(run_id)
+        .bind(run_id.get())
         .fetch_optional(self.pool())
         .await
         .ctx(ctx)?
@@ -167,16 +168,16 @@ impl Store {
 
     pub async fn attempt_timing(
         &self,
-        run_id: i64,
+        run_id: RunId,
         stage: &str,
-        attempt: i64,
+        attempt: Attempt,
     ) -> Result<Option<AttemptTiming>> {
         let ctx = "reading a stage attempt's times";
         let Some(run) = sqlx::query(
             "SELECT r.repo, r.pipeline, r.created_at, r.started_at, s.needs
              FROM runs r JOIN stages s ON s.run_id = r.id WHERE r.id = $1 AND s.name = $2",
         )
-        .bind(run_id)
+        .bind(run_id.get())
         .bind(stage)
         .fetch_optional(self.pool())
         .await
@@ -188,7 +189,7 @@ impl Store {
         let created_at: i64 = run.try_get("created_at").ctx(ctx)?;
         let run_started: Option<i64> = run.try_get("started_at").ctx(ctx)?;
         let stage_ends = sqlx::query("SELECT name, finished_at FROM stages WHERE run_id = $1")
-            .bind(run_id)
+            .bind(run_id.get())
             .fetch_all(self.pool())
             .await
             .ctx(ctx)?;
@@ -203,7 +204,7 @@ impl Store {
             "SELECT stage, attempt, status, started_at, finished_at FROM stage_attempts
              WHERE run_id = $1 ORDER BY started_at, stage, attempt",
         )
-        .bind(run_id)
+        .bind(run_id.get())
         .fetch_all(self.pool())
         .await
         .ctx(ctx)?;
@@ -212,7 +213,7 @@ impl Store {
         let mut first = None;
         for row in &attempts {
             let name: String = row.try_get("stage").ctx(ctx)?;
-            let number: i64 = row.try_get("attempt").ctx(ctx)?;
+            let number = row.attempt("attempt", ctx)?;
             first.get_or_insert_with(|| (name.clone(), number));
             if name != stage {
                 continue;
@@ -224,7 +225,7 @@ impl Store {
             );
             if number == attempt {
                 this = Some(times);
-            } else if number == attempt - 1 {
+            } else if number.next() == attempt {
                 previous = Some(times);
             }
         }
@@ -251,7 +252,7 @@ impl Store {
             started_at,
             finished_at,
             runnable_at,
-            first_of_run: attempt == 1 && first == Some((stage.to_string(), attempt)),
+            first_of_run: attempt == Attempt::FIRST && first == Some((stage.to_string(), attempt)),
         }))
     }
 }

@@ -60,7 +60,7 @@ impl Plan {
             .filter(|i| !i.is_empty())
             .map(str::to_string)
             .or_else(|| config.default_image.clone())
-            .ok_or_else(|| PlanError::NoImage(job.stage.clone()))?;
+            .ok_or_else(|| PlanError::NoImage(job.stage.to_string()))?;
         let nano_cpus = job.resources.cpu.as_deref().map(parse_cpu).transpose()?;
         let memory = job
             .resources
@@ -79,12 +79,12 @@ impl Plan {
         labels.insert(LABEL_MANAGED.to_string(), "true".to_string());
         labels.insert(LABEL_INSTANCE.to_string(), config.instance.clone());
         labels.insert(LABEL_RUN_ID.to_string(), job.run_id.to_string());
-        labels.insert(LABEL_STAGE.to_string(), job.stage.clone());
+        labels.insert(LABEL_STAGE.to_string(), job.stage.to_string());
         labels.insert(LABEL_ATTEMPT.to_string(), job.attempt.to_string());
         labels.insert(LABEL_KEY.to_string(), key.clone());
-        labels.insert(LABEL_REPO.to_string(), job.repo.clone());
+        labels.insert(LABEL_REPO.to_string(), job.repo.to_string());
         labels.insert(LABEL_PIPELINE.to_string(), job.pipeline.clone());
-        labels.insert(LABEL_COMMIT.to_string(), job.commit.clone());
+        labels.insert(LABEL_COMMIT.to_string(), job.commit.to_string());
         Ok(Plan {
             image,
             workspace,

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use deploylite_model::{Attempt, RunId};
 use k8s_openapi::api::core::v1::{
     Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, Pod, PodSpec, ResourceRequirements,
     SecretKeySelector, Volume, VolumeMount,
@@ -77,7 +78,7 @@ fn slug(text: &str) -> String {
 /// The Pod of one stage attempt: `<prefix>-<run>-<stage>-<attempt>`, a DNS-1123 label (≤ 63
 /// characters). When the stage name does not survive as is (other characters, or too long) a
 /// hash of it is added so that two stages of a run never share a name.
-pub fn pod_name(prefix: &str, run_id: i64, stage: &str, attempt: u32) -> String {
+pub fn pod_name(prefix: &str, run_id: RunId, stage: &str, attempt: Attempt) -> String {
     let prefix = match slug(prefix) {
         p if p.is_empty() => "deploylite".to_string(),
         p if !p.starts_with(|c: char| c.is_ascii_lowercase()) => format!("dl-{p}"),
@@ -334,10 +335,10 @@ pub fn build_pod(
     labels.insert(LABEL_STAGE.into(), label_value(&job.stage));
     labels.insert(LABEL_ATTEMPT.into(), job.attempt.to_string());
     let annotations = BTreeMap::from([
-        ("deploylite.dev/stage".to_string(), job.stage.clone()),
-        ("deploylite.dev/repo".to_string(), job.repo.clone()),
+        ("deploylite.dev/stage".to_string(), job.stage.to_string()),
+        ("deploylite.dev/repo".to_string(), job.repo.to_string()),
         ("deploylite.dev/pipeline".to_string(), job.pipeline.clone()),
-        ("deploylite.dev/commit".to_string(), job.commit.clone()),
+        ("deploylite.dev/commit".to_string(), job.commit.to_string()),
     ]);
 
     let mount = vec![VolumeMount {
@@ -424,9 +425,9 @@ mod tests {
 
     fn job(steps: Vec<Step>) -> StageJob {
         StageJob {
-            run_id: 1,
+            run_id: RunId::new(1),
             stage: "test".into(),
-            attempt: 1,
+            attempt: Attempt::FIRST,
             workspace: PathBuf::from("/nowhere"),
             env: BTreeMap::new(),
             steps,

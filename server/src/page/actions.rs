@@ -5,6 +5,7 @@
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Extension, Form};
+use deploylite_model::RunId;
 use serde::Deserialize;
 
 use super::session::{csrf_ok, csrf_refused, SessionCookie};
@@ -19,11 +20,11 @@ pub(crate) struct ActionForm {
 }
 
 /// Where to go after an action: the run's page, with the outcome to show.
-fn back_to(id: i64, note: &str) -> Response {
+fn back_to(id: RunId, note: &str) -> Response {
     Redirect::to(&format!("/runs/{id}?note={}", super::encode_query(note))).into_response()
 }
 
-fn outcome(id: i64, result: Result<String, ApiError>) -> Response {
+fn outcome(id: RunId, result: Result<String, ApiError>) -> Response {
     match result {
         Ok(note) => back_to(id, &note),
         Err(ApiError::NotFound(m)) => super::PageError::NotFound(m).into_response(),
@@ -42,7 +43,7 @@ pub(crate) async fn cancel(
     State(state): State<PageState>,
     Extension(caller): Extension<Caller>,
     session: Option<Extension<SessionCookie>>,
-    Path(id): Path<i64>,
+    Path(id): Path<RunId>,
     Form(form): Form<ActionForm>,
 ) -> Response {
     if !csrf_ok(&state, &caller, session.as_deref(), &form.csrf) {
@@ -58,7 +59,7 @@ pub(crate) async fn approve(
     State(state): State<PageState>,
     Extension(caller): Extension<Caller>,
     session: Option<Extension<SessionCookie>>,
-    Path(id): Path<i64>,
+    Path(id): Path<RunId>,
     Form(form): Form<ActionForm>,
 ) -> Response {
     if !csrf_ok(&state, &caller, session.as_deref(), &form.csrf) {
@@ -74,7 +75,7 @@ pub(crate) async fn rerun(
     State(state): State<PageState>,
     Extension(caller): Extension<Caller>,
     session: Option<Extension<SessionCookie>>,
-    Path(id): Path<i64>,
+    Path(id): Path<RunId>,
     Form(form): Form<ActionForm>,
 ) -> Response {
     if !csrf_ok(&state, &caller, session.as_deref(), &form.csrf) {

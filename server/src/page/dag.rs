@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 
+use deploylite_model::RunId;
 use deploylite_reconciler::store::StageRecord;
 use maud::{html, Markup, PreEscaped};
 
@@ -59,7 +60,7 @@ fn cut(name: &str) -> String {
 }
 
 /// The SVG for `stages` of run `run_id`; `now` (Unix ms) times stages still running.
-pub fn render(run_id: i64, stages: &[StageRecord], now: i64) -> Markup {
+pub fn render(run_id: RunId, stages: &[StageRecord], now: i64) -> Markup {
     let column = columns(stages);
     let mut rows_in: HashMap<usize, i64> = HashMap::new();
     let mut place: HashMap<&str, (i64, i64)> = HashMap::new();
@@ -135,14 +136,15 @@ fn escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use deploylite_model::Attempt;
     use deploylite_reconciler::status::StageStatus;
 
     fn stage(name: &str, needs: &[&str]) -> StageRecord {
         StageRecord {
-            name: name.to_string(),
+            name: name.into(),
             position: 0,
             status: StageStatus::Success,
-            attempt: 1,
+            attempt: Attempt::FIRST,
             needs: needs.iter().map(|n| n.to_string()).collect(),
             pending_reason: None,
             started_at: Some(0),
@@ -166,7 +168,7 @@ mod tests {
         assert_eq!(col["unit"], 1);
         assert_eq!(col["integration"], 1);
         assert_eq!(col["package"], 2);
-        let svg = render(7, &stages, 0).into_string();
+        let svg = render(RunId::new(7), &stages, 0).into_string();
         assert_eq!(svg.matches("class=\"edge\"").count(), 5);
         assert!(svg.contains("data-stage=\"package\""));
         assert!(svg.contains("✓ success"));
@@ -176,7 +178,7 @@ mod tests {
     #[test]
     fn long_names_are_cut_and_text_is_escaped() {
         let stages = vec![stage("a<b>&very-long-stage-name-indeed", &[])];
-        let svg = render(1, &stages, 0).into_string();
+        let svg = render(RunId::new(1), &stages, 0).into_string();
         assert!(!svg.contains("<b>"));
         assert!(svg.contains("…"));
     }

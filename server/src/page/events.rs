@@ -11,6 +11,7 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use deploylite_model::RunId;
 use deploylite_reconciler::changes::{Change, Resume, Subject};
 use futures_util::stream::{self, Stream};
 use serde::Deserialize;
@@ -52,7 +53,7 @@ fn reset() -> Event {
 }
 
 fn event(change: &Change) -> Event {
-    if change.status == "reset" && change.run_id == 0 {
+    if change.status == "reset" && change.run_id == RunId::new(0) {
         // The feed itself lost changes: the follower must reload.
         return Event::default().id(&change.id).event("reset").data("{}");
     }

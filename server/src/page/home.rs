@@ -35,7 +35,7 @@ pub(crate) async fn page(
         environments.entry(env.repo.clone()).or_default().push(env);
     }
     for run in latest {
-        by_repo.entry(run.repo.clone()).or_default().push(run);
+        by_repo.entry(run.repo.to_string()).or_default().push(run);
     }
     let main = html! {
         h1 { "Repositories" }

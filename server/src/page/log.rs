@@ -13,6 +13,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use deploylite_model::{Attempt, RunId};
 use deploylite_reconciler::status::StageStatus;
 use deploylite_reconciler::store::{StageAttemptRecord, StageRecord};
 use futures_util::stream::{self, Stream};
@@ -35,7 +36,7 @@ const LIVE_POLL: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct LogQuery {
-    attempt: Option<i64>,
+    attempt: Option<Attempt>,
     /// Show the lines ending at this byte offset (an earlier page).
     before: Option<u64>,
     /// Show timestamps (the script toggles them without a reload).
@@ -44,7 +45,7 @@ pub(crate) struct LogQuery {
 
 struct Selected {
     stage: StageRecord,
-    attempt: i64,
+    attempt: Attempt,
     attempts: Vec<StageAttemptRecord>,
     repo: String,
     pipeline: String,
@@ -53,9 +54,9 @@ struct Selected {
 
 async fn select(
     state: &PageState,
-    id: i64,
+    id: RunId,
     stage: &str,
-    attempt: Option<i64>,
+    attempt: Option<Attempt>,
 ) -> Result<Selected, PageError> {
     let (run, stages) = state
         .store
@@ -66,8 +67,11 @@ async fn select(
         .into_iter()
         .find(|s| s.name == stage)
         .ok_or_else(|| PageError::NotFound(format!("Run #{id} has no stage `{stage}`.")))?;
-    let attempt = attempt.unwrap_or(record.attempt.max(1));
-    if attempt < 1 || (attempt > record.attempt && !(attempt == 1 && record.attempt == 0)) {
+    let attempt = attempt.unwrap_or(record.attempt.max(Attempt::FIRST));
+    if attempt < Attempt::FIRST
+        || (attempt > record.attempt
+            && !(attempt == Attempt::FIRST && record.attempt == Attempt::NONE))
+    {
         return Err(PageError::NotFound(format!(
             "Stage `{stage}` of run #{id} has no attempt {attempt} (it has {}).",
             record.attempt
@@ -79,19 +83,19 @@ async fn select(
         stage: record,
         attempt,
         attempts,
-        repo: run.repo,
+        repo: run.repo.into(),
         pipeline: run.pipeline,
     })
 }
 
 /// Whether attempt `attempt` of `stage` may still write to its log.
-fn still_writing(stage: &StageRecord, attempt: i64) -> bool {
+fn still_writing(stage: &StageRecord, attempt: Attempt) -> bool {
     attempt >= stage.attempt && matches!(stage.status, StageStatus::Running | StageStatus::Queued)
 }
 
 pub(crate) async fn page(
     State(state): State<PageState>,
-    Path((id, stage)): Path<(i64, String)>,
+    Path((id, stage)): Path<(RunId, String)>,
     Query(q): Query<LogQuery>,
     viewer: Viewer,
 ) -> Result<Response, PageError> {
@@ -187,7 +191,7 @@ pub(crate) async fn page(
 }
 
 /// One stored line (`<time> <out|err|---> <text>`) as HTML, anchored by its byte offset.
-fn line_html(line: &Line, base: &str, attempt: i64, page_end: u64) -> Markup {
+fn line_html(line: &Line, base: &str, attempt: Attempt, page_end: u64) -> Markup {
     let mut parts = line.text.splitn(3, ' ');
     let (time, stream, text) = match (parts.next(), parts.next(), parts.next()) {
         (Some(t), Some(s @ ("out" | "err" | "---")), text) => (t, s, text.unwrap_or("")),
@@ -210,15 +214,15 @@ fn line_html(line: &Line, base: &str, attempt: i64, page_end: u64) -> Markup {
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct LiveQuery {
-    attempt: Option<i64>,
+    attempt: Option<Attempt>,
     offset: Option<u64>,
 }
 
 struct Tail {
     state: PageState,
-    run_id: i64,
+    run_id: RunId,
     stage: String,
-    attempt: i64,
+    attempt: Attempt,
     path: PathBuf,
     base: String,
     offset: u64,
@@ -232,7 +236,7 @@ struct Tail {
 /// once the attempt has ended and everything is sent. `Last-Event-ID` overrides `offset`.
 pub(crate) async fn live(
     State(state): State<PageState>,
-    Path((id, stage)): Path<(i64, String)>,
+    Path((id, stage)): Path<(RunId, String)>,
     Query(q): Query<LiveQuery>,
     headers: HeaderMap,
 ) -> Result<Response, PageError> {

@@ -4,6 +4,7 @@
 
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
+use deploylite_model::RunId;
 use deploylite_reconciler::store::{now_ms, RunRecord};
 use maud::{html, Markup};
 use serde::Deserialize;
@@ -23,7 +24,7 @@ const MAX_NOTE: usize = 200;
 
 pub(crate) async fn page(
     State(state): State<PageState>,
-    Path(id): Path<i64>,
+    Path(id): Path<RunId>,
     Query(q): Query<RunQuery>,
     viewer: Viewer,
 ) -> Result<Response, PageError> {

@@ -17,6 +17,7 @@ use deploylite_forge::forges::{
 };
 use deploylite_forge::pulls::ForgePullRequests;
 use deploylite_forge::Forges;
+use deploylite_model::{Attempt, RunId};
 use deploylite_reconciler::paths::DataDir;
 use deploylite_reconciler::status::{RunStatus, StageStatus};
 use deploylite_reconciler::store::{
@@ -345,14 +346,14 @@ impl Harness {
 
     /// What the scheduler writes when it starts a run and its stage `build` (every harness
     /// pipeline's only stage) as attempt 1: the run is running and a stage has begun.
-    pub async fn start_build(&self, run_id: i64) {
+    pub async fn start_build(&self, run_id: RunId) {
         self.store
             .apply_tick(&TickWrites {
                 start_runs: vec![run_id],
                 dispatch: vec![Dispatch {
                     run_id,
                     stage: "build".into(),
-                    attempt: 1,
+                    attempt: Attempt::FIRST,
                     runner: "local".into(),
                     lease_deadline: None,
                 }],
@@ -364,13 +365,13 @@ impl Harness {
 
     /// What the scheduler writes when a started `build` (see [`Harness::start_build`]) succeeds
     /// and with it the run.
-    pub async fn succeed_build(&self, run_id: i64) {
+    pub async fn succeed_build(&self, run_id: RunId) {
         let current = self
             .store
             .finish_attempt(&AttemptResult {
                 run_id,
                 stage: "build".into(),
-                attempt: 1,
+                attempt: Attempt::FIRST,
                 attempt_status: StageStatus::Success,
                 stage_status: StageStatus::Success,
                 exit_code: Some(0),
@@ -386,7 +387,7 @@ impl Harness {
     }
 
     /// What the scheduler writes when it finishes a run (e.g. a cancelled one, `cancelled`).
-    pub async fn end_run(&self, run_id: i64, status: RunStatus) {
+    pub async fn end_run(&self, run_id: RunId, status: RunStatus) {
         self.store
             .apply_tick(&TickWrites {
                 finish: vec![RunFinish { run_id, status }],
