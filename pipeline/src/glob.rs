@@ -130,6 +130,13 @@ impl PartialEq for Glob {
 }
 impl Eq for Glob {}
 
+/// By the pattern, as equality is.
+impl std::hash::Hash for Glob {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.pattern.hash(state);
+    }
+}
+
 impl Serialize for Glob {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.pattern)
@@ -147,7 +154,7 @@ impl<'de> Deserialize<'de> for Glob {
 }
 
 /// An ordered list of patterns; serialised as a list of pattern strings.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct GlobList(pub Vec<Glob>);
 
