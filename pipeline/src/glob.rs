@@ -81,11 +81,14 @@ impl Glob {
         if body.is_empty() {
             return Err(invalid(GlobProblem::Empty));
         }
-        let pieces = parse(body).map_err(invalid)?;
+        let matcher = match Matcher::simple(body) {
+            Some(m) => m,
+            None => Matcher::new(parse(body).map_err(invalid)?),
+        };
         Ok(Glob {
             pattern: pattern.to_string(),
             negated,
-            matcher: Arc::new(Matcher::new(pieces)),
+            matcher: Arc::new(matcher),
         })
     }
 
@@ -127,6 +130,13 @@ impl PartialEq for Glob {
 }
 impl Eq for Glob {}
 
+/// By the pattern, as equality is.
+impl std::hash::Hash for Glob {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.pattern.hash(state);
+    }
+}
+
 impl Serialize for Glob {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.pattern)
@@ -144,7 +154,7 @@ impl<'de> Deserialize<'de> for Glob {
 }
 
 /// An ordered list of patterns; serialised as a list of pattern strings.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct GlobList(pub Vec<Glob>);
 
@@ -337,7 +347,41 @@ enum Matcher {
     Nfa(Nfa),
 }
 
+/// Whether `s` is all literal characters: nothing that [`parse`] reads as special.
+fn is_literal(s: &str) -> bool {
+    !s.bytes()
+        .any(|b| matches!(b, b'*' | b'?' | b'+' | b'[' | b'\\'))
+}
+
 impl Matcher {
+    /// The common shapes read straight from the pattern body, without [`parse`]'s pieces: the
+    /// same matcher [`Matcher::new`] would build, for the bodies that are a literal with at
+    /// most one `*`, `**` or `**/` before or after it. `None` for any other body.
+    fn simple(body: &str) -> Option<Matcher> {
+        if is_literal(body) {
+            return Some(Matcher::Exact(body.to_string()));
+        }
+        if let Some(lit) = body.strip_suffix("**").filter(|l| is_literal(l)) {
+            return Some(Matcher::Prefix(lit.to_string()));
+        }
+        if let Some(lit) = body.strip_suffix('*').filter(|l| is_literal(l)) {
+            return Some(Matcher::PrefixInSegment(lit.to_string()));
+        }
+        // `?` and `+` after a `*` would repeat it, so a literal after one has neither: which
+        // `is_literal` already says.
+        if let Some(lit) = body.strip_prefix("**/") {
+            return is_literal(lit).then(|| Matcher::InAnyDir(lit.to_string()));
+        }
+        // The bodies `**` and `*` were taken above: what follows the stars is not empty.
+        if let Some(lit) = body.strip_prefix("**") {
+            return is_literal(lit).then(|| Matcher::Suffix(lit.to_string()));
+        }
+        if let Some(lit) = body.strip_prefix('*') {
+            return is_literal(lit).then(|| Matcher::SuffixInSegment(lit.to_string()));
+        }
+        None
+    }
+
     fn new(pieces: Vec<Piece>) -> Matcher {
         let literal = |ps: &[Piece]| -> Option<String> {
             ps.iter()
@@ -543,6 +587,62 @@ mod tests {
 
     fn list(p: &[&str]) -> GlobList {
         GlobList::new(p).unwrap()
+    }
+
+    /// The shortcut for common shapes builds what the pieces would.
+    #[test]
+    fn simple_bodies_get_the_matcher_of_their_pieces() {
+        let bodies = [
+            "main",
+            "src/**",
+            "**",
+            "*",
+            "v*",
+            "Cargo.*",
+            "**.js",
+            "*.md",
+            "**/README.md",
+            "**/",
+            "**/a",
+            "*/a",
+            "**a",
+            "a**",
+            "a*",
+            "!x",
+            "a.b-c_d{e}",
+            "**/**",
+            "***",
+            "*a*",
+            "a**b",
+            "src/**/*.rs",
+            "?a",
+            "+a",
+            "a?",
+            "a+",
+            "*?",
+            "**?",
+            "**/?a",
+            "[ab]",
+            "a\\*",
+            "\\*a",
+            "**\\?",
+            "*[0-9]",
+            "é*",
+            "**é",
+        ];
+        let mut simple = 0;
+        for body in bodies {
+            let Ok(pieces) = parse(body) else {
+                assert!(Matcher::simple(body).is_none(), "{body}");
+                continue;
+            };
+            let slow = format!("{:?}", Matcher::new(pieces));
+            if let Some(fast) = Matcher::simple(body) {
+                simple += 1;
+                assert_eq!(format!("{fast:?}"), slow, "{body}");
+            }
+        }
+        assert_eq!(simple, 19, "the shortcut is taken");
     }
 
     /// Every example of GitHub's "Filter pattern cheat sheet" (workflow syntax for GitHub

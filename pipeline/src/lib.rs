@@ -29,7 +29,7 @@ pub use expr::{Expr, ExprContext};
 pub use glob::{Glob, GlobList, InvalidGlob};
 pub use keys::canonical_key;
 pub use model::*;
-pub use trigger::{Event, NotTriggered, TriggerMatch};
+pub use trigger::{ChangedPaths, Event, NotTriggered, TriggerMatch};
 
 /// One problem in one file, shown to users as `file:line:col: message`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

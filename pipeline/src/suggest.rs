@@ -62,7 +62,50 @@ struct Scratch {
     /// ASCII words are compared byte by byte: a quarter of the memory traffic of `char`s.
     word_ascii: Vec<u8>,
     candidate_ascii: Vec<u8>,
+    /// How often each (lowercased) byte occurs in an ASCII word: see [`bag_distance`].
+    word_bag: Bag,
     rows: [Vec<usize>; 3],
+}
+
+/// Occurrences of each ASCII byte.
+struct Bag([i32; 128]);
+
+impl Default for Bag {
+    fn default() -> Self {
+        Bag([0; 128])
+    }
+}
+
+impl Bag {
+    fn fill(&mut self, word: &[u8]) {
+        self.0 = [0; 128];
+        for &b in word {
+            self.0[usize::from(b & 0x7f)] += 1;
+        }
+    }
+}
+
+/// The bag distance between the word whose [`Bag`] is `bag` (of `word_len` bytes) and the
+/// lowercased ASCII `candidate`: the larger of the two counts of bytes that the other word
+/// lacks. No edit changes it by more than one (a transposition not at all), so it is a lower
+/// bound of the alignment distance that costs one pass over the candidate: most candidates
+/// of a long list (thousands of stage names) are ruled out by it before the quadratic
+/// distance runs.
+fn bag_distance(bag: &mut Bag, word_len: usize, candidate: &str) -> usize {
+    let mut common = 0usize;
+    for b in candidate.bytes() {
+        let n = &mut bag.0[usize::from(b.to_ascii_lowercase() & 0x7f)];
+        if *n > 0 {
+            common += 1;
+        }
+        // Below zero when the candidate has more of the byte; restored below.
+        *n -= 1;
+    }
+    for b in candidate.bytes() {
+        let n = &mut bag.0[usize::from(b.to_ascii_lowercase() & 0x7f)];
+        *n += 1;
+    }
+    (word_len - common).max(candidate.len() - common)
 }
 
 fn closest<'a>(
@@ -76,6 +119,7 @@ fn closest<'a>(
         candidate: c,
         word_ascii: wa,
         candidate_ascii: ca,
+        word_bag,
         rows,
     } = scratch;
     let ascii_word = word.is_ascii();
@@ -83,6 +127,7 @@ fn closest<'a>(
     let mut chars_ready = !ascii_word;
     if ascii_word {
         ascii_lowercase_into(word, wa);
+        word_bag.fill(wa);
     } else {
         lowercase_into(word, w);
     }
@@ -94,6 +139,9 @@ fn closest<'a>(
         // Only strictly closer candidates can replace the best so far.
         let bound = best.map_or(limit, |(d, _)| d.saturating_sub(1));
         let d = if ascii_word && candidate.is_ascii() {
+            if bag_distance(word_bag, wa.len(), candidate) > bound {
+                continue;
+            }
             ascii_lowercase_into(candidate, ca);
             bounded_distance(wa, ca, bound, rows)
         } else {
@@ -222,6 +270,48 @@ mod tests {
                     assert_eq!(cut, (full <= limit).then_some(full), "{a} {b} {limit}");
                 }
             }
+        }
+    }
+
+    /// The bag distance is a lower bound of the distance, so ruling candidates out by it
+    /// never changes a suggestion.
+    #[test]
+    fn the_bag_distance_never_exceeds_the_distance() {
+        let words = [
+            "",
+            "a",
+            "ab",
+            "ba",
+            "abc",
+            "acb",
+            "bca",
+            "aab",
+            "lint",
+            "LNIT",
+            "test",
+            "tset",
+            "deploy",
+            "dpeloy",
+            "needs",
+            "nedds",
+            "runs-on",
+            "runson",
+            "stage-0042",
+            "missing-0042",
+            "Stage-0024",
+        ];
+        let mut bag = Bag::default();
+        for a in words {
+            let lower = a.to_ascii_lowercase();
+            bag.fill(lower.as_bytes());
+            for b in words {
+                let full = distance(&lower, &b.to_ascii_lowercase()).unwrap();
+                let lower_bound = bag_distance(&mut bag, lower.len(), b);
+                assert!(lower_bound <= full, "{a} {b}: {lower_bound} > {full}");
+            }
+            let mut again = Bag::default();
+            again.fill(lower.as_bytes());
+            assert_eq!(bag.0, again.0, "{a}: the bag is restored");
         }
     }
 

@@ -12,6 +12,7 @@
 //!   least one changed path must match `paths` and not `paths_ignore`;
 //! - unknown changed paths (`None`, e.g. the first commit seen on a ref) pass every path filter.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -143,6 +144,25 @@ fn name_filter<'a>(
     }
 }
 
+/// One commit's changed paths, with the path filters already decided against them: the
+/// pipelines of a commit often share their `paths`/`paths_ignore` lists (copies of one
+/// template, services of a monorepo), and a commit can change thousands of files, each tried
+/// against each pattern. Pipelines with the same two lists get the first one's answer.
+pub struct ChangedPaths<'p, 't> {
+    paths: Option<&'p [String]>,
+    decided: HashMap<(&'t GlobList, &'t GlobList), TriggerMatch>,
+}
+
+impl<'p> ChangedPaths<'p, '_> {
+    /// `None`: the changes are unknown, and path filters match everything.
+    pub fn new(paths: Option<&'p [String]>) -> Self {
+        ChangedPaths {
+            paths,
+            decided: HashMap::new(),
+        }
+    }
+}
+
 impl Triggers {
     /// Whether this `on:` block fires for `event`. `changed_paths: None` means "unknown":
     /// path filters then match everything.
@@ -151,6 +171,28 @@ impl Triggers {
             Err(_) => TriggerMatch::NoEvent,
             Ok(None) => TriggerMatch::Yes,
             Ok(Some((paths, ignore))) => paths_match(paths, ignore, changed_paths),
+        }
+    }
+
+    /// [`Triggers::matches`] for one of several pipelines tried against the same changes.
+    pub fn matches_changes<'t>(
+        &'t self,
+        event: &Event,
+        changes: &mut ChangedPaths<'_, 't>,
+    ) -> TriggerMatch {
+        match self.event_filter(event) {
+            Err(_) => TriggerMatch::NoEvent,
+            Ok(None) => TriggerMatch::Yes,
+            Ok(Some((paths, ignore))) => {
+                if changes.paths.is_none() || (paths.is_empty() && ignore.is_empty()) {
+                    return TriggerMatch::Yes;
+                }
+                let changed = changes.paths;
+                *changes
+                    .decided
+                    .entry((paths, ignore))
+                    .or_insert_with(|| paths_match(paths, ignore, changed))
+            }
         }
     }
 
@@ -327,6 +369,47 @@ mod tests {
         ];
         for (i, (t, ev, paths, want)) in cases.into_iter().enumerate() {
             assert_eq!(t.matches(&ev, paths), want, "case {i}: {ev:?} {paths:?}");
+            let mut changes = ChangedPaths::new(paths);
+            for _ in 0..2 {
+                assert_eq!(t.matches_changes(&ev, &mut changes), want, "case {i}");
+            }
+        }
+    }
+
+    /// Pipelines with the same path filters share one decision per commit; others get their own.
+    #[test]
+    fn shared_path_decisions() {
+        let on = |branches: &[&str], paths: &[&str], ignore: &[&str]| Triggers {
+            push: Some(PushTrigger {
+                branches: gl(branches),
+                paths: gl(paths),
+                paths_ignore: gl(ignore),
+                ..PushTrigger::default()
+            }),
+            pull_request: None,
+        };
+        let pipelines = [
+            on(&[], &["src/**"], &["docs/**"]),
+            on(&["main"], &["src/**"], &["docs/**"]),
+            on(&["release/**"], &["src/**"], &["docs/**"]),
+            on(&[], &["docs/**"], &[]),
+            on(&[], &["src/**"], &["src/**"]),
+            on(&[], &[], &[]),
+        ];
+        let changed: Vec<String> = ["docs/a.md", "src/main.rs"].map(String::from).into();
+        let mut changes = ChangedPaths::new(Some(&changed));
+        let event = push("main");
+        let got: Vec<TriggerMatch> = pipelines
+            .iter()
+            .map(|t| t.matches_changes(&event, &mut changes))
+            .collect();
+        assert_eq!(got, [Yes, Yes, NoEvent, Yes, PathsFiltered, Yes]);
+        assert_eq!(changes.decided.len(), 3, "three distinct pairs of lists");
+        for t in &pipelines {
+            assert_eq!(
+                t.matches(&event, Some(&changed)),
+                t.matches_changes(&event, &mut changes)
+            );
         }
     }
 

@@ -17,7 +17,8 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use saphyr_parser::{Event, Parser, ScalarStyle, Span};
+use saphyr_parser::input::SkipTabs;
+use saphyr_parser::{Event, Input, Parser, ScalarStyle, Span, StrInput};
 
 use crate::limits::MAX_DEPTH;
 use crate::model::Pos;
@@ -148,8 +149,160 @@ pub(crate) fn load<'a>(src: &'a str, diags: &mut Vec<RawDiag>) -> Option<Node<'a
     }
 }
 
+/// How many characters saphyr's scanner takes from [`ChunkedInput`] per look-ahead: the
+/// capacity of saphyr's own buffered input (`BufferedInput`), which its scanner is built for.
+const CHUNK: usize = 16;
+
+/// saphyr's `&str` input with a smaller look-ahead chunk. `StrInput` says 128 characters, and
+/// the scanner reserves that much room in every plain scalar's `String` after its first
+/// character: a reallocation for nearly every key and value, about a tenth of the parse. With
+/// [`CHUNK`] the scalar fits the 32 bytes the scanner allocates first. Every other method is
+/// `StrInput`'s, and the scanner only uses the chunk size to decide how many characters to
+/// examine between look-aheads (all of a `&str` is always there), so the events are the same:
+/// a test compares them.
+struct ChunkedInput<'a>(StrInput<'a>);
+
+impl Input for ChunkedInput<'_> {
+    #[inline]
+    fn lookahead(&mut self, count: usize) {
+        self.0.lookahead(count);
+    }
+    #[inline]
+    fn buflen(&self) -> usize {
+        self.0.buflen()
+    }
+    #[inline]
+    fn bufmaxlen(&self) -> usize {
+        CHUNK
+    }
+    #[inline]
+    fn buf_is_empty(&self) -> bool {
+        self.0.buf_is_empty()
+    }
+    #[inline]
+    fn raw_read_ch(&mut self) -> char {
+        self.0.raw_read_ch()
+    }
+    #[inline]
+    fn raw_read_non_breakz_ch(&mut self) -> Option<char> {
+        self.0.raw_read_non_breakz_ch()
+    }
+    #[inline]
+    fn skip(&mut self) {
+        self.0.skip();
+    }
+    #[inline]
+    fn skip_n(&mut self, count: usize) {
+        self.0.skip_n(count);
+    }
+    #[inline]
+    fn peek(&self) -> char {
+        self.0.peek()
+    }
+    #[inline]
+    fn peek_nth(&self, n: usize) -> char {
+        self.0.peek_nth(n)
+    }
+    #[inline]
+    fn peek_opt(&self) -> Option<char> {
+        self.0.peek_opt()
+    }
+    #[inline]
+    fn look_ch(&mut self) -> char {
+        self.0.look_ch()
+    }
+    #[inline]
+    fn next_char_is(&self, c: char) -> bool {
+        self.0.next_char_is(c)
+    }
+    #[inline]
+    fn nth_char_is(&self, n: usize, c: char) -> bool {
+        self.0.nth_char_is(n, c)
+    }
+    #[inline]
+    fn next_2_are(&self, c1: char, c2: char) -> bool {
+        self.0.next_2_are(c1, c2)
+    }
+    #[inline]
+    fn next_3_are(&self, c1: char, c2: char, c3: char) -> bool {
+        self.0.next_3_are(c1, c2, c3)
+    }
+    #[inline]
+    fn next_is_document_indicator(&self) -> bool {
+        self.0.next_is_document_indicator()
+    }
+    #[inline]
+    fn next_is_document_start(&self) -> bool {
+        self.0.next_is_document_start()
+    }
+    #[inline]
+    fn next_is_document_end(&self) -> bool {
+        self.0.next_is_document_end()
+    }
+    #[inline]
+    fn skip_ws_to_eol(&mut self, skip_tabs: SkipTabs) -> (usize, Result<SkipTabs, &'static str>) {
+        self.0.skip_ws_to_eol(skip_tabs)
+    }
+    #[inline]
+    fn next_can_be_plain_scalar(&self, in_flow: bool) -> bool {
+        self.0.next_can_be_plain_scalar(in_flow)
+    }
+    #[inline]
+    fn next_is_blank_or_break(&self) -> bool {
+        self.0.next_is_blank_or_break()
+    }
+    #[inline]
+    fn next_is_blank_or_breakz(&self) -> bool {
+        self.0.next_is_blank_or_breakz()
+    }
+    #[inline]
+    fn next_is_blank(&self) -> bool {
+        self.0.next_is_blank()
+    }
+    #[inline]
+    fn next_is_break(&self) -> bool {
+        self.0.next_is_break()
+    }
+    #[inline]
+    fn next_is_breakz(&self) -> bool {
+        self.0.next_is_breakz()
+    }
+    #[inline]
+    fn next_is_z(&self) -> bool {
+        self.0.next_is_z()
+    }
+    #[inline]
+    fn next_is_flow(&self) -> bool {
+        self.0.next_is_flow()
+    }
+    #[inline]
+    fn next_is_digit(&self) -> bool {
+        self.0.next_is_digit()
+    }
+    #[inline]
+    fn next_is_alpha(&self) -> bool {
+        self.0.next_is_alpha()
+    }
+    #[inline]
+    fn skip_while_non_breakz(&mut self) -> usize {
+        self.0.skip_while_non_breakz()
+    }
+    #[inline]
+    fn skip_while_blank(&mut self) -> usize {
+        self.0.skip_while_blank()
+    }
+    #[inline]
+    fn fetch_while_is_alpha(&mut self, out: &mut String) -> usize {
+        self.0.fetch_while_is_alpha(out)
+    }
+    #[inline]
+    fn fetch_while_is_yaml_non_space(&mut self, out: &mut String) -> usize {
+        self.0.fetch_while_is_yaml_non_space(out)
+    }
+}
+
 fn load_inner<'a>(src: &'a str, diags: &mut Vec<RawDiag>) -> Option<Node<'a>> {
-    let mut parser = Parser::new_from_str(src);
+    let mut parser = Parser::new(ChunkedInput(StrInput::new(src)));
     let mut stack: Vec<Frame<'a>> = Vec::new();
     let mut root: Option<Node<'a>> = None;
     let mut documents = 0usize;
@@ -388,6 +541,108 @@ mod tests {
                 panic!()
             };
             assert_eq!(entries.len(), n);
+        }
+    }
+
+    /// saphyr's events for `src`, through its own `&str` input and through ours.
+    fn events_both_ways(src: &str) -> (Vec<String>, Vec<String>) {
+        fn all<T: Input>(mut p: Parser<'_, T>) -> Vec<String> {
+            let mut out = Vec::new();
+            while let Some(ev) = p.next_event() {
+                let failed = ev.is_err();
+                out.push(format!("{ev:?}"));
+                if failed {
+                    break;
+                }
+            }
+            out
+        }
+        (
+            all(Parser::new_from_str(src)),
+            all(Parser::new(ChunkedInput(StrInput::new(src)))),
+        )
+    }
+
+    /// The chunked input changes nothing saphyr reports: events, values, styles, spans and
+    /// errors, on every YAML file of the project and on inputs built around the chunk size
+    /// (scalars, indentation and block scalars longer than it, multi-byte characters, errors).
+    #[test]
+    fn chunked_input_gives_saphyrs_events() {
+        let mut inputs: Vec<String> = Vec::new();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut dirs = vec![root.clone()];
+        while let Some(dir) = dirs.pop() {
+            let Ok(read) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in read.flatten() {
+                let path = entry.path();
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if path.is_dir() {
+                    if name != ".git" && name != "target" {
+                        dirs.push(path);
+                    }
+                } else if name.ends_with(".yaml") || name.ends_with(".yml") {
+                    if let Ok(text) = std::fs::read_to_string(&path) {
+                        inputs.push(text);
+                    }
+                } else if name.ends_with(".md") {
+                    // The documentation's examples, one per fenced block.
+                    let Ok(text) = std::fs::read_to_string(&path) else {
+                        continue;
+                    };
+                    for block in text.split("```yaml\n").skip(1) {
+                        inputs.extend(block.split("```").next().map(str::to_string));
+                    }
+                }
+            }
+        }
+        assert!(
+            inputs.len() > 20,
+            "the project's YAML was found: {}",
+            inputs.len()
+        );
+        for n in [
+            1,
+            CHUNK - 2,
+            CHUNK - 1,
+            CHUNK,
+            CHUNK + 1,
+            2 * CHUNK + 3,
+            200,
+        ] {
+            let word = "x".repeat(n);
+            let wide = "é".repeat(n);
+            let pad = " ".repeat(n);
+            inputs.extend([
+                format!("{word}: {word}\n"),
+                format!("k: {wide} {word}\n  {word} # c\n"),
+                format!("a:\n{pad}b: |\n{pad}  {word}\n\n{pad}  {wide}\n{pad}c: >-\n{pad}   x\n"),
+                format!("- [{word}, \"{wide}\", '{word}']\n- {{k: {word}}}\n"),
+                format!("k: {word}\n  {word}\n\n  {word}\n"),
+                format!("k: {word}: x\n"),
+                format!("k: [{word}\n"),
+                format!("k: \"{word}\\q\"\n"),
+                format!("k:\n{pad}- {word}\n{pad} - x\n"),
+                format!("k: |{}\n  {word}\n", n % 9),
+                format!("{word}\t: x\n---\n...\n"),
+            ]);
+        }
+        for src in &inputs {
+            let (theirs, ours) = events_both_ways(src);
+            assert_eq!(theirs, ours, "{src}");
+        }
+    }
+
+    proptest::proptest! {
+        /// The same on arbitrary text made of YAML's significant characters.
+        #[test]
+        fn chunked_input_gives_saphyrs_events_on_any_text(
+            src in "([a-z]{1,20}|[ ]{1,20}|[-:,#|>'\"\\[\\]{}&*!?%@\t\n]|é|\r\n){0,40}"
+        ) {
+            let (theirs, ours) = events_both_ways(&src);
+            proptest::prop_assert_eq!(theirs, ours);
         }
     }
 

@@ -5,7 +5,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use deploylite_pipeline::{
-    check_pipeline_set, parse_pipeline, Diagnostic, Event, ExprContext, Pipeline, TriggerMatch,
+    check_pipeline_set, parse_pipeline, ChangedPaths, Diagnostic, Event, ExprContext, Pipeline,
+    TriggerMatch,
 };
 
 use crate::git::PipelineFile;
@@ -122,6 +123,7 @@ pub fn desired_runs_except(
     }
 
     let mut runs = Vec::new();
+    let mut changes = ChangedPaths::new(event.changed_paths.as_deref());
     for (file, parsed) in &parsed {
         let problems = match parsed.as_ref() {
             Err(diagnostics) => Some(diagnostics.clone()),
@@ -137,10 +139,7 @@ pub fn desired_runs_except(
         if !pipeline.on_given && deployment_only.contains(&pipeline.name) {
             continue;
         }
-        match pipeline
-            .on
-            .matches(&event.event, event.changed_paths.as_deref())
-        {
+        match pipeline.on.matches_changes(&event.event, &mut changes) {
             TriggerMatch::NoEvent => {}
             TriggerMatch::PathsFiltered => {
                 let mut run = base_run(file, event, &pipeline.name, RunStatus::Skipped);
