@@ -8,46 +8,12 @@ use deploylite_pipeline::Concurrency;
 use deploylite_reconciler::status::{
     DeploymentAction, DeploymentStatus, Health, RunAction, RunStatus, StageStatus, Sync,
 };
-use deploylite_reconciler::store::{NewDeployment, NewRun, NewStage, SqliteSync, Store};
+use deploylite_reconciler::store::{NewDeployment, NewRun, NewStage, Store};
 
-struct Db {
-    store: Store,
-    _dir: Option<tempfile::TempDir>,
-}
-
-async fn sqlite() -> Option<Db> {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!("sqlite://{}", dir.path().join("t.db").display());
-    let store = Store::connect(&url, SqliteSync::Normal)
-        .await
-        .expect("sqlite store");
-    Some(Db {
-        store,
-        _dir: Some(dir),
-    })
-}
-
-async fn postgres() -> Option<Db> {
-    let url = deploylite_testkit::postgres_database("the PostgreSQL half of the deployments suite")
-        .await?;
-    let store = Store::connect(&url, SqliteSync::Normal)
-        .await
-        .expect("postgres store");
-    Some(Db { store, _dir: None })
-}
-
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod on_sqlite {
-            $( #[tokio::test] async fn $name() { if let Some(db) = super::sqlite().await { super::$name(&db.store).await } } )*
-        }
-        mod on_postgres {
-            $( #[tokio::test] async fn $name() { if let Some(db) = super::postgres().await { super::$name(&db.store).await } } )*
-        }
-    };
-}
+mod support;
 
 conformance!(
+    "the PostgreSQL half of the deployments suite";
     a_deployment_is_recorded_once_per_identity,
     moves_are_guarded_by_the_status_they_expect,
     approvals_count_each_person_once_and_only_while_waiting,

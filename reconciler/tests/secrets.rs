@@ -9,46 +9,12 @@ use deploylite_reconciler::secrets::{
     next_key_path, reseal_all, SecretKey, SecretKeys, SecretScope,
 };
 use deploylite_reconciler::status::{RunStatus, StageStatus};
-use deploylite_reconciler::store::{NewRun, NewStage, RecordCommit, SqliteSync, Store};
+use deploylite_reconciler::store::{NewRun, NewStage, RecordCommit, Store};
 
-struct Db {
-    store: Store,
-    _dir: Option<tempfile::TempDir>,
-}
-
-async fn sqlite() -> Option<Db> {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!("sqlite://{}", dir.path().join("t.db").display());
-    let store = Store::connect(&url, SqliteSync::Normal)
-        .await
-        .expect("sqlite store");
-    Some(Db {
-        store,
-        _dir: Some(dir),
-    })
-}
-
-async fn postgres() -> Option<Db> {
-    let url =
-        deploylite_testkit::postgres_database("the PostgreSQL half of the secrets suite").await?;
-    let store = Store::connect(&url, SqliteSync::Normal)
-        .await
-        .expect("postgres store");
-    Some(Db { store, _dir: None })
-}
-
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod on_sqlite {
-            $( #[tokio::test] async fn $name() { if let Some(db) = super::sqlite().await { super::$name(&db.store).await } } )*
-        }
-        mod on_postgres {
-            $( #[tokio::test] async fn $name() { if let Some(db) = super::postgres().await { super::$name(&db.store).await } } )*
-        }
-    };
-}
+mod support;
 
 conformance!(
+    "the PostgreSQL half of the secrets suite";
     values_are_stored_sealed_and_listed_without_them,
     an_environment_secret_overrides_the_repositorys_for_its_deployments_only,
     each_use_is_audited_by_name_never_by_value,

@@ -14,50 +14,11 @@ use deploylite_reconciler::store::{
 };
 use sqlx::Connection;
 
-struct Db {
-    store: Store,
-    url: String,
-    _dir: Option<tempfile::TempDir>,
-}
-
-async fn sqlite() -> Option<Db> {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!("sqlite://{}", dir.path().join("t.db").display());
-    let store = Store::connect(&url, SqliteSync::Normal)
-        .await
-        .expect("sqlite store");
-    Some(Db {
-        store,
-        url,
-        _dir: Some(dir),
-    })
-}
-
-async fn postgres() -> Option<Db> {
-    let url =
-        deploylite_testkit::postgres_database("the PostgreSQL half of the store suite").await?;
-    let store = Store::connect(&url, SqliteSync::Normal)
-        .await
-        .expect("postgres store");
-    Some(Db {
-        store,
-        url,
-        _dir: None,
-    })
-}
-
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod on_sqlite {
-            $( #[tokio::test] async fn $name() { if let Some(db) = super::sqlite().await { super::$name(&db.store, &db.url).await } } )*
-        }
-        mod on_postgres {
-            $( #[tokio::test] async fn $name() { if let Some(db) = super::postgres().await { super::$name(&db.store, &db.url).await } } )*
-        }
-    };
-}
+mod support;
 
 conformance!(
+    "the PostgreSQL half of the store suite";
+    with_url;
     a_run_is_created_once_per_identity,
     reopening_applies_no_migration_twice,
     cancel_in_progress_supersedes_older_runs_of_the_same_ref,
