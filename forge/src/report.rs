@@ -482,21 +482,7 @@ impl Reporter {
                 ))
             }
         };
-        let outcome = match result {
-            Ok(()) => Outcome::Delivered,
-            Err(e) => self.failed(Some(repo.forge), due.attempts, e),
-        };
-        let result = match &outcome {
-            Outcome::Retry { .. } => "error",
-            Outcome::GiveUp(_) => "rejected",
-            Outcome::Delivered | Outcome::NothingToDo(_) => "ok",
-        };
-        deploylite_telemetry::metrics().forge_delivery(
-            repo.forge.as_str(),
-            result,
-            sending.elapsed(),
-        );
-        outcome
+        self.settle(repo.forge, due.attempts, result, sending)
     }
 
     async fn deliver(&self, due: &DueReport) -> Outcome {
@@ -542,21 +528,7 @@ impl Reporter {
             ForgeKind::Github => self.deliver_github(&repo, &state).await,
             ForgeKind::Gitlab => self.deliver_gitlab(&repo, &state).await,
         };
-        let outcome = match result {
-            Ok(()) => Outcome::Delivered,
-            Err(e) => self.failed(Some(repo.forge), due.attempts, e),
-        };
-        let result = match &outcome {
-            Outcome::Retry { .. } => "error",
-            Outcome::GiveUp(_) => "rejected",
-            Outcome::Delivered | Outcome::NothingToDo(_) => "ok",
-        };
-        deploylite_telemetry::metrics().forge_delivery(
-            repo.forge.as_str(),
-            result,
-            sending.elapsed(),
-        );
-        outcome
+        self.settle(repo.forge, due.attempts, result, sending)
     }
 
     async fn deliver_github(
@@ -766,6 +738,28 @@ impl Reporter {
     }
 
     /// When to try again after `error`, or whether to give up.
+    /// A delivery's outcome (a failure retried or given up), counted in the forge metrics
+    /// with the time since `sending`.
+    fn settle(
+        &self,
+        forge: ForgeKind,
+        attempts: i64,
+        result: Result<(), DeliveryError>,
+        sending: std::time::Instant,
+    ) -> Outcome {
+        let outcome = match result {
+            Ok(()) => Outcome::Delivered,
+            Err(e) => self.failed(Some(forge), attempts, e),
+        };
+        let label = match &outcome {
+            Outcome::Retry { .. } => "error",
+            Outcome::GiveUp(_) => "rejected",
+            Outcome::Delivered | Outcome::NothingToDo(_) => "ok",
+        };
+        deploylite_telemetry::metrics().forge_delivery(forge.as_str(), label, sending.elapsed());
+        outcome
+    }
+
     fn failed(&self, forge: Option<ForgeKind>, attempts: i64, error: DeliveryError) -> Outcome {
         let now = now_ms();
         let backoff = self.backoff_ms(attempts);
