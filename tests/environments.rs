@@ -248,8 +248,10 @@ async fn production_waits_for_an_approval() {
         .post_as_admin(&format!("/api/v1/deployments/{id}/approve"))
         .await;
     assert_eq!(code, 200, "{body}");
+    // Both together: the API reads the summary and the history in two queries (not one
+    // snapshot yet), so one answer may show one moved and not the other.
     let env = wait_env(&daemon, "production", "production at v1", |e| {
-        e["current_version"] == v1.as_str()
+        e["current_version"] == v1.as_str() && with_status(e, &v1, "deploy", "succeeded")
     })
     .await;
     let d = deployment_of(&env, &v1, "deploy").expect("deployment");
@@ -421,7 +423,7 @@ async fn a_manual_rollback_pins_the_environment() {
         .await;
     assert_eq!(code, 200, "{body}");
     let env = wait_env(&daemon, "staging", "rolled back to v1", |e| {
-        with_status(e, &v1, "rollback", "succeeded")
+        with_status(e, &v1, "rollback", "succeeded") && e["current_version"] == v1.as_str()
     })
     .await;
     assert_eq!(env["current_version"], v1.as_str());
