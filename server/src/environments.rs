@@ -291,15 +291,11 @@ pub(crate) async fn get(
             "limit must be between 1 and {MAX_HISTORY}"
         )));
     }
-    // History first, then the summary: the controller moves a deployment and its environment
-    // in one transaction, but these are two reads, so the later one may see a newer commit.
-    // Read in this order, a deployment shown finished always comes with the environment it
-    // left behind (a client waiting on the history then reads a summary at least as new).
+    let env = environment(&state, &repo, &name).await?;
     let history = state
         .store
         .deployment_history(&repo, &name, limit, q.before)
         .await?;
-    let env = environment(&state, &repo, &name).await?;
     Ok(Json(EnvironmentView::new(&env, Some(history))))
 }
 
