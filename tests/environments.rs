@@ -525,6 +525,17 @@ async fn kill_9_mid_deployment_leaves_exactly_one_succeeded_deployment() {
         with_status(e, &v1, "deploy", "deploying")
     })
     .await;
+    // `deploying` comes before the step runs: kill only once the step has made the host
+    // directory and waits at its gate, so that there is an attempt to interrupt.
+    let host = hosts.join("staging");
+    let host = &host;
+    daemon
+        .wait_for_within(
+            DEADLINE,
+            "the release step waiting at its gate",
+            || async move { host.is_dir().then_some(()) },
+        )
+        .await;
     daemon.kill9();
     std::fs::remove_file(&gate).expect("open the gate");
     daemon.restart().await;
